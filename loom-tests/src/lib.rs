@@ -1,0 +1,1 @@
+//! Loom model checks for strata live in `tests/`; see issue 3.
