@@ -1,0 +1,274 @@
+//! Chunks, their headers and page maps, spans, and the "is this pointer ours?" map.
+//!
+//! A chunk is [`CHUNK_SIZE`] bytes of address space aligned to its size, so
+//! `p & !(CHUNK_SIZE - 1)` finds the header of any pointer inside it. The header
+//! occupies the first [`HEADER_PAGES`] pages and holds one [`Span`] descriptor slot per
+//! page (the span starting at that page uses it) and a page map `first[page]`: the
+//! first page of the span that covers `page`.
+
+use crate::size_class::{
+    CHUNK_SHIFT, CHUNK_SIZE, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass,
+};
+use crate::sync::{AtomicPtr, AtomicU8, AtomicU16, AtomicU64, Ordering};
+use core::ptr;
+
+/// An object on a free list: the first word of a free block links to the next.
+#[repr(C)]
+pub struct FreeObj {
+    pub next: *mut FreeObj,
+}
+
+/// What a span descriptor slot currently describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpanKind {
+    /// The slot is not the start of any span.
+    None = 0,
+    /// Free pages owned by the page heap.
+    Free = 1,
+    /// Objects of one size class, owned by that class in the central tier.
+    Small = 2,
+    /// One large block handed to a user.
+    Large = 3,
+}
+
+/// Span flag: every byte of the span's pages is known to be zero.
+pub const SPAN_ZEROED: u8 = 1;
+/// Span flag: the span is linked in its owner's list (a page-heap bin or a class's
+/// partial list).
+pub const SPAN_LISTED: u8 = 2;
+
+/// A run of pages inside one chunk.
+///
+/// Invariants (checked by `PageHeap::validate` and `Central::validate`):
+/// 1. `HEADER_PAGES <= start < start + npages <= PAGES_PER_CHUNK`; the spans of a
+///    chunk tile its usable pages with no gap and no overlap.
+/// 2. `first[p] == start` for every page of a Small or Large span, and for the first
+///    and last page of a Free span.
+/// 3. Free: owned by the page heap under its lock, listed in bin `npages` (or in the
+///    overflow bin), never adjacent to another Free span (coalesced).
+/// 4. Small: owned by class `class` under that class's lock;
+///    `live + |free list| + (capacity - carved) == capacity`, and it is listed in
+///    the class's partial list iff it has an object to give (`free` non-null or
+///    `carved < capacity`) and `live > 0`.
+/// 5. `SPAN_ZEROED` is set only if every byte of the span's pages is zero.
+#[repr(C)]
+pub struct Span {
+    pub start: u32,
+    pub npages: u32,
+    kind: AtomicU8,
+    class: AtomicU8,
+    pub flags: u8,
+    pub free: *mut FreeObj,
+    pub carved: u32,
+    pub live: u32,
+    pub capacity: u32,
+    pub prev: *mut Span,
+    pub next: *mut Span,
+    pub free_since_ms: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Span>() <= 64);
+
+impl Span {
+    /// The span's kind. Relaxed: a lookup of a live pointer is ordered after the
+    /// span's set-up by the handoff that gave the pointer out; a bogus pointer only
+    /// reads a stale but valid value.
+    #[inline]
+    pub fn kind(&self) -> SpanKind {
+        match self.kind.load(Ordering::Relaxed) {
+            1 => SpanKind::Free,
+            2 => SpanKind::Small,
+            3 => SpanKind::Large,
+            _ => SpanKind::None,
+        }
+    }
+    /// Sets the kind (under the lock of the tier that owns the span).
+    #[inline]
+    pub fn set_kind(&self, k: SpanKind) {
+        self.kind.store(k as u8, Ordering::Relaxed);
+    }
+    /// The size class of a Small span.
+    #[inline]
+    pub fn class(&self) -> SizeClass {
+        SizeClass(self.class.load(Ordering::Relaxed))
+    }
+    /// Sets the class (before the span is published to any other thread).
+    #[inline]
+    pub fn set_class(&self, c: SizeClass) {
+        self.class.store(c.0, Ordering::Relaxed);
+    }
+    /// The chunk this descriptor lives in.
+    #[inline]
+    pub fn chunk(&self) -> *mut ChunkHeader {
+        (self as *const Span as usize & !(CHUNK_SIZE - 1)) as *mut ChunkHeader
+    }
+    /// First byte of the span's pages.
+    #[inline]
+    pub fn base(&self) -> *mut u8 {
+        (self.chunk() as usize + ((self.start as usize) << PAGE_SHIFT)) as *mut u8
+    }
+    /// Bytes covered.
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        (self.npages as usize) << PAGE_SHIFT
+    }
+    /// Whether the span (Small) can give out an object.
+    #[inline]
+    pub fn has_free_object(&self) -> bool {
+        !self.free.is_null() || self.carved < self.capacity
+    }
+}
+
+/// The header at the start of every chunk.
+///
+/// Invariants: 1. `magic == CHUNK_MAGIC` while the chunk is mapped.
+/// 2. `next`/`prev` link every mapped chunk into the page heap's chunk list.
+#[repr(C)]
+pub struct ChunkHeader {
+    pub magic: u64,
+    pub next: *mut ChunkHeader,
+    pub prev: *mut ChunkHeader,
+    first: [AtomicU16; PAGES_PER_CHUNK],
+    pub spans: [Span; PAGES_PER_CHUNK],
+}
+
+/// Marks a mapped chunk header (checked by validators).
+pub const CHUNK_MAGIC: u64 = 0x5354_5241_5441_4348; // "STRATACH"
+
+/// Pages taken by the header at the start of each chunk.
+pub const HEADER_PAGES: usize = core::mem::size_of::<ChunkHeader>().div_ceil(PAGE_SIZE);
+/// Pages a chunk can give to spans.
+pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
+
+const _: () = assert!(HEADER_PAGES < PAGES_PER_CHUNK / 2);
+const _: () = assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
+
+impl ChunkHeader {
+    /// The chunk holding address `p` (which must lie inside a mapped chunk to be
+    /// dereferenced).
+    #[inline(always)]
+    pub fn of(p: *const u8) -> *mut ChunkHeader {
+        (p as usize & !(CHUNK_SIZE - 1)) as *mut ChunkHeader
+    }
+    /// The page index of `p` inside its chunk.
+    #[inline(always)]
+    pub fn page_of(p: *const u8) -> usize {
+        (p as usize & (CHUNK_SIZE - 1)) >> PAGE_SHIFT
+    }
+    /// First page of the span covering `page` (meaningful per Span invariant 2).
+    #[inline]
+    pub fn first(&self, page: usize) -> usize {
+        self.first[page].load(Ordering::Relaxed) as usize
+    }
+    /// Records that `page` belongs to the span starting at `start`.
+    #[inline]
+    pub fn set_first(&self, page: usize, start: usize) {
+        self.first[page].store(start as u16, Ordering::Relaxed);
+    }
+    /// The span covering `p`, by the page map.
+    #[inline]
+    pub fn span_of(&self, p: *const u8) -> *mut Span {
+        let start = self.first(Self::page_of(p));
+        &self.spans[start] as *const Span as *mut Span
+    }
+    /// Base address of the chunk.
+    #[inline]
+    pub fn base(&self) -> *mut u8 {
+        self as *const ChunkHeader as *mut u8
+    }
+}
+
+/// Which 4 MiB-aligned regions of the address space are strata's chunks: one bit per
+/// possible chunk of the 47-bit user address space (4 MiB of bitmap, reserved
+/// lazily and only touched where chunks are), so "is this pointer ours?" never reads
+/// through the pointer.
+///
+/// Invariant: bit `a >> CHUNK_SHIFT` is set iff a chunk is mapped at `a`; set before
+/// the chunk's first span is given out, cleared before the chunk is unmapped.
+pub struct ChunkMap {
+    words: AtomicPtr<AtomicU64>,
+}
+
+/// Bits of user address space covered by the chunk map.
+pub const ADDRESS_BITS: usize = 47;
+/// Bytes of bitmap.
+pub const CHUNK_MAP_BYTES: usize = (1usize << (ADDRESS_BITS - CHUNK_SHIFT)) / 8;
+
+impl ChunkMap {
+    crate::sync::loom_const_fn! {
+        pub fn new() -> ChunkMap {
+            ChunkMap { words: AtomicPtr::new(ptr::null_mut()) }
+        }
+    }
+
+    /// Installs the bitmap storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
+    /// `set`. Returns false if another thread installed one first (the caller then
+    /// frees its own).
+    pub fn install(&self, storage: *mut u8) -> bool {
+        // Release: pairs with the Acquire in words(); the zeroed storage is visible.
+        self.words
+            .compare_exchange(
+                ptr::null_mut(),
+                storage.cast(),
+                Ordering::Release,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Whether storage is installed.
+    pub fn is_installed(&self) -> bool {
+        !self.words().is_null()
+    }
+
+    #[inline]
+    fn words(&self) -> *mut AtomicU64 {
+        self.words.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn slot(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
+        let words = self.words();
+        let idx = addr >> CHUNK_SHIFT;
+        if words.is_null() || idx >= (1 << (ADDRESS_BITS - CHUNK_SHIFT)) {
+            return None;
+        }
+        // SAFETY: by the invariant of install(), `words` points at CHUNK_MAP_BYTES of
+        // zero-initialised, never-freed memory, and idx / 64 is in bounds.
+        let w = unsafe { &*words.add(idx / 64) };
+        Some((w, 1u64 << (idx % 64)))
+    }
+
+    /// Marks the chunk at `addr` as ours.
+    pub fn set(&self, addr: usize) {
+        if let Some((w, bit)) = self.slot(addr) {
+            // Release: pairs with the Acquire in contains(); the chunk header is
+            // initialised before anyone sees the bit.
+            w.fetch_or(bit, Ordering::Release);
+        }
+    }
+
+    /// Marks the chunk at `addr` as no longer ours.
+    pub fn clear(&self, addr: usize) {
+        if let Some((w, bit)) = self.slot(addr) {
+            w.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `p` lies in one of our chunks.
+    #[inline]
+    pub fn contains(&self, p: *const u8) -> bool {
+        match self.slot(p as usize) {
+            // Acquire: pairs with the Release in set().
+            Some((w, bit)) => w.load(Ordering::Acquire) & bit != 0,
+            None => false,
+        }
+    }
+}
+
+impl Default for ChunkMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,81 @@
+//! The metadata arena: memory for the allocator's own structures (thread heaps,
+//! batch descriptors, huge-block records), taken from the OS and never returned, so
+//! that the allocator never allocates through itself and type-stable structures stay
+//! mapped forever.
+
+use crate::os::{OS_PAGE, Os};
+use crate::sync::{RawLock, UnsafeCell};
+use core::ptr;
+
+const BLOCK: usize = 256 << 10;
+
+/// A bump allocator over OS blocks.
+///
+/// Invariants: 1. `cur <= end`; `[cur, end)` is unused zeroed memory of one block.
+/// 2. Nothing handed out is ever unmapped.
+pub struct MetaArena {
+    lock: RawLock,
+    state: UnsafeCell<Bump>,
+}
+
+struct Bump {
+    cur: usize,
+    end: usize,
+    total: usize,
+}
+
+// SAFETY: `state` is only touched with `lock` held.
+unsafe impl Sync for MetaArena {}
+
+impl MetaArena {
+    crate::sync::loom_const_fn! {
+        pub fn new() -> MetaArena {
+            MetaArena { lock: RawLock::new(), state: UnsafeCell::new(Bump { cur: 0, end: 0, total: 0 }) }
+        }
+    }
+
+    /// Zeroed memory for `size` bytes at `align` (≤ a page); null if the OS refuses.
+    pub fn alloc(&self, os: &impl Os, size: usize, align: usize) -> *mut u8 {
+        let _g = self.lock.guard();
+        self.state.with_mut(|s| {
+            // SAFETY: we hold the lock, so we are the only user of the state.
+            let s = unsafe { &mut *s };
+            let mut start = (s.cur + align - 1) & !(align - 1);
+            if s.cur == 0 || start + size > s.end {
+                let len = size.max(BLOCK).next_multiple_of(OS_PAGE);
+                let p = os.map(len, OS_PAGE);
+                if p.is_null() {
+                    return ptr::null_mut();
+                }
+                s.total += len;
+                s.cur = p as usize;
+                s.end = p as usize + len;
+                start = s.cur;
+            }
+            s.cur = start + size;
+            start as *mut u8
+        })
+    }
+
+    /// Bytes taken from the OS so far.
+    pub fn mapped_bytes(&self) -> usize {
+        let _g = self.lock.guard();
+        // SAFETY: lock held.
+        self.state.with(|s| unsafe { (*s).total })
+    }
+
+    /// Holds the lock (for fork handlers).
+    pub fn lock(&self) {
+        self.lock.lock();
+    }
+    /// Releases the lock taken by `lock` (for fork handlers).
+    pub fn unlock(&self) {
+        self.lock.unlock();
+    }
+}
+
+impl Default for MetaArena {
+    fn default() -> Self {
+        Self::new()
+    }
+}

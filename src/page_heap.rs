@@ -1,0 +1,755 @@
+//! The page heap: spans of pages inside aligned chunks.
+//!
+//! Best fit over free spans (a bin per page count, a bitmap of non-empty bins),
+//! coalescing with both neighbours on free, purge (`MADV_DONTNEED`) of spans free for
+//! longer than the purge delay, and unmapping of chunks that become wholly free
+//! beyond a reserve of [`CHUNK_RESERVE`]. Everything here runs under one lock; the
+//! central tier calls in once per span, never per object.
+//!
+//! Lock order: a central class lock may be held while taking the page-heap lock,
+//! never the reverse.
+
+use crate::Violation;
+use crate::chunk::{
+    CHUNK_MAGIC, CHUNK_MAP_BYTES, ChunkHeader, ChunkMap, HEADER_PAGES, SPAN_LISTED, SPAN_ZEROED,
+    Span, SpanKind, USABLE_PAGES,
+};
+use crate::os::{OS_PAGE, Os};
+use crate::size_class::{CHUNK_SIZE, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
+use crate::sync::{AtomicU64, Ordering, RawLock, UnsafeCell};
+use core::ptr;
+
+/// Wholly free chunks kept mapped (their pages still purged after the delay), so a
+/// program that frees and reallocates a chunk's worth does not pay mmap each time.
+pub const CHUNK_RESERVE: usize = 1;
+/// Default delay before a free span's pages are returned with `MADV_DONTNEED`.
+pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
+
+const BINS: usize = USABLE_PAGES + 1;
+const BIN_WORDS: usize = BINS.div_ceil(64);
+
+/// Byte and page counts of the page heap, read under its lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageHeapStats {
+    /// Chunks currently mapped.
+    pub chunks: usize,
+    /// Bytes of chunks currently mapped.
+    pub mapped_bytes: usize,
+    /// Bytes in free spans.
+    pub free_bytes: usize,
+    /// Bytes in free spans whose pages are purged or never touched.
+    pub free_zeroed_bytes: usize,
+    /// Bytes purged with `MADV_DONTNEED`, ever.
+    pub purged_bytes_total: u64,
+    /// Bytes of chunks unmapped, ever.
+    pub unmapped_bytes_total: u64,
+}
+
+/// The page heap.
+///
+/// Invariants (checked by [`PageHeap::validate`]): those of [`Span`] 1–3 and 5, plus
+/// 1. bit `b` of `nonempty` is set iff `bins[b]` is non-empty;
+/// 2. `free_pages` is the sum of the sizes of all free spans; `free_chunks` counts the
+///    chunks whose usable pages form one free span; `free_chunks <= CHUNK_RESERVE`
+///    after every free;
+/// 3. every mapped chunk is in the chunk list and in the chunk map.
+pub struct PageHeap<O: Os> {
+    lock: RawLock,
+    inner: UnsafeCell<Inner>,
+    os: O,
+    chunk_map: ChunkMap,
+    purge_delay_ms: AtomicU64,
+}
+
+struct Inner {
+    bins: [*mut Span; BINS],
+    nonempty: [u64; BIN_WORDS],
+    chunks: *mut ChunkHeader,
+    nchunks: usize,
+    free_chunks: usize,
+    free_pages: usize,
+    last_purge_ms: u64,
+    purged_total: u64,
+    unmapped_total: u64,
+}
+
+// SAFETY: `inner` and every span and chunk header it reaches are only touched with
+// `lock` held (Span invariant 3); the rest is atomics.
+unsafe impl<O: Os + Sync> Sync for PageHeap<O> {}
+// SAFETY: as above; raw pointers in `inner` refer to process-wide mappings.
+unsafe impl<O: Os + Send> Send for PageHeap<O> {}
+
+impl<O: Os> PageHeap<O> {
+    crate::sync::loom_const_fn! {
+        /// An empty page heap that maps chunks from `os` on demand.
+        pub fn new(os: O) -> PageHeap<O> {
+            PageHeap {
+                lock: RawLock::new(),
+                inner: UnsafeCell::new(Inner {
+                    bins: [ptr::null_mut(); BINS],
+                    nonempty: [0; BIN_WORDS],
+                    chunks: ptr::null_mut(),
+                    nchunks: 0,
+                    free_chunks: 0,
+                    free_pages: 0,
+                    last_purge_ms: 0,
+                    purged_total: 0,
+                    unmapped_total: 0,
+                }),
+                os,
+                chunk_map: ChunkMap::new(),
+                purge_delay_ms: AtomicU64::new(DEFAULT_PURGE_DELAY_MS),
+            }
+        }
+    }
+
+    /// The OS layer.
+    #[inline]
+    pub fn os(&self) -> &O {
+        &self.os
+    }
+
+    /// Whether `p` lies in one of this heap's chunks (never reads through `p`).
+    #[inline]
+    pub fn owns(&self, p: *const u8) -> bool {
+        self.chunk_map.contains(p)
+    }
+
+    /// Sets how long a free span stays resident before it is purged.
+    pub fn set_purge_delay_ms(&self, ms: u64) {
+        self.purge_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The purge delay.
+    pub fn purge_delay_ms(&self) -> u64 {
+        self.purge_delay_ms.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn with_inner<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let _g = self.lock.guard();
+        // SAFETY: we hold the lock, so no one else touches `inner` (invariant of Sync).
+        self.inner.with_mut(|i| f(unsafe { &mut *i }))
+    }
+
+    /// A span of `npages` pages whose base is aligned to `align_pages` pages, marked
+    /// `kind` (Small with `class`, or Large); null if the OS refuses memory.
+    pub fn alloc_span(
+        &self,
+        npages: usize,
+        align_pages: usize,
+        kind: SpanKind,
+        class: SizeClass,
+    ) -> *mut Span {
+        debug_assert!(npages >= 1 && align_pages.is_power_of_two());
+        let need = npages + align_pages - 1;
+        if need > USABLE_PAGES {
+            return ptr::null_mut();
+        }
+        self.with_inner(|h| {
+            let b = match find_bin(h, need) {
+                Some(b) => b,
+                None => {
+                    if !self.grow(h) {
+                        return ptr::null_mut();
+                    }
+                    find_bin(h, need).expect("a fresh chunk holds any span that fits USABLE_PAGES")
+                }
+            };
+            let mut span = h.bins[b];
+            // SAFETY: spans in bins are Free descriptors in mapped chunks, owned by us
+            // under the lock (Span invariant 3).
+            unsafe {
+                if (*span).npages as usize == USABLE_PAGES {
+                    h.free_chunks -= 1;
+                }
+                bin_remove(h, span);
+                let align_bytes = align_pages * PAGE_SIZE;
+                let base = (*span).base() as usize;
+                let front = (base.next_multiple_of(align_bytes) - base) / PAGE_SIZE;
+                if front > 0 {
+                    let rest = split(span, front);
+                    bin_insert(h, span);
+                    span = rest;
+                }
+                if (*span).npages as usize > npages {
+                    let tail = split(span, npages);
+                    bin_insert(h, tail);
+                }
+                h.free_pages -= npages;
+                let s = &mut *span;
+                s.set_class(class);
+                s.set_kind(kind);
+                s.flags &= SPAN_ZEROED;
+                let chunk = &*s.chunk();
+                for p in s.start as usize..(s.start + s.npages) as usize {
+                    chunk.set_first(p, s.start as usize);
+                }
+            }
+            span
+        })
+    }
+
+    /// Returns a Small or Large span to the heap; its contents are dead.
+    ///
+    /// # Safety
+    /// `span` came from `alloc_span` of this heap and is no longer used by anyone.
+    pub unsafe fn free_span(&self, span: *mut Span) {
+        let now = self.os.now_ms();
+        self.with_inner(|h| {
+            // SAFETY: the caller gives up the span; we hold the lock.
+            unsafe { self.free_locked(h, span, now) };
+            self.maybe_purge(h, now);
+        });
+    }
+
+    /// Tries to grow the Large span `span` in place to `npages` by taking free pages
+    /// on its right.
+    ///
+    /// # Safety
+    /// `span` is a live Large span of this heap owned by the caller.
+    pub unsafe fn grow_in_place(&self, span: *mut Span, npages: usize) -> bool {
+        self.with_inner(|h| {
+            // SAFETY: the caller owns `span`; its right neighbour is in the same
+            // mapped chunk and is ours under the lock.
+            unsafe {
+                let s = &mut *span;
+                let extra = npages.saturating_sub(s.npages as usize);
+                let r = (s.start + s.npages) as usize;
+                if extra == 0 || r >= PAGES_PER_CHUNK {
+                    return extra == 0;
+                }
+                let chunk = &mut *s.chunk();
+                let right: *mut Span = &mut chunk.spans[r];
+                if (*right).kind() != SpanKind::Free || ((*right).npages as usize) < extra {
+                    return false;
+                }
+                bin_remove(h, right);
+                if (*right).npages as usize > extra {
+                    let rest = split(right, extra);
+                    bin_insert(h, rest);
+                }
+                (*right).set_kind(SpanKind::None);
+                h.free_pages -= extra;
+                for p in r..r + extra {
+                    chunk.set_first(p, s.start as usize);
+                }
+                s.npages += extra as u32;
+                true
+            }
+        })
+    }
+
+    /// Shrinks the Large span `span` in place to `npages`, freeing its tail.
+    ///
+    /// # Safety
+    /// `span` is a live Large span of this heap owned by the caller, and nothing
+    /// beyond its first `npages` pages is in use.
+    pub unsafe fn shrink_in_place(&self, span: *mut Span, npages: usize) {
+        let now = self.os.now_ms();
+        self.with_inner(|h| {
+            // SAFETY: the caller owns the span and gives up its tail.
+            unsafe {
+                if npages >= (*span).npages as usize {
+                    return;
+                }
+                let tail = split(span, npages);
+                (*tail).set_kind(SpanKind::Large);
+                self.free_locked(h, tail, now);
+            }
+        });
+    }
+
+    /// Purges every free span now and unmaps every wholly free chunk (no reserve).
+    /// Returns the bytes purged or unmapped.
+    pub fn release_all(&self) -> usize {
+        self.with_inner(|h| {
+            let mut released = 0;
+            // Unmap wholly free chunks first: their spans sit in the top bin.
+            while !h.bins[USABLE_PAGES].is_null() {
+                let span = h.bins[USABLE_PAGES];
+                // SAFETY: a bin holds Free spans; a span of USABLE_PAGES is a whole
+                // chunk with nothing in use.
+                unsafe {
+                    bin_remove(h, span);
+                    released += self.unmap_chunk(h, (*span).chunk());
+                }
+            }
+            h.free_chunks = 0;
+            released += self.purge_where(h, |_| true);
+            released
+        })
+    }
+
+    /// Counters, read under the lock.
+    pub fn stats(&self) -> PageHeapStats {
+        self.with_inner(|h| {
+            let mut zeroed = 0;
+            for_each_free_span(h, |s| {
+                if s.flags & SPAN_ZEROED != 0 {
+                    zeroed += s.bytes();
+                }
+            });
+            PageHeapStats {
+                chunks: h.nchunks,
+                mapped_bytes: h.nchunks * CHUNK_SIZE,
+                free_bytes: h.free_pages * PAGE_SIZE,
+                free_zeroed_bytes: zeroed,
+                purged_bytes_total: h.purged_total,
+                unmapped_bytes_total: h.unmapped_total,
+            }
+        })
+    }
+
+    /// Calls `f` on every span of every chunk, under the page-heap lock.
+    pub fn for_each_span(&self, mut f: impl FnMut(&Span)) {
+        self.with_inner(|h| {
+            let mut chunk = h.chunks;
+            while !chunk.is_null() {
+                // SAFETY: listed chunks are mapped; spans tile them (Span invariant 1),
+                // checked by validate() before callers rely on it.
+                let c = unsafe { &*chunk };
+                let mut p = HEADER_PAGES;
+                while p < PAGES_PER_CHUNK {
+                    let s = &c.spans[p];
+                    f(s);
+                    p += (s.npages as usize).max(1);
+                }
+                chunk = c.next;
+            }
+        });
+    }
+
+    /// Holds the lock (for fork handlers).
+    pub fn lock(&self) {
+        self.lock.lock();
+    }
+    /// Releases the lock taken by `lock`.
+    pub fn unlock(&self) {
+        self.lock.unlock();
+    }
+    /// Releases the lock in a fork child.
+    pub fn force_unlock(&self) {
+        self.lock.force_unlock();
+    }
+
+    /// Maps one more chunk and files its usable pages as one free span.
+    fn grow(&self, h: &mut Inner) -> bool {
+        if !self.chunk_map.is_installed() {
+            let storage = self.os.map(CHUNK_MAP_BYTES, OS_PAGE);
+            if storage.is_null() {
+                return false;
+            }
+            if !self.chunk_map.install(storage) {
+                // SAFETY: our storage lost the race and was never published.
+                unsafe { self.os.unmap(storage, CHUNK_MAP_BYTES) };
+            }
+        }
+        let base = self.os.map(CHUNK_SIZE, CHUNK_SIZE);
+        if base.is_null() {
+            return false;
+        }
+        // SAFETY: a fresh, zeroed, chunk-aligned mapping; a zeroed header is valid
+        // (null links, kind None everywhere).
+        unsafe {
+            let chunk = &mut *(base as *mut ChunkHeader);
+            chunk.magic = CHUNK_MAGIC;
+            chunk.next = h.chunks;
+            if !h.chunks.is_null() {
+                (*h.chunks).prev = chunk;
+            }
+            h.chunks = chunk;
+            let span: *mut Span = &mut chunk.spans[HEADER_PAGES];
+            (*span).start = HEADER_PAGES as u32;
+            (*span).npages = USABLE_PAGES as u32;
+            (*span).flags = SPAN_ZEROED;
+            (*span).set_kind(SpanKind::Free);
+            bin_insert(h, span);
+        }
+        h.nchunks += 1;
+        h.free_chunks += 1;
+        h.free_pages += USABLE_PAGES;
+        self.chunk_map.set(base as usize);
+        true
+    }
+
+    /// Frees `span` into the bins, coalescing; unmaps its chunk if it becomes wholly
+    /// free beyond the reserve.
+    ///
+    /// # Safety
+    /// Lock held (via `h`); `span` is a Small or Large span nobody uses.
+    unsafe fn free_locked(&self, h: &mut Inner, span: *mut Span, now: u64) {
+        // SAFETY: per the contract; neighbours are descriptors of the same chunk.
+        unsafe {
+            let mut span = span;
+            let chunk = &mut *(*span).chunk();
+            h.free_pages += (*span).npages as usize;
+            (*span).set_kind(SpanKind::Free);
+            (*span).flags = 0;
+            let start = (*span).start as usize;
+            if start > HEADER_PAGES {
+                let left: *mut Span = &mut chunk.spans[chunk.first(start - 1)];
+                if (*left).kind() == SpanKind::Free {
+                    bin_remove(h, left);
+                    (*left).npages += (*span).npages;
+                    (*span).set_kind(SpanKind::None);
+                    span = left;
+                }
+            }
+            let r = ((*span).start + (*span).npages) as usize;
+            if r < PAGES_PER_CHUNK {
+                let right: *mut Span = &mut chunk.spans[r];
+                if (*right).kind() == SpanKind::Free {
+                    bin_remove(h, right);
+                    (*span).npages += (*right).npages;
+                    (*right).set_kind(SpanKind::None);
+                }
+            }
+            (*span).flags = 0;
+            (*span).free_since_ms = now;
+            if (*span).npages as usize == USABLE_PAGES {
+                if h.free_chunks >= CHUNK_RESERVE {
+                    self.unmap_chunk(h, chunk);
+                    return;
+                }
+                h.free_chunks += 1;
+            }
+            bin_insert(h, span);
+        }
+    }
+
+    /// Unmaps a wholly free chunk whose span is not in any bin.
+    ///
+    /// # Safety
+    /// Lock held; every usable page of `chunk` is in one free span, not binned.
+    unsafe fn unmap_chunk(&self, h: &mut Inner, chunk: *mut ChunkHeader) -> usize {
+        // SAFETY: per the contract nothing in the chunk is in use or referenced.
+        unsafe {
+            let c = &mut *chunk;
+            if c.prev.is_null() {
+                h.chunks = c.next;
+            } else {
+                (*c.prev).next = c.next;
+            }
+            if !c.next.is_null() {
+                (*c.next).prev = c.prev;
+            }
+            h.nchunks -= 1;
+            h.free_pages -= USABLE_PAGES;
+            h.unmapped_total += CHUNK_SIZE as u64;
+            self.chunk_map.clear(chunk as usize);
+            c.magic = 0;
+            self.os.unmap(chunk.cast(), CHUNK_SIZE);
+        }
+        CHUNK_SIZE
+    }
+
+    /// Purges spans free for longer than the delay; at most every half delay.
+    fn maybe_purge(&self, h: &mut Inner, now: u64) {
+        let delay = self.purge_delay_ms();
+        if now < h.last_purge_ms + delay / 2 {
+            return;
+        }
+        h.last_purge_ms = now;
+        self.purge_where(h, |s| now >= s.free_since_ms + delay);
+    }
+
+    /// Purges every dirty free span for which `due` holds.
+    fn purge_where(&self, h: &mut Inner, mut due: impl FnMut(&Span) -> bool) -> usize {
+        let mut purged = 0;
+        let os = &self.os;
+        for_each_free_span(h, |s| {
+            if s.flags & SPAN_ZEROED == 0 && due(s) {
+                // SAFETY: a Free span's pages hold nothing anyone needs; the lock keeps
+                // it from being handed out while we purge (no purge/reuse race).
+                unsafe { os.purge(s.base(), s.bytes()) };
+                s.flags |= SPAN_ZEROED;
+                purged += s.bytes();
+            }
+        });
+        h.purged_total += purged as u64;
+        purged
+    }
+
+    /// Checks the invariants of the page heap and of every span in its chunks.
+    pub fn validate(&self) -> Result<(), Violation> {
+        self.with_inner(|h| {
+            let mut free_pages = 0;
+            let mut free_chunks = 0;
+            let mut nchunks = 0;
+            let mut chunk = h.chunks;
+            while !chunk.is_null() {
+                nchunks += 1;
+                // SAFETY: chunks in the list are mapped (invariant 3) and their
+                // headers are ours under the lock.
+                let c = unsafe { &*chunk };
+                let at = chunk as usize;
+                check(
+                    c.magic == CHUNK_MAGIC,
+                    "PageHeap",
+                    3,
+                    "chunk without magic",
+                    at,
+                )?;
+                check(
+                    self.chunk_map.contains(c.base()),
+                    "PageHeap",
+                    3,
+                    "chunk not in the chunk map",
+                    at,
+                )?;
+                let mut p = HEADER_PAGES;
+                let mut prev_free = false;
+                while p < PAGES_PER_CHUNK {
+                    let s = &c.spans[p];
+                    let at = s.base() as usize;
+                    check(
+                        s.kind() != SpanKind::None,
+                        "Span",
+                        1,
+                        "pages covered by no span",
+                        at,
+                    )?;
+                    check(
+                        s.start as usize == p && s.npages >= 1,
+                        "Span",
+                        1,
+                        "span start/size wrong",
+                        at,
+                    )?;
+                    let end = p + s.npages as usize;
+                    check(
+                        end <= PAGES_PER_CHUNK,
+                        "Span",
+                        1,
+                        "span runs past its chunk",
+                        at,
+                    )?;
+                    check(
+                        c.first(p) == p && c.first(end - 1) == p,
+                        "Span",
+                        2,
+                        "page map does not point at span",
+                        at,
+                    )?;
+                    if s.kind() == SpanKind::Free {
+                        check(
+                            !prev_free,
+                            "Span",
+                            3,
+                            "two adjacent free spans (not coalesced)",
+                            at,
+                        )?;
+                        check(
+                            s.flags & SPAN_LISTED != 0,
+                            "Span",
+                            3,
+                            "free span not in a bin",
+                            at,
+                        )?;
+                        free_pages += s.npages as usize;
+                        if s.npages as usize == USABLE_PAGES {
+                            free_chunks += 1;
+                        }
+                        prev_free = true;
+                    } else {
+                        for q in p..end {
+                            check(
+                                c.first(q) == p,
+                                "Span",
+                                2,
+                                "interior page map entry wrong",
+                                at,
+                            )?;
+                        }
+                        prev_free = false;
+                    }
+                    p = end;
+                }
+                chunk = c.next;
+            }
+            check(nchunks == h.nchunks, "PageHeap", 3, "chunk count", 0)?;
+            check(
+                free_pages == h.free_pages,
+                "PageHeap",
+                2,
+                "free page count",
+                0,
+            )?;
+            check(
+                free_chunks == h.free_chunks,
+                "PageHeap",
+                2,
+                "wholly free chunk count",
+                0,
+            )?;
+            check(
+                free_chunks <= CHUNK_RESERVE,
+                "PageHeap",
+                2,
+                "more free chunks than the reserve",
+                0,
+            )?;
+            let mut binned = 0;
+            for b in 0..BINS {
+                let bit = h.nonempty[b / 64] >> (b % 64) & 1 == 1;
+                check(
+                    bit != h.bins[b].is_null(),
+                    "PageHeap",
+                    1,
+                    "bin bitmap out of date",
+                    b,
+                )?;
+                let mut s = h.bins[b];
+                while !s.is_null() {
+                    // SAFETY: binned spans are Free descriptors in mapped chunks.
+                    let sp = unsafe { &*s };
+                    check(
+                        sp.kind() == SpanKind::Free && sp.npages as usize == b,
+                        "Span",
+                        3,
+                        "span in the wrong bin",
+                        s as usize,
+                    )?;
+                    binned += b;
+                    s = sp.next;
+                }
+            }
+            check(
+                binned == h.free_pages,
+                "PageHeap",
+                2,
+                "binned pages differ from free pages",
+                0,
+            )
+        })
+    }
+}
+
+/// Returns a [`Violation`] unless `ok`.
+pub(crate) fn check(
+    ok: bool,
+    structure: &'static str,
+    invariant: u32,
+    what: &'static str,
+    addr: usize,
+) -> Result<(), Violation> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Violation {
+            structure,
+            invariant,
+            what,
+            addr,
+        })
+    }
+}
+
+/// Smallest non-empty bin holding at least `need` pages.
+fn find_bin(h: &Inner, need: usize) -> Option<usize> {
+    let mut w = need / 64;
+    let mut bits = h.nonempty[w] & (!0u64 << (need % 64));
+    loop {
+        if bits != 0 {
+            return Some(w * 64 + bits.trailing_zeros() as usize);
+        }
+        w += 1;
+        if w == BIN_WORDS {
+            return None;
+        }
+        bits = h.nonempty[w];
+    }
+}
+
+fn for_each_free_span(h: &mut Inner, mut f: impl FnMut(&mut Span)) {
+    for w in 0..BIN_WORDS {
+        let mut bits = h.nonempty[w];
+        while bits != 0 {
+            let b = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let mut s = h.bins[b];
+            while !s.is_null() {
+                // SAFETY: binned spans are Free descriptors in mapped chunks, ours
+                // under the lock held by the caller of `h`.
+                let sp = unsafe { &mut *s };
+                s = sp.next;
+                f(sp);
+            }
+        }
+    }
+}
+
+/// Files a free span in its bin and records its ends in the page map.
+///
+/// # Safety
+/// Lock held; `span` is a Free-to-be descriptor of a mapped chunk, in no list.
+unsafe fn bin_insert(h: &mut Inner, span: *mut Span) {
+    // SAFETY: per the contract.
+    unsafe {
+        let s = &mut *span;
+        s.set_kind(SpanKind::Free);
+        let chunk = &*s.chunk();
+        chunk.set_first(s.start as usize, s.start as usize);
+        chunk.set_first((s.start + s.npages - 1) as usize, s.start as usize);
+        let b = s.npages as usize;
+        s.prev = ptr::null_mut();
+        s.next = h.bins[b];
+        if !s.next.is_null() {
+            (*s.next).prev = span;
+        }
+        h.bins[b] = span;
+        h.nonempty[b / 64] |= 1 << (b % 64);
+        s.flags |= SPAN_LISTED;
+    }
+}
+
+/// Unlinks a free span from its bin.
+///
+/// # Safety
+/// Lock held; `span` is in bin `span.npages`.
+unsafe fn bin_remove(h: &mut Inner, span: *mut Span) {
+    // SAFETY: per the contract.
+    unsafe {
+        let s = &mut *span;
+        let b = s.npages as usize;
+        if s.prev.is_null() {
+            h.bins[b] = s.next;
+        } else {
+            (*s.prev).next = s.next;
+        }
+        if !s.next.is_null() {
+            (*s.next).prev = s.prev;
+        }
+        if h.bins[b].is_null() {
+            h.nonempty[b / 64] &= !(1 << (b % 64));
+        }
+        s.prev = ptr::null_mut();
+        s.next = ptr::null_mut();
+        s.flags &= !SPAN_LISTED;
+    }
+}
+
+/// Cuts `span` after `n` pages; returns the descriptor of the remainder (same kind
+/// Free-to-be, flags and age; not in any list).
+///
+/// # Safety
+/// Lock held; `0 < n < span.npages`; `span` in no list.
+unsafe fn split(span: *mut Span, n: usize) -> *mut Span {
+    // SAFETY: per the contract; the remainder's descriptor slot lies in the same header.
+    unsafe {
+        let s = &mut *span;
+        debug_assert!(n > 0 && n < s.npages as usize);
+        let chunk = &mut *s.chunk();
+        let r: *mut Span = &mut chunk.spans[s.start as usize + n];
+        (*r).start = s.start + n as u32;
+        (*r).npages = s.npages - n as u32;
+        (*r).flags = s.flags & SPAN_ZEROED;
+        (*r).free_since_ms = s.free_since_ms;
+        (*r).prev = ptr::null_mut();
+        (*r).next = ptr::null_mut();
+        (*r).set_kind(SpanKind::Free);
+        s.npages = n as u32;
+        r
+    }
+}
