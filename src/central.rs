@@ -1,0 +1,425 @@
+//! The central tier: per size class, a lock-free [`TransferStack`] of full batches,
+//! and behind it the spans of that class under a per-class lock.
+//!
+//! Refill (a thread cache ran dry): pop a batch (one CAS); if none, carve a batch
+//! from the class's partial spans under the class lock, taking a new span from the
+//! page heap when none has room. Flush (a thread cache overflowed): push the batch
+//! (one CAS) unless the stack already holds enough; then return the objects to their
+//! spans under the class lock; a span whose `live` count reaches 0 goes back to the
+//! page heap.
+
+use crate::Violation;
+use crate::chunk::{ChunkHeader, FreeObj, SPAN_LISTED, Span, SpanKind};
+use crate::meta::MetaArena;
+use crate::os::Os;
+use crate::page_heap::{PageHeap, check};
+use crate::size_class::{NUM_CLASSES, SizeClass};
+use crate::sync::{RawLock, UnsafeCell};
+use crate::transfer::{DescPool, TransferStack};
+use core::ptr;
+use crossbeam_utils::CachePadded;
+
+/// Bytes of full batches a class's transfer stack may hold before flushes go to the
+/// spans (so that a burst of frees in one class cannot pin unbounded memory).
+const STACK_BYTES: usize = 1 << 20;
+
+/// One size class of the central tier.
+///
+/// Invariants: 1. every batch on `stack` holds exactly `class.batch()` objects of
+/// this class, linked and owned by no thread cache.
+/// 2. `spans` (under `lock`): `partial` lists exactly the Small spans of this class
+/// that have an object to give and `live > 0`; `nspans` counts all Small spans of
+/// this class (Span invariant 4).
+pub struct CentralClass {
+    stack: TransferStack,
+    lock: RawLock,
+    spans: UnsafeCell<ClassSpans>,
+}
+
+struct ClassSpans {
+    partial: *mut Span,
+    nspans: usize,
+}
+
+/// The central tier: one [`CentralClass`] per size class and the descriptor pool.
+pub struct Central {
+    classes: [CachePadded<CentralClass>; NUM_CLASSES],
+    descs: DescPool,
+}
+
+// SAFETY: `spans` is only touched under `lock`; everything else is atomics.
+unsafe impl Sync for CentralClass {}
+// SAFETY: as above.
+unsafe impl Send for CentralClass {}
+
+impl CentralClass {
+    crate::sync::loom_const_fn! {
+        fn new() -> CentralClass {
+            CentralClass {
+                stack: TransferStack::new(),
+                lock: RawLock::new(),
+                spans: UnsafeCell::new(ClassSpans { partial: ptr::null_mut(), nspans: 0 }),
+            }
+        }
+    }
+
+    fn with_spans<R>(&self, f: impl FnOnce(&mut ClassSpans) -> R) -> R {
+        let _g = self.lock.guard();
+        // SAFETY: the lock is held (invariant of Sync).
+        self.spans.with_mut(|s| f(unsafe { &mut *s }))
+    }
+}
+
+/// What a refill returned: a chain of `count` objects (null when 0).
+pub struct Batch {
+    pub head: *mut FreeObj,
+    pub count: usize,
+}
+
+impl Central {
+    #[cfg(not(strata_loom))]
+    pub const fn new() -> Central {
+        Central {
+            classes: [const { CachePadded::new(CentralClass::new()) }; NUM_CLASSES],
+            descs: DescPool::new(),
+        }
+    }
+    #[cfg(strata_loom)]
+    pub fn new() -> Central {
+        Central {
+            classes: core::array::from_fn(|_| CachePadded::new(CentralClass::new())),
+            descs: DescPool::new(),
+        }
+    }
+
+    /// Up to one batch of class `c` objects for a thread cache; an empty batch only
+    /// if the OS refuses memory.
+    pub fn refill<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>) -> Batch {
+        let cls = &self.classes[c.index()];
+        if let Some(i) = cls.stack.pop(&self.descs) {
+            let (head, count) = self.descs.get(i).get();
+            self.descs.free(i);
+            return Batch {
+                head,
+                count: count as usize,
+            };
+        }
+        self.carve(c, ph, c.batch())
+    }
+
+    /// Takes up to `want` objects from the class's spans.
+    fn carve<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
+        let size = c.size_bytes();
+        self.classes[c.index()].with_spans(|cs| {
+            let mut head: *mut FreeObj = ptr::null_mut();
+            let mut count = 0;
+            while count < want {
+                let mut span = cs.partial;
+                if span.is_null() {
+                    span = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
+                    if span.is_null() {
+                        break;
+                    }
+                    // SAFETY: a fresh Small span for this class, ours under the lock.
+                    unsafe {
+                        let s = &mut *span;
+                        s.free = ptr::null_mut();
+                        s.carved = 0;
+                        s.live = 0;
+                        s.capacity = c.objects_per_span() as u32;
+                        list_push(&mut cs.partial, span);
+                    }
+                    cs.nspans += 1;
+                }
+                // SAFETY: spans on the partial list are Small spans of this class,
+                // ours under the lock; their free objects belong to no one else.
+                unsafe {
+                    let s = &mut *span;
+                    while count < want && s.has_free_object() {
+                        let obj = if s.free.is_null() {
+                            let o = s.base().add(s.carved as usize * size).cast::<FreeObj>();
+                            s.carved += 1;
+                            o
+                        } else {
+                            let o = s.free;
+                            s.free = (*o).next;
+                            o
+                        };
+                        (*obj).next = head;
+                        head = obj;
+                        count += 1;
+                        s.live += 1;
+                    }
+                    if !s.has_free_object() {
+                        list_remove(&mut cs.partial, span);
+                    }
+                }
+            }
+            Batch { head, count }
+        })
+    }
+
+    /// Takes back a chain of `count` class `c` objects from a thread cache.
+    ///
+    /// # Safety
+    /// `head` starts a chain of `count` objects of class `c`, given out by this
+    /// central tier, that nobody uses any more.
+    pub unsafe fn flush<O: Os>(
+        &self,
+        c: SizeClass,
+        head: *mut FreeObj,
+        count: usize,
+        ph: &PageHeap<O>,
+        meta: &MetaArena,
+    ) {
+        let cls = &self.classes[c.index()];
+        if count == c.batch() && cls.stack.len() < max_stacked_batches(c) {
+            if let Some(i) = self.descs.alloc(ph.os(), meta) {
+                self.descs.get(i).set(head, count as u32);
+                cls.stack.push(&self.descs, i);
+                return;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.release_objects(c, head, count, ph) };
+    }
+
+    /// Returns objects to their spans; spans left with no live object go back to the
+    /// page heap.
+    ///
+    /// # Safety
+    /// As for [`Central::flush`].
+    pub unsafe fn release_objects<O: Os>(
+        &self,
+        c: SizeClass,
+        head: *mut FreeObj,
+        count: usize,
+        ph: &PageHeap<O>,
+    ) {
+        self.classes[c.index()].with_spans(|cs| {
+            let mut obj = head;
+            for _ in 0..count {
+                // SAFETY: the chain has `count` objects (contract); each lies in a
+                // live Small span of class c (it was given out and not returned), whose
+                // descriptor the page map finds; the class lock makes the span ours.
+                unsafe {
+                    let next = (*obj).next;
+                    let span = (*ChunkHeader::of(obj.cast())).span_of(obj.cast());
+                    let s = &mut *span;
+                    debug_assert!(s.kind() == SpanKind::Small && s.class() == c);
+                    (*obj).next = s.free;
+                    s.free = obj;
+                    s.live -= 1;
+                    if s.live == 0 {
+                        if s.flags & SPAN_LISTED != 0 {
+                            list_remove(&mut cs.partial, span);
+                        }
+                        cs.nspans -= 1;
+                        ph.free_span(span);
+                    } else if s.flags & SPAN_LISTED == 0 {
+                        list_push(&mut cs.partial, span);
+                    }
+                    obj = next;
+                }
+            }
+        });
+    }
+
+    /// Moves every batch of class `c` from the transfer stack back to the spans.
+    pub fn drain<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>) {
+        let cls = &self.classes[c.index()];
+        while let Some(i) = cls.stack.pop(&self.descs) {
+            let (head, count) = self.descs.get(i).get();
+            self.descs.free(i);
+            // SAFETY: by invariant 1 the batch holds `count` class-c objects that no
+            // one uses.
+            unsafe { self.release_objects(c, head, count as usize, ph) };
+        }
+    }
+
+    /// Objects of class `c` sitting in full batches on the transfer stack (approximate
+    /// under concurrency).
+    pub fn stacked_objects(&self, c: SizeClass) -> usize {
+        self.classes[c.index()].stack.len() * c.batch()
+    }
+
+    /// Locks every class (in index order) for a consistent view or a fork.
+    pub fn lock_all(&self) {
+        for cls in &self.classes {
+            cls.lock.lock();
+        }
+    }
+    /// Unlocks what `lock_all` locked.
+    pub fn unlock_all(&self) {
+        for cls in self.classes.iter().rev() {
+            cls.lock.unlock();
+        }
+    }
+    /// Releases every class lock in a fork child.
+    pub fn force_unlock_all(&self) {
+        for cls in &self.classes {
+            cls.lock.force_unlock();
+        }
+    }
+
+    /// Checks invariant 2 and Span invariant 4 for every partial span, and that
+    /// `nspans` matches `counted`, the Small spans per class found by a walk of the
+    /// chunks. Call with every class lock held (`lock_all`).
+    ///
+    /// # Safety
+    /// The caller holds every class lock.
+    pub unsafe fn validate_locked(
+        &self,
+        small_spans: &[usize; NUM_CLASSES],
+    ) -> Result<(), Violation> {
+        for (ci, cls) in self.classes.iter().enumerate() {
+            // SAFETY: the caller holds this class's lock.
+            let cs = cls.spans.with(|s| unsafe { &*s });
+            check(
+                cs.nspans == small_spans[ci],
+                "CentralClass",
+                2,
+                "span count differs from the chunks",
+                ci,
+            )?;
+            let mut span = cs.partial;
+            while !span.is_null() {
+                // SAFETY: partial spans are Small spans of this class, ours under lock.
+                let s = unsafe { &*span };
+                check(
+                    s.kind() == SpanKind::Small && s.class().index() == ci,
+                    "CentralClass",
+                    2,
+                    "foreign span on the partial list",
+                    span as usize,
+                )?;
+                check(
+                    s.has_free_object() && s.live > 0,
+                    "Span",
+                    4,
+                    "partial span is full or empty",
+                    s.base() as usize,
+                )?;
+                span = s.next;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Central {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Checks Span invariant 4 for one Small span: `live + |free| + (capacity - carved)
+/// == capacity`, every free object inside the span on an object boundary.
+///
+/// # Safety
+/// The caller holds the lock of the span's class.
+pub unsafe fn validate_small_span(s: &Span) -> Result<(), Violation> {
+    let c = s.class();
+    let at = s.base() as usize;
+    check(
+        s.capacity as usize == c.objects_per_span(),
+        "Span",
+        4,
+        "capacity differs from the class",
+        at,
+    )?;
+    check(
+        s.carved <= s.capacity && s.live <= s.carved,
+        "Span",
+        4,
+        "carved/live out of range",
+        at,
+    )?;
+    let mut n = 0u32;
+    let mut o = s.free;
+    while !o.is_null() {
+        let off = o as usize - at;
+        check(
+            o as usize >= at && off < s.carved as usize * c.size_bytes(),
+            "Span",
+            4,
+            "free object outside the carved part",
+            o as usize,
+        )?;
+        check(
+            off % c.size_bytes() == 0,
+            "Span",
+            4,
+            "free object not on a boundary",
+            o as usize,
+        )?;
+        n += 1;
+        check(
+            n <= s.carved,
+            "Span",
+            4,
+            "free list longer than carved (cycle?)",
+            at,
+        )?;
+        // SAFETY: `o` is a free object of this span (checked above), ours under the lock.
+        o = unsafe { (*o).next };
+    }
+    check(
+        s.live + n == s.carved,
+        "Span",
+        4,
+        "live + free != carved",
+        at,
+    )?;
+    let listed = s.flags & SPAN_LISTED != 0;
+    check(
+        listed == (s.has_free_object() && s.live > 0),
+        "Span",
+        4,
+        "partial-list membership wrong",
+        at,
+    )
+}
+
+fn max_stacked_batches(c: SizeClass) -> usize {
+    (STACK_BYTES / (c.batch() * c.size_bytes())).clamp(4, 512)
+}
+
+/// Pushes `span` on the front of a doubly linked span list.
+///
+/// # Safety
+/// The list's lock is held and `span` is in no list.
+unsafe fn list_push(head: &mut *mut Span, span: *mut Span) {
+    // SAFETY: per the contract.
+    unsafe {
+        (*span).prev = ptr::null_mut();
+        (*span).next = *head;
+        if !head.is_null() {
+            (**head).prev = span;
+        }
+        *head = span;
+        (*span).flags |= SPAN_LISTED;
+    }
+}
+
+/// Unlinks `span` from the list at `head`.
+///
+/// # Safety
+/// The list's lock is held and `span` is in that list.
+unsafe fn list_remove(head: &mut *mut Span, span: *mut Span) {
+    // SAFETY: per the contract.
+    unsafe {
+        let s = &mut *span;
+        if s.prev.is_null() {
+            *head = s.next;
+        } else {
+            (*s.prev).next = s.next;
+        }
+        if !s.next.is_null() {
+            (*s.next).prev = s.prev;
+        }
+        s.prev = ptr::null_mut();
+        s.next = ptr::null_mut();
+        s.flags &= !SPAN_LISTED;
+    }
+}

@@ -1,0 +1,154 @@
+//! Huge blocks: requests above [`HUGE_THRESHOLD`](crate::size_class::HUGE_THRESHOLD)
+//! (or aligned beyond what a span can be trimmed to) get a mapping of their own. A
+//! small registry (hash of records from the metadata arena, under a lock) remembers
+//! each mapping's length, so that `free` without a size, `realloc` by `mremap`, and
+//! "is this pointer ours?" work for them too. Huge requests are rare and each costs a
+//! syscall, so the lock is never the bottleneck.
+
+use crate::meta::MetaArena;
+use crate::os::Os;
+use crate::sync::{RawLock, UnsafeCell};
+use core::ptr;
+
+const BUCKETS: usize = 256;
+
+struct Record {
+    ptr: usize,
+    len: usize,
+    next: *mut Record,
+}
+
+struct Inner {
+    buckets: [*mut Record; BUCKETS],
+    spare: *mut Record,
+    count: usize,
+    bytes: usize,
+}
+
+/// The registry of huge mappings.
+///
+/// Invariants: 1. every live huge block has exactly one record, in bucket
+/// `hash(ptr)`; 2. `count`/`bytes` are the number and total length of records.
+pub struct HugeRegistry {
+    lock: RawLock,
+    inner: UnsafeCell<Inner>,
+}
+
+// SAFETY: `inner` is only touched with `lock` held.
+unsafe impl Sync for HugeRegistry {}
+// SAFETY: as above.
+unsafe impl Send for HugeRegistry {}
+
+fn hash(p: usize) -> usize {
+    ((p >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) % BUCKETS
+}
+
+impl HugeRegistry {
+    crate::sync::loom_const_fn! {
+        pub fn new() -> HugeRegistry {
+            HugeRegistry {
+                lock: RawLock::new(),
+                inner: UnsafeCell::new(Inner { buckets: [ptr::null_mut(); BUCKETS], spare: ptr::null_mut(), count: 0, bytes: 0 }),
+            }
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let _g = self.lock.guard();
+        // SAFETY: lock held.
+        self.inner.with_mut(|i| f(unsafe { &mut *i }))
+    }
+
+    /// Records a mapping; false if no record could be had.
+    pub fn insert(&self, os: &impl Os, meta: &MetaArena, p: *mut u8, len: usize) -> bool {
+        self.with(|h| {
+            let mut r = h.spare;
+            if r.is_null() {
+                r = meta.alloc(os, core::mem::size_of::<Record>(), 16).cast();
+                if r.is_null() {
+                    return false;
+                }
+            } else {
+                // SAFETY: spare records are ours under the lock.
+                h.spare = unsafe { (*r).next };
+            }
+            let b = hash(p as usize);
+            // SAFETY: `r` is an unused record from the arena or the spare list.
+            unsafe {
+                r.write(Record {
+                    ptr: p as usize,
+                    len,
+                    next: h.buckets[b],
+                })
+            };
+            h.buckets[b] = r;
+            h.count += 1;
+            h.bytes += len;
+            true
+        })
+    }
+
+    /// The length of the mapping starting at `p`, if `p` is a huge block.
+    pub fn lookup(&self, p: *const u8) -> Option<usize> {
+        self.with(|h| {
+            let mut r = h.buckets[hash(p as usize)];
+            while !r.is_null() {
+                // SAFETY: records in buckets are ours under the lock.
+                let rec = unsafe { &*r };
+                if rec.ptr == p as usize {
+                    return Some(rec.len);
+                }
+                r = rec.next;
+            }
+            None
+        })
+    }
+
+    /// Forgets the mapping at `p`; returns its length.
+    pub fn remove(&self, p: *const u8) -> Option<usize> {
+        self.with(|h| {
+            let b = hash(p as usize);
+            let mut link: *mut *mut Record = &mut h.buckets[b];
+            // SAFETY: links and records are ours under the lock.
+            unsafe {
+                while !(*link).is_null() {
+                    let r = *link;
+                    if (*r).ptr == p as usize {
+                        *link = (*r).next;
+                        (*r).next = h.spare;
+                        h.spare = r;
+                        h.count -= 1;
+                        h.bytes -= (*r).len;
+                        return Some((*r).len);
+                    }
+                    link = &mut (*r).next;
+                }
+            }
+            None
+        })
+    }
+
+    /// Number of huge blocks and their total mapped bytes.
+    pub fn totals(&self) -> (usize, usize) {
+        self.with(|h| (h.count, h.bytes))
+    }
+
+    /// Holds the lock (fork handlers).
+    pub fn lock(&self) {
+        self.lock.lock();
+    }
+    /// Releases `lock`.
+    pub fn unlock(&self) {
+        self.lock.unlock();
+    }
+    /// Releases the lock in a fork child.
+    pub fn force_unlock(&self) {
+        self.lock.force_unlock();
+    }
+}
+
+impl Default for HugeRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
