@@ -1,0 +1,361 @@
+//! The shared tiers as one plain value: central tier, page heap, huge registry,
+//! metadata arena and the pool of thread heaps. The process has one (in global.rs);
+//! tests and loom models build their own over any [`Os`].
+//!
+//! Also here: the paths that bypass thread caches (large spans, huge mappings, frees
+//! from threads already torn down) and `realloc`'s in-place cases.
+
+use crate::Violation;
+use crate::central::{Central, validate_small_span};
+use crate::chunk::{ChunkHeader, FreeObj, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind};
+use crate::huge::HugeRegistry;
+use crate::meta::MetaArena;
+use crate::os::{OS_PAGE, Os};
+use crate::page_heap::PageHeap;
+use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, NUM_CLASSES, PAGE_SIZE, SizeClass, class_for};
+use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
+use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
+use core::ptr;
+
+/// How a request of a given size and alignment is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// From a thread cache, in this class.
+    Small(SizeClass),
+    /// A span of whole pages from the page heap.
+    Large,
+    /// A mapping of its own.
+    Huge,
+}
+
+/// Where `size` bytes at `align` go. Deterministic, so `dealloc` with the same
+/// layout finds the same route with no lookup. A zero size counts as one byte.
+#[inline]
+pub fn route(size: usize, align: usize) -> Route {
+    let size = size.max(1);
+    match class_for(size, align) {
+        Some(c) => Route::Small(c),
+        None if size <= HUGE_THRESHOLD && align <= HUGE_ALIGN => Route::Large,
+        None => Route::Huge,
+    }
+}
+
+/// The shared state of one allocator instance.
+pub struct Backend<O: Os> {
+    pub page_heap: PageHeap<O>,
+    pub central: Central,
+    pub meta: MetaArena,
+    pub huge: HugeRegistry,
+    pool_lock: RawLock,
+    pool: UnsafeCell<HeapPool>,
+    cache_budget: AtomicUsize,
+}
+
+struct HeapPool {
+    free: *mut ThreadHeap,
+    live: usize,
+    created: usize,
+}
+
+// SAFETY: `pool` is only touched under `pool_lock`; the parts are Sync themselves.
+unsafe impl<O: Os + Sync> Sync for Backend<O> {}
+// SAFETY: as above.
+unsafe impl<O: Os + Send> Send for Backend<O> {}
+
+impl<O: Os> Backend<O> {
+    crate::sync::loom_const_fn! {
+        /// A backend over `os` with nothing mapped yet.
+        pub fn new(os: O) -> Backend<O> {
+            Backend {
+                page_heap: PageHeap::new(os),
+                central: Central::new(),
+                meta: MetaArena::new(),
+                huge: HugeRegistry::new(),
+                pool_lock: RawLock::new(),
+                pool: UnsafeCell::new(HeapPool { free: ptr::null_mut(), live: 0, created: 0 }),
+                cache_budget: AtomicUsize::new(DEFAULT_CACHE_BUDGET),
+            }
+        }
+    }
+
+    fn os(&self) -> &O {
+        self.page_heap.os()
+    }
+
+    // ---- thread heaps -------------------------------------------------------------
+
+    /// A live thread heap (recycled from the pool when possible); null if the OS
+    /// refuses memory.
+    pub fn new_thread_heap(&self) -> *mut ThreadHeap {
+        let _g = self.pool_lock.guard();
+        // SAFETY: pool lock held.
+        let pool = self.pool.with_mut(|p| unsafe { &mut *p });
+        let mut h = pool.free;
+        if h.is_null() {
+            h = self
+                .meta
+                .alloc(self.os(), core::mem::size_of::<ThreadHeap>(), 64)
+                .cast();
+            if h.is_null() {
+                return h;
+            }
+            // SAFETY: fresh arena memory sized and aligned for a ThreadHeap.
+            unsafe { h.write(ThreadHeap::new(HeapState::Pooled)) };
+            pool.created += 1;
+        } else {
+            // SAFETY: pooled heaps are ours under the pool lock.
+            pool.free = unsafe { (*h).pool_next };
+        }
+        pool.live += 1;
+        // SAFETY: `h` is a flushed heap that no thread uses.
+        unsafe { (*h).activate(self.cache_budget.load(Ordering::Relaxed)) };
+        h
+    }
+
+    /// Flushes a thread's heap and puts it in the pool for the next thread.
+    ///
+    /// # Safety
+    /// `h` came from `new_thread_heap` and its thread will not use it again.
+    pub unsafe fn retire_thread_heap(&self, h: *mut ThreadHeap) {
+        // SAFETY: the caller hands the heap over.
+        let heap = unsafe { &mut *h };
+        heap.flush_all(self);
+        heap.retire();
+        let _g = self.pool_lock.guard();
+        // SAFETY: pool lock held.
+        let pool = self.pool.with_mut(|p| unsafe { &mut *p });
+        heap.pool_next = pool.free;
+        pool.free = h;
+        pool.live -= 1;
+    }
+
+    /// Thread heaps in use, and ever created.
+    pub fn thread_heaps(&self) -> (usize, usize) {
+        let _g = self.pool_lock.guard();
+        // SAFETY: pool lock held.
+        self.pool.with(|p| unsafe { ((*p).live, (*p).created) })
+    }
+
+    /// The byte budget given to thread caches created from now on.
+    pub fn set_cache_budget(&self, bytes: usize) {
+        self.cache_budget.store(bytes, Ordering::Relaxed);
+    }
+    /// The current thread-cache budget.
+    pub fn cache_budget(&self) -> usize {
+        self.cache_budget.load(Ordering::Relaxed)
+    }
+
+    // ---- paths without a thread cache ----------------------------------------------
+
+    /// One class-`c` object straight from the central tier (threads being torn down).
+    pub fn alloc_small_direct(&self, c: SizeClass) -> *mut u8 {
+        let b = self.central.refill(c, &self.page_heap);
+        if b.count == 0 {
+            return ptr::null_mut();
+        }
+        if b.count > 1 {
+            // SAFETY: the rest of the batch is ours and unused.
+            unsafe {
+                self.central
+                    .release_objects(c, (*b.head).next, b.count - 1, &self.page_heap)
+            };
+        }
+        b.head.cast()
+    }
+
+    /// Returns one class-`c` object straight to its span.
+    ///
+    /// # Safety
+    /// `p` is a live class-`c` block from this backend that the caller gives up.
+    pub unsafe fn free_small_direct(&self, c: SizeClass, p: *mut u8) {
+        let obj = p.cast::<FreeObj>();
+        // SAFETY: the block is ours now; a chain of one.
+        unsafe {
+            (*obj).next = ptr::null_mut();
+            self.central.release_objects(c, obj, 1, &self.page_heap);
+        }
+    }
+
+    /// A block of whole pages; zeroed if `zero` (free when the pages are known zero).
+    pub fn alloc_large(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        let npages = size.div_ceil(PAGE_SIZE);
+        let align_pages = (align / PAGE_SIZE).max(1);
+        let span = self
+            .page_heap
+            .alloc_span(npages, align_pages, SpanKind::Large, SizeClass(0));
+        if span.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: a Large span just given to us.
+        unsafe {
+            let s = &*span;
+            let p = s.base();
+            if zero && s.flags & SPAN_ZEROED == 0 {
+                ptr::write_bytes(p, 0, size);
+            }
+            p
+        }
+    }
+
+    /// Frees a block from `alloc_large`.
+    ///
+    /// # Safety
+    /// `p` came from `alloc_large` of this backend and is not used any more.
+    pub unsafe fn free_large(&self, p: *mut u8) {
+        // SAFETY: `p` is the base of a live Large span in a mapped chunk.
+        unsafe {
+            let span = (*ChunkHeader::of(p)).span_of(p);
+            debug_assert!((*span).kind() == SpanKind::Large && (*span).base() == p);
+            self.page_heap.free_span(span);
+        }
+    }
+
+    /// A mapping of its own; always zeroed (fresh from the OS).
+    pub fn alloc_huge(&self, size: usize, align: usize) -> *mut u8 {
+        let Some(len) = size.max(1).checked_next_multiple_of(OS_PAGE) else {
+            return ptr::null_mut();
+        };
+        if len > isize::MAX as usize {
+            return ptr::null_mut();
+        }
+        let p = self.os().map(len, align.max(OS_PAGE));
+        if p.is_null() {
+            return p;
+        }
+        if !self.huge.insert(self.os(), &self.meta, p, len) {
+            // SAFETY: the mapping was never handed out.
+            unsafe { self.os().unmap(p, len) };
+            return ptr::null_mut();
+        }
+        p
+    }
+
+    /// Frees a block from `alloc_huge`.
+    ///
+    /// # Safety
+    /// `p` came from `alloc_huge` (or `realloc_huge`) and is not used any more.
+    pub unsafe fn free_huge(&self, p: *mut u8) {
+        if let Some(len) = self.huge.remove(p) {
+            // SAFETY: the registry said `p` starts a mapping of `len` bytes, now dead.
+            unsafe { self.os().unmap(p, len) };
+        } else {
+            debug_assert!(false, "free of an unknown huge block {p:p}");
+        }
+    }
+
+    /// Resizes a huge block with `mremap` (no copy); null, with the block intact, if
+    /// the OS refuses.
+    ///
+    /// # Safety
+    /// `p` is a live huge block aligned at most to `OS_PAGE`.
+    pub unsafe fn realloc_huge(&self, p: *mut u8, new_size: usize) -> *mut u8 {
+        let Some(new_len) = new_size.checked_next_multiple_of(OS_PAGE) else {
+            return ptr::null_mut();
+        };
+        if new_len > isize::MAX as usize {
+            return ptr::null_mut();
+        }
+        let Some(old_len) = self.huge.lookup(p) else {
+            return ptr::null_mut();
+        };
+        if new_len == old_len {
+            return p;
+        }
+        // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
+        let q = unsafe { self.os().remap(p, old_len, new_len) };
+        if !q.is_null() {
+            self.huge.remove(p);
+            // A record was just freed, so this insert reuses it and cannot fail.
+            let ok = self.huge.insert(self.os(), &self.meta, q, new_len);
+            debug_assert!(ok);
+        }
+        q
+    }
+
+    /// Tries to resize a Large block in place to `new_size` bytes.
+    ///
+    /// # Safety
+    /// `p` is a live block from `alloc_large`.
+    pub unsafe fn resize_large_in_place(&self, p: *mut u8, new_size: usize) -> bool {
+        // SAFETY: `p` is the base of a live Large span.
+        unsafe {
+            let span: *mut Span = (*ChunkHeader::of(p)).span_of(p);
+            let have = (*span).npages as usize;
+            let want = new_size.div_ceil(PAGE_SIZE);
+            if want == have {
+                true
+            } else if want < have {
+                self.page_heap.shrink_in_place(span, want);
+                true
+            } else {
+                self.page_heap.grow_in_place(span, want)
+            }
+        }
+    }
+
+    /// Usable bytes of a block of ours, found by address (for `free` without a size,
+    /// `malloc_usable_size` and checks); None if `p` is not the start of one of our
+    /// blocks.
+    pub fn usable_size(&self, p: *const u8) -> Option<usize> {
+        if self.page_heap.owns(p) {
+            // SAFETY: `p` lies in a mapped chunk (chunk map), so its header is readable;
+            // the page map and kinds are atomics, so a stale read is not UB.
+            unsafe {
+                let chunk = &*ChunkHeader::of(p);
+                let page = ChunkHeader::page_of(p);
+                if page < HEADER_PAGES {
+                    return None;
+                }
+                let span = &*chunk.span_of(p);
+                match span.kind() {
+                    SpanKind::Small => {
+                        let size = span.class().size_bytes();
+                        let off = p as usize - span.base() as usize;
+                        (off % size == 0 && off < span.bytes()).then_some(size)
+                    }
+                    SpanKind::Large => ptr::eq(span.base(), p).then_some(span.bytes()),
+                    _ => None,
+                }
+            }
+        } else {
+            self.huge.lookup(p)
+        }
+    }
+
+    // ---- release and validation ---------------------------------------------------
+
+    /// Moves central batches back to spans and returns every free page to the OS.
+    /// Returns the bytes purged or unmapped.
+    pub fn release_shared(&self) -> usize {
+        for c in 0..NUM_CLASSES {
+            self.central.drain(SizeClass(c as u8), &self.page_heap);
+        }
+        self.page_heap.release_all()
+    }
+
+    /// Checks every invariant of the shared tiers: the page heap (chunks, spans, bins),
+    /// every Small span of every class, and every class's lists. Blocks allocation
+    /// while it runs (it takes every lock).
+    pub fn validate(&self) -> Result<(), Violation> {
+        self.central.lock_all();
+        let r = self.validate_locked();
+        self.central.unlock_all();
+        r
+    }
+
+    fn validate_locked(&self) -> Result<(), Violation> {
+        self.page_heap.validate()?;
+        let mut small = [0usize; NUM_CLASSES];
+        let mut res = Ok(());
+        self.page_heap.for_each_span(|s| {
+            if s.kind() == SpanKind::Small && res.is_ok() {
+                small[s.class().index()] += 1;
+                // SAFETY: the caller holds every class lock.
+                res = unsafe { validate_small_span(s) };
+            }
+        });
+        res?;
+        // SAFETY: every class lock is held.
+        unsafe { self.central.validate_locked(&small) }
+    }
+}

@@ -1,0 +1,348 @@
+//! The process-wide allocator: the one [`Backend`], the thread-local heap pointer,
+//! thread set-up and tear-down, and `impl GlobalAlloc for Strata`.
+//!
+//! TLS: a `const`-initialised `Cell<*mut ThreadHeap>` with no destructor is a bare
+//! TLS slot (no registration, no allocation). It starts pointing at the `EMPTY`
+//! sentinel, whose lists are empty with `max == 0`, so a thread's first alloc or free
+//! misses the fast path and the slow path sets up a real heap. Tear-down runs from a
+//! `pthread_key_create` destructor (after every `thread_local!` destructor); it
+//! flushes the heap, pools it, and points the thread at `DEAD`, whose slow paths go
+//! straight to the central tier, so frees that glibc makes afterwards still work.
+
+use crate::backend::{Backend, Route, route};
+use crate::os::{OS_PAGE, SysOs};
+use crate::size_class::{SizeClass, class_for};
+use crate::thread_heap::{HeapState, ThreadHeap};
+use crate::{Strata, Violation};
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
+use core::ptr;
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
+/// The shared tiers of the process.
+pub(crate) static BACKEND: Backend<SysOs> = Backend::new(SysOs);
+
+/// A sentinel heap: never written (both fast paths miss on it before writing).
+struct Sentinel(ThreadHeap);
+// SAFETY: a sentinel is only read, never written (see ThreadHeap's fast paths: pop
+// returns on a null head, try_push returns on len >= max == 0).
+unsafe impl Sync for Sentinel {}
+
+static EMPTY: Sentinel = Sentinel(ThreadHeap::new(HeapState::Empty));
+static DEAD: Sentinel = Sentinel(ThreadHeap::new(HeapState::Dead));
+
+const fn sentinel(s: &'static Sentinel) -> *mut ThreadHeap {
+    &s.0 as *const ThreadHeap as *mut ThreadHeap
+}
+
+thread_local! {
+    static HEAP: Cell<*mut ThreadHeap> = const { Cell::new(sentinel(&EMPTY)) };
+}
+
+/// The calling thread's heap: one TLS load.
+#[inline(always)]
+fn heap() -> *mut ThreadHeap {
+    HEAP.with(|h| h.get())
+}
+
+const KEY_NONE: u8 = 0;
+const KEY_BUSY: u8 = 1;
+const KEY_READY: u8 = 2;
+const KEY_FAILED: u8 = 3;
+static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_NONE);
+static KEY: AtomicU32 = AtomicU32::new(0);
+
+/// The pthread key whose destructor tears thread heaps down; None if it could not
+/// be created (threads then keep their caches until exit; nothing is lost but the
+/// cached objects).
+fn thread_key() -> Option<libc::pthread_key_t> {
+    loop {
+        // Acquire: pairs with the Release below; KEY is visible once READY is.
+        match KEY_STATE.load(Ordering::Acquire) {
+            KEY_READY => return Some(KEY.load(Ordering::Relaxed)),
+            KEY_FAILED => return None,
+            KEY_NONE => {
+                if KEY_STATE
+                    .compare_exchange(KEY_NONE, KEY_BUSY, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+                {
+                    let mut key: libc::pthread_key_t = 0;
+                    // SAFETY: pthread_key_create writes the key; it does not allocate.
+                    let rc = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) };
+                    KEY.store(key, Ordering::Relaxed);
+                    // Release: publishes KEY to readers of READY.
+                    KEY_STATE.store(
+                        if rc == 0 { KEY_READY } else { KEY_FAILED },
+                        Ordering::Release,
+                    );
+                }
+            }
+            _ => core::hint::spin_loop(),
+        }
+    }
+}
+
+/// Gives the calling thread a live heap; null if the OS refuses memory.
+#[cold]
+fn init_thread() -> *mut ThreadHeap {
+    let key = thread_key();
+    let h = BACKEND.new_thread_heap();
+    if h.is_null() {
+        return h;
+    }
+    // Point TLS at the heap *before* pthread_setspecific: for keys >= 32 glibc
+    // callocs there, and that calloc must find a live heap, not recurse into here.
+    HEAP.with(|c| c.set(h));
+    if let Some(key) = key {
+        // SAFETY: a valid key; the value is our heap pointer.
+        unsafe { libc::pthread_setspecific(key, h.cast()) };
+    }
+    h
+}
+
+/// pthread key destructor: the thread is exiting.
+extern "C" fn on_thread_exit(h: *mut libc::c_void) {
+    let h = h.cast::<ThreadHeap>();
+    HEAP.with(|c| c.set(sentinel(&DEAD)));
+    // SAFETY: `h` is this thread's live heap (we set it as the key's value) and the
+    // thread will not touch it again: TLS now points at DEAD.
+    unsafe { BACKEND.retire_thread_heap(h) };
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
+    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel).
+    let heap = unsafe { &mut *h };
+    match heap.state() {
+        HeapState::Live => heap.alloc_slow(c, &BACKEND),
+        HeapState::Empty => {
+            let nh = init_thread();
+            if nh.is_null() {
+                return BACKEND.alloc_small_direct(c);
+            }
+            // SAFETY: a fresh live heap of this thread.
+            unsafe { (*nh).alloc_slow(c, &BACKEND) }
+        }
+        HeapState::Dead | HeapState::Pooled => BACKEND.alloc_small_direct(c),
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_small_slow(h: *mut ThreadHeap, c: SizeClass, p: *mut u8) {
+    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel).
+    let heap = unsafe { &mut *h };
+    let live = match heap.state() {
+        HeapState::Live => h,
+        HeapState::Empty => init_thread(),
+        HeapState::Dead | HeapState::Pooled => ptr::null_mut(),
+    };
+    // SAFETY: the caller gives up `p`, a class-c block of ours; `live` is null or
+    // this thread's live heap.
+    unsafe {
+        if live.is_null() {
+            BACKEND.free_small_direct(c, p)
+        } else {
+            (*live).free_slow(c, p, &BACKEND)
+        }
+    }
+}
+
+/// Small-object alloc: TLS load, pop, one branch (budget ~15 instructions).
+#[inline(always)]
+fn alloc_small(c: SizeClass) -> *mut u8 {
+    let h = heap();
+    // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
+    let p = unsafe { (*h).pop(c) };
+    if p.is_null() {
+        alloc_small_slow(h, c)
+    } else {
+        p
+    }
+}
+
+/// Small-object free: TLS load, push, one branch (budget ~12 instructions).
+///
+/// # Safety
+/// `p` is a live class-`c` block of ours that the caller gives up.
+#[inline(always)]
+unsafe fn free_small(c: SizeClass, p: *mut u8) {
+    let h = heap();
+    // SAFETY: `h` is this thread's heap or a sentinel; the caller's contract.
+    unsafe {
+        if !(*h).try_push(c, p) {
+            free_small_slow(h, c, p);
+        }
+    }
+}
+
+/// Everything that is not a small request with a non-zero size.
+#[cold]
+#[inline(never)]
+fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
+    match route(size, align) {
+        Route::Small(c) => {
+            let p = alloc_small(c);
+            if zero && !p.is_null() {
+                // SAFETY: a fresh block of at least the class size >= size.
+                unsafe { ptr::write_bytes(p, 0, c.size_bytes()) };
+            }
+            p
+        }
+        Route::Large => BACKEND.alloc_large(size, align, zero),
+        Route::Huge => BACKEND.alloc_huge(size, align),
+    }
+}
+
+/// # Safety
+/// `p` was allocated with `size`/`align` and is given up.
+#[cold]
+#[inline(never)]
+unsafe fn free_other(p: *mut u8, size: usize, align: usize) {
+    // SAFETY: per the contract; the route is the one alloc took.
+    unsafe {
+        match route(size, align) {
+            Route::Small(c) => free_small(c, p),
+            Route::Large => BACKEND.free_large(p),
+            Route::Huge => BACKEND.free_huge(p),
+        }
+    }
+}
+
+// SAFETY: blocks are at least `layout.size()` bytes, aligned to `layout.align()`
+// (size classes are multiples of the alignment and spans page aligned; large spans
+// and huge mappings are trimmed to it); a block is never handed out twice before it
+// is freed; failures return null; nothing here panics or unwinds.
+unsafe impl GlobalAlloc for Strata {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match class_for(layout.size(), layout.align()) {
+            Some(c) => alloc_small(c),
+            None => alloc_other(layout.size(), layout.align(), false),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: the GlobalAlloc contract: `p` came from us with this layout.
+        unsafe {
+            match class_for(layout.size(), layout.align()) {
+                Some(c) => free_small(c, p),
+                None => free_other(p, layout.size(), layout.align()),
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match class_for(layout.size(), layout.align()) {
+            Some(c) => {
+                let p = alloc_small(c);
+                if !p.is_null() {
+                    // SAFETY: a fresh block of at least layout.size() bytes.
+                    unsafe { ptr::write_bytes(p, 0, layout.size()) };
+                }
+                p
+            }
+            None => alloc_other(layout.size(), layout.align(), true),
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        match (route(layout.size(), align), route(new_size, align)) {
+            (Route::Small(a), Route::Small(b)) if a == b => return p,
+            // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
+            (Route::Large, Route::Large)
+                if unsafe { BACKEND.resize_large_in_place(p, new_size) } =>
+            {
+                return p;
+            }
+            // SAFETY: `p` is a live huge block aligned to at most a page.
+            (Route::Huge, Route::Huge) if align <= OS_PAGE => {
+                return unsafe { BACKEND.realloc_huge(p, new_size) };
+            }
+            _ => {}
+        }
+        // SAFETY: align is the live layout's, a power of two; new_size is valid for it.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+        // SAFETY: as in alloc.
+        let q = unsafe { self.alloc(new_layout) };
+        if !q.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least min(old, new) long.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                self.dealloc(p, layout);
+            }
+        }
+        q
+    }
+}
+
+/// See [`crate::flush_thread_cache`].
+pub(crate) fn flush_thread_cache() {
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel; only a live heap is written.
+    unsafe {
+        if (*h).state() == HeapState::Live {
+            (*h).flush_all(&BACKEND);
+        }
+    }
+}
+
+/// See [`crate::release_memory`].
+pub(crate) fn release_memory() -> usize {
+    flush_thread_cache();
+    BACKEND.release_shared()
+}
+
+/// See [`crate::validate_heap`].
+pub(crate) fn validate_heap() -> Result<(), Violation> {
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel, only read.
+    unsafe { (*h).validate(&BACKEND) }?;
+    BACKEND.validate()
+}
+
+/// See [`crate::set_thread_cache_budget`].
+pub(crate) fn set_thread_cache_budget(bytes: usize) {
+    BACKEND.set_cache_budget(bytes);
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel; only a live heap is written.
+    unsafe {
+        if (*h).state() == HeapState::Live {
+            (*h).set_budget(bytes, &BACKEND);
+        }
+    }
+}
+
+/// See [`crate::set_purge_delay_ms`].
+pub(crate) fn set_purge_delay_ms(ms: u64) {
+    BACKEND.page_heap.set_purge_delay_ms(ms);
+}
+
+/// See [`crate::usable_size`].
+pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
+    BACKEND.usable_size(p)
+}
+
+/// See [`crate::heap_counts`].
+pub(crate) fn heap_counts() -> crate::HeapCounts {
+    let ph = BACKEND.page_heap.stats();
+    let (huge_blocks, huge_bytes) = BACKEND.huge.totals();
+    let (threads_live, threads_created) = BACKEND.thread_heaps();
+    crate::HeapCounts {
+        chunks: ph.chunks,
+        mapped_bytes: ph.mapped_bytes + huge_bytes,
+        free_page_bytes: ph.free_bytes,
+        free_zeroed_bytes: ph.free_zeroed_bytes,
+        purged_bytes_total: ph.purged_bytes_total,
+        unmapped_bytes_total: ph.unmapped_bytes_total,
+        huge_blocks,
+        huge_bytes,
+        metadata_bytes: BACKEND.meta.mapped_bytes(),
+        thread_heaps_live: threads_live,
+        thread_heaps_created: threads_created,
+    }
+}

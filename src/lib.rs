@@ -1,0 +1,172 @@
+//! strata: a thread-caching, concurrent memory allocator in pure Rust.
+//!
+//! ```
+//! #[global_allocator]
+//! static A: strata::Strata = strata::Strata;
+//! ```
+//!
+//! # Tiers
+//! ```text
+//!  alloc/free ──► ThreadHeap (one per thread, no atomics on the fast path)
+//!                   per size class: intrusive free list {head, len, max}
+//!                   │ refill: pop a whole batch        ▲ flush: push a whole batch
+//!                   ▼                                   │
+//!                Central (one per process)
+//!                   per size class: lock-free TransferStack of batches
+//!                   behind it: spans of that class under a per-class lock
+//!                   │ span needs pages                  ▲ span fully free
+//!                   ▼                                   │
+//!                PageHeap: spans of pages inside 4 MiB aligned chunks
+//!                   best fit, coalescing, purge after a delay, munmap of free chunks
+//!                   │                                   ▲
+//!                   ▼                                   │
+//!                Os: mmap / munmap / madvise / mremap (one small trait)
+//! ```
+//! Requests above 1 MiB get a mapping of their own (`huge`).
+//!
+//! # Modules, in dependency order (each uses only those below it)
+//! `global` (statics, TLS, `GlobalAlloc`) → `thread_heap` (the fast path) →
+//! `backend` (the shared tiers as one value; large and huge paths) → `central`
+//! (per-class transfer stacks and spans) → `transfer` (the lock-free stack of
+//! batches) → `page_heap` (spans, best fit, coalescing, purge) → `chunk` (headers,
+//! page map, "is this ours") and `huge` (own mappings) → `meta` (the metadata arena)
+//! → `size_class` (tables, pure) and `os` (the OS trait) → `sync` (atomics and
+//! locks, or loom's).
+
+mod sync;
+
+mod backend;
+mod central;
+mod chunk;
+mod huge;
+mod meta;
+mod os;
+mod page_heap;
+mod size_class;
+mod thread_heap;
+mod transfer;
+
+/// The tiers as plain values, for loom models, benchmarks and white-box tests. Not a
+/// stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::backend::{Backend, Route, route};
+    pub use crate::central::{Batch, Central};
+    pub use crate::chunk::{ChunkHeader, FreeObj, HEADER_PAGES, Span, SpanKind, USABLE_PAGES};
+    pub use crate::huge::HugeRegistry;
+    pub use crate::meta::MetaArena;
+    pub use crate::os::{OS_PAGE, Os, SysOs};
+    pub use crate::page_heap::{CHUNK_RESERVE, DEFAULT_PURGE_DELAY_MS, PageHeap, PageHeapStats};
+    pub use crate::size_class::*;
+    pub use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
+    pub use crate::transfer::{BatchDesc, DescPool, NIL, TransferStack};
+}
+
+#[cfg(not(strata_loom))]
+mod global;
+
+use core::fmt;
+
+/// The allocator. Install it with
+/// `#[global_allocator] static A: strata::Strata = strata::Strata;`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Strata;
+
+/// A broken invariant found by a validator: which structure, which numbered
+/// invariant (as documented on the structure), what was wrong, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The structure whose invariant broke (`"Span"`, `"PageHeap"`, ...).
+    pub structure: &'static str,
+    /// The invariant's number in the structure's documentation.
+    pub invariant: u32,
+    /// What was found.
+    pub what: &'static str,
+    /// The address (or index) where it was found.
+    pub addr: usize,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} invariant {} broken at {:#x}: {}",
+            self.structure, self.invariant, self.addr, self.what
+        )
+    }
+}
+
+/// Counters of the process-wide heap (a first cut of statistics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapCounts {
+    /// Chunks mapped.
+    pub chunks: usize,
+    /// Bytes mapped for chunks and huge blocks.
+    pub mapped_bytes: usize,
+    /// Bytes in free spans of the page heap.
+    pub free_page_bytes: usize,
+    /// Of those, bytes purged or never touched (not resident).
+    pub free_zeroed_bytes: usize,
+    /// Bytes ever purged with `MADV_DONTNEED`.
+    pub purged_bytes_total: u64,
+    /// Bytes of chunks ever unmapped.
+    pub unmapped_bytes_total: u64,
+    /// Live huge blocks.
+    pub huge_blocks: usize,
+    /// Bytes mapped for huge blocks.
+    pub huge_bytes: usize,
+    /// Bytes of the allocator's own metadata arena.
+    pub metadata_bytes: usize,
+    /// Thread heaps in use.
+    pub thread_heaps_live: usize,
+    /// Thread heaps ever created (reused through a pool).
+    pub thread_heaps_created: usize,
+}
+
+#[cfg(not(strata_loom))]
+pub use api::*;
+
+#[cfg(not(strata_loom))]
+mod api {
+    use super::*;
+
+    /// Flushes the calling thread's cache, moves every central batch back to its
+    /// spans, purges every free page and unmaps every wholly free chunk, now.
+    /// Returns the bytes purged or unmapped. Other threads' caches are untouched.
+    pub fn release_memory() -> usize {
+        global::release_memory()
+    }
+
+    /// Returns the calling thread's cached objects to the central tier.
+    pub fn flush_thread_cache() {
+        global::flush_thread_cache()
+    }
+
+    /// Walks every chunk, span, central list and the caller's thread heap and checks
+    /// their numbered invariants. Stops allocation in other threads while it runs.
+    pub fn validate_heap() -> Result<(), Violation> {
+        global::validate_heap()
+    }
+
+    /// Sets the byte budget of thread caches: now for the calling thread, and for
+    /// every thread that starts later (default 2 MiB).
+    pub fn set_thread_cache_budget(bytes: usize) {
+        global::set_thread_cache_budget(bytes)
+    }
+
+    /// Sets how long free pages stay resident before they are purged (default 1 s).
+    pub fn set_purge_delay_ms(ms: u64) {
+        global::set_purge_delay_ms(ms)
+    }
+
+    /// The usable size of a block that strata handed out, found by address; None if
+    /// `p` is not the start of a live block of ours (it is never read through).
+    pub fn usable_size(p: *const u8) -> Option<usize> {
+        global::usable_size(p)
+    }
+
+    /// Counters of the process-wide heap.
+    pub fn heap_counts() -> HeapCounts {
+        global::heap_counts()
+    }
+}

@@ -1,0 +1,325 @@
+//! The thread heap: per size class, an intrusive free list. The only fast path.
+//!
+//! Call tree (global.rs drives it):
+//! ```text
+//! alloc:  tls heap ─ pop(c) ──────────────── hit: ~15 instructions, one branch
+//!                     └ miss ─ alloc_slow(c) ─ Central::refill ─ (TransferStack::pop | carve spans)
+//! free:   tls heap ─ try_push(c, p) ──────── hit: ~12 instructions, one branch
+//!                     └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
+//! ```
+//! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
+//! have every list empty with `max == 0`, so both fast paths miss on them without
+//! a separate state check, and they are never written.
+//!
+//! Each list's `max` adapts (tcmalloc's slow start): it starts at 0, grows by a batch
+//! each time a free overflows it, up to the class's cap, as long as the sum of
+//! `max × size` over classes stays within the thread's byte budget; over budget, other
+//! classes' `max` are lowered (stolen from) round robin.
+
+use crate::Violation;
+use crate::backend::Backend;
+use crate::chunk::FreeObj;
+use crate::os::Os;
+use crate::page_heap::check;
+use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::transfer::chain_tail;
+use core::ptr;
+
+/// Default byte budget of one thread's cache (sum over classes of `max × size`).
+pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
+
+/// One size class's free list.
+///
+/// Invariants: 1. `head` starts a chain of exactly `len` free objects of the class.
+/// 2. after any free, `len <= max` or the list was just refilled (a refill may leave
+/// `len` above `max`; the next free then flushes).
+#[repr(C)]
+pub struct FreeList {
+    head: *mut FreeObj,
+    len: u32,
+    max: u32,
+}
+
+/// Lifecycle of the heap a thread's TLS points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HeapState {
+    /// The shared sentinel for threads that have not allocated yet.
+    Empty = 0,
+    /// A real heap, owned by one thread.
+    Live = 1,
+    /// The shared sentinel for threads whose heap was torn down.
+    Dead = 2,
+    /// A heap in the pool, waiting for a new thread.
+    Pooled = 3,
+}
+
+/// A thread's cache.
+///
+/// Invariants: those of [`FreeList`] for every class, and
+/// 3. `max_bytes == Σ lists[c].max × size(c)`, and `max_bytes <= budget_bytes` except
+///    transiently while a smaller budget is being applied.
+#[repr(C)]
+pub struct ThreadHeap {
+    lists: [FreeList; NUM_CLASSES],
+    state: HeapState,
+    steal_next: u8,
+    max_bytes: usize,
+    budget_bytes: usize,
+    /// Link in the pool of heaps for reuse.
+    pub pool_next: *mut ThreadHeap,
+}
+
+impl ThreadHeap {
+    /// A heap in `state` with empty lists (for sentinels and fresh heaps).
+    pub const fn new(state: HeapState) -> ThreadHeap {
+        ThreadHeap {
+            lists: [const {
+                FreeList {
+                    head: ptr::null_mut(),
+                    len: 0,
+                    max: 0,
+                }
+            }; NUM_CLASSES],
+            state,
+            steal_next: 0,
+            max_bytes: 0,
+            budget_bytes: DEFAULT_CACHE_BUDGET,
+            pool_next: ptr::null_mut(),
+        }
+    }
+
+    /// The heap's state.
+    #[inline]
+    pub fn state(&self) -> HeapState {
+        self.state
+    }
+
+    /// Makes a pooled or fresh heap live with the given budget.
+    pub fn activate(&mut self, budget_bytes: usize) {
+        debug_assert!(self.lists.iter().all(|l| l.len == 0 && l.max == 0));
+        self.state = HeapState::Live;
+        self.budget_bytes = budget_bytes;
+        self.max_bytes = 0;
+    }
+
+    /// Marks a flushed heap as pooled.
+    pub fn retire(&mut self) {
+        self.state = HeapState::Pooled;
+    }
+
+    /// Fast path: an object of class `c`, or null when the list is empty.
+    ///
+    /// # Safety
+    /// `c` is a valid class (`< NUM_CLASSES`); the heap belongs to the calling thread.
+    #[inline(always)]
+    pub unsafe fn pop(&mut self, c: SizeClass) -> *mut u8 {
+        // SAFETY: c < NUM_CLASSES by the contract.
+        let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
+        let obj = list.head;
+        if obj.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: by invariant 1 a non-null head is a free object of ours whose first
+        // word links the rest of the chain.
+        list.head = unsafe { (*obj).next };
+        list.len -= 1;
+        obj.cast()
+    }
+
+    /// Fast path: caches `p` in class `c`'s list; false when the list is full (the
+    /// caller then takes `free_slow`).
+    ///
+    /// # Safety
+    /// `p` is a block of class `c` that the caller gives up; the heap belongs to the
+    /// calling thread.
+    #[inline(always)]
+    pub unsafe fn try_push(&mut self, c: SizeClass, p: *mut u8) -> bool {
+        // SAFETY: c < NUM_CLASSES because it came from a class lookup.
+        let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
+        if list.len >= list.max {
+            return false;
+        }
+        let obj = p.cast::<FreeObj>();
+        // SAFETY: the block is ours now and at least 8 bytes (the smallest class).
+        unsafe { (*obj).next = list.head };
+        list.head = obj;
+        list.len += 1;
+        true
+    }
+
+    /// Slow path of alloc on a live heap: refill class `c` from the central tier and
+    /// return one object (null if the OS refuses memory).
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow<O: Os>(&mut self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
+        debug_assert_eq!(self.state, HeapState::Live);
+        let b = be.central.refill(c, &be.page_heap);
+        if b.count == 0 {
+            return ptr::null_mut();
+        }
+        let list = &mut self.lists[c.index()];
+        debug_assert!(list.head.is_null() && list.len == 0);
+        // SAFETY: the refill gave us a chain of b.count >= 1 objects.
+        list.head = unsafe { (*b.head).next };
+        list.len = b.count as u32 - 1;
+        b.head.cast()
+    }
+
+    /// Slow path of free on a live heap: the list is at its max. Grow the max if the
+    /// budget allows, else flush a batch to the central tier; then cache `p`.
+    ///
+    /// # Safety
+    /// As for `try_push`.
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn free_slow<O: Os>(&mut self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
+        debug_assert_eq!(self.state, HeapState::Live);
+        let ci = c.index();
+        let (size, batch, cap) = (
+            CLASS_SIZE[ci] as usize,
+            CLASS_BATCH[ci] as u32,
+            CLASS_CAP[ci] as u32,
+        );
+        let max = self.lists[ci].max;
+        if max < cap {
+            let grown = (max + batch).min(cap);
+            let extra = (grown - max) as usize * size;
+            if self.max_bytes + extra > self.budget_bytes {
+                self.steal(extra, ci, be);
+            }
+            if self.max_bytes + extra <= self.budget_bytes {
+                self.lists[ci].max = grown;
+                self.max_bytes += extra;
+            }
+        }
+        let list = &mut self.lists[ci];
+        if list.len >= list.max {
+            // Flush at least a batch, and enough to get back under max (a refill can
+            // leave the list above a max that was since lowered).
+            let n = (list.len + 1 - list.max.min(list.len + 1))
+                .max(batch)
+                .min(list.len);
+            if n > 0 {
+                // SAFETY: the list holds len >= n objects (invariant 1).
+                unsafe { self.flush_front(ci, n as usize, be) };
+            }
+        }
+        // SAFETY: forwarded contract; the list now has room or max is 0.
+        unsafe {
+            if !self.try_push(c, p) {
+                // Nothing may be cached (budget exhausted, max 0): straight back.
+                (*p.cast::<FreeObj>()).next = ptr::null_mut();
+                be.central.flush(c, p.cast(), 1, &be.page_heap, &be.meta);
+            }
+        }
+    }
+
+    /// Lowers other classes' max (round robin, a batch at a time) until `need` more
+    /// bytes fit the budget or every class was tried once.
+    fn steal<O: Os>(&mut self, need: usize, keep: usize, be: &Backend<O>) {
+        for _ in 0..NUM_CLASSES {
+            if self.max_bytes + need <= self.budget_bytes {
+                return;
+            }
+            let v = self.steal_next as usize;
+            self.steal_next = ((v + 1) % NUM_CLASSES) as u8;
+            if v == keep || self.lists[v].max == 0 {
+                continue;
+            }
+            let cut = (CLASS_BATCH[v] as u32).min(self.lists[v].max);
+            self.lists[v].max -= cut;
+            self.max_bytes -= cut as usize * CLASS_SIZE[v] as usize;
+            let excess = self.lists[v].len.saturating_sub(self.lists[v].max);
+            if excess > 0 {
+                // SAFETY: the list holds len > excess objects.
+                unsafe { self.flush_front(v, excess as usize, be) };
+            }
+        }
+    }
+
+    /// Hands the first `n` objects of list `ci` to the central tier.
+    ///
+    /// # Safety
+    /// `1 <= n <= lists[ci].len`.
+    unsafe fn flush_front<O: Os>(&mut self, ci: usize, n: usize, be: &Backend<O>) {
+        let list = &mut self.lists[ci];
+        let head = list.head;
+        // SAFETY: the list has at least n objects (contract and invariant 1).
+        unsafe {
+            let tail = chain_tail(head, n);
+            list.head = (*tail).next;
+            (*tail).next = ptr::null_mut();
+        }
+        list.len -= n as u32;
+        // SAFETY: the chain holds n class-ci objects nobody uses.
+        unsafe {
+            be.central
+                .flush(SizeClass(ci as u8), head, n, &be.page_heap, &be.meta)
+        };
+    }
+
+    /// Returns every cached object to the central tier and resets the adaptive maxima.
+    pub fn flush_all<O: Os>(&mut self, be: &Backend<O>) {
+        for (ci, &batch) in CLASS_BATCH.iter().enumerate() {
+            while self.lists[ci].len > 0 {
+                let n = (batch as u32).min(self.lists[ci].len);
+                // SAFETY: 1 <= n <= len.
+                unsafe { self.flush_front(ci, n as usize, be) };
+            }
+            self.lists[ci].max = 0;
+        }
+        self.max_bytes = 0;
+    }
+
+    /// Sets the byte budget; shrinks maxima now if it dropped.
+    pub fn set_budget<O: Os>(&mut self, budget_bytes: usize, be: &Backend<O>) {
+        self.budget_bytes = budget_bytes;
+        if self.max_bytes > budget_bytes {
+            self.steal(0, NUM_CLASSES, be);
+        }
+    }
+
+    /// Objects and bytes cached, per class (for statistics).
+    pub fn cached(&self, c: SizeClass) -> usize {
+        self.lists[c.index()].len as usize
+    }
+
+    /// Checks invariants 1 and 3: list lengths match their chains, objects are ours,
+    /// and the budget accounting adds up.
+    pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+        let mut max_bytes = 0;
+        for (ci, l) in self.lists.iter().enumerate() {
+            max_bytes += l.max as usize * CLASS_SIZE[ci] as usize;
+            let mut n = 0u32;
+            let mut o = l.head;
+            while !o.is_null() {
+                check(
+                    be.page_heap.owns(o.cast()),
+                    "FreeList",
+                    1,
+                    "cached object not in our chunks",
+                    o as usize,
+                )?;
+                check(
+                    n < l.len,
+                    "FreeList",
+                    1,
+                    "chain longer than len",
+                    o as usize,
+                )?;
+                n += 1;
+                // SAFETY: a cached object in our chunk; its first word is the link.
+                o = unsafe { (*o).next };
+            }
+            check(n == l.len, "FreeList", 1, "chain shorter than len", ci)?;
+        }
+        check(
+            max_bytes == self.max_bytes,
+            "ThreadHeap",
+            3,
+            "max_bytes differs from the lists",
+            0,
+        )
+    }
+}
