@@ -253,14 +253,15 @@ unsafe impl GlobalAlloc for Strata {
         let align = layout.align();
         match (route(layout.size(), align), route(new_size, align)) {
             (Route::Small(a), Route::Small(b)) if a == b => return p,
-            // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
-            (Route::Large, Route::Large)
-                if unsafe { BACKEND.resize_large_in_place(p, new_size) } =>
-            {
-                return p;
+            (Route::Large, Route::Large) => {
+                // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
+                if unsafe { BACKEND.resize_large_in_place(p, new_size) } {
+                    return p;
+                }
             }
-            // SAFETY: `p` is a live huge block aligned to at most a page.
             (Route::Huge, Route::Huge) if align <= OS_PAGE => {
+                // SAFETY: `p` is a live huge block aligned to at most a page; on
+                // failure it stays intact and we return null, as realloc must.
                 return unsafe { BACKEND.realloc_huge(p, new_size) };
             }
             _ => {}

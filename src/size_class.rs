@@ -5,7 +5,8 @@
 //! [`MAX_SMALL`] (44 classes): between 2^e and 2^(e+1) the classes are
 //! 2^e + k·2^(e-2), k = 1..=4. The worst internal waste is just under 20 % of the
 //! class (a request of 2^e + 1 gets 2^e + 2^(e-2)); on a uniform mix it averages
-//! about 10 %. Size → class is arithmetic on `size - 1` (no table), see [`class_of_m`].
+//! about 10 %. Size → class is one table load on `size - 1` below 1 KiB and a few bit
+//! operations above, see [`class_for`].
 //!
 //! Why 256 KiB is the small-object limit: below it a request is served from a thread
 //! cache without a lock; above it each request takes the page-heap lock. tcmalloc
@@ -80,48 +81,86 @@ impl SizeClass {
     }
 }
 
-/// The class for a request, given `m = rounded_size - 1` where `rounded_size` is the
-/// size rounded up to the alignment; the caller has checked `m < MAX_SMALL`.
-///
-/// Working on `size - 1` sends a zero size around to `usize::MAX`, which the caller's
-/// `m < MAX_SMALL` check routes to the slow path: no extra branch for zero.
+/// The class arithmetic: 8-byte steps below 128, then 2^e <= m < 2^(e+1) with the
+/// two bits below the top picking the quarter.
 #[cfg(not(strata_loom))]
 #[inline(always)]
-pub const fn class_of_m(m: usize) -> SizeClass {
+const fn class_of_m_arith(m: usize) -> SizeClass {
     if m < 128 {
         SizeClass((m >> 3) as u8)
     } else {
-        // 2^e <= m < 2^(e+1); the two bits below the top pick the quarter.
         let e = (usize::BITS - 1 - m.leading_zeros()) as usize;
         let k = (m >> (e - 2)) & 3;
         SizeClass((4 * e + k - 12) as u8)
     }
 }
+
+/// The class of `m = size - 1` for `m < 1024`, indexed by `m >> 3`: one load instead
+/// of ~10 instructions of bit arithmetic. Every class boundary below 1 KiB is a
+/// multiple of 8, so `m >> 3` determines the class (checked as the table is built).
+#[cfg(not(strata_loom))]
+static SMALL_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = class_of_m_arith(i * 8).0;
+        assert!(class_of_m_arith(i * 8 + 7).0 == t[i]);
+        i += 1;
+    }
+    t
+};
 /// Loom geometry: class 0 holds 8 bytes, class 1 holds 16.
 #[cfg(strata_loom)]
 #[inline(always)]
-pub const fn class_of_m(m: usize) -> SizeClass {
+const fn class_of_m(m: usize) -> SizeClass {
     SizeClass((m >> 3) as u8)
 }
 
 /// The class serving `size` bytes at alignment `align`, or `None` when the request
-/// is not small (too big, aligned beyond a page, or zero-sized after rounding).
+/// is not small (too big, aligned beyond a page, or zero-sized).
+///
+/// Fast path (align known at compile time, as it is after inlining a `Layout`): a
+/// subtract, a compare, a shift and a load.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
+    // Every class is a multiple of 8, so at alignments up to 8 rounding the size
+    // first changes nothing; above, rounding to the alignment makes the class a
+    // multiple of it (every class is a multiple of 2^(e-2)) and spans are page
+    // aligned, so the objects are aligned.
+    let s = if align <= MIN_ALIGN {
+        size
+    } else {
+        round_up(size, align)
+    };
+    // Working on s - 1 sends a zero size around to usize::MAX: the slow path.
+    let m = s.wrapping_sub(1);
+    if m < 1024 {
+        // m < 1024 implies align <= 1024 (s is a multiple of align when align > 8).
+        return Some(SizeClass(SMALL_CLASS[m >> 3]));
+    }
+    // One compare checks m < MAX_SMALL and align <= PAGE_SIZE together:
+    // align << SMALL_ALIGN_SHIFT < MAX_SMALL exactly when align <= PAGE_SIZE.
+    if (m | (align << SMALL_ALIGN_SHIFT)) < MAX_SMALL {
+        Some(class_of_m_arith(m))
+    } else {
+        None
+    }
+}
+
+/// Loom geometry: two classes of 8 and 16 bytes.
+#[cfg(strata_loom)]
 #[inline(always)]
 pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     let m = round_up(size, align).wrapping_sub(1);
-    // One compare checks both m < MAX_SMALL and align <= PAGE_SIZE: MAX_SMALL is
-    // PAGE_SIZE << SMALL_ALIGN_SHIFT, so align << SMALL_ALIGN_SHIFT stays below
-    // MAX_SMALL exactly when align < ... <= PAGE_SIZE. Rounding to the alignment makes
-    // the class size a multiple of it (every class is a multiple of 2^(e-2)), and
-    // spans are page aligned, so the objects are aligned.
-    if (m | (align << SMALL_ALIGN_SHIFT)) < MAX_SMALL {
+    if m < MAX_SMALL && align <= PAGE_SIZE {
         Some(class_of_m(m))
     } else {
         None
     }
 }
 
-/// `align << SMALL_ALIGN_SHIFT < MAX_SMALL` iff `align < PAGE_SIZE`-ish: see `class_for`.
+/// `align << SMALL_ALIGN_SHIFT < MAX_SMALL` iff `align <= PAGE_SIZE`: see `class_for`.
 const SMALL_ALIGN_SHIFT: u32 = (MAX_SMALL / PAGE_SIZE).trailing_zeros() - 1;
 
 /// Rounds `size` up to a multiple of the power of two `align`; wraps on overflow
