@@ -255,7 +255,8 @@ unsafe impl GlobalAlloc for Strata {
             (Route::Small(a), Route::Small(b)) if a == b => return p,
             (Route::Large, Route::Large) => {
                 // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
-                if unsafe { BACKEND.resize_large_in_place(p, new_size) } {
+                let in_place = unsafe { BACKEND.resize_large_in_place(p, new_size) };
+                if in_place {
                     return p;
                 }
             }
