@@ -753,3 +753,148 @@ unsafe fn split(span: *mut Span, n: usize) -> *mut Span {
         r
     }
 }
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests {
+    use super::*;
+    use crate::os::SysOs;
+
+    fn large(ph: &PageHeap<SysOs>, npages: usize) -> *mut Span {
+        let s = ph.alloc_span(npages, 1, SpanKind::Large, SizeClass(0));
+        assert!(!s.is_null());
+        s
+    }
+
+    #[test]
+    fn freeing_in_any_order_coalesces_back_to_one_free_chunk() {
+        let ph = PageHeap::new(SysOs);
+        for order in 0..3 {
+            let spans: Vec<_> = (1..=20).map(|n| large(&ph, n)).collect();
+            ph.validate().unwrap();
+            let idx: Vec<usize> = match order {
+                0 => (0..20).collect(),
+                1 => (0..20).rev().collect(),
+                _ => (0..20).map(|i| (i * 7) % 20).collect(),
+            };
+            for (k, &i) in idx.iter().enumerate() {
+                // SAFETY: each span is live and freed once.
+                unsafe { ph.free_span(spans[i]) };
+                if k % 5 == 0 {
+                    ph.validate().unwrap();
+                }
+            }
+            ph.validate().unwrap();
+            let st = ph.stats();
+            assert_eq!(st.chunks, 1, "the reserve chunk stays mapped");
+            assert_eq!(
+                st.free_bytes,
+                USABLE_PAGES * PAGE_SIZE,
+                "every page coalesced back"
+            );
+        }
+    }
+
+    #[test]
+    fn best_fit_prefers_the_smallest_hole_and_aligned_spans_are_aligned() {
+        let ph = PageHeap::new(SysOs);
+        let a = large(&ph, 3);
+        let _guard1 = large(&ph, 1);
+        let b = large(&ph, 8);
+        let _guard2 = large(&ph, 1);
+        // SAFETY: live spans, freed once.
+        unsafe {
+            let (a_base, b_base) = ((*a).base(), (*b).base());
+            ph.free_span(b);
+            ph.free_span(a);
+            let c = large(&ph, 2);
+            assert_eq!(
+                (*c).base(),
+                a_base,
+                "a 2-page request takes the 3-page hole"
+            );
+            let d = large(&ph, 6);
+            assert_eq!(
+                (*d).base(),
+                b_base,
+                "a 6-page request takes the 8-page hole"
+            );
+            for align_pages in [2, 4, 16, 64, 128] {
+                let s = ph.alloc_span(3, align_pages, SpanKind::Large, SizeClass(0));
+                assert_eq!((*s).base() as usize % (align_pages * PAGE_SIZE), 0);
+                ph.validate().unwrap();
+                ph.free_span(s);
+            }
+        }
+        ph.validate().unwrap();
+    }
+
+    #[test]
+    fn wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest() {
+        let ph = PageHeap::new(SysOs);
+        let spans: Vec<_> = (0..3).map(|_| large(&ph, USABLE_PAGES)).collect();
+        assert_eq!(ph.stats().chunks, 3);
+        for s in spans {
+            // SAFETY: live spans, freed once.
+            unsafe { ph.free_span(s) };
+        }
+        ph.validate().unwrap();
+        assert_eq!(ph.stats().chunks, CHUNK_RESERVE);
+        assert_eq!(ph.release_all(), CHUNK_SIZE);
+        assert_eq!(ph.stats().chunks, 0);
+        ph.validate().unwrap();
+    }
+
+    #[test]
+    fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero() {
+        let ph = PageHeap::new(SysOs);
+        ph.set_purge_delay_ms(0);
+        let keep = large(&ph, 1);
+        let s = large(&ph, 4);
+        // SAFETY: the span is ours; we dirty it, then free it.
+        unsafe {
+            let base = (*s).base();
+            core::ptr::write_bytes(base, 0xAB, 4 * PAGE_SIZE);
+            ph.free_span(s);
+            let st = ph.stats();
+            assert!(st.purged_bytes_total >= 4 * PAGE_SIZE as u64, "{st:?}");
+            assert_eq!(st.free_zeroed_bytes, st.free_bytes);
+            let again = large(&ph, 4);
+            assert_eq!((*again).base(), base);
+            assert!((*again).flags & SPAN_ZEROED != 0);
+            let bytes = core::slice::from_raw_parts((*again).base(), 4 * PAGE_SIZE);
+            assert!(bytes.iter().all(|&b| b == 0), "purged pages read as zero");
+            ph.free_span(again);
+            ph.free_span(keep);
+        }
+        ph.validate().unwrap();
+    }
+
+    #[test]
+    fn grow_and_shrink_in_place_keep_the_invariants() {
+        let ph = PageHeap::new(SysOs);
+        let s = large(&ph, 4);
+        let _fence = ph.alloc_span(1, 1, SpanKind::Large, SizeClass(0));
+        // SAFETY: `s` is a live Large span.
+        unsafe {
+            ph.shrink_in_place(s, 2);
+            ph.validate().unwrap();
+            assert!(ph.grow_in_place(s, 4), "the freed tail is still there");
+            assert!(!ph.grow_in_place(s, 5), "the fence blocks further growth");
+            ph.validate().unwrap();
+            assert_eq!((*s).npages, 4);
+        }
+    }
+
+    #[test]
+    fn the_chunk_map_knows_our_chunks_and_nothing_else() {
+        let ph = PageHeap::new(SysOs);
+        let s = large(&ph, 1);
+        // SAFETY: a live span.
+        let base = unsafe { (*s).base() };
+        assert!(ph.owns(base));
+        let on_stack = 0u64;
+        assert!(!ph.owns(&on_stack as *const u64 as *const u8));
+        assert!(!ph.owns(core::ptr::null()));
+        assert!(!ph.owns(usize::MAX as *const u8));
+    }
+}

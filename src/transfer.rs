@@ -275,3 +275,81 @@ pub unsafe fn chain_tail(head: *mut FreeObj, n: usize) -> *mut FreeObj {
     debug_assert!(!t.is_null());
     t
 }
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests {
+    use super::*;
+    use crate::os::SysOs;
+    use std::sync::Arc;
+
+    #[test]
+    fn concurrent_push_and_pop_lose_no_descriptor_and_duplicate_none() {
+        struct Shared {
+            pool: DescPool,
+            stack: TransferStack,
+            meta: MetaArena,
+        }
+        let sh = Arc::new(Shared {
+            pool: DescPool::new(),
+            stack: TransferStack::new(),
+            meta: MetaArena::new(),
+        });
+        const PER_THREAD: u32 = 64;
+        const THREADS: u32 = 4;
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let sh = sh.clone();
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for k in 0..PER_THREAD {
+                        let i = sh.pool.alloc(&SysOs, &sh.meta).unwrap();
+                        sh.pool
+                            .get(i)
+                            .set(core::ptr::null_mut(), t * PER_THREAD + k);
+                        mine.push(i);
+                    }
+                    for round in 0..2_000 {
+                        for &i in &mine {
+                            sh.stack.push(&sh.pool, i);
+                        }
+                        mine.clear();
+                        while mine.len() < PER_THREAD as usize {
+                            if let Some(i) = sh.stack.pop(&sh.pool) {
+                                mine.push(i);
+                            }
+                        }
+                        if round % 3 == 0 {
+                            // Recycle through the pool's own stack too.
+                            for &i in &mine {
+                                let v = sh.pool.get(i).get().1;
+                                sh.pool.free(i);
+                                let j = sh.pool.alloc(&SysOs, &sh.meta).unwrap();
+                                sh.pool.get(j).set(core::ptr::null_mut(), v);
+                            }
+                            mine.clear();
+                            // The same number of descriptors is back in hand below.
+                            while mine.len() < PER_THREAD as usize {
+                                mine.push(sh.pool.alloc(&SysOs, &sh.meta).unwrap());
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut all: Vec<u32> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(sh.stack.count_quiescent(&sh.pool), 0);
+        all.sort_unstable();
+        let n = all.len();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            n,
+            "a descriptor was handed to two threads at once"
+        );
+        assert_eq!(n as u32, THREADS * PER_THREAD);
+    }
+}
