@@ -307,11 +307,13 @@ impl<O: Os> Backend<O> {
                     return None;
                 }
                 let span = &*chunk.span_of(p);
+                // The page map entry may be stale for an interior page of a Large
+                // span (Span invariant 2), so check containment, wrapping below.
+                let off = (p as usize).wrapping_sub(span.base() as usize);
                 match span.kind() {
                     SpanKind::Small => {
                         let size = span.class().size_bytes();
-                        let off = p as usize - span.base() as usize;
-                        (off % size == 0 && off < span.bytes()).then_some(size)
+                        (off < span.bytes() && off % size == 0).then_some(size)
                     }
                     SpanKind::Large => ptr::eq(span.base(), p).then_some(span.bytes()),
                     _ => None,

@@ -43,8 +43,9 @@ pub const SPAN_LISTED: u8 = 2;
 /// Invariants (checked by `PageHeap::validate` and `Central::validate`):
 /// 1. `HEADER_PAGES <= start < start + npages <= PAGES_PER_CHUNK`; the spans of a
 ///    chunk tile its usable pages with no gap and no overlap.
-/// 2. `first[p] == start` for every page of a Small or Large span, and for the first
-///    and last page of a Free span.
+/// 2. `first[p] == start` for every page of a Small span, and for the first and last
+///    page of a Large or Free span (interior entries of those may be stale: lookups
+///    by address check that the pointer lies inside the span they land on).
 /// 3. Free: owned by the page heap under its lock, listed in bin `npages` (or in the
 ///    overflow bin), never adjacent to another Free span (coalesced).
 /// 4. Small: owned by class `class` under that class's lock;

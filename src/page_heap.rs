@@ -182,8 +182,16 @@ impl<O: Os> PageHeap<O> {
                 s.set_kind(kind);
                 s.flags &= SPAN_ZEROED;
                 let chunk = &*s.chunk();
-                for p in s.start as usize..(s.start + s.npages) as usize {
-                    chunk.set_first(p, s.start as usize);
+                let (first, last) = (s.start as usize, (s.start + s.npages - 1) as usize);
+                if kind == SpanKind::Small {
+                    // Objects live on every page: map them all (Span invariant 2).
+                    for p in first..=last {
+                        chunk.set_first(p, first);
+                    }
+                } else {
+                    // A Large block is found by its start; coalescing needs the end.
+                    chunk.set_first(first, first);
+                    chunk.set_first(last, first);
                 }
             }
             span
@@ -231,9 +239,7 @@ impl<O: Os> PageHeap<O> {
                 }
                 (*right).set_kind(SpanKind::None);
                 h.free_pages -= extra;
-                for p in r..r + extra {
-                    chunk.set_first(p, s.start as usize);
-                }
+                chunk.set_first(r + extra - 1, s.start as usize);
                 s.npages += extra as u32;
                 true
             }
@@ -254,6 +260,8 @@ impl<O: Os> PageHeap<O> {
                     return;
                 }
                 let tail = split(span, npages);
+                let chunk = &*(*span).chunk();
+                chunk.set_first((*span).start as usize + npages - 1, (*span).start as usize);
                 (*tail).set_kind(SpanKind::Large);
                 self.free_locked(h, tail, now);
             }
@@ -553,14 +561,16 @@ impl<O: Os> PageHeap<O> {
                         }
                         prev_free = true;
                     } else {
-                        for q in p..end {
-                            check(
-                                c.first(q) == p,
-                                "Span",
-                                2,
-                                "interior page map entry wrong",
-                                at,
-                            )?;
+                        if s.kind() == SpanKind::Small {
+                            for q in p..end {
+                                check(
+                                    c.first(q) == p,
+                                    "Span",
+                                    2,
+                                    "interior page map entry wrong",
+                                    at,
+                                )?;
+                            }
                         }
                         prev_free = false;
                     }
