@@ -246,8 +246,11 @@ impl<O: Os> Backend<O> {
     /// Resizes a huge block with `mremap` (no copy); null, with the block intact, if
     /// the OS refuses.
     ///
+    /// The result is page aligned; a caller that needs more (a Rust `Layout` aligned
+    /// beyond a page) must not use this.
+    ///
     /// # Safety
-    /// `p` is a live huge block aligned at most to `OS_PAGE`.
+    /// `p` is a live huge block.
     pub unsafe fn realloc_huge(&self, p: *mut u8, new_size: usize) -> *mut u8 {
         let Some(new_len) = new_size.checked_next_multiple_of(OS_PAGE) else {
             return ptr::null_mut();
@@ -322,6 +325,31 @@ impl<O: Os> Backend<O> {
         } else {
             self.huge.lookup(p)
         }
+    }
+
+    // ---- fork ---------------------------------------------------------------------
+
+    /// Takes every lock of the backend in the lock order: heap pool, central classes
+    /// (index order), page heap, descriptor growth, huge registry, metadata arena.
+    /// (Observed nesting: class → page heap; pool → meta; huge → meta; growth → meta.)
+    pub fn lock_all(&self) {
+        self.pool_lock.lock();
+        self.central.lock_all();
+        self.page_heap.lock();
+        self.central.lock_desc_growth();
+        self.huge.lock();
+        self.meta.lock();
+    }
+
+    /// Releases what `lock_all` took (in a fork child too: its only thread is the one
+    /// that took them).
+    pub fn unlock_all(&self, _child: bool) {
+        self.meta.unlock();
+        self.huge.unlock();
+        self.central.unlock_desc_growth();
+        self.page_heap.unlock();
+        self.central.unlock_all();
+        self.pool_lock.unlock();
     }
 
     // ---- release and validation ---------------------------------------------------

@@ -255,11 +255,13 @@ impl Central {
             cls.lock.unlock();
         }
     }
-    /// Releases every class lock in a fork child.
-    pub fn force_unlock_all(&self) {
-        for cls in &self.classes {
-            cls.lock.force_unlock();
-        }
+    /// Holds the descriptor pool's growth lock (fork handlers).
+    pub fn lock_desc_growth(&self) {
+        self.descs.lock_growth();
+    }
+    /// Releases `lock_desc_growth`.
+    pub fn unlock_desc_growth(&self) {
+        self.descs.unlock_growth();
     }
 
     /// Checks invariant 2 and Span invariant 4 for every partial span, and that

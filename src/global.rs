@@ -10,6 +10,8 @@
 //! straight to the central tier, so frees that glibc makes afterwards still work.
 
 use crate::backend::{Backend, Route, route};
+#[cfg(feature = "c-abi")]
+use crate::chunk::{ChunkHeader, SpanKind};
 use crate::os::{OS_PAGE, SysOs};
 use crate::size_class::{SizeClass, class_for};
 use crate::thread_heap::{HeapState, ThreadHeap};
@@ -280,6 +282,145 @@ unsafe impl GlobalAlloc for Strata {
         }
         q
     }
+}
+
+/// Allocates `size` bytes at `align` (zeroed if `zero`): the entry for callers that
+/// have no `Layout` (the C ABI). Null on failure.
+#[cfg(feature = "c-abi")]
+#[inline(always)]
+pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
+    match class_for(size, align) {
+        Some(c) => {
+            let p = alloc_small(c);
+            if zero && !p.is_null() {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { ptr::write_bytes(p, 0, size) };
+            }
+            p
+        }
+        None => alloc_other(size, align, zero),
+    }
+}
+
+/// What a pointer is, found by address without reading through it.
+#[cfg(feature = "c-abi")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// An object of this class in one of our chunks.
+    Small(SizeClass),
+    /// The start of a Large span of this many bytes.
+    Large(usize),
+    /// The start of a huge mapping of this many bytes.
+    Huge(usize),
+    /// Not the start of a block of ours.
+    Foreign,
+}
+
+/// Classifies `p` by address (chunk map, page map, huge registry). Small objects are
+/// not checked to be on an object boundary here (the checked mode does that).
+#[cfg(feature = "c-abi")]
+#[inline]
+pub(crate) fn owner_of(p: *const u8) -> Owner {
+    if BACKEND.page_heap.owns(p) {
+        // SAFETY: `p` lies in a mapped chunk (chunk map), so the header is readable;
+        // page map and kinds are atomics.
+        unsafe {
+            let span = &*(*ChunkHeader::of(p)).span_of(p);
+            match span.kind() {
+                SpanKind::Small => Owner::Small(span.class()),
+                SpanKind::Large if ptr::eq(span.base(), p) => Owner::Large(span.bytes()),
+                _ => Owner::Foreign,
+            }
+        }
+    } else {
+        match BACKEND.huge.lookup(p) {
+            Some(len) => Owner::Huge(len),
+            None => Owner::Foreign,
+        }
+    }
+}
+
+/// Frees a block of ours found by address; false (and nothing done) if `p` is not
+/// the start of a block of ours.
+///
+/// # Safety
+/// If `p` is ours, it is live and the caller gives it up.
+#[cfg(feature = "c-abi")]
+#[inline]
+pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
+    // SAFETY: per the contract; each arm frees through the path the block came from.
+    unsafe {
+        match owner_of(p) {
+            Owner::Small(c) => free_small(c, p),
+            Owner::Large(_) => BACKEND.free_large(p),
+            Owner::Huge(_) => BACKEND.free_huge(p),
+            Owner::Foreign => return false,
+        }
+    }
+    true
+}
+
+/// Resizes a block found by address, keeping `min(old, new)` bytes; new blocks get
+/// `align`. Null (and `p` untouched) on failure or if `p` is not ours.
+///
+/// # Safety
+/// If `p` is ours, it is live; on success the caller uses the result instead.
+#[cfg(feature = "c-abi")]
+pub(crate) unsafe fn realloc_by_address(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    let owner = owner_of(p);
+    let old_size = match owner {
+        Owner::Small(c) => {
+            if class_for(new_size, align) == Some(c) {
+                return p;
+            }
+            c.size_bytes()
+        }
+        Owner::Large(bytes) => {
+            if route(new_size, align) == Route::Large {
+                // SAFETY: `p` is the start of a live Large span of ours.
+                let in_place = unsafe { BACKEND.resize_large_in_place(p, new_size) };
+                if in_place {
+                    return p;
+                }
+            }
+            bytes
+        }
+        Owner::Huge(len) => {
+            if route(new_size, align) == Route::Huge {
+                // SAFETY: a live huge block; its mapping starts at `p` (the registry
+                // says so), so mremap of the whole mapping is valid. C's realloc
+                // promises only the default alignment, which mremap keeps.
+                return unsafe { BACKEND.realloc_huge(p, new_size) };
+            }
+            len
+        }
+        Owner::Foreign => return ptr::null_mut(),
+    };
+    let q = alloc_bytes(new_size, align, false);
+    if !q.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least min(old, new) long;
+        // `p` is ours (not Foreign) and given up.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
+            free_by_address(p);
+        }
+    }
+    q
+}
+
+/// Fork prepare handler: takes every allocator lock in the lock order (pool →
+/// central classes → page heap → descriptor growth → huge registry → metadata), so
+/// that no lock is held by a thread that will not exist in the child.
+#[cfg(feature = "c-abi")]
+pub(crate) fn lock_all_for_fork() {
+    BACKEND.lock_all();
+}
+
+/// Fork parent/child handler: releases what `lock_all_for_fork` took. In the child
+/// only the forking thread exists; it held the locks, so it may release them.
+#[cfg(feature = "c-abi")]
+pub(crate) fn unlock_all_after_fork(child: bool) {
+    BACKEND.unlock_all(child);
 }
 
 /// See [`crate::flush_thread_cache`].

@@ -141,10 +141,6 @@ impl HugeRegistry {
     pub fn unlock(&self) {
         self.lock.unlock();
     }
-    /// Releases the lock in a fork child.
-    pub fn force_unlock(&self) {
-        self.lock.force_unlock();
-    }
 }
 
 impl Default for HugeRegistry {

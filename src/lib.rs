@@ -62,6 +62,8 @@ pub mod internals {
     pub use crate::transfer::{BatchDesc, DescPool, NIL, TransferStack};
 }
 
+#[cfg(all(feature = "c-abi", not(strata_loom)))]
+mod ffi;
 #[cfg(not(strata_loom))]
 mod global;
 

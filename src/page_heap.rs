@@ -336,10 +336,6 @@ impl<O: Os> PageHeap<O> {
     pub fn unlock(&self) {
         self.lock.unlock();
     }
-    /// Releases the lock in a fork child.
-    pub fn force_unlock(&self) {
-        self.lock.force_unlock();
-    }
 
     /// Maps one more chunk and files its usable pages as one free span.
     fn grow(&self, h: &mut Inner) -> bool {

@@ -124,12 +124,6 @@ impl RawLock {
         self.lock();
         LockGuard(self)
     }
-
-    /// Forces the lock free. Only for a `fork()` child, which has one thread and
-    /// inherited a lock that its parent's fork handler held.
-    pub(crate) fn force_unlock(&self) {
-        self.state.store(UNLOCKED, Ordering::Relaxed);
-    }
 }
 
 /// Holds a [`RawLock`] until dropped.

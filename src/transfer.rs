@@ -132,6 +132,15 @@ impl DescPool {
         self.free.push(self, i);
     }
 
+    /// Holds the growth lock (fork handlers).
+    pub fn lock_growth(&self) {
+        self.grow_lock.lock();
+    }
+    /// Releases `lock_growth`.
+    pub fn unlock_growth(&self) {
+        self.grow_lock.unlock();
+    }
+
     /// Descriptors ever handed out fresh (for statistics and validation).
     pub fn created(&self) -> u32 {
         self.fresh.load(Ordering::Relaxed)

@@ -1,0 +1,442 @@
+//! The C ABI (cargo feature `c-abi`): `malloc` and friends with glibc's semantics,
+//! so that `LD_PRELOAD=libstrata.so` replaces the allocator of any program.
+//!
+//! - Every block is 16-byte aligned (glibc's `max_align_t` promise), so sizes are
+//!   rounded to 16 before the class lookup.
+//! - `free`, `realloc` and `malloc_usable_size` find a block by address: the chunk
+//!   map and page map for chunk memory, the huge registry for own mappings. A pointer
+//!   that is not the start of a block of ours is never read through: `free` ignores
+//!   it, `realloc` fails with `ENOMEM`, `malloc_usable_size` returns 0.
+//! - Nothing here needs initialising: the statics are built at compile time and the
+//!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
+//!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
+//!   without allocating, installs the fork handlers and, on request, the exit report.
+//! - Fork: the prepare handler takes every allocator lock (in the lock order), the
+//!   parent handler releases them, and the child releases them too, so a child
+//!   forked while other threads allocate can allocate and exit.
+
+use crate::global::{self, BACKEND};
+use core::ffi::{c_char, c_int, c_void};
+use core::fmt::Write;
+use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// glibc's `malloc` alignment on x86-64 and aarch64.
+const C_ALIGN: usize = 16;
+
+#[inline(always)]
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+#[inline(always)]
+fn enomem_if_null(p: *mut u8) -> *mut c_void {
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// C `malloc`.
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    enomem_if_null(global::alloc_bytes(size, C_ALIGN, false))
+}
+
+/// C `free`.
+///
+/// # Safety
+/// `p` is null, or a live block from this allocator (anything else is ignored).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if !p.is_null() {
+        // SAFETY: per the contract; a foreign pointer is ignored, not read.
+        unsafe { global::free_by_address(p.cast()) };
+    }
+}
+
+/// C `cfree` (an old alias of `free`).
+///
+/// # Safety
+/// As for `free`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cfree(p: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// C `calloc`: `n * size` zeroed bytes; `ENOMEM` on overflow.
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(bytes) => enomem_if_null(global::alloc_bytes(bytes, C_ALIGN, true)),
+        None => enomem_if_null(ptr::null_mut()),
+    }
+}
+
+/// C `realloc`, as glibc: null `p` is `malloc`; size 0 frees `p` and returns null.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        // SAFETY: callable with any size.
+        return unsafe { malloc(size) };
+    }
+    if size == 0 {
+        // SAFETY: per the contract.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    // SAFETY: per the contract; a foreign `p` gives null and stays untouched.
+    enomem_if_null(unsafe { global::realloc_by_address(p.cast(), size, C_ALIGN) })
+}
+
+/// C `reallocarray`: `realloc(p, n * size)` with an overflow check (`ENOMEM`).
+///
+/// # Safety
+/// As for `realloc`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: forwarded contract.
+        Some(bytes) => unsafe { realloc(p, bytes) },
+        None => enomem_if_null(ptr::null_mut()),
+    }
+}
+
+/// Allocates with an alignment that is already a valid power of two.
+fn alloc_aligned(align: usize, size: usize) -> *mut u8 {
+    global::alloc_bytes(size, align.max(C_ALIGN), false)
+}
+
+/// C `posix_memalign`: `EINVAL` unless `align` is a power of two multiple of
+/// `sizeof(void *)`; `ENOMEM` (and `*memptr` untouched) on failure.
+///
+/// # Safety
+/// `memptr` is valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(
+    memptr: *mut *mut c_void,
+    align: usize,
+    size: usize,
+) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let p = alloc_aligned(align, size);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller gives a writable `memptr`.
+    unsafe { *memptr = p.cast() };
+    0
+}
+
+/// Rounds an alignment up to a power of two as glibc 2.36's `memalign` does;
+/// None (`EINVAL`) if that overflows.
+fn glibc_alignment(align: usize) -> Option<usize> {
+    if align > isize::MAX as usize / 2 + 1 {
+        None
+    } else {
+        Some(align.max(1).next_power_of_two())
+    }
+}
+
+/// C `memalign` (glibc: a non-power-of-two alignment is rounded up).
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    match glibc_alignment(align) {
+        Some(a) => enomem_if_null(alloc_aligned(a, size)),
+        None => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// C11 `aligned_alloc`; accepts what glibc 2.36 accepts (any alignment, rounded up
+/// to a power of two, like `memalign`).
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded.
+    unsafe { memalign(align, size) }
+}
+
+fn os_page() -> usize {
+    crate::os::OS_PAGE
+}
+
+/// C `valloc`: page-aligned `malloc`.
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    enomem_if_null(alloc_aligned(os_page(), size))
+}
+
+/// C `pvalloc`: page-aligned, size rounded up to whole pages (at least one).
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    match size.max(1).checked_next_multiple_of(os_page()) {
+        Some(s) => enomem_if_null(alloc_aligned(os_page(), s)),
+        None => enomem_if_null(ptr::null_mut()),
+    }
+}
+
+/// C `malloc_usable_size`: the bytes the caller may use; 0 for null or a pointer
+/// that is not ours.
+///
+/// # Safety
+/// `p` is null or a live block.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    BACKEND.usable_size(p.cast()).unwrap_or(0)
+}
+
+/// glibc's `malloc_trim`: returns free memory to the OS now (strata releases
+/// everything it can, whatever `pad`). Returns 1 if memory was released.
+///
+/// # Safety
+/// Callable from C with any argument.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    (crate::release_memory() > 0) as c_int
+}
+
+macro_rules! libc_alias {
+    ($alias:ident => $target:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty) => {
+        #[doc = concat!("glibc's internal alias of `", stringify!($target), "`.")]
+        ///
+        /// # Safety
+        #[doc = concat!("As for `", stringify!($target), "`.")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $alias($($arg: $ty),*) -> $ret {
+            // SAFETY: forwarded contract.
+            unsafe { $target($($arg),*) }
+        }
+    };
+}
+
+libc_alias!(__libc_malloc => malloc(size: usize) -> *mut c_void);
+libc_alias!(__libc_free => free(p: *mut c_void) -> ());
+libc_alias!(__libc_calloc => calloc(n: usize, size: usize) -> *mut c_void);
+libc_alias!(__libc_realloc => realloc(p: *mut c_void, size: usize) -> *mut c_void);
+libc_alias!(__libc_memalign => memalign(align: usize, size: usize) -> *mut c_void);
+libc_alias!(__libc_valloc => valloc(size: usize) -> *mut c_void);
+libc_alias!(__libc_pvalloc => pvalloc(size: usize) -> *mut c_void);
+libc_alias!(__posix_memalign => posix_memalign(memptr: *mut *mut c_void, align: usize, size: usize) -> c_int);
+
+/// Returns every free page to the OS now (see `strata::release_memory`); returns the
+/// bytes released.
+///
+/// # Safety
+/// Callable from C at any time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_release_memory() -> usize {
+    crate::release_memory()
+}
+
+/// Prints the allocator's counters to stderr.
+///
+/// # Safety
+/// Callable from C at any time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_stats_print() {
+    print_stats();
+}
+
+/// A `fmt::Write` into a fixed buffer (formatting without allocating).
+struct StackBuf {
+    buf: [u8; 2048],
+    len: usize,
+}
+
+impl Write for StackBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+fn print_stats() {
+    let c = crate::heap_counts();
+    let mut b = StackBuf {
+        buf: [0; 2048],
+        len: 0,
+    };
+    let mib = |x: usize| x as f64 / (1024.0 * 1024.0);
+    let _ = write!(
+        b,
+        "strata: mapped {:.1} MiB in {} chunks + {} huge blocks ({:.1} MiB); free pages {:.1} MiB \
+         ({:.1} MiB purged); purged ever {:.1} MiB, unmapped ever {:.1} MiB; metadata {:.1} MiB; \
+         thread heaps {} live, {} created",
+        mib(c.mapped_bytes),
+        c.chunks,
+        c.huge_blocks,
+        mib(c.huge_bytes),
+        mib(c.free_page_bytes),
+        mib(c.free_zeroed_bytes),
+        mib(c.purged_bytes_total as usize),
+        mib(c.unmapped_bytes_total as usize),
+        mib(c.metadata_bytes),
+        c.thread_heaps_live,
+        c.thread_heaps_created,
+    );
+    let _ = b.write_str("\n");
+    // SAFETY: writes our own buffer to stderr.
+    unsafe { libc::write(2, b.buf.as_ptr().cast(), b.len) };
+}
+
+extern "C" fn print_stats_at_exit() {
+    print_stats();
+}
+
+// ---- fork ------------------------------------------------------------------------
+
+extern "C" fn fork_prepare() {
+    global::lock_all_for_fork();
+}
+extern "C" fn fork_parent() {
+    global::unlock_all_after_fork(false);
+}
+extern "C" fn fork_child() {
+    global::unlock_all_after_fork(true);
+}
+
+// ---- configuration ----------------------------------------------------------------
+
+/// Looks `name=` up in a C environment block without allocating.
+///
+/// # Safety
+/// `envp` is null or a null-terminated array of NUL-terminated strings.
+unsafe fn getenv_raw(envp: *const *const c_char, name: &[u8]) -> Option<&'static [u8]> {
+    if envp.is_null() {
+        return None;
+    }
+    let mut e = envp;
+    // SAFETY: per the contract, every entry up to the null is a C string that lives
+    // for the whole process (the environment block).
+    unsafe {
+        while !(*e).is_null() {
+            let s = core::ffi::CStr::from_ptr(*e).to_bytes();
+            if s.len() > name.len() && s.starts_with(name) && s[name.len()] == b'=' {
+                return Some(&s[name.len() + 1..]);
+            }
+            e = e.add(1);
+        }
+    }
+    None
+}
+
+/// Parses a decimal number with an optional `k`/`m`/`g` (binary) suffix.
+fn parse_size(v: &[u8]) -> Option<u64> {
+    let (digits, mult) = match v.last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+    }
+    n.checked_mul(mult)
+}
+
+fn truthy(v: &[u8]) -> bool {
+    !(v.is_empty()
+        || v == b"0"
+        || v.eq_ignore_ascii_case(b"false")
+        || v.eq_ignore_ascii_case(b"no"))
+}
+
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// Reads `STRATA_*` from `envp` (once) and installs the fork and exit handlers.
+///
+/// # Safety
+/// `envp` is null or a valid environment block.
+unsafe fn configure(envp: *const *const c_char) {
+    if CONFIGURED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // SAFETY: the contract forwards to getenv_raw; pthread_atfork and atexit get
+    // plain extern "C" functions and may allocate, which works: every static is
+    // already initialised.
+    unsafe {
+        if let Some(ms) = getenv_raw(envp, b"STRATA_PURGE_DELAY_MS").and_then(parse_size) {
+            crate::set_purge_delay_ms(ms);
+        }
+        if let Some(bytes) = getenv_raw(envp, b"STRATA_THREAD_CACHE_BYTES").and_then(parse_size) {
+            crate::set_thread_cache_budget(bytes as usize);
+        }
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
+            libc::atexit(print_stats_at_exit);
+        }
+    }
+}
+
+/// Load-time constructor: glibc passes `(argc, argv, envp)` to `.init_array` entries.
+extern "C" fn strata_init(_argc: c_int, _argv: *const *const c_char, envp: *const *const c_char) {
+    // SAFETY: glibc passes the process's environment block.
+    unsafe { configure(envp) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static STRATA_INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = strata_init;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size(b"4096"), Some(4096));
+        assert_eq!(parse_size(b"2m"), Some(2 << 20));
+        assert_eq!(parse_size(b"1G"), Some(1 << 30));
+        assert_eq!(parse_size(b""), None);
+        assert_eq!(parse_size(b"k"), None);
+        assert_eq!(parse_size(b"12x"), None);
+        assert_eq!(parse_size(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn glibc_alignments_round_up_to_powers_of_two() {
+        assert_eq!(glibc_alignment(0), Some(1));
+        assert_eq!(glibc_alignment(3), Some(4));
+        assert_eq!(glibc_alignment(4096), Some(4096));
+        assert_eq!(glibc_alignment(usize::MAX), None);
+    }
+}
