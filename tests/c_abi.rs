@@ -1,0 +1,330 @@
+//! The C ABI as a drop-in `malloc` under `LD_PRELOAD`.
+//!
+//! Builds `libstrata.so` with the `c-abi` feature into its own target directory
+//! (`target/c-abi`, so that it never waits on the outer cargo's lock), compiles the
+//! C programs of `tests/c/` with the system's `cc`, and runs them with and without
+//! `LD_PRELOAD`:
+//!
+//! - `api_test` calls every export with normal and edge arguments and checks glibc's
+//!   semantics. It must pass against glibc itself too, which keeps its expectations
+//!   honest.
+//! - `stress` passes content-checked blocks between threads, with reallocs and
+//!   aligned allocations in the mix.
+//!
+//! Run with `--nocapture` to see the programs' output.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The longest any one program may run before it counts as hung.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Threads and allocations for the stress runs (about a second each on 2 cores).
+const STRESS_THREADS: &str = "8";
+const STRESS_ALLOCATIONS: &str = "300000";
+
+struct Artifacts {
+    lib: PathBuf,
+    api_test: PathBuf,
+    stress: PathBuf,
+    dir: PathBuf,
+}
+
+fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
+    match ARTIFACTS.get_or_init(build) {
+        Ok(a) => a,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build() -> Result<Artifacts, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join("c-abi");
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--features", "c-abi", "--lib"])
+        .arg("--target-dir")
+        .arg(&dir)
+        .current_dir(&root)
+        .output()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build --release --features c-abi failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let lib = dir.join("release").join("libstrata.so");
+    if !lib.is_file() {
+        return Err(format!("{} was not built", lib.display()));
+    }
+
+    match Command::new("cc").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Err(
+                "no working C compiler `cc` on PATH: the C ABI tests need one \
+                 (Debian: apt-get install gcc)"
+                    .to_string(),
+            );
+        }
+    }
+    let compile = |name: &str| -> Result<PathBuf, String> {
+        let src = root.join("tests").join("c").join(format!("{name}.c"));
+        let exe = dir.join(name);
+        // Compile to a private name and rename, so a concurrent run never sees a
+        // half-written binary.
+        let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
+        let out = Command::new("cc")
+            .args(["-O2", "-pthread", "-Wall", "-Werror", "-I"])
+            .arg(root.join("include"))
+            .arg(&src)
+            .arg("-o")
+            .arg(&tmp)
+            .arg("-ldl")
+            .output()
+            .map_err(|e| format!("running cc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cc failed on {}:\n{}",
+                src.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        fs::rename(&tmp, &exe).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+        Ok(exe)
+    };
+    Ok(Artifacts {
+        api_test: compile("api_test")?,
+        stress: compile("stress")?,
+        lib,
+        dir,
+    })
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `exe` with `args`, with `LD_PRELOAD=libstrata.so` if `preload`, and `env`;
+/// the output goes through files named after `tag`, so that no pipe can fill up
+/// while the run is watched for a hang.
+fn run(tag: &str, exe: &Path, args: &[&str], preload: bool, env: &[(&str, &str)]) -> Run {
+    let a = artifacts();
+    let out_path = a.dir.join(format!("{tag}.stdout"));
+    let err_path = a.dir.join(format!("{tag}.stderr"));
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env_remove("LD_PRELOAD")
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).expect("stdout file"))
+        .stderr(fs::File::create(&err_path).expect("stderr file"));
+    for var in [
+        "STRATA_PURGE_DELAY_MS",
+        "STRATA_THREAD_CACHE_BYTES",
+        "STRATA_SHOW_STATS",
+    ] {
+        cmd.env_remove(var);
+    }
+    if preload {
+        cmd.env("LD_PRELOAD", &a.lib);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > PROGRAM_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{tag}: {} still running after {PROGRAM_TIMEOUT:?} (hung?); output so far:\n{}{}",
+                exe.display(),
+                fs::read_to_string(&out_path).unwrap_or_default(),
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let r = Run {
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    };
+    println!(
+        "[{tag}] {:.2} s, {}\n{}{}",
+        started.elapsed().as_secs_f64(),
+        r.status,
+        r.stdout,
+        r.stderr
+    );
+    r
+}
+
+fn run_api_test(tag: &str, preload: bool, env: &[(&str, &str)]) -> Run {
+    let r = run(tag, &artifacts().api_test, &[], preload, env);
+    assert!(
+        r.status.success(),
+        "{tag}: api_test failed\n{}",
+        r.describe()
+    );
+    let allocator = if preload { "strata" } else { "glibc" };
+    assert!(
+        r.stdout
+            .starts_with(&format!("api_test: allocator {allocator} ")),
+        "{tag}: api_test did not run against {allocator}\n{}",
+        r.describe()
+    );
+    let last = r.stdout.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("api_test: ") && last.ends_with(" checks passed"),
+        "{tag}: no closing line\n{}",
+        r.describe()
+    );
+    r
+}
+
+fn run_stress(tag: &str, preload: bool, env: &[(&str, &str)]) -> Run {
+    let args = [STRESS_THREADS, STRESS_ALLOCATIONS];
+    let r = run(tag, &artifacts().stress, &args, preload, env);
+    assert!(r.status.success(), "{tag}: stress failed\n{}", r.describe());
+    let allocator = if preload { "strata" } else { "glibc" };
+    assert!(
+        r.stdout
+            .starts_with(&format!("stress: allocator {allocator}, ")),
+        "{tag}: stress did not run against {allocator}\n{}",
+        r.describe()
+    );
+    assert!(
+        r.stdout.contains("every block verified and freed once"),
+        "{tag}: no closing line\n{}",
+        r.describe()
+    );
+    r
+}
+
+/// Lines of `text` that are the stats report.
+fn stats_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("strata: mapped "))
+        .collect()
+}
+
+#[test]
+fn api_test_expectations_hold_for_glibc_itself() {
+    run_api_test("api_glibc", false, &[]);
+}
+
+#[test]
+fn every_export_has_glibc_semantics_under_ld_preload() {
+    let r = run_api_test("api_strata", true, &[]);
+    // Without STRATA_SHOW_STATS nothing is printed at exit (the test's own call of
+    // strata_stats_print goes to a temporary file).
+    assert!(
+        stats_lines(&r.stderr).is_empty(),
+        "stats printed without STRATA_SHOW_STATS:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn every_export_has_glibc_semantics_with_immediate_purge_and_a_small_thread_cache() {
+    run_api_test(
+        "api_strata_purge0",
+        true,
+        &[
+            ("STRATA_PURGE_DELAY_MS", "0"),
+            ("STRATA_THREAD_CACHE_BYTES", "64k"),
+        ],
+    );
+}
+
+#[test]
+fn stress_expectations_hold_for_glibc_itself() {
+    run_stress("stress_glibc", false, &[]);
+}
+
+#[test]
+fn threads_exchanging_blocks_keep_content_under_ld_preload() {
+    run_stress("stress_strata", true, &[]);
+}
+
+#[test]
+fn threads_exchanging_blocks_keep_content_with_immediate_purge() {
+    run_stress(
+        "stress_strata_purge0",
+        true,
+        &[
+            ("STRATA_PURGE_DELAY_MS", "0"),
+            ("STRATA_THREAD_CACHE_BYTES", "256k"),
+        ],
+    );
+}
+
+#[test]
+fn show_stats_prints_one_line_to_stderr_at_exit() {
+    let a = artifacts();
+    // Only the quick first test of api_test: the point is the exit report.
+    let r = run(
+        "api_show_stats",
+        &a.api_test,
+        &["malloc(0)"],
+        true,
+        &[("STRATA_SHOW_STATS", "1")],
+    );
+    assert!(r.status.success(), "{}", r.describe());
+    let lines = stats_lines(&r.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "want one stats line at exit\n{}",
+        r.describe()
+    );
+    assert!(
+        lines[0].contains(" chunks ") && lines[0].contains("thread heaps"),
+        "unexpected stats line: {}",
+        lines[0]
+    );
+    assert!(
+        r.stderr.ends_with('\n') && r.stderr.lines().last() == Some(lines[0]),
+        "the stats line is not the last thing printed\n{}",
+        r.describe()
+    );
+
+    let r = run(
+        "api_show_stats_off",
+        &a.api_test,
+        &["malloc(0)"],
+        true,
+        &[("STRATA_SHOW_STATS", "0")],
+    );
+    assert!(r.status.success(), "{}", r.describe());
+    assert!(
+        stats_lines(&r.stderr).is_empty(),
+        "STRATA_SHOW_STATS=0 printed stats\n{}",
+        r.describe()
+    );
+}
