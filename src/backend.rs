@@ -119,14 +119,26 @@ impl<O: Os> Backend<O> {
     pub unsafe fn retire_thread_heap(&self, h: *mut ThreadHeap) {
         // SAFETY: the caller hands the heap over.
         let heap = unsafe { &mut *h };
-        heap.flush_all(self);
-        heap.retire();
-        let _g = self.pool_lock.guard();
+        // Flush before pooling: once pooled, the next thread may take the heap.
+        #[cfg(not(strata_mutant = "retire_pools_before_flush"))]
+        {
+            heap.flush_all(self);
+            heap.retire();
+        }
+        let g = self.pool_lock.guard();
         // SAFETY: pool lock held.
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
         heap.pool_next = pool.free;
         pool.free = h;
         pool.live -= 1;
+        drop(g);
+        // Mutant: the heap is in the pool (a new thread may be using it) while its
+        // old objects are still being flushed.
+        #[cfg(strata_mutant = "retire_pools_before_flush")]
+        {
+            heap.flush_all(self);
+            heap.retire();
+        }
     }
 
     /// Thread heaps in use, and ever created.
@@ -138,6 +150,7 @@ impl<O: Os> Backend<O> {
 
     /// The byte budget given to thread caches created from now on.
     pub fn set_cache_budget(&self, bytes: usize) {
+        // Relaxed: a setting read when a heap starts; nothing is published with it.
         self.cache_budget.store(bytes, Ordering::Relaxed);
     }
     /// The current thread-cache budget.
@@ -258,21 +271,39 @@ impl<O: Os> Backend<O> {
         if new_len > isize::MAX as usize {
             return ptr::null_mut();
         }
-        let Some(old_len) = self.huge.lookup(p) else {
-            return ptr::null_mut();
-        };
-        if new_len == old_len {
-            return p;
+        // The remap and the record's move happen under the registry lock, so that
+        // no other block can be registered at `p` (which the OS may reuse as soon
+        // as the remap moved the block) meanwhile: see `HugeRegistry::resize`.
+        #[cfg(not(strata_mutant = "huge_remap_unlocked"))]
+        return self
+            .huge
+            .resize(p, new_len, |old_len| {
+                if new_len == old_len {
+                    return p;
+                }
+                // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
+                unsafe { self.os().remap(p, old_len, new_len) }
+            })
+            .unwrap_or(ptr::null_mut());
+        // Mutant: the code before the fix; remap outside the lock, then remove and
+        // insert, with a window where `p`'s address can be registered twice.
+        #[cfg(strata_mutant = "huge_remap_unlocked")]
+        {
+            let Some(old_len) = self.huge.lookup(p) else {
+                return ptr::null_mut();
+            };
+            if new_len == old_len {
+                return p;
+            }
+            // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
+            let q = unsafe { self.os().remap(p, old_len, new_len) };
+            if !q.is_null() {
+                self.huge.remove(p);
+                let ok = self.huge.insert(self.os(), &self.meta, q, new_len);
+                debug_assert!(ok);
+            }
+            q
         }
-        // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
-        let q = unsafe { self.os().remap(p, old_len, new_len) };
-        if !q.is_null() {
-            self.huge.remove(p);
-            // A record was just freed, so this insert reuses it and cannot fail.
-            let ok = self.huge.insert(self.os(), &self.meta, q, new_len);
-            debug_assert!(ok);
-        }
-        q
     }
 
     /// Tries to resize a Large block in place to `new_size` bytes.

@@ -30,6 +30,9 @@ const STACK_BYTES: usize = 1 << 20;
 /// 2. `spans` (under `lock`): `partial` lists exactly the Small spans of this class
 /// that have an object to give and `live > 0`; `nspans` counts all Small spans of
 /// this class (Span invariant 4).
+///
+/// Model-checked by `loom-tests/tests/flush_refill.rs` (flush racing refill) and
+/// `span_release.rs` (a span's last object returned while the class refills).
 pub struct CentralClass {
     stack: TransferStack,
     lock: RawLock,
@@ -67,6 +70,17 @@ impl CentralClass {
         let _g = self.lock.guard();
         // SAFETY: the lock is held (invariant of Sync).
         self.spans.with_mut(|s| f(unsafe { &mut *s }))
+    }
+
+    /// `with_spans` for returning objects (a mutant skips the lock there).
+    #[inline(always)]
+    fn with_spans_to_release<R>(&self, f: impl FnOnce(&mut ClassSpans) -> R) -> R {
+        #[cfg(not(strata_mutant = "central_release_unlocked"))]
+        return self.with_spans(f);
+        // Mutant: the span lists without the class lock.
+        // SAFETY: none; this is the deliberate fault a loom model must catch.
+        #[cfg(strata_mutant = "central_release_unlocked")]
+        return self.spans.with_mut(|s| f(unsafe { &mut *s }));
     }
 }
 
@@ -196,7 +210,7 @@ impl Central {
         count: usize,
         ph: &PageHeap<O>,
     ) {
-        self.classes[c.index()].with_spans(|cs| {
+        self.classes[c.index()].with_spans_to_release(|cs| {
             let mut obj = head;
             for _ in 0..count {
                 // SAFETY: the chain has `count` objects (contract); each lies in a
@@ -211,6 +225,9 @@ impl Central {
                     s.free = obj;
                     s.live -= 1;
                     if s.live == 0 {
+                        // Unlist before the page heap takes it: a listed span is one
+                        // the class may carve from (Span invariant 4).
+                        #[cfg(not(strata_mutant = "central_empty_span_stays_listed"))]
                         if s.flags & SPAN_LISTED != 0 {
                             list_remove(&mut cs.partial, span);
                         }

@@ -9,7 +9,11 @@
 use crate::size_class::{
     CHUNK_SHIFT, CHUNK_SIZE, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass,
 };
-use crate::sync::{AtomicPtr, AtomicU8, AtomicU16, AtomicU64, Ordering};
+#[cfg(not(strata_loom))]
+use crate::sync::AtomicPtr;
+use crate::sync::{AtomicU8, AtomicU16, AtomicU64, Ordering};
+#[cfg(strata_loom)]
+use crate::sync::{AtomicUsize, UnsafeCell};
 use core::ptr;
 
 /// An object on a free list: the first word of a free block links to the next.
@@ -69,6 +73,9 @@ pub struct Span {
     pub free_since_ms: u64,
 }
 
+// Loom's atomics are 8 bytes each, so under loom a Span is 80 bytes; the bound only
+// matters for the real header's size.
+#[cfg(not(strata_loom))]
 const _: () = assert!(core::mem::size_of::<Span>() <= 64);
 
 impl Span {
@@ -130,6 +137,11 @@ pub struct ChunkHeader {
     pub magic: u64,
     pub next: *mut ChunkHeader,
     pub prev: *mut ChunkHeader,
+    /// Loom only: a cell standing in for the header's plain fields, written when the
+    /// chunk is set up and read by every lookup through the page map, so that loom
+    /// reports any lookup not ordered after the set-up (see `ChunkMap::set`).
+    #[cfg(strata_loom)]
+    witness: UnsafeCell<u64>,
     first: [AtomicU16; PAGES_PER_CHUNK],
     pub spans: [Span; PAGES_PER_CHUNK],
 }
@@ -158,6 +170,12 @@ impl ChunkHeader {
         (p as usize & (CHUNK_SIZE - 1)) >> PAGE_SHIFT
     }
     /// First page of the span covering `page` (meaningful per Span invariant 2).
+    ///
+    /// Relaxed, like the store in `set_first`: entries are written under the
+    /// page-heap lock when a span is cut or merged, before the span is handed on; a
+    /// lookup through a pointer the caller owns is ordered after that by the handoff
+    /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
+    /// other address only needs some value once valid (callers check containment).
     #[inline]
     pub fn first(&self, page: usize) -> usize {
         self.first[page].load(Ordering::Relaxed) as usize
@@ -170,13 +188,77 @@ impl ChunkHeader {
     /// The span covering `p`, by the page map.
     #[inline]
     pub fn span_of(&self, p: *const u8) -> *mut Span {
-        let start = self.first(Self::page_of(p));
+        #[cfg(strata_loom)]
+        self.check_published();
+        // Masking instead of a bounds check: page-map entries are always page
+        // indices, so the mask changes nothing and the lookup cannot panic.
+        let start = self.first(Self::page_of(p)) & (PAGES_PER_CHUNK - 1);
         &self.spans[start] as *const Span as *mut Span
+    }
+    /// The span covering `p` and `p`'s byte offset from that span's base, from the
+    /// page map alone. Every entry ever written names a span that covers its page
+    /// (so `start <= page`), hence the offset is below `CHUNK_SIZE`.
+    #[inline(always)]
+    pub fn locate(&self, p: *const u8) -> (*mut Span, usize) {
+        #[cfg(strata_loom)]
+        self.check_published();
+        let page = Self::page_of(p);
+        let start = self.first(page) & (PAGES_PER_CHUNK - 1);
+        debug_assert!(start <= page);
+        let off = (page.wrapping_sub(start) << PAGE_SHIFT) | (p as usize & (PAGE_SIZE - 1));
+        (
+            &self.spans[start] as *const Span as *mut Span,
+            off & (CHUNK_SIZE - 1),
+        )
     }
     /// Base address of the chunk.
     #[inline]
     pub fn base(&self) -> *mut u8 {
         self as *const ChunkHeader as *mut u8
+    }
+
+    /// Loom only: builds a fresh header in zeroed chunk memory. Loom's atomics and
+    /// cells are handles into the model's object store, so all-zero bytes are not a
+    /// valid one (outside loom they are, and `PageHeap::grow` relies on it).
+    ///
+    /// # Safety
+    /// `chunk` is fresh chunk memory that no one else can see yet.
+    #[cfg(strata_loom)]
+    pub unsafe fn init_in_place(chunk: *mut ChunkHeader) {
+        // SAFETY: per the contract the header's memory is ours; `addr_of_mut!` never
+        // creates a reference to the not-yet-valid fields.
+        unsafe {
+            ptr::addr_of_mut!((*chunk).witness).write(UnsafeCell::new(CHUNK_MAGIC));
+            let first = ptr::addr_of_mut!((*chunk).first).cast::<AtomicU16>();
+            let spans = ptr::addr_of_mut!((*chunk).spans).cast::<Span>();
+            for i in 0..PAGES_PER_CHUNK {
+                first.add(i).write(AtomicU16::new(0));
+                spans.add(i).write(Span {
+                    start: 0,
+                    npages: 0,
+                    kind: AtomicU8::new(SpanKind::None as u8),
+                    class: AtomicU8::new(0),
+                    flags: 0,
+                    free: ptr::null_mut(),
+                    carved: 0,
+                    live: 0,
+                    capacity: 0,
+                    prev: ptr::null_mut(),
+                    next: ptr::null_mut(),
+                    free_since_ms: 0,
+                });
+            }
+        }
+    }
+
+    /// Loom only: reads the witness cell; loom panics ("causality violation") if the
+    /// caller's view is not ordered after the chunk's set-up.
+    #[cfg(strata_loom)]
+    #[inline]
+    pub fn check_published(&self) {
+        // SAFETY: the witness is written only by `init_in_place`, before publication.
+        let magic = self.witness.with(|w| unsafe { *w });
+        assert_eq!(magic, CHUNK_MAGIC, "chunk header read before it was set up");
     }
 }
 
@@ -186,10 +268,27 @@ impl ChunkHeader {
 /// through the pointer.
 ///
 /// Invariant: bit `a >> CHUNK_SHIFT` is set iff a chunk is mapped at `a`; set before
-/// the chunk's first span is given out, cleared before the chunk is unmapped.
+/// the chunk's first span is given out, cleared before the chunk is unmapped. Bits
+/// are set and cleared under the page-heap lock; `contains` runs without it.
+///
+/// Under loom the bitmap cannot be used (zeroed memory is not a valid loom atomic,
+/// and with loom's 4 KiB chunks it would have 2^29 words to initialise), so the
+/// words in use live in a small table keyed by word index; `set`, `clear` and
+/// `contains` and their orderings are the same code. Model-checked by
+/// `loom-tests/tests/chunk_map.rs`.
 pub struct ChunkMap {
+    #[cfg(not(strata_loom))]
     words: AtomicPtr<AtomicU64>,
+    /// Loom: `keys[i]` is 0 (unused) or 1 + the bitmap word index stored in `words[i]`.
+    #[cfg(strata_loom)]
+    keys: [AtomicUsize; LOOM_MAP_WORDS],
+    #[cfg(strata_loom)]
+    words: [AtomicU64; LOOM_MAP_WORDS],
 }
+
+/// Loom: bitmap words the chunk map can hold (each covers 64 chunks).
+#[cfg(strata_loom)]
+const LOOM_MAP_WORDS: usize = 8;
 
 /// Bits of user address space covered by the chunk map.
 pub const ADDRESS_BITS: usize = 47;
@@ -197,15 +296,26 @@ pub const ADDRESS_BITS: usize = 47;
 pub const CHUNK_MAP_BYTES: usize = (1usize << (ADDRESS_BITS - CHUNK_SHIFT)) / 8;
 
 impl ChunkMap {
-    crate::sync::loom_const_fn! {
-        pub fn new() -> ChunkMap {
-            ChunkMap { words: AtomicPtr::new(ptr::null_mut()) }
+    /// An empty map with no storage.
+    #[cfg(not(strata_loom))]
+    pub const fn new() -> ChunkMap {
+        ChunkMap {
+            words: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+    /// An empty map (loom: the table is its storage).
+    #[cfg(strata_loom)]
+    pub fn new() -> ChunkMap {
+        ChunkMap {
+            keys: core::array::from_fn(|_| AtomicUsize::new(0)),
+            words: core::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
     /// Installs the bitmap storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
     /// `set`. Returns false if another thread installed one first (the caller then
     /// frees its own).
+    #[cfg(not(strata_loom))]
     pub fn install(&self, storage: *mut u8) -> bool {
         // Release: pairs with the Acquire in words(); the zeroed storage is visible.
         self.words
@@ -217,17 +327,30 @@ impl ChunkMap {
             )
             .is_ok()
     }
+    /// Loom: never called (`is_installed` is always true).
+    #[cfg(strata_loom)]
+    pub fn install(&self, _storage: *mut u8) -> bool {
+        false
+    }
 
     /// Whether storage is installed.
+    #[cfg(not(strata_loom))]
     pub fn is_installed(&self) -> bool {
         !self.words().is_null()
     }
+    /// Loom: the table is always there.
+    #[cfg(strata_loom)]
+    pub fn is_installed(&self) -> bool {
+        true
+    }
 
+    #[cfg(not(strata_loom))]
     #[inline]
     fn words(&self) -> *mut AtomicU64 {
         self.words.load(Ordering::Acquire)
     }
 
+    #[cfg(not(strata_loom))]
     #[inline]
     fn slot(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
         let words = self.words();
@@ -240,17 +363,64 @@ impl ChunkMap {
         let w = unsafe { &*words.add(idx / 64) };
         Some((w, 1u64 << (idx % 64)))
     }
+    #[cfg(not(strata_loom))]
+    #[inline]
+    fn slot_for_set(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
+        self.slot(addr)
+    }
+
+    /// Loom: the table entry holding `addr`'s word, if any. Relaxed: a key is
+    /// written before its word's first `set` (same thread, under the page-heap lock),
+    /// so a reader that sees a bit through the Acquire in contains() also sees the
+    /// key; a reader that misses the key just answers "not ours", as it would before
+    /// the `set`.
+    #[cfg(strata_loom)]
+    fn slot(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
+        let idx = addr >> CHUNK_SHIFT;
+        let key = idx / 64 + 1;
+        for (k, w) in self.keys.iter().zip(&self.words) {
+            match k.load(Ordering::Relaxed) {
+                0 => return None,
+                v if v == key => return Some((w, 1u64 << (idx % 64))),
+                _ => {}
+            }
+        }
+        None
+    }
+    /// Loom: as `slot`, claiming a free entry for the word if it has none. Callers
+    /// hold the page-heap lock, so claims never race.
+    #[cfg(strata_loom)]
+    fn slot_for_set(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
+        let idx = addr >> CHUNK_SHIFT;
+        let key = idx / 64 + 1;
+        for (k, w) in self.keys.iter().zip(&self.words) {
+            let v = k.load(Ordering::Relaxed);
+            if v == 0 {
+                k.store(key, Ordering::Relaxed);
+            }
+            if v == 0 || v == key {
+                return Some((w, 1u64 << (idx % 64)));
+            }
+        }
+        panic!("loom chunk map full: raise LOOM_MAP_WORDS");
+    }
 
     /// Marks the chunk at `addr` as ours.
     pub fn set(&self, addr: usize) {
-        if let Some((w, bit)) = self.slot(addr) {
+        if let Some((w, bit)) = self.slot_for_set(addr) {
             // Release: pairs with the Acquire in contains(); the chunk header is
             // initialised before anyone sees the bit.
+            #[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
             w.fetch_or(bit, Ordering::Release);
+            // Mutant: the bit is published without the header.
+            #[cfg(strata_mutant = "chunk_map_set_relaxed")]
+            w.fetch_or(bit, Ordering::Relaxed);
         }
     }
 
-    /// Marks the chunk at `addr` as no longer ours.
+    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
+    /// a lookup racing with the unmap of the chunk it asks about is the caller's
+    /// use-after-free, not something an ordering can fix.
     pub fn clear(&self, addr: usize) {
         if let Some((w, bit)) = self.slot(addr) {
             w.fetch_and(!bit, Ordering::Relaxed);

@@ -6,7 +6,8 @@
 //! - `free`, `realloc` and `malloc_usable_size` find a block by address: the chunk
 //!   map and page map for chunk memory, the huge registry for own mappings. A pointer
 //!   that is not the start of a block of ours is never read through: `free` ignores
-//!   it, `realloc` fails with `ENOMEM`, `malloc_usable_size` returns 0.
+//!   it, `realloc` fails with `ENOMEM`, `malloc_usable_size` returns 0. With the
+//!   `checked` feature all three abort with a report instead (see `checked`).
 //! - Nothing here needs initialising: the statics are built at compile time and the
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
 //!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
@@ -15,7 +16,14 @@
 //!   parent handler releases them, and the child releases them too, so a child
 //!   forked while other threads allocate can allocate and exit.
 
-use crate::global::{self, BACKEND};
+use crate::global;
+// The allocation entry points behind the C functions: the plain ones, or, with the
+// `checked` feature, `checked`'s, which validate every pointer (aborting with a
+// report) and wrap every block in a canary and a trailer.
+#[cfg(feature = "checked")]
+use crate::checked as entry;
+#[cfg(not(feature = "checked"))]
+use crate::global as entry;
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write;
 use core::ptr;
@@ -45,7 +53,7 @@ fn enomem_if_null(p: *mut u8) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // The slow paths set errno on failure, so this is a plain tail call.
-    global::alloc_bytes(size, C_ALIGN, false).cast()
+    entry::alloc_bytes(size, C_ALIGN, false).cast()
 }
 
 /// C `free`.
@@ -56,7 +64,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn free(p: *mut c_void) {
     if !p.is_null() {
         // SAFETY: per the contract; a foreign pointer is ignored, not read.
-        unsafe { global::free_by_address(p.cast()) };
+        unsafe { entry::free_by_address(p.cast()) };
     }
 }
 
@@ -77,7 +85,7 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
-        Some(bytes) => enomem_if_null(global::alloc_bytes(bytes, C_ALIGN, true)),
+        Some(bytes) => enomem_if_null(entry::alloc_bytes(bytes, C_ALIGN, true)),
         None => enomem_if_null(ptr::null_mut()),
     }
 }
@@ -98,7 +106,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // SAFETY: per the contract; a foreign `p` gives null and stays untouched.
-    enomem_if_null(unsafe { global::realloc_by_address(p.cast(), size, C_ALIGN) })
+    enomem_if_null(unsafe { entry::realloc_by_address(p.cast(), size, C_ALIGN) })
 }
 
 /// C `reallocarray`: `realloc(p, n * size)` with an overflow check (`ENOMEM`).
@@ -116,7 +124,7 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 
 /// Allocates with an alignment that is already a valid power of two.
 fn alloc_aligned(align: usize, size: usize) -> *mut u8 {
-    global::alloc_bytes(size, align.max(C_ALIGN), false)
+    entry::alloc_bytes(size, align.max(C_ALIGN), false)
 }
 
 /// C `posix_memalign`: `EINVAL` unless `align` is a power of two multiple of
@@ -145,7 +153,9 @@ pub unsafe extern "C" fn posix_memalign(
 /// Rounds an alignment up to a power of two as glibc 2.36's `memalign` does;
 /// None (`EINVAL`) if that overflows.
 fn glibc_alignment(align: usize) -> Option<usize> {
-    if align > isize::MAX as usize / 2 + 1 {
+    // glibc's limit: beyond 2^63 no power of two fits (EINVAL); up to it the
+    // allocation itself then fails (ENOMEM).
+    if align > usize::MAX / 2 + 1 {
         None
     } else {
         Some(align.max(1).next_power_of_two())
@@ -213,7 +223,11 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
     if p.is_null() {
         return 0;
     }
-    BACKEND.usable_size(p.cast()).unwrap_or(0)
+    // Checked mode: exactly the requested size; aborts on a pointer that is not live.
+    #[cfg(feature = "checked")]
+    return crate::checked::malloc_usable_size(p.cast());
+    #[cfg(not(feature = "checked"))]
+    global::BACKEND.usable_size(p.cast()).unwrap_or(0)
 }
 
 /// glibc's `malloc_trim`: returns free memory to the OS now (strata releases
@@ -266,6 +280,17 @@ pub unsafe extern "C" fn strata_release_memory() -> usize {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn strata_stats_print() {
     print_stats();
+}
+
+/// Checked mode: prints the live blocks by size class to stderr (as
+/// `STRATA_LEAK_REPORT=1` does at exit) and returns their number.
+///
+/// # Safety
+/// Callable from C at any time.
+#[cfg(feature = "checked")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_leak_report() -> usize {
+    crate::checked::print_leak_report().total().blocks
 }
 
 /// A `fmt::Write` into a fixed buffer (formatting without allocating).
@@ -439,5 +464,11 @@ mod tests {
         assert_eq!(glibc_alignment(3), Some(4));
         assert_eq!(glibc_alignment(4096), Some(4096));
         assert_eq!(glibc_alignment(usize::MAX), None);
+        assert_eq!(
+            glibc_alignment((1 << 62) + 1),
+            Some(1 << 63),
+            "ENOMEM later, as glibc"
+        );
+        assert_eq!(glibc_alignment((1 << 63) + 1), None);
     }
 }

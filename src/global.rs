@@ -8,13 +8,17 @@
 //! flushes the heap, pools it, and points the thread at `DEAD`, whose slow paths go
 //! straight to the central tier, so frees that glibc makes afterwards still work.
 
+use crate::Violation;
 use crate::backend::{Backend, Route, route};
-#[cfg(feature = "c-abi")]
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 use crate::chunk::{ChunkHeader, SpanKind};
-use crate::os::{OS_PAGE, SysOs};
+use crate::os::SysOs;
 use crate::size_class::{SizeClass, class_for};
 use crate::thread_heap::{HeapState, ThreadHeap};
-use crate::{Strata, Violation};
+// The plain `GlobalAlloc` impl's (`checked` has its own).
+#[cfg(not(feature = "checked"))]
+use crate::{Strata, os::OS_PAGE};
+#[cfg(not(feature = "checked"))]
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
@@ -289,6 +293,7 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
 
 /// # Safety
 /// `p` was allocated with `size`/`align` and is given up.
+#[cfg(not(feature = "checked"))]
 #[cold]
 #[inline(never)]
 unsafe fn free_other(p: *mut u8, size: usize, align: usize) {
@@ -306,6 +311,9 @@ unsafe fn free_other(p: *mut u8, size: usize, align: usize) {
 // (size classes are multiples of the alignment and spans page aligned; large spans
 // and huge mappings are trimmed to it); a block is never handed out twice before it
 // is freed; failures return null; nothing here panics or unwinds.
+// With the `checked` feature, `checked` implements it instead, on top of the by-address
+// paths below.
+#[cfg(not(feature = "checked"))]
 unsafe impl GlobalAlloc for Strata {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -376,7 +384,7 @@ unsafe impl GlobalAlloc for Strata {
 
 /// Allocates `size` bytes at `align` (zeroed if `zero`): the entry for callers that
 /// have no `Layout` (the C ABI). Null on failure.
-#[cfg(feature = "c-abi")]
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline(always)]
 pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
     match class_for(size, align) {
@@ -393,7 +401,7 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// What a pointer is, found by address without reading through it.
-#[cfg(feature = "c-abi")]
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Owner {
     /// An object of this class in one of our chunks.
@@ -406,18 +414,20 @@ pub(crate) enum Owner {
     Foreign,
 }
 
-/// Classifies `p` by address (chunk map, page map, huge registry). Small objects are
-/// not checked to be on an object boundary here (the checked mode does that).
-#[cfg(feature = "c-abi")]
+/// Classifies `p` by address (chunk map, page map, huge registry). Small objects
+/// must be inside their span and on an object boundary (`small_object`); the checked
+/// mode adds its own, stricter checks on top.
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline]
 pub(crate) fn owner_of(p: *const u8) -> Owner {
     if BACKEND.page_heap.owns(p) {
         // SAFETY: `p` lies in a mapped chunk (chunk map), so the header is readable;
         // page map and kinds are atomics.
         unsafe {
-            let span = &*(*ChunkHeader::of(p)).span_of(p);
+            let (span, off) = (*ChunkHeader::of(p)).locate(p);
+            let span = &*span;
             match span.kind() {
-                SpanKind::Small => Owner::Small(span.class()),
+                SpanKind::Small => small_object(span, off).map_or(Owner::Foreign, Owner::Small),
                 SpanKind::Large if ptr::eq(span.base(), p) => Owner::Large(span.bytes()),
                 _ => Owner::Foreign,
             }
@@ -432,7 +442,7 @@ pub(crate) fn owner_of(p: *const u8) -> Owner {
 
 /// The class of `p` if it lies in a Small span of ours: the hot part of `free` by
 /// address (chunk map bit, page map entry, span kind and class; never reads `p`).
-#[cfg(feature = "c-abi")]
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline(always)]
 fn small_class_of(p: *const u8) -> Option<SizeClass> {
     if !BACKEND.page_heap.owns(p) {
@@ -440,8 +450,25 @@ fn small_class_of(p: *const u8) -> Option<SizeClass> {
     }
     // SAFETY: `p` lies in a mapped chunk (chunk map), so its header is readable; the
     // page map and kinds are atomics.
-    let span = unsafe { &*(*ChunkHeader::of(p)).span_of(p) };
-    (span.kind() == SpanKind::Small).then(|| span.class())
+    let (span, off) = unsafe { (*ChunkHeader::of(p)).locate(p) };
+    // SAFETY: `locate` returns a descriptor slot inside the mapped header.
+    let span = unsafe { &*span };
+    if span.kind() != SpanKind::Small {
+        return None;
+    }
+    small_object(span, off)
+}
+
+/// The class of the object at byte `off` of the Small span `span`, if `off` is inside
+/// the span and on an object boundary. Both checks matter: an interior or misaligned
+/// pointer pushed on a free list would later hand out overlapping memory, and the
+/// page-map entry of a Large block's interior page may be stale (Span invariant 2)
+/// and name a Small span elsewhere in the chunk, which the containment check rejects.
+#[cfg(any(feature = "c-abi", feature = "checked"))]
+#[inline(always)]
+fn small_object(span: &crate::chunk::Span, off: usize) -> Option<SizeClass> {
+    let c = span.class();
+    (off < span.bytes() && c.divides(off)).then_some(c)
 }
 
 /// Frees a block of ours found by address; false (and nothing done) if `p` is not
@@ -449,7 +476,7 @@ fn small_class_of(p: *const u8) -> Option<SizeClass> {
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.
-#[cfg(feature = "c-abi")]
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline(always)]
 pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
     match small_class_of(p) {
@@ -468,7 +495,7 @@ pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
 ///
 /// # Safety
 /// As for `free_by_address`.
-#[cfg(feature = "c-abi")]
+#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[cold]
 #[inline(never)]
 unsafe fn free_by_address_slow(p: *mut u8) -> bool {
@@ -489,7 +516,7 @@ unsafe fn free_by_address_slow(p: *mut u8) -> bool {
 ///
 /// # Safety
 /// If `p` is ours, it is live; on success the caller uses the result instead.
-#[cfg(feature = "c-abi")]
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
 pub(crate) unsafe fn realloc_by_address(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     let owner = owner_of(p);
     let old_size = match owner {
@@ -537,6 +564,8 @@ pub(crate) unsafe fn realloc_by_address(p: *mut u8, new_size: usize, align: usiz
 /// that no lock is held by a thread that will not exist in the child.
 #[cfg(feature = "c-abi")]
 pub(crate) fn lock_all_for_fork() {
+    #[cfg(feature = "checked")]
+    crate::checked::lock_all();
     BACKEND.lock_all();
 }
 
@@ -545,6 +574,8 @@ pub(crate) fn lock_all_for_fork() {
 #[cfg(feature = "c-abi")]
 pub(crate) fn unlock_all_after_fork(child: bool) {
     BACKEND.unlock_all(child);
+    #[cfg(feature = "checked")]
+    crate::checked::unlock_all();
 }
 
 /// See [`crate::flush_thread_cache`].
@@ -560,6 +591,8 @@ pub(crate) fn flush_thread_cache() {
 
 /// See [`crate::release_memory`].
 pub(crate) fn release_memory() -> usize {
+    #[cfg(feature = "checked")]
+    crate::checked::drain_quarantine();
     flush_thread_cache();
     BACKEND.release_shared()
 }
@@ -569,7 +602,10 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
     let h = heap();
     // SAFETY: this thread's heap or a sentinel, only read.
     unsafe { (*h).validate(&BACKEND) }?;
-    BACKEND.validate()
+    BACKEND.validate()?;
+    #[cfg(feature = "checked")]
+    crate::checked::validate_blocks()?;
+    Ok(())
 }
 
 /// See [`crate::set_thread_cache_budget`].
@@ -591,6 +627,9 @@ pub(crate) fn set_purge_delay_ms(ms: u64) {
 
 /// See [`crate::usable_size`].
 pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
+    #[cfg(feature = "checked")]
+    return crate::checked::usable_size(p);
+    #[cfg(not(feature = "checked"))]
     BACKEND.usable_size(p)
 }
 

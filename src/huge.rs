@@ -104,6 +104,52 @@ impl HugeRegistry {
         })
     }
 
+    /// Resizes the huge block at `p` with `resize(old_len)`, which returns the
+    /// block's address afterwards (`p` if it stayed, null if it could not be
+    /// resized, the record then untouched), and moves the record with it: new
+    /// address, length `new_len`. None if `p` is not a huge block.
+    ///
+    /// `resize` runs under the registry lock. Once a remap has moved a block, the
+    /// OS may hand its old address to another thread's new huge block at once; if
+    /// that block's record could be inserted while ours still names the address,
+    /// the two records would share it, and our `remove` could take the newcomer's,
+    /// leaving a record with the wrong length for a later `free` to unmap (found by
+    /// the loom model `loom-tests/tests/huge_blocks.rs`). Moving the record in place
+    /// also needs no allocation, so it cannot fail halfway.
+    pub fn resize(
+        &self,
+        p: *const u8,
+        new_len: usize,
+        resize: impl FnOnce(usize) -> *mut u8,
+    ) -> Option<*mut u8> {
+        self.with(|h| {
+            let b = hash(p as usize);
+            let mut link: *mut *mut Record = &mut h.buckets[b];
+            // SAFETY: links and records are ours under the lock.
+            unsafe {
+                while !(*link).is_null() {
+                    let r = *link;
+                    if (*r).ptr == p as usize {
+                        let old_len = (*r).len;
+                        let q = resize(old_len);
+                        if !q.is_null() {
+                            *link = (*r).next;
+                            (*r).ptr = q as usize;
+                            (*r).len = new_len;
+                            h.bytes = h.bytes - old_len + new_len;
+                            let nb = hash(q as usize);
+                            (*r).next = h.buckets[nb];
+                            h.buckets[nb] = r;
+                        }
+                        return Some(q);
+                    }
+                    link = &mut (*r).next;
+                }
+            }
+            None
+        })
+    }
+
     /// Forgets the mapping at `p`; returns its length.
     pub fn remove(&self, p: *const u8) -> Option<usize> {
         self.with(|h| {
@@ -125,6 +171,24 @@ impl HugeRegistry {
                 }
             }
             None
+        })
+    }
+
+    /// Calls `f(ptr, len)` for every huge block, under the registry lock (the checked
+    /// mode's leak report and block validator). `f` must not call back into the
+    /// registry.
+    #[cfg(feature = "checked")]
+    pub fn for_each(&self, mut f: impl FnMut(*mut u8, usize)) {
+        self.with(|h| {
+            for &first in &h.buckets {
+                let mut r = first;
+                while !r.is_null() {
+                    // SAFETY: records in buckets are ours under the lock.
+                    let rec = unsafe { &*r };
+                    f(rec.ptr as *mut u8, rec.len);
+                    r = rec.next;
+                }
+            }
         })
     }
 

@@ -32,6 +32,11 @@
 //! page map, "is this ours") and `huge` (own mappings) → `meta` (the metadata arena)
 //! → `size_class` (tables, pure) and `os` (the OS trait) → `sync` (atomics and
 //! locks, or loom's).
+//!
+//! With the `checked` feature, `checked` sits beside `global`: it implements
+//! `GlobalAlloc` (and the C entry points) on top of the by-address paths, with a
+//! canary and a trailer on every block, pointer validation, a quarantine of freed
+//! blocks and a leak report; misuse aborts with a report.
 
 mod sync;
 
@@ -52,7 +57,9 @@ mod transfer;
 pub mod internals {
     pub use crate::backend::{Backend, Route, route};
     pub use crate::central::{Batch, Central};
-    pub use crate::chunk::{ChunkHeader, FreeObj, HEADER_PAGES, Span, SpanKind, USABLE_PAGES};
+    pub use crate::chunk::{
+        ChunkHeader, FreeObj, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, USABLE_PAGES,
+    };
     pub use crate::huge::HugeRegistry;
     pub use crate::meta::MetaArena;
     pub use crate::os::{OS_PAGE, Os, SysOs};
@@ -62,12 +69,19 @@ pub mod internals {
     pub use crate::transfer::{BatchDesc, DescPool, NIL, TransferStack};
 }
 
+#[cfg(all(feature = "checked", not(strata_loom)))]
+mod checked;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod ffi;
 #[cfg(not(strata_loom))]
 mod global;
 
 use core::fmt;
+
+/// Whether this build is strata's checked mode (cargo feature `checked`): blocks
+/// carry canaries and exact sizes, misuse aborts with a report, and
+/// [`usable_size`] returns exactly the requested size.
+pub const CHECKED: bool = cfg!(feature = "checked");
 
 /// The allocator. Install it with
 /// `#[global_allocator] static A: strata::Strata = strata::Strata;`.
@@ -128,6 +142,9 @@ pub struct HeapCounts {
 #[cfg(not(strata_loom))]
 pub use api::*;
 
+#[cfg(all(feature = "checked", not(strata_loom)))]
+pub use checked::{LeakCount, LeakReport};
+
 #[cfg(not(strata_loom))]
 mod api {
     use super::*;
@@ -146,6 +163,9 @@ mod api {
 
     /// Walks every chunk, span, central list and the caller's thread heap and checks
     /// their numbered invariants. Stops allocation in other threads while it runs.
+    /// In checked mode it also checks every live block's canary and every
+    /// quarantined block's free pattern (structure `"Block"`, invariants 1 and 2);
+    /// those reads are exact when no other thread frees or reallocates meanwhile.
     pub fn validate_heap() -> Result<(), Violation> {
         global::validate_heap()
     }
@@ -163,6 +183,8 @@ mod api {
 
     /// The usable size of a block that strata handed out, found by address; None if
     /// `p` is not the start of a live block of ours (it is never read through).
+    /// In checked mode: exactly the size that was requested, read from the block's
+    /// trailer (only for a pointer that lies in our memory).
     pub fn usable_size(p: *const u8) -> Option<usize> {
         global::usable_size(p)
     }
@@ -170,5 +192,20 @@ mod api {
     /// Counters of the process-wide heap.
     pub fn heap_counts() -> HeapCounts {
         global::heap_counts()
+    }
+
+    /// Checked mode: the live blocks of the process by size class (count and bytes
+    /// requested). Freed blocks waiting in quarantine do not count. Takes every class
+    /// lock while it walks the heap.
+    #[cfg(feature = "checked")]
+    pub fn leak_report() -> LeakReport {
+        checked::leak_report()
+    }
+
+    /// Checked mode: writes [`leak_report`] to stderr without allocating (what
+    /// `STRATA_LEAK_REPORT=1` does at exit) and returns it.
+    #[cfg(feature = "checked")]
+    pub fn print_leak_report() -> LeakReport {
+        checked::print_leak_report()
     }
 }

@@ -7,7 +7,12 @@ use crate::os::{OS_PAGE, Os};
 use crate::sync::{RawLock, UnsafeCell};
 use core::ptr;
 
+#[cfg(not(strata_loom))]
 const BLOCK: usize = 256 << 10;
+/// Loom: two pages per block, so a model maps little; not one, so that a fake OS
+/// can tell arena blocks from the (one-page) loom chunks.
+#[cfg(strata_loom)]
+const BLOCK: usize = 2 * OS_PAGE;
 
 /// A bump allocator over OS blocks.
 ///

@@ -53,6 +53,9 @@ pub struct PageHeapStats {
 ///    chunks whose usable pages form one free span; `free_chunks <= CHUNK_RESERVE`
 ///    after every free;
 /// 3. every mapped chunk is in the chunk list and in the chunk map.
+///
+/// Model-checked by `loom-tests/tests/coalescing.rs` (neighbours freed at once) and
+/// `purge.rs` (purge racing reuse, "known zero" claims).
 pub struct PageHeap<O: Os> {
     lock: RawLock,
     inner: UnsafeCell<Inner>,
@@ -117,6 +120,7 @@ impl<O: Os> PageHeap<O> {
 
     /// Sets how long a free span stays resident before it is purged.
     pub fn set_purge_delay_ms(&self, ms: u64) {
+        // Relaxed: a setting; nothing is published with it.
         self.purge_delay_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -204,11 +208,38 @@ impl<O: Os> PageHeap<O> {
     /// `span` came from `alloc_span` of this heap and is no longer used by anyone.
     pub unsafe fn free_span(&self, span: *mut Span) {
         let now = self.os.now_ms();
-        self.with_inner(|h| {
+        self.with_inner_to_free(|h| {
             // SAFETY: the caller gives up the span; we hold the lock.
             unsafe { self.free_locked(h, span, now) };
+            // Purge under the same lock: a span being purged is in a bin, so no one
+            // can take it meanwhile (no purge/reuse race).
+            #[cfg(not(strata_mutant = "purge_unlocked"))]
             self.maybe_purge(h, now);
         });
+        // Mutant: purge after dropping the lock (to keep madvise out of it), with
+        // nothing keeping a concurrent alloc_span off the span being purged.
+        #[cfg(strata_mutant = "purge_unlocked")]
+        self.with_inner_unlocked(|h| self.maybe_purge(h, now));
+    }
+
+    /// `with_inner` for `free_span` (a mutant skips the lock there).
+    #[inline(always)]
+    fn with_inner_to_free<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        #[cfg(not(strata_mutant = "page_heap_free_unlocked"))]
+        return self.with_inner(f);
+        // Mutant: the bins and counters without the page-heap lock.
+        #[cfg(strata_mutant = "page_heap_free_unlocked")]
+        return self.with_inner_unlocked(f);
+    }
+
+    /// Mutants only: `with_inner` without the lock.
+    #[cfg(any(
+        strata_mutant = "page_heap_free_unlocked",
+        strata_mutant = "purge_unlocked"
+    ))]
+    fn with_inner_unlocked<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // SAFETY: none; this is the deliberate fault a loom model must catch.
+        self.inner.with_mut(|i| f(unsafe { &mut *i }))
     }
 
     /// Tries to grow the Large span `span` in place to `npages` by taking free pages
@@ -354,8 +385,11 @@ impl<O: Os> PageHeap<O> {
             return false;
         }
         // SAFETY: a fresh, zeroed, chunk-aligned mapping; a zeroed header is valid
-        // (null links, kind None everywhere).
+        // (null links, kind None everywhere) except under loom, whose atomics are
+        // built in place first.
         unsafe {
+            #[cfg(strata_loom)]
+            ChunkHeader::init_in_place(base.cast());
             let chunk = &mut *(base as *mut ChunkHeader);
             chunk.magic = CHUNK_MAGIC;
             chunk.next = h.chunks;
@@ -394,6 +428,8 @@ impl<O: Os> PageHeap<O> {
             if start > HEADER_PAGES {
                 let left: *mut Span = &mut chunk.spans[chunk.first(start - 1)];
                 if (*left).kind() == SpanKind::Free {
+                    // Mutant: the left neighbour stays in its old bin as well.
+                    #[cfg(not(strata_mutant = "coalesce_skips_unlink"))]
                     bin_remove(h, left);
                     (*left).npages += (*span).npages;
                     (*span).set_kind(SpanKind::None);
@@ -409,7 +445,17 @@ impl<O: Os> PageHeap<O> {
                     (*right).set_kind(SpanKind::None);
                 }
             }
-            (*span).flags = 0;
+            // The merged span holds the freed (dirty) pages: whatever a neighbour knew
+            // about its own pages being zero no longer holds for the whole (Span
+            // invariant 5). A mutant keeps the left neighbour's flag.
+            #[cfg(not(strata_mutant = "coalesce_keeps_zeroed"))]
+            {
+                (*span).flags = 0;
+            }
+            #[cfg(strata_mutant = "coalesce_keeps_zeroed")]
+            {
+                (*span).flags &= !SPAN_LISTED;
+            }
             (*span).free_since_ms = now;
             if (*span).npages as usize == USABLE_PAGES {
                 if h.free_chunks >= CHUNK_RESERVE {

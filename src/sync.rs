@@ -58,6 +58,24 @@ const UNLOCKED: u32 = 0;
 const LOCKED: u32 = 1;
 const CONTENDED: u32 = 2;
 
+/// Spins before sleeping. Under loom every spin is a yield and a branch of the model;
+/// one keeps the spin phase in the model without multiplying its executions.
+#[cfg(not(strata_loom))]
+const SPINS: u32 = 64;
+#[cfg(strata_loom)]
+const SPINS: u32 = 1;
+
+/// The ordering that takes the lock: Acquire (a mutant weakens it).
+#[cfg(not(strata_mutant = "lock_acquire_relaxed"))]
+const TAKE: Ordering = Ordering::Acquire;
+#[cfg(strata_mutant = "lock_acquire_relaxed")]
+const TAKE: Ordering = Ordering::Relaxed;
+/// The ordering that releases the lock: Release (a mutant weakens it).
+#[cfg(not(strata_mutant = "lock_release_relaxed"))]
+const GIVE: Ordering = Ordering::Release;
+#[cfg(strata_mutant = "lock_release_relaxed")]
+const GIVE: Ordering = Ordering::Relaxed;
+
 /// A small mutex that never allocates: spin briefly, then sleep on a futex.
 ///
 /// Invariants:
@@ -69,12 +87,19 @@ const CONTENDED: u32 = 2;
 #[derive(Debug)]
 pub(crate) struct RawLock {
     state: AtomicU32,
+    /// Loom: what the kernel's futex does for a waiter (see `futex_wait`).
+    #[cfg(strata_loom)]
+    futex: LoomFutex,
 }
 
 impl RawLock {
     loom_const_fn! {
         pub(crate) fn new() -> RawLock {
-            RawLock { state: AtomicU32::new(UNLOCKED) }
+            RawLock {
+                state: AtomicU32::new(UNLOCKED),
+                #[cfg(strata_loom)]
+                futex: LoomFutex::new(),
+            }
         }
     }
 
@@ -84,7 +109,7 @@ impl RawLock {
         // the protected data happen before ours.
         if self
             .state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(UNLOCKED, LOCKED, TAKE, Ordering::Relaxed)
             .is_err()
         {
             self.lock_contended();
@@ -93,28 +118,30 @@ impl RawLock {
 
     #[cold]
     fn lock_contended(&self) {
-        for _ in 0..64 {
+        for _ in 0..SPINS {
             spin_wait();
+            // Relaxed load: only a hint; the Acquire CAS takes the lock.
             if self.state.load(Ordering::Relaxed) == UNLOCKED
                 && self
                     .state
-                    .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(UNLOCKED, LOCKED, TAKE, Ordering::Relaxed)
                     .is_ok()
             {
                 return;
             }
         }
         // Acquire: as in lock(). Swapping in CONTENDED keeps invariant 2.
-        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
-            futex_wait(&self.state, CONTENDED);
+        while self.state.swap(CONTENDED, TAKE) != UNLOCKED {
+            self.futex_wait(CONTENDED);
         }
     }
 
     #[inline]
     pub(crate) fn unlock(&self) {
-        // Release: pairs with the Acquire in lock()/lock_contended().
-        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            futex_wake(&self.state);
+        // Release: pairs with the Acquire in lock()/lock_contended(); our writes to
+        // the protected data happen before the next holder's reads.
+        if self.state.swap(UNLOCKED, GIVE) == CONTENDED {
+            self.futex_wake();
         }
     }
 
@@ -132,6 +159,18 @@ pub(crate) struct LockGuard<'a>(&'a RawLock);
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
         self.0.unlock();
+    }
+}
+
+#[cfg(not(strata_loom))]
+impl RawLock {
+    #[inline]
+    fn futex_wait(&self, expected: u32) {
+        futex_wait(&self.state, expected);
+    }
+    #[inline]
+    fn futex_wake(&self) {
+        futex_wake(&self.state);
     }
 }
 
@@ -163,13 +202,47 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
+/// Loom: a futex for one lock word, as a loom mutex and condition variable, so that
+/// a waiting thread blocks (loom cannot finish a model in which two threads spin on
+/// `yield_now` for one lock: they can yield to each other forever).
+///
+/// Like `FUTEX_WAIT`, `wait` sleeps only if the word still holds the expected value,
+/// checked under the same mutex `wake` takes, so a wake between the waiter's check
+/// and its sleep is not lost. The mutex adds a happens-before edge from waker to
+/// woken waiter that the real futex does not promise; the lock does not rely on it
+/// (the woken waiter's Acquire swap reads the Release of `unlock`), and handoffs
+/// without a sleeper, where it is absent, are modelled too.
 #[cfg(strata_loom)]
-fn futex_wait(_word: &AtomicU32, _expected: u32) {
-    loom::thread::yield_now();
+#[derive(Debug)]
+struct LoomFutex {
+    mutex: loom::sync::Mutex<()>,
+    cond: loom::sync::Condvar,
 }
 
 #[cfg(strata_loom)]
-fn futex_wake(_word: &AtomicU32) {}
+impl LoomFutex {
+    fn new() -> LoomFutex {
+        LoomFutex {
+            mutex: loom::sync::Mutex::new(()),
+            cond: loom::sync::Condvar::new(),
+        }
+    }
+}
+
+#[cfg(strata_loom)]
+impl RawLock {
+    fn futex_wait(&self, expected: u32) {
+        let guard = self.futex.mutex.lock().unwrap();
+        // Relaxed: as the kernel's read of the word; the caller re-checks anyway.
+        if self.state.load(Ordering::Relaxed) == expected {
+            drop(self.futex.cond.wait(guard).unwrap());
+        }
+    }
+    fn futex_wake(&self) {
+        let _guard = self.futex.mutex.lock().unwrap();
+        self.futex.cond.notify_one();
+    }
+}
 
 /// An array of null atomic pointers (const outside loom).
 #[cfg(not(strata_loom))]

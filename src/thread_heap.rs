@@ -73,25 +73,41 @@ pub struct ThreadHeap {
     budget_bytes: usize,
     /// Link in the pool of heaps for reuse.
     pub pool_next: *mut ThreadHeap,
+    /// Loom only: a cell standing in for the heap's plain fields. Every method that
+    /// touches them writes it, so loom reports two threads using one heap with no
+    /// handoff (the pool lock) ordering them.
+    #[cfg(strata_loom)]
+    owner: crate::sync::UnsafeCell<()>,
 }
 
 impl ThreadHeap {
-    /// A heap in `state` with empty lists (for sentinels and fresh heaps).
-    pub const fn new(state: HeapState) -> ThreadHeap {
-        ThreadHeap {
-            lists: [const {
-                FreeList {
-                    head: ptr::null_mut(),
-                    len: 0,
-                    max: 0,
-                }
-            }; NUM_CLASSES],
-            state,
-            steal_next: 0,
-            max_bytes: 0,
-            budget_bytes: DEFAULT_CACHE_BUDGET,
-            pool_next: ptr::null_mut(),
+    crate::sync::loom_const_fn! {
+        /// A heap in `state` with empty lists (for sentinels and fresh heaps).
+        pub fn new(state: HeapState) -> ThreadHeap {
+            ThreadHeap {
+                lists: [const {
+                    FreeList {
+                        head: ptr::null_mut(),
+                        len: 0,
+                        max: 0,
+                    }
+                }; NUM_CLASSES],
+                state,
+                steal_next: 0,
+                max_bytes: 0,
+                budget_bytes: DEFAULT_CACHE_BUDGET,
+                pool_next: ptr::null_mut(),
+                #[cfg(strata_loom)]
+                owner: crate::sync::UnsafeCell::new(()),
+            }
         }
+    }
+
+    /// Loom only: records a use of the heap's plain state by the calling thread.
+    #[cfg(strata_loom)]
+    #[inline]
+    fn touch(&self) {
+        self.owner.with_mut(|_| ());
     }
 
     /// The heap's state.
@@ -102,6 +118,8 @@ impl ThreadHeap {
 
     /// Makes a pooled or fresh heap live with the given budget.
     pub fn activate(&mut self, budget_bytes: usize) {
+        #[cfg(strata_loom)]
+        self.touch();
         debug_assert!(self.lists.iter().all(|l| l.len == 0 && l.max == 0));
         self.state = HeapState::Live;
         self.budget_bytes = budget_bytes;
@@ -110,6 +128,8 @@ impl ThreadHeap {
 
     /// Marks a flushed heap as pooled.
     pub fn retire(&mut self) {
+        #[cfg(strata_loom)]
+        self.touch();
         self.state = HeapState::Pooled;
     }
 
@@ -119,6 +139,8 @@ impl ThreadHeap {
     /// `c` is a valid class (`< NUM_CLASSES`); the heap belongs to the calling thread.
     #[inline(always)]
     pub unsafe fn pop(&mut self, c: SizeClass) -> *mut u8 {
+        #[cfg(strata_loom)]
+        self.touch();
         // SAFETY: c < NUM_CLASSES by the contract.
         let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
         let obj = list.head;
@@ -140,6 +162,8 @@ impl ThreadHeap {
     /// calling thread.
     #[inline(always)]
     pub unsafe fn try_push(&mut self, c: SizeClass, p: *mut u8) -> bool {
+        #[cfg(strata_loom)]
+        self.touch();
         // SAFETY: c < NUM_CLASSES because it came from a class lookup.
         let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
         if list.len >= list.max {
@@ -158,6 +182,8 @@ impl ThreadHeap {
     #[cold]
     #[inline(never)]
     pub fn alloc_slow<O: Os>(&mut self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
+        #[cfg(strata_loom)]
+        self.touch();
         debug_assert_eq!(self.state, HeapState::Live);
         let b = be.central.refill(c, &be.page_heap);
         if b.count == 0 {
@@ -179,6 +205,8 @@ impl ThreadHeap {
     #[cold]
     #[inline(never)]
     pub unsafe fn free_slow<O: Os>(&mut self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
+        #[cfg(strata_loom)]
+        self.touch();
         debug_assert_eq!(self.state, HeapState::Live);
         let ci = c.index();
         let (size, batch, cap) = (
@@ -266,6 +294,8 @@ impl ThreadHeap {
 
     /// Returns every cached object to the central tier and resets the adaptive maxima.
     pub fn flush_all<O: Os>(&mut self, be: &Backend<O>) {
+        #[cfg(strata_loom)]
+        self.touch();
         for (ci, &batch) in CLASS_BATCH.iter().enumerate() {
             while self.lists[ci].len > 0 {
                 let n = (batch as u32).min(self.lists[ci].len);
@@ -279,6 +309,8 @@ impl ThreadHeap {
 
     /// Sets the byte budget; shrinks maxima now if it dropped.
     pub fn set_budget<O: Os>(&mut self, budget_bytes: usize, be: &Backend<O>) {
+        #[cfg(strata_loom)]
+        self.touch();
         self.budget_bytes = budget_bytes;
         if self.max_bytes > budget_bytes {
             self.steal(0, NUM_CLASSES, be);
@@ -287,6 +319,8 @@ impl ThreadHeap {
 
     /// Objects and bytes cached, per class (for statistics).
     pub fn cached(&self, c: SizeClass) -> usize {
+        #[cfg(strata_loom)]
+        self.touch();
         self.lists[c.index()].len as usize
     }
 

@@ -64,6 +64,8 @@ impl BatchDesc {
 /// Invariants: 1. `dir[i]` is null or points at `BLOCK_LEN` descriptors, forever.
 /// 2. every index below `fresh` (and below the capacity) names a descriptor whose
 ///    block is published, and is in exactly one place (a stack or an owner).
+///
+/// Model-checked by `loom-tests/tests/desc_pool.rs` (racing growth, recycling).
 pub struct DescPool {
     dir: [AtomicPtr<BatchDesc>; DIR_LEN],
     fresh: AtomicU32,
@@ -104,6 +106,8 @@ impl DescPool {
         if let Some(i) = self.free.pop(self) {
             return Some(i);
         }
+        // Relaxed: the RMW alone makes indices distinct; the block an index lives in
+        // is published through `dir` (Release/Acquire), not through `fresh`.
         let i = self.fresh.fetch_add(1, Ordering::Relaxed);
         if i as usize >= DIR_LEN * BLOCK_LEN {
             self.fresh.fetch_sub(1, Ordering::Relaxed);
@@ -112,7 +116,15 @@ impl DescPool {
         let slot = &self.dir[(i >> BLOCK_SHIFT) as usize];
         if slot.load(Ordering::Acquire).is_null() {
             let _g = self.grow_lock.guard();
-            if slot.load(Ordering::Relaxed).is_null() {
+            // Re-check under the lock: another thread may have published the block
+            // between our load above and taking the lock. Relaxed: the lock's Acquire
+            // orders us after that thread's publication.
+            #[cfg(not(strata_mutant = "desc_pool_no_recheck"))]
+            let vacant = slot.load(Ordering::Relaxed).is_null();
+            // Mutant: a second block replaces the first, losing its descriptors.
+            #[cfg(strata_mutant = "desc_pool_no_recheck")]
+            let vacant = true;
+            if vacant {
                 let block = meta.alloc(os, BLOCK_LEN * core::mem::size_of::<BatchDesc>(), 64);
                 if block.is_null() {
                     // Keep invariant 2: the index was reserved; park it nowhere and
@@ -120,8 +132,13 @@ impl DescPool {
                     return None;
                 }
                 init_block(block.cast());
-                // Release: pairs with the Acquire in get(); publishes the block.
+                // Release: pairs with the Acquire in get() and the one above;
+                // publishes the block's initialised descriptors.
+                #[cfg(not(strata_mutant = "desc_pool_publish_relaxed"))]
                 slot.store(block.cast(), Ordering::Release);
+                // Mutant: the block is published before its contents.
+                #[cfg(strata_mutant = "desc_pool_publish_relaxed")]
+                slot.store(block.cast(), Ordering::Relaxed);
             }
         }
         Some(i)
@@ -177,6 +194,15 @@ fn init_block(block: *mut BatchDesc) {
 /// the tag, so a head value is never reinstalled by the same CAS twice within 2^32
 /// operations. 2. following `next` from the head's index reaches NIL after `len`
 /// steps when no push or pop is in flight.
+///
+/// Orderings: push's successful CAS is Release and pop's loads of the head are
+/// Acquire, so whoever pops a descriptor sees its `next` and the batch the pusher
+/// wrote into it (and the objects' links). Every write to `head` is a CAS (a
+/// read-modify-write), so each push's release sequence runs through every later
+/// push and pop: a popper that reads a head value written by some other pop still
+/// synchronises with the push of the descriptor now on top. Nothing else is ordered
+/// through the stack (`len` is a Relaxed estimate). Model-checked by `loom-tests/tests/transfer_stack.rs` (publication, ABA,
+/// conservation) with mutants that weaken each ordering and drop the tag.
 pub struct TransferStack {
     head: AtomicU64,
     len: AtomicU32,
@@ -192,20 +218,24 @@ impl TransferStack {
     /// Pushes descriptor `i`, which the caller owns.
     pub fn push(&self, pool: &DescPool, i: u32) {
         let d = pool.get(i);
+        // Relaxed: we only need a guess of the head; the CAS checks it.
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
+            // Relaxed: published by the Release of the CAS below.
             d.next.store(h as u32, Ordering::Relaxed);
-            let new = (h & !0xFFFF_FFFF).wrapping_add(1 << 32) | i as u64;
+            let new = next_head(h, i);
             // Release: pairs with the Acquire in pop(); publishes `d.next` and the
             // batch the caller wrote into `d` (and the objects' links).
             match self
                 .head
-                .compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange_weak(h, new, PUSH_ORDER, Ordering::Relaxed)
             {
                 Ok(_) => break,
                 Err(cur) => h = cur,
             }
         }
+        // Relaxed: `len` is an estimate for flush's heuristic; nothing is published
+        // with it.
         self.len.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -213,7 +243,7 @@ impl TransferStack {
     pub fn pop(&self, pool: &DescPool) -> Option<u32> {
         // Acquire: pairs with the Release in push(); the pushed descriptor's `next`
         // and contents are visible.
-        let mut h = self.head.load(Ordering::Acquire);
+        let mut h = self.head.load(POP_ORDER);
         loop {
             let i = h as u32;
             if i == NIL {
@@ -221,13 +251,15 @@ impl TransferStack {
             }
             // The descriptor may already be popped (and reused) by another thread:
             // it stays mapped (DescPool invariant 1) and the tagged CAS below fails
-            // if so, discarding this possibly stale `next`.
+            // if so, discarding this possibly stale `next`. Relaxed: the Acquire that
+            // read `h` synchronised with the push that wrote this `next`.
             let next = pool.get(i).next.load(Ordering::Relaxed);
-            let new = (h & !0xFFFF_FFFF).wrapping_add(1 << 32) | next as u64;
-            // Acquire on success: as above, for the descriptor we take.
+            let new = next_head(h, next);
+            // Acquire on success: as above, for the descriptor we take. Acquire on
+            // failure: the head we retry with is read like the first one.
             match self
                 .head
-                .compare_exchange_weak(h, new, Ordering::Acquire, Ordering::Acquire)
+                .compare_exchange_weak(h, new, POP_ORDER, POP_ORDER)
             {
                 Ok(_) => {
                     self.len.fetch_sub(1, Ordering::Relaxed);
@@ -263,6 +295,32 @@ impl TransferStack {
         n
     }
 }
+
+/// The head that replaces `h` when `index` becomes the top: the tag goes up by one
+/// (invariant 1), so a stale CAS that read `h` before an intervening pop and push
+/// fails even if the same index is on top again.
+#[inline(always)]
+fn next_head(h: u64, index: u32) -> u64 {
+    #[cfg(not(strata_mutant = "transfer_no_tag"))]
+    return (h & !0xFFFF_FFFF).wrapping_add(1 << 32) | index as u64;
+    // Mutant: no tag, so the ABA interleaving goes through.
+    #[cfg(strata_mutant = "transfer_no_tag")]
+    return {
+        let _ = h;
+        index as u64
+    };
+}
+
+/// The success ordering of push's CAS (Release; the mutant weakens it).
+#[cfg(not(strata_mutant = "transfer_push_relaxed"))]
+const PUSH_ORDER: Ordering = Ordering::Release;
+#[cfg(strata_mutant = "transfer_push_relaxed")]
+const PUSH_ORDER: Ordering = Ordering::Relaxed;
+/// The ordering of pop's loads of the head (Acquire; the mutant weakens it).
+#[cfg(not(strata_mutant = "transfer_pop_relaxed"))]
+const POP_ORDER: Ordering = Ordering::Acquire;
+#[cfg(strata_mutant = "transfer_pop_relaxed")]
+const POP_ORDER: Ordering = Ordering::Relaxed;
 
 impl Default for TransferStack {
     fn default() -> Self {

@@ -1,0 +1,312 @@
+//! Checked mode: walking every block (the validator's canary checks, the leak
+//! report) and the configuration read at load time.
+
+use super::block::{Block, Kind, Trailer, decode, first_not, secret};
+use super::quarantine::{QUARANTINE_BYTES, validate_quarantine};
+use super::{CANARY, Stderr};
+use crate::Violation;
+use crate::chunk::SpanKind;
+use crate::global::BACKEND;
+use crate::size_class::{NUM_CLASSES, SizeClass};
+use crate::sync::{AtomicU8, Ordering};
+use core::ffi::{c_char, c_int};
+use core::fmt::{self, Write};
+use core::sync::atomic::fence;
+
+// ---- walking every block: validation and leak report ------------------------------
+
+/// Calls `f` on every block the tiers may have handed out: each carved object of every
+/// Small span, every Large span, every huge mapping. Holds every class lock and, in
+/// turn, the page-heap and huge-registry locks (the order of `Backend::validate`).
+fn for_each_block(mut f: impl FnMut(Block)) {
+    BACKEND.central.lock_all();
+    BACKEND.page_heap.for_each_span(|s| match s.kind() {
+        SpanKind::Small => {
+            let c = s.class();
+            let size = c.size_bytes();
+            // `carved` is read under the class lock (held).
+            for i in 0..s.carved as usize {
+                f(Block {
+                    // SAFETY: object i < carved lies inside the span.
+                    p: unsafe { s.base().add(i * size) },
+                    slot: size,
+                    kind: Kind::Small(c),
+                });
+            }
+        }
+        SpanKind::Large => f(Block {
+            p: s.base(),
+            slot: s.bytes(),
+            kind: Kind::Large,
+        }),
+        _ => {}
+    });
+    BACKEND.central.unlock_all();
+    BACKEND.huge.for_each(|p, len| {
+        f(Block {
+            p,
+            slot: len,
+            kind: Kind::Huge,
+        })
+    });
+}
+
+/// Block invariants 1 and 2 (see the module docs), for `validate_heap`.
+pub(crate) fn validate_blocks() -> Result<(), Violation> {
+    let mut res = Ok(());
+    for_each_block(|b| {
+        if res.is_err() {
+            return;
+        }
+        let word = b.trailer().load(Ordering::Acquire);
+        let Trailer::Live(n) = decode(b.p, word) else {
+            return;
+        };
+        if n > b.capacity() {
+            return;
+        }
+        // SAFETY: [n, capacity) lies in the block's mapped slot.
+        if unsafe { first_not(b.p.add(n), b.capacity() - n, CANARY) }.is_some() {
+            // A concurrent free marks the trailer before it fills the block, and a
+            // realloc in place rewrites it before the caller writes the grown part:
+            // a changed trailer means the block moved on, not that it is damaged.
+            fence(Ordering::Acquire);
+            if b.trailer().load(Ordering::Relaxed) == word {
+                res = Err(Violation {
+                    structure: "Block",
+                    invariant: 1,
+                    what: "canary damaged: a write past the end of the block",
+                    addr: b.p as usize,
+                });
+            }
+        }
+    });
+    res?;
+    validate_quarantine()
+}
+
+/// A number of live blocks and the bytes their owners asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeakCount {
+    /// Live blocks.
+    pub blocks: usize,
+    /// Bytes requested for them (not counting class rounding).
+    pub bytes: usize,
+}
+
+impl LeakCount {
+    fn add(&mut self, n: usize) {
+        self.blocks += 1;
+        self.bytes += n;
+    }
+}
+
+/// Live blocks by size class: what [`crate::leak_report`] found (checked mode).
+/// Blocks in quarantine are freed, so not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakReport {
+    small: [LeakCount; NUM_CLASSES],
+    large: LeakCount,
+    huge: LeakCount,
+}
+
+impl LeakReport {
+    /// All live blocks.
+    pub fn total(&self) -> LeakCount {
+        let mut t = LeakCount::default();
+        for c in self.small.iter().chain([&self.large, &self.huge]) {
+            t.blocks += c.blocks;
+            t.bytes += c.bytes;
+        }
+        t
+    }
+
+    /// The size classes with live blocks: (class index, object bytes, count).
+    pub fn by_class(&self) -> impl Iterator<Item = (usize, usize, LeakCount)> + '_ {
+        self.small
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.blocks > 0)
+            .map(|(i, c)| (i, SizeClass(i as u8).size_bytes(), *c))
+    }
+
+    /// Live Large blocks (whole-page spans, 256 KiB to 1 MiB).
+    pub fn large(&self) -> LeakCount {
+        self.large
+    }
+
+    /// Live huge blocks (own mappings, above 1 MiB).
+    pub fn huge(&self) -> LeakCount {
+        self.huge
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+impl fmt::Display for LeakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.total();
+        if t.blocks == 0 {
+            return f.write_str("leak report: no live blocks");
+        }
+        write!(
+            f,
+            "leak report: {} live block{}, {} bytes requested",
+            t.blocks,
+            plural(t.blocks),
+            t.bytes
+        )?;
+        for (i, size, c) in self.by_class() {
+            write!(
+                f,
+                "\n  size class {i} ({size}-byte objects): {} block{}, {} bytes",
+                c.blocks,
+                plural(c.blocks),
+                c.bytes
+            )?;
+        }
+        for (name, c) in [("large blocks", self.large), ("huge blocks", self.huge)] {
+            if c.blocks > 0 {
+                write!(
+                    f,
+                    "\n  {name}: {} block{}, {} bytes",
+                    c.blocks,
+                    plural(c.blocks),
+                    c.bytes
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// See [`crate::leak_report`].
+pub(crate) fn leak_report() -> LeakReport {
+    let mut r = LeakReport {
+        small: [LeakCount::default(); NUM_CLASSES],
+        large: LeakCount::default(),
+        huge: LeakCount::default(),
+    };
+    for_each_block(|b| {
+        if let Some(n) = b.live_size() {
+            match b.kind {
+                Kind::Small(c) => r.small[c.index()].add(n),
+                Kind::Large => r.large.add(n),
+                Kind::Huge => r.huge.add(n),
+            }
+        }
+    });
+    r
+}
+
+/// See [`crate::print_leak_report`]: the report on stderr, without allocating.
+pub(crate) fn print_leak_report() -> LeakReport {
+    let r = leak_report();
+    let mut w = Stderr::new();
+    let _ = writeln!(w, "strata: {r}");
+    w.flush();
+    r
+}
+
+extern "C" fn print_leak_report_at_exit() {
+    print_leak_report();
+}
+
+// ---- configuration -----------------------------------------------------------------
+
+/// `name=` in a C environment block, without allocating.
+///
+/// # Safety
+/// `envp` is null or a null-terminated array of NUL-terminated strings that live for
+/// the whole process.
+unsafe fn getenv_raw(envp: *const *const c_char, name: &[u8]) -> Option<&'static [u8]> {
+    if envp.is_null() {
+        return None;
+    }
+    let mut e = envp;
+    // SAFETY: per the contract.
+    unsafe {
+        while !(*e).is_null() {
+            let s = core::ffi::CStr::from_ptr(*e).to_bytes();
+            if s.len() > name.len() && s.starts_with(name) && s[name.len()] == b'=' {
+                return Some(&s[name.len() + 1..]);
+            }
+            e = e.add(1);
+        }
+    }
+    None
+}
+
+/// A decimal number with an optional binary `k`/`m`/`g` suffix.
+fn parse_size(v: &[u8]) -> Option<usize> {
+    let (digits, shift) = match v.last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 10),
+        b'm' | b'M' => (&v[..v.len() - 1], 20),
+        b'g' | b'G' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: usize = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((d - b'0') as usize)?;
+    }
+    n.checked_mul(1 << shift)
+}
+
+static LEAK_AT_EXIT: AtomicU8 = AtomicU8::new(0);
+
+/// Reads `STRATA_LEAK_REPORT` and `STRATA_QUARANTINE_BYTES`.
+///
+/// # Safety
+/// `envp` is null or the process's environment block.
+unsafe fn configure(envp: *const *const c_char) {
+    let _ = secret();
+    // SAFETY: forwarded contract.
+    let (q, leak) = unsafe {
+        (
+            getenv_raw(envp, b"STRATA_QUARANTINE_BYTES"),
+            getenv_raw(envp, b"STRATA_LEAK_REPORT"),
+        )
+    };
+    if let Some(bytes) = q.and_then(parse_size) {
+        QUARANTINE_BYTES.store(bytes, Ordering::Relaxed);
+    }
+    let on = leak.is_some_and(|v| !(v.is_empty() || v == b"0"));
+    if on && LEAK_AT_EXIT.swap(1, Ordering::Relaxed) == 0 {
+        // SAFETY: registers a plain extern "C" function; atexit may allocate, which
+        // works (every static is initialised).
+        unsafe { libc::atexit(print_leak_report_at_exit) };
+    }
+}
+
+/// Load-time constructor (executables and the C library alike): glibc passes
+/// `(argc, argv, envp)` to `.init_array` entries.
+extern "C" fn checked_init(_argc: c_int, _argv: *const *const c_char, envp: *const *const c_char) {
+    // SAFETY: glibc passes the process's environment block.
+    unsafe { configure(envp) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CHECKED_INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
+    checked_init;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size(b"4096"), Some(4096));
+        assert_eq!(parse_size(b"8m"), Some(8 << 20));
+        assert_eq!(parse_size(b"0"), Some(0));
+        assert_eq!(parse_size(b"x"), None);
+    }
+}
