@@ -1,0 +1,57 @@
+//! Huge blocks: each is a mapping of its own, recorded in a registry (a hash of
+//! records from the metadata arena, under a lock) so that `free` without a size,
+//! `realloc` by remapping and "is this ours?" find it. One thread grows a huge block
+//! while another shrinks one, both remapping (the fake OS, like Linux, hands a
+//! just-unmapped range to the next mapping of its size at once), then both free.
+//!
+//! Properties: each block is found with its own length while live, a remap keeps
+//! its contents, every mapping goes back to the OS exactly once and with its own
+//! length, and the registry ends empty.
+#![cfg(strata_loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use loom_tests::{FakeOs, all_bytes, assert_all_returned, fill, model};
+use strata::internals::{Backend, HUGE_THRESHOLD, OS_PAGE};
+
+/// Allocates `from` pages, fills them with `id`, remaps to `to` pages, checks, frees.
+fn resize_and_free(be: &Backend<FakeOs>, id: u8, from: usize, to: usize) {
+    assert!(from * OS_PAGE > HUGE_THRESHOLD);
+    let p = be.alloc_huge(from * OS_PAGE, 8);
+    assert!(!p.is_null());
+    assert_eq!(be.usable_size(p), Some(from * OS_PAGE));
+    // SAFETY: ours.
+    unsafe { fill(p as usize, from * OS_PAGE, id) };
+    // SAFETY: a live huge block of ours.
+    let q = unsafe { be.realloc_huge(p, to * OS_PAGE) };
+    assert!(!q.is_null());
+    assert_eq!(be.usable_size(q), Some(to * OS_PAGE));
+    let kept = from.min(to) * OS_PAGE;
+    // SAFETY: ours; the first `kept` bytes were carried over.
+    assert!(
+        unsafe { all_bytes(q as usize, kept, id) },
+        "remap lost contents"
+    );
+    // SAFETY: ours, given up.
+    unsafe { be.free_huge(q) };
+}
+
+#[test]
+fn huge_blocks_grown_shrunk_and_freed_at_once_are_unmapped_once_with_their_length() {
+    model(|| {
+        let be = Arc::new(Backend::new(FakeOs::new()));
+        let grower = {
+            let be = be.clone();
+            thread::spawn(move || resize_and_free(&be, 1, 1, 2))
+        };
+        let shrinker = {
+            let be = be.clone();
+            thread::spawn(move || resize_and_free(&be, 2, 2, 1))
+        };
+        grower.join().unwrap();
+        shrinker.join().unwrap();
+        let (mapped, unmapped) = be.page_heap.os().totals();
+        assert_eq!(mapped - unmapped, be.meta.mapped_bytes());
+        assert_all_returned(&be);
+    });
+}
