@@ -1,0 +1,232 @@
+/*
+ * bad.c - small C programs that misuse malloc, one per action, for the checked-mode
+ * tests (tests/checked_c.rs). Run under LD_PRELOAD of a checked libstrata.so
+ * (`cargo build --release --features c-abi,checked`), each must abort with a
+ * "strata: ..." report naming the pointer; under the plain library (`--features
+ * c-abi`) they show what the plain build does.
+ *
+ * Usage: bad ACTION
+ *
+ * Each action prints "ptr=<pointer>" before the bad call, and, if it survives it,
+ * a follow-up line "after: ..." with what the next allocations returned.
+ *
+ * Build: cc -O0 -g -pthread tests/checked/bad.c -o bad
+ * (-O0: the optimiser may drop a malloc whose block is never used.)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static char global_buf[64];
+
+static void announce(const void *p) {
+    printf("ptr=%p\n", p);
+    fflush(stdout);
+}
+
+/* After a bad call that was not caught: two allocations of `size`, then exit 0. */
+static void follow_up(size_t size, const void *bad) {
+    char *a = malloc(size);
+    char *b = malloc(size);
+    printf("after: a=%p b=%p dup=%d returned_bad=%d\n", (void *)a, (void *)b, a == b,
+           (const void *)a == bad || (const void *)b == bad);
+    fflush(stdout);
+    exit(0);
+}
+
+static char *must_malloc(size_t n) {
+    char *p = malloc(n);
+    if (!p) {
+        perror("malloc");
+        exit(2);
+    }
+    return p;
+}
+
+/* A clean program: every entry point, every route, content checked. */
+static int clean(void) {
+    static const size_t sizes[] = {0, 1, 8, 24, 100, 1000, 4096, 70000, 300000, 900000, 3 << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        char *p = must_malloc(n);
+        memset(p, 0x11, n);
+        if (malloc_usable_size(p) < n) return 1;
+        char *q = calloc(1, n + 5);
+        for (size_t k = 0; k < n + 5; k++)
+            if (q[k]) return 2;
+        void *r = NULL;
+        if (posix_memalign(&r, 256, n + 1)) return 3;
+        if ((uintptr_t)r % 256) return 4;
+        char *s = aligned_alloc(4096, 4096);
+        char *t = memalign(64, n + 3);
+        char *u = valloc(n + 1);
+        char *v = pvalloc(n + 1);
+        memset(r, 1, n + 1);
+        memset(s, 2, 4096);
+        memset(t, 3, n + 3);
+        memset(u, 4, n + 1);
+        memset(v, 5, n + 1);
+        p = realloc(p, 2 * n + 16);
+        for (size_t k = 0; k < n; k++)
+            if (p[k] != 0x11) return 5;
+        p = realloc(p, n / 2 + 1);
+        for (size_t k = 0; k < n / 2 && k < n; k++)
+            if (p[k] != 0x11) return 6;
+        p = reallocarray(p, 3, n + 1);
+        free(p);
+        free(q);
+        free(r);
+        free(s);
+        free(t);
+        free(u);
+        free(v);
+    }
+    free(NULL);
+    if (realloc(must_malloc(10), 0) != NULL) return 7;
+    malloc_trim(0);
+    puts("clean: ok");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: bad ACTION\n");
+        return 2;
+    }
+    const char *a = argv[1];
+    if (!strcmp(a, "clean")) return clean();
+    if (!strcmp(a, "double_free")) {
+        char *p = must_malloc(40);
+        announce(p);
+        free(p);
+        free(p);
+        follow_up(40, p);
+    }
+    if (!strcmp(a, "free_stack")) {
+        char buf[64];
+        char *volatile p = buf;
+        announce(p);
+        free(p);
+        follow_up(64, p);
+    }
+    if (!strcmp(a, "free_global")) {
+        char *volatile p = global_buf;
+        announce(p);
+        free(p);
+        follow_up(64, p);
+    }
+    if (!strcmp(a, "free_mmap")) {
+        /* Another allocator's block: a bump arena over its own mapping. */
+        char *arena = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        char *p = arena + 64;
+        announce(p);
+        free(p);
+        follow_up(64, p);
+    }
+    if (!strcmp(a, "free_interior")) {
+        char *p = must_malloc(100) + 16;
+        announce(p);
+        free(p);
+        follow_up(100, p);
+    }
+    if (!strcmp(a, "free_misaligned")) {
+        char *p = must_malloc(100) + 1;
+        announce(p);
+        free(p);
+        follow_up(100, p);
+    }
+    if (!strcmp(a, "free_large_interior")) {
+        char *p = must_malloc(300000) + 8192;
+        announce(p);
+        free(p);
+        follow_up(300000, p);
+    }
+    if (!strcmp(a, "free_large_interior_stale")) {
+        /* The page map of a Large block's interior pages may be stale: here the
+         * entry of b's page 35 still names the start of `a`, where a Small span now
+         * lives. A lookup that trusts the entry takes b + 35 pages for a small
+         * object (the plain build does, and hands it out again). */
+        char *a = must_malloc(300000); /* Large, 37 pages */
+        free(a);
+        char *s = must_malloc(16); /* a Small span where `a` began */
+        char *b = must_malloc(330000); /* Large, 41 pages, right after it */
+        char *p = b + 35 * 8192;
+        (void)s;
+        announce(p);
+        free(p);
+        follow_up(16, p);
+    }
+    if (!strcmp(a, "overflow_small") || !strcmp(a, "overflow_large") || !strcmp(a, "overflow_huge")) {
+        size_t n = !strcmp(a, "overflow_small") ? 40 : !strcmp(a, "overflow_large") ? 300000 : 3 << 20;
+        char *p = must_malloc(n);
+        announce(p);
+        p[n] = 0x41;
+        free(p);
+        follow_up(n, p);
+    }
+    if (!strcmp(a, "overflow_realloc")) {
+        char *p = must_malloc(40);
+        announce(p);
+        p[41] = 0x41;
+        p = realloc(p, 4000);
+        follow_up(40, p);
+    }
+    if (!strcmp(a, "use_after_free") || !strcmp(a, "use_after_free_churn")) {
+        char *p = must_malloc(40);
+        announce(p);
+        free(p);
+        ((volatile char *)p)[8] = 0x41;
+        if (!strcmp(a, "use_after_free")) {
+            malloc_trim(0); /* empties the quarantine, checking every block */
+        } else {
+            for (int i = 0; i < 1024; i++) free(must_malloc(64 << 10));
+        }
+        follow_up(40, p);
+    }
+    if (!strcmp(a, "realloc_foreign")) {
+        char buf[64];
+        char *volatile p = buf;
+        announce(p);
+        errno = 0;
+        char *q = realloc(p, 100);
+        printf("after: realloc=%p errno_enomem=%d\n", (void *)q, errno == ENOMEM);
+        fflush(stdout);
+        return 0;
+    }
+    if (!strcmp(a, "realloc_freed")) {
+        char *p = must_malloc(40);
+        announce(p);
+        free(p);
+        char *q = realloc(p, 100);
+        follow_up(100, q);
+    }
+    if (!strcmp(a, "usable_foreign") || !strcmp(a, "usable_freed")) {
+        char buf[64];
+        char *volatile p = buf;
+        if (!strcmp(a, "usable_freed")) {
+            p = must_malloc(40);
+            free(p);
+        }
+        announce(p);
+        size_t n = malloc_usable_size(p);
+        printf("after: usable=%zu\n", n);
+        fflush(stdout);
+        return 0;
+    }
+    if (!strcmp(a, "leak_at_exit")) {
+        /* Two Large blocks and three small ones, never freed. */
+        must_malloc(300000);
+        must_malloc(300000);
+        for (int i = 0; i < 3; i++) must_malloc(1000);
+        announce(NULL);
+        return 0;
+    }
+    fprintf(stderr, "bad: unknown action %s\n", a);
+    return 2;
+}

@@ -1,0 +1,540 @@
+#[global_allocator]
+static GLOBAL: strata::Strata = strata::Strata;
+
+// Bad programs in Rust, each run in a child process: this test binary re-executed
+// with STRATA_CHECKED_CHILD=<action>, which runs only the `child` test. Built with
+// `--features checked` (CI: `cargo test --release --features checked --test
+// checked_rust`), every action must abort (SIGABRT) with a report on stderr that
+// names the pointer and what was wrong. Built without it (`cargo test`), the same
+// programs show what the plain build does: `GlobalAlloc` trusts the caller's layout
+// and checks nothing, so each bad action goes unnoticed and the child prints what it
+// did to the heap (e.g. a double free hands the same block out twice).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use strata::Strata;
+
+const CHILD_ENV: &str = "STRATA_CHECKED_CHILD";
+const CHECKED: bool = cfg!(feature = "checked");
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+fn alloc(size: usize) -> *mut u8 {
+    // SAFETY: a non-zero size.
+    let p = unsafe { Strata.alloc(layout(size)) };
+    assert!(!p.is_null());
+    p
+}
+
+/// Prints `ptr=<p>` (the parent looks for the address in the report) and flushes.
+fn announce(p: *const u8) {
+    println!("ptr={:#x}", p as usize);
+    std::io::stdout().flush().unwrap();
+}
+
+/// After a bad action that was not caught: two allocations of `size` and what they
+/// returned, then exit. The parent reads these lines in the plain build.
+fn follow_up(size: usize, bad: *const u8) -> ! {
+    let a = alloc(size);
+    let b = alloc(size);
+    println!(
+        "after: a={:#x} b={:#x} dup={} returned_bad={}",
+        a as usize,
+        b as usize,
+        a == b,
+        std::ptr::eq(a, bad) || std::ptr::eq(b, bad)
+    );
+    std::io::stdout().flush().unwrap();
+    std::process::exit(0)
+}
+
+static mut GLOBAL_BUF: [u64; 8] = [0; 8];
+
+/// Runs one bad action. Everything here is undefined behaviour on purpose: it is
+/// what checked mode must catch.
+#[allow(clippy::missing_safety_doc)]
+unsafe fn run(action: &str) {
+    // SAFETY: none; deliberate misuse, in a child process that exits or aborts.
+    unsafe {
+        match action {
+            "double_free" => {
+                let p = alloc(40);
+                announce(p);
+                Strata.dealloc(p, layout(40));
+                Strata.dealloc(p, layout(40));
+                follow_up(40, p);
+            }
+            "free_stack" => {
+                let mut buf = [0u8; 64];
+                let p = std::hint::black_box(buf.as_mut_ptr());
+                announce(p);
+                Strata.dealloc(p, layout(64));
+                follow_up(64, p);
+            }
+            "free_global" => {
+                let p = (&raw mut GLOBAL_BUF).cast::<u8>();
+                announce(p);
+                Strata.dealloc(p, layout(64));
+                follow_up(64, p);
+            }
+            "free_system" => {
+                let p = System.alloc(layout(64));
+                announce(p);
+                Strata.dealloc(p, layout(64));
+                follow_up(64, p);
+            }
+            "free_interior" => {
+                let p = alloc(100).add(16);
+                announce(p);
+                Strata.dealloc(p, layout(100));
+                follow_up(100, p);
+            }
+            "free_misaligned" => {
+                let p = alloc(100).add(1);
+                announce(p);
+                Strata.dealloc(p, layout(100));
+                follow_up(100, p);
+            }
+            "free_large_interior" => {
+                let p = alloc(300_000).add(8192);
+                announce(p);
+                Strata.dealloc(p, layout(300_000));
+                follow_up(300_000, p);
+            }
+            "overflow_small" | "overflow_large" | "overflow_huge" => {
+                let n = match action {
+                    "overflow_small" => 40,
+                    "overflow_large" => 300_000,
+                    _ => 3 << 20,
+                };
+                let p = alloc(n);
+                announce(p);
+                *p.add(n) = 0x41;
+                Strata.dealloc(p, layout(n));
+                follow_up(n, p);
+            }
+            "overflow_realloc" => {
+                let p = alloc(40);
+                announce(p);
+                *p.add(41) = 0x41;
+                let q = Strata.realloc(p, layout(40), 4000);
+                follow_up(40, q);
+            }
+            "overflow_validate" => {
+                let p = alloc(40);
+                announce(p);
+                *p.add(44) = 0x41;
+                match strata::validate_heap() {
+                    Ok(()) => println!("validate: ok"),
+                    Err(v) => println!("validate: {v}"),
+                }
+                std::io::stdout().flush().unwrap();
+                std::process::exit(0);
+            }
+            "use_after_free" | "use_after_free_churn" => {
+                let p = alloc(40);
+                announce(p);
+                Strata.dealloc(p, layout(40));
+                *p.add(8) = 0x41;
+                if action == "use_after_free" {
+                    // Empties the quarantine now (checking every block in it).
+                    strata::release_memory();
+                } else {
+                    // 64 MiB of other frees push it out of the 8 MiB quarantine.
+                    for _ in 0..1024 {
+                        let q = alloc(64 << 10);
+                        Strata.dealloc(q, layout(64 << 10));
+                    }
+                }
+                follow_up(40, p);
+            }
+            "size_mismatch" => {
+                let p = alloc(40);
+                announce(p);
+                Strata.dealloc(p, layout(48));
+                follow_up(48, p);
+            }
+            "realloc_foreign" => {
+                let mut buf = [0u8; 64];
+                let p = std::hint::black_box(buf.as_mut_ptr());
+                announce(p);
+                let q = Strata.realloc(p, layout(64), 100);
+                follow_up(100, q);
+            }
+            "realloc_freed" => {
+                let p = alloc(40);
+                announce(p);
+                Strata.dealloc(p, layout(40));
+                let q = Strata.realloc(p, layout(40), 100);
+                follow_up(100, q);
+            }
+            "leak_at_exit" => {
+                // Two Large blocks (the test harness has none) and three small ones.
+                for n in [300_000, 300_000, 1000, 1000, 1000] {
+                    alloc(n);
+                }
+                announce(std::ptr::null());
+                std::process::exit(0);
+            }
+            other => panic!("unknown action {other}"),
+        }
+    }
+}
+
+/// The child side: does nothing unless STRATA_CHECKED_CHILD names an action.
+#[test]
+fn child() {
+    if let Ok(action) = std::env::var(CHILD_ENV) {
+        // SAFETY: deliberate misuse, in a child process that exits or aborts.
+        unsafe { run(&action) };
+        std::process::exit(0);
+    }
+}
+
+/// Runs the child for `action`; kills it after 60 s (a corrupted heap may hang).
+fn spawn(action: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, action)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                if start.elapsed() > Duration::from_secs(60) {
+                    // SAFETY: kill(2) on our own child's pid.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, Ordering::Relaxed);
+    watchdog.join().unwrap();
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The address the child announced.
+fn announced(out: &Output) -> String {
+    let stdout = text(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("ptr=").map(|(_, p)| p))
+        .unwrap_or_else(|| panic!("no ptr= line in child stdout:\n{stdout}"))
+        .to_string()
+}
+
+/// Checked build: the child aborted with SIGABRT, and stderr has a `strata:` line
+/// with every one of `needles` (the announced pointer included).
+fn assert_aborts(action: &str, needles: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = spawn(action, &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{action}: expected an abort, got {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let ptr = announced(&out);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("strata: "))
+        .unwrap_or_else(|| panic!("{action}: no report on stderr:\n{stderr}"));
+    for n in needles.iter().copied().chain([ptr.as_str()]) {
+        assert!(line.contains(n), "{action}: report lacks {n:?}: {line}");
+    }
+}
+
+/// Plain build: the child ran on (nothing is checked) and printed its follow-up.
+fn plain_follow_up(action: &str) -> String {
+    let out = spawn(action, &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{action}: the plain build should not notice; got {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("strata: "), "{action}: {stderr}");
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("after: ").map(|(_, a)| a))
+        .unwrap_or_else(|| panic!("{action}: no follow-up line:\n{stdout}"))
+        .to_string()
+}
+
+#[test]
+fn double_free_aborts_naming_the_block() {
+    if CHECKED {
+        assert_aborts("double_free", &["double free of", "size class"]);
+    } else {
+        // Plain build: the block goes on the thread cache twice and comes back twice.
+        assert!(plain_follow_up("double_free").contains("dup=true"));
+    }
+}
+
+#[test]
+fn frees_of_pointers_strata_never_returned_abort() {
+    for action in ["free_stack", "free_global", "free_system"] {
+        if CHECKED {
+            assert_aborts(action, &["dealloc() of a pointer strata never returned"]);
+        } else {
+            // Plain build: dealloc trusts the layout; the foreign pointer is cached
+            // and handed out by the next allocation of its class.
+            assert!(
+                plain_follow_up(action).contains("returned_bad=true"),
+                "{action}"
+            );
+        }
+    }
+}
+
+#[test]
+fn interior_and_misaligned_frees_abort() {
+    for (action, off) in [
+        ("free_interior", "offset 16 in the block"),
+        ("free_misaligned", "offset 1 in the block"),
+        ("free_large_interior", "offset 8192 in the block"),
+    ] {
+        if CHECKED {
+            assert_aborts(action, &["interior or misaligned pointer", off]);
+        } else if action != "free_large_interior" {
+            // Plain build: the interior pointer is cached and handed out again,
+            // overlapping a live block. (A Large interior pointer frees whatever
+            // span the page map names, corrupting the page heap: not run.)
+            let after = plain_follow_up(action);
+            assert!(after.contains("returned_bad=true"), "{action}: {after}");
+        }
+    }
+}
+
+#[test]
+fn writes_past_the_end_abort_at_free() {
+    for (action, needles) in [
+        (
+            "overflow_small",
+            &[
+                "write past the end",
+                "40 bytes requested",
+                "byte 40 is 0x41",
+                "size class",
+            ][..],
+        ),
+        (
+            "overflow_large",
+            &[
+                "write past the end",
+                "300000 bytes requested",
+                "large block",
+            ],
+        ),
+        (
+            "overflow_huge",
+            &[
+                "write past the end",
+                "3145728 bytes requested",
+                "huge block",
+            ],
+        ),
+        (
+            "overflow_realloc",
+            &["write past the end", "byte 41 is 0x41", "realloc()"],
+        ),
+    ] {
+        if CHECKED {
+            assert_aborts(action, needles);
+        } else if action != "overflow_huge" {
+            // Plain build: unnoticed. (Past a huge block of whole pages lies another
+            // mapping or none: not run.)
+            plain_follow_up(action);
+        }
+    }
+}
+
+#[test]
+fn validator_reports_a_damaged_canary() {
+    let out = spawn("overflow_validate", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let ptr = announced(&out);
+    if CHECKED {
+        let line = stdout.lines().find(|l| l.contains("validate:")).unwrap();
+        assert!(line.contains("Block invariant 1"), "{line}");
+        assert!(line.contains(&ptr), "{line}");
+    } else {
+        assert!(stdout.contains("validate: ok"), "{stdout}");
+    }
+}
+
+#[test]
+fn writes_to_freed_blocks_abort_when_they_leave_quarantine() {
+    for action in ["use_after_free", "use_after_free_churn"] {
+        if CHECKED {
+            assert_aborts(
+                action,
+                &["write to a freed block", "byte 8 is 0x41", "size class"],
+            );
+        } else {
+            plain_follow_up(action);
+        }
+    }
+}
+
+#[test]
+fn layout_size_mismatch_aborts() {
+    if CHECKED {
+        assert_aborts(
+            "size_mismatch",
+            &[
+                "size mismatch in dealloc()",
+                "layout says 48 bytes",
+                "allocated with 40",
+            ],
+        );
+    } else {
+        // Plain build: the 40-byte block is cached as a 48-byte one and handed out
+        // to the next 48-byte request.
+        assert!(plain_follow_up("size_mismatch").contains("returned_bad=true"));
+    }
+}
+
+#[test]
+fn realloc_of_bad_pointers_aborts() {
+    if CHECKED {
+        assert_aborts(
+            "realloc_foreign",
+            &["realloc() of a pointer strata never returned"],
+        );
+        assert_aborts("realloc_freed", &["realloc() of a freed block"]);
+    }
+    // Plain build: realloc of a foreign pointer copies from it and caches it; not
+    // run, as what follows depends on the stack's contents.
+}
+
+#[cfg(feature = "checked")]
+#[test]
+fn leak_report_at_exit_lists_live_blocks_by_class() {
+    let out = spawn("leak_at_exit", &[("STRATA_LEAK_REPORT", "1")]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("strata: leak report: "), "{stderr}");
+    assert!(
+        stderr.contains("large blocks: 2 blocks, 600000 bytes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(1008-byte objects)") || stderr.contains("-byte objects): "));
+    // Without the variable: no report.
+    let out = spawn("leak_at_exit", &[]);
+    assert!(!text(&out.stderr).contains("leak report"));
+}
+
+#[cfg(feature = "checked")]
+#[test]
+fn leak_report_api_counts_exactly_what_is_live() {
+    let before = strata::leak_report();
+    let ps: Vec<*mut u8> = [300_000, 400_000].iter().map(|&n| alloc(n)).collect();
+    let during = strata::leak_report();
+    // Other tests in this binary allocate too, but never Large blocks.
+    assert_eq!(during.large().blocks, before.large().blocks + 2);
+    assert_eq!(during.large().bytes, before.large().bytes + 700_000);
+    assert!(during.to_string().contains("large blocks: "));
+    for (p, n) in ps.into_iter().zip([300_000, 400_000]) {
+        // SAFETY: allocated above with this layout.
+        unsafe { Strata.dealloc(p, layout(n)) };
+    }
+    assert_eq!(strata::leak_report().large(), before.large());
+}
+
+#[cfg(feature = "checked")]
+#[test]
+fn usable_size_is_the_requested_size_and_none_for_foreign_pointers() {
+    let p = alloc(41);
+    assert_eq!(strata::usable_size(p), Some(41));
+    let x = 5u64;
+    assert_eq!(strata::usable_size((&raw const x).cast()), None);
+    // SAFETY: allocated above; a grow in place keeps the pointer.
+    let q = unsafe { Strata.realloc(p, layout(41), 44) };
+    assert_eq!(strata::usable_size(q), Some(44));
+    // SAFETY: allocated above with this layout.
+    unsafe { Strata.dealloc(q, layout(44)) };
+    assert_eq!(strata::usable_size(q), None);
+}
+
+#[test]
+fn clean_program_runs_clean_and_validates() {
+    // Every route and every kind of realloc, content checked; then the validator.
+    let mut blocks = Vec::new();
+    for (i, &n) in [
+        1usize,
+        8,
+        24,
+        100,
+        1000,
+        4096,
+        70_000,
+        300_000,
+        900_000,
+        3 << 20,
+    ]
+    .iter()
+    .enumerate()
+    {
+        for align in [8usize, 64, 4096] {
+            let l = Layout::from_size_align(n, align).unwrap();
+            // SAFETY: a valid layout; blocks are used within their sizes.
+            unsafe {
+                let p = if i % 2 == 0 {
+                    Strata.alloc(l)
+                } else {
+                    Strata.alloc_zeroed(l)
+                };
+                assert!(!p.is_null() && p as usize % align == 0);
+                if i % 2 == 1 {
+                    assert!(std::slice::from_raw_parts(p, n).iter().all(|&b| b == 0));
+                }
+                std::ptr::write_bytes(p, i as u8, n);
+                blocks.push((p, l, i as u8));
+            }
+        }
+    }
+    strata::validate_heap().unwrap();
+    for (p, l, v) in blocks {
+        // SAFETY: live blocks of layout `l` filled with `v`; realloc keeps the prefix.
+        unsafe {
+            let n = l.size();
+            assert!(std::slice::from_raw_parts(p, n).iter().all(|&b| b == v));
+            let q = Strata.realloc(p, l, 2 * n + 8);
+            assert!(!q.is_null());
+            assert!(std::slice::from_raw_parts(q, n).iter().all(|&b| b == v));
+            let l2 = Layout::from_size_align(2 * n + 8, l.align()).unwrap();
+            let r = Strata.realloc(q, l2, n / 2 + 1);
+            assert!(
+                std::slice::from_raw_parts(r, n / 2 + 1)
+                    .iter()
+                    .all(|&b| b == v)
+            );
+            Strata.dealloc(r, Layout::from_size_align(n / 2 + 1, l.align()).unwrap());
+        }
+    }
+    strata::validate_heap().unwrap();
+}
