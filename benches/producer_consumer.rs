@@ -7,6 +7,11 @@
 //! never allocates. Both threads stay alive across criterion iterations and
 //! are started and stopped with a `Barrier` (`iter_custom`).
 //!
+//! The `one_to_many/<K>_consumers` groups run one producer feeding K consumers
+//! (a dispatcher thread and its workers), each consumer with its own queue:
+//! the producer deals batches round-robin, skipping a consumer whose queue is
+//! full. Throughput counts blocks passed, whatever the number of consumers.
+//!
 //! ```text
 //! cargo bench --bench producer_consumer
 //! ```
@@ -87,35 +92,67 @@ impl Spsc {
     }
 }
 
-fn produce<A: GlobalAlloc>(alloc: &A, q: &Spsc, sizes: &[usize], next: &mut usize, n: u64) {
-    let mut left = n;
-    let mut tail = q.tail.load(Ordering::Relaxed);
-    while left > 0 {
-        let backoff = Backoff::new();
-        while tail - q.head.load(Ordering::Acquire) >= QUEUE {
+/// Blocks consumer `k` of `consumers` receives out of `n`.
+fn share(n: u64, k: usize, consumers: usize) -> u64 {
+    n / consumers as u64 + u64::from((k as u64) < n % consumers as u64)
+}
+
+/// Most consumers of one producer.
+const MAX_CONSUMERS: usize = 8;
+
+/// Passes `n` blocks to the consumers of `queues`, consumer `k` getting
+/// `share(n, k, queues.len())` of them in batches of up to `BATCH`, dealt
+/// round-robin; a full queue is skipped until it has room.
+fn produce<A: GlobalAlloc>(
+    alloc: &A,
+    queues: &[Arc<Spsc>],
+    sizes: &[usize],
+    next: &mut usize,
+    n: u64,
+) {
+    let k = queues.len();
+    assert!(k <= MAX_CONSUMERS);
+    let mut left = [0u64; MAX_CONSUMERS];
+    let mut tails = [0usize; MAX_CONSUMERS];
+    for (i, q) in queues.iter().enumerate() {
+        left[i] = share(n, i, k);
+        tails[i] = q.tail.load(Ordering::Relaxed);
+    }
+    let backoff = Backoff::new();
+    while left[..k].iter().any(|&l| l > 0) {
+        let mut pushed = false;
+        for (i, q) in queues.iter().enumerate() {
+            if left[i] == 0 || tails[i] - q.head.load(Ordering::Acquire) >= QUEUE {
+                continue;
+            }
+            // SAFETY: the slot is free (the consumer is past it) and only this
+            // thread writes slots; see `impl Sync for Spsc`.
+            let slot = unsafe { &mut *q.slots[tails[i] % QUEUE].get() };
+            let len = left[i].min(BATCH as u64) as usize;
+            slot.len = len;
+            for entry in &mut slot.blocks[..len] {
+                let size = sizes[*next % SIZES];
+                *next = next.wrapping_add(1);
+                let l = layout(size);
+                // SAFETY: non-zero size.
+                let p = unsafe { alloc.alloc(l) };
+                if p.is_null() {
+                    handle_alloc_error(l);
+                }
+                // SAFETY: `p` is valid for `size >= 1` bytes.
+                unsafe { p.write_volatile(size as u8) };
+                *entry = (p, size);
+            }
+            left[i] -= len as u64;
+            tails[i] += 1;
+            q.tail.store(tails[i], Ordering::Release);
+            pushed = true;
+        }
+        if pushed {
+            backoff.reset();
+        } else {
             backoff.snooze();
         }
-        // SAFETY: the slot is free (the consumer is past it) and only this
-        // thread writes slots; see `impl Sync for Spsc`.
-        let slot = unsafe { &mut *q.slots[tail % QUEUE].get() };
-        let len = left.min(BATCH as u64) as usize;
-        slot.len = len;
-        for entry in &mut slot.blocks[..len] {
-            let size = sizes[*next % SIZES];
-            *next = next.wrapping_add(1);
-            let l = layout(size);
-            // SAFETY: non-zero size.
-            let p = unsafe { alloc.alloc(l) };
-            if p.is_null() {
-                handle_alloc_error(l);
-            }
-            // SAFETY: `p` is valid for `size >= 1` bytes.
-            unsafe { p.write_volatile(size as u8) };
-            *entry = (p, size);
-        }
-        left -= len as u64;
-        tail += 1;
-        q.tail.store(tail, Ordering::Release);
     }
 }
 
@@ -144,21 +181,22 @@ fn consume<A: GlobalAlloc>(alloc: &A, q: &Spsc, n: u64) {
     }
 }
 
-/// A producer and a consumer thread that stay alive across iterations.
-struct Pair {
+/// A producer and its consumer threads, alive across iterations.
+struct Team {
     work: Arc<AtomicU64>,
     barrier: Arc<Barrier>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl Pair {
-    fn new<A: GlobalAlloc + Copy + Send + 'static>(alloc: A) -> Pair {
+impl Team {
+    fn new<A: GlobalAlloc + Copy + Send + 'static>(alloc: A, consumers: usize) -> Team {
         let work = Arc::new(AtomicU64::new(0));
-        let barrier = Arc::new(Barrier::new(3));
-        let queue = Arc::new(Spsc::new());
-        let producer = {
-            let (work, barrier, queue) = (work.clone(), barrier.clone(), queue.clone());
-            std::thread::spawn(move || {
+        let barrier = Arc::new(Barrier::new(consumers + 2));
+        let queues: Vec<Arc<Spsc>> = (0..consumers).map(|_| Arc::new(Spsc::new())).collect();
+        let mut threads = Vec::with_capacity(consumers + 1);
+        {
+            let (work, barrier, queues) = (work.clone(), barrier.clone(), queues.clone());
+            threads.push(std::thread::spawn(move || {
                 let sizes = sizes(0x2545_f491_4f6c_dd1d);
                 let mut next = 0;
                 loop {
@@ -167,33 +205,34 @@ impl Pair {
                     if n == STOP {
                         return;
                     }
-                    produce(&alloc, &queue, &sizes, &mut next, n);
+                    produce(&alloc, &queues, &sizes, &mut next, n);
                     barrier.wait();
                 }
-            })
-        };
-        let consumer = {
-            let (work, barrier, queue) = (work.clone(), barrier.clone(), queue.clone());
-            std::thread::spawn(move || {
+            }));
+        }
+        for (k, queue) in queues.into_iter().enumerate() {
+            let (work, barrier) = (work.clone(), barrier.clone());
+            threads.push(std::thread::spawn(move || {
                 loop {
                     barrier.wait();
                     let n = work.load(Ordering::Relaxed);
                     if n == STOP {
                         return;
                     }
-                    consume(&alloc, &queue, n);
+                    consume(&alloc, &queue, share(n, k, consumers));
                     barrier.wait();
                 }
-            })
-        };
-        Pair {
+            }));
+        }
+        Team {
             work,
             barrier,
-            threads: vec![producer, consumer],
+            threads,
         }
     }
 
-    /// Passes `n` blocks from producer to consumer; returns the wall time.
+    /// Passes `n` blocks from the producer to the consumers; returns the wall
+    /// time.
     fn run(&self, n: u64) -> Duration {
         self.work.store(n, Ordering::Relaxed);
         let start = Instant::now();
@@ -203,7 +242,7 @@ impl Pair {
     }
 }
 
-impl Drop for Pair {
+impl Drop for Team {
     fn drop(&mut self) {
         self.work.store(STOP, Ordering::Relaxed);
         self.barrier.wait();
@@ -217,16 +256,32 @@ fn bench_producer_consumer(c: &mut Criterion) {
     let mut group = c.benchmark_group("producer_consumer");
     group.throughput(Throughput::Elements(1));
     // Threads live across criterion samples (the closure runs once per
-    // sample); each `Pair` is dropped (threads joined) before the next one.
+    // sample); each `Team` is dropped (threads joined) before the next one.
     {
-        let pair = Pair::new(strata::Strata);
-        group.bench_function("strata", |b| b.iter_custom(|iters| pair.run(iters)));
+        let team = Team::new(strata::Strata, 1);
+        group.bench_function("strata", |b| b.iter_custom(|iters| team.run(iters)));
     }
     {
-        let pair = Pair::new(System);
-        group.bench_function("system", |b| b.iter_custom(|iters| pair.run(iters)));
+        let team = Team::new(System, 1);
+        group.bench_function("system", |b| b.iter_custom(|iters| team.run(iters)));
     }
     group.finish();
+}
+
+fn bench_one_to_many(c: &mut Criterion) {
+    for consumers in [3, 7] {
+        let mut group = c.benchmark_group(format!("one_to_many/{consumers}_consumers"));
+        group.throughput(Throughput::Elements(1));
+        {
+            let team = Team::new(strata::Strata, consumers);
+            group.bench_function("strata", |b| b.iter_custom(|iters| team.run(iters)));
+        }
+        {
+            let team = Team::new(System, consumers);
+            group.bench_function("system", |b| b.iter_custom(|iters| team.run(iters)));
+        }
+        group.finish();
+    }
 }
 
 criterion_group! {
@@ -235,6 +290,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = bench_producer_consumer
+    targets = bench_producer_consumer, bench_one_to_many
 }
 criterion_main!(benches);
