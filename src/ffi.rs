@@ -16,6 +16,7 @@
 //!   parent handler releases them, and the child releases them too, so a child
 //!   forked while other threads allocate can allocate and exit.
 
+use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global;
 // The allocation entry points behind the C functions: the plain ones, or, with the
 // `checked` feature, `checked`'s, which validate every pointer (aborting with a
@@ -355,57 +356,6 @@ extern "C" fn fork_child() {
 
 // ---- configuration ----------------------------------------------------------------
 
-/// Looks `name=` up in a C environment block without allocating.
-///
-/// # Safety
-/// `envp` is null or a null-terminated array of NUL-terminated strings.
-unsafe fn getenv_raw(envp: *const *const c_char, name: &[u8]) -> Option<&'static [u8]> {
-    if envp.is_null() {
-        return None;
-    }
-    let mut e = envp;
-    // SAFETY: per the contract, every entry up to the null is a C string that lives
-    // for the whole process (the environment block).
-    unsafe {
-        while !(*e).is_null() {
-            let s = core::ffi::CStr::from_ptr(*e).to_bytes();
-            if s.len() > name.len() && s.starts_with(name) && s[name.len()] == b'=' {
-                return Some(&s[name.len() + 1..]);
-            }
-            e = e.add(1);
-        }
-    }
-    None
-}
-
-/// Parses a decimal number with an optional `k`/`m`/`g` (binary) suffix.
-fn parse_size(v: &[u8]) -> Option<u64> {
-    let (digits, mult) = match v.last()? {
-        b'k' | b'K' => (&v[..v.len() - 1], 1u64 << 10),
-        b'm' | b'M' => (&v[..v.len() - 1], 1 << 20),
-        b'g' | b'G' => (&v[..v.len() - 1], 1 << 30),
-        _ => (v, 1),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add((d - b'0') as u64)?;
-    }
-    n.checked_mul(mult)
-}
-
-fn truthy(v: &[u8]) -> bool {
-    !(v.is_empty()
-        || v == b"0"
-        || v.eq_ignore_ascii_case(b"false")
-        || v.eq_ignore_ascii_case(b"no"))
-}
-
 static CONFIGURED: AtomicBool = AtomicBool::new(false);
 
 /// Reads `STRATA_*` from `envp` (once) and installs the fork and exit handlers.
@@ -446,17 +396,6 @@ static STRATA_INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_c
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size(b"4096"), Some(4096));
-        assert_eq!(parse_size(b"2m"), Some(2 << 20));
-        assert_eq!(parse_size(b"1G"), Some(1 << 30));
-        assert_eq!(parse_size(b""), None);
-        assert_eq!(parse_size(b"k"), None);
-        assert_eq!(parse_size(b"12x"), None);
-        assert_eq!(parse_size(b"99999999999999999999"), None);
-    }
 
     #[test]
     fn glibc_alignments_round_up_to_powers_of_two() {

@@ -71,6 +71,8 @@ pub mod internals {
 
 #[cfg(all(feature = "checked", not(strata_loom)))]
 mod checked;
+#[cfg(all(any(feature = "c-abi", feature = "checked"), not(strata_loom)))]
+mod env;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod ffi;
 #[cfg(not(strata_loom))]

@@ -6,6 +6,7 @@ use super::quarantine::{QUARANTINE_BYTES, validate_quarantine};
 use super::{CANARY, Stderr};
 use crate::Violation;
 use crate::chunk::SpanKind;
+use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global::BACKEND;
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU8, Ordering};
@@ -216,50 +217,6 @@ extern "C" fn print_leak_report_at_exit() {
 
 // ---- configuration -----------------------------------------------------------------
 
-/// `name=` in a C environment block, without allocating.
-///
-/// # Safety
-/// `envp` is null or a null-terminated array of NUL-terminated strings that live for
-/// the whole process.
-unsafe fn getenv_raw(envp: *const *const c_char, name: &[u8]) -> Option<&'static [u8]> {
-    if envp.is_null() {
-        return None;
-    }
-    let mut e = envp;
-    // SAFETY: per the contract.
-    unsafe {
-        while !(*e).is_null() {
-            let s = core::ffi::CStr::from_ptr(*e).to_bytes();
-            if s.len() > name.len() && s.starts_with(name) && s[name.len()] == b'=' {
-                return Some(&s[name.len() + 1..]);
-            }
-            e = e.add(1);
-        }
-    }
-    None
-}
-
-/// A decimal number with an optional binary `k`/`m`/`g` suffix.
-fn parse_size(v: &[u8]) -> Option<usize> {
-    let (digits, shift) = match v.last()? {
-        b'k' | b'K' => (&v[..v.len() - 1], 10),
-        b'm' | b'M' => (&v[..v.len() - 1], 20),
-        b'g' | b'G' => (&v[..v.len() - 1], 30),
-        _ => (v, 0),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    let mut n: usize = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add((d - b'0') as usize)?;
-    }
-    n.checked_mul(1 << shift)
-}
-
 static LEAK_AT_EXIT: AtomicU8 = AtomicU8::new(0);
 
 /// Reads `STRATA_LEAK_REPORT` and `STRATA_QUARANTINE_BYTES`.
@@ -276,9 +233,9 @@ unsafe fn configure(envp: *const *const c_char) {
         )
     };
     if let Some(bytes) = q.and_then(parse_size) {
-        QUARANTINE_BYTES.store(bytes, Ordering::Relaxed);
+        QUARANTINE_BYTES.store(bytes as usize, Ordering::Relaxed);
     }
-    let on = leak.is_some_and(|v| !(v.is_empty() || v == b"0"));
+    let on = leak.is_some_and(truthy);
     if on && LEAK_AT_EXIT.swap(1, Ordering::Relaxed) == 0 {
         // SAFETY: registers a plain extern "C" function; atexit may allocate, which
         // works (every static is initialised).
@@ -297,16 +254,3 @@ extern "C" fn checked_init(_argc: c_int, _argv: *const *const c_char, envp: *con
 #[unsafe(link_section = ".init_array")]
 static CHECKED_INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
     checked_init;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size(b"4096"), Some(4096));
-        assert_eq!(parse_size(b"8m"), Some(8 << 20));
-        assert_eq!(parse_size(b"0"), Some(0));
-        assert_eq!(parse_size(b"x"), None);
-    }
-}
