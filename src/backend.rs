@@ -153,10 +153,6 @@ impl<O: Os> Backend<O> {
         // Relaxed: a setting read when a heap starts; nothing is published with it.
         self.cache_budget.store(bytes, Ordering::Relaxed);
     }
-    /// The current thread-cache budget.
-    pub fn cache_budget(&self) -> usize {
-        self.cache_budget.load(Ordering::Relaxed)
-    }
 
     // ---- paths without a thread cache ----------------------------------------------
 
@@ -374,7 +370,7 @@ impl<O: Os> Backend<O> {
 
     /// Releases what `lock_all` took (in a fork child too: its only thread is the one
     /// that took them).
-    pub fn unlock_all(&self, _child: bool) {
+    pub fn unlock_all(&self) {
         self.meta.unlock();
         self.huge.unlock();
         self.central.unlock_desc_growth();

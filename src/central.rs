@@ -254,12 +254,6 @@ impl Central {
         }
     }
 
-    /// Objects of class `c` sitting in full batches on the transfer stack (approximate
-    /// under concurrency).
-    pub fn stacked_objects(&self, c: SizeClass) -> usize {
-        self.classes[c.index()].stack.len() * c.batch()
-    }
-
     /// Locks every class (in index order) for a consistent view or a fork.
     pub fn lock_all(&self) {
         for cls in &self.classes {

@@ -347,11 +347,8 @@ extern "C" fn print_stats_at_exit() {
 extern "C" fn fork_prepare() {
     global::lock_all_for_fork();
 }
-extern "C" fn fork_parent() {
-    global::unlock_all_after_fork(false);
-}
-extern "C" fn fork_child() {
-    global::unlock_all_after_fork(true);
+extern "C" fn fork_release() {
+    global::unlock_all_after_fork();
 }
 
 // ---- configuration ----------------------------------------------------------------
@@ -376,7 +373,7 @@ unsafe fn configure(envp: *const *const c_char) {
         if let Some(bytes) = getenv_raw(envp, b"STRATA_THREAD_CACHE_BYTES").and_then(parse_size) {
             crate::set_thread_cache_budget(bytes as usize);
         }
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
         if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
             libc::atexit(print_stats_at_exit);
         }

@@ -569,11 +569,12 @@ pub(crate) fn lock_all_for_fork() {
     BACKEND.lock_all();
 }
 
-/// Fork parent/child handler: releases what `lock_all_for_fork` took. In the child
-/// only the forking thread exists; it held the locks, so it may release them.
+/// Fork parent and child handler: releases what `lock_all_for_fork` took. In the
+/// child only the forking thread exists; it held the locks, so it may release them
+/// the same way the parent does.
 #[cfg(feature = "c-abi")]
-pub(crate) fn unlock_all_after_fork(child: bool) {
-    BACKEND.unlock_all(child);
+pub(crate) fn unlock_all_after_fork() {
+    BACKEND.unlock_all();
     #[cfg(feature = "checked")]
     crate::checked::unlock_all();
 }
