@@ -51,6 +51,8 @@ pub struct Backend<O: Os> {
     cache_budget: AtomicUsize,
 }
 
+/// Invariant: every heap ever created is either live (owned by a thread) or in the
+/// `free` list, Pooled and with empty lists: `live + |free| == created`.
 struct HeapPool {
     free: *mut ThreadHeap,
     live: usize,
@@ -400,8 +402,48 @@ impl<O: Os> Backend<O> {
         r
     }
 
+    /// Checks the heap pool's invariant: pooled heaps are Pooled and empty, and
+    /// `live + pooled == created`.
+    fn validate_pool(&self) -> Result<(), Violation> {
+        let _g = self.pool_lock.guard();
+        // SAFETY: pool lock held.
+        let pool = self.pool.with(|p| unsafe { &*p });
+        let mut pooled = 0;
+        let mut h = pool.free;
+        while !h.is_null() {
+            // SAFETY: pooled heaps are ours under the pool lock and belong to no thread.
+            let heap = unsafe { &*h };
+            crate::page_heap::check(
+                heap.state() == HeapState::Pooled,
+                "HeapPool",
+                1,
+                "pooled heap not marked Pooled",
+                h as usize,
+            )?;
+            heap.validate(self)?;
+            crate::page_heap::check(
+                heap.is_empty(),
+                "HeapPool",
+                1,
+                "pooled heap still caches objects",
+                h as usize,
+            )?;
+            pooled += 1;
+            h = heap.pool_next;
+        }
+        crate::page_heap::check(
+            pool.live + pooled == pool.created,
+            "HeapPool",
+            1,
+            "live + pooled != created",
+            0,
+        )
+    }
+
     fn validate_locked(&self) -> Result<(), Violation> {
         self.page_heap.validate()?;
+        self.huge.validate()?;
+        self.validate_pool()?;
         let mut small = [0usize; NUM_CLASSES];
         let mut res = Ok(());
         self.page_heap.for_each_span(|s| {

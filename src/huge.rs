@@ -192,6 +192,52 @@ impl HugeRegistry {
         })
     }
 
+    /// Checks invariants 1 and 2: every record sits in bucket `hash(ptr)`, no pointer
+    /// is recorded twice, and `count`/`bytes` add up.
+    pub fn validate(&self) -> Result<(), crate::Violation> {
+        use crate::page_heap::check;
+        self.with(|h| {
+            let (mut count, mut bytes) = (0, 0);
+            for (b, &head) in h.buckets.iter().enumerate() {
+                let mut r = head;
+                while !r.is_null() {
+                    // SAFETY: records in buckets are ours under the lock.
+                    let rec = unsafe { &*r };
+                    check(
+                        hash(rec.ptr) == b,
+                        "HugeRegistry",
+                        1,
+                        "record in the wrong bucket",
+                        rec.ptr,
+                    )?;
+                    let mut later = rec.next;
+                    while !later.is_null() {
+                        // SAFETY: as above.
+                        let other = unsafe { &*later };
+                        check(
+                            other.ptr != rec.ptr,
+                            "HugeRegistry",
+                            1,
+                            "pointer recorded twice",
+                            rec.ptr,
+                        )?;
+                        later = other.next;
+                    }
+                    count += 1;
+                    bytes += rec.len;
+                    r = rec.next;
+                }
+            }
+            check(
+                count == h.count && bytes == h.bytes,
+                "HugeRegistry",
+                2,
+                "count/bytes differ from the records",
+                0,
+            )
+        })
+    }
+
     /// Number of huge blocks and their total mapped bytes.
     pub fn totals(&self) -> (usize, usize) {
         self.with(|h| (h.count, h.bytes))

@@ -120,7 +120,7 @@ impl ThreadHeap {
     pub fn activate(&mut self, budget_bytes: usize) {
         #[cfg(strata_loom)]
         self.touch();
-        debug_assert!(self.lists.iter().all(|l| l.len == 0 && l.max == 0));
+        debug_assert!(self.is_empty());
         self.state = HeapState::Live;
         self.budget_bytes = budget_bytes;
         self.max_bytes = 0;
@@ -315,6 +315,13 @@ impl ThreadHeap {
         if self.max_bytes > budget_bytes {
             self.steal(0, NUM_CLASSES, be);
         }
+    }
+
+    /// Whether no list holds an object and every max is 0 (a flushed heap).
+    pub fn is_empty(&self) -> bool {
+        self.lists
+            .iter()
+            .all(|l| l.len == 0 && l.head.is_null() && l.max == 0)
     }
 
     /// Objects and bytes cached, per class (for statistics).

@@ -243,6 +243,11 @@ fn thread_churn_with_cross_thread_frees_does_not_grow_rss() {
         block.free();
     }
     strata::release_memory();
+    // 4,000 exited threads left their heaps in the pool: every invariant, the
+    // pool's included, must hold.
+    if let Err(v) = strata::validate_heap() {
+        panic!("after the thread churn: {v}");
+    }
     let after = rss();
     let growth = after as isize - before as isize;
     eprintln!(
