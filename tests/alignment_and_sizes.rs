@@ -1,114 +1,15 @@
 #[global_allocator]
 static GLOBAL: strata::Strata = strata::Strata;
 
+mod common;
+use common::{KIB, MIB, pattern};
+
 // Alignment and size coverage for `strata::Strata`, driven directly through
 // `GlobalAlloc`: every power-of-two alignment, every small size, a geometric
 // ladder of sizes up to 64 MiB, and requests that cannot be satisfied.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::VecDeque;
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-
-/// Position-dependent byte pattern: byte `i` of a block seeded with `seed` is
-/// byte `i % 8` (little-endian) of `word(seed, i / 8)`. Blocks are filled and
-/// checked a machine word at a time so that hundreds of MiB stay cheap.
-mod pattern {
-    #[inline]
-    pub fn word(seed: u64, w: u64) -> u64 {
-        let mut x = seed ^ w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-        x = (x ^ (x >> 32)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-        x ^ (x >> 32)
-    }
-
-    #[inline]
-    pub fn byte(seed: u64, off: usize) -> u8 {
-        (word(seed, (off / 8) as u64) >> (8 * (off % 8))) as u8
-    }
-
-    /// The 8 pattern bytes starting at byte offset `off`, as a native-endian word.
-    #[inline]
-    fn word_at(seed: u64, off: usize) -> u64 {
-        let (w, r) = ((off / 8) as u64, (off % 8) as u32);
-        let v = if r == 0 {
-            word(seed, w)
-        } else {
-            (word(seed, w) >> (8 * r)) | (word(seed, w + 1) << (64 - 8 * r))
-        };
-        v.to_le()
-    }
-
-    /// Fills `buf`, which holds pattern offsets `base..base + buf.len()`.
-    pub fn fill_from(buf: &mut [u8], seed: u64, base: usize) {
-        // SAFETY: every bit pattern is a valid `u8` and a valid `u64`.
-        let (pre, mid, post) = unsafe { buf.align_to_mut::<u64>() };
-        let mut off = base;
-        for b in pre {
-            *b = byte(seed, off);
-            off += 1;
-        }
-        for w in mid {
-            *w = word_at(seed, off);
-            off += 8;
-        }
-        for b in post {
-            *b = byte(seed, off);
-            off += 1;
-        }
-    }
-
-    pub fn fill(buf: &mut [u8], seed: u64) {
-        fill_from(buf, seed, 0);
-    }
-
-    /// Offset (relative to `buf`) of the first byte that differs from the pattern.
-    pub fn first_mismatch(buf: &[u8], seed: u64, base: usize) -> Option<usize> {
-        // SAFETY: every bit pattern is a valid `u8` and a valid `u64`.
-        let (pre, mid, post) = unsafe { buf.align_to::<u64>() };
-        let mut off = base;
-        for &b in pre {
-            if b != byte(seed, off) {
-                return Some(off - base);
-            }
-            off += 1;
-        }
-        for &w in mid {
-            if w != word_at(seed, off) {
-                return (off..off + 8)
-                    .find(|&o| buf[o - base] != byte(seed, o))
-                    .map(|o| o - base);
-            }
-            off += 8;
-        }
-        for &b in post {
-            if b != byte(seed, off) {
-                return Some(off - base);
-            }
-            off += 1;
-        }
-        None
-    }
-
-    #[track_caller]
-    pub fn check_from(buf: &[u8], seed: u64, base: usize, what: &str) {
-        if let Some(i) = first_mismatch(buf, seed, base) {
-            panic!(
-                "{what}: pattern mismatch at byte {} of {} (expected {:#04x}, found {:#04x})",
-                base + i,
-                base + buf.len(),
-                byte(seed, base + i),
-                buf[i]
-            );
-        }
-    }
-
-    #[track_caller]
-    pub fn check(buf: &[u8], seed: u64, what: &str) {
-        check_from(buf, seed, 0, what);
-    }
-}
 
 fn seed_for(size: usize, addr: usize) -> u64 {
     (size as u64).wrapping_mul(0xA24B_AED4_963E_E407) ^ (addr as u64).rotate_left(17)
