@@ -39,12 +39,10 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// `errno = ENOMEM` if `p` is null (the one in global.rs, typed for C).
 #[inline(always)]
 fn enomem_if_null(p: *mut u8) -> *mut c_void {
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    p.cast()
+    global::enomem_if_null(p).cast()
 }
 
 /// C `malloc`.

@@ -215,7 +215,7 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
 /// rather than in the C entry points, so that `malloc`'s fast path can tail-call the
 /// slow path and keep no stack frame. Harmless for Rust callers.
 #[inline(always)]
-fn enomem_if_null(p: *mut u8) -> *mut u8 {
+pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
     if p.is_null() {
         // SAFETY: __errno_location returns this thread's errno slot.
         unsafe { *libc::__errno_location() = libc::ENOMEM };
