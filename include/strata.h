@@ -30,11 +30,30 @@ extern "C" {
 size_t strata_release_memory(void);
 
 /*
- * Prints one line of the allocator's counters (mapped memory, chunks, huge
- * blocks, free and purged pages, metadata, thread heaps) to stderr, without
- * allocating. Setting STRATA_SHOW_STATS=1 prints the same line at exit.
+ * Prints a table of the allocator's statistics to stderr, every line prefixed
+ * "strata: ", without allocating: bytes allocated, active, resident, mapped,
+ * metadata, cached in thread heaps and in the central tier, free and purged
+ * pages, peaks, counts of allocations, frees and reallocations, chunks, large
+ * and huge blocks, thread heaps, and one line per size class in use.
+ * Setting STRATA_SHOW_STATS=1 prints the same table at exit.
  */
 void strata_stats_print(void);
+
+/*
+ * Writes the same statistics as one JSON object into buf (at most len bytes,
+ * NUL included) and returns the length of the whole JSON text, like snprintf:
+ * a result >= len means the text was cut; strata_stats_json(NULL, 0) asks for
+ * the size. Does not allocate. Keys: allocated_bytes, requested_bytes (null
+ * unless checked), active_bytes, resident_bytes, mapped_bytes, metadata_bytes,
+ * thread_cached_bytes, central_cached_bytes, span_free_bytes, page_free_bytes,
+ * page_purged_bytes, purged_bytes_total, unmapped_bytes_total,
+ * peak_resident_bytes, peak_allocated_bytes, allocs, frees, reallocs,
+ * reallocs_in_place, thread_heaps_live, thread_heaps_created, chunks,
+ * large_blocks, large_bytes, huge_blocks, huge_bytes, classes_in_use, and
+ * classes: [{size, live_objects, spans, span_bytes, thread_cached,
+ * central_cached, allocs}, ...] for every size class.
+ */
+size_t strata_stats_json(char *buf, size_t len);
 
 /*
  * Checked builds only (`--features c-abi,checked`): prints the live blocks by

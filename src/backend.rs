@@ -13,6 +13,7 @@ use crate::meta::MetaArena;
 use crate::os::{OS_PAGE, Os};
 use crate::page_heap::PageHeap;
 use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, NUM_CLASSES, PAGE_SIZE, SizeClass, class_for};
+use crate::stats::Counters;
 use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
 use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
 use core::ptr;
@@ -49,12 +50,16 @@ pub struct Backend<O: Os> {
     pool_lock: RawLock,
     pool: UnsafeCell<HeapPool>,
     cache_budget: AtomicUsize,
+    pub(crate) counters: Counters,
 }
 
-/// Invariant: every heap ever created is either live (owned by a thread) or in the
-/// `free` list, Pooled and with empty lists: `live + |free| == created`.
+/// Invariants: 1. every heap ever created is either live (owned by a thread) or in
+/// the `free` list, Pooled and with empty lists: `live + |free| == created`.
+/// 2. `all` links (through `all_next`) every heap ever created, `created` of them;
+/// heaps are never freed, so statistics may read any of them at any time.
 struct HeapPool {
     free: *mut ThreadHeap,
+    all: *mut ThreadHeap,
     live: usize,
     created: usize,
 }
@@ -74,8 +79,14 @@ impl<O: Os> Backend<O> {
                 meta: MetaArena::new(),
                 huge: HugeRegistry::new(),
                 pool_lock: RawLock::new(),
-                pool: UnsafeCell::new(HeapPool { free: ptr::null_mut(), live: 0, created: 0 }),
+                pool: UnsafeCell::new(HeapPool {
+                    free: ptr::null_mut(),
+                    all: ptr::null_mut(),
+                    live: 0,
+                    created: 0,
+                }),
                 cache_budget: AtomicUsize::new(DEFAULT_CACHE_BUDGET),
+                counters: Counters::new(),
             }
         }
     }
@@ -102,7 +113,11 @@ impl<O: Os> Backend<O> {
                 return h;
             }
             // SAFETY: fresh arena memory sized and aligned for a ThreadHeap.
-            unsafe { h.write(ThreadHeap::new(HeapState::Pooled)) };
+            unsafe {
+                h.write(ThreadHeap::new(HeapState::Pooled));
+                (*h).all_next = pool.all;
+            }
+            pool.all = h;
             pool.created += 1;
         } else {
             // SAFETY: pooled heaps are ours under the pool lock.
@@ -143,6 +158,39 @@ impl<O: Os> Backend<O> {
         }
     }
 
+    /// Runs `f` with the pool lock and then every class lock held (the lock order),
+    /// giving it every heap ever created (live ones are in use by their threads:
+    /// read only their atomics) and the (live, created) counts.
+    pub fn with_heaps_and_classes_locked<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = &ThreadHeap>, (usize, usize)) -> R,
+    ) -> R {
+        let _g = self.pool_lock.guard();
+        // SAFETY: pool lock held.
+        let pool = self.pool.with(|p| unsafe { &*p });
+        self.central.lock_all();
+        let mut h = pool.all;
+        let mut heaps = core::iter::from_fn(|| {
+            if h.is_null() {
+                return None;
+            }
+            // SAFETY: by invariant 2 `h` is a heap that is never freed; readers only
+            // use its atomic counters, which any thread may read.
+            let heap = unsafe { &*h };
+            h = heap.all_next;
+            Some(heap)
+        });
+        let r = f(&mut heaps, (pool.live, pool.created));
+        self.central.unlock_all();
+        r
+    }
+
+    /// Adds a thread heap's net flow of bytes (see [`Counters::flow`]).
+    #[inline]
+    pub fn publish_flow(&self, bytes: isize) {
+        self.counters.flow(bytes);
+    }
+
     /// Thread heaps in use, and ever created.
     pub fn thread_heaps(&self) -> (usize, usize) {
         let _g = self.pool_lock.guard();
@@ -164,6 +212,8 @@ impl<O: Os> Backend<O> {
         if b.count == 0 {
             return ptr::null_mut();
         }
+        Counters::bump(&self.counters.direct_allocs);
+        self.counters.flow(c.size_bytes() as isize);
         if b.count > 1 {
             // SAFETY: the rest of the batch is ours and unused.
             unsafe {
@@ -180,6 +230,8 @@ impl<O: Os> Backend<O> {
     /// `p` is a live class-`c` block from this backend that the caller gives up.
     pub unsafe fn free_small_direct(&self, c: SizeClass, p: *mut u8) {
         let obj = p.cast::<FreeObj>();
+        Counters::bump(&self.counters.direct_frees);
+        self.counters.flow(-(c.size_bytes() as isize));
         // SAFETY: the block is ours now; a chain of one.
         unsafe {
             (*obj).next = ptr::null_mut();
@@ -197,9 +249,11 @@ impl<O: Os> Backend<O> {
         if span.is_null() {
             return ptr::null_mut();
         }
+        Counters::bump(&self.counters.large_allocs);
         // SAFETY: a Large span just given to us.
         unsafe {
             let s = &*span;
+            self.counters.flow(s.bytes() as isize);
             let p = s.base();
             if zero && s.flags & SPAN_ZEROED == 0 {
                 ptr::write_bytes(p, 0, size);
@@ -217,6 +271,8 @@ impl<O: Os> Backend<O> {
         unsafe {
             let span = (*ChunkHeader::of(p)).span_of(p);
             debug_assert!((*span).kind() == SpanKind::Large && (*span).base() == p);
+            Counters::bump(&self.counters.large_frees);
+            self.counters.flow(-((*span).bytes() as isize));
             self.page_heap.free_span(span);
         }
     }
@@ -238,6 +294,9 @@ impl<O: Os> Backend<O> {
             unsafe { self.os().unmap(p, len) };
             return ptr::null_mut();
         }
+        Counters::bump(&self.counters.huge_allocs);
+        self.counters.flow(len as isize);
+        self.page_heap.note_extra_resident(len as isize);
         p
     }
 
@@ -247,6 +306,9 @@ impl<O: Os> Backend<O> {
     /// `p` came from `alloc_huge` (or `realloc_huge`) and is not used any more.
     pub unsafe fn free_huge(&self, p: *mut u8) {
         if let Some(len) = self.huge.remove(p) {
+            Counters::bump(&self.counters.huge_frees);
+            self.counters.flow(-(len as isize));
+            self.page_heap.note_extra_resident(-(len as isize));
             // SAFETY: the registry said `p` starts a mapping of `len` bytes, now dead.
             unsafe { self.os().unmap(p, len) };
         } else {
@@ -280,7 +342,13 @@ impl<O: Os> Backend<O> {
                     return p;
                 }
                 // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
-                unsafe { self.os().remap(p, old_len, new_len) }
+                let q = unsafe { self.os().remap(p, old_len, new_len) };
+                if !q.is_null() {
+                    let delta = new_len as isize - old_len as isize;
+                    self.counters.flow(delta);
+                    self.page_heap.note_extra_resident(delta);
+                }
+                q
             })
             .unwrap_or(ptr::null_mut());
         // Mutant: the code before the fix; remap outside the lock, then remove and
@@ -314,14 +382,19 @@ impl<O: Os> Backend<O> {
             let span: *mut Span = (*ChunkHeader::of(p)).span_of(p);
             let have = (*span).npages as usize;
             let want = new_size.div_ceil(PAGE_SIZE);
-            if want == have {
+            let delta = (want as isize - have as isize) * PAGE_SIZE as isize;
+            let done = if want == have {
                 true
             } else if want < have {
                 self.page_heap.shrink_in_place(span, want);
                 true
             } else {
                 self.page_heap.grow_in_place(span, want)
+            };
+            if done {
+                self.counters.flow(delta);
             }
+            done
         }
     }
 

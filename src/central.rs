@@ -254,6 +254,17 @@ impl Central {
         }
     }
 
+    /// The version of class `c`'s transfer stack (see `TransferStack::version`).
+    pub fn stack_version(&self, c: SizeClass) -> u64 {
+        self.classes[c.index()].stack.version()
+    }
+
+    /// Full batches on class `c`'s transfer stack, if no refill or flush moved one
+    /// while they were counted (see `TransferStack::count_if_stable`).
+    pub fn stacked_batches(&self, c: SizeClass) -> Option<usize> {
+        self.classes[c.index()].stack.count_if_stable(&self.descs)
+    }
+
     /// Locks every class (in index order) for a consistent view or a fork.
     pub fn lock_all(&self) {
         for cls in &self.classes {

@@ -292,48 +292,115 @@ pub unsafe extern "C" fn strata_leak_report() -> usize {
     crate::checked::print_leak_report().total().blocks
 }
 
-/// A `fmt::Write` into a fixed buffer (formatting without allocating).
-struct StackBuf {
-    buf: [u8; 2048],
+/// A `fmt::Write` to a file descriptor through a fixed buffer (no allocation), that
+/// starts every line with `strata: ` so that the report is easy to pick out of a
+/// program's own stderr.
+struct FdLines {
+    fd: c_int,
+    buf: [u8; 1024],
     len: usize,
+    at_line_start: bool,
 }
 
-impl Write for StackBuf {
+impl FdLines {
+    fn new(fd: c_int) -> FdLines {
+        FdLines {
+            fd,
+            buf: [0; 1024],
+            len: 0,
+            at_line_start: true,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut done = 0;
+        while done < self.len {
+            // SAFETY: writes our own initialised buffer.
+            let n =
+                unsafe { libc::write(self.fd, self.buf[done..].as_ptr().cast(), self.len - done) };
+            if n <= 0 {
+                break;
+            }
+            done += n as usize;
+        }
+        self.len = 0;
+    }
+}
+
+impl Write for FdLines {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
+        for line in s.split_inclusive('\n') {
+            if self.at_line_start {
+                self.push(b"strata: ");
+            }
+            self.push(line.as_bytes());
+            self.at_line_start = line.ends_with('\n');
+        }
         Ok(())
     }
 }
 
+/// Writes [`crate::Stats`]'s table to stderr, each line prefixed `strata: `.
 fn print_stats() {
-    let c = crate::heap_counts();
-    let mut b = StackBuf {
-        buf: [0; 2048],
+    let stats = crate::stats();
+    let mut out = FdLines::new(2);
+    let _ = write!(out, "{stats}");
+    out.flush();
+}
+
+/// A `fmt::Write` into a caller's buffer that counts what did not fit, like
+/// `snprintf`.
+struct CBuf {
+    buf: *mut u8,
+    cap: usize,
+    len: usize,
+}
+
+impl Write for CBuf {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let room = self.cap.saturating_sub(1).saturating_sub(self.len);
+        let n = s.len().min(room);
+        if n > 0 {
+            // SAFETY: `buf` has `cap` writable bytes (caller's contract) and
+            // `len + n <= cap - 1`.
+            unsafe { ptr::copy_nonoverlapping(s.as_ptr(), self.buf.add(self.len), n) };
+        }
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+/// Writes [`crate::Stats`] as one JSON object into `buf` (at most `len` bytes, NUL
+/// included) and returns the length of the whole JSON text, like `snprintf`: a
+/// return value `>= len` means the output was cut (call again with more room).
+/// `buf` may be null when `len` is 0 (to ask for the size).
+///
+/// # Safety
+/// `buf` points to `len` writable bytes (or `len` is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_stats_json(buf: *mut c_char, len: usize) -> usize {
+    let stats = crate::stats();
+    let mut w = CBuf {
+        buf: buf.cast(),
+        cap: if buf.is_null() { 0 } else { len },
         len: 0,
     };
-    let mib = |x: usize| x as f64 / (1024.0 * 1024.0);
-    let _ = write!(
-        b,
-        "strata: mapped {:.1} MiB in {} chunks + {} huge blocks ({:.1} MiB); free pages {:.1} MiB \
-         ({:.1} MiB purged); purged ever {:.1} MiB, unmapped ever {:.1} MiB; metadata {:.1} MiB; \
-         thread heaps {} live, {} created",
-        mib(c.mapped_bytes),
-        c.chunks,
-        c.huge_blocks,
-        mib(c.huge_bytes),
-        mib(c.free_page_bytes),
-        mib(c.free_zeroed_bytes),
-        mib(c.purged_bytes_total as usize),
-        mib(c.unmapped_bytes_total as usize),
-        mib(c.metadata_bytes),
-        c.thread_heaps_live,
-        c.thread_heaps_created,
-    );
-    let _ = b.write_str("\n");
-    // SAFETY: writes our own buffer to stderr.
-    unsafe { libc::write(2, b.buf.as_ptr().cast(), b.len) };
+    let _ = stats.write_json(&mut w);
+    if w.cap > 0 {
+        // SAFETY: `min(len, cap - 1) < cap`, inside the caller's buffer.
+        unsafe { *w.buf.add(w.len.min(w.cap - 1)) = 0 };
+    }
+    w.len
 }
 
 extern "C" fn print_stats_at_exit() {

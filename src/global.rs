@@ -350,6 +350,21 @@ unsafe impl GlobalAlloc for Strata {
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        let q = unsafe { realloc_layout(p, layout, new_size) };
+        count_realloc(p, q);
+        q
+    }
+}
+
+/// `GlobalAlloc::realloc` without the statistics.
+///
+/// # Safety
+/// As for `GlobalAlloc::realloc`.
+#[cfg(not(feature = "checked"))]
+#[inline(always)]
+unsafe fn realloc_layout(p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    {
         let align = layout.align();
         match (route(layout.size(), align), route(new_size, align)) {
             (Route::Small(a), Route::Small(b)) if a == b => return p,
@@ -370,15 +385,39 @@ unsafe impl GlobalAlloc for Strata {
         // SAFETY: align is the live layout's, a power of two; new_size is valid for it.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
         // SAFETY: as in alloc.
-        let q = unsafe { self.alloc(new_layout) };
+        let q = unsafe { Strata.alloc(new_layout) };
         if !q.is_null() {
             // SAFETY: both blocks are live, distinct, and at least min(old, new) long.
             unsafe {
                 ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                self.dealloc(p, layout);
+                Strata.dealloc(p, layout);
             }
         }
         q
+    }
+}
+
+/// Counts a reallocation of `p` that returned `q` (in place when they are equal) in
+/// the calling thread's heap, or in the backend's counters if it has none.
+#[inline]
+pub(crate) fn count_realloc(p: *mut u8, q: *mut u8) {
+    if q.is_null() {
+        return;
+    }
+    let in_place = p == q;
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel; only a live heap is written, by its
+    // owner (us).
+    unsafe {
+        if (*h).state() == HeapState::Live {
+            (*h).note_realloc(in_place);
+        } else {
+            let c = &BACKEND.counters;
+            crate::stats::Counters::bump(&c.reallocs);
+            if in_place {
+                crate::stats::Counters::bump(&c.reallocs_in_place);
+            }
+        }
     }
 }
 
@@ -518,6 +557,18 @@ unsafe fn free_by_address_slow(p: *mut u8) -> bool {
 /// If `p` is ours, it is live; on success the caller uses the result instead.
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 pub(crate) unsafe fn realloc_by_address(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    let q = unsafe { realloc_by_address_uncounted(p, new_size, align) };
+    count_realloc(p, q);
+    q
+}
+
+/// `realloc_by_address` without the statistics.
+///
+/// # Safety
+/// As for `realloc_by_address`.
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+unsafe fn realloc_by_address_uncounted(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     let owner = owner_of(p);
     let old_size = match owner {
         Owner::Small(c) => {
@@ -652,4 +703,15 @@ pub(crate) fn heap_counts() -> crate::HeapCounts {
         thread_heaps_live: threads_live,
         thread_heaps_created: threads_created,
     }
+}
+
+/// See [`crate::stats`].
+pub(crate) fn stats() -> crate::Stats {
+    #[allow(unused_mut)]
+    let mut s = BACKEND.stats();
+    #[cfg(feature = "checked")]
+    {
+        s.requested_bytes = Some(crate::checked::leak_report().total().bytes as u64);
+    }
+    s
 }

@@ -48,6 +48,7 @@ mod meta;
 mod os;
 mod page_heap;
 mod size_class;
+mod stats;
 mod thread_heap;
 mod transfer;
 
@@ -143,6 +144,7 @@ pub struct HeapCounts {
 
 #[cfg(not(strata_loom))]
 pub use api::*;
+pub use stats::{ClassStats, Stats};
 
 #[cfg(all(feature = "checked", not(strata_loom)))]
 pub use checked::{LeakCount, LeakReport};
@@ -194,6 +196,20 @@ mod api {
     /// Counters of the process-wide heap.
     pub fn heap_counts() -> HeapCounts {
         global::heap_counts()
+    }
+
+    /// A snapshot of the heap: bytes by state (allocated, active, resident, mapped,
+    /// metadata, cached in thread heaps and in the central tier, free), peaks,
+    /// operation counts, and per size class live objects, spans and cached objects.
+    /// See [`Stats`] for the identities that tie the figures together.
+    ///
+    /// Costs a walk over every span (every class lock and the page-heap lock are held
+    /// in turn, so allocation slow paths wait meanwhile); nothing on the fast path.
+    /// Thread-cache figures of other running threads are recent values, not taken at
+    /// one instant: exact when the program is quiescent. Never allocates.
+    /// In checked mode `requested_bytes` is exact (one more walk of live blocks).
+    pub fn stats() -> Stats {
+        global::stats()
     }
 
     /// Checked mode: the live blocks of the process by size class (count and bytes

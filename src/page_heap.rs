@@ -16,7 +16,7 @@ use crate::chunk::{
 };
 use crate::os::{OS_PAGE, Os};
 use crate::size_class::{CHUNK_SIZE, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
-use crate::sync::{AtomicU64, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicU64, AtomicUsize, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 
 /// Wholly free chunks kept mapped (their pages still purged after the delay), so a
@@ -43,6 +43,8 @@ pub struct PageHeapStats {
     pub purged_bytes_total: u64,
     /// Bytes of chunks unmapped, ever.
     pub unmapped_bytes_total: u64,
+    /// Bytes of chunks that may be resident: mapped minus free pages known zero.
+    pub resident_bytes: usize,
 }
 
 /// The page heap.
@@ -53,6 +55,8 @@ pub struct PageHeapStats {
 ///    chunks whose usable pages form one free span; `free_chunks <= CHUNK_RESERVE`
 ///    after every free;
 /// 3. every mapped chunk is in the chunk list and in the chunk map.
+/// 4. `zeroed_pages` is the sum of the sizes of the binned spans with `SPAN_ZEROED`,
+///    so `nchunks × CHUNK_SIZE - zeroed_pages × PAGE_SIZE` bounds the resident bytes.
 ///
 /// Model-checked by `loom-tests/tests/coalescing.rs` (neighbours freed at once) and
 /// `purge.rs` (purge racing reuse, "known zero" claims).
@@ -62,6 +66,12 @@ pub struct PageHeap<O: Os> {
     os: O,
     chunk_map: ChunkMap,
     purge_delay_ms: AtomicU64,
+    /// Resident bytes outside chunks (huge blocks), kept by the backend.
+    extra_resident: AtomicUsize,
+    /// Chunk resident bytes as of the last change under the lock (invariant 4).
+    chunk_resident: AtomicUsize,
+    /// High-water mark of `chunk_resident + extra_resident`.
+    peak_resident: AtomicUsize,
 }
 
 struct Inner {
@@ -71,6 +81,7 @@ struct Inner {
     nchunks: usize,
     free_chunks: usize,
     free_pages: usize,
+    zeroed_pages: usize,
     last_purge_ms: u64,
     purged_total: u64,
     unmapped_total: u64,
@@ -95,6 +106,7 @@ impl<O: Os> PageHeap<O> {
                     nchunks: 0,
                     free_chunks: 0,
                     free_pages: 0,
+                    zeroed_pages: 0,
                     last_purge_ms: 0,
                     purged_total: 0,
                     unmapped_total: 0,
@@ -102,6 +114,9 @@ impl<O: Os> PageHeap<O> {
                 os,
                 chunk_map: ChunkMap::new(),
                 purge_delay_ms: AtomicU64::new(DEFAULT_PURGE_DELAY_MS),
+                extra_resident: AtomicUsize::new(0),
+                chunk_resident: AtomicUsize::new(0),
+                peak_resident: AtomicUsize::new(0),
             }
         }
     }
@@ -127,6 +142,32 @@ impl<O: Os> PageHeap<O> {
     /// The purge delay.
     pub fn purge_delay_ms(&self) -> u64 {
         self.purge_delay_ms.load(Ordering::Relaxed)
+    }
+
+    /// Adds `delta` bytes resident outside the chunks (huge blocks mapped or unmapped)
+    /// and updates the peak.
+    pub fn note_extra_resident(&self, delta: isize) {
+        // Relaxed: statistics; nothing is published with them.
+        let extra = self
+            .extra_resident
+            .fetch_add(delta as usize, Ordering::Relaxed)
+            .wrapping_add(delta as usize);
+        let total = self.chunk_resident.load(Ordering::Relaxed) + extra;
+        self.peak_resident.fetch_max(total, Ordering::Relaxed);
+    }
+
+    /// High-water mark of the bytes that may be resident (chunks and huge blocks).
+    pub fn peak_resident_bytes(&self) -> usize {
+        self.peak_resident.load(Ordering::Relaxed)
+    }
+
+    /// Records the chunk resident bytes after a change (lock held via `h`).
+    fn note_resident(&self, h: &Inner) {
+        let now = h.nchunks * CHUNK_SIZE - h.zeroed_pages * PAGE_SIZE;
+        // Relaxed: statistics, written under the lock, read by anyone.
+        self.chunk_resident.store(now, Ordering::Relaxed);
+        let total = now + self.extra_resident.load(Ordering::Relaxed);
+        self.peak_resident.fetch_max(total, Ordering::Relaxed);
     }
 
     #[inline]
@@ -198,6 +239,7 @@ impl<O: Os> PageHeap<O> {
                     chunk.set_first(last, first);
                 }
             }
+            self.note_resident(h);
             span
         })
     }
@@ -215,6 +257,7 @@ impl<O: Os> PageHeap<O> {
             // can take it meanwhile (no purge/reuse race).
             #[cfg(not(strata_mutant = "purge_unlocked"))]
             self.maybe_purge(h, now);
+            self.note_resident(h);
         });
         // Mutant: purge after dropping the lock (to keep madvise out of it), with
         // nothing keeping a concurrent alloc_span off the span being purged.
@@ -272,6 +315,7 @@ impl<O: Os> PageHeap<O> {
                 h.free_pages -= extra;
                 chunk.set_first(r + extra - 1, s.start as usize);
                 s.npages += extra as u32;
+                self.note_resident(h);
                 true
             }
         })
@@ -295,6 +339,7 @@ impl<O: Os> PageHeap<O> {
                 chunk.set_first((*span).start as usize + npages - 1, (*span).start as usize);
                 (*tail).set_kind(SpanKind::Large);
                 self.free_locked(h, tail, now);
+                self.note_resident(h);
             }
         });
     }
@@ -316,6 +361,7 @@ impl<O: Os> PageHeap<O> {
             }
             h.free_chunks = 0;
             released += self.purge_where(h, |_| true);
+            self.note_resident(h);
             released
         })
     }
@@ -336,6 +382,7 @@ impl<O: Os> PageHeap<O> {
                 free_zeroed_bytes: zeroed,
                 purged_bytes_total: h.purged_total,
                 unmapped_bytes_total: h.unmapped_total,
+                resident_bytes: h.nchunks * CHUNK_SIZE - h.zeroed_pages * PAGE_SIZE,
             }
         })
     }
@@ -518,6 +565,11 @@ impl<O: Os> PageHeap<O> {
             }
         });
         h.purged_total += purged as u64;
+        // The purged spans stay binned, now zeroed (invariant 4).
+        h.zeroed_pages += purged / PAGE_SIZE;
+        if purged > 0 {
+            self.note_resident(h);
+        }
         purged
     }
 
@@ -643,6 +695,7 @@ impl<O: Os> PageHeap<O> {
                 0,
             )?;
             let mut binned = 0;
+            let mut zeroed = 0;
             for b in 0..BINS {
                 let bit = h.nonempty[b / 64] >> (b % 64) & 1 == 1;
                 check(
@@ -664,6 +717,9 @@ impl<O: Os> PageHeap<O> {
                         s as usize,
                     )?;
                     binned += b;
+                    if sp.flags & SPAN_ZEROED != 0 {
+                        zeroed += b;
+                    }
                     s = sp.next;
                 }
             }
@@ -673,6 +729,13 @@ impl<O: Os> PageHeap<O> {
                 2,
                 "binned pages differ from free pages",
                 0,
+            )?;
+            check(
+                zeroed == h.zeroed_pages,
+                "PageHeap",
+                4,
+                "zeroed page count differs from the bins",
+                zeroed,
             )
         })
     }
@@ -753,6 +816,9 @@ unsafe fn bin_insert(h: &mut Inner, span: *mut Span) {
         h.bins[b] = span;
         h.nonempty[b / 64] |= 1 << (b % 64);
         s.flags |= SPAN_LISTED;
+        if s.flags & SPAN_ZEROED != 0 {
+            h.zeroed_pages += b;
+        }
     }
 }
 
@@ -779,6 +845,9 @@ unsafe fn bin_remove(h: &mut Inner, span: *mut Span) {
         s.prev = ptr::null_mut();
         s.next = ptr::null_mut();
         s.flags &= !SPAN_LISTED;
+        if s.flags & SPAN_ZEROED != 0 {
+            h.zeroed_pages -= b;
+        }
     }
 }
 

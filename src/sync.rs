@@ -23,6 +23,62 @@ macro_rules! loom_const_fn {
 }
 pub(crate) use loom_const_fn;
 
+/// Declares a statistics cell: written by one thread only (its owner, or whoever holds
+/// the lock that owns it), read by any thread. Relaxed loads and stores and no
+/// read-modify-write, so an update compiles to a plain `add` to memory on x86 (LLVM
+/// folds the relaxed load/op/store) while a reader on another thread is not a data
+/// race. A reader sees some recent value; nothing is published with it.
+macro_rules! owned_cell {
+    ($(#[$attr:meta])* $name:ident, $atomic:ident, $t:ty) => {
+        $(#[$attr])*
+        #[derive(Debug)]
+        #[repr(transparent)]
+        pub(crate) struct $name($atomic);
+
+        impl $name {
+            loom_const_fn! {
+                pub(crate) fn new(v: $t) -> $name {
+                    $name($atomic::new(v))
+                }
+            }
+            /// The current value (any thread).
+            #[inline(always)]
+            pub(crate) fn get(&self) -> $t {
+                self.0.load(Ordering::Relaxed)
+            }
+            /// Sets the value (owner only).
+            #[inline(always)]
+            pub(crate) fn set(&self, v: $t) {
+                self.0.store(v, Ordering::Relaxed)
+            }
+            /// Adds `v`, wrapping (owner only: a load and a store, not an RMW).
+            #[inline(always)]
+            pub(crate) fn add(&self, v: $t) {
+                self.set(self.get().wrapping_add(v))
+            }
+            /// Subtracts `v`, wrapping (owner only).
+            #[allow(dead_code)]
+            #[inline(always)]
+            pub(crate) fn sub(&self, v: $t) {
+                self.set(self.get().wrapping_sub(v))
+            }
+        }
+    };
+}
+
+owned_cell!(
+    /// A `u32` with one writer and any readers (see `owned_cell!`).
+    OwnedU32,
+    AtomicU32,
+    u32
+);
+owned_cell!(
+    /// A `u64` with one writer and any readers (see `owned_cell!`).
+    OwnedU64,
+    AtomicU64,
+    u64
+);
+
 /// An `UnsafeCell` with loom's closure API, so that loom can track every access.
 #[cfg(not(strata_loom))]
 #[derive(Debug)]
@@ -44,6 +100,20 @@ impl<T> UnsafeCell<T> {
 }
 #[cfg(strata_loom)]
 pub(crate) use loom::cell::UnsafeCell;
+
+/// Gives the CPU to another thread (or, under loom, lets the model switch): for
+/// waits that may last a time slice, such as a statistics snapshot waiting for
+/// another thread to finish moving a batch.
+#[inline]
+pub(crate) fn yield_thread() {
+    #[cfg(not(strata_loom))]
+    // SAFETY: sched_yield has no preconditions.
+    unsafe {
+        libc::sched_yield();
+    }
+    #[cfg(strata_loom)]
+    loom::thread::yield_now();
+}
 
 /// Tells the scheduler (or loom) that this thread is waiting on another.
 #[inline]

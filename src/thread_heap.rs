@@ -27,6 +27,7 @@ use crate::chunk::FreeObj;
 use crate::os::Os;
 use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::sync::{OwnedU32, OwnedU64};
 use crate::transfer::chain_tail;
 use core::ptr;
 
@@ -38,11 +39,66 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 /// Invariants: 1. `head` starts a chain of exactly `len` free objects of the class.
 /// 2. after any free, `len <= max` or the list was just refilled (a refill may leave
 /// `len` above `max`; the next free then flushes).
-#[repr(C)]
+///
+/// `len` and `allocs` are owner-written cells so that `stats()` on another thread
+/// may read them; the owner's updates still compile to plain `add`/`sub` on memory.
+/// `allocs` sits in the list (32 bytes, a power of two for the index) so that the
+/// pop that counts it needs no second base register.
+#[repr(C, align(32))]
 pub struct FreeList {
     head: *mut FreeObj,
-    len: u32,
+    len: OwnedU32,
     max: u32,
+    /// Objects of this class handed to the program by this heap, ever.
+    allocs: OwnedU64,
+}
+
+#[cfg(not(strata_loom))]
+const _: () = assert!(core::mem::size_of::<FreeList>() == 32);
+
+impl FreeList {
+    crate::sync::loom_const_fn! {
+        fn new() -> FreeList {
+            FreeList {
+                head: ptr::null_mut(),
+                len: OwnedU32::new(0),
+                max: 0,
+                allocs: OwnedU64::new(0),
+            }
+        }
+    }
+}
+
+/// Bytes of net flow (objects received from minus returned to the central tier) a
+/// heap accumulates before adding it to the process-wide figure behind
+/// `peak_allocated_bytes`. Keeps that shared counter off the refill path; the figure
+/// is then exact to within this much per thread.
+const PUBLISH_BYTES: isize = 256 << 10;
+
+/// What a heap has counted since it was created (never reset, also across reuse
+/// through the pool), read by `stats()` from any thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapCounters {
+    /// Objects handed to the program (pops, and the object a refill returns).
+    pub allocs: u64,
+    /// Objects received from the central tier.
+    pub received: u64,
+    /// Objects returned to the central tier (flushes, and frees sent there directly).
+    pub returned: u64,
+    /// Objects cached now.
+    pub cached: u64,
+    /// Reallocations, and those that kept the block in place.
+    pub reallocs: u64,
+    pub reallocs_in_place: u64,
+}
+
+impl HeapCounters {
+    /// Frees into this heap: every object in or out of it is accounted for, so
+    /// `received + frees == allocs + returned + cached` (each free is a push or a
+    /// direct return; each alloc a pop).
+    pub fn frees(&self) -> u64 {
+        (self.allocs + self.returned + self.cached).saturating_sub(self.received)
+    }
 }
 
 /// Lifecycle of the heap a thread's TLS points at.
@@ -64,15 +120,27 @@ pub enum HeapState {
 /// Invariants: those of [`FreeList`] for every class, and
 /// 3. `max_bytes == Σ lists[c].max × size(c)`, and `max_bytes <= budget_bytes` except
 ///    transiently while a smaller budget is being applied.
+/// 4. `received + frees == allocs + returned + Σ len` (see [`HeapCounters`]); the
+///    counters only grow, and only the owner writes them.
 #[repr(C)]
 pub struct ThreadHeap {
     lists: [FreeList; NUM_CLASSES],
+    /// Statistics (invariant 4); the one on the fast path is `FreeList::allocs`.
+    received: OwnedU64,
+    returned: OwnedU64,
+    reallocs: OwnedU64,
+    reallocs_in_place: OwnedU64,
+    /// Net bytes received from the central tier not yet added to the backend's
+    /// figure (see `PUBLISH_BYTES`).
+    unpublished: isize,
     state: HeapState,
     steal_next: u8,
     max_bytes: usize,
     budget_bytes: usize,
     /// Link in the pool of heaps for reuse.
     pub pool_next: *mut ThreadHeap,
+    /// Link in the list of every heap ever created (set once, under the pool lock).
+    pub all_next: *mut ThreadHeap,
     /// Loom only: a cell standing in for the heap's plain fields. Every method that
     /// touches them writes it, so loom reports two threads using one heap with no
     /// handoff (the pool lock) ordering them.
@@ -80,23 +148,33 @@ pub struct ThreadHeap {
     owner: crate::sync::UnsafeCell<()>,
 }
 
+/// Empty lists for a new heap.
+#[cfg(not(strata_loom))]
+const fn new_lists() -> [FreeList; NUM_CLASSES] {
+    [const { FreeList::new() }; NUM_CLASSES]
+}
+#[cfg(strata_loom)]
+fn new_lists() -> [FreeList; NUM_CLASSES] {
+    core::array::from_fn(|_| FreeList::new())
+}
+
 impl ThreadHeap {
     crate::sync::loom_const_fn! {
         /// A heap in `state` with empty lists (for sentinels and fresh heaps).
         pub fn new(state: HeapState) -> ThreadHeap {
             ThreadHeap {
-                lists: [const {
-                    FreeList {
-                        head: ptr::null_mut(),
-                        len: 0,
-                        max: 0,
-                    }
-                }; NUM_CLASSES],
+                lists: new_lists(),
+                received: OwnedU64::new(0),
+                returned: OwnedU64::new(0),
+                reallocs: OwnedU64::new(0),
+                reallocs_in_place: OwnedU64::new(0),
+                unpublished: 0,
                 state,
                 steal_next: 0,
                 max_bytes: 0,
                 budget_bytes: DEFAULT_CACHE_BUDGET,
                 pool_next: ptr::null_mut(),
+                all_next: ptr::null_mut(),
                 #[cfg(strata_loom)]
                 owner: crate::sync::UnsafeCell::new(()),
             }
@@ -150,7 +228,8 @@ impl ThreadHeap {
         // SAFETY: by invariant 1 a non-null head is a free object of ours whose first
         // word links the rest of the chain.
         list.head = unsafe { (*obj).next };
-        list.len -= 1;
+        list.len.sub(1);
+        list.allocs.add(1);
         obj.cast()
     }
 
@@ -166,14 +245,14 @@ impl ThreadHeap {
         self.touch();
         // SAFETY: c < NUM_CLASSES because it came from a class lookup.
         let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
-        if list.len >= list.max {
+        if list.len.get() >= list.max {
             return false;
         }
         let obj = p.cast::<FreeObj>();
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class).
         unsafe { (*obj).next = list.head };
         list.head = obj;
-        list.len += 1;
+        list.len.add(1);
         true
     }
 
@@ -189,11 +268,14 @@ impl ThreadHeap {
         if b.count == 0 {
             return ptr::null_mut();
         }
+        self.received.add(b.count as u64);
+        self.lists[c.index()].allocs.add(1);
+        self.note_flow((b.count * c.size_bytes()) as isize, be);
         let list = &mut self.lists[c.index()];
-        debug_assert!(list.head.is_null() && list.len == 0);
+        debug_assert!(list.head.is_null() && list.len.get() == 0);
         // SAFETY: the refill gave us a chain of b.count >= 1 objects.
         list.head = unsafe { (*b.head).next };
-        list.len = b.count as u32 - 1;
+        list.len.set(b.count as u32 - 1);
         b.head.cast()
     }
 
@@ -227,12 +309,11 @@ impl ThreadHeap {
             }
         }
         let list = &mut self.lists[ci];
-        if list.len >= list.max {
+        let len = list.len.get();
+        if len >= list.max {
             // Flush at least a batch, and enough to get back under max (a refill can
             // leave the list above a max that was since lowered).
-            let n = (list.len + 1 - list.max.min(list.len + 1))
-                .max(batch)
-                .min(list.len);
+            let n = (len + 1 - list.max.min(len + 1)).max(batch).min(len);
             if n > 0 {
                 // SAFETY: the list holds len >= n objects (invariant 1).
                 unsafe { self.flush_front(ci, n as usize, be) };
@@ -243,6 +324,8 @@ impl ThreadHeap {
             if !self.try_push(c, p) {
                 // Nothing may be cached (budget exhausted, max 0): straight back.
                 (*p.cast::<FreeObj>()).next = ptr::null_mut();
+                self.returned.add(1);
+                self.note_flow(-(size as isize), be);
                 be.central.flush(c, p.cast(), 1, &be.page_heap, &be.meta);
             }
         }
@@ -263,7 +346,7 @@ impl ThreadHeap {
             let cut = (CLASS_BATCH[v] as u32).min(self.lists[v].max);
             self.lists[v].max -= cut;
             self.max_bytes -= cut as usize * CLASS_SIZE[v] as usize;
-            let excess = self.lists[v].len.saturating_sub(self.lists[v].max);
+            let excess = self.lists[v].len.get().saturating_sub(self.lists[v].max);
             if excess > 0 {
                 // SAFETY: the list holds len > excess objects.
                 unsafe { self.flush_front(v, excess as usize, be) };
@@ -284,7 +367,9 @@ impl ThreadHeap {
             list.head = (*tail).next;
             (*tail).next = ptr::null_mut();
         }
-        list.len -= n as u32;
+        list.len.sub(n as u32);
+        self.returned.add(n as u64);
+        self.note_flow(-((n * CLASS_SIZE[ci] as usize) as isize), be);
         // SAFETY: the chain holds n class-ci objects nobody uses.
         unsafe {
             be.central
@@ -297,14 +382,15 @@ impl ThreadHeap {
         #[cfg(strata_loom)]
         self.touch();
         for (ci, &batch) in CLASS_BATCH.iter().enumerate() {
-            while self.lists[ci].len > 0 {
-                let n = (batch as u32).min(self.lists[ci].len);
+            while self.lists[ci].len.get() > 0 {
+                let n = (batch as u32).min(self.lists[ci].len.get());
                 // SAFETY: 1 <= n <= len.
                 unsafe { self.flush_front(ci, n as usize, be) };
             }
             self.lists[ci].max = 0;
         }
         self.max_bytes = 0;
+        be.publish_flow(core::mem::take(&mut self.unpublished));
     }
 
     /// Sets the byte budget; shrinks maxima now if it dropped.
@@ -321,14 +407,48 @@ impl ThreadHeap {
     pub fn is_empty(&self) -> bool {
         self.lists
             .iter()
-            .all(|l| l.len == 0 && l.head.is_null() && l.max == 0)
+            .all(|l| l.len.get() == 0 && l.head.is_null() && l.max == 0)
     }
 
-    /// Objects and bytes cached, per class (for statistics).
+    /// Objects cached in class `c` now (any thread may ask; a recent value).
     pub fn cached(&self, c: SizeClass) -> usize {
-        #[cfg(strata_loom)]
-        self.touch();
-        self.lists[c.index()].len as usize
+        self.lists[c.index()].len.get() as usize
+    }
+
+    /// Objects of class `c` this heap handed out, ever (any thread may ask).
+    pub fn class_allocs(&self, c: SizeClass) -> u64 {
+        self.lists[c.index()].allocs.get()
+    }
+
+    /// The heap's counters (any thread may ask; each a recent value, so invariant 4
+    /// holds exactly only while the owner is not allocating).
+    pub fn counters(&self) -> HeapCounters {
+        HeapCounters {
+            allocs: self.lists.iter().map(|l| l.allocs.get()).sum(),
+            received: self.received.get(),
+            returned: self.returned.get(),
+            cached: self.lists.iter().map(|l| l.len.get() as u64).sum(),
+            reallocs: self.reallocs.get(),
+            reallocs_in_place: self.reallocs_in_place.get(),
+        }
+    }
+
+    /// Counts a reallocation (owner only; not on a sentinel).
+    pub fn note_realloc(&self, in_place: bool) {
+        debug_assert_eq!(self.state, HeapState::Live);
+        self.reallocs.add(1);
+        if in_place {
+            self.reallocs_in_place.add(1);
+        }
+    }
+
+    /// Adds `delta` bytes of flow from the central tier; publishes past the threshold.
+    #[inline]
+    fn note_flow<O: Os>(&mut self, delta: isize, be: &Backend<O>) {
+        self.unpublished += delta;
+        if self.unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
+            be.publish_flow(core::mem::take(&mut self.unpublished));
+        }
     }
 
     /// Checks invariants 1 and 3: list lengths match their chains, objects are ours,
@@ -348,7 +468,7 @@ impl ThreadHeap {
                     o as usize,
                 )?;
                 check(
-                    n < l.len,
+                    n < l.len.get(),
                     "FreeList",
                     1,
                     "chain longer than len",
@@ -358,7 +478,13 @@ impl ThreadHeap {
                 // SAFETY: a cached object in our chunk; its first word is the link.
                 o = unsafe { (*o).next };
             }
-            check(n == l.len, "FreeList", 1, "chain shorter than len", ci)?;
+            check(
+                n == l.len.get(),
+                "FreeList",
+                1,
+                "chain shorter than len",
+                ci,
+            )?;
         }
         check(
             max_bytes == self.max_bytes,
@@ -366,6 +492,14 @@ impl ThreadHeap {
             3,
             "max_bytes differs from the lists",
             0,
+        )?;
+        let k = self.counters();
+        check(
+            k.allocs + k.returned + k.cached >= k.received,
+            "ThreadHeap",
+            4,
+            "more objects received than handed out, returned and cached",
+            k.received as usize,
         )
     }
 }

@@ -284,6 +284,34 @@ impl TransferStack {
         self.len() == 0
     }
 
+    /// The head word: it changes with every push and pop (the tag, invariant 1), so
+    /// two equal readings mean nothing was pushed or popped in between.
+    pub fn version(&self) -> u64 {
+        // Acquire: pairs with push's Release, so a walk from this head reads the
+        // `next` links its pushers wrote.
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// The number of descriptors on the stack if no push or pop completed while they
+    /// were counted (the head word read before and after is the same), else None.
+    /// Only the head changes when the stack changes, so a stable head means the walk
+    /// followed links no one rewrote; descriptors stay mapped (DescPool invariant 1),
+    /// so even a walk that raced is memory-safe, and its result is discarded.
+    pub fn count_if_stable(&self, pool: &DescPool) -> Option<usize> {
+        let h = self.version();
+        let mut n = 0;
+        let mut i = h as u32;
+        while i != NIL && i < pool.created() {
+            n += 1;
+            // Relaxed: ordered by the Acquire in version() when the result is kept.
+            i = pool.get(i).next.load(Ordering::Relaxed);
+            if n > pool.created() as usize {
+                return None;
+            }
+        }
+        (i == NIL && self.version() == h).then_some(n)
+    }
+
     /// Counts the descriptors reachable from the head (quiescent callers only).
     pub fn count_quiescent(&self, pool: &DescPool) -> usize {
         let mut n = 0;

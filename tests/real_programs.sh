@@ -299,14 +299,14 @@ if [ -s "$WORK/sqlite-glibc.err" ]; then
     mismatch "sqlite3 wrote to stderr against glibc:"
     head -n 20 "$WORK/sqlite-glibc.err" >&2
 fi
-if grep -q '^strata: mapped ' "$WORK/sqlite-strata.err"; then
+if grep -q '^strata: heap statistics' "$WORK/sqlite-strata.err"; then
     sed 's/^/   /' "$WORK/sqlite-strata.err"
 else
     mismatch "no strata stats line from sqlite3 under LD_PRELOAD (strata not loaded?)"
 fi
-if grep -v '^strata: mapped ' "$WORK/sqlite-strata.err" | grep -q .; then
+if grep -v '^strata: ' "$WORK/sqlite-strata.err" | grep -q .; then
     mismatch "sqlite3 wrote to stderr under strata:"
-    grep -v '^strata: mapped ' "$WORK/sqlite-strata.err" | head -n 20 >&2
+    grep -v '^strata: ' "$WORK/sqlite-strata.err" | head -n 20 >&2
 fi
 if ! grep -qx 'ok' "$WORK/sqlite-glibc.out"; then
     mismatch "PRAGMA integrity_check did not say ok against glibc"

@@ -357,7 +357,9 @@ pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
 pub(crate) unsafe fn realloc_by_address(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     let (b, n) = live_block(p, Verb::Realloc);
     // SAFETY: `b` is live with `n` bytes.
-    unsafe { resize(b, n, new_size, align) }
+    let q = unsafe { resize(b, n, new_size, align) };
+    crate::global::count_realloc(p, q);
+    q
 }
 
 /// Checked `malloc_usable_size`: exactly the requested size (so that a caller
@@ -486,6 +488,8 @@ unsafe impl GlobalAlloc for Strata {
         let (b, n) = live_block(p, Verb::Realloc);
         check_layout(b, n, layout, Verb::Realloc);
         // SAFETY: checked live with n bytes.
-        unsafe { resize(b, n, new_size, layout.align()) }
+        let q = unsafe { resize(b, n, new_size, layout.align()) };
+        crate::global::count_realloc(p, q);
+        q
     }
 }

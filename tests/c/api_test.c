@@ -98,6 +98,7 @@ static int (*volatile f_malloc_trim)(size_t) = malloc_trim;
 /* strata's own functions, or NULL when strata is not loaded. */
 static __typeof__(strata_release_memory) *p_release_memory;
 static __typeof__(strata_stats_print) *p_stats_print;
+static __typeof__(strata_stats_json) *p_stats_json;
 static int strata_loaded;
 static size_t page_size;
 
@@ -855,7 +856,8 @@ static void test_strata_functions(void) {
     CHECK(z && first_nonzero(z, N * MiB) == SIZE_MAX, "calloc(64 MiB) after release not zero");
     f_free(z);
 
-    /* strata_stats_print writes one line to stderr: capture it through a temp file. */
+    /* strata_stats_print writes a table to stderr, every line prefixed "strata: ":
+     * capture it through a temp file. */
     FILE *tmp = tmpfile();
     REQUIRE(tmp != NULL, "tmpfile()");
     fflush(stderr);
@@ -864,13 +866,40 @@ static void test_strata_functions(void) {
     p_stats_print();
     dup2(saved, 2);
     close(saved);
-    char line[4096] = {0};
+    static char text[32768];
     rewind(tmp);
-    size_t got = fread(line, 1, sizeof line - 1, tmp);
+    size_t got = fread(text, 1, sizeof text - 1, tmp);
     fclose(tmp);
-    CHECK(got > 0 && strncmp(line, "strata: mapped", 14) == 0 && line[got - 1] == '\n' &&
-              memchr(line, '\n', got) == line + got - 1 && strstr(line, "thread heaps"),
-          "strata_stats_print printed %zu bytes: '%s'", got, line);
+    text[got] = 0;
+    int lines = 0, prefixed = 0;
+    for (char *l = text; *l; l = strchr(l, '\n') + 1) {
+        lines++;
+        prefixed += strncmp(l, "strata: ", 8) == 0;
+        if (!strchr(l, '\n')) break;
+    }
+    CHECK(got > 0 && strncmp(text, "strata: heap statistics\n", 24) == 0 &&
+              text[got - 1] == '\n' && lines > 10 && prefixed == lines &&
+              strstr(text, "allocated") && strstr(text, "resident") &&
+              strstr(text, "thread heaps"),
+          "strata_stats_print printed %zu bytes in %d lines (%d prefixed): '%s'", got, lines,
+          prefixed, text);
+
+    /* strata_stats_json: snprintf-like; the size query, a cut copy, a whole copy. */
+    size_t need = p_stats_json(NULL, 0);
+    CHECK(need > 100, "strata_stats_json(NULL, 0) = %zu", need);
+    char small[16];
+    memset(small, 'x', sizeof small);
+    size_t n1 = p_stats_json(small, sizeof small);
+    CHECK(n1 > sizeof small && small[15] == 0 && strlen(small) == 15 && small[0] == '{',
+          "strata_stats_json into 16 bytes returned %zu, wrote '%.16s'", n1, small);
+    size_t cap = need + 4096; /* the heap may grow between the calls */
+    char *json = f_malloc(cap);
+    REQUIRE(json != NULL, "malloc for the JSON");
+    size_t n2 = p_stats_json(json, cap);
+    CHECK(n2 < cap && strlen(json) == n2 && json[0] == '{' && json[n2 - 1] == '}' &&
+              strstr(json, "\"allocated_bytes\":") && strstr(json, "\"classes\":[{\"size\":8,"),
+          "strata_stats_json returned %zu: '%.200s'", n2, json);
+    f_free(json);
 }
 
 /* Pointers that strata did not allocate: free ignores them, realloc fails with
@@ -1204,7 +1233,8 @@ int main(int argc, char **argv) {
     page_size = (size_t)sysconf(_SC_PAGESIZE);
     p_release_memory = (__typeof__(p_release_memory))dlsym(RTLD_DEFAULT, "strata_release_memory");
     p_stats_print = (__typeof__(p_stats_print))dlsym(RTLD_DEFAULT, "strata_stats_print");
-    strata_loaded = p_release_memory != NULL && p_stats_print != NULL;
+    p_stats_json = (__typeof__(p_stats_json))dlsym(RTLD_DEFAULT, "strata_stats_json");
+    strata_loaded = p_release_memory != NULL && p_stats_print != NULL && p_stats_json != NULL;
     Dl_info info;
     const char *owner =
         dladdr((void *)(uintptr_t)f_malloc, &info) && info.dli_fname ? info.dli_fname : "?";

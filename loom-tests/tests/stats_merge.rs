@@ -1,0 +1,86 @@
+//! Statistics merged on demand: one thread allocates, frees (overflowing into a
+//! flush to the central tier) and exits (its heap flushed and pooled), while another
+//! takes a snapshot of the heap.
+//!
+//! Properties: the snapshot taken in the middle is internally consistent (the byte
+//! identities documented on `Stats` hold, no class shows more live objects than were
+//! ever allocated, counts never exceed what happened), and once the thread is gone
+//! the counts are exact: two allocations, two frees, nothing allocated or cached.
+#![cfg(strata_loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use loom_tests::{FakeOs, assert_all_returned, model};
+use strata::Stats;
+use strata::internals::{Backend, SizeClass};
+
+/// 64-byte objects: four to a span, batches of two.
+const C: SizeClass = SizeClass(0);
+
+fn check_consistent(s: &Stats) {
+    let live: u64 = s
+        .classes
+        .iter()
+        .map(|c| c.live_objects * c.size as u64)
+        .sum();
+    let spans: u64 = s.classes.iter().map(|c| c.span_bytes).sum();
+    let free: u64 = s.classes.iter().map(|c| c.span_free_bytes()).sum();
+    assert_eq!(s.allocated_bytes, live + s.large_bytes + s.huge_bytes);
+    assert_eq!(
+        spans,
+        live + s.thread_cached_bytes + s.central_cached_bytes + free,
+        "{s:?}"
+    );
+    assert!(s.allocated_bytes <= s.active_bytes && s.active_bytes <= s.mapped_bytes);
+    assert!(s.resident_bytes <= s.mapped_bytes);
+    assert!(s.classes[C.index()].live_objects <= 2, "{s:?}");
+    assert!(s.allocs <= 2 && s.frees <= 2, "{s:?}");
+}
+
+#[test]
+fn snapshot_racing_alloc_free_flush_and_exit_is_consistent_and_ends_exact() {
+    model(|| {
+        let be = Arc::new(Backend::new(FakeOs::new()));
+        // One object cached at most, so the second free flushes.
+        be.set_cache_budget(C.size_bytes());
+        let worker = {
+            let be = be.clone();
+            thread::spawn(move || {
+                let h = be.new_thread_heap();
+                // SAFETY: a live heap, this thread's alone until it retires it.
+                let heap = unsafe { &mut *h };
+                let mut objs = Vec::new();
+                for _ in 0..2 {
+                    // SAFETY: a valid class; our heap.
+                    let p = unsafe { heap.pop(C) };
+                    let p = if p.is_null() {
+                        heap.alloc_slow(C, &be)
+                    } else {
+                        p
+                    };
+                    assert!(!p.is_null());
+                    objs.push(p);
+                }
+                for p in objs {
+                    // SAFETY: class-C objects of ours, given up once.
+                    unsafe {
+                        if !heap.try_push(C, p) {
+                            heap.free_slow(C, p, &be);
+                        }
+                    }
+                }
+                // SAFETY: the heap is ours and this thread is done with it.
+                unsafe { be.retire_thread_heap(h) };
+            })
+        };
+        check_consistent(&be.stats());
+        worker.join().unwrap();
+        let end = be.stats();
+        check_consistent(&end);
+        assert_eq!((end.allocs, end.frees), (2, 2), "{end:?}");
+        assert_eq!(end.allocated_bytes, 0, "{end:?}");
+        assert_eq!(end.thread_cached_bytes, 0, "{end:?}");
+        assert_eq!(end.thread_heaps_live, 0);
+        assert_all_returned(&be);
+    });
+}

@@ -1,0 +1,568 @@
+//! Statistics: the counters the shared tiers keep, and [`Stats`], a snapshot of the
+//! whole heap assembled on demand.
+//!
+//! Nothing here runs on the fast path. The thread heaps count one thing there
+//! (`allocs`, one `add` to memory per pop); everything else is counted where objects
+//! cross tiers (refill, flush, large and huge paths) or read from the structures
+//! themselves when a snapshot is taken:
+//! - per class, objects out of spans (`Σ span.live`, under the class locks), minus
+//!   those stacked in the central tier, minus those cached in thread heaps, is the
+//!   number of live objects;
+//! - frees are derived, per heap, from `received + frees == allocs + returned +
+//!   cached` (ThreadHeap invariant 4);
+//! - bytes by state come from one walk over every span of every chunk.
+//!
+//! Consistency: the walk holds every class lock and the page-heap lock, so span,
+//! page and chunk figures are exact and add up. Thread-cache figures are read from
+//! other threads' heaps while they run (atomics, relaxed): exact when the process is
+//! quiescent, otherwise off by the batches in flight. Derived figures are clamped so
+//! that `allocated ≤ active ≤ mapped` and `resident ≤ mapped` always hold.
+
+use crate::backend::Backend;
+use crate::chunk::{HEADER_PAGES, SPAN_ZEROED, SpanKind};
+use crate::os::Os;
+use crate::size_class::{CHUNK_SIZE, CLASS_SIZE, NUM_CLASSES, PAGE_SIZE, SizeClass};
+use crate::sync::{AtomicU64, Ordering};
+use crate::thread_heap::HeapCounters;
+use core::fmt::{self, Write as _};
+
+/// Counters kept by the shared tiers for paths that bypass thread heaps.
+///
+/// Invariant: each counter only grows, except `out_bytes`, which is the sum of the
+/// flows published by thread heaps and large/huge allocations minus their frees.
+pub(crate) struct Counters {
+    /// Small objects allocated and freed without a thread heap (threads set up or
+    /// torn down).
+    pub direct_allocs: AtomicU64,
+    pub direct_frees: AtomicU64,
+    pub large_allocs: AtomicU64,
+    pub large_frees: AtomicU64,
+    pub huge_allocs: AtomicU64,
+    pub huge_frees: AtomicU64,
+    /// Reallocations by threads without a live heap.
+    pub reallocs: AtomicU64,
+    pub reallocs_in_place: AtomicU64,
+    /// Bytes handed out of the central tier (live plus thread-cached) plus large and
+    /// huge blocks, to within `PUBLISH_BYTES` per thread (wrapping signed sum).
+    out_bytes: AtomicU64,
+    /// High-water mark of `out_bytes`.
+    peak_out_bytes: AtomicU64,
+}
+
+impl Counters {
+    crate::sync::loom_const_fn! {
+        pub(crate) fn new() -> Counters {
+            Counters {
+                direct_allocs: AtomicU64::new(0),
+                direct_frees: AtomicU64::new(0),
+                large_allocs: AtomicU64::new(0),
+                large_frees: AtomicU64::new(0),
+                huge_allocs: AtomicU64::new(0),
+                huge_frees: AtomicU64::new(0),
+                reallocs: AtomicU64::new(0),
+                reallocs_in_place: AtomicU64::new(0),
+                out_bytes: AtomicU64::new(0),
+                peak_out_bytes: AtomicU64::new(0),
+            }
+        }
+    }
+
+    /// Adds one to a counter. Relaxed: statistics; nothing is published with them.
+    #[inline]
+    pub(crate) fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `delta` bytes to the flow out of the shared tiers and updates its peak.
+    pub(crate) fn flow(&self, delta: isize) {
+        if delta == 0 {
+            return;
+        }
+        // Relaxed: statistics. The sum is kept wrapping, as two's complement.
+        let now = self
+            .out_bytes
+            .fetch_add(delta as i64 as u64, Ordering::Relaxed)
+            .wrapping_add(delta as i64 as u64);
+        if delta > 0 && (now as i64) > 0 {
+            self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// One size class in a [`Stats`] snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Object size of the class, bytes.
+    pub size: u32,
+    /// Objects in use by the program.
+    pub live_objects: u64,
+    /// Spans of the class, and the bytes of their pages.
+    pub spans: u64,
+    pub span_bytes: u64,
+    /// Objects cached in thread heaps.
+    pub thread_cached: u64,
+    /// Objects in full batches on the class's central transfer stack.
+    pub central_cached: u64,
+    /// Objects of the class allocated through thread heaps, ever.
+    pub allocs: u64,
+}
+
+impl ClassStats {
+    /// Object slots in the class's spans that hold nothing (free in their span or
+    /// never carved), as bytes, including each span's tail that fits no object.
+    pub fn span_free_bytes(&self) -> u64 {
+        let out = self.live_objects + self.thread_cached + self.central_cached;
+        self.span_bytes.saturating_sub(out * self.size as u64)
+    }
+}
+
+/// A snapshot of the whole heap: see [`crate::stats`].
+///
+/// Byte identities that hold in every snapshot (tested):
+/// - `allocated_bytes = Σ class.live_objects × class.size + large_bytes + huge_bytes`;
+/// - `active_bytes = Σ class.span_bytes + large_bytes + huge_bytes`, and
+///   `Σ class.span_bytes = Σ (live + thread_cached + central_cached) × size + span_free_bytes`;
+/// - `chunks × CHUNK_SIZE = chunk header bytes + Σ class.span_bytes + large_bytes + page_free_bytes`;
+/// - `mapped_bytes = chunks × CHUNK_SIZE + huge_bytes + metadata arena`;
+/// - `allocated ≤ active ≤ mapped`, `resident ≤ mapped`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Live blocks, rounded up to their usable size (size class, pages).
+    pub allocated_bytes: u64,
+    /// Live blocks as requested: exact in checked mode (every block records its
+    /// size); `None` in the default build, which does not keep requested sizes.
+    pub requested_bytes: Option<u64>,
+    /// Pages of spans in use (small and large) plus huge mappings.
+    pub active_bytes: u64,
+    /// Bytes that may be resident: mapped minus free pages known to be purged or
+    /// never touched. An upper bound on strata's share of the RSS.
+    pub resident_bytes: u64,
+    /// Bytes mapped from the OS: chunks, huge blocks, metadata arena.
+    pub mapped_bytes: u64,
+    /// Chunk headers (descriptors, page maps) plus the metadata arena.
+    pub metadata_bytes: u64,
+    /// Objects cached in thread heaps, bytes.
+    pub thread_cached_bytes: u64,
+    /// Objects in the central tier's batches, bytes.
+    pub central_cached_bytes: u64,
+    /// Unused object slots inside small spans (fragmentation), bytes.
+    pub span_free_bytes: u64,
+    /// Free pages in the page heap, and those of them purged or never touched.
+    pub page_free_bytes: u64,
+    pub page_purged_bytes: u64,
+    /// Bytes returned with `MADV_DONTNEED`, and chunks unmapped, since start.
+    pub purged_bytes_total: u64,
+    pub unmapped_bytes_total: u64,
+    /// High-water mark of `resident_bytes` (chunks and huge blocks; the metadata
+    /// arena, which only grows, added at its current size).
+    pub peak_resident_bytes: u64,
+    /// High-water mark of bytes handed out (live plus thread-cached), exact to within
+    /// 256 KiB per thread (thread heaps publish their flow in steps of that size).
+    pub peak_allocated_bytes: u64,
+    /// Allocations, frees, reallocations and those done in place, since start
+    /// (`realloc` counts once, not as an allocation and a free).
+    pub allocs: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub reallocs_in_place: u64,
+    /// Thread heaps in use, and ever created.
+    pub thread_heaps_live: u64,
+    pub thread_heaps_created: u64,
+    /// Chunks mapped.
+    pub chunks: u64,
+    /// Large blocks (whole pages, up to 1 MiB) and their bytes.
+    pub large_blocks: u64,
+    pub large_bytes: u64,
+    /// Huge blocks (own mappings) and their bytes.
+    pub huge_blocks: u64,
+    pub huge_bytes: u64,
+    /// Per size class, smallest first.
+    pub classes: [ClassStats; NUM_CLASSES],
+}
+
+impl<O: Os> Backend<O> {
+    /// Assembles a [`Stats`] snapshot (takes every class lock, then the page-heap lock,
+    /// one after the other; never allocates).
+    pub fn stats(&self) -> Stats {
+        let mut classes = [ClassStats::default(); NUM_CLASSES];
+        for (ci, c) in classes.iter_mut().enumerate() {
+            c.size = CLASS_SIZE[ci];
+        }
+        let mut heaps = HeapCounters::default();
+        let mut frees = 0;
+        let mut out = [0u64; NUM_CLASSES];
+        let (mut large_blocks, mut large_bytes) = (0u64, 0u64);
+        // Chunk and free-page figures come from the same walk as the spans, so they
+        // add up even while other threads allocate.
+        let (mut chunks, mut free, mut zeroed) = (0usize, 0usize, 0usize);
+        let (mut live_heaps, mut created) = (0, 0);
+        // With every class lock held, objects move between thread heaps and the
+        // central tier only through the lock-free transfer stacks; their versions,
+        // equal before and after the walk, show that none moved meanwhile (else an
+        // object could be counted twice or not at all). Retry, letting the mover
+        // finish; after 32 tries take the last reading (off by the batches moved).
+        for attempt in 0..32 {
+            if attempt > 0 {
+                crate::sync::yield_thread();
+            }
+            let stable = self.with_heaps_and_classes_locked(|all, (live, made)| {
+                let mut versions = [0u64; NUM_CLASSES];
+                for (ci, v) in versions.iter_mut().enumerate() {
+                    *v = self.central.stack_version(SizeClass(ci as u8));
+                }
+                (heaps, frees, out) = (HeapCounters::default(), 0, [0; NUM_CLASSES]);
+                (large_blocks, large_bytes, chunks, free, zeroed) = (0, 0, 0, 0, 0);
+                (live_heaps, created) = (live, made);
+                for c in classes.iter_mut() {
+                    (c.spans, c.span_bytes, c.thread_cached, c.allocs) = (0, 0, 0, 0);
+                }
+                for h in all {
+                    let k = h.counters();
+                    heaps.allocs += k.allocs;
+                    heaps.reallocs += k.reallocs;
+                    heaps.reallocs_in_place += k.reallocs_in_place;
+                    frees += k.frees();
+                    for (ci, c) in classes.iter_mut().enumerate() {
+                        c.thread_cached += h.cached(SizeClass(ci as u8)) as u64;
+                        c.allocs += h.class_allocs(SizeClass(ci as u8));
+                    }
+                }
+                self.page_heap.for_each_span(|s| {
+                    if s.start as usize == HEADER_PAGES {
+                        chunks += 1;
+                    }
+                    match s.kind() {
+                        SpanKind::Free => {
+                            free += s.bytes();
+                            if s.flags & SPAN_ZEROED != 0 {
+                                zeroed += s.bytes();
+                            }
+                        }
+                        SpanKind::Small => {
+                            let c = &mut classes[s.class().index()];
+                            c.spans += 1;
+                            c.span_bytes += s.bytes() as u64;
+                            out[s.class().index()] += s.live as u64;
+                        }
+                        SpanKind::Large => {
+                            large_blocks += 1;
+                            large_bytes += s.bytes() as u64;
+                        }
+                        SpanKind::None => {}
+                    }
+                });
+                let mut stable = true;
+                for (ci, c) in classes.iter_mut().enumerate() {
+                    let cls = SizeClass(ci as u8);
+                    let n = self.central.stacked_batches(cls);
+                    stable &= n.is_some() && self.central.stack_version(cls) == versions[ci];
+                    c.central_cached = (n.unwrap_or(0) * cls.batch()) as u64;
+                }
+                stable
+            });
+            if stable {
+                break;
+            }
+        }
+        let ph = self.page_heap.stats();
+        let (huge_blocks, huge_bytes) = self.huge.totals();
+        let (huge_blocks, huge_bytes) = (huge_blocks as u64, huge_bytes as u64);
+        let meta = self.meta.mapped_bytes() as u64;
+
+        let mut allocated = large_bytes + huge_bytes;
+        let (mut small_span_bytes, mut thread_cached, mut central_cached, mut span_free) =
+            (0, 0, 0, 0);
+        for (ci, c) in classes.iter_mut().enumerate() {
+            // Stacked and cached figures were read at slightly different moments
+            // than the spans: clamp so that the identities hold.
+            c.central_cached = c.central_cached.min(out[ci]);
+            c.thread_cached = c.thread_cached.min(out[ci] - c.central_cached);
+            c.live_objects = out[ci] - c.central_cached - c.thread_cached;
+            let size = c.size as u64;
+            allocated += c.live_objects * size;
+            small_span_bytes += c.span_bytes;
+            thread_cached += c.thread_cached * size;
+            central_cached += c.central_cached * size;
+            span_free += c.span_free_bytes();
+        }
+        let chunk_bytes = (chunks * CHUNK_SIZE) as u64;
+        let mapped = chunk_bytes + huge_bytes + meta;
+        let resident = chunk_bytes - zeroed as u64 + huge_bytes + meta;
+        let c = &self.counters;
+        let allocs = heaps.allocs
+            + Counters::get(&c.direct_allocs)
+            + Counters::get(&c.large_allocs)
+            + Counters::get(&c.huge_allocs);
+        let frees = frees
+            + Counters::get(&c.direct_frees)
+            + Counters::get(&c.large_frees)
+            + Counters::get(&c.huge_frees);
+        Stats {
+            allocated_bytes: allocated,
+            requested_bytes: None,
+            active_bytes: small_span_bytes + large_bytes + huge_bytes,
+            resident_bytes: resident,
+            mapped_bytes: mapped,
+            metadata_bytes: (chunks * HEADER_PAGES * PAGE_SIZE) as u64 + meta,
+            thread_cached_bytes: thread_cached,
+            central_cached_bytes: central_cached,
+            span_free_bytes: span_free,
+            page_free_bytes: free as u64,
+            page_purged_bytes: zeroed as u64,
+            purged_bytes_total: ph.purged_bytes_total,
+            unmapped_bytes_total: ph.unmapped_bytes_total,
+            peak_resident_bytes: (self.page_heap.peak_resident_bytes() as u64 + meta).max(resident),
+            peak_allocated_bytes: Counters::get(&c.peak_out_bytes).max(allocated),
+            allocs,
+            // Derived from counters another thread may be updating as we read them
+            // (relaxed, so each may be a little stale): a process never freed more
+            // than it allocated, so clamp. Exact once the threads are quiescent.
+            frees: frees.min(allocs),
+            reallocs: heaps.reallocs + Counters::get(&c.reallocs),
+            reallocs_in_place: heaps.reallocs_in_place + Counters::get(&c.reallocs_in_place),
+            thread_heaps_live: live_heaps as u64,
+            thread_heaps_created: created as u64,
+            chunks: chunks as u64,
+            large_blocks,
+            large_bytes,
+            huge_blocks,
+            huge_bytes,
+            classes,
+        }
+    }
+}
+
+/// Bytes with a binary unit, for humans.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u + 1 < UNITS.len() {
+            v /= 1024.0;
+            u += 1;
+        }
+        let mut s = SmallStr {
+            buf: [0; 32],
+            len: 0,
+        };
+        if u == 0 {
+            write!(s, "{} {}", self.0, UNITS[0])?;
+        } else {
+            write!(s, "{v:.1} {}", UNITS[u])?;
+        }
+        f.pad(s.as_str())
+    }
+}
+
+/// A formatted value in a fixed buffer, so that `Display` needs no allocation (it
+/// runs at exit and from the C ABI).
+struct SmallStr {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl SmallStr {
+    fn as_str(&self) -> &str {
+        // Only whole `str`s are copied in (see write_str), so this is UTF-8.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl fmt::Write for SmallStr {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl fmt::Display for Stats {
+    /// A table for humans: totals, then one line per size class in use.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = Bytes;
+        writeln!(f, "heap statistics")?;
+        let rows: [(&str, u64, &str); 12] = [
+            (
+                "allocated",
+                self.allocated_bytes,
+                "live blocks, rounded to their size class",
+            ),
+            (
+                "active",
+                self.active_bytes,
+                "pages of spans in use + huge blocks",
+            ),
+            (
+                "resident",
+                self.resident_bytes,
+                "mapped minus purged/untouched free pages",
+            ),
+            (
+                "mapped",
+                self.mapped_bytes,
+                "chunks + huge blocks + metadata arena",
+            ),
+            (
+                "metadata",
+                self.metadata_bytes,
+                "chunk headers + metadata arena",
+            ),
+            (
+                "thread-cached",
+                self.thread_cached_bytes,
+                "free objects in thread heaps",
+            ),
+            (
+                "central-cached",
+                self.central_cached_bytes,
+                "free objects in central batches",
+            ),
+            (
+                "span-free",
+                self.span_free_bytes,
+                "unused slots inside small spans",
+            ),
+            (
+                "page-free",
+                self.page_free_bytes,
+                "free pages in the page heap",
+            ),
+            ("  of which purged", self.page_purged_bytes, "not resident"),
+            ("peak resident", self.peak_resident_bytes, ""),
+            (
+                "peak allocated",
+                self.peak_allocated_bytes,
+                "live + thread-cached, ±256 KiB/thread",
+            ),
+        ];
+        for (name, v, what) in rows {
+            writeln!(f, "  {name:<18} {:>12}  {what}", b(v))?;
+        }
+        if let Some(r) = self.requested_bytes {
+            writeln!(
+                f,
+                "  {:<18} {:>12}  exact sizes asked for (checked mode)",
+                "requested",
+                b(r)
+            )?;
+        }
+        writeln!(
+            f,
+            "  purged ever {}, unmapped ever {}",
+            b(self.purged_bytes_total),
+            b(self.unmapped_bytes_total)
+        )?;
+        writeln!(
+            f,
+            "  allocs {}  frees {}  reallocs {} ({} in place)",
+            self.allocs, self.frees, self.reallocs, self.reallocs_in_place
+        )?;
+        writeln!(
+            f,
+            "  chunks {}  large blocks {} ({})  huge blocks {} ({})  thread heaps {} live / {} created",
+            self.chunks,
+            self.large_blocks,
+            b(self.large_bytes),
+            self.huge_blocks,
+            b(self.huge_bytes),
+            self.thread_heaps_live,
+            self.thread_heaps_created
+        )?;
+        writeln!(
+            f,
+            "  {:>7} {:>10} {:>7} {:>11} {:>11} {:>11} {:>11}",
+            "class", "live", "spans", "span bytes", "thread$", "central$", "span-free"
+        )?;
+        for c in self.classes.iter().filter(|c| c.spans > 0) {
+            writeln!(
+                f,
+                "  {:>7} {:>10} {:>7} {:>11} {:>11} {:>11} {:>11}",
+                c.size,
+                c.live_objects,
+                c.spans,
+                b(c.span_bytes),
+                c.thread_cached,
+                c.central_cached,
+                b(c.span_free_bytes())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Stats {
+    /// Writes the snapshot as one JSON object (no allocation, so it works into a
+    /// fixed buffer). Bytes are integers; `requested_bytes` is `null` when unknown;
+    /// `classes` lists every class, smallest first.
+    pub fn write_json(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        w.write_char('{')?;
+        let fields: [(&str, u64); 26] = [
+            ("allocated_bytes", self.allocated_bytes),
+            ("active_bytes", self.active_bytes),
+            ("resident_bytes", self.resident_bytes),
+            ("mapped_bytes", self.mapped_bytes),
+            ("metadata_bytes", self.metadata_bytes),
+            ("thread_cached_bytes", self.thread_cached_bytes),
+            ("central_cached_bytes", self.central_cached_bytes),
+            ("span_free_bytes", self.span_free_bytes),
+            ("page_free_bytes", self.page_free_bytes),
+            ("page_purged_bytes", self.page_purged_bytes),
+            ("purged_bytes_total", self.purged_bytes_total),
+            ("unmapped_bytes_total", self.unmapped_bytes_total),
+            ("peak_resident_bytes", self.peak_resident_bytes),
+            ("peak_allocated_bytes", self.peak_allocated_bytes),
+            ("allocs", self.allocs),
+            ("frees", self.frees),
+            ("reallocs", self.reallocs),
+            ("reallocs_in_place", self.reallocs_in_place),
+            ("thread_heaps_live", self.thread_heaps_live),
+            ("thread_heaps_created", self.thread_heaps_created),
+            ("chunks", self.chunks),
+            ("large_blocks", self.large_blocks),
+            ("large_bytes", self.large_bytes),
+            ("huge_blocks", self.huge_blocks),
+            ("huge_bytes", self.huge_bytes),
+            (
+                "classes_in_use",
+                self.classes.iter().filter(|c| c.spans > 0).count() as u64,
+            ),
+        ];
+        for (name, v) in fields {
+            write!(w, "\"{name}\":{v},")?;
+        }
+        match self.requested_bytes {
+            Some(r) => write!(w, "\"requested_bytes\":{r},")?,
+            None => w.write_str("\"requested_bytes\":null,")?,
+        }
+        w.write_str("\"classes\":[")?;
+        for (i, c) in self.classes.iter().enumerate() {
+            if i > 0 {
+                w.write_char(',')?;
+            }
+            write!(
+                w,
+                "{{\"size\":{},\"live_objects\":{},\"spans\":{},\"span_bytes\":{},\
+                 \"thread_cached\":{},\"central_cached\":{},\"allocs\":{}}}",
+                c.size,
+                c.live_objects,
+                c.spans,
+                c.span_bytes,
+                c.thread_cached,
+                c.central_cached,
+                c.allocs
+            )?;
+        }
+        w.write_str("]}")
+    }
+}
