@@ -156,7 +156,8 @@ impl HeapMapSummary {
         self.classes.iter().map(|c| c.live).sum()
     }
     /// The entry of the class whose objects are `object_bytes` long, if it has spans
-    /// (`strata::usable_size` of a small block gives its class's object size).
+    /// (outside checked mode, `strata::usable_size` of a small block gives its
+    /// class's object size; [`HeapMapSpan::object_bytes`] always does).
     pub fn class_of_size(&self, object_bytes: usize) -> Option<&HeapMapClass> {
         self.classes.iter().find(|c| c.object_bytes == object_bytes)
     }
