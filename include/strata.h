@@ -56,6 +56,18 @@ void strata_stats_print(void);
 size_t strata_stats_json(char *buf, size_t len);
 
 /*
+ * Writes a map of the heap as SVG to the file `path` (created or replaced):
+ * every 4 MiB chunk page by page, coloured by state (span of size class N and
+ * how full, large block, free and resident, free and purged), with a legend and
+ * totals, plus a line for the huge blocks (own mappings). Returns 0, or -1 with
+ * errno set (EINVAL for a NULL path, else the error of creating or writing the
+ * file). Allocation in other threads waits while the heap is copied; the SVG is
+ * written afterwards. Setting STRATA_HEAP_MAP=path.svg writes the same map at
+ * exit (in every process that exits normally, forked children included).
+ */
+int strata_heap_map_write(const char *path);
+
+/*
  * Checked builds only (`--features c-abi,checked`): prints the live blocks by
  * size class (count and bytes requested) to stderr and returns their number.
  * Setting STRATA_LEAK_REPORT=1 prints the same report at exit. Look it up with

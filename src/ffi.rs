@@ -11,7 +11,8 @@
 //! - Nothing here needs initialising: the statics are built at compile time and the
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
 //!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
-//!   without allocating, installs the fork handlers and, on request, the exit report.
+//!   without allocating, installs the fork handlers and, on request, the exit report
+//!   (`STRATA_SHOW_STATS`) and the heap map written at exit (`STRATA_HEAP_MAP`).
 //! - Fork: the prepare handler takes every allocator lock (in the lock order), the
 //!   parent handler releases them, and the child releases them too, so a child
 //!   forked while other threads allocate can allocate and exit.
@@ -28,7 +29,7 @@ use crate::global as entry;
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// glibc's `malloc` alignment on x86-64 and aarch64.
 const C_ALIGN: usize = 16;
@@ -292,6 +293,31 @@ pub unsafe extern "C" fn strata_leak_report() -> usize {
     crate::checked::print_leak_report().total().blocks
 }
 
+/// Writes the heap map (see `strata::heap_map`) as SVG to the file `path`, replacing
+/// it. Returns 0, or -1 with `errno` set (`EINVAL` for a null `path`, else the
+/// error of opening or writing the file).
+///
+/// # Safety
+/// `path` is null or a NUL-terminated string. Callable from C at any time but from
+/// a signal handler (it allocates, and holds every class and page-heap lock while
+/// it copies the heap).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_heap_map_write(path: *const c_char) -> c_int {
+    if path.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: a NUL-terminated string (contract).
+    let bytes = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
+    match crate::heap_map::write_file(bytes) {
+        Ok(()) => 0,
+        Err(e) => {
+            set_errno(e.raw_os_error().unwrap_or(libc::EIO));
+            -1
+        }
+    }
+}
+
 /// A `fmt::Write` to a file descriptor through a fixed buffer (no allocation), that
 /// starts every line with `strata: ` so that the report is easy to pick out of a
 /// program's own stderr.
@@ -407,6 +433,27 @@ extern "C" fn print_stats_at_exit() {
     print_stats();
 }
 
+/// `STRATA_HEAP_MAP`: the path to write the heap map to at exit, a string of the
+/// environment block (which lives as long as the process); null if not set.
+static HEAP_MAP_PATH: AtomicPtr<c_char> = AtomicPtr::new(ptr::null_mut());
+
+/// Writes the heap map to `STRATA_HEAP_MAP` (at exit, when no allocator lock is
+/// held, so writing the SVG may allocate); reports a failure on stderr.
+extern "C" fn write_heap_map_at_exit() {
+    // Acquire: pairs with the Release in configure().
+    let path = HEAP_MAP_PATH.load(Ordering::Acquire);
+    // SAFETY: null or a C string of the environment block.
+    if path.is_null() || unsafe { strata_heap_map_write(path) } == 0 {
+        return;
+    }
+    let err = std::io::Error::last_os_error();
+    let mut out = FdLines::new(2);
+    // SAFETY: a C string of the environment block.
+    let name = unsafe { core::ffi::CStr::from_ptr(path) }.to_string_lossy();
+    let _ = writeln!(out, "STRATA_HEAP_MAP: cannot write {name}: {err}");
+    out.flush();
+}
+
 // ---- fork ------------------------------------------------------------------------
 
 extern "C" fn fork_prepare() {
@@ -441,6 +488,13 @@ unsafe fn configure(envp: *const *const c_char) {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
         if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
             libc::atexit(print_stats_at_exit);
+        }
+        // The environment string itself is kept (NUL-terminated where getenv_raw's
+        // slice ends), so nothing is copied or allocated here.
+        if let Some(path) = getenv_raw(envp, b"STRATA_HEAP_MAP").filter(|p| !p.is_empty()) {
+            // Release: pairs with the Acquire in write_heap_map_at_exit().
+            HEAP_MAP_PATH.store(path.as_ptr().cast_mut().cast(), Ordering::Release);
+            libc::atexit(write_heap_map_at_exit);
         }
     }
 }

@@ -37,6 +37,9 @@
 //! `GlobalAlloc` (and the C entry points) on top of the by-address paths, with a
 //! canary and a trailer on every block, pointer validation, a quarantine of freed
 //! blocks and a leak report; misuse aborts with a report.
+//!
+//! `heap_map` also sits beside `global`: it copies every chunk's spans under the
+//! class and page-heap locks (without allocating) and draws them as SVG afterwards.
 
 mod sync;
 
@@ -78,6 +81,8 @@ mod env;
 mod ffi;
 #[cfg(not(strata_loom))]
 mod global;
+#[cfg(not(strata_loom))]
+mod heap_map;
 
 use core::fmt;
 
@@ -150,6 +155,9 @@ pub use stats::{ClassStats, Stats};
 pub use checked::{LeakCount, LeakReport};
 
 #[cfg(not(strata_loom))]
+pub use heap_map::{HeapMap, HeapMapChunk, HeapMapClass, HeapMapSpan, HeapMapSummary, PageState};
+
+#[cfg(not(strata_loom))]
 mod api {
     use super::*;
 
@@ -210,6 +218,25 @@ mod api {
     /// In checked mode `requested_bytes` is exact (one more walk of live blocks).
     pub fn stats() -> Stats {
         global::stats()
+    }
+
+    /// A snapshot of every chunk, page by page: header, free (resident or purged),
+    /// Small span of class N with its live and capacity counts, or Large block; plus
+    /// the huge blocks' totals. Stops allocation in other threads while it copies
+    /// (it takes every class lock and the page-heap lock) and allocates only before
+    /// and after. Objects cached by threads or the central tier count as live. Draw
+    /// it with [`HeapMap::write_svg`].
+    pub fn heap_map() -> HeapMap {
+        heap_map::snapshot(&global::BACKEND)
+    }
+
+    /// Takes a [`heap_map`] and writes it to `w` as SVG; returns its totals. The C
+    /// library does this at exit with `STRATA_HEAP_MAP=path.svg`, and on request
+    /// with `strata_heap_map_write(path)`.
+    pub fn write_heap_map(w: &mut impl std::io::Write) -> std::io::Result<HeapMapSummary> {
+        let map = heap_map();
+        map.write_svg(w)?;
+        Ok(map.summary().clone())
     }
 
     /// Checked mode: the live blocks of the process by size class (count and bytes

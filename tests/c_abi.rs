@@ -140,6 +140,7 @@ fn run(tag: &str, exe: &Path, args: &[&str], preload: bool, env: &[(&str, &str)]
         "STRATA_PURGE_DELAY_MS",
         "STRATA_THREAD_CACHE_BYTES",
         "STRATA_SHOW_STATS",
+        "STRATA_HEAP_MAP",
     ] {
         cmd.env_remove(var);
     }
@@ -332,6 +333,48 @@ fn show_stats_prints_the_table_to_stderr_at_exit() {
     assert!(
         stats_lines(&r.stderr).is_empty(),
         "STRATA_SHOW_STATS=0 printed stats\n{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn heap_map_env_writes_an_svg_document_at_exit() {
+    let a = artifacts();
+    let path = a.dir.join("api_heap_map.svg");
+    let _ = fs::remove_file(&path);
+    let r = run(
+        "api_heap_map",
+        &a.api_test,
+        &["malloc(0)"],
+        true,
+        &[("STRATA_HEAP_MAP", path.to_str().expect("UTF-8 path"))],
+    );
+    assert!(r.status.success(), "{}", r.describe());
+    let svg = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no heap map at {}: {e}\n{}", path.display(), r.describe()));
+    assert!(
+        svg.starts_with("<svg") || svg.starts_with("<?xml"),
+        "not an SVG document: {:?}",
+        &svg[..svg.len().min(80)]
+    );
+    assert!(svg.trim_end().ends_with("</svg>"), "SVG not closed");
+    assert!(svg.contains("<g class=\"chunk\""), "no chunk drawn");
+    println!("[api_heap_map] {} bytes of SVG", svg.len());
+
+    // A path that cannot be written: one line on stderr, the exit status unchanged.
+    let bad = "/nonexistent-dir/strata/map.svg";
+    let r = run(
+        "api_heap_map_bad_path",
+        &a.api_test,
+        &["malloc(0)"],
+        true,
+        &[("STRATA_HEAP_MAP", bad)],
+    );
+    assert!(r.status.success(), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains(&format!("strata: STRATA_HEAP_MAP: cannot write {bad}: ")),
+        "no error report\n{}",
         r.describe()
     );
 }

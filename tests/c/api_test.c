@@ -5,11 +5,11 @@
  * The same binary runs with and without LD_PRELOAD=libstrata.so: without it, it
  * checks glibc itself, which keeps the expectations honest. The few checks that
  * only strata promises (foreign and interior pointers are ignored by free and
- * realloc, strata_release_memory, strata_stats_print, the cfree and
- * __posix_memalign exports, pvalloc(0) giving a whole page) run only when strata
- * is loaded, found with dlsym(RTLD_DEFAULT, ...). Where glibc 2.36 differs from a
- * naive reading of the rules, the comment at the check says so (pvalloc(0),
- * memalign's rounding of alignments, 2^63 alignments).
+ * realloc, strata_release_memory, strata_stats_print, strata_heap_map_write, the
+ * cfree and __posix_memalign exports, pvalloc(0) giving a whole page) run only
+ * when strata is loaded, found with dlsym(RTLD_DEFAULT, ...). Where glibc 2.36
+ * differs from a naive reading of the rules, the comment at the check says so
+ * (pvalloc(0), memalign's rounding of alignments, 2^63 alignments).
  *
  * The pointer tests run in forked children, so that a heap corrupted by them is
  * reported as failed checks and a crash, and the later tests still run.
@@ -99,6 +99,7 @@ static int (*volatile f_malloc_trim)(size_t) = malloc_trim;
 static __typeof__(strata_release_memory) *p_release_memory;
 static __typeof__(strata_stats_print) *p_stats_print;
 static __typeof__(strata_stats_json) *p_stats_json;
+static __typeof__(strata_heap_map_write) *p_heap_map_write;
 static int strata_loaded;
 static size_t page_size;
 
@@ -900,6 +901,39 @@ static void test_strata_functions(void) {
               strstr(json, "\"allocated_bytes\":") && strstr(json, "\"classes\":[{\"size\":8,"),
           "strata_stats_json returned %zu: '%.200s'", n2, json);
     f_free(json);
+
+    /* strata_heap_map_write writes an SVG document; bad paths fail with errno. */
+    REQUIRE(p_heap_map_write != NULL, "strata is loaded but exports no strata_heap_map_write");
+    void *keep = f_malloc(100);
+    REQUIRE(keep != NULL, "malloc(100)");
+    char path[] = "/tmp/strata-heap-map-XXXXXX.svg";
+    int fd = mkstemps(path, 4);
+    REQUIRE(fd >= 0, "mkstemps: %s", strerror(errno));
+    close(fd);
+    int rc = p_heap_map_write(path);
+    CHECK(rc == 0, "strata_heap_map_write(%s) = %d (errno %d)", path, rc, errno);
+    char head[16] = {0}, tail[16] = {0};
+    FILE *svg = fopen(path, "rb");
+    REQUIRE(svg != NULL, "fopen(%s): %s", path, strerror(errno));
+    size_t nhead = fread(head, 1, 4, svg);
+    fseek(svg, 0, SEEK_END);
+    long svg_size = ftell(svg);
+    fseek(svg, svg_size > 8 ? svg_size - 8 : 0, SEEK_SET);
+    size_t ntail = fread(tail, 1, 8, svg);
+    fclose(svg);
+    unlink(path);
+    printf("  strata_heap_map_write: %ld bytes of SVG\n", svg_size);
+    CHECK(nhead == 4 && memcmp(head, "<svg", 4) == 0, "heap map starts with '%s'", head);
+    const char *end = strstr(tail, "</svg>");
+    CHECK(ntail == 8 && end && (strcmp(end, "</svg>") == 0 || strcmp(end, "</svg>\n") == 0),
+          "heap map ends with '%s'", tail);
+    errno = 0;
+    CHECK(p_heap_map_write(NULL) == -1 && errno == EINVAL, "strata_heap_map_write(NULL): errno %d",
+          errno);
+    errno = 0;
+    CHECK(p_heap_map_write("/nonexistent-dir/strata/map.svg") == -1 && errno == ENOENT,
+          "strata_heap_map_write(missing dir): errno %d", errno);
+    f_free(keep);
 }
 
 /* Pointers that strata did not allocate: free ignores them, realloc fails with
@@ -1234,6 +1268,7 @@ int main(int argc, char **argv) {
     p_release_memory = (__typeof__(p_release_memory))dlsym(RTLD_DEFAULT, "strata_release_memory");
     p_stats_print = (__typeof__(p_stats_print))dlsym(RTLD_DEFAULT, "strata_stats_print");
     p_stats_json = (__typeof__(p_stats_json))dlsym(RTLD_DEFAULT, "strata_stats_json");
+    p_heap_map_write = (__typeof__(p_heap_map_write))dlsym(RTLD_DEFAULT, "strata_heap_map_write");
     strata_loaded = p_release_memory != NULL && p_stats_print != NULL && p_stats_json != NULL;
     Dl_info info;
     const char *owner =
