@@ -11,9 +11,9 @@ use crate::size_class::{
 };
 #[cfg(not(strata_loom))]
 use crate::sync::AtomicPtr;
-use crate::sync::{AtomicU8, AtomicU16, AtomicU64, Ordering};
+use crate::sync::{AtomicU8, AtomicU16, AtomicUsize, Ordering};
 #[cfg(strata_loom)]
-use crate::sync::{AtomicUsize, UnsafeCell};
+use crate::sync::{AtomicU64, UnsafeCell};
 use core::ptr;
 
 /// An object on a free list: the first word of a free block links to the next.
@@ -262,23 +262,35 @@ impl ChunkHeader {
     }
 }
 
-/// Which 4 MiB-aligned regions of the address space are strata's chunks: one bit per
-/// possible chunk of the 47-bit user address space (4 MiB of bitmap, reserved
-/// lazily and only touched where chunks are), so "is this pointer ours?" never reads
-/// through the pointer.
+/// Which 4 MiB-aligned regions of the address space are strata's chunks, so that
+/// "is this pointer ours?" never reads through the pointer.
 ///
-/// Invariant: bit `a >> CHUNK_SHIFT` is set iff a chunk is mapped at `a`; set before
-/// the chunk's first span is given out, cleared before the chunk is unmapped. Bits
+/// Outside loom: one byte per possible chunk of the 47-bit user address space (32 MiB
+/// of address space, reserved lazily with `MAP_NORESERVE` and only touched where
+/// chunks are), and a `limit` that is 0 until the bytes are installed and their
+/// count afterwards. A lookup is `idx = p >> CHUNK_SHIFT; idx < limit &&
+/// bytes[idx] != 0`, nine instructions in `free`: the one unsigned compare rejects
+/// addresses at or above 2^47 and everything before installation, and null lands on
+/// entry 0, which is never set (nothing of ours lies at address 0), so `free` needs
+/// no null test of its own. A byte instead of a bit saves a bitmap's shift and bit
+/// test; the `limit` field instead of a constant saves a null test of `bytes`.
+///
+/// Invariant: `bytes[a >> CHUNK_SHIFT] != 0` iff a chunk is mapped at `a`; set before
+/// the chunk's first span is given out, cleared before the chunk is unmapped. Entries
 /// are set and cleared under the page-heap lock; `contains` runs without it.
 ///
-/// Under loom the bitmap cannot be used (zeroed memory is not a valid loom atomic,
-/// and with loom's 4 KiB chunks it would have 2^29 words to initialise), so the
-/// words in use live in a small table keyed by word index; `set`, `clear` and
-/// `contains` and their orderings are the same code. Model-checked by
+/// Under loom the map cannot be used (zeroed memory is not a valid loom atomic,
+/// and with loom's 4 KiB chunks it would have 2^35 entries), so it is a bitmap
+/// whose words in use live in a small table keyed by word index; `set`, `clear` and
+/// `contains` keep the same orderings. Model-checked by
 /// `loom-tests/tests/chunk_map.rs`.
 pub struct ChunkMap {
+    /// One byte per chunk-sized region of the address space; null until installed.
     #[cfg(not(strata_loom))]
-    words: AtomicPtr<AtomicU64>,
+    bytes: AtomicPtr<AtomicU8>,
+    /// 0 until `bytes` is installed, then [`MAP_ENTRIES`].
+    #[cfg(not(strata_loom))]
+    limit: AtomicUsize,
     /// Loom: `keys[i]` is 0 (unused) or 1 + the bitmap word index stored in `words[i]`.
     #[cfg(strata_loom)]
     keys: [AtomicUsize; LOOM_MAP_WORDS],
@@ -292,15 +304,18 @@ const LOOM_MAP_WORDS: usize = 8;
 
 /// Bits of user address space covered by the chunk map.
 pub const ADDRESS_BITS: usize = 47;
-/// Bytes of bitmap.
-pub const CHUNK_MAP_BYTES: usize = (1usize << (ADDRESS_BITS - CHUNK_SHIFT)) / 8;
+/// Entries of the chunk map: one per chunk-sized region of the address space.
+pub const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
+/// Bytes of chunk map.
+pub const CHUNK_MAP_BYTES: usize = MAP_ENTRIES;
 
 impl ChunkMap {
     /// An empty map with no storage.
     #[cfg(not(strata_loom))]
     pub const fn new() -> ChunkMap {
         ChunkMap {
-            words: AtomicPtr::new(ptr::null_mut()),
+            bytes: AtomicPtr::new(ptr::null_mut()),
+            limit: AtomicUsize::new(0),
         }
     }
     /// An empty map (loom: the table is its storage).
@@ -312,20 +327,26 @@ impl ChunkMap {
         }
     }
 
-    /// Installs the bitmap storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
+    /// Installs the map's storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
     /// `set`. Returns false if another thread installed one first (the caller then
     /// frees its own).
     #[cfg(not(strata_loom))]
     pub fn install(&self, storage: *mut u8) -> bool {
-        // Release: pairs with the Acquire in words(); the zeroed storage is visible.
-        self.words
+        let won = self
+            .bytes
             .compare_exchange(
                 ptr::null_mut(),
                 storage.cast(),
-                Ordering::Release,
-                Ordering::Acquire,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
             )
-            .is_ok()
+            .is_ok();
+        if won {
+            // Release: pairs with the Acquire in contains(); whoever sees the limit
+            // sees the pointer and the zeroed storage.
+            self.limit.store(MAP_ENTRIES, Ordering::Release);
+        }
+        won
     }
     /// Loom: never called (`is_installed` is always true).
     #[cfg(strata_loom)]
@@ -336,7 +357,7 @@ impl ChunkMap {
     /// Whether storage is installed.
     #[cfg(not(strata_loom))]
     pub fn is_installed(&self) -> bool {
-        !self.words().is_null()
+        self.limit.load(Ordering::Acquire) != 0
     }
     /// Loom: the table is always there.
     #[cfg(strata_loom)]
@@ -344,29 +365,68 @@ impl ChunkMap {
         true
     }
 
+    /// The entry of the region holding `addr`; null before `install` and at or
+    /// above 2^[`ADDRESS_BITS`]. (A raw pointer, not an `Option<&AtomicU8>`: the
+    /// option's null niche would cost `contains` a test of `bytes` against null.)
     #[cfg(not(strata_loom))]
-    #[inline]
-    fn words(&self) -> *mut AtomicU64 {
-        self.words.load(Ordering::Acquire)
+    #[inline(always)]
+    fn entry(&self, addr: usize) -> *const AtomicU8 {
+        let idx = addr >> CHUNK_SHIFT;
+        // Acquire: pairs with the Release in install(); the pointer is then visible.
+        if idx >= self.limit.load(Ordering::Acquire) {
+            return ptr::null();
+        }
+        // In bounds: a non-zero limit means `bytes` points at MAP_ENTRIES bytes.
+        self.bytes.load(Ordering::Relaxed).wrapping_add(idx)
     }
 
+    /// Marks the chunk at `addr` as ours.
     #[cfg(not(strata_loom))]
-    #[inline]
-    fn slot(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
-        let words = self.words();
-        let idx = addr >> CHUNK_SHIFT;
-        if words.is_null() || idx >= (1 << (ADDRESS_BITS - CHUNK_SHIFT)) {
-            return None;
+    pub fn set(&self, addr: usize) {
+        let e = self.entry(addr);
+        if !e.is_null() {
+            // SAFETY: a non-null entry lies in the installed map, which is zeroed,
+            // never freed storage (install).
+            let e = unsafe { &*e };
+            // Release: pairs with the Acquire in contains(); the chunk header is
+            // initialised before anyone sees the entry.
+            #[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
+            e.store(1, Ordering::Release);
+            // Mutant: the entry is published without the header.
+            #[cfg(strata_mutant = "chunk_map_set_relaxed")]
+            e.store(1, Ordering::Relaxed);
         }
-        // SAFETY: by the invariant of install(), `words` points at CHUNK_MAP_BYTES of
-        // zero-initialised, never-freed memory, and idx / 64 is in bounds.
-        let w = unsafe { &*words.add(idx / 64) };
-        Some((w, 1u64 << (idx % 64)))
     }
+
+    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
+    /// a lookup racing with the unmap of the chunk it asks about is the caller's
+    /// use-after-free, not something an ordering can fix.
     #[cfg(not(strata_loom))]
-    #[inline]
-    fn slot_for_set(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
-        self.slot(addr)
+    pub fn clear(&self, addr: usize) {
+        let e = self.entry(addr);
+        if !e.is_null() {
+            // SAFETY: as in set().
+            unsafe { &*e }.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `p` lies in one of our chunks: a compare against the limit (which
+    /// also rejects addresses at or above 2^47) and one byte load. Null lands on
+    /// entry 0, which is never set: nothing of ours lies at address 0.
+    #[cfg(not(strata_loom))]
+    #[inline(always)]
+    pub fn contains(&self, p: *const u8) -> bool {
+        let idx = p as usize >> CHUNK_SHIFT;
+        // Acquire: pairs with the Release in install(); the pointer is then visible.
+        if idx >= self.limit.load(Ordering::Acquire) {
+            return false;
+        }
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        // SAFETY: a non-zero limit means `bytes` points at MAP_ENTRIES zeroed,
+        // never-freed bytes (install), and idx < limit == MAP_ENTRIES.
+        let e = unsafe { &*bytes.add(idx) };
+        // Acquire: pairs with the Release in set().
+        e.load(Ordering::Acquire) != 0
     }
 
     /// Loom: the table entry holding `addr`'s word, if any. Relaxed: a key is
@@ -405,7 +465,8 @@ impl ChunkMap {
         panic!("loom chunk map full: raise LOOM_MAP_WORDS");
     }
 
-    /// Marks the chunk at `addr` as ours.
+    /// Loom: marks the chunk at `addr` as ours.
+    #[cfg(strata_loom)]
     pub fn set(&self, addr: usize) {
         if let Some((w, bit)) = self.slot_for_set(addr) {
             // Release: pairs with the Acquire in contains(); the chunk header is
@@ -418,16 +479,16 @@ impl ChunkMap {
         }
     }
 
-    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
-    /// a lookup racing with the unmap of the chunk it asks about is the caller's
-    /// use-after-free, not something an ordering can fix.
+    /// Loom: marks the chunk at `addr` as no longer ours (Relaxed, as above).
+    #[cfg(strata_loom)]
     pub fn clear(&self, addr: usize) {
         if let Some((w, bit)) = self.slot(addr) {
             w.fetch_and(!bit, Ordering::Relaxed);
         }
     }
 
-    /// Whether `p` lies in one of our chunks.
+    /// Loom: whether `p` lies in one of our chunks.
+    #[cfg(strata_loom)]
     #[inline]
     pub fn contains(&self, p: *const u8) -> bool {
         match self.slot(p as usize) {

@@ -471,8 +471,8 @@ fn small_object(span: &crate::chunk::Span, off: usize) -> Option<SizeClass> {
     (off < span.bytes() && c.divides(off)).then_some(c)
 }
 
-/// Frees a block of ours found by address; false (and nothing done) if `p` is not
-/// the start of a block of ours.
+/// Frees a block of ours found by address; false (and nothing done) if `p` is null
+/// or not the start of a block of ours.
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.
@@ -499,6 +499,9 @@ pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
 #[cold]
 #[inline(never)]
 unsafe fn free_by_address_slow(p: *mut u8) -> bool {
+    if p.is_null() {
+        return false;
+    }
     // SAFETY: per the contract; each arm frees through the path the block came from.
     unsafe {
         match owner_of(p) {

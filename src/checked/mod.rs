@@ -337,12 +337,16 @@ pub(crate) fn alloc_bytes(n: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-/// Checked `free`: aborts unless `p` is a live block of ours. Always true.
+/// Checked `free`: ignores null, aborts unless `p` is a live block of ours. True
+/// unless `p` is null.
 ///
 /// # Safety
 /// None beyond C's: a live block of ours is given up; anything else aborts.
 #[cfg(feature = "c-abi")]
 pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
+    if p.is_null() {
+        return false;
+    }
     let (b, n) = live_block(p, Verb::Free);
     // SAFETY: live_block checked that `b` is a live block; the caller gives it up.
     unsafe { retire(b, n) };
