@@ -3,15 +3,18 @@
 //! A chunk is [`CHUNK_SIZE`] bytes of address space aligned to its size, so
 //! `p & !(CHUNK_SIZE - 1)` finds the header of any pointer inside it. The header
 //! occupies the first [`HEADER_PAGES`] pages and holds one [`Span`] descriptor slot per
-//! page (the span starting at that page uses it) and a page map `first[page]`: the
-//! first page of the span that covers `page`.
+//! page (the span starting at that page uses it) and one [`PageEntry`] per page: the
+//! first page of the span that covers the page (the page map), and for pages of
+//! Small spans the class and the span's base, which is all that C `free` needs
+//! ([`small_object`]).
 
 use crate::size_class::{
-    CHUNK_SHIFT, CHUNK_SIZE, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass,
+    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
+    SizeClass,
 };
 #[cfg(not(strata_loom))]
-use crate::sync::AtomicPtr;
-use crate::sync::{AtomicU8, AtomicU16, AtomicUsize, Ordering};
+use crate::sync::{AtomicPtr, AtomicU16, AtomicU32};
+use crate::sync::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(strata_loom)]
 use crate::sync::{AtomicU64, UnsafeCell};
 use core::ptr;
@@ -47,7 +50,7 @@ pub const SPAN_LISTED: u8 = 2;
 /// Invariants (checked by `PageHeap::validate` and `Central::validate`):
 /// 1. `HEADER_PAGES <= start < start + npages <= PAGES_PER_CHUNK`; the spans of a
 ///    chunk tile its usable pages with no gap and no overlap.
-/// 2. `first[p] == start` for every page of a Small span, and for the first and last
+/// 2. `first(p) == start` for every page of a Small span, and for the first and last
 ///    page of a Large or Free span (interior entries of those may be stale: lookups
 ///    by address check that the pointer lies inside the span they land on).
 /// 3. Free: owned by the page heap under its lock, listed in bin `npages` (or in the
@@ -57,6 +60,8 @@ pub const SPAN_LISTED: u8 = 2;
 ///    the class's partial list iff it has an object to give (`free` non-null or
 ///    `carved < capacity`) and `live > 0`.
 /// 5. `SPAN_ZEROED` is set only if every byte of the span's pages is zero.
+/// 6. The page entries of a Small span name its class and base on every one of its
+///    pages; those of every other page name no class (ChunkHeader invariant 3).
 #[repr(C)]
 pub struct Span {
     pub start: u32,
@@ -128,10 +133,47 @@ impl Span {
     }
 }
 
+/// What C `free` needs to accept a pointer into a page of a Small span: the span's
+/// class and base (ChunkHeader invariant 3).
+///
+/// Eight bytes, so that `free` reaches it with a scaled index (see [`small_object`]);
+/// the class a 32-bit word because the compiler re-extends a byte or a half-word
+/// loaded atomically before using it as an index (one instruction more in `free`).
+/// Under loom (whose atomics are 8 bytes each) the two fields and the page's page
+/// map entry (`first`) are packed into one `AtomicU64`, so that the loom header
+/// keeps its size and geometry; all writers hold the page-heap lock, so a setter's
+/// load-modify-store there loses no update.
+#[cfg(not(strata_loom))]
+#[repr(C, align(8))]
+pub struct PageEntry {
+    /// `(-base) mod 2^32`, `base` the address of the Small span's first byte: adding
+    /// a pointer's low 32 bits gives its offset into the span.
+    neg_base: AtomicU32,
+    /// The Small span's class, or [`NO_CLASS`].
+    class: AtomicU32,
+}
+/// Loom: `neg_base | first << 32 | class << 48` in one word.
+#[cfg(strata_loom)]
+pub struct PageEntry {
+    packed: AtomicU64,
+}
+
+#[cfg(not(strata_loom))]
+const _: () = assert!(core::mem::size_of::<PageEntry>() == 8);
+
 /// The header at the start of every chunk.
 ///
 /// Invariants: 1. `magic == CHUNK_MAGIC` while the chunk is mapped.
 /// 2. `next`/`prev` link every mapped chunk into the page heap's chunk list.
+/// 3. `class(p) == c` and `neg_base(p) == (-base) mod 2^32` for every page `p` of a
+///    Small span of class `c` whose first byte is at `base`; `class(p) == NO_CLASS`
+///    for every other page (header pages, Free and Large spans). Every page is set
+///    to `NO_CLASS` when the chunk is set up (`PageHeap::grow`), every page of a
+///    Small span gets its class when the span is cut (`PageHeap::alloc_span`, before
+///    the span is handed on) and loses it when the span comes back
+///    (`PageHeap::free_locked`). Large spans map only their first and last page in
+///    `first` (Span invariant 2), so without the reset a freed Small span's class
+///    would survive in a later Large span's interior.
 #[repr(C)]
 pub struct ChunkHeader {
     pub magic: u64,
@@ -142,7 +184,11 @@ pub struct ChunkHeader {
     /// reports any lookup not ordered after the set-up (see `ChunkMap::set`).
     #[cfg(strata_loom)]
     witness: UnsafeCell<u64>,
+    /// The page map: the first page of the span covering each page (Span invariant
+    /// 2). Under loom it lives in `pages`.
+    #[cfg(not(strata_loom))]
     first: [AtomicU16; PAGES_PER_CHUNK],
+    pages: [PageEntry; PAGES_PER_CHUNK],
     pub spans: [Span; PAGES_PER_CHUNK],
 }
 
@@ -156,6 +202,125 @@ pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 
 const _: () = assert!(HEADER_PAGES < PAGES_PER_CHUNK / 2);
 const _: () = assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
+// The page entries take 4 KiB of the header and cost no header page: it stays at 5.
+#[cfg(not(strata_loom))]
+const _: () = assert!(HEADER_PAGES == 5);
+// Loom geometry: the packed entries keep the header at 6 of 16 pages.
+#[cfg(strata_loom)]
+const _: () = assert!(HEADER_PAGES == 6);
+
+/// Byte offset of the page entries in a chunk header.
+#[cfg(not(strata_loom))]
+const PAGES_OFFSET: usize = core::mem::offset_of!(ChunkHeader, pages);
+
+impl PageEntry {
+    /// Relaxed loads and stores throughout: entries are written under the page-heap
+    /// lock when a span is cut, merged or returned, before the span is handed on; a
+    /// lookup through a pointer the caller owns is ordered after that by the handoff
+    /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
+    /// other address only needs some value once written (callers check containment).
+    #[cfg(not(strata_loom))]
+    #[inline(always)]
+    fn class(&self) -> u8 {
+        let class = self.class.load(Ordering::Relaxed);
+        // SAFETY: only ever written from a u8 (set_small, or the zero of a fresh
+        // chunk), and an atomic load returns a value once written. Saying so spares
+        // `free` the zero-extension that a plain cast would cost.
+        unsafe { core::hint::assert_unchecked(class <= u8::MAX as u32) };
+        class as u8
+    }
+    #[cfg(not(strata_loom))]
+    #[inline(always)]
+    fn neg_base(&self) -> u32 {
+        self.neg_base.load(Ordering::Relaxed)
+    }
+    #[cfg(not(strata_loom))]
+    #[inline]
+    fn set_small(&self, class: u8, neg_base: u32) {
+        self.neg_base.store(neg_base, Ordering::Relaxed);
+        self.class.store(class as u32, Ordering::Relaxed);
+    }
+
+    #[cfg(strata_loom)]
+    fn first(&self) -> usize {
+        (self.packed.load(Ordering::Relaxed) >> 32) as u16 as usize
+    }
+    #[cfg(strata_loom)]
+    fn class(&self) -> u8 {
+        (self.packed.load(Ordering::Relaxed) >> 48) as u8
+    }
+    #[cfg(strata_loom)]
+    fn neg_base(&self) -> u32 {
+        self.packed.load(Ordering::Relaxed) as u32
+    }
+    #[cfg(strata_loom)]
+    fn set_first(&self, start: usize) {
+        let v = self.packed.load(Ordering::Relaxed);
+        let v = (v & !(0xffff << 32)) | (start as u64) << 32;
+        self.packed.store(v, Ordering::Relaxed);
+    }
+    #[cfg(strata_loom)]
+    fn set_small(&self, class: u8, neg_base: u32) {
+        let v = self.packed.load(Ordering::Relaxed) & (0xffff << 32);
+        self.packed.store(
+            v | (class as u64) << 48 | neg_base as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The class of the Small-span object starting at address `a`, from its page's entry:
+/// None unless the page belongs to a Small span (ChunkHeader invariant 3) and `a` is
+/// the start of one of its objects (not interior, not in the span's tail). The hot
+/// part of C `free`; it takes an address, not a pointer, as it never reads through
+/// it.
+///
+/// The entry is reached without masking: with `idx = a >> CHUNK_SHIFT` (which the
+/// chunk-map lookup just computed) the chunk is at `idx << CHUNK_SHIFT`, and
+/// `(a >> PAGE_SHIFT) · 8` is `idx · PAGES_PER_CHUNK · 8` plus the page's byte offset
+/// in the entry array, so the entry lies at
+/// `idx · (CHUNK_SIZE − PAGES_PER_CHUNK · 8) + PAGES_OFFSET + (a >> PAGE_SHIFT) · 8`:
+/// one multiply by a constant, one shift and a scaled index, where masking out the
+/// chunk and the page takes five instructions.
+///
+/// # Safety
+/// `a` lies in a mapped chunk (the chunk map says so), so its header is readable.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
+    let skew = (a >> CHUNK_SHIFT).wrapping_mul(CHUNK_SIZE - PAGES_PER_CHUNK * 8);
+    let at = skew
+        .wrapping_add(PAGES_OFFSET)
+        .wrapping_add((a >> PAGE_SHIFT) * 8);
+    debug_assert_eq!(
+        at,
+        (a & !(CHUNK_SIZE - 1)) + PAGES_OFFSET + ((a & (CHUNK_SIZE - 1)) >> PAGE_SHIFT) * 8
+    );
+    // SAFETY: `at` is the address of a's page entry (above), in the mapped header of
+    // a's chunk (the contract); entries are atomics, so a stale read is not UB.
+    let e = unsafe { &*(at as *const PageEntry) };
+    let class = e.class();
+    OBJECT_CHECKS
+        .accepts(class, e.neg_base().wrapping_add(a as u32))
+        .then_some(SizeClass(class))
+}
+
+/// Loom: the same check, through the header and its witness.
+///
+/// # Safety
+/// As above.
+#[cfg(strata_loom)]
+pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
+    let p = a as *const u8;
+    // SAFETY: per the contract.
+    let chunk = unsafe { &*ChunkHeader::of(p) };
+    chunk.check_published();
+    let e = &chunk.pages[ChunkHeader::page_of(p)];
+    let class = e.class();
+    OBJECT_CHECKS
+        .accepts(class, e.neg_base().wrapping_add(a as u32))
+        .then_some(SizeClass(class))
+}
 
 impl ChunkHeader {
     /// The chunk holding address `p` (which must lie inside a mapped chunk to be
@@ -170,20 +335,42 @@ impl ChunkHeader {
         (p as usize & (CHUNK_SIZE - 1)) >> PAGE_SHIFT
     }
     /// First page of the span covering `page` (meaningful per Span invariant 2).
-    ///
-    /// Relaxed, like the store in `set_first`: entries are written under the
-    /// page-heap lock when a span is cut or merged, before the span is handed on; a
-    /// lookup through a pointer the caller owns is ordered after that by the handoff
-    /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
-    /// other address only needs some value once valid (callers check containment).
+    /// Relaxed, as the page entries (see `PageEntry`).
     #[inline]
     pub fn first(&self, page: usize) -> usize {
-        self.first[page].load(Ordering::Relaxed) as usize
+        #[cfg(not(strata_loom))]
+        return self.first[page].load(Ordering::Relaxed) as usize;
+        #[cfg(strata_loom)]
+        return self.pages[page].first();
     }
     /// Records that `page` belongs to the span starting at `start`.
     #[inline]
     pub fn set_first(&self, page: usize, start: usize) {
+        #[cfg(not(strata_loom))]
         self.first[page].store(start as u16, Ordering::Relaxed);
+        #[cfg(strata_loom)]
+        self.pages[page].set_first(start);
+    }
+    /// The class code of `page` (ChunkHeader invariant 3): a class or `NO_CLASS`.
+    #[inline]
+    pub fn page_class(&self, page: usize) -> u8 {
+        self.pages[page].class()
+    }
+    /// The base that `page`'s entry records, as `free` uses it (a 32-bit negation).
+    #[inline]
+    pub fn page_base_low32(&self, page: usize) -> u32 {
+        self.pages[page].neg_base().wrapping_neg()
+    }
+    /// Records that `page` holds objects of class `c` of the span whose first byte is
+    /// at `base` (ChunkHeader invariant 3).
+    #[inline]
+    pub fn set_small(&self, page: usize, c: SizeClass, base: *const u8) {
+        self.pages[page].set_small(c.0, (base as usize as u32).wrapping_neg());
+    }
+    /// Records that `page` holds no small objects (ChunkHeader invariant 3).
+    #[inline]
+    pub fn clear_small(&self, page: usize) {
+        self.pages[page].set_small(NO_CLASS, 0);
     }
     /// The span covering `p`, by the page map.
     #[inline]
@@ -194,22 +381,6 @@ impl ChunkHeader {
         // indices, so the mask changes nothing and the lookup cannot panic.
         let start = self.first(Self::page_of(p)) & (PAGES_PER_CHUNK - 1);
         &self.spans[start] as *const Span as *mut Span
-    }
-    /// The span covering `p` and `p`'s byte offset from that span's base, from the
-    /// page map alone. Every entry ever written names a span that covers its page
-    /// (so `start <= page`), hence the offset is below `CHUNK_SIZE`.
-    #[inline(always)]
-    pub fn locate(&self, p: *const u8) -> (*mut Span, usize) {
-        #[cfg(strata_loom)]
-        self.check_published();
-        let page = Self::page_of(p);
-        let start = self.first(page) & (PAGES_PER_CHUNK - 1);
-        debug_assert!(start <= page);
-        let off = (page.wrapping_sub(start) << PAGE_SHIFT) | (p as usize & (PAGE_SIZE - 1));
-        (
-            &self.spans[start] as *const Span as *mut Span,
-            off & (CHUNK_SIZE - 1),
-        )
     }
     /// Base address of the chunk.
     #[inline]
@@ -229,10 +400,12 @@ impl ChunkHeader {
         // creates a reference to the not-yet-valid fields.
         unsafe {
             ptr::addr_of_mut!((*chunk).witness).write(UnsafeCell::new(CHUNK_MAGIC));
-            let first = ptr::addr_of_mut!((*chunk).first).cast::<AtomicU16>();
+            let pages = ptr::addr_of_mut!((*chunk).pages).cast::<PageEntry>();
             let spans = ptr::addr_of_mut!((*chunk).spans).cast::<Span>();
             for i in 0..PAGES_PER_CHUNK {
-                first.add(i).write(AtomicU16::new(0));
+                pages.add(i).write(PageEntry {
+                    packed: AtomicU64::new(0),
+                });
                 spans.add(i).write(Span {
                     start: 0,
                     npages: 0,

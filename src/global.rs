@@ -11,7 +11,7 @@
 use crate::Violation;
 use crate::backend::{Backend, Route, route};
 #[cfg(any(feature = "c-abi", feature = "checked"))]
-use crate::chunk::{ChunkHeader, SpanKind};
+use crate::chunk::{ChunkHeader, SpanKind, small_object};
 use crate::os::SysOs;
 use crate::size_class::{SizeClass, class_for};
 use crate::thread_heap::{HeapState, ThreadHeap};
@@ -225,7 +225,7 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_small_slow(h: *mut ThreadHeap, c: SizeClass, p: *mut u8) {
+unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel).
     let heap = unsafe { &mut *h };
     let live = match heap.state() {
@@ -267,7 +267,7 @@ unsafe fn free_small(c: SizeClass, p: *mut u8) {
     // SAFETY: `h` is this thread's heap or a sentinel; the caller's contract.
     unsafe {
         if !(*h).try_push(c, p) {
-            free_small_slow(h, c, p);
+            free_small_slow(p, c, h);
         }
     }
 }
@@ -414,20 +414,23 @@ pub(crate) enum Owner {
     Foreign,
 }
 
-/// Classifies `p` by address (chunk map, page map, huge registry). Small objects
-/// must be inside their span and on an object boundary (`small_object`); the checked
+/// Classifies `p` by address (chunk map, page entries, huge registry). Small objects
+/// must be object starts inside their span (`chunk::small_object`); the checked
 /// mode adds its own, stricter checks on top.
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline]
 pub(crate) fn owner_of(p: *const u8) -> Owner {
     if BACKEND.page_heap.owns(p) {
         // SAFETY: `p` lies in a mapped chunk (chunk map), so the header is readable;
-        // page map and kinds are atomics.
+        // page entries and kinds are atomics.
         unsafe {
-            let (span, off) = (*ChunkHeader::of(p)).locate(p);
-            let span = &*span;
+            if let Some(c) = small_object(p as usize) {
+                return Owner::Small(c);
+            }
+            let span = &*(*ChunkHeader::of(p)).span_of(p);
+            // The page-map entry of a Large block's interior page may be stale (Span
+            // invariant 2): only the span's own start counts.
             match span.kind() {
-                SpanKind::Small => small_object(span, off).map_or(Owner::Foreign, Owner::Small),
                 SpanKind::Large if ptr::eq(span.base(), p) => Owner::Large(span.bytes()),
                 _ => Owner::Foreign,
             }
@@ -440,58 +443,50 @@ pub(crate) fn owner_of(p: *const u8) -> Owner {
     }
 }
 
-/// The class of `p` if it lies in a Small span of ours: the hot part of `free` by
-/// address (chunk map bit, page map entry, span kind and class; never reads `p`).
+/// The class of `p` if it is the start of an object in a Small span of ours: the hot
+/// part of `free` by address (chunk map entry, page entry, one multiply; never reads
+/// `p`). An interior or misaligned pointer pushed on a free list would later hand
+/// out overlapping memory, so `small_object` checks both, and the span's tail.
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline(always)]
 fn small_class_of(p: *const u8) -> Option<SizeClass> {
     if !BACKEND.page_heap.owns(p) {
         return None;
     }
-    // SAFETY: `p` lies in a mapped chunk (chunk map), so its header is readable; the
-    // page map and kinds are atomics.
-    let (span, off) = unsafe { (*ChunkHeader::of(p)).locate(p) };
-    // SAFETY: `locate` returns a descriptor slot inside the mapped header.
-    let span = unsafe { &*span };
-    if span.kind() != SpanKind::Small {
-        return None;
-    }
-    small_object(span, off)
-}
-
-/// The class of the object at byte `off` of the Small span `span`, if `off` is inside
-/// the span and on an object boundary. Both checks matter: an interior or misaligned
-/// pointer pushed on a free list would later hand out overlapping memory, and the
-/// page-map entry of a Large block's interior page may be stale (Span invariant 2)
-/// and name a Small span elsewhere in the chunk, which the containment check rejects.
-#[cfg(any(feature = "c-abi", feature = "checked"))]
-#[inline(always)]
-fn small_object(span: &crate::chunk::Span, off: usize) -> Option<SizeClass> {
-    let c = span.class();
-    (off < span.bytes() && c.divides(off)).then_some(c)
+    // SAFETY: `p` lies in a mapped chunk (chunk map).
+    unsafe { small_object(p as usize) }
 }
 
 /// Frees a block of ours found by address; false (and nothing done) if `p` is null
 /// or not the start of a block of ours.
+///
+/// Budget: 31 instructions for a small object whose list has room (`objdump -d` of
+/// `free` in the `c-abi` build): chunk map 9 (`ChunkMap::contains`; null and high
+/// addresses included), page entry and object check 10 (`chunk::small_object`),
+/// TLS 2 and push 10; three branches to the slow path, none taken.
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline(always)]
 pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
-    match small_class_of(p) {
-        Some(c) => {
-            // SAFETY: `p` is a live class-c object of ours (contract), given up.
-            unsafe { free_small(c, p) };
-            true
+    if let Some(c) = small_class_of(p) {
+        let h = heap();
+        // SAFETY: `p` is a live class-c object of ours (contract), given up; `h` is
+        // this thread's heap or a sentinel.
+        if unsafe { (*h).try_push(c, p) } {
+            return true;
         }
-        // SAFETY: forwarded contract.
-        None => unsafe { free_by_address_slow(p) },
     }
+    // A full list (or a sentinel heap) takes the slow path too, which looks `p` up
+    // again: then nothing but `p` has to stay live across the fast path, where
+    // keeping the class for `free_small_slow` costs a register and three moves.
+    // SAFETY: forwarded contract; if the push failed, nothing was done.
+    unsafe { free_by_address_slow(p) }
 }
 
-/// `free_by_address` for everything but small objects, out of line so that the hot
-/// path saves no registers.
+/// `free_by_address` for everything but small objects that fit their list, out of
+/// line so that the hot path saves no registers.
 ///
 /// # Safety
 /// As for `free_by_address`.
