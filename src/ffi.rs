@@ -52,7 +52,7 @@ fn enomem_if_null(p: *mut u8) -> *mut c_void {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     // The slow paths set errno on failure, so this is a plain tail call.
-    entry::alloc_bytes(size, C_ALIGN, false).cast()
+    entry::alloc_c(size).cast()
 }
 
 /// C `free`.

@@ -153,6 +153,47 @@ pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     }
 }
 
+/// The class of `n` 16-byte units for `n <= 64`, by `n` (0 gets the class of 16).
+#[cfg(not(strata_loom))]
+static C_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut n = 0;
+    while n <= 64 {
+        let size = if n == 0 { 16 } else { 16 * n };
+        t[n] = class_of_m_arith(size - 1).0;
+        n += 1;
+    }
+    t
+};
+
+/// The class serving C `malloc(size)` (16-byte alignment, glibc's `max_align_t`), or
+/// `None` when the request is not small. Size 0 gets the smallest 16-byte class, as
+/// glibc gives `malloc(0)` a minimum-size block.
+///
+/// Up to 1 KiB: a compare, an add, a shift and a load, by 16-byte units, where
+/// `class_for(size, 16)` rounds, subtracts and shifts first.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub fn class_for_c(size: usize) -> Option<SizeClass> {
+    if size <= C_TABLE_MAX {
+        Some(class_for_c_table(size))
+    } else {
+        class_for(size, 16)
+    }
+}
+
+/// The largest size [`class_for_c_table`] takes.
+pub const C_TABLE_MAX: usize = 1024;
+
+/// [`class_for_c`] for `size <= C_TABLE_MAX`: an add, a shift and a load.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub fn class_for_c_table(size: usize) -> SizeClass {
+    debug_assert!(size <= C_TABLE_MAX);
+    // Masking instead of a bounds check: for size <= 1024 the index is at most 64.
+    SizeClass(C_CLASS[((size + 15) >> 4) & 127])
+}
+
 /// Loom geometry: two classes of 64 and 128 bytes.
 #[cfg(strata_loom)]
 #[inline(always)]
@@ -416,6 +457,14 @@ mod tests {
                 !OBJECT_CHECKS.accepts(code as u8, 0),
                 "code {code} names no class"
             );
+        }
+    }
+
+    #[test]
+    fn c_malloc_classes_are_the_16_byte_aligned_ones() {
+        assert_eq!(class_for_c(0), class_for(16, 16), "malloc(0) gets a block");
+        for size in 1..=MAX_SMALL + 64 {
+            assert_eq!(class_for_c(size), class_for(size, 16), "size {size}");
         }
     }
 

@@ -319,6 +319,12 @@ unsafe fn retire(b: Block, n: usize) {
     quarantine(&b);
 }
 
+/// Checked `malloc`: `n` bytes at 16-byte alignment.
+#[cfg(feature = "c-abi")]
+pub(crate) fn alloc_c(n: usize) -> *mut u8 {
+    alloc_bytes(n, 16, false)
+}
+
 /// Checked `malloc`/`calloc`/`memalign`: `n` bytes at `align`, zeroed if `zero`.
 pub(crate) fn alloc_bytes(n: usize, align: usize, zero: bool) -> *mut u8 {
     if n >= MAX_REQUEST {
