@@ -7,7 +7,7 @@
 
 use crate::Violation;
 use crate::central::{Central, validate_small_span};
-use crate::chunk::{ChunkHeader, FreeObj, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind};
+use crate::chunk::{ChunkHeader, FreeObj, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, small_object};
 use crate::huge::HugeRegistry;
 use crate::meta::MetaArena;
 use crate::os::{OS_PAGE, Os};
@@ -411,15 +411,13 @@ impl<O: Os> Backend<O> {
                 if page < HEADER_PAGES {
                     return None;
                 }
+                if let Some(c) = small_object(p as usize) {
+                    return Some(c.size_bytes());
+                }
                 let span = &*chunk.span_of(p);
                 // The page map entry may be stale for an interior page of a Large
-                // span (Span invariant 2), so check containment, wrapping below.
-                let off = (p as usize).wrapping_sub(span.base() as usize);
+                // span (Span invariant 2): only the span's own start counts.
                 match span.kind() {
-                    SpanKind::Small => {
-                        let size = span.class().size_bytes();
-                        (off < span.bytes() && off % size == 0).then_some(size)
-                    }
                     SpanKind::Large => ptr::eq(span.base(), p).then_some(span.bytes()),
                     _ => None,
                 }

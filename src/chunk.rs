@@ -3,17 +3,20 @@
 //! A chunk is [`CHUNK_SIZE`] bytes of address space aligned to its size, so
 //! `p & !(CHUNK_SIZE - 1)` finds the header of any pointer inside it. The header
 //! occupies the first [`HEADER_PAGES`] pages and holds one [`Span`] descriptor slot per
-//! page (the span starting at that page uses it) and a page map `first[page]`: the
-//! first page of the span that covers `page`.
+//! page (the span starting at that page uses it) and one [`PageEntry`] per page: the
+//! first page of the span that covers the page (the page map), and for pages of
+//! Small spans the class and the span's base, which is all that C `free` needs
+//! ([`small_object`]).
 
 use crate::size_class::{
-    CHUNK_SHIFT, CHUNK_SIZE, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass,
+    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
+    SizeClass,
 };
 #[cfg(not(strata_loom))]
-use crate::sync::AtomicPtr;
-use crate::sync::{AtomicU8, AtomicU16, AtomicU64, Ordering};
+use crate::sync::{AtomicPtr, AtomicU16, AtomicU32};
+use crate::sync::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(strata_loom)]
-use crate::sync::{AtomicUsize, UnsafeCell};
+use crate::sync::{AtomicU64, UnsafeCell};
 use core::ptr;
 
 /// An object on a free list: the first word of a free block links to the next.
@@ -47,7 +50,7 @@ pub const SPAN_LISTED: u8 = 2;
 /// Invariants (checked by `PageHeap::validate` and `Central::validate`):
 /// 1. `HEADER_PAGES <= start < start + npages <= PAGES_PER_CHUNK`; the spans of a
 ///    chunk tile its usable pages with no gap and no overlap.
-/// 2. `first[p] == start` for every page of a Small span, and for the first and last
+/// 2. `first(p) == start` for every page of a Small span, and for the first and last
 ///    page of a Large or Free span (interior entries of those may be stale: lookups
 ///    by address check that the pointer lies inside the span they land on).
 /// 3. Free: owned by the page heap under its lock, listed in bin `npages` (or in the
@@ -57,6 +60,8 @@ pub const SPAN_LISTED: u8 = 2;
 ///    the class's partial list iff it has an object to give (`free` non-null or
 ///    `carved < capacity`) and `live > 0`.
 /// 5. `SPAN_ZEROED` is set only if every byte of the span's pages is zero.
+/// 6. The page entries of a Small span name its class and base on every one of its
+///    pages; those of every other page name no class (ChunkHeader invariant 3).
 #[repr(C)]
 pub struct Span {
     pub start: u32,
@@ -128,10 +133,47 @@ impl Span {
     }
 }
 
+/// What C `free` needs to accept a pointer into a page of a Small span: the span's
+/// class and base (ChunkHeader invariant 3).
+///
+/// Eight bytes, so that `free` reaches it with a scaled index (see [`small_object`]);
+/// the class a 32-bit word because the compiler re-extends a byte or a half-word
+/// loaded atomically before using it as an index (one instruction more in `free`).
+/// Under loom (whose atomics are 8 bytes each) the two fields and the page's page
+/// map entry (`first`) are packed into one `AtomicU64`, so that the loom header
+/// keeps its size and geometry; all writers hold the page-heap lock, so a setter's
+/// load-modify-store there loses no update.
+#[cfg(not(strata_loom))]
+#[repr(C, align(8))]
+pub struct PageEntry {
+    /// `(-base) mod 2^32`, `base` the address of the Small span's first byte: adding
+    /// a pointer's low 32 bits gives its offset into the span.
+    neg_base: AtomicU32,
+    /// The Small span's class, or [`NO_CLASS`].
+    class: AtomicU32,
+}
+/// Loom: `neg_base | first << 32 | class << 48` in one word.
+#[cfg(strata_loom)]
+pub struct PageEntry {
+    packed: AtomicU64,
+}
+
+#[cfg(not(strata_loom))]
+const _: () = assert!(core::mem::size_of::<PageEntry>() == 8);
+
 /// The header at the start of every chunk.
 ///
 /// Invariants: 1. `magic == CHUNK_MAGIC` while the chunk is mapped.
 /// 2. `next`/`prev` link every mapped chunk into the page heap's chunk list.
+/// 3. `class(p) == c` and `neg_base(p) == (-base) mod 2^32` for every page `p` of a
+///    Small span of class `c` whose first byte is at `base`; `class(p) == NO_CLASS`
+///    for every other page (header pages, Free and Large spans). Every page is set
+///    to `NO_CLASS` when the chunk is set up (`PageHeap::grow`), every page of a
+///    Small span gets its class when the span is cut (`PageHeap::alloc_span`, before
+///    the span is handed on) and loses it when the span comes back
+///    (`PageHeap::free_locked`). Large spans map only their first and last page in
+///    `first` (Span invariant 2), so without the reset a freed Small span's class
+///    would survive in a later Large span's interior.
 #[repr(C)]
 pub struct ChunkHeader {
     pub magic: u64,
@@ -142,7 +184,11 @@ pub struct ChunkHeader {
     /// reports any lookup not ordered after the set-up (see `ChunkMap::set`).
     #[cfg(strata_loom)]
     witness: UnsafeCell<u64>,
+    /// The page map: the first page of the span covering each page (Span invariant
+    /// 2). Under loom it lives in `pages`.
+    #[cfg(not(strata_loom))]
     first: [AtomicU16; PAGES_PER_CHUNK],
+    pages: [PageEntry; PAGES_PER_CHUNK],
     pub spans: [Span; PAGES_PER_CHUNK],
 }
 
@@ -156,6 +202,125 @@ pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 
 const _: () = assert!(HEADER_PAGES < PAGES_PER_CHUNK / 2);
 const _: () = assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
+// The page entries take 4 KiB of the header and cost no header page: it stays at 5.
+#[cfg(not(strata_loom))]
+const _: () = assert!(HEADER_PAGES == 5);
+// Loom geometry: the packed entries keep the header at 6 of 16 pages.
+#[cfg(strata_loom)]
+const _: () = assert!(HEADER_PAGES == 6);
+
+/// Byte offset of the page entries in a chunk header.
+#[cfg(not(strata_loom))]
+const PAGES_OFFSET: usize = core::mem::offset_of!(ChunkHeader, pages);
+
+impl PageEntry {
+    /// Relaxed loads and stores throughout: entries are written under the page-heap
+    /// lock when a span is cut, merged or returned, before the span is handed on; a
+    /// lookup through a pointer the caller owns is ordered after that by the handoff
+    /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
+    /// other address only needs some value once written (callers check containment).
+    #[cfg(not(strata_loom))]
+    #[inline(always)]
+    fn class(&self) -> u8 {
+        let class = self.class.load(Ordering::Relaxed);
+        // SAFETY: only ever written from a u8 (set_small, or the zero of a fresh
+        // chunk), and an atomic load returns a value once written. Saying so spares
+        // `free` the zero-extension that a plain cast would cost.
+        unsafe { core::hint::assert_unchecked(class <= u8::MAX as u32) };
+        class as u8
+    }
+    #[cfg(not(strata_loom))]
+    #[inline(always)]
+    fn neg_base(&self) -> u32 {
+        self.neg_base.load(Ordering::Relaxed)
+    }
+    #[cfg(not(strata_loom))]
+    #[inline]
+    fn set_small(&self, class: u8, neg_base: u32) {
+        self.neg_base.store(neg_base, Ordering::Relaxed);
+        self.class.store(class as u32, Ordering::Relaxed);
+    }
+
+    #[cfg(strata_loom)]
+    fn first(&self) -> usize {
+        (self.packed.load(Ordering::Relaxed) >> 32) as u16 as usize
+    }
+    #[cfg(strata_loom)]
+    fn class(&self) -> u8 {
+        (self.packed.load(Ordering::Relaxed) >> 48) as u8
+    }
+    #[cfg(strata_loom)]
+    fn neg_base(&self) -> u32 {
+        self.packed.load(Ordering::Relaxed) as u32
+    }
+    #[cfg(strata_loom)]
+    fn set_first(&self, start: usize) {
+        let v = self.packed.load(Ordering::Relaxed);
+        let v = (v & !(0xffff << 32)) | (start as u64) << 32;
+        self.packed.store(v, Ordering::Relaxed);
+    }
+    #[cfg(strata_loom)]
+    fn set_small(&self, class: u8, neg_base: u32) {
+        let v = self.packed.load(Ordering::Relaxed) & (0xffff << 32);
+        self.packed.store(
+            v | (class as u64) << 48 | neg_base as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The class of the Small-span object starting at address `a`, from its page's entry:
+/// None unless the page belongs to a Small span (ChunkHeader invariant 3) and `a` is
+/// the start of one of its objects (not interior, not in the span's tail). The hot
+/// part of C `free`; it takes an address, not a pointer, as it never reads through
+/// it.
+///
+/// The entry is reached without masking: with `idx = a >> CHUNK_SHIFT` (which the
+/// chunk-map lookup just computed) the chunk is at `idx << CHUNK_SHIFT`, and
+/// `(a >> PAGE_SHIFT) · 8` is `idx · PAGES_PER_CHUNK · 8` plus the page's byte offset
+/// in the entry array, so the entry lies at
+/// `idx · (CHUNK_SIZE − PAGES_PER_CHUNK · 8) + PAGES_OFFSET + (a >> PAGE_SHIFT) · 8`:
+/// one multiply by a constant, one shift and a scaled index, where masking out the
+/// chunk and the page takes five instructions.
+///
+/// # Safety
+/// `a` lies in a mapped chunk (the chunk map says so), so its header is readable.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
+    let skew = (a >> CHUNK_SHIFT).wrapping_mul(CHUNK_SIZE - PAGES_PER_CHUNK * 8);
+    let at = skew
+        .wrapping_add(PAGES_OFFSET)
+        .wrapping_add((a >> PAGE_SHIFT) * 8);
+    debug_assert_eq!(
+        at,
+        (a & !(CHUNK_SIZE - 1)) + PAGES_OFFSET + ((a & (CHUNK_SIZE - 1)) >> PAGE_SHIFT) * 8
+    );
+    // SAFETY: `at` is the address of a's page entry (above), in the mapped header of
+    // a's chunk (the contract); entries are atomics, so a stale read is not UB.
+    let e = unsafe { &*(at as *const PageEntry) };
+    let class = e.class();
+    OBJECT_CHECKS
+        .accepts(class, e.neg_base().wrapping_add(a as u32))
+        .then_some(SizeClass(class))
+}
+
+/// Loom: the same check, through the header and its witness.
+///
+/// # Safety
+/// As above.
+#[cfg(strata_loom)]
+pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
+    let p = a as *const u8;
+    // SAFETY: per the contract.
+    let chunk = unsafe { &*ChunkHeader::of(p) };
+    chunk.check_published();
+    let e = &chunk.pages[ChunkHeader::page_of(p)];
+    let class = e.class();
+    OBJECT_CHECKS
+        .accepts(class, e.neg_base().wrapping_add(a as u32))
+        .then_some(SizeClass(class))
+}
 
 impl ChunkHeader {
     /// The chunk holding address `p` (which must lie inside a mapped chunk to be
@@ -170,20 +335,42 @@ impl ChunkHeader {
         (p as usize & (CHUNK_SIZE - 1)) >> PAGE_SHIFT
     }
     /// First page of the span covering `page` (meaningful per Span invariant 2).
-    ///
-    /// Relaxed, like the store in `set_first`: entries are written under the
-    /// page-heap lock when a span is cut or merged, before the span is handed on; a
-    /// lookup through a pointer the caller owns is ordered after that by the handoff
-    /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
-    /// other address only needs some value once valid (callers check containment).
+    /// Relaxed, as the page entries (see `PageEntry`).
     #[inline]
     pub fn first(&self, page: usize) -> usize {
-        self.first[page].load(Ordering::Relaxed) as usize
+        #[cfg(not(strata_loom))]
+        return self.first[page].load(Ordering::Relaxed) as usize;
+        #[cfg(strata_loom)]
+        return self.pages[page].first();
     }
     /// Records that `page` belongs to the span starting at `start`.
     #[inline]
     pub fn set_first(&self, page: usize, start: usize) {
+        #[cfg(not(strata_loom))]
         self.first[page].store(start as u16, Ordering::Relaxed);
+        #[cfg(strata_loom)]
+        self.pages[page].set_first(start);
+    }
+    /// The class code of `page` (ChunkHeader invariant 3): a class or `NO_CLASS`.
+    #[inline]
+    pub fn page_class(&self, page: usize) -> u8 {
+        self.pages[page].class()
+    }
+    /// The base that `page`'s entry records, as `free` uses it (a 32-bit negation).
+    #[inline]
+    pub fn page_base_low32(&self, page: usize) -> u32 {
+        self.pages[page].neg_base().wrapping_neg()
+    }
+    /// Records that `page` holds objects of class `c` of the span whose first byte is
+    /// at `base` (ChunkHeader invariant 3).
+    #[inline]
+    pub fn set_small(&self, page: usize, c: SizeClass, base: *const u8) {
+        self.pages[page].set_small(c.0, (base as usize as u32).wrapping_neg());
+    }
+    /// Records that `page` holds no small objects (ChunkHeader invariant 3).
+    #[inline]
+    pub fn clear_small(&self, page: usize) {
+        self.pages[page].set_small(NO_CLASS, 0);
     }
     /// The span covering `p`, by the page map.
     #[inline]
@@ -194,22 +381,6 @@ impl ChunkHeader {
         // indices, so the mask changes nothing and the lookup cannot panic.
         let start = self.first(Self::page_of(p)) & (PAGES_PER_CHUNK - 1);
         &self.spans[start] as *const Span as *mut Span
-    }
-    /// The span covering `p` and `p`'s byte offset from that span's base, from the
-    /// page map alone. Every entry ever written names a span that covers its page
-    /// (so `start <= page`), hence the offset is below `CHUNK_SIZE`.
-    #[inline(always)]
-    pub fn locate(&self, p: *const u8) -> (*mut Span, usize) {
-        #[cfg(strata_loom)]
-        self.check_published();
-        let page = Self::page_of(p);
-        let start = self.first(page) & (PAGES_PER_CHUNK - 1);
-        debug_assert!(start <= page);
-        let off = (page.wrapping_sub(start) << PAGE_SHIFT) | (p as usize & (PAGE_SIZE - 1));
-        (
-            &self.spans[start] as *const Span as *mut Span,
-            off & (CHUNK_SIZE - 1),
-        )
     }
     /// Base address of the chunk.
     #[inline]
@@ -229,10 +400,12 @@ impl ChunkHeader {
         // creates a reference to the not-yet-valid fields.
         unsafe {
             ptr::addr_of_mut!((*chunk).witness).write(UnsafeCell::new(CHUNK_MAGIC));
-            let first = ptr::addr_of_mut!((*chunk).first).cast::<AtomicU16>();
+            let pages = ptr::addr_of_mut!((*chunk).pages).cast::<PageEntry>();
             let spans = ptr::addr_of_mut!((*chunk).spans).cast::<Span>();
             for i in 0..PAGES_PER_CHUNK {
-                first.add(i).write(AtomicU16::new(0));
+                pages.add(i).write(PageEntry {
+                    packed: AtomicU64::new(0),
+                });
                 spans.add(i).write(Span {
                     start: 0,
                     npages: 0,
@@ -262,23 +435,35 @@ impl ChunkHeader {
     }
 }
 
-/// Which 4 MiB-aligned regions of the address space are strata's chunks: one bit per
-/// possible chunk of the 47-bit user address space (4 MiB of bitmap, reserved
-/// lazily and only touched where chunks are), so "is this pointer ours?" never reads
-/// through the pointer.
+/// Which 4 MiB-aligned regions of the address space are strata's chunks, so that
+/// "is this pointer ours?" never reads through the pointer.
 ///
-/// Invariant: bit `a >> CHUNK_SHIFT` is set iff a chunk is mapped at `a`; set before
-/// the chunk's first span is given out, cleared before the chunk is unmapped. Bits
+/// Outside loom: one byte per possible chunk of the 47-bit user address space (32 MiB
+/// of address space, reserved lazily with `MAP_NORESERVE` and only touched where
+/// chunks are), and a `limit` that is 0 until the bytes are installed and their
+/// count afterwards. A lookup is `idx = p >> CHUNK_SHIFT; idx < limit &&
+/// bytes[idx] != 0`, nine instructions in `free`: the one unsigned compare rejects
+/// addresses at or above 2^47 and everything before installation, and null lands on
+/// entry 0, which is never set (nothing of ours lies at address 0), so `free` needs
+/// no null test of its own. A byte instead of a bit saves a bitmap's shift and bit
+/// test; the `limit` field instead of a constant saves a null test of `bytes`.
+///
+/// Invariant: `bytes[a >> CHUNK_SHIFT] != 0` iff a chunk is mapped at `a`; set before
+/// the chunk's first span is given out, cleared before the chunk is unmapped. Entries
 /// are set and cleared under the page-heap lock; `contains` runs without it.
 ///
-/// Under loom the bitmap cannot be used (zeroed memory is not a valid loom atomic,
-/// and with loom's 4 KiB chunks it would have 2^29 words to initialise), so the
-/// words in use live in a small table keyed by word index; `set`, `clear` and
-/// `contains` and their orderings are the same code. Model-checked by
+/// Under loom the map cannot be used (zeroed memory is not a valid loom atomic,
+/// and with loom's 4 KiB chunks it would have 2^35 entries), so it is a bitmap
+/// whose words in use live in a small table keyed by word index; `set`, `clear` and
+/// `contains` keep the same orderings. Model-checked by
 /// `loom-tests/tests/chunk_map.rs`.
 pub struct ChunkMap {
+    /// One byte per chunk-sized region of the address space; null until installed.
     #[cfg(not(strata_loom))]
-    words: AtomicPtr<AtomicU64>,
+    bytes: AtomicPtr<AtomicU8>,
+    /// 0 until `bytes` is installed, then [`MAP_ENTRIES`].
+    #[cfg(not(strata_loom))]
+    limit: AtomicUsize,
     /// Loom: `keys[i]` is 0 (unused) or 1 + the bitmap word index stored in `words[i]`.
     #[cfg(strata_loom)]
     keys: [AtomicUsize; LOOM_MAP_WORDS],
@@ -292,15 +477,18 @@ const LOOM_MAP_WORDS: usize = 8;
 
 /// Bits of user address space covered by the chunk map.
 pub const ADDRESS_BITS: usize = 47;
-/// Bytes of bitmap.
-pub const CHUNK_MAP_BYTES: usize = (1usize << (ADDRESS_BITS - CHUNK_SHIFT)) / 8;
+/// Entries of the chunk map: one per chunk-sized region of the address space.
+pub const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
+/// Bytes of chunk map.
+pub const CHUNK_MAP_BYTES: usize = MAP_ENTRIES;
 
 impl ChunkMap {
     /// An empty map with no storage.
     #[cfg(not(strata_loom))]
     pub const fn new() -> ChunkMap {
         ChunkMap {
-            words: AtomicPtr::new(ptr::null_mut()),
+            bytes: AtomicPtr::new(ptr::null_mut()),
+            limit: AtomicUsize::new(0),
         }
     }
     /// An empty map (loom: the table is its storage).
@@ -312,20 +500,26 @@ impl ChunkMap {
         }
     }
 
-    /// Installs the bitmap storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
+    /// Installs the map's storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
     /// `set`. Returns false if another thread installed one first (the caller then
     /// frees its own).
     #[cfg(not(strata_loom))]
     pub fn install(&self, storage: *mut u8) -> bool {
-        // Release: pairs with the Acquire in words(); the zeroed storage is visible.
-        self.words
+        let won = self
+            .bytes
             .compare_exchange(
                 ptr::null_mut(),
                 storage.cast(),
-                Ordering::Release,
-                Ordering::Acquire,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
             )
-            .is_ok()
+            .is_ok();
+        if won {
+            // Release: pairs with the Acquire in contains(); whoever sees the limit
+            // sees the pointer and the zeroed storage.
+            self.limit.store(MAP_ENTRIES, Ordering::Release);
+        }
+        won
     }
     /// Loom: never called (`is_installed` is always true).
     #[cfg(strata_loom)]
@@ -336,7 +530,7 @@ impl ChunkMap {
     /// Whether storage is installed.
     #[cfg(not(strata_loom))]
     pub fn is_installed(&self) -> bool {
-        !self.words().is_null()
+        self.limit.load(Ordering::Acquire) != 0
     }
     /// Loom: the table is always there.
     #[cfg(strata_loom)]
@@ -344,29 +538,68 @@ impl ChunkMap {
         true
     }
 
+    /// The entry of the region holding `addr`; null before `install` and at or
+    /// above 2^[`ADDRESS_BITS`]. (A raw pointer, not an `Option<&AtomicU8>`: the
+    /// option's null niche would cost `contains` a test of `bytes` against null.)
     #[cfg(not(strata_loom))]
-    #[inline]
-    fn words(&self) -> *mut AtomicU64 {
-        self.words.load(Ordering::Acquire)
+    #[inline(always)]
+    fn entry(&self, addr: usize) -> *const AtomicU8 {
+        let idx = addr >> CHUNK_SHIFT;
+        // Acquire: pairs with the Release in install(); the pointer is then visible.
+        if idx >= self.limit.load(Ordering::Acquire) {
+            return ptr::null();
+        }
+        // In bounds: a non-zero limit means `bytes` points at MAP_ENTRIES bytes.
+        self.bytes.load(Ordering::Relaxed).wrapping_add(idx)
     }
 
+    /// Marks the chunk at `addr` as ours.
     #[cfg(not(strata_loom))]
-    #[inline]
-    fn slot(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
-        let words = self.words();
-        let idx = addr >> CHUNK_SHIFT;
-        if words.is_null() || idx >= (1 << (ADDRESS_BITS - CHUNK_SHIFT)) {
-            return None;
+    pub fn set(&self, addr: usize) {
+        let e = self.entry(addr);
+        if !e.is_null() {
+            // SAFETY: a non-null entry lies in the installed map, which is zeroed,
+            // never freed storage (install).
+            let e = unsafe { &*e };
+            // Release: pairs with the Acquire in contains(); the chunk header is
+            // initialised before anyone sees the entry.
+            #[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
+            e.store(1, Ordering::Release);
+            // Mutant: the entry is published without the header.
+            #[cfg(strata_mutant = "chunk_map_set_relaxed")]
+            e.store(1, Ordering::Relaxed);
         }
-        // SAFETY: by the invariant of install(), `words` points at CHUNK_MAP_BYTES of
-        // zero-initialised, never-freed memory, and idx / 64 is in bounds.
-        let w = unsafe { &*words.add(idx / 64) };
-        Some((w, 1u64 << (idx % 64)))
     }
+
+    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
+    /// a lookup racing with the unmap of the chunk it asks about is the caller's
+    /// use-after-free, not something an ordering can fix.
     #[cfg(not(strata_loom))]
-    #[inline]
-    fn slot_for_set(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
-        self.slot(addr)
+    pub fn clear(&self, addr: usize) {
+        let e = self.entry(addr);
+        if !e.is_null() {
+            // SAFETY: as in set().
+            unsafe { &*e }.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `p` lies in one of our chunks: a compare against the limit (which
+    /// also rejects addresses at or above 2^47) and one byte load. Null lands on
+    /// entry 0, which is never set: nothing of ours lies at address 0.
+    #[cfg(not(strata_loom))]
+    #[inline(always)]
+    pub fn contains(&self, p: *const u8) -> bool {
+        let idx = p as usize >> CHUNK_SHIFT;
+        // Acquire: pairs with the Release in install(); the pointer is then visible.
+        if idx >= self.limit.load(Ordering::Acquire) {
+            return false;
+        }
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        // SAFETY: a non-zero limit means `bytes` points at MAP_ENTRIES zeroed,
+        // never-freed bytes (install), and idx < limit == MAP_ENTRIES.
+        let e = unsafe { &*bytes.add(idx) };
+        // Acquire: pairs with the Release in set().
+        e.load(Ordering::Acquire) != 0
     }
 
     /// Loom: the table entry holding `addr`'s word, if any. Relaxed: a key is
@@ -405,7 +638,8 @@ impl ChunkMap {
         panic!("loom chunk map full: raise LOOM_MAP_WORDS");
     }
 
-    /// Marks the chunk at `addr` as ours.
+    /// Loom: marks the chunk at `addr` as ours.
+    #[cfg(strata_loom)]
     pub fn set(&self, addr: usize) {
         if let Some((w, bit)) = self.slot_for_set(addr) {
             // Release: pairs with the Acquire in contains(); the chunk header is
@@ -418,16 +652,16 @@ impl ChunkMap {
         }
     }
 
-    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
-    /// a lookup racing with the unmap of the chunk it asks about is the caller's
-    /// use-after-free, not something an ordering can fix.
+    /// Loom: marks the chunk at `addr` as no longer ours (Relaxed, as above).
+    #[cfg(strata_loom)]
     pub fn clear(&self, addr: usize) {
         if let Some((w, bit)) = self.slot(addr) {
             w.fetch_and(!bit, Ordering::Relaxed);
         }
     }
 
-    /// Whether `p` lies in one of our chunks.
+    /// Loom: whether `p` lies in one of our chunks.
+    #[cfg(strata_loom)]
     #[inline]
     pub fn contains(&self, p: *const u8) -> bool {
         match self.slot(p as usize) {

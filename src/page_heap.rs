@@ -15,7 +15,7 @@ use crate::chunk::{
     Span, SpanKind, USABLE_PAGES,
 };
 use crate::os::{OS_PAGE, Os};
-use crate::size_class::{CHUNK_SIZE, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
+use crate::size_class::{CHUNK_SIZE, NO_CLASS, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 
@@ -49,7 +49,8 @@ pub struct PageHeapStats {
 
 /// The page heap.
 ///
-/// Invariants (checked by [`PageHeap::validate`]): those of [`Span`] 1–3 and 5, plus
+/// Invariants (checked by [`PageHeap::validate`]): those of [`Span`] 1–3, 5 and 6 and
+/// [`ChunkHeader`] 3, plus
 /// 1. bit `b` of `nonempty` is set iff `bins[b]` is non-empty;
 /// 2. `free_pages` is the sum of the sizes of all free spans; `free_chunks` counts the
 ///    chunks whose usable pages form one free span; `free_chunks <= CHUNK_RESERVE`
@@ -229,9 +230,12 @@ impl<O: Os> PageHeap<O> {
                 let chunk = &*s.chunk();
                 let (first, last) = (s.start as usize, (s.start + s.npages - 1) as usize);
                 if kind == SpanKind::Small {
-                    // Objects live on every page: map them all (Span invariant 2).
+                    // Objects live on every page: map them all, and give each the
+                    // class and base that `free` checks (Span invariants 2 and 6).
+                    let base = s.base();
                     for p in first..=last {
                         chunk.set_first(p, first);
+                        chunk.set_small(p, class, base);
                     }
                 } else {
                     // A Large block is found by its start; coalescing needs the end.
@@ -438,6 +442,11 @@ impl<O: Os> PageHeap<O> {
             #[cfg(strata_loom)]
             ChunkHeader::init_in_place(base.cast());
             let chunk = &mut *(base as *mut ChunkHeader);
+            // Zero would be class 0: no page holds small objects yet (ChunkHeader
+            // invariant 3). Before the chunk map publishes the chunk, below.
+            for p in 0..PAGES_PER_CHUNK {
+                chunk.clear_small(p);
+            }
             chunk.magic = CHUNK_MAGIC;
             chunk.next = h.chunks;
             if !h.chunks.is_null() {
@@ -468,6 +477,14 @@ impl<O: Os> PageHeap<O> {
         unsafe {
             let mut span = span;
             let chunk = &mut *(*span).chunk();
+            if (*span).kind() == SpanKind::Small {
+                // Its pages hold no objects any more (Span invariant 6); the span may
+                // next be cut into Large spans, which map only their ends.
+                let start = (*span).start as usize;
+                for p in start..start + (*span).npages as usize {
+                    chunk.clear_small(p);
+                }
+            }
             h.free_pages += (*span).npages as usize;
             (*span).set_kind(SpanKind::Free);
             (*span).flags = 0;
@@ -600,6 +617,15 @@ impl<O: Os> PageHeap<O> {
                     "chunk not in the chunk map",
                     at,
                 )?;
+                for q in 0..HEADER_PAGES {
+                    check(
+                        c.page_class(q) == NO_CLASS,
+                        "ChunkHeader",
+                        3,
+                        "a header page's entry names a class",
+                        at,
+                    )?;
+                }
                 let mut p = HEADER_PAGES;
                 let mut prev_free = false;
                 while p < PAGES_PER_CHUNK {
@@ -634,6 +660,24 @@ impl<O: Os> PageHeap<O> {
                         "page map does not point at span",
                         at,
                     )?;
+                    for q in p..end {
+                        let small = s.kind() == SpanKind::Small;
+                        let class = if small { s.class().0 } else { NO_CLASS };
+                        check(
+                            c.page_class(q) == class,
+                            "Span",
+                            6,
+                            "page entry's class differs from the span's",
+                            at,
+                        )?;
+                        check(
+                            !small || c.page_base_low32(q) == s.base() as usize as u32,
+                            "Span",
+                            6,
+                            "page entry's base differs from the span's",
+                            at,
+                        )?;
+                    }
                     if s.kind() == SpanKind::Free {
                         check(
                             !prev_free,
@@ -1003,6 +1047,52 @@ mod tests {
             assert!(!ph.grow_in_place(s, 5), "the fence blocks further growth");
             ph.validate().unwrap();
             assert_eq!((*s).npages, 4);
+        }
+    }
+
+    #[test]
+    fn page_entries_accept_object_starts_only_and_leave_with_the_small_span() {
+        use crate::chunk::small_object;
+        let ph = PageHeap::new(SysOs);
+        // 14,336-byte objects on 8-page spans: 4 objects and a whole page of tail,
+        // where offset 4 × 14,336 is a multiple of the size but no object.
+        let c = SizeClass(42);
+        let (size, n, bytes) = (
+            c.size_bytes(),
+            c.objects_per_span(),
+            c.span_pages() * PAGE_SIZE,
+        );
+        assert!(n * size < bytes, "the class has a tail holding a multiple");
+        let s = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
+        // SAFETY: `s` is a live span of a mapped chunk, so every address in it lies in
+        // a mapped chunk; small_object never reads through them.
+        unsafe {
+            let base = (*s).base();
+            for off in (0..bytes).step_by(8) {
+                let want = off % size == 0 && off / size < n;
+                assert_eq!(
+                    small_object(base as usize + off),
+                    want.then_some(c),
+                    "offset {off}"
+                );
+            }
+            ph.validate().unwrap();
+            ph.free_span(s);
+            // The same pages as one Large span: no page names a class any more (a
+            // Large span maps only its ends in `first`).
+            let l = ph.alloc_span(c.span_pages(), 1, SpanKind::Large, SizeClass(0));
+            assert_eq!((*l).base(), base, "best fit takes the same pages again");
+            for off in (0..bytes).step_by(8) {
+                assert_eq!(small_object(base as usize + off), None, "offset {off}");
+            }
+            ph.validate().unwrap();
+            // A stale class left in the Large span's interior is what validate reports.
+            let chunk = &*(*l).chunk();
+            chunk.set_small((*l).start as usize + 3, c, base);
+            let v = ph.validate().unwrap_err();
+            assert_eq!((v.structure, v.invariant), ("Span", 6), "{v}");
+            chunk.clear_small((*l).start as usize + 3);
+            ph.validate().unwrap();
         }
     }
 

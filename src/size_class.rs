@@ -153,6 +153,47 @@ pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     }
 }
 
+/// The class of `n` 16-byte units for `n <= 64`, by `n` (0 gets the class of 16).
+#[cfg(not(strata_loom))]
+static C_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut n = 0;
+    while n <= 64 {
+        let size = if n == 0 { 16 } else { 16 * n };
+        t[n] = class_of_m_arith(size - 1).0;
+        n += 1;
+    }
+    t
+};
+
+/// The class serving C `malloc(size)` (16-byte alignment, glibc's `max_align_t`), or
+/// `None` when the request is not small. Size 0 gets the smallest 16-byte class, as
+/// glibc gives `malloc(0)` a minimum-size block.
+///
+/// Up to 1 KiB: a compare, an add, a shift and a load, by 16-byte units, where
+/// `class_for(size, 16)` rounds, subtracts and shifts first.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub fn class_for_c(size: usize) -> Option<SizeClass> {
+    if size <= C_TABLE_MAX {
+        Some(class_for_c_table(size))
+    } else {
+        class_for(size, 16)
+    }
+}
+
+/// The largest size [`class_for_c_table`] takes.
+pub const C_TABLE_MAX: usize = 1024;
+
+/// [`class_for_c`] for `size <= C_TABLE_MAX`: an add, a shift and a load.
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub fn class_for_c_table(size: usize) -> SizeClass {
+    debug_assert!(size <= C_TABLE_MAX);
+    // Masking instead of a bounds check: for size <= 1024 the index is at most 64.
+    SizeClass(C_CLASS[((size + 15) >> 4) & 127])
+}
+
 /// Loom geometry: two classes of 64 and 128 bytes.
 #[cfg(strata_loom)]
 #[inline(always)]
@@ -260,32 +301,73 @@ const fn cap_for(c: usize) -> usize {
     cap_of_class(s, batch_of_class(s))
 }
 
-/// `⌈2^64 / size⌉` per class, for [`SizeClass::divides`]; padded to 64 entries so
-/// that a masked index needs no bounds check.
-pub static CLASS_DIV_MAGIC: [u64; 64] = {
-    let mut t = [1u64; 64];
+/// What `free` by address needs to know about each class to accept an offset into
+/// one of its spans, indexed by a page's class code: the class, or [`NO_CLASS`] (and
+/// every other code above the last class), which accepts nothing. 256 entries so
+/// that a `u8` code needs no bounds check or mask; two arrays of 8-byte words rather
+/// than one of pairs, so that the code indexes both with an x86 scale (there is no
+/// ×16).
+#[repr(C)]
+pub struct ObjectChecks {
+    /// `m = ⌊2^64 / size⌋ + 1`; 0 for a code that names no class.
+    pub magic: [u64; 256],
+    /// `objects_per_span × e`, where `e = m·size − 2^64` (`1 <= e <= size`); 0 for a
+    /// code that names no class, so that nothing is accepted.
+    pub limit: [u64; 256],
+}
+
+impl ObjectChecks {
+    /// Whether `offset` (bytes from a span's base, as a 32-bit wrapping difference)
+    /// is the start of one of the span's objects for class code `code`: a multiple
+    /// of the class size, and below `objects_per_span × size` (not in the span's
+    /// tail). One multiply and one compare, no division.
+    ///
+    /// Why it works (after Lemire, Kaser and Kurz, "Faster remainder by direct
+    /// computation", 2019): write `offset = k·size + r` with `0 <= r < size`, and
+    /// `q = offset·m mod 2^64 = k·e + r·m mod 2^64`. If `r == 0`, `q = k·e` (no wrap:
+    /// `k·e <= 2^32`), which is below `limit = N·e` exactly when `k < N`. If `r > 0`,
+    /// `r·m > 2^64 / size` and `k·e + r·m < 2^64 − 2^64/size + (k+1)·e <= 2^64`
+    /// (as `(k+1)·e <= 2^32 + size <= 2^64 / size` for sizes up to 2^18), so `q` does
+    /// not wrap and is at least `2^64 / size >= 2^46`, above every limit
+    /// (`N·e <= N·size`, a span's bytes). `e >= 1` matters: with `e == 0` (a power of
+    /// two size and `m = 2^64 / size`) every multiple would give `q == 0`.
+    /// Checked for every class and every offset in a chunk, and at random above, by
+    /// the tests below.
+    #[inline(always)]
+    pub fn accepts(&self, code: u8, offset: u32) -> bool {
+        let c = code as usize;
+        (offset as u64).wrapping_mul(self.magic[c]) < self.limit[c]
+    }
+}
+
+const fn object_magic_and_limit(c: usize) -> (u64, u64) {
+    let size = size_of_class(c) as u128;
+    let magic = ((1u128 << 64) / size) as u64 + 1;
+    let e = (magic as u128 * size - (1u128 << 64)) as u64;
+    let n = (pages_of_class(size_of_class(c)) * PAGE_SIZE) as u64 / size as u64;
+    assert!(e >= 1 && e as u128 <= size && size <= 1 << 18);
+    (magic, n * e)
+}
+
+/// The class code of a page that holds no small objects (see [`OBJECT_CHECKS`]).
+pub const NO_CLASS: u8 = u8::MAX;
+
+/// [`ObjectChecks`] of every class.
+pub static OBJECT_CHECKS: ObjectChecks = {
+    let mut t = ObjectChecks {
+        magic: [0; 256],
+        limit: [0; 256],
+    };
     let mut c = 0;
     while c < NUM_CLASSES {
-        t[c] = u64::MAX / size_of_class(c) as u64 + 1;
+        (t.magic[c], t.limit[c]) = object_magic_and_limit(c);
         c += 1;
     }
     t
 };
 
-impl SizeClass {
-    /// Whether `offset` (below 2^32) is a multiple of the class size, without a
-    /// division: for n < 2^32 and m = ⌈2^64 / d⌉, `d | n` iff `n·m mod 2^64 < m`
-    /// (Lemire, Kaser and Kurz, "Faster remainder by direct computation", 2019).
-    /// A multiply and a compare on the C `free` path, where a `%` costs 20-40 cycles.
-    #[inline(always)]
-    pub fn divides(self, offset: usize) -> bool {
-        debug_assert!(offset < 1 << 32);
-        let m = CLASS_DIV_MAGIC[self.index() & 63];
-        (offset as u64).wrapping_mul(m) < m
-    }
-}
-
-const _: () = assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32);
+const _: () =
+    assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
 
 const _: () = assert!(size_of_class(NUM_CLASSES - 1) == MAX_SMALL);
 #[cfg(not(strata_loom))]
@@ -345,17 +427,44 @@ mod tests {
         );
     }
 
+    /// The check `free` relies on, against the arithmetic it replaces: every class,
+    /// every offset in a chunk and a page beyond, and a spread of 32-bit offsets up
+    /// to the wrap-around (a pointer below its span's base gives one near 2^32).
     #[test]
-    fn divides_agrees_with_the_remainder_for_every_class() {
+    fn object_check_accepts_exactly_the_starts_of_objects_inside_the_span() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for c in 0..NUM_CLASSES {
-            let c = SizeClass(c as u8);
-            let size = c.size_bytes();
-            for off in (0..(4 << 20))
-                .step_by(8)
-                .chain([1, 7, size - 1, size + 1, 3 * size + 8])
-            {
-                assert_eq!(c.divides(off), off % size == 0, "class {c:?} offset {off}");
+            let cls = SizeClass(c as u8);
+            let (size, n) = (cls.size_bytes() as u64, cls.objects_per_span() as u64);
+            let accepts = |off: u64| OBJECT_CHECKS.accepts(c as u8, off as u32);
+            let want = |off: u64| off % size == 0 && off / size < n;
+            for off in 0..(CHUNK_SIZE + PAGE_SIZE) as u64 {
+                assert_eq!(accepts(off), want(off), "class {c} offset {off}");
             }
+            for _ in 0..100_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = x as u32 as u64;
+                assert_eq!(accepts(off), want(off), "class {c} offset {off}");
+            }
+            for off in (u32::MAX as u64 - 4 * size)..=u32::MAX as u64 {
+                assert!(!accepts(off), "class {c} offset {off}");
+            }
+        }
+        for code in NUM_CLASSES..256 {
+            assert!(
+                !OBJECT_CHECKS.accepts(code as u8, 0),
+                "code {code} names no class"
+            );
+        }
+    }
+
+    #[test]
+    fn c_malloc_classes_are_the_16_byte_aligned_ones() {
+        assert_eq!(class_for_c(0), class_for(16, 16), "malloc(0) gets a block");
+        for size in 1..=MAX_SMALL + 64 {
+            assert_eq!(class_for_c(size), class_for(size, 16), "size {size}");
         }
     }
 

@@ -10,7 +10,7 @@ pub(crate) use core::sync::atomic::{
 };
 #[cfg(strata_loom)]
 pub(crate) use loom::sync::atomic::{
-    AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 /// Declares a constructor that is `const fn` normally and a plain `fn` under loom

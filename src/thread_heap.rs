@@ -7,9 +7,11 @@
 //! free:   size→class ─ tls heap ─ try_push ── hit: 19 instructions, one branch
 //!                                  └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
 //! ```
-//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 39.5
+//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 41.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
-//! included; a C `free` by address adds the chunk-map and page-map lookup (about 18).
+//! included. Through the C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
+//! `global::free_by_address`): `malloc` 17 instructions, `free` 31 (chunk map 9, page
+//! entry and object check 10, TLS and push 12), 64 a pair with the benchmark's loop.
 //! Keep statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)

@@ -319,6 +319,12 @@ unsafe fn retire(b: Block, n: usize) {
     quarantine(&b);
 }
 
+/// Checked `malloc`: `n` bytes at 16-byte alignment.
+#[cfg(feature = "c-abi")]
+pub(crate) fn alloc_c(n: usize) -> *mut u8 {
+    alloc_bytes(n, 16, false)
+}
+
 /// Checked `malloc`/`calloc`/`memalign`: `n` bytes at `align`, zeroed if `zero`.
 pub(crate) fn alloc_bytes(n: usize, align: usize, zero: bool) -> *mut u8 {
     if n >= MAX_REQUEST {
@@ -337,12 +343,16 @@ pub(crate) fn alloc_bytes(n: usize, align: usize, zero: bool) -> *mut u8 {
     p
 }
 
-/// Checked `free`: aborts unless `p` is a live block of ours. Always true.
+/// Checked `free`: ignores null, aborts unless `p` is a live block of ours. True
+/// unless `p` is null.
 ///
 /// # Safety
 /// None beyond C's: a live block of ours is given up; anything else aborts.
 #[cfg(feature = "c-abi")]
 pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
+    if p.is_null() {
+        return false;
+    }
     let (b, n) = live_block(p, Verb::Free);
     // SAFETY: live_block checked that `b` is a live block; the caller gives it up.
     unsafe { retire(b, n) };
