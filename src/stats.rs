@@ -336,8 +336,9 @@ impl<O: Os> Backend<O> {
     }
 }
 
-/// Bytes with a binary unit, for humans.
-struct Bytes(u64);
+/// Bytes with a binary unit, for humans: `512 B`, `96.0 KiB`, `12.3 MiB`; honours
+/// width and alignment (`{:>12}`) without allocating. Also used by the heap map.
+pub(crate) struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -564,5 +565,18 @@ impl Stats {
             )?;
         }
         w.write_str("]}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bytes;
+
+    #[test]
+    fn bytes_print_in_the_largest_fitting_unit_and_pad() {
+        assert_eq!(Bytes(512).to_string(), "512 B");
+        assert_eq!(Bytes(96 << 10).to_string(), "96.0 KiB");
+        assert_eq!(Bytes(12 << 20 | 300 << 10).to_string(), "12.3 MiB");
+        assert_eq!(format!("{:>10}", Bytes(2048)), "   2.0 KiB");
     }
 }
