@@ -185,12 +185,6 @@ impl<O: Os> Backend<O> {
         r
     }
 
-    /// Adds a thread heap's net flow of bytes (see [`Counters::flow`]).
-    #[inline]
-    pub fn publish_flow(&self, bytes: isize) {
-        self.counters.flow(bytes);
-    }
-
     /// Thread heaps in use, and ever created.
     pub fn thread_heaps(&self) -> (usize, usize) {
         let _g = self.pool_lock.guard();
@@ -473,8 +467,8 @@ impl<O: Os> Backend<O> {
         r
     }
 
-    /// Checks the heap pool's invariant: pooled heaps are Pooled and empty, and
-    /// `live + pooled == created`.
+    /// Checks the heap pool's invariants: pooled heaps are Pooled and empty,
+    /// `live + pooled == created`, and the `all` list holds `created` heaps.
     fn validate_pool(&self) -> Result<(), Violation> {
         let _g = self.pool_lock.guard();
         // SAFETY: pool lock held.
@@ -508,6 +502,22 @@ impl<O: Os> Backend<O> {
             1,
             "live + pooled != created",
             0,
+        )?;
+        // Invariant 2: the `all` list holds every heap ever created, once.
+        let mut listed = 0;
+        let mut h = pool.all;
+        while !h.is_null() && listed <= pool.created {
+            listed += 1;
+            // SAFETY: heaps on `all` are never freed (invariant 2); `all_next` is
+            // written once, under the pool lock we hold.
+            h = unsafe { (*h).all_next };
+        }
+        crate::page_heap::check(
+            listed == pool.created,
+            "HeapPool",
+            2,
+            "the list of all heaps does not hold `created` heaps",
+            listed,
         )
     }
 

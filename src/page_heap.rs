@@ -43,8 +43,6 @@ pub struct PageHeapStats {
     pub purged_bytes_total: u64,
     /// Bytes of chunks unmapped, ever.
     pub unmapped_bytes_total: u64,
-    /// Bytes of chunks that may be resident: mapped minus free pages known zero.
-    pub resident_bytes: usize,
 }
 
 /// The page heap.
@@ -386,7 +384,6 @@ impl<O: Os> PageHeap<O> {
                 free_zeroed_bytes: zeroed,
                 purged_bytes_total: h.purged_total,
                 unmapped_bytes_total: h.unmapped_total,
-                resident_bytes: h.nchunks * CHUNK_SIZE - h.zeroed_pages * PAGE_SIZE,
             }
         })
     }

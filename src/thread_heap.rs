@@ -393,7 +393,7 @@ impl ThreadHeap {
             self.lists[ci].max = 0;
         }
         self.max_bytes = 0;
-        be.publish_flow(core::mem::take(&mut self.unpublished));
+        be.counters.flow(core::mem::take(&mut self.unpublished));
     }
 
     /// Sets the byte budget; shrinks maxima now if it dropped.
@@ -450,7 +450,7 @@ impl ThreadHeap {
     fn note_flow<O: Os>(&mut self, delta: isize, be: &Backend<O>) {
         self.unpublished += delta;
         if self.unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
-            be.publish_flow(core::mem::take(&mut self.unpublished));
+            be.counters.flow(core::mem::take(&mut self.unpublished));
         }
     }
 

@@ -311,17 +311,6 @@ impl TransferStack {
         }
         (i == NIL && self.version() == h).then_some(n)
     }
-
-    /// Counts the descriptors reachable from the head (quiescent callers only).
-    pub fn count_quiescent(&self, pool: &DescPool) -> usize {
-        let mut n = 0;
-        let mut i = self.head.load(Ordering::Acquire) as u32;
-        while i != NIL {
-            n += 1;
-            i = pool.get(i).next.load(Ordering::Relaxed);
-        }
-        n
-    }
 }
 
 /// The head that replaces `h` when `index` becomes the top: the tag goes up by one
@@ -436,7 +425,7 @@ mod tests {
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();
-        assert_eq!(sh.stack.count_quiescent(&sh.pool), 0);
+        assert_eq!(sh.stack.count_if_stable(&sh.pool), Some(0));
         all.sort_unstable();
         let n = all.len();
         all.dedup();
