@@ -44,31 +44,30 @@ threads_for() {
     case "$1" in glibc-simple | malloc-large) echo 1 ;; *) echo "$THREADS" ;; esac
 }
 
-echo "# thread-cache budget sweep (purge delay at its default); $THREADS threads, ${SECONDS_PER_RUN}s x $REPS, medians"
-printf '%-14s' workload
-BUDGETS=(256k 512k 1m 2m 4m 8m 32m)
-for b in "${BUDGETS[@]}"; do printf '%22s' "budget $b"; done
-echo
-for wl in rptest larson xmalloc glibc-thread alloc-test thread-churn glibc-simple; do
-    printf '%-14s' "$wl"
-    for b in "${BUDGETS[@]}"; do
-        read -r ops rss < <(run "$wl" "$(threads_for "$wl")" STRATA_THREAD_CACHE_BYTES="$b")
-        printf '%13.1fk %5dM' "$(awk "BEGIN{print $ops/1e3}")" "$((rss / 1024))"
-    done
+# sweep TITLE VAR LABEL "VALUES" "WORKLOADS": one row per workload, one column per
+# value of the environment variable VAR (headed "LABEL value")
+sweep() {
+    local title="$1" var="$2" label="$3" values wls wl v ops rss
+    read -r -a values <<<"$4"
+    read -r -a wls <<<"$5"
+    echo "# $title; $THREADS threads, ${SECONDS_PER_RUN}s x $REPS, medians of ops/s and peak RSS"
+    printf '%-14s' workload
+    for v in "${values[@]}"; do printf '%22s' "$label $v"; done
     echo
-done
+    for wl in "${wls[@]}"; do
+        printf '%-14s' "$wl"
+        for v in "${values[@]}"; do
+            read -r ops rss < <(run "$wl" "$(threads_for "$wl")" "$var=$v")
+            printf '%13.1fk %5dM' "$(awk "BEGIN{print $ops/1e3}")" "$((rss / 1024))"
+        done
+        echo
+    done
+}
 
+sweep "thread-cache budget (purge delay at its default)" STRATA_THREAD_CACHE_BYTES budget \
+    "256k 512k 1m 2m 4m 8m 32m" \
+    "rptest larson xmalloc glibc-thread alloc-test thread-churn glibc-simple"
 echo
-echo "# purge delay sweep (budget at its default): ops/s and peak RSS"
-printf '%-14s' workload
-DELAYS=(0 10 100 1000 10000)
-for d in "${DELAYS[@]}"; do printf '%22s' "delay ${d}ms"; done
-echo
-for wl in mstress rptest malloc-large larson; do
-    printf '%-14s' "$wl"
-    for d in "${DELAYS[@]}"; do
-        read -r ops rss < <(run "$wl" "$(threads_for "$wl")" STRATA_PURGE_DELAY_MS="$d")
-        printf '%13.1fk %5dM' "$(awk "BEGIN{print $ops/1e3}")" "$((rss / 1024))"
-    done
-    echo
-done
+sweep "purge delay in ms (budget at its default)" STRATA_PURGE_DELAY_MS delay \
+    "0 10 100 1000 10000" \
+    "mstress rptest malloc-large larson"

@@ -113,20 +113,9 @@ fn parse_args() -> Result<Opts, String> {
 // Blocks: sizes, content pattern, checks
 // ---------------------------------------------------------------------------
 
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 const SMALL: usize = 0;
 const MEDIUM: usize = 1;

@@ -26,18 +26,14 @@ const TARGET_BYTES: usize = 24 << 20;
 /// Share of the blocks that survive, in percent.
 const KEEP_PERCENT: u64 = 20;
 
-/// xorshift64*: deterministic, so every run draws the same maps.
-struct Rng(u64);
+// Deterministic, so every run draws the same maps.
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
     fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
+        lo + self.below(hi - lo)
     }
     /// A block size: many small objects, fewer medium ones, a few Large blocks.
     fn size(&mut self) -> usize {
