@@ -366,37 +366,35 @@ unsafe impl GlobalAlloc for Strata {
 #[cfg(not(feature = "checked"))]
 #[inline(always)]
 unsafe fn realloc_layout(p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-    {
-        let align = layout.align();
-        match (route(layout.size(), align), route(new_size, align)) {
-            (Route::Small(a), Route::Small(b)) if a == b => return p,
-            (Route::Large, Route::Large) => {
-                // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
-                let in_place = unsafe { BACKEND.resize_large_in_place(p, new_size) };
-                if in_place {
-                    return p;
-                }
-            }
-            (Route::Huge, Route::Huge) if align <= OS_PAGE => {
-                // SAFETY: `p` is a live huge block aligned to at most a page; on
-                // failure it stays intact and we return null, as realloc must.
-                return unsafe { BACKEND.realloc_huge(p, new_size) };
-            }
-            _ => {}
-        }
-        // SAFETY: align is the live layout's, a power of two; new_size is valid for it.
-        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
-        // SAFETY: as in alloc.
-        let q = unsafe { Strata.alloc(new_layout) };
-        if !q.is_null() {
-            // SAFETY: both blocks are live, distinct, and at least min(old, new) long.
-            unsafe {
-                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                Strata.dealloc(p, layout);
+    let align = layout.align();
+    match (route(layout.size(), align), route(new_size, align)) {
+        (Route::Small(a), Route::Small(b)) if a == b => return p,
+        (Route::Large, Route::Large) => {
+            // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
+            let in_place = unsafe { BACKEND.resize_large_in_place(p, new_size) };
+            if in_place {
+                return p;
             }
         }
-        q
+        (Route::Huge, Route::Huge) if align <= OS_PAGE => {
+            // SAFETY: `p` is a live huge block aligned to at most a page; on
+            // failure it stays intact and we return null, as realloc must.
+            return unsafe { BACKEND.realloc_huge(p, new_size) };
+        }
+        _ => {}
     }
+    // SAFETY: align is the live layout's, a power of two; new_size is valid for it.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+    // SAFETY: as in alloc.
+    let q = unsafe { Strata.alloc(new_layout) };
+    if !q.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least min(old, new) long.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+            Strata.dealloc(p, layout);
+        }
+    }
+    q
 }
 
 /// Counts a reallocation of `p` that returned `q` (in place when they are equal) in
