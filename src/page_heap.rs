@@ -430,6 +430,8 @@ impl<O: Os> PageHeap<O> {
         unsafe {
             let mut span = span;
             let chunk = &mut *(*span).chunk();
+            // Mutant: the pages keep their class after the span is gone.
+            #[cfg(not(strata_mutant = "span_release_keeps_class"))]
             if (*span).kind() == SpanKind::Small {
                 // Its pages hold no objects any more (Span invariant 6); the span may
                 // next be cut into Large spans, which map only their ends.
