@@ -10,8 +10,8 @@
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 41.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
 //! included. Through the C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): `malloc` 17 instructions, `free` 31 (chunk map 9, page
-//! entry and object check 10, TLS and push 12), 64 a pair with the benchmark's loop.
+//! `global::free_by_address`): `malloc` 17 instructions, `free` 30 (chunk map 8, page
+//! entry and object check 10, TLS and push 12), 63 a pair with the benchmark's loop.
 //! Keep statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
