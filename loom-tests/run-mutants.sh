@@ -43,6 +43,7 @@ MUTANTS=(
     "purge_unlocked                  purge           the purge pass after the page-heap lock is dropped"
     "retire_pools_before_flush       thread_exit     an exiting thread's heap pooled before its cache is flushed"
     "huge_remap_unlocked             huge_blocks     a huge block remapped outside the registry lock (the bug loom found)"
+    "span_release_keeps_class        span_release    a released Small span's pages keep their class in the page entries"
 )
 
 want=("$@")

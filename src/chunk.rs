@@ -12,11 +12,12 @@ use crate::size_class::{
     CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
     SizeClass,
 };
+use crate::sync::{AtomicU8, Ordering};
 #[cfg(not(strata_loom))]
-use crate::sync::{AtomicPtr, AtomicU16, AtomicU32};
-use crate::sync::{AtomicU8, AtomicUsize, Ordering};
+use crate::sync::{AtomicU16, AtomicU32};
 #[cfg(strata_loom)]
-use crate::sync::{AtomicU64, UnsafeCell};
+use crate::sync::{AtomicU64, AtomicUsize, UnsafeCell};
+#[cfg(strata_loom)]
 use core::ptr;
 
 /// An object on a free list: the first word of a free block links to the next.
@@ -288,7 +289,8 @@ impl PageEntry {
 #[cfg(not(strata_loom))]
 #[inline(always)]
 pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
-    let skew = (a >> CHUNK_SHIFT).wrapping_mul(CHUNK_SIZE - PAGES_PER_CHUNK * 8);
+    // `opaque` as in ChunkMap::contains, so that both share one index.
+    let skew = opaque(a >> CHUNK_SHIFT).wrapping_mul(CHUNK_SIZE - PAGES_PER_CHUNK * 8);
     let at = skew
         .wrapping_add(PAGES_OFFSET)
         .wrapping_add((a >> PAGE_SHIFT) * 8);
@@ -438,32 +440,31 @@ impl ChunkHeader {
 /// Which 4 MiB-aligned regions of the address space are strata's chunks, so that
 /// "is this pointer ours?" never reads through the pointer.
 ///
-/// Outside loom: one byte per possible chunk of the 47-bit user address space (32 MiB
-/// of address space, reserved lazily with `MAP_NORESERVE` and only touched where
-/// chunks are), and a `limit` that is 0 until the bytes are installed and their
-/// count afterwards. A lookup is `idx = p >> CHUNK_SHIFT; idx < limit &&
-/// bytes[idx] != 0`, nine instructions in `free`: the one unsigned compare rejects
-/// addresses at or above 2^47 and everything before installation, and null lands on
-/// entry 0, which is never set (nothing of ours lies at address 0), so `free` needs
-/// no null test of its own. A byte instead of a bit saves a bitmap's shift and bit
-/// test; the `limit` field instead of a constant saves a null test of `bytes`.
+/// Outside loom: one byte per possible chunk of the 47-bit user address space, in
+/// the process-wide static `CHUNK_MAP` (32 MiB of `.bss`: address space only, whose
+/// pages are touched only where chunks are). A lookup is `idx = p >> CHUNK_SHIFT;
+/// idx < MAP_ENTRIES && CHUNK_MAP[idx] != 0`, eight instructions in `free`: the one
+/// unsigned compare rejects addresses at or above 2^47, and null lands on entry 0,
+/// which is never set (nothing of ours lies at address 0), so `free` needs no null
+/// test of its own. A byte instead of a bit saves a bitmap's shift and bit test.
 ///
-/// Invariant: `bytes[a >> CHUNK_SHIFT] != 0` iff a chunk is mapped at `a`; set before
-/// the chunk's first span is given out, cleared before the chunk is unmapped. Entries
-/// are set and cleared under the page-heap lock; `contains` runs without it.
+/// The map is the process's, not a field of each `PageHeap`, because a static's
+/// address and bound are constants: a per-heap map, mapped on first use, cost
+/// `free` a load of its pointer and a load of its bound (0 until mapped). Every page
+/// heap of the process registers its chunks here; strata has one outside tests, and
+/// what the map promises (the header of a chunk it names is mapped) holds for all.
 ///
-/// Under loom the map cannot be used (zeroed memory is not a valid loom atomic,
-/// and with loom's 4 KiB chunks it would have 2^35 entries), so it is a bitmap
+/// Invariant: `CHUNK_MAP[a >> CHUNK_SHIFT] != 0` iff a chunk is mapped at `a`; set
+/// before the chunk's first span is given out, cleared before the chunk is unmapped.
+/// Entries are set and cleared under the lock of the chunk's page heap; `contains`
+/// runs without it.
+///
+/// Under loom the static cannot be used (loom's atomics cannot live in statics, and
+/// with loom's 4 KiB chunks it would have 2^35 entries), so each map is a bitmap
 /// whose words in use live in a small table keyed by word index; `set`, `clear` and
 /// `contains` keep the same orderings. Model-checked by
 /// `loom-tests/tests/chunk_map.rs`.
 pub struct ChunkMap {
-    /// One byte per chunk-sized region of the address space; null until installed.
-    #[cfg(not(strata_loom))]
-    bytes: AtomicPtr<AtomicU8>,
-    /// 0 until `bytes` is installed, then [`MAP_ENTRIES`].
-    #[cfg(not(strata_loom))]
-    limit: AtomicUsize,
     /// Loom: `keys[i]` is 0 (unused) or 1 + the bitmap word index stored in `words[i]`.
     #[cfg(strata_loom)]
     keys: [AtomicUsize; LOOM_MAP_WORDS],
@@ -476,20 +477,41 @@ pub struct ChunkMap {
 const LOOM_MAP_WORDS: usize = 8;
 
 /// Bits of user address space covered by the chunk map.
-pub const ADDRESS_BITS: usize = 47;
+#[cfg(not(strata_loom))]
+const ADDRESS_BITS: usize = 47;
 /// Entries of the chunk map: one per chunk-sized region of the address space.
-pub const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
-/// Bytes of chunk map.
-pub const CHUNK_MAP_BYTES: usize = MAP_ENTRIES;
+#[cfg(not(strata_loom))]
+const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
+
+/// `x`, through an empty `asm!` block (no instruction), so that the compiler cannot
+/// see how it was computed. For the chunk-map index: seeing `(p >> 22) < 2^25`, LLVM
+/// rewrites it as `p < 2^47`, which takes a shift of its own on x86-64 (the bound
+/// does not fit an immediate), and then shifts again for the index: two instructions
+/// more in `free`.
+#[cfg(all(not(strata_loom), target_arch = "x86_64"))]
+#[inline(always)]
+fn opaque(mut x: usize) -> usize {
+    // SAFETY: the block is empty: it executes nothing and touches no memory.
+    unsafe {
+        core::arch::asm!("/* {0} */", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
+    }
+    x
+}
+#[cfg(all(not(strata_loom), not(target_arch = "x86_64")))]
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    x
+}
+
+/// The chunk map of the process (see [`ChunkMap`]).
+#[cfg(not(strata_loom))]
+static CHUNK_MAP: [AtomicU8; MAP_ENTRIES] = [const { AtomicU8::new(0) }; MAP_ENTRIES];
 
 impl ChunkMap {
-    /// An empty map with no storage.
+    /// A handle on the process's chunk map.
     #[cfg(not(strata_loom))]
     pub const fn new() -> ChunkMap {
-        ChunkMap {
-            bytes: AtomicPtr::new(ptr::null_mut()),
-            limit: AtomicUsize::new(0),
-        }
+        ChunkMap {}
     }
     /// An empty map (loom: the table is its storage).
     #[cfg(strata_loom)]
@@ -500,67 +522,10 @@ impl ChunkMap {
         }
     }
 
-    /// Installs the map's storage (zeroed, `CHUNK_MAP_BYTES`), once, before any
-    /// `set`. Returns false if another thread installed one first (the caller then
-    /// frees its own).
-    #[cfg(not(strata_loom))]
-    pub fn install(&self, storage: *mut u8) -> bool {
-        let won = self
-            .bytes
-            .compare_exchange(
-                ptr::null_mut(),
-                storage.cast(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        if won {
-            // Release: pairs with the Acquire in contains(); whoever sees the limit
-            // sees the pointer and the zeroed storage.
-            self.limit.store(MAP_ENTRIES, Ordering::Release);
-        }
-        won
-    }
-    /// Loom: never called (`is_installed` is always true).
-    #[cfg(strata_loom)]
-    pub fn install(&self, _storage: *mut u8) -> bool {
-        false
-    }
-
-    /// Whether storage is installed.
-    #[cfg(not(strata_loom))]
-    pub fn is_installed(&self) -> bool {
-        self.limit.load(Ordering::Acquire) != 0
-    }
-    /// Loom: the table is always there.
-    #[cfg(strata_loom)]
-    pub fn is_installed(&self) -> bool {
-        true
-    }
-
-    /// The entry of the region holding `addr`; null before `install` and at or
-    /// above 2^[`ADDRESS_BITS`]. (A raw pointer, not an `Option<&AtomicU8>`: the
-    /// option's null niche would cost `contains` a test of `bytes` against null.)
-    #[cfg(not(strata_loom))]
-    #[inline(always)]
-    fn entry(&self, addr: usize) -> *const AtomicU8 {
-        let idx = addr >> CHUNK_SHIFT;
-        // Acquire: pairs with the Release in install(); the pointer is then visible.
-        if idx >= self.limit.load(Ordering::Acquire) {
-            return ptr::null();
-        }
-        // In bounds: a non-zero limit means `bytes` points at MAP_ENTRIES bytes.
-        self.bytes.load(Ordering::Relaxed).wrapping_add(idx)
-    }
-
     /// Marks the chunk at `addr` as ours.
     #[cfg(not(strata_loom))]
     pub fn set(&self, addr: usize) {
-        let e = self.entry(addr);
-        if !e.is_null() {
-            // SAFETY: a non-null entry lies in the installed map, which is zeroed,
-            // never freed storage (install).
-            let e = unsafe { &*e };
+        if let Some(e) = CHUNK_MAP.get(addr >> CHUNK_SHIFT) {
             // Release: pairs with the Acquire in contains(); the chunk header is
             // initialised before anyone sees the entry.
             #[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
@@ -576,30 +541,22 @@ impl ChunkMap {
     /// use-after-free, not something an ordering can fix.
     #[cfg(not(strata_loom))]
     pub fn clear(&self, addr: usize) {
-        let e = self.entry(addr);
-        if !e.is_null() {
-            // SAFETY: as in set().
-            unsafe { &*e }.store(0, Ordering::Relaxed);
+        if let Some(e) = CHUNK_MAP.get(addr >> CHUNK_SHIFT) {
+            e.store(0, Ordering::Relaxed);
         }
     }
 
-    /// Whether `p` lies in one of our chunks: a compare against the limit (which
-    /// also rejects addresses at or above 2^47) and one byte load. Null lands on
-    /// entry 0, which is never set: nothing of ours lies at address 0.
+    /// Whether `p` lies in one of our chunks: a compare against the map's bound
+    /// (which also rejects addresses at or above 2^47) and one byte load. Null lands
+    /// on entry 0, which is never set: nothing of ours lies at address 0.
     #[cfg(not(strata_loom))]
     #[inline(always)]
     pub fn contains(&self, p: *const u8) -> bool {
-        let idx = p as usize >> CHUNK_SHIFT;
-        // Acquire: pairs with the Release in install(); the pointer is then visible.
-        if idx >= self.limit.load(Ordering::Acquire) {
-            return false;
+        match CHUNK_MAP.get(opaque(p as usize >> CHUNK_SHIFT)) {
+            // Acquire: pairs with the Release in set().
+            Some(e) => e.load(Ordering::Acquire) != 0,
+            None => false,
         }
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        // SAFETY: a non-zero limit means `bytes` points at MAP_ENTRIES zeroed,
-        // never-freed bytes (install), and idx < limit == MAP_ENTRIES.
-        let e = unsafe { &*bytes.add(idx) };
-        // Acquire: pairs with the Release in set().
-        e.load(Ordering::Acquire) != 0
     }
 
     /// Loom: the table entry holding `addr`'s word, if any. Relaxed: a key is

@@ -531,8 +531,8 @@ fn small_class_of(p: *const u8) -> Option<SizeClass> {
 /// Frees a block of ours found by address; false (and nothing done) if `p` is null
 /// or not the start of a block of ours.
 ///
-/// Budget: 31 instructions for a small object whose list has room (`objdump -d` of
-/// `free` in the `c-abi` build): chunk map 9 (`ChunkMap::contains`; null and high
+/// Budget: 30 instructions for a small object whose list has room (`objdump -d` of
+/// `free` in the `c-abi` build): chunk map 8 (`ChunkMap::contains`; null and high
 /// addresses included), page entry and object check 10 (`chunk::small_object`),
 /// TLS 2 and push 10; three branches to the slow path, none taken.
 ///

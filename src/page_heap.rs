@@ -11,10 +11,10 @@
 
 use crate::Violation;
 use crate::chunk::{
-    CHUNK_MAGIC, CHUNK_MAP_BYTES, ChunkHeader, ChunkMap, HEADER_PAGES, SPAN_LISTED, SPAN_ZEROED,
-    Span, SpanKind, USABLE_PAGES,
+    CHUNK_MAGIC, ChunkHeader, ChunkMap, HEADER_PAGES, SPAN_LISTED, SPAN_ZEROED, Span, SpanKind,
+    USABLE_PAGES,
 };
-use crate::os::{OS_PAGE, Os};
+use crate::os::Os;
 use crate::size_class::{CHUNK_SIZE, NO_CLASS, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering, RawLock, UnsafeCell};
 use core::ptr;
@@ -418,16 +418,6 @@ impl<O: Os> PageHeap<O> {
 
     /// Maps one more chunk and files its usable pages as one free span.
     fn grow(&self, h: &mut Inner) -> bool {
-        if !self.chunk_map.is_installed() {
-            let storage = self.os.map(CHUNK_MAP_BYTES, OS_PAGE);
-            if storage.is_null() {
-                return false;
-            }
-            if !self.chunk_map.install(storage) {
-                // SAFETY: our storage lost the race and was never published.
-                unsafe { self.os.unmap(storage, CHUNK_MAP_BYTES) };
-            }
-        }
         let base = self.os.map(CHUNK_SIZE, CHUNK_SIZE);
         if base.is_null() {
             return false;
@@ -474,6 +464,8 @@ impl<O: Os> PageHeap<O> {
         unsafe {
             let mut span = span;
             let chunk = &mut *(*span).chunk();
+            // Mutant: the pages keep their class after the span is gone.
+            #[cfg(not(strata_mutant = "span_release_keeps_class"))]
             if (*span).kind() == SpanKind::Small {
                 // Its pages hold no objects any more (Span invariant 6); the span may
                 // next be cut into Large spans, which map only their ends.

@@ -10,9 +10,9 @@
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 43.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
 //! included. Through the C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): `malloc` 17 instructions, `free` 31 (chunk map 9, page
-//! entry and object check 10, TLS and push 12), 65 a pair with the benchmark's loop
-//! (the statistics counter `FreeList::allocs` is 1 of them; 41.5 and 64 without it).
+//! `global::free_by_address`): `malloc` 17 instructions, `free` 30 (chunk map 8, page
+//! entry and object check 10, TLS and push 12), 64 a pair with the benchmark's loop
+//! (the statistics counter `FreeList::allocs` is 1 of them; 41.5 and 63 without it).
 //! Keep other statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
