@@ -7,8 +7,9 @@
 
 use crate::Violation;
 use crate::central::{Central, validate_small_span};
-use crate::chunk::{ChunkHeader, FreeObj, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, small_object};
+use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, small_object};
 use crate::huge::HugeRegistry;
+use crate::link::{FreeObj, ensure_key};
 use crate::meta::MetaArena;
 use crate::os::{OS_PAGE, Os};
 use crate::page_heap::PageHeap;
@@ -211,8 +212,12 @@ impl<O: Os> Backend<O> {
         if b.count > 1 {
             // SAFETY: the rest of the batch is ours and unused.
             unsafe {
-                self.central
-                    .release_objects(c, (*b.head).next, b.count - 1, &self.page_heap)
+                self.central.release_objects(
+                    c,
+                    FreeObj::next(b.head, c),
+                    b.count - 1,
+                    &self.page_heap,
+                )
             };
         }
         b.head.cast()
@@ -226,9 +231,12 @@ impl<O: Os> Backend<O> {
         let obj = p.cast::<FreeObj>();
         Counters::bump(&self.counters.direct_frees);
         self.counters.flow(-(c.size_bytes() as isize));
+        // A thread whose heap could not be set up comes here with its first free:
+        // the link key may not be set yet.
+        ensure_key();
         // SAFETY: the block is ours now; a chain of one.
         unsafe {
-            (*obj).next = ptr::null_mut();
+            FreeObj::set_next(obj, ptr::null_mut());
             self.central.release_objects(c, obj, 1, &self.page_heap);
         }
     }

@@ -9,7 +9,8 @@
 //! page heap.
 
 use crate::Violation;
-use crate::chunk::{ChunkHeader, FreeObj, SPAN_LISTED, Span, SpanKind};
+use crate::chunk::{ChunkHeader, SPAN_LISTED, Span, SpanKind};
+use crate::link::{FreeObj, ensure_key};
 use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::page_heap::{PageHeap, check};
@@ -123,6 +124,9 @@ impl Central {
 
     /// Takes up to `want` objects from the class's spans.
     fn carve<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
+        // Every object we link was carved here first (or handed to a live heap):
+        // the link key must be set before the first one is linked.
+        ensure_key();
         let size = c.size_bytes();
         self.classes[c.index()].with_spans(|cs| {
             let mut head: *mut FreeObj = ptr::null_mut();
@@ -156,10 +160,10 @@ impl Central {
                             o
                         } else {
                             let o = s.free;
-                            s.free = (*o).next;
+                            s.free = FreeObj::next(o, c);
                             o
                         };
-                        (*obj).next = head;
+                        FreeObj::set_next(obj, head);
                         head = obj;
                         count += 1;
                         s.live += 1;
@@ -217,11 +221,11 @@ impl Central {
                 // live Small span of class c (it was given out and not returned), whose
                 // descriptor the page map finds; the class lock makes the span ours.
                 unsafe {
-                    let next = (*obj).next;
+                    let next = FreeObj::next(obj, c);
                     let span = (*ChunkHeader::of(obj.cast())).span_of(obj.cast());
                     let s = &mut *span;
                     debug_assert!(s.kind() == SpanKind::Small && s.class() == c);
-                    (*obj).next = s.free;
+                    FreeObj::set_next(obj, s.free);
                     s.free = obj;
                     s.live -= 1;
                     if s.live == 0 {
@@ -386,7 +390,15 @@ pub unsafe fn validate_small_span(s: &Span) -> Result<(), Violation> {
             at,
         )?;
         // SAFETY: `o` is a free object of this span (checked above), ours under the lock.
-        o = unsafe { (*o).next };
+        let next = unsafe { FreeObj::try_next(o) };
+        check(
+            next.is_some(),
+            "Span",
+            4,
+            "free object's link does not decode (overwritten)",
+            o as usize,
+        )?;
+        o = next.unwrap_or(ptr::null_mut());
     }
     check(
         s.live + n == s.carved,

@@ -8,23 +8,20 @@
 //! Small spans the class and the span's base, which is all that C `free` needs
 //! ([`small_object`]).
 
+use crate::link::FreeObj;
 use crate::size_class::{
     CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
     SizeClass,
 };
 use crate::sync::{AtomicU8, Ordering};
 #[cfg(not(strata_loom))]
+use crate::size_class::ADDRESS_BITS;
+#[cfg(not(strata_loom))]
 use crate::sync::{AtomicU16, AtomicU32};
 #[cfg(strata_loom)]
 use crate::sync::{AtomicU64, AtomicUsize, UnsafeCell};
 #[cfg(strata_loom)]
 use core::ptr;
-
-/// An object on a free list: the first word of a free block links to the next.
-#[repr(C)]
-pub struct FreeObj {
-    pub next: *mut FreeObj,
-}
 
 /// What a span descriptor slot currently describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -476,9 +473,6 @@ pub struct ChunkMap {
 #[cfg(strata_loom)]
 const LOOM_MAP_WORDS: usize = 8;
 
-/// Bits of user address space covered by the chunk map.
-#[cfg(not(strata_loom))]
-const ADDRESS_BITS: usize = 47;
 /// Entries of the chunk map: one per chunk-sized region of the address space.
 #[cfg(not(strata_loom))]
 const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);

@@ -29,9 +29,9 @@
 //! `backend` (the shared tiers as one value; large and huge paths) → `central`
 //! (per-class transfer stacks and spans) → `transfer` (the lock-free stack of
 //! batches) → `page_heap` (spans, best fit, coalescing, purge) → `chunk` (headers,
-//! page map, "is this ours") and `huge` (own mappings) → `meta` (the metadata arena)
-//! → `size_class` (tables, pure) and `os` (the OS trait) → `sync` (atomics and
-//! locks, or loom's).
+//! page map, "is this ours") and `huge` (own mappings) → `link` (free objects and
+//! their encoded, checked links) and `meta` (the metadata arena) → `size_class`
+//! (tables, pure) and `os` (the OS trait) → `sync` (atomics and locks, or loom's).
 //!
 //! With the `checked` feature, `checked` sits beside `global`: it implements
 //! `GlobalAlloc` (and the C entry points) on top of the by-address paths, with a
@@ -47,6 +47,7 @@ mod backend;
 mod central;
 mod chunk;
 mod huge;
+mod link;
 mod meta;
 mod os;
 mod page_heap;
@@ -61,10 +62,9 @@ mod transfer;
 pub mod internals {
     pub use crate::backend::{Backend, Route, route};
     pub use crate::central::{Batch, Central};
-    pub use crate::chunk::{
-        ChunkHeader, FreeObj, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, USABLE_PAGES,
-    };
+    pub use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, USABLE_PAGES};
     pub use crate::huge::HugeRegistry;
+    pub use crate::link::FreeObj;
     pub use crate::meta::MetaArena;
     pub use crate::os::{OS_PAGE, Os, SysOs};
     pub use crate::page_heap::{CHUNK_RESERVE, DEFAULT_PURGE_DELAY_MS, PageHeap, PageHeapStats};

@@ -114,6 +114,43 @@ unsafe impl Os for SysOs {
     }
 }
 
+/// 64 random bits for per-process secrets, without allocating: `getrandom(2)`
+/// (non-blocking); if that fails (no entropy yet at early boot, a seccomp filter),
+/// the kernel's 16 random bytes for this process (`AT_RANDOM`) mixed with the clock
+/// and a stack address (ASLR), so two processes still differ.
+#[cfg(not(strata_loom))]
+pub fn random_u64() -> u64 {
+    let mut s: u64 = 0;
+    // SAFETY: getrandom writes at most 8 bytes into `s`.
+    let got = unsafe { libc::getrandom((&raw mut s).cast(), 8, libc::GRND_NONBLOCK) };
+    if got == 8 {
+        return s;
+    }
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let at_random = unsafe { libc::getauxval(libc::AT_RANDOM) } as *const u64;
+    if !at_random.is_null() {
+        // SAFETY: AT_RANDOM points at 16 bytes the kernel put on the initial stack,
+        // readable for the process's lifetime (perhaps unaligned).
+        s = unsafe { at_random.read_unaligned() ^ at_random.add(1).read_unaligned() };
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let stack = (&raw const ts) as usize as u64;
+    mix64(s ^ mix64(stack ^ ((ts.tv_nsec as u64) << 20) ^ ts.tv_sec as u64))
+}
+
+/// A 64-bit finaliser (splitmix-like): every input bit affects every output bit.
+#[cfg(not(strata_loom))]
+fn mix64(x: u64) -> u64 {
+    let x = (x ^ (x >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let x = (x ^ (x >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 32)
+}
+
 fn mmap_anon(size: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing
     // aliases nothing.

@@ -17,6 +17,9 @@
 
 /// Smallest alignment every block has.
 pub const MIN_ALIGN: usize = 8;
+/// Bits of user address space (x86-64 and aarch64 Linux with 4-level page tables):
+/// every address we map lies below `1 << ADDRESS_BITS`.
+pub const ADDRESS_BITS: usize = 47;
 
 #[cfg(not(strata_loom))]
 mod geometry {

@@ -2,9 +2,9 @@
 //!
 //! Call tree (global.rs drives it):
 //! ```text
-//! alloc:  size→class ─ tls heap ─ pop(c) ─── hit: 20 instructions, one branch
+//! alloc:  size→class ─ tls heap ─ pop(c) ─── hit: 24 instructions, one branch + the link check
 //!                                  └ miss ─ alloc_slow(c) ─ Central::refill ─ (TransferStack::pop | carve spans)
-//! free:   size→class ─ tls heap ─ try_push ── hit: 19 instructions, one branch
+//! free:   size→class ─ tls heap ─ try_push ── hit: 23 instructions, one branch
 //!                                  └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
 //! ```
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 43.5
@@ -26,7 +26,7 @@
 
 use crate::Violation;
 use crate::backend::Backend;
-use crate::chunk::FreeObj;
+use crate::link::{FreeObj, LinkKey, ensure_key};
 use crate::os::Os;
 use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
@@ -39,7 +39,8 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 
 /// One size class's free list.
 ///
-/// Invariants: 1. `head` starts a chain of exactly `len` free objects of the class.
+/// Invariants: 1. `head` starts a chain of exactly `len` free objects of the class,
+/// linked through their encoded first words (`link`).
 /// 2. after any free, `len <= max` or the list was just refilled (a refill may leave
 /// `len` above `max`; the next free then flushes).
 ///
@@ -125,6 +126,7 @@ pub enum HeapState {
 ///    transiently while a smaller budget is being applied.
 /// 4. `received + frees == allocs + returned + Σ len` (see [`HeapCounters`]); the
 ///    counters only grow, and only the owner writes them.
+/// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`).
 #[repr(C)]
 pub struct ThreadHeap {
     lists: [FreeList; NUM_CLASSES],
@@ -136,6 +138,10 @@ pub struct ThreadHeap {
     /// Net bytes received from the central tier not yet added to the backend's
     /// figure (see `PUBLISH_BYTES`).
     unpublished: isize,
+    /// The process's free-list link key (`link`), copied here when the heap goes
+    /// live so that `pop` and `try_push` load it off the heap pointer they already
+    /// hold (the static costs a GOT load more).
+    link_key: LinkKey,
     state: HeapState,
     steal_next: u8,
     max_bytes: usize,
@@ -172,6 +178,7 @@ impl ThreadHeap {
                 reallocs: OwnedU64::new(0),
                 reallocs_in_place: OwnedU64::new(0),
                 unpublished: 0,
+                link_key: LinkKey::UNSET,
                 state,
                 steal_next: 0,
                 max_bytes: 0,
@@ -202,6 +209,9 @@ impl ThreadHeap {
         #[cfg(strata_loom)]
         self.touch();
         debug_assert!(self.is_empty());
+        // The fast paths encode with this copy from now on.
+        ensure_key();
+        self.link_key = LinkKey::current();
         self.state = HeapState::Live;
         self.budget_bytes = budget_bytes;
         self.max_bytes = 0;
@@ -228,9 +238,10 @@ impl ThreadHeap {
         if obj.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: by invariant 1 a non-null head is a free object of ours whose first
-        // word links the rest of the chain.
-        list.head = unsafe { (*obj).next };
+        // SAFETY: by invariant 1 a non-null head is a free class-c object of ours
+        // whose first word links the rest of the chain; a link overwritten since it
+        // was pushed aborts here instead of being handed out.
+        list.head = unsafe { FreeObj::next_keyed(obj, c, self.link_key) };
         list.len.sub(1);
         list.allocs.add(1);
         obj.cast()
@@ -252,8 +263,9 @@ impl ThreadHeap {
             return false;
         }
         let obj = p.cast::<FreeObj>();
-        // SAFETY: the block is ours now and at least 8 bytes (the smallest class).
-        unsafe { (*obj).next = list.head };
+        // SAFETY: the block is ours now and at least 8 bytes (the smallest class); a
+        // list with room is a live heap's, whose key copy is set (`activate`).
+        unsafe { FreeObj::set_next_keyed(obj, list.head, self.link_key) };
         list.head = obj;
         list.len.add(1);
         true
@@ -276,8 +288,8 @@ impl ThreadHeap {
         self.note_flow((b.count * c.size_bytes()) as isize, be);
         let list = &mut self.lists[c.index()];
         debug_assert!(list.head.is_null() && list.len.get() == 0);
-        // SAFETY: the refill gave us a chain of b.count >= 1 objects.
-        list.head = unsafe { (*b.head).next };
+        // SAFETY: the refill gave us a chain of b.count >= 1 class-c objects.
+        list.head = unsafe { FreeObj::next(b.head, c) };
         list.len.set(b.count as u32 - 1);
         b.head.cast()
     }
@@ -326,7 +338,7 @@ impl ThreadHeap {
         unsafe {
             if !self.try_push(c, p) {
                 // Nothing may be cached (budget exhausted, max 0): straight back.
-                (*p.cast::<FreeObj>()).next = ptr::null_mut();
+                FreeObj::set_next(p.cast(), ptr::null_mut());
                 self.returned.add(1);
                 self.note_flow(-(size as isize), be);
                 be.central.flush(c, p.cast(), 1, &be.page_heap, &be.meta);
@@ -364,20 +376,18 @@ impl ThreadHeap {
     unsafe fn flush_front<O: Os>(&mut self, ci: usize, n: usize, be: &Backend<O>) {
         let list = &mut self.lists[ci];
         let head = list.head;
-        // SAFETY: the list has at least n objects (contract and invariant 1).
+        let c = SizeClass(ci as u8);
+        // SAFETY: the list has at least n class-ci objects (contract and invariant 1).
         unsafe {
-            let tail = chain_tail(head, n);
-            list.head = (*tail).next;
-            (*tail).next = ptr::null_mut();
+            let tail = chain_tail(head, n, c);
+            list.head = FreeObj::next(tail, c);
+            FreeObj::set_next(tail, ptr::null_mut());
         }
         list.len.sub(n as u32);
         self.returned.add(n as u64);
         self.note_flow(-((n * CLASS_SIZE[ci] as usize) as isize), be);
         // SAFETY: the chain holds n class-ci objects nobody uses.
-        unsafe {
-            be.central
-                .flush(SizeClass(ci as u8), head, n, &be.page_heap, &be.meta)
-        };
+        unsafe { be.central.flush(c, head, n, &be.page_heap, &be.meta) };
     }
 
     /// Returns every cached object to the central tier and resets the adaptive maxima.
@@ -454,9 +464,17 @@ impl ThreadHeap {
         }
     }
 
-    /// Checks invariants 1 and 3: list lengths match their chains, objects are ours,
-    /// and the budget accounting adds up.
+    /// Checks invariants 1, 3, 4 and 5: list lengths match their chains, objects are
+    /// ours and their links decode, the budget and the counters add up, and a live
+    /// heap has the process's link key.
     pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+        check(
+            self.state != HeapState::Live || self.link_key == LinkKey::current(),
+            "ThreadHeap",
+            5,
+            "link key differs from the process's",
+            0,
+        )?;
         let mut max_bytes = 0;
         for (ci, l) in self.lists.iter().enumerate() {
             max_bytes += l.max as usize * CLASS_SIZE[ci] as usize;
@@ -479,7 +497,15 @@ impl ThreadHeap {
                 )?;
                 n += 1;
                 // SAFETY: a cached object in our chunk; its first word is the link.
-                o = unsafe { (*o).next };
+                let next = unsafe { FreeObj::try_next(o) };
+                check(
+                    next.is_some(),
+                    "FreeList",
+                    1,
+                    "link does not decode (overwritten)",
+                    o as usize,
+                )?;
+                o = next.unwrap_or(ptr::null_mut());
             }
             check(
                 n == l.len.get(),

@@ -9,9 +9,10 @@
 //! the head, bumped on every successful CAS, makes its CAS fail instead of installing
 //! that stale `next` (ABA).
 
-use crate::chunk::FreeObj;
+use crate::link::FreeObj;
 use crate::meta::MetaArena;
 use crate::os::Os;
+use crate::size_class::SizeClass;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering, RawLock, UnsafeCell};
 #[cfg(strata_loom)]
 use core::ptr;
@@ -347,14 +348,17 @@ impl Default for TransferStack {
 
 /// Walks a chain of `n` objects from `head` and returns its last object.
 ///
+/// Every link followed is checked (a corrupted one aborts, see `link`).
+///
 /// # Safety
-/// `head` starts a chain of at least `n >= 1` linked free objects owned by the caller.
+/// `head` starts a chain of at least `n >= 1` linked free class-`c` objects owned by
+/// the caller.
 #[inline]
-pub unsafe fn chain_tail(head: *mut FreeObj, n: usize) -> *mut FreeObj {
+pub unsafe fn chain_tail(head: *mut FreeObj, n: usize, c: SizeClass) -> *mut FreeObj {
     let mut t = head;
     for _ in 1..n {
-        // SAFETY: per the contract the chain has n objects.
-        t = unsafe { (*t).next };
+        // SAFETY: per the contract the chain has n class-c objects.
+        t = unsafe { FreeObj::next(t, c) };
     }
     debug_assert!(!t.is_null());
     t

@@ -48,7 +48,7 @@ pub unsafe fn chain_to_vec(head: *mut FreeObj, count: usize) -> Vec<usize> {
         assert!(!o.is_null(), "chain shorter than its count");
         v.push(o as usize);
         // SAFETY: per the contract `o` is a free object of the chain.
-        o = unsafe { (*o).next };
+        o = unsafe { FreeObj::try_next(o) }.expect("a link that does not decode");
     }
     v
 }
@@ -61,8 +61,8 @@ pub unsafe fn vec_to_chain(objs: &[usize]) -> *mut FreeObj {
     let mut head: *mut FreeObj = core::ptr::null_mut();
     for &o in objs.iter().rev() {
         let o = o as *mut FreeObj;
-        // SAFETY: per the contract the object is ours.
-        unsafe { (*o).next = head };
+        // SAFETY: per the contract the object is ours (loom's link key is a constant).
+        unsafe { FreeObj::set_next(o, head) };
         head = o;
     }
     head

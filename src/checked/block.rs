@@ -22,22 +22,7 @@ pub(super) fn secret() -> u64 {
 
 #[cold]
 fn init_secret() -> u64 {
-    let mut s: u64 = 0;
-    // SAFETY: getrandom writes at most 8 bytes into `s`.
-    let got = unsafe { libc::getrandom((&raw mut s).cast(), 8, libc::GRND_NONBLOCK) };
-    if got != 8 {
-        // No entropy yet: the stack address (ASLR) and the clock are enough to keep
-        // random bytes from decoding as a trailer.
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes `ts`.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let stack = (&raw const s) as usize as u64;
-        s = mix(stack ^ ((ts.tv_nsec as u64) << 20) ^ ts.tv_sec as u64);
-    }
-    s |= 1;
+    let s = crate::os::random_u64() | 1;
     match SECRET.compare_exchange(0, s, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => s,
         Err(first) => first,

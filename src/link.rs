@@ -1,0 +1,317 @@
+//! Free-list links: the first word of every free small object, encoded.
+//!
+//! Every free list of small objects (a thread cache's lists, the batches on the
+//! transfer stacks, a span's list of returned objects) is intrusive: a free object's
+//! first word links to the next one. That word is exactly what a buffer overflow out
+//! of the block below, or a write after free, overwrites first. Stored plainly, an
+//! overwritten link is followed by the next pop and the allocator hands out whatever
+//! address was written: a write anywhere for whoever controls the bytes. So links are
+//! stored encoded, and checked when they are decoded.
+//!
+//! # The encoding
+//! ```text
+//! stored = next ^ this ^ KEY          next = stored ^ this ^ KEY
+//! ```
+//! `this` is the address of the object holding the link, `KEY` a per-process random
+//! word with bit 63 and bit 0 forced to 1. Why this shape:
+//! - Random `KEY`: someone who can write a free object but not read one cannot make
+//!   a link decode to an address of their choosing.
+//! - Bit 63 of `KEY` set: every address we hand out or link is canonical user space
+//!   (below 2^47), so any word that is itself below 2^47 (a pointer, a small integer,
+//!   zero, a length) decodes to a word with bit 63 set, which the check below
+//!   rejects, always, not with some probability. Bit 0 set does the same for 8-aligned
+//!   words (a pointer written over a link decodes misaligned).
+//! - `this` in the key binds the word to its slot: a link word copied or replayed
+//!   into another free object does not decode to the same target.
+//! - XOR only: encode is two XORs on top of the plain store (`this` is in a
+//!   register, `KEY` one RIP-relative operand), decode two XORs, a mask test and a
+//!   branch (`pop` budget in `thread_heap.rs`). mimalloc's `rotl(p ^ k1, k0) + k0`
+//!   also hides the key from someone who reads links; that costs a rotate, an add
+//!   and a second key, and is not what this is for (see limits).
+//!
+//! # The check
+//! A decoded link must be null or a plausible object address: canonical user space
+//! (`< 2^47`) and 8-aligned, one mask test (`BAD_BITS`). It runs wherever a link is
+//! followed: the thread heap's pop, its refill, the walk that splits a batch off a
+//! list, and the central tier's walks (returning objects to spans, carving from a
+//! span's list); validators report it as a violation instead. On failure the process
+//! aborts with one line on stderr naming the object, its size class and its first
+//! word (`corrupt_link`), written without allocating.
+//!
+//! # Limits
+//! - A partial overwrite of the low bytes keeps the decoded high bits right: it
+//!   passes the check when the result is 8-aligned (1 in 8 for a random byte) and
+//!   then names a nearby address inside our heap, not an arbitrary one.
+//! - Someone who can read a free object's first word and knows its address learns
+//!   `next ^ KEY`, hence most of `KEY`; this is a guard against overwrites, not
+//!   against an attacker who can both read and write freed memory.
+//! - A double free is not caught (the block links to itself, which decodes fine);
+//!   checked mode catches it.
+//! - Corruption is found when the link is next followed, not when it is written.
+//!
+//! # The key's lifetime
+//! `KEY` starts at 0 and is set once, by `ensure_key`, from the slow paths that run
+//! before any link can be written: a thread heap's creation (every encode by a
+//! thread cache happens on a live heap) and carving objects from a span (every
+//! object we link comes from a carve, or is a block handed back to a live heap). It
+//! never changes afterwards (a fork keeps it, which is fine: the child's lists are
+//! the parent's). Loads are Relaxed: any thread that encodes or decodes a link got
+//! the object through a handoff (its own heap's creation, a lock, the transfer
+//! stack) ordered after the initialisation, and as there is only one non-zero value
+//! ever stored, coherence makes such a load return it. Under loom `KEY` is a
+//! constant.
+
+use crate::size_class::{ADDRESS_BITS, CLASS_SIZE, MIN_ALIGN, SizeClass};
+#[cfg(not(strata_loom))]
+use crate::sync::{AtomicUsize, Ordering};
+
+/// An object on a free list. Its first word is the encoded link to the next object;
+/// the field is private so that every read and write goes through
+/// [`FreeObj::set_next`], [`FreeObj::next`] or [`FreeObj::try_next`].
+#[repr(C)]
+pub struct FreeObj {
+    link: usize,
+}
+
+/// Bits a decoded link must have clear: above canonical user space, and below the
+/// minimum alignment.
+const BAD_BITS: usize = !((1usize << ADDRESS_BITS) - 1) | (MIN_ALIGN - 1);
+
+/// Bits forced into the key (module docs: why every canonical or aligned word
+/// written over a link decodes with one of `BAD_BITS` set).
+const KEY_FORCED: usize = (1 << 63) | 1;
+
+const _: () = assert!(KEY_FORCED & BAD_BITS == KEY_FORCED);
+
+#[cfg(not(strata_loom))]
+static KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Loom: a fixed key (loom's atomics cannot live in statics; the models only need
+/// links to round-trip).
+#[cfg(strata_loom)]
+const LOOM_KEY: usize = 0x9E37_79B9_7F4A_7C15 | KEY_FORCED;
+
+/// The process's link key (0 before `ensure_key`).
+#[inline(always)]
+fn key() -> usize {
+    // Relaxed: set once before any link exists and never changed (module docs).
+    #[cfg(not(strata_loom))]
+    return KEY.load(Ordering::Relaxed);
+    #[cfg(strata_loom)]
+    return LOOM_KEY;
+}
+
+/// A copy of the process's link key, for a fast path that has a better place to
+/// load it from than the static (a thread heap keeps one next to its lists: one
+/// load off the heap pointer already in a register, where the static costs a GOT
+/// load and a load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkKey(usize);
+
+impl LinkKey {
+    /// No key: what a heap holds before it is activated (the sentinels forever;
+    /// their lists are empty, so they never encode or decode).
+    pub const UNSET: LinkKey = LinkKey(0);
+
+    /// The process's key; set (by `ensure_key`) before any link is written.
+    #[inline(always)]
+    pub fn current() -> LinkKey {
+        LinkKey(key())
+    }
+}
+
+/// Sets the link key if it is not set yet. Call on every slow path that comes before
+/// the first link a thread writes (module docs, "The key's lifetime").
+#[inline]
+pub fn ensure_key() {
+    #[cfg(not(strata_loom))]
+    if key() == 0 {
+        init_key();
+    }
+}
+
+#[cfg(not(strata_loom))]
+#[cold]
+#[inline(never)]
+fn init_key() {
+    let k = crate::os::random_u64() as usize | KEY_FORCED;
+    // Relaxed: the key is the only data. Racing initialisers agree through the CAS:
+    // the loser's value is dropped and everyone reads the winner's from KEY.
+    let _ = KEY.compare_exchange(0, k, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+impl FreeObj {
+    /// Makes `next` the link of `this` (encoded).
+    ///
+    /// # Safety
+    /// `this` is a free object of ours (at least 8 bytes) that the caller owns; the
+    /// link key is set (`ensure_key`).
+    #[inline(always)]
+    pub unsafe fn set_next(this: *mut FreeObj, next: *mut FreeObj) {
+        // SAFETY: forwarded contract.
+        unsafe { Self::set_next_keyed(this, next, LinkKey::current()) }
+    }
+
+    /// `set_next` with a key the caller loaded (`LinkKey::current()` or a copy).
+    ///
+    /// # Safety
+    /// As for `set_next`, and `key` is the process's key.
+    #[inline(always)]
+    pub unsafe fn set_next_keyed(this: *mut FreeObj, next: *mut FreeObj, key: LinkKey) {
+        debug_assert!(key.0 != 0, "free-list link written before ensure_key");
+        let word = next as usize ^ this as usize ^ key.0;
+        // SAFETY: per the contract `this` is writable and ours.
+        unsafe { (*this).link = word };
+    }
+
+    /// The link of `this`, decoded and checked: aborts with a report naming `this`
+    /// and its class `c` if the word does not decode to null or a plausible object
+    /// address (a write after free or an overflow into the object).
+    ///
+    /// # Safety
+    /// `this` is a free object of class `c` that the caller owns, whose link was
+    /// written by `set_next`, or overwritten by a bug this is meant to catch.
+    #[inline(always)]
+    pub unsafe fn next(this: *mut FreeObj, c: SizeClass) -> *mut FreeObj {
+        // SAFETY: forwarded contract.
+        unsafe { Self::next_keyed(this, c, LinkKey::current()) }
+    }
+
+    /// `next` with a key the caller loaded (`LinkKey::current()` or a copy).
+    ///
+    /// # Safety
+    /// As for `next`, and `key` is the process's key.
+    #[inline(always)]
+    pub unsafe fn next_keyed(this: *mut FreeObj, c: SizeClass, key: LinkKey) -> *mut FreeObj {
+        // SAFETY: per the contract `this` is readable and ours.
+        let word = unsafe { (*this).link };
+        let next = word ^ this as usize ^ key.0;
+        // One mask test and a branch that is never taken in a correct program.
+        if next & BAD_BITS != 0 {
+            corrupt_link(this, c);
+        }
+        next as *mut FreeObj
+    }
+
+    /// The link of `this`, decoded; None if it is not null or a plausible object
+    /// address (for validators, which report instead of aborting).
+    ///
+    /// # Safety
+    /// As for [`FreeObj::next`].
+    #[inline]
+    pub unsafe fn try_next(this: *mut FreeObj) -> Option<*mut FreeObj> {
+        // SAFETY: per the contract `this` is readable and ours.
+        let next = unsafe { (*this).link } ^ this as usize ^ key();
+        (next & BAD_BITS == 0).then_some(next as *mut FreeObj)
+    }
+}
+
+/// A free object's link does not decode: report it and abort. Never returns.
+///
+/// Reads the word again rather than taking it as an argument, so that the fast path
+/// need not keep it in a register (it can XOR it straight from memory).
+#[cold]
+#[inline(never)]
+fn corrupt_link(obj: *mut FreeObj, c: SizeClass) -> ! {
+    // SAFETY: `obj` was just read by the caller (`next_keyed`'s contract).
+    let word = unsafe { (*obj).link };
+    let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
+    report::die(format_args!(
+        "strata: free-list corruption: object {:#x} of class {} ({} B) has a bad link \
+         (a write after free or a buffer overflow into a free block); its first word is \
+         {:#x}\n",
+        obj as usize, c.0, size, word
+    ))
+}
+
+#[cfg(not(strata_loom))]
+mod report {
+    use core::fmt::{self, Write};
+
+    /// A line formatted into a stack buffer (nothing here may allocate).
+    struct Line {
+        buf: [u8; 320],
+        len: usize,
+    }
+
+    impl Write for Line {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let n = s.len().min(self.buf.len() - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+
+    /// Writes the message to stderr with `write(2)` and aborts.
+    pub(super) fn die(args: fmt::Arguments<'_>) -> ! {
+        let mut line = Line {
+            buf: [0; 320],
+            len: 0,
+        };
+        let _ = line.write_fmt(args);
+        let mut done = 0;
+        while done < line.len {
+            // SAFETY: writes initialised bytes of our own buffer.
+            let r = unsafe { libc::write(2, line.buf[done..].as_ptr().cast(), line.len - done) };
+            if r <= 0 {
+                break;
+            }
+            done += r as usize;
+        }
+        // SAFETY: abort raises SIGABRT and does not return.
+        unsafe { libc::abort() }
+    }
+}
+
+#[cfg(strata_loom)]
+mod report {
+    /// Loom: a panic fails the model with the message.
+    pub(super) fn die(args: core::fmt::Arguments<'_>) -> ! {
+        panic!("{args}")
+    }
+}
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_round_trip_and_overwrites_do_not_decode() {
+        ensure_key();
+        let mut words = [0usize; 2];
+        let wa = words.as_mut_ptr();
+        // SAFETY: both words are in bounds of the array.
+        let wb = unsafe { wa.add(1) };
+        let (pa, pb) = (wa.cast::<FreeObj>(), wb.cast::<FreeObj>());
+        // SAFETY: both objects are ours, 8-aligned and 8 bytes; every access below
+        // goes through `wa`/`wb` or pointers derived from them.
+        unsafe {
+            FreeObj::set_next(pa, pb);
+            FreeObj::set_next(pb, core::ptr::null_mut());
+            assert_eq!(FreeObj::next(pa, SizeClass(0)), pb);
+            assert!(FreeObj::next(pb, SizeClass(0)).is_null());
+            // The stored words are neither the pointer nor null.
+            assert_ne!(wa.read(), pb as usize);
+            assert_ne!(wb.read(), 0);
+            // Words written over a link fail the check: pointers, zero, small
+            // integers, eight bytes of text.
+            for w in [
+                pb as usize,
+                pa as usize,
+                0,
+                1,
+                96,
+                0x4141_4141_4141_4141,
+                8 << 40,
+            ] {
+                wa.write(w);
+                assert_eq!(FreeObj::try_next(pa), None, "{w:#x}");
+            }
+            // A link word copied into another object does not decode to its target.
+            FreeObj::set_next(pa, pb);
+            wb.write(wa.read());
+            assert_ne!(FreeObj::try_next(pb), Some(pb));
+        }
+    }
+}
