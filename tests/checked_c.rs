@@ -4,7 +4,8 @@
 // naming the pointer, and under the plain library (`--features c-abi`), where the
 // cheap by-address checks of `free`, `realloc` and `malloc_usable_size` must hold
 // (a pointer that is not the start of one of our blocks is ignored, or gives NULL
-// with ENOMEM, or 0) and the rest goes unnoticed, as the README says.
+// with ENOMEM, or 0), an overwritten free-list link must abort at the next malloc,
+// and the rest goes unnoticed, as the README says.
 //
 // Both libraries are built by this test with the cargo that runs it, into
 // target/checked-cabi (not target/release, so that the features of the main build
@@ -241,6 +242,35 @@ fn writes_to_freed_blocks() {
         // Plain: not detected.
         plain(action);
     }
+}
+
+#[test]
+fn overwritten_free_list_links() {
+    // Plain: links are encoded and checked at every pop, so the next malloc of the
+    // class aborts, naming the block whose link was overwritten, and the address
+    // written is never handed out.
+    for action in ["overwrite_free_link", "overflow_into_free_block"] {
+        let out = run(plain_lib(), bad(), &[action], &[]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{action}: expected an abort, got {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        );
+        let ptr = line_after(&stdout, "ptr=").expect("announced pointer");
+        let report = line_after(&stderr, "strata: ")
+            .unwrap_or_else(|| panic!("{action}: no report:\n{stderr}"));
+        for n in ["free-list corruption: object", "(96 B) has a bad link", ptr] {
+            assert!(report.contains(n), "{action}: report lacks {n:?}: {report}");
+        }
+        assert!(!stdout.contains("after:"), "{action}: {stdout}");
+    }
+    // Checked: the freed block waits in quarantine (the write is found when it
+    // leaves), so the address is not handed out either.
+    let out = run(checked_lib(), bad(), &["overwrite_free_link"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("returned_bad=0"));
 }
 
 #[test]

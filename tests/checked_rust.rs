@@ -8,7 +8,9 @@ static GLOBAL: strata::Strata = strata::Strata;
 // names the pointer and what was wrong. Built without it (`cargo test`), the same
 // programs show what the plain build does: `GlobalAlloc` trusts the caller's layout
 // and checks nothing, so each bad action goes unnoticed and the child prints what it
-// did to the heap (e.g. a double free hands the same block out twice).
+// did to the heap (e.g. a double free hands the same block out twice); the one
+// exception is a write over a free block's first word (its encoded free-list link),
+// which aborts at the next pop of that block.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
@@ -153,6 +155,44 @@ unsafe fn run(action: &str) {
                     }
                 }
                 follow_up(40, p);
+            }
+            "overwrite_free_link" => {
+                // A write after free puts an attacker-chosen address (here a global
+                // buffer) over the freed block's first word, where the free list's
+                // link lives. Plain build: the next allocation of the class pops the
+                // block and must abort on its link rather than hand out the address
+                // on the allocation after. Checked build: the block is in quarantine;
+                // emptying it finds the write.
+                let p = alloc(96);
+                announce(p);
+                Strata.dealloc(p, layout(96));
+                let target = (&raw mut GLOBAL_BUF).cast::<u8>();
+                p.cast::<usize>().write(target as usize);
+                if CHECKED {
+                    strata::release_memory();
+                }
+                follow_up(96, target);
+            }
+            "overflow_into_free_block" => {
+                // Two neighbouring 96-byte blocks; the upper one is freed and the
+                // lower one overflows by 8 bytes into it (its link), writing an
+                // attacker-chosen address. Plain build only (checked blocks are
+                // larger than their request, and the canary catches this at free).
+                let blocks: Vec<*mut u8> = (0..64).map(|_| alloc(96)).collect();
+                let (low, high) = blocks
+                    .iter()
+                    .find_map(|&a| {
+                        blocks
+                            .iter()
+                            .find(|&&b| b as usize == a as usize + 96)
+                            .map(|&b| (a, b))
+                    })
+                    .expect("two neighbouring blocks among 64 of one class");
+                announce(high);
+                Strata.dealloc(high, layout(96));
+                let target = (&raw mut GLOBAL_BUF).cast::<u8>();
+                low.add(96).cast::<usize>().write_unaligned(target as usize);
+                follow_up(96, target);
             }
             "size_mismatch" => {
                 let p = alloc(40);
@@ -396,6 +436,26 @@ fn writes_to_freed_blocks_abort_when_they_leave_quarantine() {
             );
         } else {
             plain_follow_up(action);
+        }
+    }
+}
+
+#[test]
+fn overwritten_free_list_links_abort_instead_of_handing_out_the_address() {
+    if CHECKED {
+        // The quarantine holds the block: the write is found when it leaves.
+        assert_aborts(
+            "overwrite_free_link",
+            &["write to a freed block", "byte 0 is", "size class"],
+        );
+    } else {
+        // Plain build: free-list links are encoded and checked at every pop; the
+        // first allocation after the write aborts, naming the block and its class.
+        for action in ["overwrite_free_link", "overflow_into_free_block"] {
+            assert_aborts(
+                action,
+                &["free-list corruption: object", "(96 B) has a bad link"],
+            );
         }
     }
 }

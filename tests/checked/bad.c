@@ -10,6 +10,12 @@
  * Each action prints "ptr=<pointer>" before the bad call, and, if it survives it,
  * a follow-up line "after: ..." with what the next allocations returned.
  *
+ * overwrite_free_link and overflow_into_free_block write an address of the
+ * attacker's choosing (global_buf) over a free block's first word, where its
+ * free-list link lives: the plain library must abort at the next malloc of the
+ * class instead of handing that address out; the checked one keeps the block in
+ * quarantine, so the address is never handed out either.
+ *
  * Build: cc -O0 -g -pthread tests/checked/bad.c -o bad
  * (-O0: the optimiser may drop a malloc whose block is never used.)
  */
@@ -188,6 +194,39 @@ int main(int argc, char **argv) {
             for (int i = 0; i < 1024; i++) free(must_malloc(64 << 10));
         }
         follow_up(40, p);
+    }
+    if (!strcmp(a, "overwrite_free_link")) {
+        char *p = must_malloc(96);
+        announce(p);
+        free(p);
+        *(char *volatile *)p = global_buf; /* a write after free */
+        follow_up(96, global_buf);
+    }
+    if (!strcmp(a, "overflow_into_free_block")) {
+        /* Two neighbouring blocks of one class; the upper one is freed and the
+         * lower one overflows into it by 8 bytes. */
+        enum { N = 64 };
+        char *blocks[N];
+        char *low = NULL, *high = NULL;
+        for (int i = 0; i < N; i++) blocks[i] = must_malloc(96);
+        for (int i = 0; i < N && !low; i++)
+            for (int j = 0; j < N; j++)
+                if (blocks[j] == blocks[i] + 96) {
+                    low = blocks[i];
+                    high = blocks[j];
+                    break;
+                }
+        if (!low) {
+            /* The checked library's blocks are larger than 96: nothing to overflow
+             * into from here, so say so and stop. */
+            puts("after: no neighbours");
+            return 0;
+        }
+        announce(high);
+        free(high);
+        char *target = global_buf;
+        memcpy(low + 96, &target, sizeof target); /* the overflow */
+        follow_up(96, global_buf);
     }
     if (!strcmp(a, "realloc_foreign")) {
         char buf[64];
