@@ -24,8 +24,8 @@
 //! - `this` in the key binds the word to its slot: a link word copied or replayed
 //!   into another free object does not decode to the same target.
 //! - XOR only: encode is two XORs on top of the plain store (`this` is in a
-//!   register, `KEY` one RIP-relative operand), decode two XORs, a mask test and a
-//!   branch (`pop` budget in `thread_heap.rs`). mimalloc's `rotl(p ^ k1, k0) + k0`
+//!   register, the key a memory operand: the thread heap's copy, see [`LinkKey`]),
+//!   decode two XORs, a mask test and a branch (`pop` budget in `thread_heap.rs`). mimalloc's `rotl(p ^ k1, k0) + k0`
 //!   also hides the key from someone who reads links; that costs a rotate, an add
 //!   and a second key, and is not what this is for (see limits).
 //!
