@@ -260,7 +260,7 @@ fn alloc_small(c: SizeClass) -> *mut u8 {
     }
 }
 
-/// Small-object free: TLS load, push, one branch (budget ~16 instructions, 4 of them
+/// Small-object free: TLS load, push, one branch (budget ~14 instructions, 2 of them
 /// encoding the link).
 ///
 /// # Safety

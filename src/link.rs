@@ -22,12 +22,17 @@
 //!   rejects, always, not with some probability. Bit 0 set does the same for 8-aligned
 //!   words (a pointer written over a link decodes misaligned).
 //! - `this` in the key binds the word to its slot: a link word copied or replayed
-//!   into another free object does not decode to the same target.
+//!   into another free object does not decode to the same target, and the end of a
+//!   list (a null link) is not stored as `KEY` itself, which a read of any list's
+//!   last object would otherwise give away. Detection does not depend on it (it
+//!   costs one XOR on each side, 2 of the 6 instructions a pair; see
+//!   `thread_heap.rs`).
 //! - XOR only: encode is two XORs on top of the plain store (`this` is in a
-//!   register, the key a memory operand: the thread heap's copy, see [`LinkKey`]),
-//!   decode two XORs, a mask test and a branch (`pop` budget in `thread_heap.rs`). mimalloc's `rotl(p ^ k1, k0) + k0`
-//!   also hides the key from someone who reads links; that costs a rotate, an add
-//!   and a second key, and is not what this is for (see limits).
+//!   register, the key a memory operand: the thread heap's copy, see [`LinkKey`]);
+//!   decode is two XORs (the load of the word folds into one), a mask test and a
+//!   branch. mimalloc's `rotl(p ^ k1, k0) + k0` also hides the key from someone
+//!   who reads links; that costs a rotate, an add and a second key, and is not what
+//!   this is for (see limits).
 //!
 //! # The check
 //! A decoded link must be null or a plausible object address: canonical user space
