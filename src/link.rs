@@ -56,9 +56,11 @@
 //!
 //! # The key's lifetime
 //! `KEY` starts at 0 and is set once, by `ensure_key`, from the slow paths that run
-//! before any link can be written: a thread heap's creation (every encode by a
-//! thread cache happens on a live heap) and carving objects from a span (every
-//! object we link comes from a carve, or is a block handed back to a live heap). It
+//! before any link can be written: a thread heap's activation (every encode by a
+//! thread cache happens on a live heap), carving objects from a span (every object
+//! we link comes from a carve, or is a block handed back to a live heap), and a free
+//! straight to the central tier (`Backend::free_small_direct`, for a thread whose
+//! heap could not be set up). It
 //! never changes afterwards (a fork keeps it, which is fine: the child's lists are
 //! the parent's). Loads are Relaxed: any thread that encodes or decodes a link got
 //! the object through a handoff (its own heap's creation, a lock, the transfer
@@ -110,7 +112,9 @@ fn key() -> usize {
 /// load it from than the static (a thread heap keeps one next to its lists: one
 /// load off the heap pointer already in a register, where the static costs a GOT
 /// load and a load).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// No `Debug`: the key is a secret and has no business in a message.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LinkKey(usize);
 
 impl LinkKey {
