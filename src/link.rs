@@ -80,6 +80,11 @@ pub struct FreeObj {
     link: usize,
 }
 
+/// Whether links are encoded and checked: the `harden` feature, on by default. Off,
+/// a link is the plain address of the next object and nothing is checked (the
+/// key is still set, unused).
+pub const HARDENED: bool = cfg!(feature = "harden");
+
 /// Bits a decoded link must have clear: above canonical user space, and below the
 /// minimum alignment.
 const BAD_BITS: usize = !((1usize << ADDRESS_BITS) - 1) | (MIN_ALIGN - 1);
@@ -167,8 +172,12 @@ impl FreeObj {
     /// As for `set_next`, and `key` is the process's key.
     #[inline(always)]
     pub unsafe fn set_next_keyed(this: *mut FreeObj, next: *mut FreeObj, key: LinkKey) {
-        debug_assert!(key.0 != 0, "free-list link written before ensure_key");
-        let word = next as usize ^ this as usize ^ key.0;
+        let word = if HARDENED {
+            debug_assert!(key.0 != 0, "free-list link written before ensure_key");
+            next as usize ^ this as usize ^ key.0
+        } else {
+            next as usize
+        };
         // SAFETY: per the contract `this` is writable and ours.
         unsafe { (*this).link = word };
     }
@@ -194,6 +203,9 @@ impl FreeObj {
     pub unsafe fn next_keyed(this: *mut FreeObj, c: SizeClass, key: LinkKey) -> *mut FreeObj {
         // SAFETY: per the contract `this` is readable and ours.
         let word = unsafe { (*this).link };
+        if !HARDENED {
+            return word as *mut FreeObj;
+        }
         let next = word ^ this as usize ^ key.0;
         // One mask test and a branch that is never taken in a correct program.
         if next & BAD_BITS != 0 {
@@ -210,7 +222,11 @@ impl FreeObj {
     #[inline]
     pub unsafe fn try_next(this: *mut FreeObj) -> Option<*mut FreeObj> {
         // SAFETY: per the contract `this` is readable and ours.
-        let next = unsafe { (*this).link } ^ this as usize ^ key();
+        let word = unsafe { (*this).link };
+        if !HARDENED {
+            return Some(word as *mut FreeObj);
+        }
+        let next = word ^ this as usize ^ key();
         (next & BAD_BITS == 0).then_some(next as *mut FreeObj)
     }
 }
@@ -281,7 +297,7 @@ mod report {
     }
 }
 
-#[cfg(all(test, not(strata_loom)))]
+#[cfg(all(test, not(strata_loom), feature = "harden"))]
 mod tests {
     use super::*;
 

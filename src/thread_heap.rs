@@ -26,7 +26,7 @@
 
 use crate::Violation;
 use crate::backend::Backend;
-use crate::link::{FreeObj, LinkKey, ensure_key};
+use crate::link::{FreeObj, HARDENED, LinkKey, ensure_key};
 use crate::os::Os;
 use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
@@ -261,8 +261,12 @@ impl ThreadHeap {
         // the list's address is formed (where the compiler puts a plain load), it
         // costs a register copy of the heap pointer and a split `len` increment, 2
         // instructions more (callgrind).
-        // SAFETY: a read of our own field.
-        let key = unsafe { ptr::read_volatile(&self.link_key) };
+        let key = if HARDENED {
+            // SAFETY: a read of our own field.
+            unsafe { ptr::read_volatile(&self.link_key) }
+        } else {
+            LinkKey::UNSET
+        };
         // SAFETY: c < NUM_CLASSES because it came from a class lookup.
         let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
         if list.len.get() >= list.max {
