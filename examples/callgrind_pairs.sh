@@ -15,20 +15,24 @@ cd "$(dirname "$0")/.."
 
 command -v valgrind >/dev/null || { echo "valgrind not found" >&2; exit 1; }
 cargo build --release --example pairs >&2
+# The same harness without the `harden` feature (plain free-list links), to show
+# what the encoding costs.
+cargo build --release --example pairs --no-default-features --target-dir target/no-harden >&2
 BIN="$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 BIN="${BIN:-target}/release/examples/pairs"
+BIN_NH=target/no-harden/release/examples/pairs
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
-# ir LABEL MODE [ENV...] -> prints total Ir of measured_loop
+# ir LABEL BINARY MODE [ENV...] -> prints total Ir of measured_loop
 ir() {
-    local label="$1" mode="$2"
-    shift 2
+    local label="$1" bin="$2" mode="$3"
+    shift 3
     local out="$TMP/callgrind.$label"
     env "$@" valgrind --tool=callgrind --toggle-collect='*measured_loop*' \
-        --callgrind-out-file="$out" "$BIN" "$mode" "$N" >"$TMP/$label.log" 2>&1 || {
+        --callgrind-out-file="$out" "$bin" "$mode" "$N" >"$TMP/$label.log" 2>&1 || {
         cat "$TMP/$label.log" >&2
         echo "callgrind run for $label failed" >&2
         exit 1
@@ -43,11 +47,11 @@ ir() {
     echo "$total"
 }
 
-base="$(ir harness harness)"
-rows=("strata strata" "system system")
+base="$(ir harness "$BIN" harness)"
+rows=("strata $BIN strata" "no-harden $BIN_NH strata" "system $BIN system")
 MIMALLOC=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
 if [ -e "$MIMALLOC" ]; then
-    rows+=("mimalloc system LD_PRELOAD=$MIMALLOC")
+    rows+=("mimalloc $BIN system LD_PRELOAD=$MIMALLOC")
 fi
 
 printf '%-10s %14s %10s %10s\n' allocator "total Ir" "Ir/pair" "net Ir/pair"

@@ -7,14 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-300000}"
 cargo build --release --features c-abi --lib --target-dir target/c-abi >&2
+# The library without the `harden` feature (plain free-list links): its cost.
+cargo build --release --no-default-features --features c-abi --lib \
+    --target-dir target/c-abi-no-harden >&2
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 cc -O2 -o "$OUT/ring" benches/c_ring/ring.c
 MIMALLOC=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
 printf '%-10s %12s\n' allocator 'Ir/pair'
-for a in strata glibc mimalloc; do
+for a in strata no-harden glibc mimalloc; do
     case $a in
         strata) pre=$PWD/target/c-abi/release/libstrata.so ;;
+        no-harden) pre=$PWD/target/c-abi-no-harden/release/libstrata.so ;;
         glibc) pre= ;;
         mimalloc) [ -e "$MIMALLOC" ] || continue; pre=$MIMALLOC ;;
     esac
