@@ -9,13 +9,13 @@
 //! ([`small_object`]).
 
 use crate::link::FreeObj;
+#[cfg(not(strata_loom))]
+use crate::size_class::ADDRESS_BITS;
 use crate::size_class::{
     CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
     SizeClass,
 };
 use crate::sync::{AtomicU8, Ordering};
-#[cfg(not(strata_loom))]
-use crate::size_class::ADDRESS_BITS;
 #[cfg(not(strata_loom))]
 use crate::sync::{AtomicU16, AtomicU32};
 #[cfg(strata_loom)]
