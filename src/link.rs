@@ -249,6 +249,20 @@ fn corrupt_link(obj: *mut FreeObj, c: SizeClass) -> ! {
     ))
 }
 
+/// The block a thread frees is already the head of its free list: the same block
+/// freed twice with no other free of its class on this thread in between (glibc's
+/// "fasttop" check). Report it and abort. Never returns.
+#[cold]
+#[inline(never)]
+pub fn double_free(p: *mut u8, c: SizeClass) -> ! {
+    let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
+    report::die(format_args!(
+        "strata: double free of {:#x} (class {}, {} B): it is already the last block \
+         freed in its size class on this thread\n",
+        p as usize, c.0, size
+    ))
+}
+
 #[cfg(not(strata_loom))]
 mod report {
     use core::fmt::{self, Write};

@@ -33,7 +33,7 @@
 
 use crate::Violation;
 use crate::backend::Backend;
-use crate::link::{FreeObj, HARDENED, LinkKey, ensure_key};
+use crate::link::{self, FreeObj, HARDENED, LinkKey, ensure_key};
 use crate::os::Os;
 use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
@@ -254,8 +254,9 @@ impl ThreadHeap {
         obj.cast()
     }
 
-    /// Fast path: caches `p` in class `c`'s list; false when the list is full (the
-    /// caller then takes `free_slow`).
+    /// Fast path: caches `p` in class `c`'s list; false when the list is full, or
+    /// (hardened) when `p` is already its head, a double free (the caller then takes
+    /// `free_slow`, which reports the double free).
     ///
     /// # Safety
     /// `p` is a block of class `c` that the caller gives up; the heap belongs to the
@@ -276,10 +277,12 @@ impl ThreadHeap {
         };
         // SAFETY: c < NUM_CLASSES because it came from a class lookup.
         let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
-        if list.len.get() >= list.max {
+        let obj = p.cast::<FreeObj>();
+        // Hardened: a block that is already the head is being freed twice; `free_slow`
+        // reports it (one compare, the branch never taken in a correct program).
+        if list.len.get() >= list.max || (HARDENED && obj == list.head) {
             return false;
         }
-        let obj = p.cast::<FreeObj>();
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class); a
         // list with room is a live heap's, whose key copy is set (`activate`).
         unsafe { FreeObj::set_next_keyed(obj, list.head, key) };
@@ -323,6 +326,9 @@ impl ThreadHeap {
         self.touch();
         debug_assert_eq!(self.state, HeapState::Live);
         let ci = c.index();
+        if HARDENED && self.lists[ci].head == p.cast() {
+            link::double_free(p, c);
+        }
         let (size, batch, cap) = (
             CLASS_SIZE[ci] as usize,
             CLASS_BATCH[ci] as u32,

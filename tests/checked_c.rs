@@ -156,9 +156,25 @@ fn plain(action: &str) -> String {
 
 #[test]
 fn double_free() {
-    assert_aborts("double_free", &["double free of", "size class"]);
-    // Plain: not detected; the block is cached twice and handed out twice.
-    assert!(plain("double_free").contains("dup=1"));
+    for action in ["double_free", "double_free_later"] {
+        assert_aborts(action, &["double free of", "size class"]);
+    }
+    // Plain (hardened by default): a block freed again while it is the last block
+    // freed in its class on the thread aborts, naming it.
+    let out = run(plain_lib(), bad(), &["double_free"], &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{stdout}\n{stderr}"
+    );
+    let ptr = line_after(&stdout, "ptr=").expect("announced pointer");
+    let report = line_after(&stderr, "strata: ").expect("a report");
+    for n in ["double free of", ptr, "already the last block freed"] {
+        assert!(report.contains(n), "report lacks {n:?}: {report}");
+    }
+    // Later than that it is not detected: the block is handed out twice.
+    assert!(plain("double_free_later").contains("returned_bad=1"));
 }
 
 #[test]

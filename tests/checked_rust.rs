@@ -72,6 +72,19 @@ unsafe fn run(action: &str) {
                 Strata.dealloc(p, layout(40));
                 follow_up(40, p);
             }
+            "double_free_later" => {
+                // Another block of the class is freed in between: p is no longer the
+                // head of the thread's list when it is freed again. A new block x
+                // then gets p, and the follow-up must not get it a second time.
+                let p = alloc(40);
+                let q = alloc(40);
+                announce(p);
+                Strata.dealloc(p, layout(40));
+                Strata.dealloc(q, layout(40));
+                Strata.dealloc(p, layout(40));
+                let x = alloc(40);
+                follow_up(40, x);
+            }
             "free_stack" => {
                 let mut buf = [0u8; 64];
                 let p = std::hint::black_box(buf.as_mut_ptr());
@@ -326,9 +339,21 @@ fn plain_follow_up(action: &str) -> String {
 #[test]
 fn double_free_aborts_naming_the_block() {
     if CHECKED {
-        assert_aborts("double_free", &["double free of", "size class"]);
+        for action in ["double_free", "double_free_later"] {
+            assert_aborts(action, &["double free of", "size class"]);
+        }
+    } else if cfg!(feature = "harden") {
+        // Plain build: a block freed again while it is the head of its list (no
+        // other free of the class in between) is caught by one compare in the push.
+        assert_aborts(
+            "double_free",
+            &["double free of", "(class ", "already the last block freed"],
+        );
+        // Not caught later than that: the block is handed out twice.
+        assert!(plain_follow_up("double_free_later").contains("returned_bad=true"));
     } else {
-        // Plain build: the block goes on the thread cache twice and comes back twice.
+        // Without `harden`: the block goes on the thread cache twice and comes back
+        // twice.
         assert!(plain_follow_up("double_free").contains("dup=true"));
     }
 }

@@ -114,6 +114,18 @@ int main(int argc, char **argv) {
         free(p);
         follow_up(40, p);
     }
+    if (!strcmp(a, "double_free_later")) {
+        /* Another free of the class in between: p is no longer the last block freed
+         * when it is freed again. x then gets p; the follow-up must not. */
+        char *p = must_malloc(40);
+        char *q = must_malloc(40);
+        announce(p);
+        free(p);
+        free(q);
+        free(p);
+        char *x = must_malloc(40);
+        follow_up(40, x);
+    }
     if (!strcmp(a, "free_stack")) {
         char buf[64];
         char *volatile p = buf;
