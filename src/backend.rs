@@ -8,7 +8,7 @@
 use crate::Violation;
 use crate::central::{Central, validate_small_span};
 use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, small_object};
-use crate::huge::HugeRegistry;
+use crate::huge::{self, Evicted, HugeRegistry};
 use crate::link::{FreeObj, ensure_key};
 use crate::meta::MetaArena;
 use crate::os::{OS_PAGE, Os};
@@ -51,6 +51,8 @@ pub struct Backend<O: Os> {
     pool_lock: RawLock,
     pool: UnsafeCell<HeapPool>,
     cache_budget: AtomicUsize,
+    /// Byte budget of the cache of freed huge mappings (`huge`, "The cache").
+    huge_cache_budget: AtomicUsize,
     pub(crate) counters: Counters,
 }
 
@@ -87,6 +89,12 @@ impl<O: Os> Backend<O> {
                     created: 0,
                 }),
                 cache_budget: AtomicUsize::new(DEFAULT_CACHE_BUDGET),
+                // Checked builds unmap huge blocks at free, so a late access faults.
+                huge_cache_budget: AtomicUsize::new(if cfg!(feature = "checked") {
+                    0
+                } else {
+                    huge::DEFAULT_CACHE_BYTES
+                }),
                 counters: Counters::new(),
             }
         }
@@ -199,6 +207,13 @@ impl<O: Os> Backend<O> {
         self.cache_budget.store(bytes, Ordering::Relaxed);
     }
 
+    /// The byte budget of the cache of freed huge mappings (0 turns it off; what
+    /// it holds above the new budget goes at the next huge free or `release_memory`).
+    pub fn set_huge_cache_budget(&self, bytes: usize) {
+        // Relaxed: a setting; nothing is published with it.
+        self.huge_cache_budget.store(bytes, Ordering::Relaxed);
+    }
+
     // ---- paths without a thread cache ----------------------------------------------
 
     /// One class-`c` object straight from the central tier (threads being torn down).
@@ -279,43 +294,98 @@ impl<O: Os> Backend<O> {
         }
     }
 
-    /// A mapping of its own; always zeroed (fresh from the OS).
-    pub fn alloc_huge(&self, size: usize, align: usize) -> *mut u8 {
+    /// A mapping of its own: from the cache of freed huge mappings if one is there
+    /// (see `huge`, "The cache"), else fresh from the OS. Zeroed if `zero` (a
+    /// zeroed or over-page-aligned request always gets a fresh mapping).
+    pub fn alloc_huge(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         let Some(len) = size.max(1).checked_next_multiple_of(OS_PAGE) else {
             return ptr::null_mut();
         };
         if len > isize::MAX as usize {
             return ptr::null_mut();
         }
-        let p = self.os().map(len, align.max(OS_PAGE));
-        if p.is_null() {
-            return p;
+        let (mut p, mut got) = (ptr::null_mut(), len);
+        if !zero && align <= OS_PAGE {
+            (p, got) = self.take_cached_huge(len);
         }
-        if !self.huge.insert(self.os(), &self.meta, p, len) {
+        if p.is_null() {
+            p = self.os().map(len, align.max(OS_PAGE));
+            if p.is_null() {
+                return p;
+            }
+            self.page_heap.note_extra_resident(len as isize);
+        }
+        if !self.huge.insert(self.os(), &self.meta, p, got) {
             // SAFETY: the mapping was never handed out.
-            unsafe { self.os().unmap(p, len) };
+            unsafe { self.os().unmap(p, got) };
+            self.page_heap.note_extra_resident(-(got as isize));
             return ptr::null_mut();
         }
         Counters::bump(&self.counters.huge_allocs);
-        self.counters.flow(len as isize);
-        self.page_heap.note_extra_resident(len as isize);
+        self.counters.flow(got as isize);
         p
     }
 
-    /// Frees a block from `alloc_huge`.
+    /// A cached mapping made into a block of at least `len` bytes, `(address,
+    /// length)`; null if the cache had none or the resize failed. A mapping up to a
+    /// quarter longer than `len` is used whole; a longer one is shrunk, a shorter
+    /// one grown, by `remap` (which keeps its resident pages).
+    fn take_cached_huge(&self, len: usize) -> (*mut u8, usize) {
+        let (got, ev) =
+            self.huge
+                .take_cached(len, self.os().now_ms(), self.page_heap.purge_delay_ms());
+        self.unmap_evicted(&ev);
+        let Some((q, qlen)) = got else {
+            return (ptr::null_mut(), len);
+        };
+        let q = q as *mut u8;
+        if qlen >= len && qlen - len <= len / 4 {
+            return (q, qlen);
+        }
+        // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave us.
+        let r = unsafe { self.os().remap(q, qlen, len) };
+        if r.is_null() {
+            // SAFETY: as above; nothing else names it.
+            unsafe { self.os().unmap(q, qlen) };
+            self.page_heap.note_extra_resident(-(qlen as isize));
+            return (ptr::null_mut(), len);
+        }
+        self.page_heap
+            .note_extra_resident(len as isize - qlen as isize);
+        (r, len)
+    }
+
+    /// Unmaps what the huge cache let go.
+    fn unmap_evicted(&self, ev: &Evicted) -> usize {
+        let mut bytes = 0;
+        for (p, len) in ev.iter() {
+            // SAFETY: an evicted mapping is whole, ours, and named by nothing.
+            unsafe { self.os().unmap(p as *mut u8, len) };
+            self.page_heap.note_extra_resident(-(len as isize));
+            bytes += len;
+        }
+        bytes
+    }
+
+    /// Frees a block from `alloc_huge`: into the cache of freed huge mappings if it
+    /// fits there, else back to the OS.
     ///
     /// # Safety
     /// `p` came from `alloc_huge` (or `realloc_huge`) and is not used any more.
     pub unsafe fn free_huge(&self, p: *mut u8) {
-        if let Some(len) = self.huge.remove(p) {
+        let (len, ev) = self.huge.retire(
+            p,
+            self.os().now_ms(),
+            self.page_heap.purge_delay_ms(),
+            self.huge_cache_budget.load(Ordering::Relaxed),
+        );
+        if let Some(len) = len {
             Counters::bump(&self.counters.huge_frees);
             self.counters.flow(-(len as isize));
-            self.page_heap.note_extra_resident(-(len as isize));
-            // SAFETY: the registry said `p` starts a mapping of `len` bytes, now dead.
-            unsafe { self.os().unmap(p, len) };
         } else {
             debug_assert!(false, "free of an unknown huge block {p:p}");
         }
+        self.unmap_evicted(&ev);
     }
 
     /// Resizes a huge block with `mremap` (no copy); null, with the block intact, if
@@ -462,7 +532,7 @@ impl<O: Os> Backend<O> {
         for c in 0..NUM_CLASSES {
             self.central.drain(SizeClass(c as u8), &self.page_heap);
         }
-        self.page_heap.release_all()
+        self.unmap_evicted(&self.huge.drain_cache()) + self.page_heap.release_all()
     }
 
     /// Checks every invariant of the shared tiers: the page heap (chunks, spans, bins),

@@ -485,6 +485,9 @@ unsafe fn configure(envp: *const *const c_char) {
         if let Some(bytes) = getenv_raw(envp, b"STRATA_THREAD_CACHE_BYTES").and_then(parse_size) {
             crate::set_thread_cache_budget(bytes as usize);
         }
+        if let Some(bytes) = getenv_raw(envp, b"STRATA_HUGE_CACHE_BYTES").and_then(parse_size) {
+            crate::set_huge_cache_bytes(bytes as usize);
+        }
         libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
         if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
             libc::atexit(print_stats_at_exit);

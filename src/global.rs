@@ -290,7 +290,7 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
             p
         }
         Route::Large => BACKEND.alloc_large(size, align, zero),
-        Route::Huge => BACKEND.alloc_huge(size, align),
+        Route::Huge => BACKEND.alloc_huge(size, align, zero),
     };
     enomem_if_null(p)
 }
@@ -709,6 +709,11 @@ pub(crate) fn set_purge_delay_ms(ms: u64) {
     BACKEND.page_heap.set_purge_delay_ms(ms);
 }
 
+/// See [`crate::set_huge_cache_bytes`].
+pub(crate) fn set_huge_cache_bytes(bytes: usize) {
+    BACKEND.set_huge_cache_budget(bytes);
+}
+
 /// See [`crate::usable_size`].
 pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
     #[cfg(feature = "checked")]
@@ -720,11 +725,11 @@ pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
 /// See [`crate::heap_counts`].
 pub(crate) fn heap_counts() -> crate::HeapCounts {
     let ph = BACKEND.page_heap.stats();
-    let (huge_blocks, huge_bytes) = BACKEND.huge.totals();
+    let (huge_blocks, huge_bytes, huge_cached) = BACKEND.huge.totals_with_cache();
     let (threads_live, threads_created) = BACKEND.thread_heaps();
     crate::HeapCounts {
         chunks: ph.chunks,
-        mapped_bytes: ph.mapped_bytes + huge_bytes,
+        mapped_bytes: ph.mapped_bytes + huge_bytes + huge_cached,
         free_page_bytes: ph.free_bytes,
         free_zeroed_bytes: ph.free_zeroed_bytes,
         purged_bytes_total: ph.purged_bytes_total,

@@ -4,13 +4,71 @@
 //! each mapping's length, so that `free` without a size, `realloc` by `mremap`, and
 //! "is this pointer ours?" work for them too. Huge requests are rare and each costs a
 //! syscall, so the lock is never the bottleneck.
+//!
+//! # The cache
+//! A program that keeps allocating and freeing blocks of a few MiB (buffers, images,
+//! decompression windows) would otherwise pay a fresh mapping each time, and then a
+//! page fault and the kernel's zeroing for every 4 KiB it touches: glibc, whose
+//! mmap threshold rises to 32 MiB after the first such free, reuses its heap for them
+//! instead and was 14× faster on `malloc-large`. So a freed mapping of up to
+//! [`MAX_CACHED_BLOCK`] bytes is kept, resident, in a small cache (at most
+//! [`CACHE_SLOTS`] mappings and the byte budget the backend passes, 64 MiB by
+//! default), and a later huge request takes the smallest one that fits, or else the
+//! largest one to be grown by `remap` (its resident pages move with it). A mapping
+//! that has waited longer than the page heap's purge delay, or that a new one pushes
+//! out (oldest first), is unmapped; `release_memory` unmaps them all. Zeroed requests
+//! (`calloc`) and alignments above a page skip the cache: a fresh mapping is zero and
+//! aligned for free. The cache lives under the registry's lock; its unmaps run after
+//! the lock is released ([`Evicted`]).
 
 use crate::meta::MetaArena;
 use crate::os::Os;
+use crate::size_class::CHUNK_SIZE;
 use crate::sync::{RawLock, UnsafeCell};
 use core::ptr;
 
 const BUCKETS: usize = 256;
+
+/// Freed mappings the cache holds at most.
+pub const CACHE_SLOTS: usize = 8;
+/// Largest mapping the cache keeps (32 MiB, glibc's largest mmap threshold); larger
+/// ones are unmapped when freed.
+pub const MAX_CACHED_BLOCK: usize = 8 * CHUNK_SIZE;
+/// Default byte budget of the cache (64 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 16 * CHUNK_SIZE;
+
+/// A freed mapping kept for reuse.
+#[derive(Clone, Copy)]
+struct Cached {
+    ptr: usize,
+    len: usize,
+    freed_ms: u64,
+}
+
+/// Mappings the cache let go (or would not take), for the caller to unmap once the
+/// registry lock is released: nothing names them any more, so no other thread can
+/// reach them.
+pub struct Evicted {
+    n: usize,
+    items: [(usize, usize); CACHE_SLOTS + 1],
+}
+
+impl Evicted {
+    const NONE: Evicted = Evicted {
+        n: 0,
+        items: [(0, 0); CACHE_SLOTS + 1],
+    };
+
+    fn push(&mut self, ptr: usize, len: usize) {
+        self.items[self.n] = (ptr, len);
+        self.n += 1;
+    }
+
+    /// The evicted mappings, `(address, length)`.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.items[..self.n].iter().copied()
+    }
+}
 
 struct Record {
     ptr: usize,
@@ -23,12 +81,39 @@ struct Inner {
     spare: *mut Record,
     count: usize,
     bytes: usize,
+    /// Freed mappings, oldest first: `cache[..cached]`.
+    cache: [Cached; CACHE_SLOTS],
+    cached: usize,
+    cached_bytes: usize,
 }
 
-/// The registry of huge mappings.
+impl Inner {
+    /// Removes `cache[i]`, keeping the rest in age order.
+    fn uncache(&mut self, i: usize) -> Cached {
+        let e = self.cache[i];
+        self.cache.copy_within(i + 1..self.cached, i);
+        self.cached -= 1;
+        self.cached_bytes -= e.len;
+        e
+    }
+
+    /// Moves every cached mapping freed more than `delay_ms` ago to `ev`.
+    fn expire(&mut self, now_ms: u64, delay_ms: u64, ev: &mut Evicted) {
+        // Oldest first: the expired ones are a prefix.
+        while self.cached > 0 && now_ms.saturating_sub(self.cache[0].freed_ms) > delay_ms {
+            let e = self.uncache(0);
+            ev.push(e.ptr, e.len);
+        }
+    }
+}
+
+/// The registry of huge mappings, and the cache of freed ones.
 ///
 /// Invariants: 1. every live huge block has exactly one record, in bucket
-/// `hash(ptr)`; 2. `count`/`bytes` are the number and total length of records.
+/// `hash(ptr)`; 2. `count`/`bytes` are the number and total length of records;
+/// 3. `cache[..cached]` are whole mappings of ours that no record names, each at most
+/// `MAX_CACHED_BLOCK` bytes, freed in non-decreasing `freed_ms` order, with
+/// `cached_bytes` their total length.
 pub struct HugeRegistry {
     lock: RawLock,
     inner: UnsafeCell<Inner>,
@@ -48,7 +133,15 @@ impl HugeRegistry {
         pub fn new() -> HugeRegistry {
             HugeRegistry {
                 lock: RawLock::new(),
-                inner: UnsafeCell::new(Inner { buckets: [ptr::null_mut(); BUCKETS], spare: ptr::null_mut(), count: 0, bytes: 0 }),
+                inner: UnsafeCell::new(Inner {
+                    buckets: [ptr::null_mut(); BUCKETS],
+                    spare: ptr::null_mut(),
+                    count: 0,
+                    bytes: 0,
+                    cache: [Cached { ptr: 0, len: 0, freed_ms: 0 }; CACHE_SLOTS],
+                    cached: 0,
+                    cached_bytes: 0,
+                }),
             }
         }
     }
@@ -152,26 +245,92 @@ impl HugeRegistry {
 
     /// Forgets the mapping at `p`; returns its length.
     pub fn remove(&self, p: *const u8) -> Option<usize> {
-        self.with(|h| {
-            let b = hash(p as usize);
-            let mut link: *mut *mut Record = &mut h.buckets[b];
-            // SAFETY: links and records are ours under the lock.
-            unsafe {
-                while !(*link).is_null() {
-                    let r = *link;
-                    if (*r).ptr == p as usize {
-                        *link = (*r).next;
-                        (*r).next = h.spare;
-                        h.spare = r;
-                        h.count -= 1;
-                        h.bytes -= (*r).len;
-                        return Some((*r).len);
-                    }
-                    link = &mut (*r).next;
-                }
+        self.with(|h| remove_locked(h, p))
+    }
+
+    /// Forgets the live block at `p` (returning its length, None if `p` is not a huge
+    /// block) and keeps its mapping in the cache if it fits: at most
+    /// `MAX_CACHED_BLOCK` and `budget` bytes, pushing out the oldest mappings to make
+    /// room. Also expires mappings older than `delay_ms`. What leaves (or does not
+    /// enter) the cache comes back in `Evicted`, for the caller to unmap.
+    pub fn retire(
+        &self,
+        p: *const u8,
+        now_ms: u64,
+        delay_ms: u64,
+        budget: usize,
+    ) -> (Option<usize>, Evicted) {
+        let mut ev = Evicted::NONE;
+        let len = self.with(|h| {
+            let len = remove_locked(h, p)?;
+            h.expire(now_ms, delay_ms, &mut ev);
+            if len > MAX_CACHED_BLOCK || len > budget {
+                ev.push(p as usize, len);
+                return Some(len);
             }
-            None
-        })
+            while h.cached == CACHE_SLOTS || h.cached_bytes + len > budget {
+                let e = h.uncache(0);
+                ev.push(e.ptr, e.len);
+            }
+            // Not older than any entry: clocks are monotonic, and a `now_ms` read
+            // before another thread's later entry is clamped up to it.
+            let last = if h.cached > 0 {
+                h.cache[h.cached - 1].freed_ms
+            } else {
+                0
+            };
+            h.cache[h.cached] = Cached {
+                ptr: p as usize,
+                len,
+                freed_ms: now_ms.max(last),
+            };
+            h.cached += 1;
+            h.cached_bytes += len;
+            Some(len)
+        });
+        (len, ev)
+    }
+
+    /// Takes a cached mapping for a new block of `len` bytes: the smallest that is
+    /// at least `len` long, else the largest (to be grown), as `(address, length)`;
+    /// None if the cache holds nothing (after expiring mappings older than
+    /// `delay_ms`, which come back in `Evicted`). The mapping is the caller's: it
+    /// must `insert` it or unmap it.
+    pub fn take_cached(
+        &self,
+        len: usize,
+        now_ms: u64,
+        delay_ms: u64,
+    ) -> (Option<(usize, usize)>, Evicted) {
+        let mut ev = Evicted::NONE;
+        let got = self.with(|h| {
+            h.expire(now_ms, delay_ms, &mut ev);
+            let entries = &h.cache[..h.cached];
+            let fit = (0..entries.len())
+                .filter(|&i| entries[i].len >= len)
+                .min_by_key(|&i| entries[i].len);
+            let i = fit.or_else(|| (0..entries.len()).max_by_key(|&i| entries[i].len))?;
+            let e = h.uncache(i);
+            Some((e.ptr, e.len))
+        });
+        (got, ev)
+    }
+
+    /// Empties the cache (`release_memory`): every mapping comes back in `Evicted`.
+    pub fn drain_cache(&self) -> Evicted {
+        let mut ev = Evicted::NONE;
+        self.with(|h| {
+            while h.cached > 0 {
+                let e = h.uncache(0);
+                ev.push(e.ptr, e.len);
+            }
+        });
+        ev
+    }
+
+    /// Live huge blocks, their bytes, and the bytes of cached mappings, read at once.
+    pub fn totals_with_cache(&self) -> (usize, usize, usize) {
+        self.with(|h| (h.count, h.bytes, h.cached_bytes))
     }
 
     /// Calls `f(ptr, len)` for every huge block, under the registry lock (the checked
@@ -192,8 +351,9 @@ impl HugeRegistry {
         })
     }
 
-    /// Checks invariants 1 and 2: every record sits in bucket `hash(ptr)`, no pointer
-    /// is recorded twice, and `count`/`bytes` add up.
+    /// Checks invariants 1 to 3: every record sits in bucket `hash(ptr)`, no pointer
+    /// is recorded twice, `count`/`bytes` add up, and the cache is in order, within
+    /// its limits and disjoint from the live blocks.
     pub fn validate(&self) -> Result<(), crate::Violation> {
         use crate::page_heap::check;
         self.with(|h| {
@@ -234,6 +394,45 @@ impl HugeRegistry {
                 2,
                 "count/bytes differ from the records",
                 0,
+            )?;
+            let entries = &h.cache[..h.cached];
+            let mut cached_bytes = 0;
+            for (i, e) in entries.iter().enumerate() {
+                check(
+                    e.len > 0 && e.len <= MAX_CACHED_BLOCK,
+                    "HugeRegistry",
+                    3,
+                    "cached mapping of a length the cache does not keep",
+                    e.ptr,
+                )?;
+                check(
+                    i == 0 || entries[i - 1].freed_ms <= e.freed_ms,
+                    "HugeRegistry",
+                    3,
+                    "cache not in age order",
+                    e.ptr,
+                )?;
+                let mut r = h.buckets[hash(e.ptr)];
+                while !r.is_null() {
+                    // SAFETY: records in buckets are ours under the lock.
+                    let rec = unsafe { &*r };
+                    check(
+                        rec.ptr != e.ptr,
+                        "HugeRegistry",
+                        3,
+                        "cached mapping is also a live block",
+                        e.ptr,
+                    )?;
+                    r = rec.next;
+                }
+                cached_bytes += e.len;
+            }
+            check(
+                cached_bytes == h.cached_bytes,
+                "HugeRegistry",
+                3,
+                "cached_bytes differs from the cache",
+                0,
             )
         })
     }
@@ -251,6 +450,28 @@ impl HugeRegistry {
     pub fn unlock(&self) {
         self.lock.unlock();
     }
+}
+
+/// `HugeRegistry::remove` with the lock held.
+fn remove_locked(h: &mut Inner, p: *const u8) -> Option<usize> {
+    let b = hash(p as usize);
+    let mut link: *mut *mut Record = &mut h.buckets[b];
+    // SAFETY: links and records are ours under the lock (the caller holds it).
+    unsafe {
+        while !(*link).is_null() {
+            let r = *link;
+            if (*r).ptr == p as usize {
+                *link = (*r).next;
+                (*r).next = h.spare;
+                h.spare = r;
+                h.count -= 1;
+                h.bytes -= (*r).len;
+                return Some((*r).len);
+            }
+            link = &mut (*r).next;
+        }
+    }
+    None
 }
 
 impl Default for HugeRegistry {

@@ -125,7 +125,7 @@ impl fmt::Display for Violation {
 pub struct HeapCounts {
     /// Chunks mapped.
     pub chunks: usize,
-    /// Bytes mapped for chunks and huge blocks.
+    /// Bytes mapped for chunks, huge blocks and cached huge mappings.
     pub mapped_bytes: usize,
     /// Bytes in free spans of the page heap.
     pub free_page_bytes: usize,
@@ -189,8 +189,16 @@ mod api {
     }
 
     /// Sets how long free pages stay resident before they are purged (default 1 s).
+    /// Freed huge mappings kept for reuse expire after the same delay.
     pub fn set_purge_delay_ms(ms: u64) {
         global::set_purge_delay_ms(ms)
+    }
+
+    /// Sets the byte budget of the cache of freed huge blocks (above 1 MiB, up to
+    /// 32 MiB each) kept resident for reuse (default 64 MiB; 0 unmaps every huge
+    /// block at free, as before the cache).
+    pub fn set_huge_cache_bytes(bytes: usize) {
+        global::set_huge_cache_bytes(bytes)
     }
 
     /// The usable size of a block that strata handed out, found by address; None if

@@ -127,7 +127,7 @@ impl ClassStats {
 /// - `active_bytes = Σ class.span_bytes + large_bytes + huge_bytes`, and
 ///   `Σ class.span_bytes = Σ (live + thread_cached + central_cached) × size + span_free_bytes`;
 /// - `chunks × CHUNK_SIZE = chunk header bytes + Σ class.span_bytes + large_bytes + page_free_bytes`;
-/// - `mapped_bytes = chunks × CHUNK_SIZE + huge_bytes + metadata arena`;
+/// - `mapped_bytes = chunks × CHUNK_SIZE + huge_bytes + huge_cached_bytes + metadata arena`;
 /// - `allocated ≤ active ≤ mapped`, `resident ≤ mapped`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
@@ -180,6 +180,8 @@ pub struct Stats {
     /// Huge blocks (own mappings) and their bytes.
     pub huge_blocks: u64,
     pub huge_bytes: u64,
+    /// Freed huge mappings kept resident for reuse (up to `set_huge_cache_bytes`).
+    pub huge_cached_bytes: u64,
     /// Per size class, smallest first.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -269,8 +271,9 @@ impl<O: Os> Backend<O> {
             }
         }
         let ph = self.page_heap.stats();
-        let (huge_blocks, huge_bytes) = self.huge.totals();
-        let (huge_blocks, huge_bytes) = (huge_blocks as u64, huge_bytes as u64);
+        let (huge_blocks, huge_bytes, huge_cached) = self.huge.totals_with_cache();
+        let (huge_blocks, huge_bytes, huge_cached) =
+            (huge_blocks as u64, huge_bytes as u64, huge_cached as u64);
         let meta = self.meta.mapped_bytes() as u64;
 
         let mut allocated = large_bytes + huge_bytes;
@@ -290,8 +293,8 @@ impl<O: Os> Backend<O> {
             span_free += c.span_free_bytes();
         }
         let chunk_bytes = (chunks * CHUNK_SIZE) as u64;
-        let mapped = chunk_bytes + huge_bytes + meta;
-        let resident = chunk_bytes - zeroed as u64 + huge_bytes + meta;
+        let mapped = chunk_bytes + huge_bytes + huge_cached + meta;
+        let resident = chunk_bytes - zeroed as u64 + huge_bytes + huge_cached + meta;
         let c = &self.counters;
         let allocs = heaps.allocs
             + Counters::get(&c.direct_allocs)
@@ -331,6 +334,7 @@ impl<O: Os> Backend<O> {
             large_bytes,
             huge_blocks,
             huge_bytes,
+            huge_cached_bytes: huge_cached,
             classes,
         }
     }
@@ -471,12 +475,13 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  chunks {}  large blocks {} ({})  huge blocks {} ({})  thread heaps {} live / {} created",
+            "  chunks {}  large blocks {} ({})  huge blocks {} ({}, {} cached)  thread heaps {} live / {} created",
             self.chunks,
             self.large_blocks,
             b(self.large_bytes),
             self.huge_blocks,
             b(self.huge_bytes),
+            b(self.huge_cached_bytes),
             self.thread_heaps_live,
             self.thread_heaps_created
         )?;
@@ -508,7 +513,7 @@ impl Stats {
     /// `classes` lists every class, smallest first.
     pub fn write_json(&self, w: &mut impl fmt::Write) -> fmt::Result {
         w.write_char('{')?;
-        let fields: [(&str, u64); 26] = [
+        let fields: [(&str, u64); 27] = [
             ("allocated_bytes", self.allocated_bytes),
             ("active_bytes", self.active_bytes),
             ("resident_bytes", self.resident_bytes),
@@ -534,6 +539,7 @@ impl Stats {
             ("large_bytes", self.large_bytes),
             ("huge_blocks", self.huge_blocks),
             ("huge_bytes", self.huge_bytes),
+            ("huge_cached_bytes", self.huge_cached_bytes),
             (
                 "classes_in_use",
                 self.classes.iter().filter(|c| c.spans > 0).count() as u64,

@@ -263,6 +263,7 @@ fn display_and_json_cover_every_figure() {
         "central_cached_bytes",
         "purged_bytes_total",
         "unmapped_bytes_total",
+        "huge_cached_bytes",
         "peak_resident_bytes",
         "peak_allocated_bytes",
         "allocs",
@@ -307,7 +308,7 @@ fn after_everything_is_freed_and_released_allocated_is_zero_and_resident_falls()
         live.push((c, p));
     }
     let large = be.alloc_large(300 << 10, 8, false);
-    let huge = be.alloc_huge(3 * MIB, 8);
+    let huge = be.alloc_huge(3 * MIB, 8, false);
     let full = be.stats();
     check_identities(&full);
     let expect: u64 = live.iter().map(|(c, _)| c.size_bytes() as u64).sum();

@@ -4,9 +4,13 @@
 //! while another shrinks one, both remapping (the fake OS, like Linux, hands a
 //! just-unmapped range to the next mapping of its size at once), then both free.
 //!
+//! A freed block waits in the cache of freed huge mappings, so the other thread's
+//! next block may be that mapping, taken over and grown or shrunk by remap.
+//!
 //! Properties: each block is found with its own length while live, a remap keeps
 //! its contents, every mapping goes back to the OS exactly once and with its own
-//! length, and the registry ends empty.
+//! length (the last ones when the cache is emptied), and the registry and the cache
+//! end empty.
 #![cfg(strata_loom)]
 
 use loom::sync::Arc;
@@ -17,7 +21,7 @@ use strata::internals::{Backend, HUGE_THRESHOLD, OS_PAGE};
 /// Allocates `from` pages, fills them with `id`, remaps to `to` pages, checks, frees.
 fn resize_and_free(be: &Backend<FakeOs>, id: u8, from: usize, to: usize) {
     assert!(from * OS_PAGE > HUGE_THRESHOLD);
-    let p = be.alloc_huge(from * OS_PAGE, 8);
+    let p = be.alloc_huge(from * OS_PAGE, 8, false);
     assert!(!p.is_null());
     assert_eq!(be.usable_size(p), Some(from * OS_PAGE));
     // SAFETY: ours.
@@ -50,6 +54,10 @@ fn huge_blocks_grown_shrunk_and_freed_at_once_are_unmapped_once_with_their_lengt
         };
         grower.join().unwrap();
         shrinker.join().unwrap();
+        // Freed blocks wait in the huge cache (one thread may have taken the
+        // other's, and grown or shrunk it) until it is emptied.
+        be.validate().unwrap();
+        be.release_shared();
         let (mapped, unmapped) = be.page_heap.os().totals();
         assert_eq!(mapped - unmapped, be.meta.mapped_bytes());
         assert_all_returned(&be);

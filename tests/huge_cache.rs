@@ -1,0 +1,161 @@
+#[global_allocator]
+static GLOBAL: strata::Strata = strata::Strata;
+
+mod common;
+use common::MIB;
+
+// The cache of freed huge mappings (src/huge.rs, "The cache"): a freed huge block is
+// kept and reused, taken whole, shrunk or grown; zeroed requests never see old
+// bytes; old, excess and oversized mappings are unmapped; release empties it. The
+// exact checks run on private backends (nothing else allocates huge blocks there).
+
+use strata::internals::{Backend, SysOs};
+
+/// A private backend with the default 64 MiB cache (checked builds default to none).
+fn backend() -> &'static Backend<SysOs> {
+    let be = Box::leak(Box::new(Backend::new(SysOs)));
+    be.set_huge_cache_budget(64 * MIB);
+    be
+}
+
+/// (live huge blocks, their bytes, cached bytes), after checking every invariant.
+fn totals(be: &Backend<SysOs>) -> (usize, usize, usize) {
+    be.validate().unwrap();
+    be.huge.totals_with_cache()
+}
+
+/// Writes `len` bytes of `v` at `p`.
+fn fill(p: *mut u8, len: usize, v: u8) {
+    // SAFETY: callers pass a live block of at least `len` bytes.
+    unsafe { p.write_bytes(v, len) };
+}
+
+fn all(p: *const u8, len: usize, v: u8) -> bool {
+    // SAFETY: callers pass a live block of at least `len` bytes.
+    unsafe { std::slice::from_raw_parts(p, len) }
+        .iter()
+        .all(|&b| b == v)
+}
+
+#[test]
+fn a_freed_huge_block_is_reused_whole_shrunk_or_grown() {
+    let be = backend();
+    let p = be.alloc_huge(3 * MIB, 8, false);
+    assert!(!p.is_null());
+    fill(p, 3 * MIB, 0xAB);
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(p) };
+    assert_eq!(totals(be), (0, 0, 3 * MIB));
+    assert_eq!(be.stats().huge_cached_bytes, 3 * MIB as u64);
+
+    // Same size: the same mapping, its pages still there.
+    let q = be.alloc_huge(3 * MIB, 8, false);
+    assert_eq!(q, p);
+    assert!(all(q, 3 * MIB, 0xAB), "the mapping was not kept");
+    assert_eq!(totals(be), (1, 3 * MIB, 0));
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(q) };
+
+    // Up to a quarter smaller: taken whole (the block is 3 MiB long).
+    let q = be.alloc_huge(5 * MIB / 2, 8, false);
+    assert_eq!(q, p);
+    assert_eq!(be.usable_size(q), Some(3 * MIB));
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(q) };
+
+    // Much smaller: shrunk to the request.
+    let q = be.alloc_huge(MIB + MIB / 2, 8, false);
+    assert!(!q.is_null());
+    assert_eq!(be.usable_size(q), Some(MIB + MIB / 2));
+    assert_eq!(totals(be), (1, MIB + MIB / 2, 0));
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(q) };
+
+    // Larger than anything cached: the largest mapping is grown.
+    let q = be.alloc_huge(6 * MIB, 8, false);
+    assert!(!q.is_null());
+    assert_eq!(be.usable_size(q), Some(6 * MIB));
+    assert_eq!(totals(be), (1, 6 * MIB, 0));
+    fill(q, 6 * MIB, 0xCD);
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(q) };
+
+    // A zeroed request does not take it: fresh, zero pages.
+    let z = be.alloc_huge(6 * MIB, 8, true);
+    assert!(!z.is_null());
+    assert!(all(z, 6 * MIB, 0), "a zeroed huge block is not zero");
+    assert_eq!(totals(be), (1, 6 * MIB, 6 * MIB));
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(z) };
+
+    // Release empties the cache.
+    let before = be.stats();
+    assert_eq!(before.huge_cached_bytes, 12 * MIB as u64);
+    assert!(be.release_shared() >= 12 * MIB);
+    assert_eq!(totals(be), (0, 0, 0));
+    let after = be.stats();
+    assert_eq!(after.mapped_bytes + 12 * MIB as u64, before.mapped_bytes);
+}
+
+#[test]
+fn the_cache_keeps_to_its_budget_its_slots_and_its_largest_block() {
+    let be = backend();
+    let free = |p: *mut u8| {
+        // SAFETY: live blocks of this backend, given up once.
+        unsafe { be.free_huge(p) }
+    };
+    // Nine 2 MiB blocks: eight slots, the oldest one unmapped.
+    let blocks: Vec<*mut u8> = (0..9).map(|_| be.alloc_huge(2 * MIB, 8, false)).collect();
+    blocks.iter().copied().for_each(free);
+    assert_eq!(totals(be), (0, 0, 16 * MIB));
+
+    // A 20 MiB block pushes out the oldest until it fits the 64 MiB budget...
+    let big: Vec<*mut u8> = (0..3).map(|_| be.alloc_huge(20 * MIB, 8, false)).collect();
+    big.iter().copied().for_each(free);
+    let (_, _, cached) = totals(be);
+    assert!((60 * MIB..=64 * MIB).contains(&cached), "{cached}");
+
+    // ...and one above 32 MiB is never kept.
+    be.release_shared();
+    free(be.alloc_huge(40 * MIB, 8, false));
+    assert_eq!(totals(be), (0, 0, 0));
+
+    // A budget of 0 turns the cache off.
+    be.set_huge_cache_budget(0);
+    free(be.alloc_huge(2 * MIB, 8, false));
+    assert_eq!(totals(be), (0, 0, 0));
+}
+
+#[test]
+fn cached_mappings_expire_after_the_purge_delay() {
+    let be = backend();
+    be.page_heap.set_purge_delay_ms(5);
+    let a = be.alloc_huge(2 * MIB, 8, false);
+    let b = be.alloc_huge(3 * MIB, 8, false);
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(a) };
+    assert_eq!(totals(be), (1, 3 * MIB, 2 * MIB));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // The next huge operation unmaps what waited longer than the delay.
+    // SAFETY: live, given up.
+    unsafe { be.free_huge(b) };
+    assert_eq!(totals(be), (0, 0, 3 * MIB));
+}
+
+/// Through the global allocator: a dirty huge block, freed, must not come back as
+/// the memory of a zeroed allocation (`calloc`, `vec![0; n]`), and reuse keeps
+/// contents intact through realloc.
+#[test]
+fn zeroed_huge_allocations_after_dirty_frees_are_zero() {
+    for round in 0..4 {
+        let dirty = vec![0xEEu8; 8 * MIB + round * 4096];
+        drop(std::hint::black_box(dirty));
+        let zero = vec![0u8; 8 * MIB + round * 4096];
+        assert!(zero.iter().all(|&b| b == 0), "round {round}");
+        let mut v = vec![round as u8; 5 * MIB];
+        v.resize(12 * MIB, 7);
+        assert!(v[..5 * MIB].iter().all(|&b| b == round as u8));
+        assert!(v[5 * MIB..].iter().all(|&b| b == 7));
+    }
+    strata::validate_heap().unwrap();
+}
