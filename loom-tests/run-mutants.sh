@@ -44,6 +44,7 @@ MUTANTS=(
     "retire_pools_before_flush       thread_exit     an exiting thread's heap pooled before its cache is flushed"
     "huge_remap_unlocked             huge_blocks     a huge block remapped outside the registry lock (the bug loom found)"
     "span_release_keeps_class        span_release    a released Small span's pages keep their class in the page entries"
+    "huge_cache_takes_short          huge_blocks     a cached huge mapping is handed out whole even when shorter than the request"
 )
 
 want=("$@")

@@ -339,7 +339,12 @@ impl<O: Os> Backend<O> {
             return (ptr::null_mut(), len);
         };
         let q = q as *mut u8;
-        if qlen >= len && qlen - len <= len / 4 {
+        #[cfg(not(strata_mutant = "huge_cache_takes_short"))]
+        let whole = qlen >= len && qlen - len <= len / 4;
+        // Mutant: a cached mapping is used as it is, even when it is too short.
+        #[cfg(strata_mutant = "huge_cache_takes_short")]
+        let whole = qlen.saturating_sub(len) <= len / 4;
+        if whole {
             return (q, qlen);
         }
         // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave us.

@@ -63,3 +63,52 @@ fn huge_blocks_grown_shrunk_and_freed_at_once_are_unmapped_once_with_their_lengt
         assert_all_returned(&be);
     });
 }
+
+/// Allocates each of `sizes` pages in turn (no realloc), fills it with `id`, checks
+/// it and frees it: through the cache, a block may be a mapping the other thread
+/// freed, taken whole, shrunk or grown.
+fn churn_through_cache(be: &Backend<FakeOs>, id: u8, sizes: &[usize]) {
+    for &pages in sizes {
+        let len = pages * OS_PAGE;
+        assert!(len > HUGE_THRESHOLD);
+        let p = be.alloc_huge(len, 8, false);
+        assert!(!p.is_null());
+        let usable = be.usable_size(p).expect("a live huge block");
+        assert!(
+            usable >= len && usable - len <= len / 4,
+            "{usable} bytes for {len}"
+        );
+        // SAFETY: ours, `usable` bytes long.
+        unsafe { fill(p as usize, usable, id) };
+        loom::thread::yield_now();
+        // SAFETY: ours; no one else may have written it meanwhile.
+        assert!(
+            unsafe { all_bytes(p as usize, usable, id) },
+            "a huge block shared with another thread"
+        );
+        // SAFETY: ours, given up.
+        unsafe { be.free_huge(p) };
+    }
+}
+
+#[test]
+fn freed_huge_mappings_are_taken_over_by_another_thread_whole_shrunk_or_grown() {
+    model(|| {
+        let be = Arc::new(Backend::new(FakeOs::new()));
+        let a = {
+            let be = be.clone();
+            thread::spawn(move || churn_through_cache(&be, 1, &[4, 1]))
+        };
+        let b = {
+            let be = be.clone();
+            thread::spawn(move || churn_through_cache(&be, 2, &[2, 8]))
+        };
+        a.join().unwrap();
+        b.join().unwrap();
+        be.validate().unwrap();
+        be.release_shared();
+        let (mapped, unmapped) = be.page_heap.os().totals();
+        assert_eq!(mapped - unmapped, be.meta.mapped_bytes());
+        assert_all_returned(&be);
+    });
+}
