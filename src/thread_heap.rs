@@ -7,19 +7,20 @@
 //! free:   size→class ─ tls heap ─ try_push ── hit: one branch
 //!                                  └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
 //! ```
-//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 49.5
+//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 52.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
 //! included; 43.5 without the `harden` feature (the script prints both). Through the
 //! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 72 a pair with the benchmark's loop, 64 without
+//! `global::free_by_address`): 75 a pair with the benchmark's loop, 64 without
 //! `harden`; unhardened, `malloc` is 17 instructions and `free` 30 (chunk map 8, page
 //! entry and object check 10, TLS and push 12). The statistics counter
-//! `FreeList::allocs` is 1 of them. The encoded links (`link`) are the 6 (8 in C):
-//! `pop` loads the key off the heap, XORs it with the object's address and the link
-//! word (the word's load folds into the XOR) and tests the result against a mask, a
-//! branch never taken in a correct program (4, plus the mask's `movabs` in the C
-//! `malloc`, where no loop hoists it); `try_push` loads the key and XORs in the
-//! object's address (the old head's load folds into the other XOR): 2.
+//! `FreeList::allocs` is 1 of them. `harden` is the other 9 (11 in C): `pop` loads
+//! the key off the heap, XORs it with the object's address and the link word (the
+//! word's load folds into the XOR) and tests the result against a mask, a branch
+//! never taken in a correct program (4, plus the mask's `movabs` in the C `malloc`,
+//! where no loop hoists it); `try_push` loads the key, XORs in the object's address
+//! and the old head, and compares the object with the head (a double free), which
+//! keeps the head's load from folding into the XOR (5).
 //! Keep other statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
