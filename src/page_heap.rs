@@ -24,6 +24,10 @@ use core::ptr;
 /// Wholly free chunks kept mapped (their pages still purged after the delay), so a
 /// program that frees and reallocates a chunk's worth does not pay mmap each time.
 pub const CHUNK_RESERVE: usize = 1;
+/// Wholly free chunks kept at most while they wait for the delay (32 MiB): beyond
+/// that a chunk that becomes wholly free is unmapped at once, so a program that
+/// frees a lot and goes idle does not keep it all.
+pub const MAX_FREE_CHUNKS: usize = 8;
 /// Default delay before a free span's pages are returned with `MADV_DONTNEED`.
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
 
@@ -53,8 +57,9 @@ pub struct PageHeapStats {
 /// [`ChunkHeader`] 3, plus
 /// 1. bit `b` of `nonempty` is set iff `bins[b]` is non-empty;
 /// 2. `free_pages` is the sum of the sizes of all free spans; `free_chunks` counts the
-///    chunks whose usable pages form one free span (those beyond `CHUNK_RESERVE` are
-///    unmapped by the purge pass once free for longer than the delay);
+///    chunks whose usable pages form one free span, at most `MAX_FREE_CHUNKS` (those
+///    beyond `CHUNK_RESERVE` are unmapped by the purge pass once free for longer than
+///    the delay);
 /// 3. every mapped chunk is in the chunk list and in the chunk map.
 /// 4. `zeroed_pages` is the sum of the sizes of the binned spans with `SPAN_ZEROED`,
 ///    so `nchunks × CHUNK_SIZE - zeroed_pages × PAGE_SIZE` bounds the resident bytes.
@@ -516,8 +521,12 @@ impl<O: Os> PageHeap<O> {
             }
             (*span).free_since_ms = now;
             if (*span).npages as usize == USABLE_PAGES {
-                // Kept mapped for now: `maybe_purge` unmaps it after the delay if it
-                // is beyond the reserve.
+                // Kept mapped for now (`maybe_purge` unmaps it after the delay if it
+                // is beyond the reserve), unless that many are kept already.
+                if h.free_chunks >= MAX_FREE_CHUNKS {
+                    self.unmap_chunk(h, chunk);
+                    return;
+                }
                 h.free_chunks += 1;
             }
             bin_insert(h, span);
@@ -745,6 +754,13 @@ impl<O: Os> PageHeap<O> {
                 "PageHeap",
                 2,
                 "wholly free chunk count",
+                0,
+            )?;
+            check(
+                free_chunks <= MAX_FREE_CHUNKS,
+                "PageHeap",
+                2,
+                "more wholly free chunks than MAX_FREE_CHUNKS",
                 0,
             )?;
             let mut binned = 0;
@@ -1018,6 +1034,22 @@ mod tests {
         assert_eq!(ph.release_all(), CHUNK_SIZE);
         assert_eq!(ph.stats().chunks, 0);
         ph.validate().unwrap();
+    }
+
+    #[test]
+    fn at_most_max_free_chunks_wait_for_the_delay() {
+        let ph = PageHeap::new(SysOs);
+        ph.set_purge_delay_ms(60_000);
+        let spans: Vec<_> = (0..MAX_FREE_CHUNKS + 3)
+            .map(|_| large(&ph, USABLE_PAGES))
+            .collect();
+        for s in spans {
+            // SAFETY: live spans, freed once.
+            unsafe { ph.free_span(s) };
+        }
+        ph.validate().unwrap();
+        assert_eq!(ph.stats().chunks, MAX_FREE_CHUNKS);
+        assert_eq!(ph.release_all(), MAX_FREE_CHUNKS * CHUNK_SIZE);
     }
 
     #[test]
