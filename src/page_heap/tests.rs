@@ -1,0 +1,240 @@
+//! Unit tests of the page heap (real mappings, `SysOs`).
+
+use super::*;
+use crate::os::SysOs;
+
+fn large(ph: &PageHeap<SysOs>, npages: usize) -> *mut Span {
+    let s = ph.alloc_span(npages, 1, SpanKind::Large, SizeClass(0));
+    assert!(!s.is_null());
+    s
+}
+
+#[test]
+fn freeing_in_any_order_coalesces_back_to_one_free_chunk() {
+    let ph = PageHeap::new(SysOs);
+    for order in 0..3 {
+        let spans: Vec<_> = (1..=20).map(|n| large(&ph, n)).collect();
+        ph.validate().unwrap();
+        let idx: Vec<usize> = match order {
+            0 => (0..20).collect(),
+            1 => (0..20).rev().collect(),
+            _ => (0..20).map(|i| (i * 7) % 20).collect(),
+        };
+        for (k, &i) in idx.iter().enumerate() {
+            // SAFETY: each span is live and freed once.
+            unsafe { ph.free_span(spans[i]) };
+            if k % 5 == 0 {
+                ph.validate().unwrap();
+            }
+        }
+        ph.validate().unwrap();
+        let st = ph.stats();
+        assert_eq!(st.chunks, 1, "the reserve chunk stays mapped");
+        assert_eq!(
+            st.free_bytes,
+            USABLE_PAGES * PAGE_SIZE,
+            "every page coalesced back"
+        );
+    }
+}
+
+#[test]
+fn best_fit_prefers_the_smallest_hole_and_aligned_spans_are_aligned() {
+    let ph = PageHeap::new(SysOs);
+    let a = large(&ph, 3);
+    let _guard1 = large(&ph, 1);
+    let b = large(&ph, 8);
+    let _guard2 = large(&ph, 1);
+    // SAFETY: live spans, freed once.
+    unsafe {
+        let (a_base, b_base) = ((*a).base(), (*b).base());
+        ph.free_span(b);
+        ph.free_span(a);
+        let c = large(&ph, 2);
+        assert_eq!(
+            (*c).base(),
+            a_base,
+            "a 2-page request takes the 3-page hole"
+        );
+        let d = large(&ph, 6);
+        assert_eq!(
+            (*d).base(),
+            b_base,
+            "a 6-page request takes the 8-page hole"
+        );
+        for align_pages in [2, 4, 16, 64, 128] {
+            let s = ph.alloc_span(3, align_pages, SpanKind::Large, SizeClass(0));
+            assert_eq!((*s).base() as usize % (align_pages * PAGE_SIZE), 0);
+            ph.validate().unwrap();
+            ph.free_span(s);
+        }
+    }
+    ph.validate().unwrap();
+}
+
+#[test]
+fn wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest() {
+    // Delay 0: a wholly free chunk beyond the reserve goes at the next free.
+    let ph = PageHeap::new(SysOs);
+    ph.set_purge_delay_ms(0);
+    let spans: Vec<_> = (0..3).map(|_| large(&ph, USABLE_PAGES)).collect();
+    assert_eq!(ph.stats().chunks, 3);
+    for s in spans {
+        // SAFETY: live spans, freed once.
+        unsafe { ph.free_span(s) };
+    }
+    ph.validate().unwrap();
+    assert_eq!(ph.stats().chunks, CHUNK_RESERVE);
+    assert_eq!(ph.release_all(), CHUNK_SIZE);
+    assert_eq!(ph.stats().chunks, 0);
+    ph.validate().unwrap();
+}
+
+#[test]
+fn at_most_max_free_chunks_wait_for_the_delay() {
+    let ph = PageHeap::new(SysOs);
+    ph.set_purge_delay_ms(60_000);
+    let spans: Vec<_> = (0..MAX_FREE_CHUNKS + 3)
+        .map(|_| large(&ph, USABLE_PAGES))
+        .collect();
+    for s in spans {
+        // SAFETY: live spans, freed once.
+        unsafe { ph.free_span(s) };
+    }
+    ph.validate().unwrap();
+    assert_eq!(ph.stats().chunks, MAX_FREE_CHUNKS);
+    assert_eq!(ph.release_all(), MAX_FREE_CHUNKS * CHUNK_SIZE);
+}
+
+#[test]
+fn wholly_free_chunks_stay_mapped_for_the_purge_delay_and_are_reused() {
+    let ph = PageHeap::new(SysOs);
+    ph.set_purge_delay_ms(60_000);
+    let spans: Vec<_> = (0..3).map(|_| large(&ph, USABLE_PAGES)).collect();
+    // SAFETY: live spans of this heap.
+    let bases: Vec<_> = spans.iter().map(|&s| unsafe { (*s).base() }).collect();
+    for s in spans {
+        // SAFETY: live spans, freed once.
+        unsafe { ph.free_span(s) };
+    }
+    ph.validate().unwrap();
+    assert_eq!(ph.stats().chunks, 3, "unmapped before the delay");
+    // Reallocating takes the kept chunks: nothing new is mapped.
+    let again: Vec<_> = (0..3).map(|_| large(&ph, USABLE_PAGES)).collect();
+    assert_eq!(ph.stats().chunks, 3);
+    for s in &again {
+        // SAFETY: a live span.
+        assert!(bases.contains(&unsafe { (**s).base() }));
+    }
+    for s in again {
+        // SAFETY: live spans, freed once.
+        unsafe { ph.free_span(s) };
+    }
+    // Once the delay has passed, the next free unmaps all but the reserve.
+    ph.set_purge_delay_ms(0);
+    let s = large(&ph, 1);
+    // SAFETY: a live span, freed once.
+    unsafe { ph.free_span(s) };
+    ph.validate().unwrap();
+    assert_eq!(ph.stats().chunks, CHUNK_RESERVE);
+}
+
+#[test]
+fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero() {
+    let ph = PageHeap::new(SysOs);
+    ph.set_purge_delay_ms(0);
+    let keep = large(&ph, 1);
+    let s = large(&ph, 4);
+    // SAFETY: the span is ours; we dirty it, then free it.
+    unsafe {
+        let base = (*s).base();
+        core::ptr::write_bytes(base, 0xAB, 4 * PAGE_SIZE);
+        ph.free_span(s);
+        let st = ph.stats();
+        assert!(st.purged_bytes_total >= 4 * PAGE_SIZE as u64, "{st:?}");
+        assert_eq!(st.free_zeroed_bytes, st.free_bytes);
+        let again = large(&ph, 4);
+        assert_eq!((*again).base(), base);
+        assert!((*again).flags & SPAN_ZEROED != 0);
+        let bytes = core::slice::from_raw_parts((*again).base(), 4 * PAGE_SIZE);
+        assert!(bytes.iter().all(|&b| b == 0), "purged pages read as zero");
+        ph.free_span(again);
+        ph.free_span(keep);
+    }
+    ph.validate().unwrap();
+}
+
+#[test]
+fn grow_and_shrink_in_place_keep_the_invariants() {
+    let ph = PageHeap::new(SysOs);
+    let s = large(&ph, 4);
+    let _fence = ph.alloc_span(1, 1, SpanKind::Large, SizeClass(0));
+    // SAFETY: `s` is a live Large span.
+    unsafe {
+        ph.shrink_in_place(s, 2);
+        ph.validate().unwrap();
+        assert!(ph.grow_in_place(s, 4), "the freed tail is still there");
+        assert!(!ph.grow_in_place(s, 5), "the fence blocks further growth");
+        ph.validate().unwrap();
+        assert_eq!((*s).npages, 4);
+    }
+}
+
+#[test]
+fn page_entries_accept_object_starts_only_and_leave_with_the_small_span() {
+    use crate::chunk::small_object;
+    let ph = PageHeap::new(SysOs);
+    // 14,336-byte objects on 8-page spans: 4 objects and a whole page of tail,
+    // where offset 4 × 14,336 is a multiple of the size but no object.
+    let c = SizeClass(42);
+    let (size, n, bytes) = (
+        c.size_bytes(),
+        c.objects_per_span(),
+        c.span_pages() * PAGE_SIZE,
+    );
+    assert!(n * size < bytes, "the class has a tail holding a multiple");
+    let s = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
+    // SAFETY: `s` is a live span of a mapped chunk, so every address in it lies in
+    // a mapped chunk; small_object never reads through them.
+    unsafe {
+        let base = (*s).base();
+        for off in (0..bytes).step_by(8) {
+            let want = off % size == 0 && off / size < n;
+            assert_eq!(
+                small_object(base as usize + off),
+                want.then_some(c),
+                "offset {off}"
+            );
+        }
+        ph.validate().unwrap();
+        ph.free_span(s);
+        // The same pages as one Large span: no page names a class any more (a
+        // Large span maps only its ends in `first`).
+        let l = ph.alloc_span(c.span_pages(), 1, SpanKind::Large, SizeClass(0));
+        assert_eq!((*l).base(), base, "best fit takes the same pages again");
+        for off in (0..bytes).step_by(8) {
+            assert_eq!(small_object(base as usize + off), None, "offset {off}");
+        }
+        ph.validate().unwrap();
+        // A stale class left in the Large span's interior is what validate reports.
+        let chunk = &*(*l).chunk();
+        chunk.set_small((*l).start as usize + 3, c, base);
+        let v = ph.validate().unwrap_err();
+        assert_eq!((v.structure, v.invariant), ("Span", 6), "{v}");
+        chunk.clear_small((*l).start as usize + 3);
+        ph.validate().unwrap();
+    }
+}
+
+#[test]
+fn the_chunk_map_knows_our_chunks_and_nothing_else() {
+    let ph = PageHeap::new(SysOs);
+    let s = large(&ph, 1);
+    // SAFETY: a live span.
+    let base = unsafe { (*s).base() };
+    assert!(ph.owns(base));
+    let on_stack = 0u64;
+    assert!(!ph.owns(&on_stack as *const u64 as *const u8));
+    assert!(!ph.owns(core::ptr::null()));
+    assert!(!ph.owns(usize::MAX as *const u8));
+}
