@@ -184,16 +184,10 @@ impl HugeRegistry {
     /// The length of the mapping starting at `p`, if `p` is a huge block.
     pub fn lookup(&self, p: *const u8) -> Option<usize> {
         self.with(|h| {
-            let mut r = h.buckets[hash(p as usize)];
-            while !r.is_null() {
-                // SAFETY: records in buckets are ours under the lock.
-                let rec = unsafe { &*r };
-                if rec.ptr == p as usize {
-                    return Some(rec.len);
-                }
-                r = rec.next;
-            }
-            None
+            // SAFETY: a bucket head, under the lock.
+            unsafe { chain(h.buckets[hash(p as usize)]) }
+                .find(|r| r.ptr == p as usize)
+                .map(|r| r.len)
         })
     }
 
@@ -216,30 +210,24 @@ impl HugeRegistry {
         resize: impl FnOnce(usize) -> *mut u8,
     ) -> Option<*mut u8> {
         self.with(|h| {
-            let b = hash(p as usize);
-            let mut link: *mut *mut Record = &mut h.buckets[b];
-            // SAFETY: links and records are ours under the lock.
+            let link = link_to(h, p)?;
+            // SAFETY: `link` points at `p`'s record; links and records are ours under
+            // the lock.
             unsafe {
-                while !(*link).is_null() {
-                    let r = *link;
-                    if (*r).ptr == p as usize {
-                        let old_len = (*r).len;
-                        let q = resize(old_len);
-                        if !q.is_null() {
-                            *link = (*r).next;
-                            (*r).ptr = q as usize;
-                            (*r).len = new_len;
-                            h.bytes = h.bytes - old_len + new_len;
-                            let nb = hash(q as usize);
-                            (*r).next = h.buckets[nb];
-                            h.buckets[nb] = r;
-                        }
-                        return Some(q);
-                    }
-                    link = &mut (*r).next;
+                let r = *link;
+                let old_len = (*r).len;
+                let q = resize(old_len);
+                if !q.is_null() {
+                    *link = (*r).next;
+                    (*r).ptr = q as usize;
+                    (*r).len = new_len;
+                    h.bytes = h.bytes - old_len + new_len;
+                    let nb = hash(q as usize);
+                    (*r).next = h.buckets[nb];
+                    h.buckets[nb] = r;
                 }
+                Some(q)
             }
-            None
         })
     }
 
@@ -340,12 +328,9 @@ impl HugeRegistry {
     pub fn for_each(&self, mut f: impl FnMut(*mut u8, usize)) {
         self.with(|h| {
             for &first in &h.buckets {
-                let mut r = first;
-                while !r.is_null() {
-                    // SAFETY: records in buckets are ours under the lock.
-                    let rec = unsafe { &*r };
+                // SAFETY: a bucket head, under the lock.
+                for rec in unsafe { chain(first) } {
                     f(rec.ptr as *mut u8, rec.len);
-                    r = rec.next;
                 }
             }
         })
@@ -359,10 +344,8 @@ impl HugeRegistry {
         self.with(|h| {
             let (mut count, mut bytes) = (0, 0);
             for (b, &head) in h.buckets.iter().enumerate() {
-                let mut r = head;
-                while !r.is_null() {
-                    // SAFETY: records in buckets are ours under the lock.
-                    let rec = unsafe { &*r };
+                // SAFETY: a bucket head, under the lock.
+                for rec in unsafe { chain(head) } {
                     check(
                         hash(rec.ptr) == b,
                         "HugeRegistry",
@@ -370,22 +353,16 @@ impl HugeRegistry {
                         "record in the wrong bucket",
                         rec.ptr,
                     )?;
-                    let mut later = rec.next;
-                    while !later.is_null() {
-                        // SAFETY: as above.
-                        let other = unsafe { &*later };
-                        check(
-                            other.ptr != rec.ptr,
-                            "HugeRegistry",
-                            1,
-                            "pointer recorded twice",
-                            rec.ptr,
-                        )?;
-                        later = other.next;
-                    }
+                    check(
+                        // SAFETY: the rest of the same chain, under the lock.
+                        unsafe { chain(rec.next) }.all(|other| other.ptr != rec.ptr),
+                        "HugeRegistry",
+                        1,
+                        "pointer recorded twice",
+                        rec.ptr,
+                    )?;
                     count += 1;
                     bytes += rec.len;
-                    r = rec.next;
                 }
             }
             check(
@@ -412,19 +389,14 @@ impl HugeRegistry {
                     "cache not in age order",
                     e.ptr,
                 )?;
-                let mut r = h.buckets[hash(e.ptr)];
-                while !r.is_null() {
-                    // SAFETY: records in buckets are ours under the lock.
-                    let rec = unsafe { &*r };
-                    check(
-                        rec.ptr != e.ptr,
-                        "HugeRegistry",
-                        3,
-                        "cached mapping is also a live block",
-                        e.ptr,
-                    )?;
-                    r = rec.next;
-                }
+                check(
+                    // SAFETY: a bucket head, under the lock.
+                    unsafe { chain(h.buckets[hash(e.ptr)]) }.all(|rec| rec.ptr != e.ptr),
+                    "HugeRegistry",
+                    3,
+                    "cached mapping is also a live block",
+                    e.ptr,
+                )?;
                 cached_bytes += e.len;
             }
             check(
@@ -452,26 +424,50 @@ impl HugeRegistry {
     }
 }
 
-/// `HugeRegistry::remove` with the lock held.
-fn remove_locked(h: &mut Inner, p: *const u8) -> Option<usize> {
-    let b = hash(p as usize);
-    let mut link: *mut *mut Record = &mut h.buckets[b];
-    // SAFETY: links and records are ours under the lock (the caller holds it).
+/// The records of a bucket chain starting at `first`.
+///
+/// # Safety
+/// `first` is null or a record of one of the registry's buckets (or a record's
+/// `next`), and the registry lock is held for as long as the iterator is used: the
+/// records are live and nobody relinks them meanwhile.
+unsafe fn chain<'a>(first: *mut Record) -> impl Iterator<Item = &'a Record> {
+    core::iter::successors(
+        // SAFETY: per the contract.
+        unsafe { first.as_ref() },
+        // SAFETY: per the contract, for the next record of the chain.
+        |r| unsafe { r.next.as_ref() },
+    )
+}
+
+/// The link (a bucket head or a record's `next`) that points at `p`'s record, if
+/// `p` is recorded. With the lock held (`h` comes from under it).
+fn link_to(h: &mut Inner, p: *const u8) -> Option<*mut *mut Record> {
+    let mut link: *mut *mut Record = &mut h.buckets[hash(p as usize)];
+    // SAFETY: links and records are ours under the lock.
     unsafe {
         while !(*link).is_null() {
-            let r = *link;
-            if (*r).ptr == p as usize {
-                *link = (*r).next;
-                (*r).next = h.spare;
-                h.spare = r;
-                h.count -= 1;
-                h.bytes -= (*r).len;
-                return Some((*r).len);
+            if (**link).ptr == p as usize {
+                return Some(link);
             }
-            link = &mut (*r).next;
+            link = &mut (**link).next;
         }
     }
     None
+}
+
+/// `HugeRegistry::remove` with the lock held.
+fn remove_locked(h: &mut Inner, p: *const u8) -> Option<usize> {
+    let link = link_to(h, p)?;
+    // SAFETY: `link` points at `p`'s record; links and records are ours under the lock.
+    unsafe {
+        let r = *link;
+        *link = (*r).next;
+        (*r).next = h.spare;
+        h.spare = r;
+        h.count -= 1;
+        h.bytes -= (*r).len;
+        Some((*r).len)
+    }
 }
 
 impl Default for HugeRegistry {

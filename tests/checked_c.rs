@@ -124,7 +124,13 @@ fn line_after<'a>(stdout: &'a str, tag: &str) -> Option<&'a str> {
 /// Checked library: `bad action` aborts with a report containing the announced
 /// pointer and every needle.
 fn assert_aborts(action: &str, needles: &[&str]) {
-    let out = run(checked_lib(), bad(), &[action], &[]);
+    assert_aborts_under(checked_lib(), action, needles);
+}
+
+/// `bad action` under `LD_PRELOAD` of `lib` aborts with a report containing the
+/// announced pointer and every needle, and the follow-up never runs.
+fn assert_aborts_under(lib: &Path, action: &str, needles: &[&str]) {
+    let out = run(lib, bad(), &[action], &[]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.signal(),
@@ -138,6 +144,7 @@ fn assert_aborts(action: &str, needles: &[&str]) {
     for n in needles.iter().copied().chain([ptr]) {
         assert!(report.contains(n), "{action}: report lacks {n:?}: {report}");
     }
+    assert!(!stdout.contains("after:"), "{action}: {stdout}");
 }
 
 /// Plain library: `bad action` survives; returns its `after:` line.
@@ -161,18 +168,11 @@ fn double_free() {
     }
     // Plain (hardened by default): a block freed again while it is the last block
     // freed in its class on the thread aborts, naming it.
-    let out = run(plain_lib(), bad(), &["double_free"], &[]);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "{stdout}\n{stderr}"
+    assert_aborts_under(
+        plain_lib(),
+        "double_free",
+        &["double free of", "already the last block freed"],
     );
-    let ptr = line_after(&stdout, "ptr=").expect("announced pointer");
-    let report = line_after(&stderr, "strata: ").expect("a report");
-    for n in ["double free of", ptr, "already the last block freed"] {
-        assert!(report.contains(n), "report lacks {n:?}: {report}");
-    }
     // Later than that it is not detected: the block is handed out twice.
     assert!(plain("double_free_later").contains("returned_bad=1"));
 }
@@ -266,21 +266,11 @@ fn overwritten_free_list_links() {
     // class aborts, naming the block whose link was overwritten, and the address
     // written is never handed out.
     for action in ["overwrite_free_link", "overflow_into_free_block"] {
-        let out = run(plain_lib(), bad(), &[action], &[]);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{action}: expected an abort, got {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
+        assert_aborts_under(
+            plain_lib(),
+            action,
+            &["free-list corruption: object", "(96 B) has a bad link"],
         );
-        let ptr = line_after(&stdout, "ptr=").expect("announced pointer");
-        let report = line_after(&stderr, "strata: ")
-            .unwrap_or_else(|| panic!("{action}: no report:\n{stderr}"));
-        for n in ["free-list corruption: object", "(96 B) has a bad link", ptr] {
-            assert!(report.contains(n), "{action}: report lacks {n:?}: {report}");
-        }
-        assert!(!stdout.contains("after:"), "{action}: {stdout}");
     }
     // Checked: the freed block waits in quarantine (the write is found when it
     // leaves), so the address is not handed out either.
