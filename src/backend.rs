@@ -295,8 +295,10 @@ impl<O: Os> Backend<O> {
     }
 
     /// A mapping of its own: from the cache of freed huge mappings if one is there
-    /// (see `huge`, "The cache"), else fresh from the OS. Zeroed if `zero` (a
-    /// zeroed or over-page-aligned request always gets a fresh mapping).
+    /// (see `huge`, "The cache"), else fresh from the OS. Zeroed if `zero`: a fresh
+    /// mapping is; a cached one is cleared where it held data (its pages are
+    /// resident, so a memset costs less than the page faults of a fresh one). An
+    /// over-page-aligned request always gets a fresh mapping.
     pub fn alloc_huge(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         let Some(len) = size.max(1).checked_next_multiple_of(OS_PAGE) else {
             return ptr::null_mut();
@@ -305,8 +307,14 @@ impl<O: Os> Backend<O> {
             return ptr::null_mut();
         }
         let (mut p, mut got) = (ptr::null_mut(), len);
-        if !zero && align <= OS_PAGE {
-            (p, got) = self.take_cached_huge(len);
+        if align <= OS_PAGE {
+            let dirty;
+            (p, got, dirty) = self.take_cached_huge(len);
+            if zero && !p.is_null() {
+                // SAFETY: the block is ours, at least `len >= size` bytes; past
+                // `dirty` it is fresh (zero) pages.
+                unsafe { p.write_bytes(0, dirty.min(size)) };
+            }
         }
         if p.is_null() {
             p = self.os().map(len, align.max(OS_PAGE));
@@ -327,16 +335,17 @@ impl<O: Os> Backend<O> {
     }
 
     /// A cached mapping made into a block of at least `len` bytes, `(address,
-    /// length)`; null if the cache had none or the resize failed. A mapping up to a
-    /// quarter longer than `len` is used whole; a longer one is shrunk, a shorter
+    /// length, dirty)`: its first `dirty` bytes hold old data, the rest are fresh
+    /// zero pages; null if the cache had none or the resize failed. A mapping up to
+    /// a quarter longer than `len` is used whole; a longer one is shrunk, a shorter
     /// one grown, by `remap` (which keeps its resident pages).
-    fn take_cached_huge(&self, len: usize) -> (*mut u8, usize) {
+    fn take_cached_huge(&self, len: usize) -> (*mut u8, usize, usize) {
         let (got, ev) =
             self.huge
                 .take_cached(len, self.os().now_ms(), self.page_heap.purge_delay_ms());
         self.unmap_evicted(&ev);
         let Some((q, qlen)) = got else {
-            return (ptr::null_mut(), len);
+            return (ptr::null_mut(), len, 0);
         };
         let q = q as *mut u8;
         #[cfg(not(strata_mutant = "huge_cache_takes_short"))]
@@ -345,7 +354,7 @@ impl<O: Os> Backend<O> {
         #[cfg(strata_mutant = "huge_cache_takes_short")]
         let whole = qlen.saturating_sub(len) <= len / 4;
         if whole {
-            return (q, qlen);
+            return (q, qlen, qlen);
         }
         // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave us.
         let r = unsafe { self.os().remap(q, qlen, len) };
@@ -353,11 +362,11 @@ impl<O: Os> Backend<O> {
             // SAFETY: as above; nothing else names it.
             unsafe { self.os().unmap(q, qlen) };
             self.page_heap.note_extra_resident(-(qlen as isize));
-            return (ptr::null_mut(), len);
+            return (ptr::null_mut(), len, 0);
         }
         self.page_heap
             .note_extra_resident(len as isize - qlen as isize);
-        (r, len)
+        (r, len, qlen.min(len))
     }
 
     /// Unmaps what the huge cache let go.

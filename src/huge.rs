@@ -16,9 +16,11 @@
 //! default), and a later huge request takes the smallest one that fits, or else the
 //! largest one to be grown by `remap` (its resident pages move with it). A mapping
 //! that has waited longer than the page heap's purge delay, or that a new one pushes
-//! out (oldest first), is unmapped; `release_memory` unmaps them all. Zeroed requests
-//! (`calloc`) and alignments above a page skip the cache: a fresh mapping is zero and
-//! aligned for free. The cache lives under the registry's lock; its unmaps run after
+//! out (oldest first), is unmapped; `release_memory` unmaps them all. A zeroed
+//! request (`calloc`) takes a cached mapping too and clears the part that held data
+//! (a memset of resident pages costs less than faulting in fresh ones, and a cache
+//! that `calloc` never drew from would hold dead memory: +22 MiB of peak RSS in
+//! mstress); alignments above a page skip the cache. The cache lives under the registry's lock; its unmaps run after
 //! the lock is released ([`Evicted`]).
 
 use crate::meta::MetaArena;
