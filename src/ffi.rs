@@ -349,16 +349,7 @@ impl FdLines {
     }
 
     fn flush(&mut self) {
-        let mut done = 0;
-        while done < self.len {
-            // SAFETY: writes our own initialised buffer.
-            let n =
-                unsafe { libc::write(self.fd, self.buf[done..].as_ptr().cast(), self.len - done) };
-            if n <= 0 {
-                break;
-            }
-            done += n as usize;
-        }
+        crate::report::write_all(self.fd, &self.buf[..self.len]);
         self.len = 0;
     }
 }

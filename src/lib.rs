@@ -83,6 +83,8 @@ mod ffi;
 mod global;
 #[cfg(not(strata_loom))]
 mod heap_map;
+#[cfg(not(strata_loom))]
+mod report;
 
 use core::fmt;
 

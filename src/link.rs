@@ -242,9 +242,9 @@ fn corrupt_link(obj: *mut FreeObj, c: SizeClass) -> ! {
     let word = unsafe { (*obj).link };
     let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
     report::die(format_args!(
-        "strata: free-list corruption: object {:#x} of class {} ({} B) has a bad link \
+        "free-list corruption: object {:#x} of class {} ({} B) has a bad link \
          (a write after free or a buffer overflow into a free block); its first word is \
-         {:#x}\n",
+         {:#x}",
         obj as usize, c.0, size, word
     ))
 }
@@ -257,57 +257,20 @@ fn corrupt_link(obj: *mut FreeObj, c: SizeClass) -> ! {
 pub fn double_free(p: *mut u8, c: SizeClass) -> ! {
     let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
     report::die(format_args!(
-        "strata: double free of {:#x} (class {}, {} B): it is already the last block \
-         freed in its size class on this thread\n",
+        "double free of {:#x} (class {}, {} B): it is already the last block freed in \
+         its size class on this thread",
         p as usize, c.0, size
     ))
 }
 
 #[cfg(not(strata_loom))]
-mod report {
-    use core::fmt::{self, Write};
+use crate::report;
 
-    /// A line formatted into a stack buffer (nothing here may allocate).
-    struct Line {
-        buf: [u8; 320],
-        len: usize,
-    }
-
-    impl Write for Line {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            let n = s.len().min(self.buf.len() - self.len);
-            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-            self.len += n;
-            Ok(())
-        }
-    }
-
-    /// Writes the message to stderr with `write(2)` and aborts.
-    pub(super) fn die(args: fmt::Arguments<'_>) -> ! {
-        let mut line = Line {
-            buf: [0; 320],
-            len: 0,
-        };
-        let _ = line.write_fmt(args);
-        let mut done = 0;
-        while done < line.len {
-            // SAFETY: writes initialised bytes of our own buffer.
-            let r = unsafe { libc::write(2, line.buf[done..].as_ptr().cast(), line.len - done) };
-            if r <= 0 {
-                break;
-            }
-            done += r as usize;
-        }
-        // SAFETY: abort raises SIGABRT and does not return.
-        unsafe { libc::abort() }
-    }
-}
-
+/// Loom: a panic fails the model with the message (there is no stderr report).
 #[cfg(strata_loom)]
 mod report {
-    /// Loom: a panic fails the model with the message.
-    pub(super) fn die(args: core::fmt::Arguments<'_>) -> ! {
-        panic!("{args}")
+    pub fn die(args: core::fmt::Arguments<'_>) -> ! {
+        panic!("strata: {args}")
     }
 }
 

@@ -1,13 +1,14 @@
 //! Checked mode: walking every block (the validator's canary checks, the leak
 //! report) and the configuration read at load time.
 
+use super::CANARY;
 use super::block::{Block, Kind, Trailer, decode, first_not, secret};
 use super::quarantine::{QUARANTINE_BYTES, validate_quarantine};
-use super::{CANARY, Stderr};
 use crate::Violation;
 use crate::chunk::SpanKind;
 use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global::BACKEND;
+use crate::report::Stderr;
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU8, Ordering};
 use core::ffi::{c_char, c_int};

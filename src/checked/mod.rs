@@ -83,6 +83,7 @@ use crate::Strata;
 use crate::backend::{Route, route};
 use crate::global::{self, BACKEND};
 use crate::os::OS_PAGE;
+use crate::report::die;
 use crate::size_class::class_for;
 use crate::sync::Ordering;
 use block::{
@@ -90,7 +91,7 @@ use block::{
     remember_unmapped,
 };
 use core::alloc::{GlobalAlloc, Layout};
-use core::fmt::{self, Write};
+use core::fmt;
 use core::ptr;
 use core::sync::atomic::fence;
 use quarantine::quarantine;
@@ -114,60 +115,6 @@ const MAX_REQUEST: usize = 1 << 47;
 pub(crate) const DEFAULT_QUARANTINE_BYTES: usize = 32 << 20;
 
 // ---- reports -----------------------------------------------------------------------
-
-/// A `fmt::Write` to stderr through a stack buffer (no allocation).
-struct Stderr {
-    buf: [u8; 512],
-    len: usize,
-}
-
-impl Stderr {
-    fn new() -> Stderr {
-        Stderr {
-            buf: [0; 512],
-            len: 0,
-        }
-    }
-
-    fn flush(&mut self) {
-        let mut done = 0;
-        while done < self.len {
-            // SAFETY: writes initialised bytes of our own buffer.
-            let r = unsafe { libc::write(2, self.buf[done..].as_ptr().cast(), self.len - done) };
-            if r <= 0 {
-                break;
-            }
-            done += r as usize;
-        }
-        self.len = 0;
-    }
-}
-
-impl Write for Stderr {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for chunk in s.as_bytes().chunks(self.buf.len()) {
-            if self.len + chunk.len() > self.buf.len() {
-                self.flush();
-            }
-            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
-            self.len += chunk.len();
-        }
-        Ok(())
-    }
-}
-
-/// Writes `strata: <message>` to stderr and aborts.
-#[cold]
-#[inline(never)]
-fn die(args: fmt::Arguments<'_>) -> ! {
-    let mut w = Stderr::new();
-    let _ = w.write_str("strata: ");
-    let _ = w.write_fmt(args);
-    let _ = w.write_str("\n");
-    w.flush();
-    // SAFETY: abort raises SIGABRT and does not return.
-    unsafe { libc::abort() }
-}
 
 /// The entry point a pointer was handed to (`Free` and `UsableSize` are C's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

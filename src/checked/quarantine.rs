@@ -1,9 +1,10 @@
 //! Checked mode: the quarantine of freed blocks (see the module docs of `checked`).
 
 use super::block::{Block, Desc, Found, Kind, find, first_not, freed_word, mix};
-use super::{DEFAULT_QUARANTINE_BYTES, FREE_FILL, die};
+use super::{DEFAULT_QUARANTINE_BYTES, FREE_FILL};
 use crate::Violation;
 use crate::global::{self, BACKEND};
+use crate::report::die;
 use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 use crossbeam_utils::CachePadded;
