@@ -246,8 +246,8 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
     }
 }
 
-/// Small-object alloc: TLS load, pop, one branch (budget ~16 instructions, 4 of them
-/// the decode and check of the popped object's link).
+/// Small-object alloc: TLS load, pop, one branch (budget ~16 instructions; with
+/// `harden`, 4 more: the decode and check of the popped object's link).
 #[inline(always)]
 fn alloc_small(c: SizeClass) -> *mut u8 {
     let h = heap();
@@ -260,8 +260,9 @@ fn alloc_small(c: SizeClass) -> *mut u8 {
     }
 }
 
-/// Small-object free: TLS load, push, one branch (budget ~14 instructions, 2 of them
-/// encoding the link).
+/// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
+/// `harden`, 5 more: the key load and two XORs encoding the link, and the compare
+/// with the head that catches an immediate double free).
 ///
 /// # Safety
 /// `p` is a live class-`c` block of ours that the caller gives up.
@@ -534,9 +535,10 @@ fn small_class_of(p: *const u8) -> Option<SizeClass> {
 /// or not the start of a block of ours.
 ///
 /// Budget: 30 instructions for a small object whose list has room (`objdump -d` of
-/// `free` in the `c-abi` build): chunk map 8 (`ChunkMap::contains`; null and high
-/// addresses included), page entry and object check 10 (`chunk::small_object`),
-/// TLS 2 and push 10; three branches to the slow path, none taken.
+/// `free` in the `c-abi` build without `harden`): chunk map 8 (`ChunkMap::contains`;
+/// null and high addresses included), page entry and object check 10
+/// (`chunk::small_object`), TLS 2 and push 10; three branches to the slow path, none
+/// taken. `harden` adds 5 to the push (see `alloc_small`/`free_small`).
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.
@@ -725,7 +727,7 @@ pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
 /// See [`crate::heap_counts`].
 pub(crate) fn heap_counts() -> crate::HeapCounts {
     let ph = BACKEND.page_heap.stats();
-    let (huge_blocks, huge_bytes, huge_cached) = BACKEND.huge.totals_with_cache();
+    let (huge_blocks, huge_bytes, huge_cached) = BACKEND.huge.totals();
     let (threads_live, threads_created) = BACKEND.thread_heaps();
     crate::HeapCounts {
         chunks: ph.chunks,
