@@ -234,7 +234,7 @@ pub(crate) fn snapshot<O: Os>(b: &Backend<O>) -> HeapMap {
         let mut chunks = Vec::with_capacity(nchunks + 1 + slack / 64);
         let mut spans = Vec::with_capacity(nspans + nchunks + slack);
         if copy_spans(b, &mut chunks, &mut spans) {
-            let (huge_blocks, huge_bytes) = b.huge.totals();
+            let (huge_blocks, huge_bytes, _) = b.huge.totals();
             chunks.sort_unstable_by_key(|c: &ChunkRec| c.base);
             let summary = summarize(chunks.len(), &spans, huge_blocks, huge_bytes);
             return HeapMap {

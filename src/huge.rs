@@ -319,7 +319,7 @@ impl HugeRegistry {
     }
 
     /// Live huge blocks, their bytes, and the bytes of cached mappings, read at once.
-    pub fn totals_with_cache(&self) -> (usize, usize, usize) {
+    pub fn totals(&self) -> (usize, usize, usize) {
         self.with(|h| (h.count, h.bytes, h.cached_bytes))
     }
 
@@ -409,11 +409,6 @@ impl HugeRegistry {
                 0,
             )
         })
-    }
-
-    /// Number of huge blocks and their total mapped bytes.
-    pub fn totals(&self) -> (usize, usize) {
-        self.with(|h| (h.count, h.bytes))
     }
 
     /// Holds the lock (fork handlers).

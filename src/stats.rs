@@ -271,7 +271,7 @@ impl<O: Os> Backend<O> {
             }
         }
         let ph = self.page_heap.stats();
-        let (huge_blocks, huge_bytes, huge_cached) = self.huge.totals_with_cache();
+        let (huge_blocks, huge_bytes, huge_cached) = self.huge.totals();
         let (huge_blocks, huge_bytes, huge_cached) =
             (huge_blocks as u64, huge_bytes as u64, huge_cached as u64);
         let meta = self.meta.mapped_bytes() as u64;

@@ -21,7 +21,7 @@ fn backend() -> &'static Backend<SysOs> {
 /// (live huge blocks, their bytes, cached bytes), after checking every invariant.
 fn totals(be: &Backend<SysOs>) -> (usize, usize, usize) {
     be.validate().unwrap();
-    be.huge.totals_with_cache()
+    be.huge.totals()
 }
 
 /// Writes `len` bytes of `v` at `p`.

@@ -114,7 +114,7 @@ pub fn assert_all_returned(be: &Backend<FakeOs>) {
     let os = be.page_heap.os();
     assert_eq!(be.page_heap.stats().chunks, 0, "a chunk is still mapped");
     assert_eq!(
-        be.huge.totals_with_cache(),
+        be.huge.totals(),
         (0, 0, 0),
         "a huge block is still registered or cached"
     );
