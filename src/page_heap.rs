@@ -357,18 +357,9 @@ impl<O: Os> PageHeap<O> {
     /// Returns the bytes purged or unmapped.
     pub fn release_all(&self) -> usize {
         self.with_inner(|h| {
-            let mut released = 0;
-            // Unmap wholly free chunks first: their spans sit in the top bin.
-            while !h.bins[USABLE_PAGES].is_null() {
-                let span = h.bins[USABLE_PAGES];
-                // SAFETY: a bin holds Free spans; a span of USABLE_PAGES is a whole
-                // chunk with nothing in use.
-                unsafe {
-                    bin_remove(h, span);
-                    released += self.unmap_chunk(h, (*span).chunk());
-                }
-            }
-            h.free_chunks = 0;
+            // Wholly free chunks first (no reserve), then every other free span.
+            let mut released = self.unmap_free_chunks(h, 0, |_| true);
+            debug_assert_eq!(h.free_chunks, 0);
             released += self.purge_where(h, |_| true);
             self.note_resident(h);
             released
@@ -567,17 +558,17 @@ impl<O: Os> PageHeap<O> {
         }
         h.last_purge_ms = now;
         let due = |s: &Span| now >= s.free_since_ms + delay;
-        self.unmap_idle_chunks(h, due);
+        self.unmap_free_chunks(h, CHUNK_RESERVE, due);
         self.purge_where(h, due);
     }
 
-    /// Unmaps wholly free chunks for which `due` holds, while more than
-    /// `CHUNK_RESERVE` are free. Returns the bytes unmapped.
-    fn unmap_idle_chunks(&self, h: &mut Inner, due: impl Fn(&Span) -> bool) -> usize {
+    /// Unmaps wholly free chunks for which `due` holds, while more than `keep` are
+    /// free. Returns the bytes unmapped.
+    fn unmap_free_chunks(&self, h: &mut Inner, keep: usize, due: impl Fn(&Span) -> bool) -> usize {
         let mut unmapped = 0;
         // Wholly free chunks are the spans of the top bin.
         let mut span = h.bins[USABLE_PAGES];
-        while !span.is_null() && h.free_chunks > CHUNK_RESERVE {
+        while !span.is_null() && h.free_chunks > keep {
             // SAFETY: a bin holds Free spans in mapped chunks, ours under the lock; a
             // span of USABLE_PAGES is a whole chunk with nothing in use.
             unsafe {
