@@ -109,7 +109,17 @@ fn figures_add_up_and_follow_small_allocations_and_frees() {
             .map(|(x, y)| x.live_objects >= y.live_objects + n)
             .position(|g| g)
     };
-    let c48 = grown(&during, &before, 20_000).expect("no class gained 20,000 live objects");
+    // The harness's other threads may free blocks of the class meanwhile (an exiting
+    // test thread frees its output buffers after the serial lock is gone): each free
+    // in between, ours or theirs, is counted in `frees` and costs at most one.
+    let freed_meanwhile = during.frees - before.frees;
+    assert!(freed_meanwhile < 1_000, "{before}\n{during}");
+    let c48 = grown(&during, &before, 20_000 - freed_meanwhile).unwrap_or_else(|| {
+        panic!(
+            "no class gained 20,000 live objects less {freed_meanwhile} frees\n{before}\n{during}"
+        )
+    });
+    assert!(during.classes[c48].allocs >= before.classes[c48].allocs + 20_000);
     if !strata::CHECKED {
         assert_eq!(during.classes[c48].size, 48, "{during}");
     }
