@@ -17,6 +17,7 @@ use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, NUM_CLASSES, PAGE_SIZE, Size
 use crate::stats::Counters;
 use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
 use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
+use core::marker::PhantomData;
 use core::ptr;
 
 /// How a request of a given size and alignment is served.
@@ -71,6 +72,33 @@ struct HeapPool {
 unsafe impl<O: Os + Sync> Sync for Backend<O> {}
 // SAFETY: as above.
 unsafe impl<O: Os + Send> Send for Backend<O> {}
+
+/// Every heap ever created, from the pool's `all` list (invariant 2: heaps are never
+/// freed, and the list only grows at its head under the pool lock), for
+/// [`Backend::with_heaps_and_classes_locked`]; walk it as often as needed.
+#[derive(Clone, Copy)]
+pub struct AllHeaps<'a> {
+    first: *mut ThreadHeap,
+    /// Borrows the pool-lock guard's scope: the list cannot grow while it is walked.
+    _pool_held: PhantomData<&'a ThreadHeap>,
+}
+
+impl<'a> AllHeaps<'a> {
+    /// The heaps, newest first.
+    pub fn iter(self) -> impl Iterator<Item = &'a ThreadHeap> {
+        let mut h = self.first;
+        core::iter::from_fn(move || {
+            if h.is_null() {
+                return None;
+            }
+            // SAFETY: by invariant 2 `h` is a heap that is never freed; readers only
+            // use its atomic counters, which any thread may read.
+            let heap = unsafe { &*h };
+            h = heap.all_next;
+            Some(heap)
+        })
+    }
+}
 
 impl<O: Os> Backend<O> {
     crate::sync::loom_const_fn! {
@@ -172,24 +200,17 @@ impl<O: Os> Backend<O> {
     /// read only their atomics) and the (live, created) counts.
     pub fn with_heaps_and_classes_locked<R>(
         &self,
-        f: impl FnOnce(&mut dyn Iterator<Item = &ThreadHeap>, (usize, usize)) -> R,
+        f: impl FnOnce(AllHeaps<'_>, (usize, usize)) -> R,
     ) -> R {
         let _g = self.pool_lock.guard();
         // SAFETY: pool lock held.
         let pool = self.pool.with(|p| unsafe { &*p });
         self.central.lock_all();
-        let mut h = pool.all;
-        let mut heaps = core::iter::from_fn(|| {
-            if h.is_null() {
-                return None;
-            }
-            // SAFETY: by invariant 2 `h` is a heap that is never freed; readers only
-            // use its atomic counters, which any thread may read.
-            let heap = unsafe { &*h };
-            h = heap.all_next;
-            Some(heap)
-        });
-        let r = f(&mut heaps, (pool.live, pool.created));
+        let heaps = AllHeaps {
+            first: pool.all,
+            _pool_held: PhantomData,
+        };
+        let r = f(heaps, (pool.live, pool.created));
         self.central.unlock_all();
         r
     }

@@ -22,7 +22,7 @@ use crate::backend::Backend;
 use crate::chunk::{HEADER_PAGES, SPAN_ZEROED, SpanKind};
 use crate::os::Os;
 use crate::size_class::{CHUNK_SIZE, CLASS_SIZE, NUM_CLASSES, PAGE_SIZE, SizeClass};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering, fence};
 use crate::thread_heap::HeapCounters;
 use core::fmt::{self, Write as _};
 
@@ -202,16 +202,25 @@ impl<O: Os> Backend<O> {
         // add up even while other threads allocate.
         let (mut chunks, mut free, mut zeroed) = (0usize, 0usize, 0usize);
         let (mut live_heaps, mut created) = (0, 0);
-        // With every class lock held, objects move between thread heaps and the
-        // central tier only through the lock-free transfer stacks; their versions,
-        // equal before and after the walk, show that none moved meanwhile (else an
-        // object could be counted twice or not at all). Retry, letting the mover
-        // finish; after 32 tries take the last reading (off by the batches moved).
+        // Objects move between a thread heap and the central tier in two steps (out
+        // of one, into the other), and a mover may wait for a class lock in between:
+        // read meanwhile, its objects would count as live. Every heap marks its moves
+        // (a sequence lock, `ThreadHeap::move_seq`): a reading is kept when no heap's
+        // sequence was odd or changed across it. The transfer stacks' versions,
+        // equal before and after, show that no batch was pushed or popped meanwhile
+        // (those need no class lock). Retry, letting the movers finish; after 32
+        // tries take the last reading (off by the batches in transit).
         for attempt in 0..32 {
             if attempt > 0 {
                 crate::sync::yield_thread();
             }
             let stable = self.with_heaps_and_classes_locked(|all, (live, made)| {
+                let (mut seqs, mut moving) = (0u64, false);
+                for h in all.iter() {
+                    let s = h.move_seq();
+                    seqs = seqs.wrapping_add(s);
+                    moving |= s % 2 == 1;
+                }
                 let mut versions = [0u64; NUM_CLASSES];
                 for (ci, v) in versions.iter_mut().enumerate() {
                     *v = self.central.stack_version(SizeClass(ci as u8));
@@ -222,7 +231,7 @@ impl<O: Os> Backend<O> {
                 for c in classes.iter_mut() {
                     (c.spans, c.span_bytes, c.thread_cached, c.allocs) = (0, 0, 0, 0);
                 }
-                for h in all {
+                for h in all.iter() {
                     let k = h.counters();
                     heaps.allocs += k.allocs;
                     heaps.reallocs += k.reallocs;
@@ -257,7 +266,14 @@ impl<O: Os> Backend<O> {
                         SpanKind::None => {}
                     }
                 });
-                let mut stable = true;
+                // The reader's half of the sequence lock: the fence keeps every read
+                // above before the second reading of the sequences, which (each only
+                // grows) sum to the first only if none changed.
+                fence(Ordering::Acquire);
+                let seqs_again = all
+                    .iter()
+                    .fold(0u64, |sum, h| sum.wrapping_add(h.move_seq_again()));
+                let mut stable = !moving && seqs_again == seqs;
                 for (ci, c) in classes.iter_mut().enumerate() {
                     let cls = SizeClass(ci as u8);
                     let n = self.central.stacked_batches(cls);

@@ -38,7 +38,7 @@ use crate::link::{self, FreeObj, HARDENED, LinkKey, ensure_key};
 use crate::os::Os;
 use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
-use crate::sync::{OwnedU32, OwnedU64};
+use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, fence};
 use crate::transfer::chain_tail;
 use core::ptr;
 
@@ -135,6 +135,8 @@ pub enum HeapState {
 /// 4. `received + frees == allocs + returned + Σ len` (see [`HeapCounters`]); the
 ///    counters only grow, and only the owner writes them.
 /// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`).
+/// 6. `move_seq` is odd exactly while the owner is moving objects between its lists
+///    and the central tier (see [`ThreadHeap::move_seq`]); it only grows.
 #[repr(C)]
 pub struct ThreadHeap {
     lists: [FreeList; NUM_CLASSES],
@@ -143,6 +145,11 @@ pub struct ThreadHeap {
     returned: OwnedU64,
     reallocs: OwnedU64,
     reallocs_in_place: OwnedU64,
+    /// The write side of a sequence lock over the heap's moves (invariant 6): a move
+    /// takes objects out of one tier before it puts them in the other, and may wait
+    /// for a class lock in between, so a snapshot reading both tiers meanwhile would
+    /// count them as live. Only the owner writes it.
+    move_seq: AtomicU64,
     /// Net bytes received from the central tier not yet added to the backend's
     /// figure (see `PUBLISH_BYTES`).
     unpublished: isize,
@@ -185,6 +192,7 @@ impl ThreadHeap {
                 returned: OwnedU64::new(0),
                 reallocs: OwnedU64::new(0),
                 reallocs_in_place: OwnedU64::new(0),
+                move_seq: AtomicU64::new(0),
                 unpublished: 0,
                 link_key: LinkKey::UNSET,
                 state,
@@ -300,8 +308,10 @@ impl ThreadHeap {
         #[cfg(strata_loom)]
         self.touch();
         debug_assert_eq!(self.state, HeapState::Live);
+        self.begin_move();
         let b = be.central.refill(c, &be.page_heap);
         if b.count == 0 {
+            self.end_move();
             return ptr::null_mut();
         }
         self.received.add(b.count as u64);
@@ -312,6 +322,7 @@ impl ThreadHeap {
         // SAFETY: the refill gave us a chain of b.count >= 1 class-c objects.
         list.head = unsafe { FreeObj::next(b.head, c) };
         list.len.set(b.count as u32 - 1);
+        self.end_move();
         b.head.cast()
     }
 
@@ -363,9 +374,11 @@ impl ThreadHeap {
             if !self.try_push(c, p) {
                 // Nothing may be cached (budget exhausted, max 0): straight back.
                 FreeObj::set_next(p.cast(), ptr::null_mut());
+                self.begin_move();
                 self.returned.add(1);
                 self.note_flow(-(size as isize), be);
                 be.central.flush(c, p.cast(), 1, &be.page_heap, &be.meta);
+                self.end_move();
             }
         }
     }
@@ -398,6 +411,7 @@ impl ThreadHeap {
     /// # Safety
     /// `1 <= n <= lists[ci].len`.
     unsafe fn flush_front<O: Os>(&mut self, ci: usize, n: usize, be: &Backend<O>) {
+        self.begin_move();
         let list = &mut self.lists[ci];
         let head = list.head;
         let c = SizeClass(ci as u8);
@@ -412,6 +426,42 @@ impl ThreadHeap {
         self.note_flow(-((n * CLASS_SIZE[ci] as usize) as isize), be);
         // SAFETY: the chain holds n class-ci objects nobody uses.
         unsafe { be.central.flush(c, head, n, &be.page_heap, &be.meta) };
+        self.end_move();
+    }
+
+    /// Opens a move (invariant 6 and [`ThreadHeap::move_seq`]): the odd sequence is
+    /// stored before any of the move's writes, which the fence keeps after it.
+    #[inline]
+    fn begin_move(&self) {
+        // Relaxed, then the Release fence: any write of the move that a reader sees
+        // (the reader's Acquire fence after it) brings this store with it.
+        let s = self.move_seq.load(Ordering::Relaxed);
+        debug_assert!(s % 2 == 0, "moves do not nest");
+        #[cfg(not(strata_mutant = "stats_ignore_moves"))]
+        self.move_seq.store(s + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
+    /// Closes a move: Release, so that a reader who sees the even value sees every
+    /// write of the move.
+    #[inline]
+    fn end_move(&self) {
+        let s = self.move_seq.load(Ordering::Relaxed);
+        self.move_seq.store(s + (s & 1), Ordering::Release);
+    }
+
+    /// The read side of the heap's move sequence lock (any thread). A reader of the
+    /// heap's lists and the central tier takes this (Acquire) first, reads, issues an
+    /// Acquire fence, and takes [`ThreadHeap::move_seq_again`]: when both are the same
+    /// even number, no move of this heap was under way or ran in between, so no
+    /// object of the heap was out of both tiers.
+    pub fn move_seq(&self) -> u64 {
+        self.move_seq.load(Ordering::Acquire)
+    }
+
+    /// The second read of [`ThreadHeap::move_seq`] (after the reader's Acquire fence).
+    pub fn move_seq_again(&self) -> u64 {
+        self.move_seq.load(Ordering::Relaxed)
     }
 
     /// Returns every cached object to the central tier and resets the adaptive maxima.
@@ -488,10 +538,18 @@ impl ThreadHeap {
         }
     }
 
-    /// Checks invariants 1, 3, 4 and 5: list lengths match their chains, objects are
-    /// ours and their links decode, the budget and the counters add up, and a live
-    /// heap has the process's link key.
+    /// Checks invariants 1, 3, 4, 5 and 6: list lengths match their chains, objects
+    /// are ours and their links decode, the budget and the counters add up, a live
+    /// heap has the process's link key, and no move is open (the heap is its
+    /// caller's or pooled, so none can be).
     pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+        check(
+            self.move_seq_again() % 2 == 0,
+            "ThreadHeap",
+            6,
+            "a move is still open",
+            self.move_seq_again() as usize,
+        )?;
         check(
             self.state != HeapState::Live || self.link_key == LinkKey::current(),
             "ThreadHeap",

@@ -4,11 +4,15 @@
 //!
 //! Properties: the snapshot taken in the middle is internally consistent (the byte
 //! identities documented on `Stats` hold, no class shows more live objects than were
-//! ever allocated, counts never exceed what happened), and once the thread is gone
-//! the counts are exact: two allocations, two frees, nothing allocated or cached.
+//! ever allocated, counts never exceed what happened); a snapshot begun after the
+//! program freed both objects shows none live, even while the exiting thread's flush
+//! is between its cache and the central tier (waiting for the class lock the
+//! snapshot holds); and once the thread is gone the counts are exact: two
+//! allocations, two frees, nothing allocated or cached.
 #![cfg(strata_loom)]
 
 use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 use loom_tests::{FakeOs, assert_all_returned, model};
 use strata::Stats;
@@ -37,14 +41,17 @@ fn check_consistent(s: &Stats) {
     assert!(s.allocs <= 2 && s.frees <= 2, "{s:?}");
 }
 
-#[test]
-fn snapshot_racing_alloc_free_flush_and_exit_is_consistent_and_ends_exact() {
-    model(|| {
+/// One thread allocates two objects and frees them, with a cache budget of
+/// `budget` bytes, then exits (its heap flushed and pooled), while the model's
+/// thread takes a snapshot. Checks the snapshot, and the exact counts at the end.
+fn race_snapshot_with_worker(budget: usize) {
+    model(move || {
         let be = Arc::new(Backend::new(FakeOs::new()));
-        // One object cached at most, so the second free flushes.
-        be.set_cache_budget(C.size_bytes());
+        be.set_cache_budget(budget);
+        let freed = Arc::new(AtomicBool::new(false));
         let worker = {
             let be = be.clone();
+            let freed = freed.clone();
             thread::spawn(move || {
                 let h = be.new_thread_heap();
                 // SAFETY: a live heap, this thread's alone until it retires it.
@@ -69,11 +76,18 @@ fn snapshot_racing_alloc_free_flush_and_exit_is_consistent_and_ends_exact() {
                         }
                     }
                 }
+                freed.store(true, Ordering::Release);
                 // SAFETY: the heap is ours and this thread is done with it.
                 unsafe { be.retire_thread_heap(h) };
             })
         };
-        check_consistent(&be.stats());
+        let all_freed = freed.load(Ordering::Acquire);
+        let mid = be.stats();
+        check_consistent(&mid);
+        if all_freed {
+            assert_eq!(mid.classes[C.index()].live_objects, 0, "{mid:?}");
+            assert_eq!(mid.allocated_bytes, 0, "{mid:?}");
+        }
         worker.join().unwrap();
         let end = be.stats();
         check_consistent(&end);
@@ -83,4 +97,18 @@ fn snapshot_racing_alloc_free_flush_and_exit_is_consistent_and_ends_exact() {
         assert_eq!(end.thread_heaps_live, 0);
         assert_all_returned(&be);
     });
+}
+
+#[test]
+fn snapshot_racing_alloc_free_flush_and_exit_is_consistent_and_ends_exact() {
+    // No room for an object in the cache: each free goes to free_slow and straight
+    // back to the central tier.
+    race_snapshot_with_worker(C.size_bytes());
+}
+
+#[test]
+fn snapshot_after_everything_is_freed_shows_nothing_live_while_the_exit_flushes() {
+    // Room for a batch: both frees stay cached, and the exit flushes them, so the
+    // snapshot may meet the batch between the cache and the central tier.
+    race_snapshot_with_worker(C.size_bytes() * C.batch());
 }
