@@ -30,6 +30,18 @@ extern "C" {
 size_t strata_release_memory(void);
 
 /*
+ * enable != 0: starts the background purge thread ("strata-purge") unless it
+ * runs already; 0: asks it to stop (it exits within a second). Every half purge
+ * delay (10 ms to 1 s) the thread purges free pages, unmaps wholly free chunks
+ * beyond one and unmaps cached huge blocks, of what has been free for longer
+ * than the purge delay, so that an idle program gives that memory back. Off by
+ * default; STRATA_BACKGROUND_PURGE=1 starts it at load. A forked child starts
+ * without it. Returns 1 if it runs after the call, else 0. Not from a signal
+ * handler (it may create a thread).
+ */
+int strata_background_purge(int enable);
+
+/*
  * Prints a table of the allocator's statistics to stderr, every line prefixed
  * "strata: ", without allocating: bytes allocated, active, resident, mapped,
  * metadata, cached in thread heaps and in the central tier, free and purged

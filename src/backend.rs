@@ -570,6 +570,16 @@ impl<O: Os> Backend<O> {
         self.unmap_evicted(&self.huge.drain_cache()) + self.page_heap.release_all()
     }
 
+    /// Returns to the OS what has been free for longer than the purge delay: dirty
+    /// free pages (purged), wholly free chunks beyond the reserve and cached huge
+    /// mappings (unmapped). What a busy heap does on its own at page-heap frees and
+    /// huge operations, for the background purge thread to do while the program is
+    /// idle. Returns the bytes purged or unmapped.
+    pub fn purge_due(&self) -> usize {
+        let (now, delay) = (self.os().now_ms(), self.page_heap.purge_delay_ms());
+        self.unmap_evicted(&self.huge.expire_cache(now, delay)) + self.page_heap.purge_due()
+    }
+
     /// Checks every invariant of the shared tiers: the page heap (chunks, spans, bins),
     /// every Small span of every class, and every class's lists. Blocks allocation
     /// while it runs (it takes every lock).

@@ -273,6 +273,21 @@ pub unsafe extern "C" fn strata_release_memory() -> usize {
     crate::release_memory()
 }
 
+/// Starts (`enable` non-zero) or stops the background purge thread (see
+/// `strata::start_background_purge`). Returns 1 if it runs after the call, else 0.
+///
+/// # Safety
+/// Callable from C at any time (not from a signal handler: it may create a thread).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn strata_background_purge(enable: c_int) -> c_int {
+    if enable != 0 {
+        crate::start_background_purge() as c_int
+    } else {
+        crate::stop_background_purge();
+        0
+    }
+}
+
 /// Prints the allocator's counters to stderr.
 ///
 /// # Safety
@@ -480,6 +495,9 @@ unsafe fn configure(envp: *const *const c_char) {
             crate::set_huge_cache_bytes(bytes as usize);
         }
         libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
+        if getenv_raw(envp, b"STRATA_BACKGROUND_PURGE").is_some_and(truthy) {
+            crate::start_background_purge();
+        }
         if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
             libc::atexit(print_stats_at_exit);
         }

@@ -306,6 +306,14 @@ impl HugeRegistry {
         (got, ev)
     }
 
+    /// Expires cached mappings freed more than `delay_ms` ago (the background purge
+    /// thread's pass); they come back in `Evicted`.
+    pub fn expire_cache(&self, now_ms: u64, delay_ms: u64) -> Evicted {
+        let mut ev = Evicted::NONE;
+        self.with(|h| h.expire(now_ms, delay_ms, &mut ev));
+        ev
+    }
+
     /// Empties the cache (`release_memory`): every mapping comes back in `Evicted`.
     pub fn drain_cache(&self) -> Evicted {
         let mut ev = Evicted::NONE;

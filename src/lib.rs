@@ -33,6 +33,9 @@
 //! their encoded, checked links) and `meta` (the metadata arena) → `size_class`
 //! (tables, pure) and `os` (the OS trait) → `sync` (atomics and locks, or loom's).
 //!
+//! `purge_thread` (the opt-in background purge thread) sits on top of `global`,
+//! calling `Backend::purge_due` on its own schedule.
+//!
 //! With the `checked` feature, `checked` sits beside `global`: it implements
 //! `GlobalAlloc` (and the C entry points) on top of the by-address paths, with a
 //! canary and a trailer on every block, pointer validation, a quarantine of freed
@@ -83,6 +86,8 @@ mod ffi;
 mod global;
 #[cfg(not(strata_loom))]
 mod heap_map;
+#[cfg(not(strata_loom))]
+mod purge_thread;
 #[cfg(not(strata_loom))]
 mod report;
 
@@ -158,6 +163,8 @@ pub use checked::{LeakCount, LeakReport};
 
 #[cfg(not(strata_loom))]
 pub use heap_map::{HeapMap, HeapMapChunk, HeapMapClass, HeapMapSpan, HeapMapSummary, PageState};
+#[cfg(not(strata_loom))]
+pub use purge_thread::BackgroundPurge;
 
 #[cfg(not(strata_loom))]
 mod api {
@@ -194,6 +201,28 @@ mod api {
     /// Freed huge mappings kept for reuse expire after the same delay.
     pub fn set_purge_delay_ms(ms: u64) {
         global::set_purge_delay_ms(ms)
+    }
+
+    /// Starts the background purge thread (`strata-purge`), unless it runs already:
+    /// every half purge delay (10 ms to 1 s) it purges free pages, unmaps wholly
+    /// free chunks beyond a reserve of one and expires cached huge blocks, of what
+    /// has been free for longer than the purge delay, so that a program that goes
+    /// idle gives that memory back without calling [`release_memory`]. Off by
+    /// default; a forked child starts without it. Returns whether it runs (false
+    /// only if the OS refused a thread).
+    pub fn start_background_purge() -> bool {
+        purge_thread::start()
+    }
+
+    /// Stops the background purge thread (it exits within a second). Returns
+    /// whether it was running.
+    pub fn stop_background_purge() -> bool {
+        purge_thread::stop()
+    }
+
+    /// Whether the background purge thread runs, and what it has returned so far.
+    pub fn background_purge() -> BackgroundPurge {
+        purge_thread::status()
     }
 
     /// Sets the byte budget of the cache of freed huge blocks (above 1 MiB, up to

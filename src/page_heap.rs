@@ -552,14 +552,30 @@ impl<O: Os> PageHeap<O> {
 
     /// Purges spans free for longer than the delay; at most every half delay.
     fn maybe_purge(&self, h: &mut Inner, now: u64) {
-        let delay = self.purge_delay_ms();
-        if now < h.last_purge_ms + delay / 2 {
+        if now < h.last_purge_ms.saturating_add(self.purge_delay_ms() / 2) {
             return;
         }
+        self.purge_due_locked(h, now);
+    }
+
+    /// Unmaps wholly free chunks beyond the reserve and purges dirty spans, of those
+    /// free for longer than the delay (`maybe_purge` without its rate limit: the
+    /// background purge thread's pass). Returns the bytes unmapped or purged.
+    pub fn purge_due(&self) -> usize {
+        let now = self.os.now_ms();
+        self.with_inner(|h| {
+            let released = self.purge_due_locked(h, now);
+            self.note_resident(h);
+            released
+        })
+    }
+
+    /// The purge pass: chunks and spans free since `now - delay` or earlier.
+    fn purge_due_locked(&self, h: &mut Inner, now: u64) -> usize {
+        let delay = self.purge_delay_ms();
         h.last_purge_ms = now;
-        let due = |s: &Span| now >= s.free_since_ms + delay;
-        self.unmap_free_chunks(h, CHUNK_RESERVE, due);
-        self.purge_where(h, due);
+        let due = |s: &Span| now >= s.free_since_ms.saturating_add(delay);
+        self.unmap_free_chunks(h, CHUNK_RESERVE, due) + self.purge_where(h, due)
     }
 
     /// Unmaps wholly free chunks for which `due` holds, while more than `keep` are

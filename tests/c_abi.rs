@@ -10,6 +10,8 @@
 //!   honest.
 //! - `stress` passes content-checked blocks between threads, with reallocs and
 //!   aligned allocations in the mix.
+//! - `idle` frees 24 MiB and idles, reporting the RSS and the background purge
+//!   thread, then forks.
 //!
 //! Run with `--nocapture` to see the programs' output.
 
@@ -30,6 +32,7 @@ struct Artifacts {
     lib: PathBuf,
     api_test: PathBuf,
     stress: PathBuf,
+    idle: PathBuf,
     dir: PathBuf,
 }
 
@@ -103,6 +106,7 @@ fn build() -> Result<Artifacts, String> {
     Ok(Artifacts {
         api_test: compile("api_test")?,
         stress: compile("stress")?,
+        idle: compile("idle")?,
         lib,
         dir,
     })
@@ -141,6 +145,7 @@ fn run(tag: &str, exe: &Path, args: &[&str], preload: bool, env: &[(&str, &str)]
         "STRATA_THREAD_CACHE_BYTES",
         "STRATA_SHOW_STATS",
         "STRATA_HEAP_MAP",
+        "STRATA_BACKGROUND_PURGE",
     ] {
         cmd.env_remove(var);
     }
@@ -375,6 +380,57 @@ fn heap_map_env_writes_an_svg_document_at_exit() {
         r.stderr
             .contains(&format!("strata: STRATA_HEAP_MAP: cannot write {bad}: ")),
         "no error report\n{}",
+        r.describe()
+    );
+}
+
+/// The `key=value` pairs of the line of `idle`'s output that starts with `who`.
+fn idle_report(r: &Run, who: &str) -> std::collections::HashMap<String, i64> {
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(who))
+        .unwrap_or_else(|| panic!("no {who} line\n{}", r.describe()));
+    line.split_whitespace()
+        .skip(1)
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            (k.to_string(), v.parse().expect("a number"))
+        })
+        .collect()
+}
+
+#[test]
+fn background_purge_env_returns_idle_memory_and_a_forked_child_starts_without_it() {
+    let a = artifacts();
+    let delay = [("STRATA_PURGE_DELAY_MS", "100")];
+    // Without the thread, 24 MiB of freed pages stay resident through the idle time.
+    let r = run("idle_plain", &a.idle, &["1500"], true, &delay);
+    assert!(r.status.success(), "{}", r.describe());
+    let p = idle_report(&r, "parent");
+    assert_eq!(p["thread"], 0, "{}", r.describe());
+    assert!(
+        p["idle_kib"] > p["freed_kib"] - 4 * 1024,
+        "{}",
+        r.describe()
+    );
+
+    // With it they go back, and a forked child has no thread until it asks.
+    let env = [delay[0], ("STRATA_BACKGROUND_PURGE", "1")];
+    let r = run("idle_background", &a.idle, &["1500"], true, &env);
+    assert!(r.status.success(), "{}", r.describe());
+    let p = idle_report(&r, "parent");
+    assert_eq!(p["thread"], 1, "{}", r.describe());
+    assert!(
+        p["freed_kib"] - p["idle_kib"] >= 16 * 1024,
+        "{}",
+        r.describe()
+    );
+    let c = idle_report(&r, "child");
+    assert_eq!(
+        (c["thread_before"], c["started"], c["thread_after"]),
+        (0, 1, 1),
+        "{}",
         r.describe()
     );
 }

@@ -1,0 +1,133 @@
+//! The background purge thread (opt-in).
+//!
+//! Without it, free pages are purged, wholly free chunks unmapped and cached huge
+//! mappings expired only when the page heap or the huge registry is used: a program
+//! that frees a lot and then goes idle keeps all of that resident until it allocates
+//! again. The thread does the same pass (`Backend::purge_due`: only what has been
+//! free for longer than the purge delay) every half delay, clamped to
+//! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. It never touches a
+//! thread's cache (other threads own those) nor the central batches (a busy program
+//! reuses them).
+//!
+//! Off by default, as jemalloc's `background_thread`: a thread the program did not
+//! ask for surprises tools and sandboxes. Started by [`start`]
+//! (`strata::start_background_purge`, C `strata_background_purge(1)`, or
+//! `STRATA_BACKGROUND_PURGE=1` under `LD_PRELOAD`), stopped by [`stop`]. A forked
+//! child has no such thread (only the forking thread survives a fork) and starts it
+//! again only when asked.
+//!
+//! State: `GENERATION` names the wanted thread; a thread runs while the generation
+//! it was started for is current, so `stop` (or a `start` in a forked child) retires
+//! the old one without waiting for it, and it exits at its next wake-up.
+
+use crate::global::BACKEND;
+use crate::sync::{AtomicU64, Ordering, RawLock};
+use std::time::Duration;
+
+/// Shortest pause between passes (a purge delay of 0 purges at free already).
+pub const MIN_INTERVAL_MS: u64 = 10;
+/// Longest pause between passes (a longer delay is still honoured by each pass:
+/// only spans free for longer than the delay are purged).
+pub const MAX_INTERVAL_MS: u64 = 1_000;
+
+/// Serialises `start` and `stop`.
+static LOCK: RawLock = RawLock::new();
+/// The generation of the thread that should be running; bumped by `start` and `stop`.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The process that started the current generation's thread, 0 if none should run.
+static PID: AtomicU64 = AtomicU64::new(0);
+/// Passes done and bytes returned to the OS by them, since the process started.
+static PASSES: AtomicU64 = AtomicU64::new(0);
+static RELEASED: AtomicU64 = AtomicU64::new(0);
+
+/// What the background purge thread has done (see `strata::background_purge`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackgroundPurge {
+    /// Whether a thread is meant to run in this process (started and not stopped).
+    pub running: bool,
+    /// Passes done by background threads since the process started.
+    pub passes: u64,
+    /// Bytes they purged or unmapped.
+    pub released_bytes: u64,
+}
+
+fn this_pid() -> u64 {
+    // SAFETY: getpid has no preconditions.
+    (unsafe { libc::getpid() }) as u64
+}
+
+/// Starts the thread unless one runs in this process already. Returns whether one
+/// runs after the call (false only if the OS refused a thread).
+pub fn start() -> bool {
+    let _g = LOCK.guard();
+    let pid = this_pid();
+    // Relaxed: PID and GENERATION are only written under LOCK, which we hold.
+    if PID.load(Ordering::Relaxed) == pid {
+        return true;
+    }
+    let generation = GENERATION.load(Ordering::Relaxed) + 1;
+    GENERATION.store(generation, Ordering::Release);
+    let spawned = std::thread::Builder::new()
+        .name("strata-purge".into())
+        .stack_size(64 << 10)
+        .spawn(move || run(generation));
+    if spawned.is_err() {
+        return false;
+    }
+    PID.store(pid, Ordering::Relaxed);
+    true
+}
+
+/// Asks the thread to stop; it exits at its next wake-up (within
+/// `MAX_INTERVAL_MS`). Returns whether one was running.
+pub fn stop() -> bool {
+    let _g = LOCK.guard();
+    // Relaxed: under LOCK, as in `start`.
+    let was = PID.load(Ordering::Relaxed) == this_pid();
+    GENERATION.fetch_add(1, Ordering::Release);
+    PID.store(0, Ordering::Relaxed);
+    was
+}
+
+/// The thread's state and what it has done.
+pub fn status() -> BackgroundPurge {
+    BackgroundPurge {
+        // Relaxed: a reading; nothing is published with these.
+        running: PID.load(Ordering::Relaxed) == this_pid(),
+        passes: PASSES.load(Ordering::Relaxed),
+        released_bytes: RELEASED.load(Ordering::Relaxed),
+    }
+}
+
+/// The pause before the next pass, for the current purge delay.
+fn interval_ms(delay_ms: u64) -> u64 {
+    (delay_ms / 2).clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS)
+}
+
+/// The thread's body: sleep, and while `generation` is current, purge what is due.
+fn run(generation: u64) {
+    loop {
+        let pause = interval_ms(BACKEND.page_heap.purge_delay_ms());
+        std::thread::sleep(Duration::from_millis(pause));
+        // Acquire: pairs with the Release bumps in `start` and `stop`.
+        if GENERATION.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let released = BACKEND.purge_due();
+        // Relaxed: statistics.
+        PASSES.fetch_add(1, Ordering::Relaxed);
+        RELEASED.fetch_add(released as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_is_half_the_delay_within_bounds() {
+        assert_eq!(interval_ms(0), MIN_INTERVAL_MS);
+        assert_eq!(interval_ms(1_000), 500);
+        assert_eq!(interval_ms(u64::MAX), MAX_INTERVAL_MS);
+    }
+}
