@@ -4,6 +4,7 @@
 //! cargo run --release --example fragmentation                 # ~15 s, 4 threads
 //! cargo run --release --example fragmentation -- --quick      # ~2 s (CI smoke)
 //! cargo run --release --example fragmentation -- --seconds 30 --interval-ms 20 --out DIR
+//! cargo run --release --example fragmentation -- --background-purge   # idle pages go back
 //! ```
 //!
 //! Four worker threads run five phases, each a share of `--seconds`:
@@ -63,6 +64,8 @@ struct Opts {
     /// Blocks per thread: small, medium, large.
     targets: [usize; 3],
     purge_delay_ms: Option<u64>,
+    /// Start strata's background purge thread first.
+    background_purge: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -72,6 +75,7 @@ fn parse_args() -> Result<Opts, String> {
         out: PathBuf::from("target/fragmentation"),
         targets: [40_000, 120, 3],
         purge_delay_ms: None,
+        background_purge: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -92,10 +96,11 @@ fn parse_args() -> Result<Opts, String> {
             "--purge-delay-ms" => {
                 o.purge_delay_ms = Some(val(&a)?.parse().map_err(|e| format!("{a}: {e}"))?)
             }
+            "--background-purge" => o.background_purge = true,
             "-h" | "--help" => {
                 return Err(
                     "usage: fragmentation [--quick] [--seconds N] [--interval-ms N] \
-                            [--out DIR] [--purge-delay-ms N]"
+                            [--out DIR] [--purge-delay-ms N] [--background-purge]"
                         .into(),
                 );
             }
@@ -520,6 +525,10 @@ fn main() -> ExitCode {
     if let Some(ms) = opts.purge_delay_ms {
         strata::set_purge_delay_ms(ms);
     }
+    if opts.background_purge && !strata::start_background_purge() {
+        eprintln!("fragmentation: the background purge thread did not start");
+        return ExitCode::FAILURE;
+    }
     let purge_delay = Duration::from_millis(opts.purge_delay_ms.unwrap_or(1000));
     let total = Duration::from_secs_f64(opts.seconds);
     let mut ends = [Duration::ZERO; 5];
@@ -570,11 +579,13 @@ fn main() -> ExitCode {
     let mut phase_end: Vec<(strata::Stats, u64)> = Vec::new();
     let mut release_t = 0.0;
     let mut released = 0;
+    let mut before_release = (0, 0);
     let mut broken = 0;
     for (p, name) in PHASES.iter().enumerate() {
         if p == 3 {
             plan.barrier.wait(); // workers have flushed their caches
             release_t = start.elapsed().as_secs_f64();
+            before_release = (strata::stats().resident_bytes, rss.bytes());
             released = strata::release_memory();
             plan.barrier.wait();
         }
@@ -665,7 +676,11 @@ fn main() -> ExitCode {
         );
     }
     println!(
-        "release_memory() at {release_t:.2} s returned {:.1} MiB",
+        "release_memory() at {release_t:.2} s (resident {:.1} MiB, RSS {:.1} MiB just before; \
+         background purge {}) returned {:.1} MiB",
+        before_release.0 as f64 / MIB,
+        before_release.1 as f64 / MIB,
+        if opts.background_purge { "on" } else { "off" },
         released as f64 / MIB
     );
     println!(
