@@ -34,7 +34,9 @@ size_t strata_release_memory(void);
  * runs already; 0: asks it to stop (it exits within a second). Every half purge
  * delay (10 ms to 1 s) the thread purges free pages, unmaps wholly free chunks
  * beyond one and unmaps cached huge blocks, of what has been free for longer
- * than the purge delay, so that an idle program gives that memory back. Off by
+ * than the purge delay, and returns central batches of size classes no thread
+ * touched since its last pass to their spans, so that an idle program gives
+ * that memory back. Off by
  * default; STRATA_BACKGROUND_PURGE=1 starts it at load. A forked child starts
  * without it. Returns 1 if it runs after the call, else 0. Not from a signal
  * handler (it may create a thread).

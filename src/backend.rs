@@ -580,6 +580,29 @@ impl<O: Os> Backend<O> {
         self.unmap_evicted(&self.huge.expire_cache(now, delay)) + self.page_heap.purge_due()
     }
 
+    /// Moves the batches of every class whose transfer stack has not changed since
+    /// the last call (`seen` holds each stack's version then; `u64::MAX` for never)
+    /// back to their spans, so that spans left empty go back to the page heap and
+    /// are purged after the delay. Batches nobody took for a whole pause of the
+    /// background purge thread are memory an idle program would otherwise keep; a
+    /// busy class changes its version at every refill or flush and is left alone.
+    /// Returns the bytes drained.
+    pub fn drain_idle_central(&self, seen: &mut [u64; NUM_CLASSES]) -> usize {
+        let mut drained = 0;
+        for (ci, last) in seen.iter_mut().enumerate() {
+            let c = SizeClass(ci as u8);
+            if self.central.stack_version(c) == *last {
+                let batches = self.central.stacked_batches(c).unwrap_or(0);
+                if batches > 0 {
+                    self.central.drain(c, &self.page_heap);
+                    drained += batches * c.batch() * c.size_bytes();
+                }
+            }
+            *last = self.central.stack_version(c);
+        }
+        drained
+    }
+
     /// Checks every invariant of the shared tiers: the page heap (chunks, spans, bins),
     /// every Small span of every class, and every class's lists. Blocks allocation
     /// while it runs (it takes every lock).

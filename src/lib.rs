@@ -206,8 +206,10 @@ mod api {
     /// Starts the background purge thread (`strata-purge`), unless it runs already:
     /// every half purge delay (10 ms to 1 s) it purges free pages, unmaps wholly
     /// free chunks beyond a reserve of one and expires cached huge blocks, of what
-    /// has been free for longer than the purge delay, so that a program that goes
-    /// idle gives that memory back without calling [`release_memory`]. Off by
+    /// has been free for longer than the purge delay, and moves the central batches
+    /// of size classes that no thread touched since its last pass back to their
+    /// spans, so that a program that goes idle gives that memory back without
+    /// calling [`release_memory`]. It never touches a thread's cache. Off by
     /// default; a forked child starts without it. Returns whether it runs (false
     /// only if the OS refused a thread).
     pub fn start_background_purge() -> bool {

@@ -5,9 +5,11 @@
 //! that frees a lot and then goes idle keeps all of that resident until it allocates
 //! again. The thread does the same pass (`Backend::purge_due`: only what has been
 //! free for longer than the purge delay) every half delay, clamped to
-//! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. It never touches a
-//! thread's cache (other threads own those) nor the central batches (a busy program
-//! reuses them).
+//! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. Before that it
+//! drains the central batches of every class whose transfer stack no thread touched
+//! since the last pass (`Backend::drain_idle_central`), so that spans they kept in
+//! use can empty and be purged later; a busy class is left alone. It never touches
+//! a thread's cache (other threads own those).
 //!
 //! Off by default, as jemalloc's `background_thread`: a thread the program did not
 //! ask for surprises tools and sandboxes. Started by [`start`]
@@ -21,6 +23,7 @@
 //! the old one without waiting for it, and it exits at its next wake-up.
 
 use crate::global::BACKEND;
+use crate::size_class::NUM_CLASSES;
 use crate::sync::{AtomicU64, Ordering, RawLock};
 use std::time::Duration;
 
@@ -39,6 +42,7 @@ static PID: AtomicU64 = AtomicU64::new(0);
 /// Passes done and bytes returned to the OS by them, since the process started.
 static PASSES: AtomicU64 = AtomicU64::new(0);
 static RELEASED: AtomicU64 = AtomicU64::new(0);
+static DRAINED: AtomicU64 = AtomicU64::new(0);
 
 /// What the background purge thread has done (see `strata::background_purge`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub struct BackgroundPurge {
     pub passes: u64,
     /// Bytes they purged or unmapped.
     pub released_bytes: u64,
+    /// Bytes of idle central batches they moved back to their spans.
+    pub drained_bytes: u64,
 }
 
 fn this_pid() -> u64 {
@@ -96,6 +102,7 @@ pub fn status() -> BackgroundPurge {
         running: PID.load(Ordering::Relaxed) == this_pid(),
         passes: PASSES.load(Ordering::Relaxed),
         released_bytes: RELEASED.load(Ordering::Relaxed),
+        drained_bytes: DRAINED.load(Ordering::Relaxed),
     }
 }
 
@@ -104,8 +111,10 @@ fn interval_ms(delay_ms: u64) -> u64 {
     (delay_ms / 2).clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS)
 }
 
-/// The thread's body: sleep, and while `generation` is current, purge what is due.
+/// The thread's body: sleep, and while `generation` is current, drain idle central
+/// batches and purge what is due.
 fn run(generation: u64) {
+    let mut seen = [u64::MAX; NUM_CLASSES];
     loop {
         let pause = interval_ms(BACKEND.page_heap.purge_delay_ms());
         std::thread::sleep(Duration::from_millis(pause));
@@ -113,8 +122,10 @@ fn run(generation: u64) {
         if GENERATION.load(Ordering::Acquire) != generation {
             return;
         }
+        let drained = BACKEND.drain_idle_central(&mut seen);
         let released = BACKEND.purge_due();
         // Relaxed: statistics.
+        DRAINED.fetch_add(drained as u64, Ordering::Relaxed);
         PASSES.fetch_add(1, Ordering::Relaxed);
         RELEASED.fetch_add(released as u64, Ordering::Relaxed);
     }

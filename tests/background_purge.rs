@@ -6,7 +6,8 @@ use common::{MIB, rss};
 
 // The background purge thread: memory freed and then left alone stays resident
 // without it (nothing runs the purge pass), and goes back to the OS with it, free
-// pages, wholly free chunks and cached huge mappings alike; stopping it stops the
+// pages, wholly free chunks and cached huge mappings alike; idle central batches
+// go back to their spans; stopping it stops the
 // passes. One test in the binary, so that no other test's allocations run a purge
 // pass or move the RSS meanwhile.
 
@@ -105,6 +106,27 @@ fn idle_memory_goes_back_with_the_background_thread_and_stays_without_it() {
         t.released_bytes >= start.released_bytes + freed * 3 / 4
     });
     assert!(status.running && status.passes > start.passes, "{status:?}");
+
+    // Central batches nobody takes: a thread frees far more 64-byte blocks than its
+    // cache holds (up to 1 MiB of them wait on the class's transfer stack) and exits.
+    // The class is idle from then on, and the thread drains its batches.
+    let c64 = strata::stats()
+        .classes
+        .iter()
+        .position(|c| c.size == 64)
+        .unwrap();
+    std::thread::spawn(|| {
+        let blocks: Vec<Box<[u8; 64]>> = (0..100_000).map(|i| Box::new([i as u8; 64])).collect();
+        drop(black_box(blocks));
+    })
+    .join()
+    .unwrap();
+    wait_for_thread("drain of idle central batches", |t| {
+        t.drained_bytes >= status.drained_bytes + (512 << 10)
+    });
+    wait_for("no 64-byte batch left in the central tier", |s| {
+        s.classes[c64].central_cached == 0
+    });
 
     // A freed huge block waits in the cache, then the thread unmaps it.
     let huge = vec![7u8; HUGE];
