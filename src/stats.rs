@@ -210,7 +210,8 @@ impl<O: Os> Backend<O> {
         // equal before and after, show that no batch was pushed or popped meanwhile
         // (those need no class lock). Retry, letting the movers finish; after 32
         // tries take the last reading (off by the batches in transit).
-        for attempt in 0..32 {
+        const ATTEMPTS: usize = 32;
+        for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 crate::sync::yield_thread();
             }
@@ -220,6 +221,12 @@ impl<O: Os> Backend<O> {
                     let s = h.move_seq();
                     seqs = seqs.wrapping_add(s);
                     moving |= s % 2 == 1;
+                }
+                // A move under way fails this reading anyway: skip the walk (it holds
+                // every class lock, a millisecond for a few hundred MiB of spans),
+                // except on the last try, whose reading is taken as it is.
+                if moving && attempt + 1 < ATTEMPTS {
+                    return false;
                 }
                 let mut versions = [0u64; NUM_CLASSES];
                 for (ci, v) in versions.iter_mut().enumerate() {
