@@ -358,12 +358,20 @@ impl<O: Os> Backend<O> {
     /// A cached mapping made into a block of at least `len` bytes, `(address,
     /// length, dirty)`: its first `dirty` bytes hold old data, the rest are fresh
     /// zero pages; null if the cache had none or the resize failed. A mapping up to
-    /// a quarter longer than `len` is used whole; a longer one is shrunk, a shorter
-    /// one grown, by `remap` (which keeps its resident pages).
+    /// a quarter longer than `len` is used whole; from a longer one the block is
+    /// split off, and the tail goes back to the cache, still resident, if it is at
+    /// least [`HUGE_THRESHOLD`] and fits without pushing anything out (else it is
+    /// unmapped); a shorter one is grown by `remap` (which keeps its resident pages).
+    ///
+    /// Keeping tails: on `malloc-large` (20 blocks of 5-25 MiB replaced at random)
+    /// every page a grow adds is a fault, and a model of the cache put them at 825
+    /// pages a block when tails were unmapped and 492 when kept, for 10 % more peak
+    /// resident memory.
     fn take_cached_huge(&self, len: usize) -> (*mut u8, usize, usize) {
-        let (got, ev) =
-            self.huge
-                .take_cached(len, self.os().now_ms(), self.page_heap.purge_delay_ms());
+        let now = self.os().now_ms();
+        let (got, ev) = self
+            .huge
+            .take_cached(len, now, self.page_heap.purge_delay_ms());
         self.unmap_evicted(&ev);
         let Some((q, qlen)) = got else {
             return (ptr::null_mut(), len, 0);
@@ -376,6 +384,20 @@ impl<O: Os> Backend<O> {
         let whole = qlen.saturating_sub(len) <= len / 4;
         if whole {
             return (q, qlen, qlen);
+        }
+        if qlen > len {
+            let tail = qlen - len;
+            // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave
+            // us; `len` and `qlen` are multiples of OS_PAGE, `len < qlen`.
+            unsafe { self.os().split(q, qlen, len) };
+            let t = q as usize + len;
+            let budget = self.huge_cache_budget.load(Ordering::Relaxed);
+            if tail < HUGE_THRESHOLD || !self.huge.keep_tail(t, tail, now, budget) {
+                // SAFETY: the tail is a whole mapping now, ours alone.
+                unsafe { self.os().unmap(t as *mut u8, tail) };
+                self.page_heap.note_extra_resident(-(tail as isize));
+            }
+            return (q, len, len);
         }
         // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave us.
         let r = unsafe { self.os().remap(q, qlen, len) };

@@ -14,7 +14,10 @@
 //! [`MAX_CACHED_BLOCK`] bytes is kept, resident, in a small cache (at most
 //! [`CACHE_SLOTS`] mappings and the byte budget the backend passes, 64 MiB by
 //! default), and a later huge request takes the smallest one that fits, or else the
-//! largest one to be grown by `remap` (its resident pages move with it). A mapping
+//! largest one to be grown by `remap` (its resident pages move with it). From a
+//! mapping more than a quarter longer than the request the block is split off
+//! (`Os::split`), and the tail, if at least the huge threshold and the cache has room
+//! without pushing anything out, stays cached with its pages for a later request. A mapping
 //! that has waited longer than the page heap's purge delay, or that a new one pushes
 //! out (oldest first), is unmapped; `release_memory` unmaps them all. A zeroed
 //! request (`calloc`) takes a cached mapping too and clears the part that held data
@@ -97,6 +100,25 @@ impl Inner {
         self.cached -= 1;
         self.cached_bytes -= e.len;
         e
+    }
+
+    /// Adds a mapping as the newest entry; the caller made room (a free slot, the
+    /// budget).
+    fn append(&mut self, ptr: usize, len: usize, now_ms: u64) {
+        // Not older than any entry: clocks are monotonic, and a `now_ms` read before
+        // another thread's later entry is clamped up to it.
+        let last = if self.cached > 0 {
+            self.cache[self.cached - 1].freed_ms
+        } else {
+            0
+        };
+        self.cache[self.cached] = Cached {
+            ptr,
+            len,
+            freed_ms: now_ms.max(last),
+        };
+        self.cached += 1;
+        self.cached_bytes += len;
     }
 
     /// Moves every cached mapping freed more than `delay_ms` ago to `ev`.
@@ -262,20 +284,7 @@ impl HugeRegistry {
                 let e = h.uncache(0);
                 ev.push(e.ptr, e.len);
             }
-            // Not older than any entry: clocks are monotonic, and a `now_ms` read
-            // before another thread's later entry is clamped up to it.
-            let last = if h.cached > 0 {
-                h.cache[h.cached - 1].freed_ms
-            } else {
-                0
-            };
-            h.cache[h.cached] = Cached {
-                ptr: p as usize,
-                len,
-                freed_ms: now_ms.max(last),
-            };
-            h.cached += 1;
-            h.cached_bytes += len;
+            h.append(p as usize, len, now_ms);
             Some(len)
         });
         (len, ev)
@@ -304,6 +313,20 @@ impl HugeRegistry {
             Some((e.ptr, e.len))
         });
         (got, ev)
+    }
+
+    /// Keeps `[p, p+len)`, the unused tail of a cached mapping just taken (and split
+    /// off it), in the cache if it fits without pushing anything out: a free slot,
+    /// `budget` not exceeded, at most `MAX_CACHED_BLOCK`. False if it does not (the
+    /// caller unmaps it). Its pages stay resident for the next request to grow.
+    pub fn keep_tail(&self, p: usize, len: usize, now_ms: u64, budget: usize) -> bool {
+        self.with(|h| {
+            if h.cached == CACHE_SLOTS || h.cached_bytes + len > budget || len > MAX_CACHED_BLOCK {
+                return false;
+            }
+            h.append(p, len, now_ms);
+            true
+        })
     }
 
     /// Expires cached mappings freed more than `delay_ms` ago (the background purge

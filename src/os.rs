@@ -36,6 +36,13 @@ pub unsafe trait Os {
     /// # Safety
     /// `[p, p+old)` is a whole mapping obtained from `map` with `align <= OS_PAGE`.
     unsafe fn remap(&self, p: *mut u8, old: usize, new: usize) -> *mut u8;
+    /// Makes the whole mapping `[p, p+size)` two whole mappings, `[p, p+at)` and
+    /// `[p+at, p+size)`, each to be unmapped or remapped on its own from now on.
+    ///
+    /// # Safety
+    /// `[p, p+size)` is a whole mapping obtained from `map` with `align <= OS_PAGE`
+    /// (or from `remap` or `split`); `at` is a multiple of [`OS_PAGE`] in `(0, size)`.
+    unsafe fn split(&self, p: *mut u8, size: usize, at: usize);
     /// A monotonic clock in milliseconds, for purge delays.
     fn now_ms(&self) -> u64;
 }
@@ -98,6 +105,12 @@ unsafe impl Os for SysOs {
         } else {
             r.cast()
         }
+    }
+
+    unsafe fn split(&self, p: *mut u8, size: usize, at: usize) {
+        // Nothing to do: munmap and mremap take any page-aligned range that lies in
+        // one mapping (the kernel splits its VMA as needed).
+        debug_assert!(at % OS_PAGE == 0 && 0 < at && at < size && p as usize % OS_PAGE == 0);
     }
 
     fn now_ms(&self) -> u64 {

@@ -5,7 +5,7 @@ mod common;
 use common::MIB;
 
 // The cache of freed huge mappings (src/huge.rs, "The cache"): a freed huge block is
-// kept and reused, taken whole, shrunk or grown; zeroed requests reuse it too and
+// kept and reused, taken whole, split (its tail cached) or grown; zeroed requests reuse it too and
 // never see old bytes; old, excess and oversized mappings are unmapped; release empties it. The
 // exact checks run on private backends (nothing else allocates huge blocks there).
 
@@ -63,26 +63,39 @@ fn a_freed_huge_block_is_reused_whole_shrunk_or_grown() {
     // SAFETY: live, given up.
     unsafe { be.free_huge(q) };
 
-    // Much smaller: shrunk to the request.
-    let q = be.alloc_huge(MIB + MIB / 2, 8, false);
-    assert!(!q.is_null());
-    assert_eq!(be.usable_size(q), Some(MIB + MIB / 2));
-    assert_eq!(totals(be), (1, MIB + MIB / 2, 0));
+    // Much smaller: split; the block is the head, and the tail (1.5 MiB, at least
+    // the huge threshold) goes back to the cache with its pages.
+    let half = MIB + MIB / 2;
+    let q = be.alloc_huge(half, 8, false);
+    assert_eq!(q, p);
+    assert_eq!(be.usable_size(q), Some(half));
+    assert_eq!(totals(be), (1, half, half));
+    // The tail is taken whole by the next such request, its old bytes still there.
+    let t = be.alloc_huge(half, 8, false);
+    assert_eq!(t as usize, p as usize + half);
+    assert!(all(t, half, 0xAB), "the tail's pages were not kept");
+    assert_eq!(totals(be), (2, 3 * MIB, 0));
     // SAFETY: live, given up.
-    unsafe { be.free_huge(q) };
+    unsafe {
+        be.free_huge(q);
+        be.free_huge(t);
+    }
 
     // Larger than anything cached: the largest mapping is grown.
     let q = be.alloc_huge(6 * MIB, 8, false);
     assert!(!q.is_null());
     assert_eq!(be.usable_size(q), Some(6 * MIB));
-    assert_eq!(totals(be), (1, 6 * MIB, 0));
+    assert_eq!(totals(be), (1, 6 * MIB, half));
     fill(q, 6 * MIB, 0xCD);
     // SAFETY: live, given up.
     unsafe { be.free_huge(q) };
 
     // Zeroed requests take cached mappings too, and get zeros: whole, grown (the
-    // new pages are fresh) and shrunk.
-    for (i, mib) in [6, 10, 2].into_iter().enumerate() {
+    // new pages are fresh) and split (8 MiB of the 10 go back to the cache).
+    for (i, (mib, cached)) in [(6, half), (10, half), (2, half + 8 * MIB)]
+        .into_iter()
+        .enumerate()
+    {
         let z = be.alloc_huge(mib * MIB, 8, true);
         assert!(!z.is_null());
         assert!(
@@ -91,7 +104,7 @@ fn a_freed_huge_block_is_reused_whole_shrunk_or_grown() {
         );
         assert_eq!(
             totals(be),
-            (1, mib * MIB, 0),
+            (1, mib * MIB, cached),
             "zeroed block {i} did not reuse"
         );
         fill(z, mib * MIB, 0xEE);
@@ -101,11 +114,12 @@ fn a_freed_huge_block_is_reused_whole_shrunk_or_grown() {
 
     // Release empties the cache.
     let before = be.stats();
-    assert_eq!(before.huge_cached_bytes, 2 * MIB as u64);
-    assert!(be.release_shared() >= 2 * MIB);
+    let cached = half + 8 * MIB + 2 * MIB;
+    assert_eq!(before.huge_cached_bytes, cached as u64);
+    assert!(be.release_shared() >= cached);
     assert_eq!(totals(be), (0, 0, 0));
     let after = be.stats();
-    assert_eq!(after.mapped_bytes + 2 * MIB as u64, before.mapped_bytes);
+    assert_eq!(after.mapped_bytes + cached as u64, before.mapped_bytes);
 }
 
 #[test]

@@ -207,6 +207,26 @@ unsafe impl Os for FakeOs {
         q
     }
 
+    unsafe fn split(&self, p: *mut u8, size: usize, at: usize) {
+        assert!(
+            at.is_multiple_of(OS_PAGE) && 0 < at && at < size,
+            "split of {size} bytes at {at}"
+        );
+        let mut s = self.state();
+        let i = s
+            .live
+            .iter()
+            .position(|m| m.base == p as usize)
+            .unwrap_or_else(|| panic!("split of {p:p}: not the start of a mapping"));
+        assert_eq!(s.live[i].size, size, "split of {p:p} with the wrong length");
+        s.live[i].size = at;
+        s.live.push(Mapping {
+            base: p as usize + at,
+            size: size - at,
+            align: OS_PAGE,
+        });
+    }
+
     fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::Relaxed)
     }
