@@ -93,6 +93,22 @@ impl FakeOs {
         self.last_chunk.load(Ordering::Relaxed)
     }
 
+    /// The index of the live mapping that starts at `p` and is `size` bytes long;
+    /// panics (naming `what`) if there is none, or if it has another length.
+    fn whole(s: &State, p: *mut u8, size: usize, what: &str) -> usize {
+        let i = s
+            .live
+            .iter()
+            .position(|m| m.base == p as usize)
+            .unwrap_or_else(|| panic!("{what} of {p:p}: not the start of a mapping"));
+        assert_eq!(
+            s.live[i].size, size,
+            "{what} of {p:p} with the wrong length (mapped {} bytes)",
+            s.live[i].size
+        );
+        i
+    }
+
     fn find(s: &State, p: usize) -> Option<usize> {
         s.live
             .iter()
@@ -157,17 +173,8 @@ unsafe impl Os for FakeOs {
 
     unsafe fn unmap(&self, p: *mut u8, size: usize) {
         let mut s = self.state();
-        let i = s
-            .live
-            .iter()
-            .position(|m| m.base == p as usize)
-            .unwrap_or_else(|| panic!("unmap of {p:p}: not the start of a mapping"));
-        let m = s.live.swap_remove(i);
-        assert_eq!(
-            m.size, size,
-            "unmap of {p:p} with the wrong length (mapped {} bytes)",
-            m.size
-        );
+        let i = Self::whole(&s, p, size, "unmap");
+        s.live.swap_remove(i);
         s.unmapped_total += size;
         // SAFETY: the range was mapped and is ours again.
         unsafe { core::ptr::write_bytes(p, 0xDD, size) };
@@ -213,12 +220,7 @@ unsafe impl Os for FakeOs {
             "split of {size} bytes at {at}"
         );
         let mut s = self.state();
-        let i = s
-            .live
-            .iter()
-            .position(|m| m.base == p as usize)
-            .unwrap_or_else(|| panic!("split of {p:p}: not the start of a mapping"));
-        assert_eq!(s.live[i].size, size, "split of {p:p} with the wrong length");
+        let i = Self::whole(&s, p, size, "split");
         s.live[i].size = at;
         s.live.push(Mapping {
             base: p as usize + at,
