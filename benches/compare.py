@@ -289,7 +289,11 @@ def versions(allocators):
     for a in allocators:
         if a == "strata":
             rev = capture(["git", "rev-parse", "--short", "HEAD"]) or "?"
-            dirty = " + uncommitted changes" if capture(["git", "status", "--porcelain", "--untracked-files=no"]) else ""
+            # Only the library's sources count: by now this run has rewritten the
+            # tracked results files and BENCHMARKS.md itself.
+            dirty = (" + uncommitted src/ changes"
+                     if capture(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"])
+                     else "")
             out[a] = (f"strata at {rev}{dirty} (`target/c-abi/release/libstrata.so`, C ABI; "
                       "per run, above)")
         elif a == "glibc":
