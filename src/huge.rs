@@ -121,13 +121,20 @@ impl Inner {
         self.cached_bytes += len;
     }
 
-    /// Moves every cached mapping freed more than `delay_ms` ago to `ev`.
-    fn expire(&mut self, now_ms: u64, delay_ms: u64, ev: &mut Evicted) {
-        // Oldest first: the expired ones are a prefix.
-        while self.cached > 0 && now_ms.saturating_sub(self.cache[0].freed_ms) > delay_ms {
+    /// Moves the oldest cached mapping to `ev` while `more` holds (and one is left).
+    fn evict_oldest_while(&mut self, ev: &mut Evicted, more: impl Fn(&Inner) -> bool) {
+        while self.cached > 0 && more(self) {
             let e = self.uncache(0);
             ev.push(e.ptr, e.len);
         }
+    }
+
+    /// Moves every cached mapping freed more than `delay_ms` ago to `ev`.
+    fn expire(&mut self, now_ms: u64, delay_ms: u64, ev: &mut Evicted) {
+        // Oldest first: the expired ones are a prefix.
+        self.evict_oldest_while(ev, |h| {
+            now_ms.saturating_sub(h.cache[0].freed_ms) > delay_ms
+        });
     }
 }
 
@@ -280,10 +287,10 @@ impl HugeRegistry {
                 ev.push(p as usize, len);
                 return Some(len);
             }
-            while h.cached == CACHE_SLOTS || h.cached_bytes + len > budget {
-                let e = h.uncache(0);
-                ev.push(e.ptr, e.len);
-            }
+            // Room for it (`len <= budget`, so an empty cache has room).
+            h.evict_oldest_while(&mut ev, |h| {
+                h.cached == CACHE_SLOTS || h.cached_bytes + len > budget
+            });
             h.append(p as usize, len, now_ms);
             Some(len)
         });
@@ -340,12 +347,7 @@ impl HugeRegistry {
     /// Empties the cache (`release_memory`): every mapping comes back in `Evicted`.
     pub fn drain_cache(&self) -> Evicted {
         let mut ev = Evicted::NONE;
-        self.with(|h| {
-            while h.cached > 0 {
-                let e = h.uncache(0);
-                ev.push(e.ptr, e.len);
-            }
-        });
+        self.with(|h| h.evict_oldest_while(&mut ev, |_| true));
         ev
     }
 
