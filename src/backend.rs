@@ -614,11 +614,7 @@ impl<O: Os> Backend<O> {
         for (ci, last) in seen.iter_mut().enumerate() {
             let c = SizeClass(ci as u8);
             if self.central.stack_version(c) == *last {
-                let batches = self.central.stacked_batches(c).unwrap_or(0);
-                if batches > 0 {
-                    self.central.drain(c, &self.page_heap);
-                    drained += batches * c.batch() * c.size_bytes();
-                }
+                drained += self.central.drain(c, &self.page_heap) * c.size_bytes();
             }
             *last = self.central.stack_version(c);
         }

@@ -246,16 +246,20 @@ impl Central {
         });
     }
 
-    /// Moves every batch of class `c` from the transfer stack back to the spans.
-    pub fn drain<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>) {
+    /// Moves every batch of class `c` from the transfer stack back to the spans;
+    /// returns the objects moved.
+    pub fn drain<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>) -> usize {
         let cls = &self.classes[c.index()];
+        let mut moved = 0;
         while let Some(i) = cls.stack.pop(&self.descs) {
             let (head, count) = self.descs.get(i).get();
             self.descs.free(i);
+            moved += count as usize;
             // SAFETY: by invariant 1 the batch holds `count` class-c objects that no
             // one uses.
             unsafe { self.release_objects(c, head, count as usize, ph) };
         }
+        moved
     }
 
     /// The version of class `c`'s transfer stack (see `TransferStack::version`).

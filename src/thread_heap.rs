@@ -543,12 +543,13 @@ impl ThreadHeap {
     /// heap has the process's link key, and no move is open (the heap is its
     /// caller's or pooled, so none can be).
     pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+        let seq = self.move_seq_again();
         check(
-            self.move_seq_again() % 2 == 0,
+            seq % 2 == 0,
             "ThreadHeap",
             6,
             "a move is still open",
-            self.move_seq_again() as usize,
+            seq as usize,
         )?;
         check(
             self.state != HeapState::Live || self.link_key == LinkKey::current(),
