@@ -173,8 +173,8 @@ fn double_free() {
         "double_free",
         &["double free of", "already the last block freed"],
     );
-    // Later than that it is not detected: the block is handed out twice.
-    assert!(plain("double_free_later").contains("returned_bad=1"));
+    // Later than that the plain library promises nothing: not asserted (what a
+    // double free does then is undefined behaviour, not a property to pin).
 }
 
 #[test]
@@ -242,21 +242,16 @@ fn writes_past_the_end() {
             ],
         ),
     ] {
+        // Plain: not promised to be detected, so nothing is asserted there.
         assert_aborts(action, needles);
-        if action != "overflow_huge" {
-            // Plain: not detected (the byte lands in the class's or span's slack;
-            // past a huge block of whole pages lies another mapping or none).
-            plain(action);
-        }
     }
 }
 
 #[test]
 fn writes_to_freed_blocks() {
     for action in ["use_after_free", "use_after_free_churn"] {
+        // Plain: not promised to be detected, so nothing is asserted there.
         assert_aborts(action, &["write to a freed block", "byte 8 is 0x41"]);
-        // Plain: not detected.
-        plain(action);
     }
 }
 
