@@ -12,6 +12,8 @@
 //!   aligned allocations in the mix.
 //! - `idle` frees 24 MiB and idles, reporting the RSS and the background purge
 //!   thread, then forks.
+//! - `dlclose` loads the library with `dlopen` (no `LD_PRELOAD`), allocates through
+//!   it on a thread, unloads it and lets the thread exit.
 //!
 //! Run with `--nocapture` to see the programs' output.
 
@@ -33,6 +35,7 @@ struct Artifacts {
     api_test: PathBuf,
     stress: PathBuf,
     idle: PathBuf,
+    dlclose: PathBuf,
     dir: PathBuf,
 }
 
@@ -107,6 +110,7 @@ fn build() -> Result<Artifacts, String> {
         api_test: compile("api_test")?,
         stress: compile("stress")?,
         idle: compile("idle")?,
+        dlclose: compile("dlclose")?,
         lib,
         dir,
     })
@@ -430,6 +434,20 @@ fn background_purge_env_returns_idle_memory_and_a_forked_child_starts_without_it
     assert_eq!(
         (c["thread_before"], c["started"], c["thread_after"]),
         (0, 1, 1),
+        "{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn a_thread_exiting_after_dlclose_finds_the_library_still_loaded() {
+    // The thread's heap tear-down (a pthread-key destructor of the library) runs
+    // after the program's dlclose: the library must have pinned itself.
+    let a = artifacts();
+    let lib = a.lib.to_str().unwrap();
+    let r = run("dlclose", &a.dlclose, &[lib], false, &[]);
+    assert!(
+        r.status.success() && r.stdout.contains("dlclose: ok"),
         "{}",
         r.describe()
     );
