@@ -5,8 +5,13 @@
  * standard allocation functions (malloc, free, calloc, realloc, reallocarray,
  * posix_memalign, aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size,
  * cfree, malloc_trim and glibc's __libc_* aliases) with glibc's semantics; they
- * are declared by <stdlib.h> and <malloc.h>. This header declares only the
- * functions that are strata's own (the last one only in checked builds).
+ * are declared by <stdlib.h> and <malloc.h>. It also answers glibc's
+ * introspection calls from its own figures: mallinfo2 and mallinfo (fields
+ * below), malloc_stats (strata's table on stderr), malloc_info (XML, see below)
+ * and mallopt (1 only for the STRATA_M_* parameters below; 0, changing nothing,
+ * for glibc's M_* parameters, none of which strata has a knob for). This header
+ * declares only the functions that are strata's own (the last one only in
+ * checked builds) and the mallopt parameters.
  *
  * A program that may also run without strata (for example one that is
  * LD_PRELOADed only sometimes) should look these up with
@@ -20,6 +25,34 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/*
+ * mallinfo2() under strata (mallinfo() is the same in ints, saturating at
+ * INT_MAX); uordblks + fordblks == arena, and uordblks + hblkhd is the bytes
+ * allocated, as with glibc:
+ *   arena     bytes of the 4 MiB chunks small and large blocks are carved from
+ *   ordblks   0 (free page runs are not counted one by one)
+ *   smblks    free small blocks cached for reuse (thread caches, central tier)
+ *   hblks     huge blocks (own mappings, over 1 MiB); hblkhd their bytes
+ *   usmblks   0 (as in glibc)
+ *   fsmblks   bytes of the cached small blocks counted in smblks
+ *   uordblks  bytes allocated in chunks (small blocks at their class size, large)
+ *   fordblks  arena - uordblks (headers, free pages, cached and unused slots)
+ *   keepcost  free pages still resident, which malloc_trim(0) returns now
+ * malloc_info(0, fp) writes <malloc version="strata-1"> with one <size> element
+ * per size class in use, <total type=... size=...> in bytes, and resident
+ * (<system type="current">), peak resident (<system type="max">) and mapped
+ * (<aspace type="total">) bytes; options other than 0 give EINVAL.
+ */
+
+/* mallopt(STRATA_M_PURGE_DELAY_MS, ms): how long free pages stay resident. */
+#define STRATA_M_PURGE_DELAY_MS (-201)
+/* mallopt(STRATA_M_THREAD_CACHE_BYTES, bytes): byte budget of thread caches
+ * created from now on, and of the calling thread's. */
+#define STRATA_M_THREAD_CACHE_BYTES (-202)
+/* mallopt(STRATA_M_HUGE_CACHE_BYTES, bytes): byte budget of the cache of freed
+ * huge mappings (0 turns it off). */
+#define STRATA_M_HUGE_CACHE_BYTES (-203)
 
 /*
  * Returns every free page that strata holds to the operating system now

@@ -86,6 +86,8 @@ mod ffi;
 mod global;
 #[cfg(not(strata_loom))]
 mod heap_map;
+#[cfg(all(feature = "c-abi", not(strata_loom)))]
+mod mallinfo;
 #[cfg(not(strata_loom))]
 mod purge_thread;
 #[cfg(not(strata_loom))]

@@ -19,28 +19,55 @@ pub fn write_all(fd: libc::c_int, bytes: &[u8]) {
     }
 }
 
-/// A `fmt::Write` to stderr through a stack buffer (no allocation); `flush` writes
-/// what is buffered (also done whenever the buffer fills).
-pub struct Stderr {
+/// Where a [`Buffered`] writer's bytes go.
+pub trait Sink {
+    /// Takes `bytes` (all of them, or remembers that it could not).
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// A file descriptor, written with [`write_all`].
+pub struct Fd(pub libc::c_int);
+
+impl Sink for Fd {
+    fn put(&mut self, bytes: &[u8]) {
+        write_all(self.0, bytes);
+    }
+}
+
+/// A `fmt::Write` through a 512-byte stack buffer (no allocation) into a
+/// [`Sink`]; `flush` hands on what is buffered (also done whenever it fills).
+pub struct Buffered<S: Sink> {
     buf: [u8; 512],
     len: usize,
+    pub sink: S,
 }
+
+/// A `fmt::Write` to stderr that never allocates.
+pub type Stderr = Buffered<Fd>;
 
 impl Stderr {
     pub fn new() -> Stderr {
-        Stderr {
+        Buffered::to(Fd(2))
+    }
+}
+
+impl<S: Sink> Buffered<S> {
+    /// An empty buffer in front of `sink`.
+    pub fn to(sink: S) -> Buffered<S> {
+        Buffered {
             buf: [0; 512],
             len: 0,
+            sink,
         }
     }
 
     pub fn flush(&mut self) {
-        write_all(2, &self.buf[..self.len]);
+        self.sink.put(&self.buf[..self.len]);
         self.len = 0;
     }
 }
 
-impl Write for Stderr {
+impl<S: Sink> Write for Buffered<S> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for chunk in s.as_bytes().chunks(self.buf.len()) {
             if self.len + chunk.len() > self.buf.len() {

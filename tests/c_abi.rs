@@ -12,6 +12,8 @@
 //!   aligned allocations in the mix.
 //! - `idle` frees 24 MiB and idles, reporting the RSS and the background purge
 //!   thread, then forks.
+//! - `mallinfo` checks `mallinfo2`, `mallinfo`, `malloc_info`, `malloc_stats` and
+//!   `mallopt` against the allocator that serves `malloc` (glibc's own, or strata's).
 //! - `dlclose` loads the library with `dlopen` (no `LD_PRELOAD`), allocates through
 //!   it on a thread, unloads it and lets the thread exit.
 //!
@@ -36,6 +38,7 @@ struct Artifacts {
     stress: PathBuf,
     idle: PathBuf,
     dlclose: PathBuf,
+    mallinfo: PathBuf,
     dir: PathBuf,
 }
 
@@ -111,6 +114,7 @@ fn build() -> Result<Artifacts, String> {
         stress: compile("stress")?,
         idle: compile("idle")?,
         dlclose: compile("dlclose")?,
+        mallinfo: compile("mallinfo")?,
         lib,
         dir,
     })
@@ -450,5 +454,26 @@ fn a_thread_exiting_after_dlclose_finds_the_library_still_loaded() {
         r.status.success() && r.stdout.contains("dlclose: ok"),
         "{}",
         r.describe()
+    );
+}
+
+#[test]
+fn mallinfo_and_friends_describe_the_allocator_that_serves_malloc() {
+    let a = artifacts();
+    // The program's expectations hold for glibc itself...
+    let r = run("mallinfo-glibc", &a.mallinfo, &["glibc"], false, &[]);
+    assert!(r.status.success(), "{}", r.describe());
+    // ...and under strata, where glibc's versions would report 0 bytes in use and
+    // accept every mallopt parameter.
+    let r = run("mallinfo-strata", &a.mallinfo, &["strata"], true, &[]);
+    assert!(
+        r.status.success() && r.stdout.contains("mallinfo: ok"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.stderr.contains("strata: heap statistics"),
+        "malloc_stats printed no strata table:\n{}",
+        r.stderr
     );
 }
