@@ -164,6 +164,14 @@ fn mix64(x: u64) -> u64 {
     x ^ (x >> 32)
 }
 
+/// A fresh private anonymous mapping; null if the kernel refuses.
+///
+/// Without `MAP_NORESERVE`, so that the kernel's overcommit policy judges each
+/// request as it judges glibc's: under the default heuristic (mode 0) a mapping
+/// larger than RAM plus swap fails here, at the call, and `malloc` returns null
+/// with `ENOMEM` instead of a block that kills the program when touched; under
+/// mode 2 (strict) every mapping is charged against the commit limit (the flag
+/// is ignored there anyway); under mode 1 (always) every mapping succeeds.
 fn mmap_anon(size: usize) -> *mut u8 {
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing
     // aliases nothing.
@@ -172,7 +180,7 @@ fn mmap_anon(size: usize) -> *mut u8 {
             ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
