@@ -6,8 +6,9 @@
 //! - `free`, `realloc` and `malloc_usable_size` find a block by address: the chunk
 //!   map and page map for chunk memory, the huge registry for own mappings. A pointer
 //!   that is not the start of a block of ours is never read through: `free` ignores
-//!   it, `realloc` fails with `ENOMEM`, `malloc_usable_size` returns 0. With the
-//!   `checked` feature all three abort with a report instead (see `checked`).
+//!   it, `realloc` fails with `ENOMEM`, `malloc_usable_size` returns 0, and
+//!   `bad_free` reports it on stderr as `STRATA_BAD_FREE` says. With the `checked`
+//!   feature `free` and `realloc` abort with a report instead (see `checked`).
 //! - Nothing here needs initialising: the statics are built at compile time and the
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
 //!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
@@ -495,6 +496,8 @@ unsafe fn configure(envp: *const *const c_char) {
             crate::set_huge_cache_bytes(bytes as usize);
         }
         libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
+        #[cfg(not(feature = "checked"))]
+        crate::bad_free::configure_from(envp);
         if getenv_raw(envp, b"STRATA_BACKGROUND_PURGE").is_some_and(truthy) {
             crate::start_background_purge();
         }

@@ -578,7 +578,11 @@ unsafe fn free_by_address_slow(p: *mut u8) -> bool {
             Owner::Small(c) => free_small(c, p),
             Owner::Large(_) => BACKEND.free_large(p),
             Owner::Huge(_) => BACKEND.free_huge(p),
-            Owner::Foreign => return false,
+            Owner::Foreign => {
+                #[cfg(all(feature = "c-abi", not(feature = "checked")))]
+                crate::bad_free::report(crate::bad_free::Op::Free, p);
+                return false;
+            }
         }
     }
     true
@@ -630,7 +634,10 @@ unsafe fn realloc_by_address_uncounted(p: *mut u8, new_size: usize, align: usize
             }
             len
         }
-        Owner::Foreign => return ptr::null_mut(),
+        Owner::Foreign => {
+            crate::bad_free::report(crate::bad_free::Op::Realloc, p);
+            return ptr::null_mut();
+        }
     };
     let q = alloc_bytes(new_size, align, false);
     if !q.is_null() {

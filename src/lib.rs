@@ -76,6 +76,8 @@ pub mod internals {
     pub use crate::transfer::{BatchDesc, DescPool, NIL, TransferStack};
 }
 
+#[cfg(all(feature = "c-abi", not(feature = "checked"), not(strata_loom)))]
+mod bad_free;
 #[cfg(all(feature = "checked", not(strata_loom)))]
 mod checked;
 #[cfg(all(any(feature = "c-abi", feature = "checked"), not(strata_loom)))]

@@ -130,7 +130,12 @@ fn assert_aborts(action: &str, needles: &[&str]) {
 /// `bad action` under `LD_PRELOAD` of `lib` aborts with a report containing the
 /// announced pointer and every needle, and the follow-up never runs.
 fn assert_aborts_under(lib: &Path, action: &str, needles: &[&str]) {
-    let out = run(lib, bad(), &[action], &[]);
+    assert_aborts_with(lib, action, &[], needles);
+}
+
+/// `assert_aborts_under` with `env` set.
+fn assert_aborts_with(lib: &Path, action: &str, env: &[(&str, &str)], needles: &[&str]) {
+    let out = run(lib, bad(), &[action], env);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.signal(),
@@ -149,16 +154,57 @@ fn assert_aborts_under(lib: &Path, action: &str, needles: &[&str]) {
 
 /// Plain library: `bad action` survives; returns its `after:` line.
 fn plain(action: &str) -> String {
-    let out = run(plain_lib(), bad(), &[action], &[]);
+    plain_with(action, &[]).0
+}
+
+/// Plain library with `env`: `bad action` survives; returns its `after:` line, the
+/// pointer it announced and its stderr.
+fn plain_with(action: &str, env: &[(&str, &str)]) -> (String, String, String) {
+    let out = run(plain_lib(), bad(), &[action], env);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success(),
         "{action}: plain library: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    line_after(&stdout, "after: ")
+    let after = line_after(&stdout, "after: ")
         .unwrap_or_else(|| panic!("{action}: no follow-up:\n{stdout}"))
-        .to_string()
+        .to_string();
+    let ptr = line_after(&stdout, "ptr=").unwrap_or_default().to_string();
+    (after, ptr, stderr)
+}
+
+/// Plain library: what `STRATA_BAD_FREE` makes of `action`, a `free` or `realloc`
+/// of a pointer that is not a live block's start. `reported` says whether the
+/// default reports it (one `strata:` line naming the pointer and `what`); `warn`
+/// reports every kind, `ignore` none, `abort` aborts on every kind. Nothing is
+/// ever cached or read through (`returned_bad=0` or realloc's null).
+fn check_bad_free_modes(action: &str, op: &str, what: &str, reported: bool) {
+    let line = format!("strata: {op}(): invalid pointer ");
+    let (after, ptr, stderr) = plain_with(action, &[]);
+    assert!(!after.contains("returned_bad=1"), "{action}: {after}");
+    if reported {
+        let l = line_after(&stderr, "strata: ").unwrap_or_default();
+        assert!(
+            stderr.contains(&line) && l.contains(&ptr) && l.contains(what),
+            "{action}: default should report {ptr} ({what}):\n{stderr}"
+        );
+    } else {
+        assert!(!stderr.contains("strata:"), "{action}: default: {stderr}");
+    }
+    let (_, _, stderr) = plain_with(action, &[("STRATA_BAD_FREE", "warn")]);
+    assert!(
+        stderr.contains(&line) && stderr.contains(what),
+        "{action}: warn: {stderr}"
+    );
+    let (_, _, stderr) = plain_with(action, &[("STRATA_BAD_FREE", "ignore")]);
+    assert!(!stderr.contains("strata:"), "{action}: ignore: {stderr}");
+    assert_aborts_with(
+        plain_lib(),
+        action,
+        &[("STRATA_BAD_FREE", "abort")],
+        &[&format!("{op}(): invalid pointer"), what],
+    );
 }
 
 #[test]
@@ -184,6 +230,21 @@ fn free_of_pointers_strata_never_returned() {
         // Plain: ignored (the chunk map says it is not ours), never cached.
         assert!(plain(action).contains("returned_bad=0"), "{action}");
     }
+    // Plain: a free of the caller's own stack is certainly a bug and reported by
+    // default, from the main thread and from another; memory strata never mapped
+    // may be the loader's and is reported only when asked.
+    for action in ["free_stack", "free_stack_thread"] {
+        check_bad_free_modes(action, "free", "on the calling thread's stack", true);
+    }
+    for action in ["free_global", "free_mmap"] {
+        check_bad_free_modes(action, "free", "not from strata's heap", false);
+    }
+    check_bad_free_modes(
+        "realloc_foreign",
+        "realloc",
+        "on the calling thread's stack",
+        true,
+    );
 }
 
 #[test]
@@ -194,8 +255,10 @@ fn free_of_interior_and_misaligned_pointers() {
         ("free_large_interior", "offset 8192 in the block"),
     ] {
         assert_aborts(action, &["interior or misaligned pointer", off]);
-        // Plain: ignored (not on an object boundary / not a Large span's start).
+        // Plain: ignored (not on an object boundary / not a Large span's start),
+        // and reported: a pointer into the heap that starts no block is a bug.
         assert!(plain(action).contains("returned_bad=0"), "{action}");
+        check_bad_free_modes(action, "free", "inside strata's heap", true);
     }
     // An interior page of a Large block whose page-map entry is stale and names a
     // Small span elsewhere: the plain build's containment check rejects it too.

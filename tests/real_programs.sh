@@ -183,6 +183,12 @@ if [ -n "$NEW" ]; then
 else
     echo "CPython test suite: same result against glibc and under strata"
 fi
+# strata reports invalid free()/realloc() pointers on stderr by default (interior,
+# already freed, on the caller's stack); a correct program prints none.
+if grep -q 'strata: \(free\|realloc\)(): invalid pointer' "$WORK/py-strata.log"; then
+    mismatch "CPython under strata: invalid free()/realloc() reported:"
+    grep 'strata: \(free\|realloc\)(): invalid pointer' "$WORK/py-strata.log" | head -n 10 >&2
+fi
 # Both runs ran the same number of test cases.
 RUN_GLIBC=$(grep -oE '^Total tests: run=[0-9,]+' "$WORK/py-glibc.log" || true)
 RUN_STRATA=$(grep -oE '^Total tests: run=[0-9,]+' "$WORK/py-strata.log" || true)
@@ -303,6 +309,9 @@ if grep -q '^strata: heap statistics' "$WORK/sqlite-strata.err"; then
     sed 's/^/   /' "$WORK/sqlite-strata.err"
 else
     mismatch "no strata stats line from sqlite3 under LD_PRELOAD (strata not loaded?)"
+fi
+if grep -q 'strata: \(free\|realloc\)(): invalid pointer' "$WORK/sqlite-strata.err"; then
+    mismatch "sqlite3 under strata: invalid free()/realloc() reported"
 fi
 if grep -v '^strata: ' "$WORK/sqlite-strata.err" | grep -q .; then
     mismatch "sqlite3 wrote to stderr under strata:"

@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,18 @@ static void follow_up(size_t size, const void *bad) {
            (const void *)a == bad || (const void *)b == bad);
     fflush(stdout);
     exit(0);
+}
+
+/* free_stack_thread: a thread frees a buffer on its own stack. */
+static void *announced;
+static void *free_own_stack(void *arg) {
+    (void)arg;
+    char buf[64];
+    char *volatile p = buf;
+    announced = p;
+    announce(p);
+    free(p);
+    return NULL;
 }
 
 static char *must_malloc(size_t n) {
@@ -132,6 +145,12 @@ int main(int argc, char **argv) {
         announce(p);
         free(p);
         follow_up(64, p);
+    }
+    if (!strcmp(a, "free_stack_thread")) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, free_own_stack, NULL) != 0) return 2;
+        pthread_join(t, NULL);
+        follow_up(64, announced);
     }
     if (!strcmp(a, "free_global")) {
         char *volatile p = global_buf;

@@ -1,0 +1,192 @@
+//! What the plain C library does with a `free` or `realloc` of a pointer that is
+//! not the start of a live block of ours (the checked build aborts on all of them
+//! with its own report).
+//!
+//! Nothing is ever read through such a pointer and nothing is freed, so the heap
+//! stays intact whatever the mode; the mode only chooses whether the program hears
+//! of it. Kinds, from the address alone:
+//!
+//! - **inside strata's heap** (one of its chunks) but not a live block's start: an
+//!   interior or misaligned pointer, a header page, or a Large block freed twice.
+//!   Certainly a bug.
+//! - **on the calling thread's stack**. Certainly a bug.
+//! - **anything else**: memory strata never mapped. Under `LD_PRELOAD` that can be
+//!   legitimate (blocks the dynamic loader allocated before strata was in place are
+//!   freed through strata later), so it is quiet by default.
+//!
+//! `STRATA_BAD_FREE` chooses: unset, the first two kinds print one `strata:` line
+//! on stderr and the program goes on; `warn` prints for every kind; `abort` prints
+//! and aborts for every kind (as glibc's `free(): invalid pointer`); `ignore` is
+//! silent. At most [`MAX_WARNINGS`] lines are printed, then one saying that further
+//! ones are suppressed.
+
+use crate::global;
+use crate::report::Stderr;
+use core::ffi::{c_char, c_void};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
+/// Reports printed before the rest are suppressed.
+pub const MAX_WARNINGS: u32 = 10;
+
+const DEFAULT: u8 = 0;
+const WARN: u8 = 1;
+const ABORT: u8 = 2;
+const IGNORE: u8 = 3;
+
+/// The mode (`STRATA_BAD_FREE`), set once at load.
+static MODE: AtomicU8 = AtomicU8::new(DEFAULT);
+/// Reports printed so far.
+static WARNINGS: AtomicU32 = AtomicU32::new(0);
+
+/// The operation that met the bad pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Free,
+    Realloc,
+}
+
+/// Where a bad pointer points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    InHeap,
+    OnStack,
+    Foreign,
+}
+
+/// Reads `STRATA_BAD_FREE` (`warn`, `abort`, `ignore`); an unknown value is
+/// reported on stderr and leaves the default.
+pub fn configure(value: Option<&[u8]>) {
+    let Some(v) = value else { return };
+    let mode = match v {
+        b"warn" => WARN,
+        b"abort" => ABORT,
+        b"ignore" => IGNORE,
+        _ => {
+            let mut w = Stderr::new();
+            let _ = w.write_str("strata: STRATA_BAD_FREE must be warn, abort or ignore; got '");
+            let _ = w.write_str(core::str::from_utf8(v).unwrap_or("(not UTF-8)"));
+            let _ = w
+                .write_str("': using the default (report frees inside the heap or on the stack)\n");
+            w.flush();
+            return;
+        }
+    };
+    // Relaxed: a setting; read by `report` with nothing published alongside.
+    MODE.store(mode, Ordering::Relaxed);
+}
+
+/// `p` (not null) was given to `op` and is not the start of a live block of ours:
+/// reports it as the mode says, and aborts if it says so.
+#[cold]
+#[inline(never)]
+pub fn report(op: Op, p: *const u8) {
+    // Relaxed: a setting.
+    let mode = MODE.load(Ordering::Relaxed);
+    if mode == IGNORE {
+        return;
+    }
+    let kind = classify(p);
+    if mode == DEFAULT && kind == Kind::Foreign {
+        return;
+    }
+    let what = match kind {
+        Kind::InHeap => {
+            "inside strata's heap but not the start of a live block (interior, misaligned or already freed)"
+        }
+        Kind::OnStack => "on the calling thread's stack",
+        Kind::Foreign => "not from strata's heap",
+    };
+    let name = match op {
+        Op::Free => "free",
+        Op::Realloc => "realloc",
+    };
+    if mode == ABORT {
+        crate::report::die(format_args!(
+            "{name}(): invalid pointer {p:p}: {what} (STRATA_BAD_FREE=abort)"
+        ));
+    }
+    // Relaxed: a counter; nothing is published with it.
+    let n = WARNINGS.fetch_add(1, Ordering::Relaxed);
+    if n > MAX_WARNINGS {
+        return;
+    }
+    let mut w = Stderr::new();
+    if n == MAX_WARNINGS {
+        let _ = w.write_str("strata: further invalid free()/realloc() reports suppressed\n");
+    } else {
+        let _ = writeln!(
+            w,
+            "strata: {name}(): invalid pointer {p:p}: {what}; ignored (STRATA_BAD_FREE=abort|warn|ignore)"
+        );
+    }
+    w.flush();
+}
+
+fn classify(p: *const u8) -> Kind {
+    if global::BACKEND.page_heap.owns(p) {
+        Kind::InHeap
+    } else if on_own_stack(p as usize) {
+        Kind::OnStack
+    } else {
+        Kind::Foreign
+    }
+}
+
+unsafe extern "C" {
+    /// The top of the main thread's stack (the dynamic loader's, glibc >= 2.1).
+    static __libc_stack_end: *const c_void;
+}
+
+/// Whether `a` lies in the calling thread's stack: the main thread's from its top
+/// (`__libc_stack_end`) down by the stack limit; another thread's from
+/// `pthread_getattr_np`, which for a thread other than the main one reads its
+/// descriptor and does not allocate.
+fn on_own_stack(a: usize) -> bool {
+    // SAFETY: getpid and gettid have no preconditions.
+    let main = unsafe { libc::getpid() == libc::gettid() };
+    let (lo, hi) = if main {
+        // SAFETY: a plain read of the loader's exported variable.
+        let top = unsafe { __libc_stack_end } as usize;
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass.
+        let size = if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) } == 0
+            && rl.rlim_cur != libc::RLIM_INFINITY
+        {
+            rl.rlim_cur as usize
+        } else {
+            8 << 20
+        };
+        (top.saturating_sub(size), top)
+    } else {
+        let mut attr = core::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        // SAFETY: pthread_getattr_np initialises `attr` on success; on a thread that
+        // is not the main one it copies the stack bounds from the thread's
+        // descriptor (no allocation, no /proc read).
+        unsafe {
+            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+                return false;
+            }
+            let (mut addr, mut size) = (core::ptr::null_mut::<c_void>(), 0usize);
+            let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
+            libc::pthread_attr_destroy(attr.as_mut_ptr());
+            if !ok {
+                return false;
+            }
+            (addr as usize, addr as usize + size)
+        }
+    };
+    lo <= a && a < hi
+}
+
+/// `STRATA_BAD_FREE` from the environment block (for `ffi::configure`).
+///
+/// # Safety
+/// `envp` is null or a valid environment block.
+pub unsafe fn configure_from(envp: *const *const c_char) {
+    // SAFETY: forwarded contract.
+    configure(unsafe { crate::env::getenv_raw(envp, b"STRATA_BAD_FREE") });
+}
