@@ -336,6 +336,21 @@ impl HugeRegistry {
         })
     }
 
+    /// Keeps `[p, p+len)`, a whole mapping of ours that nothing names and that the
+    /// OS refused to unmap, in the cache if a slot is free and it is at most
+    /// `MAX_CACHED_BLOCK`, whatever the byte budget: better held (resident, reused
+    /// by a later request, unmapped again when it expires) than lost. False if it
+    /// does not fit.
+    pub fn keep_refused(&self, p: usize, len: usize, now_ms: u64) -> bool {
+        self.with(|h| {
+            if h.cached == CACHE_SLOTS || len > MAX_CACHED_BLOCK {
+                return false;
+            }
+            h.append(p, len, now_ms);
+            true
+        })
+    }
+
     /// Expires cached mappings freed more than `delay_ms` ago (the background purge
     /// thread's pass); they come back in `Evicted`.
     pub fn expire_cache(&self, now_ms: u64, delay_ms: u64) -> Evicted {
