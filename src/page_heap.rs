@@ -672,7 +672,11 @@ impl<O: Os> PageHeap<O> {
             if failures < max_failures && s.flags & SPAN_ZEROED == 0 && due(s) {
                 // SAFETY: a Free span's pages hold nothing anyone needs; the lock keeps
                 // it from being handed out while we purge (no purge/reuse race).
-                match unsafe { os.purge(s.base(), s.bytes()) } {
+                let r = unsafe { os.purge(s.base(), s.bytes()) };
+                // Mutant: the result dropped, as before OS calls reported failure.
+                #[cfg(strata_mutant = "purge_ignores_refusal")]
+                let r: Result<(), crate::os::OsError> = r.or(Ok(()));
+                match r {
                     Ok(()) => {
                         s.flags |= SPAN_ZEROED;
                         purged += s.bytes();
