@@ -24,7 +24,10 @@
 //! (a memset of resident pages costs less than faulting in fresh ones, and a cache
 //! that `calloc` never drew from would hold dead memory: +22 MiB of peak RSS in
 //! mstress); alignments above a page skip the cache. The cache lives under the registry's lock; its unmaps run after
-//! the lock is released ([`Evicted`]).
+//! the lock is released ([`Evicted`]). A mapping whose unmap the OS refuses (ENOMEM
+//! at `vm.max_map_count`) comes back into the cache if a slot is free, whatever the
+//! budget ([`HugeRegistry::keep_refused`]), to be reused or tried again when it
+//! expires; else its pages are purged and only its address range is lost.
 
 use crate::meta::MetaArena;
 use crate::os::Os;
