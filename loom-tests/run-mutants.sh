@@ -41,6 +41,7 @@ MUTANTS=(
     "coalesce_skips_unlink           coalescing      the left neighbour merged but left in its old bin"
     "coalesce_keeps_zeroed           purge           a dirty span merged into a purged one keeps 'known zero'"
     "purge_unlocked                  purge           the purge pass after the page-heap lock is dropped"
+    "purge_ignores_refusal           purge           a purge the OS refused still flags its span known-zero"
     "retire_pools_before_flush       thread_exit     an exiting thread's heap pooled before its cache is flushed"
     "huge_remap_unlocked             huge_blocks     a huge block remapped outside the registry lock (the bug loom found)"
     "span_release_keeps_class        span_release    a released Small span's pages keep their class in the page entries"

@@ -345,9 +345,8 @@ impl<O: Os> Backend<O> {
             self.page_heap.note_extra_resident(len as isize);
         }
         if !self.huge.insert(self.os(), &self.meta, p, got) {
-            // SAFETY: the mapping was never handed out.
-            unsafe { self.os().unmap(p, got) };
-            self.page_heap.note_extra_resident(-(got as isize));
+            // SAFETY: the mapping was never handed out; nothing else names it.
+            unsafe { self.unmap_huge(p, got) };
             return ptr::null_mut();
         }
         Counters::bump(&self.counters.huge_allocs);
@@ -368,7 +367,7 @@ impl<O: Os> Backend<O> {
     /// pages a block when tails were unmapped and 492 when kept, for 10 % more peak
     /// resident memory.
     fn take_cached_huge(&self, len: usize) -> (*mut u8, usize, usize) {
-        let now = self.os().now_ms();
+        let now = self.page_heap.now_ms();
         let (got, ev) = self
             .huge
             .take_cached(len, now, self.page_heap.purge_delay_ms());
@@ -394,8 +393,7 @@ impl<O: Os> Backend<O> {
             let budget = self.huge_cache_budget.load(Ordering::Relaxed);
             if tail < HUGE_THRESHOLD || !self.huge.keep_tail(t, tail, now, budget) {
                 // SAFETY: the tail is a whole mapping now, ours alone.
-                unsafe { self.os().unmap(t as *mut u8, tail) };
-                self.page_heap.note_extra_resident(-(tail as isize));
+                unsafe { self.unmap_huge(t as *mut u8, tail) };
             }
             return (q, len, len);
         }
@@ -403,8 +401,7 @@ impl<O: Os> Backend<O> {
         let r = unsafe { self.os().remap(q, qlen, len) };
         if r.is_null() {
             // SAFETY: as above; nothing else names it.
-            unsafe { self.os().unmap(q, qlen) };
-            self.page_heap.note_extra_resident(-(qlen as isize));
+            unsafe { self.unmap_huge(q, qlen) };
             return (ptr::null_mut(), len, 0);
         }
         self.page_heap
@@ -412,16 +409,47 @@ impl<O: Os> Backend<O> {
         (r, len, qlen.min(len))
     }
 
-    /// Unmaps what the huge cache let go.
+    /// Unmaps what the huge cache let go; returns the bytes unmapped.
     fn unmap_evicted(&self, ev: &Evicted) -> usize {
         let mut bytes = 0;
         for (p, len) in ev.iter() {
             // SAFETY: an evicted mapping is whole, ours, and named by nothing.
-            unsafe { self.os().unmap(p as *mut u8, len) };
-            self.page_heap.note_extra_resident(-(len as isize));
-            bytes += len;
+            if unsafe { self.unmap_huge(p as *mut u8, len) } {
+                bytes += len;
+            }
         }
         bytes
+    }
+
+    /// Unmaps a huge mapping that nothing names; true if the OS took it back.
+    ///
+    /// If the OS refuses (`ENOMEM` at `vm.max_map_count`), the mapping is still ours
+    /// and still resident: it goes back into the huge cache (dirty, like any cached
+    /// mapping, so a zeroed request clears it) if a slot is free, to be reused or to
+    /// expire and be unmapped again after the delay. If the cache has no room, its
+    /// pages are purged, so that at worst the address range is lost, not the memory
+    /// (and if that fails too, both are: there is nothing left to ask the OS).
+    ///
+    /// # Safety
+    /// `[p, p+len)` is a whole mapping of ours (registry, cache or fresh) that nothing
+    /// names and nobody uses.
+    unsafe fn unmap_huge(&self, p: *mut u8, len: usize) -> bool {
+        // SAFETY: per the contract.
+        if unsafe { self.os().unmap(p, len) }.is_ok() {
+            self.page_heap.note_extra_resident(-(len as isize));
+            return true;
+        }
+        if self
+            .huge
+            .keep_refused(p as usize, len, self.page_heap.now_ms())
+        {
+            return false;
+        }
+        // SAFETY: the mapping is live and its contents are dead (per the contract).
+        if unsafe { self.os().purge(p, len) }.is_ok() {
+            self.page_heap.note_extra_resident(-(len as isize));
+        }
+        false
     }
 
     /// Frees a block from `alloc_huge`: into the cache of freed huge mappings if it
@@ -432,7 +460,7 @@ impl<O: Os> Backend<O> {
     pub unsafe fn free_huge(&self, p: *mut u8) {
         let (len, ev) = self.huge.retire(
             p,
-            self.os().now_ms(),
+            self.page_heap.now_ms(),
             self.page_heap.purge_delay_ms(),
             self.huge_cache_budget.load(Ordering::Relaxed),
         );
@@ -598,7 +626,7 @@ impl<O: Os> Backend<O> {
     /// huge operations, for the background purge thread to do while the program is
     /// idle. Returns the bytes purged or unmapped.
     pub fn purge_due(&self) -> usize {
-        let (now, delay) = (self.os().now_ms(), self.page_heap.purge_delay_ms());
+        let (now, delay) = (self.page_heap.now_ms(), self.page_heap.purge_delay_ms());
         self.unmap_evicted(&self.huge.expire_cache(now, delay)) + self.page_heap.purge_due()
     }
 
@@ -703,3 +731,6 @@ impl<O: Os> Backend<O> {
         unsafe { self.central.validate_locked(&small) }
     }
 }
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests;

@@ -24,7 +24,10 @@
 //! (a memset of resident pages costs less than faulting in fresh ones, and a cache
 //! that `calloc` never drew from would hold dead memory: +22 MiB of peak RSS in
 //! mstress); alignments above a page skip the cache. The cache lives under the registry's lock; its unmaps run after
-//! the lock is released ([`Evicted`]).
+//! the lock is released ([`Evicted`]). A mapping whose unmap the OS refuses (ENOMEM
+//! at `vm.max_map_count`) comes back into the cache if a slot is free, whatever the
+//! budget ([`HugeRegistry::keep_refused`]), to be reused or tried again when it
+//! expires; else its pages are purged and only its address range is lost.
 
 use crate::meta::MetaArena;
 use crate::os::Os;
@@ -329,6 +332,21 @@ impl HugeRegistry {
     pub fn keep_tail(&self, p: usize, len: usize, now_ms: u64, budget: usize) -> bool {
         self.with(|h| {
             if h.cached == CACHE_SLOTS || h.cached_bytes + len > budget || len > MAX_CACHED_BLOCK {
+                return false;
+            }
+            h.append(p, len, now_ms);
+            true
+        })
+    }
+
+    /// Keeps `[p, p+len)`, a whole mapping of ours that nothing names and that the
+    /// OS refused to unmap, in the cache if a slot is free and it is at most
+    /// `MAX_CACHED_BLOCK`, whatever the byte budget: better held (resident, reused
+    /// by a later request, unmapped again when it expires) than lost. False if it
+    /// does not fit.
+    pub fn keep_refused(&self, p: usize, len: usize, now_ms: u64) -> bool {
+        self.with(|h| {
+            if h.cached == CACHE_SLOTS || len > MAX_CACHED_BLOCK {
                 return false;
             }
             h.append(p, len, now_ms);

@@ -69,7 +69,7 @@ pub mod internals {
     pub use crate::huge::HugeRegistry;
     pub use crate::link::FreeObj;
     pub use crate::meta::MetaArena;
-    pub use crate::os::{OS_PAGE, Os, SysOs};
+    pub use crate::os::{OS_PAGE, Os, OsError, SysOs};
     pub use crate::page_heap::{CHUNK_RESERVE, DEFAULT_PURGE_DELAY_MS, PageHeap, PageHeapStats};
     pub use crate::size_class::*;
     pub use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};

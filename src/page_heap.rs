@@ -16,7 +16,7 @@ use crate::chunk::{
     CHUNK_MAGIC, ChunkHeader, ChunkMap, HEADER_PAGES, SPAN_LISTED, SPAN_ZEROED, Span, SpanKind,
     USABLE_PAGES,
 };
-use crate::os::Os;
+use crate::os::{Os, OsError};
 use crate::size_class::{CHUNK_SIZE, NO_CLASS, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
 use crate::sync::{AtomicU64, AtomicUsize, Ordering, RawLock, UnsafeCell};
 use core::ptr;
@@ -30,6 +30,8 @@ pub const CHUNK_RESERVE: usize = 1;
 pub const MAX_FREE_CHUNKS: usize = 8;
 /// Default delay before a free span's pages are returned with `MADV_DONTNEED`.
 pub const DEFAULT_PURGE_DELAY_MS: u64 = 1000;
+/// Purges the OS may refuse in one pass before the pass gives up (see `purge_where`).
+pub const PURGE_FAILURES_PER_PASS: usize = 2;
 
 const BINS: usize = USABLE_PAGES + 1;
 const BIN_WORDS: usize = BINS.div_ceil(64);
@@ -49,6 +51,10 @@ pub struct PageHeapStats {
     pub purged_bytes_total: u64,
     /// Bytes of chunks unmapped, ever.
     pub unmapped_bytes_total: u64,
+    /// Purges the OS refused, ever (their spans stayed dirty).
+    pub purge_failures: u64,
+    /// Chunk unmaps the OS refused, ever (their chunks stayed mapped and filed).
+    pub unmap_failures: u64,
 }
 
 /// The page heap.
@@ -59,7 +65,8 @@ pub struct PageHeapStats {
 /// 2. `free_pages` is the sum of the sizes of all free spans; `free_chunks` counts the
 ///    chunks whose usable pages form one free span, at most `MAX_FREE_CHUNKS` (those
 ///    beyond `CHUNK_RESERVE` are unmapped by the purge pass once free for longer than
-///    the delay);
+///    the delay) unless the OS has refused an unmap (`unmap_failures > 0`): a chunk
+///    it refused stays filed as wholly free, over the bound, until a pass unmaps it;
 /// 3. every mapped chunk is in the chunk list and in the chunk map.
 /// 4. `zeroed_pages` is the sum of the sizes of the binned spans with `SPAN_ZEROED`,
 ///    so `nchunks × CHUNK_SIZE - zeroed_pages × PAGE_SIZE` bounds the resident bytes.
@@ -91,6 +98,8 @@ struct Inner {
     last_purge_ms: u64,
     purged_total: u64,
     unmapped_total: u64,
+    purge_failures: u64,
+    unmap_failures: u64,
 }
 
 // SAFETY: `inner` and every span and chunk header it reaches are only touched with
@@ -116,6 +125,8 @@ impl<O: Os> PageHeap<O> {
                     last_purge_ms: 0,
                     purged_total: 0,
                     unmapped_total: 0,
+                    purge_failures: 0,
+                    unmap_failures: 0,
                 }),
                 os,
                 chunk_map: ChunkMap::new(),
@@ -131,6 +142,16 @@ impl<O: Os> PageHeap<O> {
     #[inline]
     pub fn os(&self) -> &O {
         &self.os
+    }
+
+    /// The OS clock, for purge delays and the huge cache's ages. If it cannot be
+    /// read, `u64::MAX`: every delay counts as over, so free memory goes back at once
+    /// (as with a zero delay) rather than never. (A clock that fails and then works
+    /// again leaves the spans freed meanwhile to `release_memory`, or to their next
+    /// coalescing, which restamps them.)
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.os.now_ms().unwrap_or(u64::MAX)
     }
 
     /// Whether `p` lies in one of this heap's chunks (never reads through `p`).
@@ -258,7 +279,7 @@ impl<O: Os> PageHeap<O> {
     /// # Safety
     /// `span` came from `alloc_span` of this heap and is no longer used by anyone.
     pub unsafe fn free_span(&self, span: *mut Span) {
-        let now = self.os.now_ms();
+        let now = self.now_ms();
         self.with_inner_to_free(|h| {
             // SAFETY: the caller gives up the span; we hold the lock.
             unsafe { self.free_locked(h, span, now) };
@@ -336,7 +357,7 @@ impl<O: Os> PageHeap<O> {
     /// `span` is a live Large span of this heap owned by the caller, and nothing
     /// beyond its first `npages` pages is in use.
     pub unsafe fn shrink_in_place(&self, span: *mut Span, npages: usize) {
-        let now = self.os.now_ms();
+        let now = self.now_ms();
         self.with_inner(|h| {
             // SAFETY: the caller owns the span and gives up its tail.
             unsafe {
@@ -359,8 +380,8 @@ impl<O: Os> PageHeap<O> {
         self.with_inner(|h| {
             // Wholly free chunks first (no reserve), then every other free span.
             let mut released = self.unmap_free_chunks(h, 0, |_| true);
-            debug_assert_eq!(h.free_chunks, 0);
-            released += self.purge_where(h, |_| true);
+            debug_assert!(h.free_chunks == 0 || h.unmap_failures > 0);
+            released += self.purge_where(h, usize::MAX, |_| true);
             self.note_resident(h);
             released
         })
@@ -382,6 +403,8 @@ impl<O: Os> PageHeap<O> {
                 free_zeroed_bytes: zeroed,
                 purged_bytes_total: h.purged_total,
                 unmapped_bytes_total: h.unmapped_total,
+                purge_failures: h.purge_failures,
+                unmap_failures: h.unmap_failures,
             }
         })
     }
@@ -444,7 +467,7 @@ impl<O: Os> PageHeap<O> {
             (*span).flags = SPAN_ZEROED;
             // Free from now, not since the clock's start: the purge pass must not
             // unmap it before the request that mapped it is served.
-            (*span).free_since_ms = self.os.now_ms();
+            (*span).free_since_ms = self.now_ms();
             (*span).set_kind(SpanKind::Free);
             bin_insert(h, span);
         }
@@ -514,8 +537,10 @@ impl<O: Os> PageHeap<O> {
             if (*span).npages as usize == USABLE_PAGES {
                 // Kept mapped for now (`maybe_purge` unmaps it after the delay if it
                 // is beyond the reserve), unless that many are kept already.
-                if h.free_chunks >= MAX_FREE_CHUNKS {
-                    self.unmap_chunk(h, chunk);
+                // If the unmap fails the chunk stays ours, filed like any other
+                // wholly free chunk (one more than the bound of invariant 2 may then
+                // be kept until a purge pass unmaps it).
+                if h.free_chunks >= MAX_FREE_CHUNKS && self.unmap_chunk(h, chunk).is_ok() {
                     return;
                 }
                 h.free_chunks += 1;
@@ -524,30 +549,41 @@ impl<O: Os> PageHeap<O> {
         }
     }
 
-    /// Unmaps a wholly free chunk whose span is not in any bin.
+    /// Unmaps a wholly free chunk whose span is not in any bin; returns the bytes
+    /// unmapped. If the OS refuses, the chunk is left as it was (mapped, listed, in
+    /// the chunk map, counted) for the caller to file its span again.
     ///
     /// # Safety
     /// Lock held; every usable page of `chunk` is in one free span, not binned.
-    unsafe fn unmap_chunk(&self, h: &mut Inner, chunk: *mut ChunkHeader) -> usize {
-        // SAFETY: per the contract nothing in the chunk is in use or referenced.
+    unsafe fn unmap_chunk(&self, h: &mut Inner, chunk: *mut ChunkHeader) -> Result<usize, OsError> {
+        // SAFETY: per the contract nothing in the chunk is in use or referenced; the
+        // header is read before the unmap and written only if the unmap failed.
         unsafe {
-            let c = &mut *chunk;
-            if c.prev.is_null() {
-                h.chunks = c.next;
-            } else {
-                (*c.prev).next = c.next;
+            let (prev, next) = ((*chunk).prev, (*chunk).next);
+            // Out of the chunk map before the pages go: a lookup that finds the bit
+            // reads the header (a wholly free chunk has no block anyone may free).
+            self.chunk_map.clear(chunk as usize);
+            (*chunk).magic = 0;
+            if let Err(e) = self.os.unmap(chunk.cast(), CHUNK_SIZE) {
+                (*chunk).magic = CHUNK_MAGIC;
+                self.chunk_map.set(chunk as usize);
+                h.unmap_failures += 1;
+                return Err(e);
             }
-            if !c.next.is_null() {
-                (*c.next).prev = c.prev;
+            // Unlinked through the neighbours only: the chunk's own header is gone.
+            if prev.is_null() {
+                h.chunks = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
             }
             h.nchunks -= 1;
             h.free_pages -= USABLE_PAGES;
             h.unmapped_total += CHUNK_SIZE as u64;
-            self.chunk_map.clear(chunk as usize);
-            c.magic = 0;
-            self.os.unmap(chunk.cast(), CHUNK_SIZE);
         }
-        CHUNK_SIZE
+        Ok(CHUNK_SIZE)
     }
 
     /// Purges spans free for longer than the delay; at most every half delay.
@@ -562,7 +598,7 @@ impl<O: Os> PageHeap<O> {
     /// free for longer than the delay (`maybe_purge` without its rate limit: the
     /// background purge thread's pass). Returns the bytes unmapped or purged.
     pub fn purge_due(&self) -> usize {
-        let now = self.os.now_ms();
+        let now = self.now_ms();
         self.with_inner(|h| {
             let released = self.purge_due_locked(h, now);
             self.note_resident(h);
@@ -573,13 +609,19 @@ impl<O: Os> PageHeap<O> {
     /// The purge pass: chunks and spans free since `now - delay` or earlier.
     fn purge_due_locked(&self, h: &mut Inner, now: u64) -> usize {
         let delay = self.purge_delay_ms();
-        h.last_purge_ms = now;
+        // An unreadable clock (`now_ms`) must not stop later passes for good.
+        if now != u64::MAX {
+            h.last_purge_ms = now;
+        }
         let due = |s: &Span| now >= s.free_since_ms.saturating_add(delay);
-        self.unmap_free_chunks(h, CHUNK_RESERVE, due) + self.purge_where(h, due)
+        self.unmap_free_chunks(h, CHUNK_RESERVE, due)
+            + self.purge_where(h, PURGE_FAILURES_PER_PASS, due)
     }
 
     /// Unmaps wholly free chunks for which `due` holds, while more than `keep` are
-    /// free. Returns the bytes unmapped.
+    /// free. Returns the bytes unmapped. The first unmap the OS refuses ends the pass
+    /// (the next one tries again): its chunk stays filed as it was, and the purge
+    /// that follows in every pass at least returns its pages.
     fn unmap_free_chunks(&self, h: &mut Inner, keep: usize, due: impl Fn(&Span) -> bool) -> usize {
         let mut unmapped = 0;
         // Wholly free chunks are the spans of the top bin.
@@ -591,8 +633,16 @@ impl<O: Os> PageHeap<O> {
                 let next = (*span).next;
                 if due(&*span) {
                     bin_remove(h, span);
-                    h.free_chunks -= 1;
-                    unmapped += self.unmap_chunk(h, (*span).chunk());
+                    match self.unmap_chunk(h, (*span).chunk()) {
+                        Ok(bytes) => {
+                            h.free_chunks -= 1;
+                            unmapped += bytes;
+                        }
+                        Err(_) => {
+                            bin_insert(h, span);
+                            break;
+                        }
+                    }
                 }
                 span = next;
             }
@@ -600,20 +650,46 @@ impl<O: Os> PageHeap<O> {
         unmapped
     }
 
-    /// Purges every dirty free span for which `due` holds.
-    fn purge_where(&self, h: &mut Inner, mut due: impl FnMut(&Span) -> bool) -> usize {
+    /// Purges every dirty free span for which `due` holds; returns the bytes purged.
+    ///
+    /// Only a purge the OS confirms marks a span zeroed and counts: a failed one
+    /// leaves its span dirty (so `alloc_zeroed` clears it) and restamps it as freed
+    /// now, so that the purge passes retry it after another delay rather than at
+    /// each pass. After `max_failures` failures the pass stops: a failure such as
+    /// `EINVAL` under `mlockall` repeats for every span, and the delayed passes
+    /// (given [`PURGE_FAILURES_PER_PASS`]) run at frees, under the lock;
+    /// `release_memory` tries every span once.
+    fn purge_where(
+        &self,
+        h: &mut Inner,
+        max_failures: usize,
+        mut due: impl FnMut(&Span) -> bool,
+    ) -> usize {
         let mut purged = 0;
+        let mut failures = 0;
         let os = &self.os;
         for_each_free_span(h, |s| {
-            if s.flags & SPAN_ZEROED == 0 && due(s) {
+            if failures < max_failures && s.flags & SPAN_ZEROED == 0 && due(s) {
                 // SAFETY: a Free span's pages hold nothing anyone needs; the lock keeps
                 // it from being handed out while we purge (no purge/reuse race).
-                unsafe { os.purge(s.base(), s.bytes()) };
-                s.flags |= SPAN_ZEROED;
-                purged += s.bytes();
+                let r = unsafe { os.purge(s.base(), s.bytes()) };
+                // Mutant: the result dropped, as before OS calls reported failure.
+                #[cfg(strata_mutant = "purge_ignores_refusal")]
+                let r: Result<(), crate::os::OsError> = r.or(Ok(()));
+                match r {
+                    Ok(()) => {
+                        s.flags |= SPAN_ZEROED;
+                        purged += s.bytes();
+                    }
+                    Err(_) => {
+                        s.free_since_ms = self.now_ms();
+                        failures += 1;
+                    }
+                }
             }
         });
         h.purged_total += purged as u64;
+        h.purge_failures += failures as u64;
         // The purged spans stay binned, now zeroed (invariant 4).
         h.zeroed_pages += purged / PAGE_SIZE;
         if purged > 0 {

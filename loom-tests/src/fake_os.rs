@@ -10,6 +10,10 @@
 //! happens to reuse the address. Unmapped memory is scribbled over (0xDD) until it
 //! is reused, as a stale reader would find garbage or a new owner's data.
 //!
+//! A model can make it refuse purges and unmaps (`refuse_purges`, `refuse_unmaps`), as
+//! Linux does under `mlockall` (`madvise` fails with EINVAL) or at `vm.max_map_count`
+//! (`munmap` fails with ENOMEM): a refused call changes nothing.
+//!
 //! Its bookkeeping uses `std` locks and atomics on purpose: loom runs a model's
 //! threads one at a time on one OS thread, so they are safe here, and being invisible
 //! to loom they add no interleavings and no happens-before edges (a real `mmap`
@@ -18,7 +22,11 @@
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use strata::internals::{CHUNK_SIZE, OS_PAGE, Os, PAGE_SIZE};
+use strata::internals::{CHUNK_SIZE, OS_PAGE, Os, OsError, PAGE_SIZE};
+
+/// The Linux errno values a refused call reports.
+const ENOMEM: i32 = 12;
+const EINVAL: i32 = 22;
 
 #[derive(Clone, Copy, Debug)]
 struct Mapping {
@@ -46,6 +54,9 @@ pub struct FakeOs {
     state: Mutex<State>,
     now_ms: AtomicU64,
     last_chunk: AtomicUsize,
+    /// Purges and unmaps still to refuse (`usize::MAX`: all).
+    refuse_purges: AtomicUsize,
+    refuse_unmaps: AtomicUsize,
 }
 
 impl FakeOs {
@@ -62,6 +73,27 @@ impl FakeOs {
     /// Sets the clock `now_ms` returns.
     pub fn set_now_ms(&self, ms: u64) {
         self.now_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Refuses the next `n` purges (`usize::MAX`: all of them; 0: none).
+    pub fn refuse_purges(&self, n: usize) {
+        self.refuse_purges.store(n, Ordering::Relaxed);
+    }
+
+    /// Refuses the next `n` unmaps (`usize::MAX`: all of them; 0: none).
+    pub fn refuse_unmaps(&self, n: usize) {
+        self.refuse_unmaps.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether to refuse this call, counting it.
+    fn refuse(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
+                0 => None,
+                usize::MAX => Some(n),
+                _ => Some(n - 1),
+            })
+            .is_ok()
     }
 
     /// Bytes currently mapped (all kinds).
@@ -82,7 +114,7 @@ impl FakeOs {
         (s.mapped_total, s.unmapped_total)
     }
 
-    /// Every range purged so far, in order.
+    /// Every range purged so far, in order (refused purges are not in it).
     pub fn purged(&self) -> Vec<(usize, usize)> {
         self.state().purged.clone()
     }
@@ -109,6 +141,20 @@ impl FakeOs {
         i
     }
 
+    /// Unmaps the whole mapping `[p, p+size)` (never refused: `unmap` and `remap`).
+    ///
+    /// # Safety
+    /// `[p, p+size)` is a whole live mapping that no one uses any more.
+    unsafe fn take_back(&self, p: *mut u8, size: usize) {
+        let mut s = self.state();
+        let i = Self::whole(&s, p, size, "unmap");
+        s.live.swap_remove(i);
+        s.unmapped_total += size;
+        // SAFETY: the range was mapped and is ours again.
+        unsafe { core::ptr::write_bytes(p, 0xDD, size) };
+        s.unmapped.push((p as usize, size));
+    }
+
     fn find(s: &State, p: usize) -> Option<usize> {
         s.live
             .iter()
@@ -124,7 +170,8 @@ fn is_chunk(m: &Mapping) -> bool {
 // the heap, or an unmapped range zero-filled again) that no one else uses until
 // `unmap` takes it back; `purge` zero-fills in place (the range stays valid and
 // reads as zeros); `remap` copies into a new mapping and unmaps the old one only on
-// success.
+// success (an unmap it cannot do then is forced: the copy is what strata keeps); a
+// refused `unmap` or `purge` returns Err and changes nothing.
 unsafe impl Os for FakeOs {
     fn map(&self, size: usize, align: usize) -> *mut u8 {
         assert!(
@@ -171,17 +218,17 @@ unsafe impl Os for FakeOs {
         base as *mut u8
     }
 
-    unsafe fn unmap(&self, p: *mut u8, size: usize) {
-        let mut s = self.state();
-        let i = Self::whole(&s, p, size, "unmap");
-        s.live.swap_remove(i);
-        s.unmapped_total += size;
-        // SAFETY: the range was mapped and is ours again.
-        unsafe { core::ptr::write_bytes(p, 0xDD, size) };
-        s.unmapped.push((p as usize, size));
+    unsafe fn unmap(&self, p: *mut u8, size: usize) -> Result<(), OsError> {
+        if Self::refuse(&self.refuse_unmaps) {
+            Self::whole(&self.state(), p, size, "unmap");
+            return Err(OsError(ENOMEM));
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.take_back(p, size) };
+        Ok(())
     }
 
-    unsafe fn purge(&self, p: *mut u8, size: usize) {
+    unsafe fn purge(&self, p: *mut u8, size: usize) -> Result<(), OsError> {
         let mut s = self.state();
         let i = Self::find(&s, p as usize).expect("purge outside any mapping");
         let m = s.live[i];
@@ -194,10 +241,14 @@ unsafe impl Os for FakeOs {
                 && p as usize + size <= m.base + m.size,
             "purge of [{p:p}, +{size}) not page aligned or beyond its mapping"
         );
+        if Self::refuse(&self.refuse_purges) {
+            return Err(OsError(EINVAL));
+        }
         s.purged.push((p as usize, size));
         drop(s);
         // SAFETY: the range lies in a live mapping (checked above).
         unsafe { core::ptr::write_bytes(p, 0, size) };
+        Ok(())
     }
 
     unsafe fn remap(&self, p: *mut u8, old: usize, new: usize) -> *mut u8 {
@@ -209,7 +260,7 @@ unsafe impl Os for FakeOs {
         // whole mapping (the caller's contract), unmapped only after the copy.
         unsafe {
             core::ptr::copy_nonoverlapping(p, q, old.min(new));
-            self.unmap(p, old);
+            self.take_back(p, old);
         }
         q
     }
@@ -229,8 +280,8 @@ unsafe impl Os for FakeOs {
         });
     }
 
-    fn now_ms(&self) -> u64 {
-        self.now_ms.load(Ordering::Relaxed)
+    fn now_ms(&self) -> Result<u64, OsError> {
+        Ok(self.now_ms.load(Ordering::Relaxed))
     }
 }
 

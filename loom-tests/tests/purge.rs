@@ -104,3 +104,72 @@ fn purge_racing_reuse_never_purges_memory_in_use_and_zero_claims_hold() {
         assert_all_returned(&be);
     });
 }
+
+/// The OS refuses every purge (as under `mlockall`) and then every unmap (as at
+/// `vm.max_map_count`): a span whose purge was refused stays dirty, so a zeroed
+/// allocation racing the refused pass still reads zeros, and a chunk whose unmap
+/// was refused stays mapped and filed, to go back once the OS takes it.
+#[test]
+fn refused_purges_and_unmaps_claim_nothing_and_lose_nothing() {
+    model(|| {
+        let be = Arc::new(Backend::new(FakeOs::new()));
+        let os = be.page_heap.os();
+        be.page_heap.set_purge_delay_ms(DELAY_MS);
+        os.refuse_purges(usize::MAX);
+        // Layout: a a | g | w | rest (fresh, zero).
+        let a = alloc_pages(&be, 2, false);
+        let g = alloc_pages(&be, 1, false);
+        let w = alloc_pages(&be, 1, false);
+        // SAFETY: all ours.
+        unsafe {
+            for (p, n) in [(a, 2), (g, 1), (w, 1)] {
+                fill(p, n * PAGE_SIZE, 0xAB);
+            }
+        }
+        free(&be, a); // t = 0: a is free and dirty
+        os.set_now_ms(2 * DELAY_MS);
+        let freer = {
+            let be = be.clone();
+            // t = 20: w merges with the rest; the pass tries to purge a (due, kept
+            // apart by g) and is refused.
+            thread::spawn(move || free(&be, w))
+        };
+        let taker = {
+            let be = be.clone();
+            thread::spawn(move || {
+                let p = alloc_pages(&be, 2, true);
+                // SAFETY: a block just given to us.
+                let zero = unsafe { all_bytes(p, 2 * PAGE_SIZE, 0) };
+                assert!(
+                    zero,
+                    "a zeroed allocation after a refused purge is not zero"
+                );
+                p
+            })
+        };
+        freer.join().unwrap();
+        let p = taker.join().unwrap();
+        assert!(os.purged().is_empty());
+        assert_zero_claims_hold(&be);
+        if let Err(v) = be.validate() {
+            panic!("{v}");
+        }
+        free(&be, g);
+        free(&be, p);
+        os.refuse_unmaps(usize::MAX);
+        be.release_shared();
+        assert_eq!(
+            os.live_chunks(),
+            1,
+            "a chunk whose unmap was refused is gone"
+        );
+        assert_zero_claims_hold(&be);
+        if let Err(v) = be.validate() {
+            panic!("{v}");
+        }
+        os.refuse_purges(0);
+        os.refuse_unmaps(0);
+        be.release_shared();
+        assert_all_returned(&be);
+    });
+}

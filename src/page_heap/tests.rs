@@ -1,9 +1,12 @@
-//! Unit tests of the page heap (real mappings, `SysOs`).
+//! Unit tests of the page heap (real mappings, `SysOs`, or `FlakyOs` where the OS
+//! refuses purges and unmaps).
 
 use super::*;
 use crate::os::SysOs;
+use crate::os::flaky::FlakyOs;
+use core::sync::atomic::Ordering::Relaxed;
 
-fn large(ph: &PageHeap<SysOs>, npages: usize) -> *mut Span {
+fn large<O: Os>(ph: &PageHeap<O>, npages: usize) -> *mut Span {
     let s = ph.alloc_span(npages, 1, SpanKind::Large, SizeClass(0));
     assert!(!s.is_null());
     s
@@ -237,4 +240,140 @@ fn the_chunk_map_knows_our_chunks_and_nothing_else() {
     assert!(!ph.owns(&on_stack as *const u64 as *const u8));
     assert!(!ph.owns(core::ptr::null()));
     assert!(!ph.owns(usize::MAX as *const u8));
+}
+
+#[test]
+fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
+    let ph = PageHeap::new(FlakyOs::default());
+    let s = large(&ph, 4);
+    let fence = large(&ph, 1);
+    // SAFETY: spans of ours, dirtied, freed once each.
+    unsafe {
+        let base = (*s).base();
+        core::ptr::write_bytes(base, 0xAB, 4 * PAGE_SIZE);
+        ph.free_span(s);
+        let before = ph.stats();
+        ph.os().refuse_purges(true);
+        assert_eq!(ph.release_all(), 0, "nothing was released");
+        let after = ph.stats();
+        assert_eq!(after.purged_bytes_total, before.purged_bytes_total);
+        assert_eq!(after.free_zeroed_bytes, before.free_zeroed_bytes);
+        assert_eq!(after.purge_failures, before.purge_failures + 1);
+        ph.validate().unwrap();
+        let again = large(&ph, 4);
+        assert_eq!((*again).base(), base);
+        assert_eq!(
+            (*again).flags & SPAN_ZEROED,
+            0,
+            "a refused purge marked its span zeroed"
+        );
+        let bytes = core::slice::from_raw_parts(base, 4 * PAGE_SIZE);
+        assert!(
+            bytes.iter().all(|&b| b == 0xAB),
+            "the refused purge left the data"
+        );
+        ph.free_span(again);
+        // Once the OS takes it, the same span is purged and known zero.
+        ph.os().refuse_purges(false);
+        assert_eq!(ph.release_all(), 4 * PAGE_SIZE);
+        let again = large(&ph, 4);
+        assert!((*again).flags & SPAN_ZEROED != 0);
+        ph.free_span(again);
+        ph.free_span(fence);
+    }
+    ph.validate().unwrap();
+}
+
+#[test]
+fn a_purge_pass_gives_up_after_a_few_refusals_and_release_all_tries_each_span_once() {
+    let ph = PageHeap::new(FlakyOs::default());
+    ph.set_purge_delay_ms(0);
+    ph.os().refuse_purges(true);
+    let pairs: Vec<_> = (0..6).map(|_| (large(&ph, 2), large(&ph, 1))).collect();
+    for &(s, _) in &pairs {
+        // SAFETY: a live span, freed once; the fence after it stays.
+        unsafe { ph.free_span(s) };
+    }
+    ph.validate().unwrap();
+    ph.os().purge_calls.store(0, Relaxed);
+    assert_eq!(ph.purge_due(), 0);
+    assert_eq!(ph.os().purge_calls.load(Relaxed), PURGE_FAILURES_PER_PASS);
+    ph.os().purge_calls.store(0, Relaxed);
+    assert_eq!(ph.release_all(), 0);
+    assert_eq!(ph.os().purge_calls.load(Relaxed), 6);
+    let st = ph.stats();
+    assert_eq!(
+        (st.purged_bytes_total, st.free_zeroed_bytes),
+        (0, st.free_bytes - 12 * PAGE_SIZE)
+    );
+    ph.validate().unwrap();
+    ph.os().refuse_purges(false);
+    assert_eq!(ph.release_all(), 12 * PAGE_SIZE);
+    assert_eq!(ph.stats().free_zeroed_bytes, ph.stats().free_bytes);
+    for &(_, fence) in &pairs {
+        // SAFETY: a live span, freed once.
+        unsafe { ph.free_span(fence) };
+    }
+    ph.validate().unwrap();
+}
+
+#[test]
+fn a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted() {
+    let ph = PageHeap::new(FlakyOs::default());
+    let s = large(&ph, USABLE_PAGES);
+    // SAFETY: a whole-chunk span of ours, dirtied and freed once; then reused.
+    unsafe {
+        let base = (*s).base();
+        core::ptr::write_bytes(base, 0xAB, PAGE_SIZE);
+        ph.free_span(s);
+        let before = ph.stats();
+        ph.os().refuse_unmaps(true);
+        // The unmap is refused; the same pass purges the chunk's pages instead.
+        assert_eq!(ph.release_all(), USABLE_PAGES * PAGE_SIZE);
+        let after = ph.stats();
+        assert_eq!(after.chunks, before.chunks);
+        assert_eq!(after.unmapped_bytes_total, before.unmapped_bytes_total);
+        assert_eq!(after.unmap_failures, before.unmap_failures + 1);
+        assert!(ph.owns(base), "a chunk still mapped left the chunk map");
+        ph.validate().unwrap();
+        let again = large(&ph, USABLE_PAGES);
+        assert_eq!((*again).base(), base);
+        assert!((*again).flags & SPAN_ZEROED != 0);
+        assert!(
+            core::slice::from_raw_parts(base, PAGE_SIZE)
+                .iter()
+                .all(|&b| b == 0)
+        );
+        ph.free_span(again);
+        ph.os().refuse_unmaps(false);
+        assert_eq!(ph.release_all(), CHUNK_SIZE);
+        assert_eq!(ph.stats().chunks, 0);
+        assert!(!ph.owns(base));
+    }
+    ph.validate().unwrap();
+}
+
+#[test]
+fn a_chunk_whose_unmap_is_refused_at_free_stays_filed_beyond_max_free_chunks() {
+    let ph = PageHeap::new(FlakyOs::default());
+    let spans: Vec<_> = (0..=MAX_FREE_CHUNKS)
+        .map(|_| large(&ph, USABLE_PAGES))
+        .collect();
+    ph.os().refuse_unmaps(true);
+    for &s in &spans {
+        // SAFETY: live spans, freed once each.
+        unsafe { ph.free_span(s) };
+    }
+    let st = ph.stats();
+    assert_eq!(st.chunks, MAX_FREE_CHUNKS + 1);
+    assert_eq!((st.unmap_failures, st.unmapped_bytes_total), (1, 0));
+    assert_eq!(
+        st.free_bytes,
+        (MAX_FREE_CHUNKS + 1) * USABLE_PAGES * PAGE_SIZE
+    );
+    ph.validate().unwrap();
+    ph.os().refuse_unmaps(false);
+    assert_eq!(ph.release_all(), (MAX_FREE_CHUNKS + 1) * CHUNK_SIZE);
+    assert_eq!(ph.stats().chunks, 0);
+    ph.validate().unwrap();
 }

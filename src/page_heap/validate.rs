@@ -146,7 +146,7 @@ impl<O: Os> PageHeap<O> {
                 0,
             )?;
             check(
-                free_chunks <= MAX_FREE_CHUNKS,
+                free_chunks <= MAX_FREE_CHUNKS || h.unmap_failures > 0,
                 "PageHeap",
                 2,
                 "more wholly free chunks than MAX_FREE_CHUNKS",

@@ -1,0 +1,80 @@
+//! Unit tests of the huge path when the OS refuses to unmap (`FlakyOs`).
+
+use super::*;
+use crate::huge::{DEFAULT_CACHE_BYTES, MAX_CACHED_BLOCK};
+use crate::os::flaky::FlakyOs;
+use core::sync::atomic::Ordering::Relaxed;
+
+const MIB: usize = 1 << 20;
+
+fn backend() -> Backend<FlakyOs> {
+    let be = Backend::new(FlakyOs::default());
+    // Checked builds turn the cache off by default.
+    be.set_huge_cache_budget(DEFAULT_CACHE_BYTES);
+    be
+}
+
+#[test]
+fn a_huge_mapping_whose_unmap_is_refused_stays_cached_and_is_cleared_for_calloc() {
+    let be = backend();
+    let len = 2 * MIB;
+    let p = be.alloc_huge(len, 8, false);
+    assert!(!p.is_null());
+    // SAFETY: a live huge block of `len` bytes, freed once.
+    unsafe {
+        p.write_bytes(0xAB, len);
+        be.free_huge(p);
+    }
+    assert_eq!(be.huge.totals().2, len, "freed into the cache");
+    be.os().refuse_unmaps(true);
+    assert_eq!(be.release_shared(), 0, "nothing went back to the OS");
+    assert_eq!(
+        be.huge.totals().2,
+        len,
+        "the refused mapping is still ours, cached"
+    );
+    be.validate().unwrap();
+    let q = be.alloc_huge(len, 8, true);
+    assert_eq!(q, p, "the cached mapping is reused");
+    // SAFETY: a live huge block of `len` bytes.
+    let block = unsafe { core::slice::from_raw_parts(q, len) };
+    assert!(
+        block.iter().all(|&b| b == 0),
+        "a zeroed request got old data"
+    );
+    // SAFETY: freed once.
+    unsafe { be.free_huge(q) };
+    be.os().refuse_unmaps(false);
+    assert_eq!(be.release_shared(), len);
+    assert_eq!(be.huge.totals(), (0, 0, 0));
+    be.validate().unwrap();
+}
+
+#[test]
+fn a_huge_mapping_too_big_to_cache_whose_unmap_is_refused_is_purged() {
+    let be = backend();
+    let len = MAX_CACHED_BLOCK + OS_PAGE;
+    let p = be.alloc_huge(len, 8, false);
+    assert!(!p.is_null());
+    be.os().refuse_unmaps(true);
+    // SAFETY: a live huge block, dirtied, then freed once.
+    unsafe {
+        p.write_bytes(0xAB, OS_PAGE);
+        be.free_huge(p);
+    }
+    assert_eq!(be.os().unmap_calls.load(Relaxed), 1);
+    assert_eq!(
+        be.os().purge_calls.load(Relaxed),
+        1,
+        "the memory went back at least"
+    );
+    assert_eq!(be.huge.totals(), (0, 0, 0));
+    // SAFETY: the refused mapping is still mapped (nothing names it any more); its
+    // pages were purged.
+    let first = unsafe { core::slice::from_raw_parts(p, OS_PAGE) };
+    assert!(first.iter().all(|&b| b == 0));
+    be.validate().unwrap();
+    be.os().refuse_unmaps(false);
+    // SAFETY: the test gives the lost range back by hand.
+    unsafe { be.os().unmap(p, len) }.unwrap();
+}
