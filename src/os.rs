@@ -102,8 +102,8 @@ unsafe impl Os for SysOs {
         // allow) would leave untracked pages on one side of the block, never to be unmapped:
         // give back what is left of the reservation instead and report no memory, as
         // the process is at its mapping limit anyway. If even that fails, the rest
-        // stays reserved for good, but only as address space: MAP_NORESERVE and never
-        // touched, it holds no memory.
+        // stays reserved for good, but only as address space: never touched, it
+        // holds no resident memory (only commit charge under strict overcommit).
         // SAFETY: the trimmed ranges lie inside the mapping just made and are unused.
         unsafe {
             if head > 0 && munmap(raw, head).is_err() {
