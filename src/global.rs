@@ -644,14 +644,14 @@ unsafe fn realloc_by_address_uncounted(p: *mut u8, new_size: usize, align: usize
     q
 }
 
-/// Fork prepare handler: takes every allocator lock in the lock order (pool →
-/// central classes → page heap → descriptor growth → huge registry → metadata), so
-/// that no lock is held by a thread that will not exist in the child.
+/// Fork prepare handler: takes every allocator lock in the lock order (quarantine
+/// shards, then the backend's through `Backend::lock_set`), so that no lock is held
+/// by a thread that will not exist in the child.
 #[cfg(feature = "c-abi")]
 pub(crate) fn lock_all_for_fork() {
     #[cfg(feature = "checked")]
     crate::checked::lock_all();
-    BACKEND.lock_all();
+    BACKEND.lock_set(crate::backend::Locks::ALL);
 }
 
 /// Fork parent and child handler: releases what `lock_all_for_fork` took. In the
@@ -659,7 +659,7 @@ pub(crate) fn lock_all_for_fork() {
 /// the same way the parent does.
 #[cfg(feature = "c-abi")]
 pub(crate) fn unlock_all_after_fork() {
-    BACKEND.unlock_all();
+    BACKEND.unlock_set(crate::backend::Locks::ALL);
     #[cfg(feature = "checked")]
     crate::checked::unlock_all();
 }
