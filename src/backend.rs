@@ -15,7 +15,7 @@ use crate::os::{OS_PAGE, Os};
 use crate::page_heap::PageHeap;
 use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, NUM_CLASSES, PAGE_SIZE, SizeClass, class_for};
 use crate::stats::Counters;
-use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
 use core::marker::PhantomData;
 use core::ptr;
@@ -140,7 +140,7 @@ impl<O: Os> Backend<O> {
                 central: Central::new(),
                 meta: MetaArena::new(),
                 huge: HugeRegistry::new(),
-                pool_lock: RawLock::new(),
+                pool_lock: RawLock::new(LockRank::HeapPool),
                 pool: UnsafeCell::new(HeapPool {
                     free: ptr::null_mut(),
                     all: ptr::null_mut(),
@@ -587,7 +587,7 @@ impl<O: Os> Backend<O> {
 
     // ---- multi-lock walks ------------------------------------------------------------
 
-    /// Takes the locks in `set` in the lock order: heap pool,
+    /// Takes the locks in `set` in the lock order (`sync/rank.rs`): heap pool,
     /// central classes (index order), page heap, descriptor growth, huge registry,
     /// metadata arena. The one place that takes several of the backend's locks at
     /// once; [`Backend::unlock_set`] releases them.

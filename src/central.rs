@@ -15,7 +15,7 @@ use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::page_heap::{PageHeap, check};
 use crate::size_class::{NUM_CLASSES, SizeClass};
-use crate::sync::{RawLock, UnsafeCell};
+use crate::sync::{LockRank, RawLock, UnsafeCell};
 use crate::transfer::{DescPool, TransferStack};
 use core::ptr;
 use crossbeam_utils::CachePadded;
@@ -61,7 +61,7 @@ impl CentralClass {
         fn new() -> CentralClass {
             CentralClass {
                 stack: TransferStack::new(),
-                lock: RawLock::new(),
+                lock: RawLock::new(LockRank::CentralClass),
                 spans: UnsafeCell::new(ClassSpans { partial: ptr::null_mut(), nspans: 0 }),
             }
         }

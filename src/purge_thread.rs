@@ -24,7 +24,7 @@
 
 use crate::global::BACKEND;
 use crate::size_class::NUM_CLASSES;
-use crate::sync::{AtomicU64, Ordering, RawLock};
+use crate::sync::{AtomicU64, LockRank, Ordering, RawLock};
 use std::time::Duration;
 
 /// Shortest pause between passes (a purge delay of 0 purges at free already).
@@ -34,7 +34,7 @@ pub const MIN_INTERVAL_MS: u64 = 10;
 pub const MAX_INTERVAL_MS: u64 = 1_000;
 
 /// Serialises `start` and `stop`.
-static LOCK: RawLock = RawLock::new();
+static LOCK: RawLock = RawLock::new(LockRank::PurgeControl);
 /// The generation of the thread that should be running; bumped by `start` and `stop`.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// The process that started the current generation's thread, 0 if none should run.

@@ -5,7 +5,7 @@ use super::{DEFAULT_QUARANTINE_BYTES, FREE_FILL};
 use crate::Violation;
 use crate::global::{self, BACKEND};
 use crate::report::die;
-use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
@@ -51,7 +51,7 @@ unsafe impl Sync for Shard {}
 impl Shard {
     const fn new() -> Shard {
         Shard {
-            lock: RawLock::new(),
+            lock: RawLock::new(LockRank::Quarantine),
             ring: UnsafeCell::new(Ring {
                 buf: ptr::null_mut(),
                 head: 0,
