@@ -232,8 +232,8 @@ pub(crate) fn drain_quarantine() {
     }
 }
 
-/// Fork prepare: holds every quarantine lock (before the backend's locks).
-#[cfg(feature = "c-abi")]
+/// Fork prepare: holds every quarantine lock (before the backend's locks; shards in
+/// index order, which is address order, as the lock order wants for one rank).
 pub(crate) fn lock_all() {
     for s in &QUARANTINE {
         s.lock.lock();
@@ -241,7 +241,6 @@ pub(crate) fn lock_all() {
 }
 
 /// Fork parent/child: releases what `lock_all` took.
-#[cfg(feature = "c-abi")]
 pub(crate) fn unlock_all() {
     for s in QUARANTINE.iter().rev() {
         s.lock.unlock();

@@ -22,9 +22,12 @@
 //! one array): only `Backend::lock_set` and the fork handler do that, so the order
 //! is written in those two places and checked here.
 //!
-//! Outside the order, because it is not a lock one holds while taking another: the
-//! once-state `KEY_STATE` (the thread-exit key) in `global.rs`, whose winner makes
-//! one libc call (`pthread_key_create`) holding no lock.
+//! Outside the order, because they are not locks one holds while taking another:
+//! the once-states `KEY_STATE` (the thread-exit key) and `FORK_STATE` (the fork
+//! handlers) in `global.rs`. The thread that wins one makes one libc call
+//! (`pthread_key_create`, `pthread_atfork`) holding no lock (debug builds check it
+//! with [`assert_none_held`]); a fork child resets a once-state that a vanished
+//! thread left busy.
 //!
 //! Walks over many locks (statistics, validation, heap map, checked-mode walks, the
 //! fork handlers) take the low ranks they need together through `Backend::lock_set`
@@ -137,6 +140,20 @@ mod witness {
         });
     }
 
+    /// Aborts if the calling thread holds any lock (`what` names the caller).
+    pub(crate) fn assert_none_held(what: &str) {
+        let Ok(h) = HELD.try_with(Cell::get) else {
+            return;
+        };
+        if let Some(r) = (0..RANKS).find(|&i| h.count[i] > 0) {
+            crate::report::die(format_args!(
+                "{what} must run with no lock held, but this thread holds a {:?} lock ({:#x})",
+                rank_of(r),
+                h.last[r],
+            ));
+        }
+    }
+
     fn rank_of(i: usize) -> LockRank {
         use LockRank::*;
         [
@@ -153,7 +170,7 @@ mod witness {
 }
 
 #[cfg(all(debug_assertions, not(strata_loom)))]
-pub(crate) use witness::{acquire, release};
+pub(crate) use witness::{acquire, assert_none_held, release};
 
 /// Loom (debug): no check. Release builds do not call it at all.
 #[cfg(all(debug_assertions, strata_loom))]
@@ -163,6 +180,12 @@ pub(crate) fn acquire(_rank: LockRank, _addr: usize) {}
 #[cfg(all(debug_assertions, strata_loom))]
 #[inline(always)]
 pub(crate) fn release(_rank: LockRank) {}
+/// Release builds and loom: no check.
+#[cfg(not(all(debug_assertions, not(strata_loom))))]
+#[inline(always)]
+#[allow(dead_code)]
+pub(crate) fn assert_none_held(_what: &str) {}
+
 #[cfg(all(test, debug_assertions, not(strata_loom)))]
 mod tests {
     use super::LockRank;
