@@ -677,6 +677,12 @@ static FORK_STATE: AtomicU8 = AtomicU8::new(FORK_NONE);
 /// lock, which `fork()` holds while our prepare handler takes ours). On failure
 /// (`ENOMEM` from libc) it reports once on stderr and goes on: forks then work as
 /// without the handlers, a child may inherit a held lock.
+///
+/// Known limit: glibc holds its atfork lock while it runs any library's fork
+/// handlers, so if the process's very first strata allocation were made inside
+/// another library's fork handler, `pthread_atfork` here would wait for that lock
+/// forever. It takes a fork before any allocation at all (the C library registers
+/// from its constructor, and a Rust program allocates before `main`).
 #[inline]
 pub(crate) fn register_fork_handlers() {
     // Relaxed: a hint; the CAS below decides who registers, and nothing is
