@@ -15,7 +15,7 @@ use crate::os::{OS_PAGE, Os};
 use crate::page_heap::PageHeap;
 use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, NUM_CLASSES, PAGE_SIZE, SizeClass, class_for};
 use crate::stats::Counters;
-use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
 use core::marker::PhantomData;
 use core::ptr;
@@ -73,6 +73,37 @@ unsafe impl<O: Os + Sync> Sync for Backend<O> {}
 // SAFETY: as above.
 unsafe impl<O: Os + Send> Send for Backend<O> {}
 
+/// A set of the backend's locks for [`Backend::lock_set`] and
+/// [`Backend::with_locked`], which take them in the lock order whatever the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Locks(u8);
+
+impl Locks {
+    /// The pool of thread heaps.
+    pub const POOL: Locks = Locks(1);
+    /// Every central class lock.
+    pub const CLASSES: Locks = Locks(2);
+    /// The page heap.
+    pub const PAGE_HEAP: Locks = Locks(4);
+    /// Growth of the descriptor pool.
+    pub const DESC_GROWTH: Locks = Locks(8);
+    /// The huge registry.
+    pub const HUGE: Locks = Locks(16);
+    /// The metadata arena.
+    pub const META: Locks = Locks(32);
+    /// Every lock of the backend (the fork handlers).
+    pub const ALL: Locks = Locks(63);
+
+    /// Both sets.
+    pub const fn and(self, other: Locks) -> Locks {
+        Locks(self.0 | other.0)
+    }
+    /// Whether `self` holds all of `other`.
+    pub const fn has(self, other: Locks) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
 /// Every heap ever created, from the pool's `all` list (invariant 2: heaps are never
 /// freed, and the list only grows at its head under the pool lock), for
 /// [`Backend::with_heaps_and_classes_locked`]; walk it as often as needed.
@@ -109,7 +140,7 @@ impl<O: Os> Backend<O> {
                 central: Central::new(),
                 meta: MetaArena::new(),
                 huge: HugeRegistry::new(),
-                pool_lock: RawLock::new(),
+                pool_lock: RawLock::new(LockRank::HeapPool),
                 pool: UnsafeCell::new(HeapPool {
                     free: ptr::null_mut(),
                     all: ptr::null_mut(),
@@ -195,24 +226,22 @@ impl<O: Os> Backend<O> {
         }
     }
 
-    /// Runs `f` with the pool lock and then every class lock held (the lock order),
-    /// giving it every heap ever created (live ones are in use by their threads:
-    /// read only their atomics) and the (live, created) counts.
+    /// Runs `f` with the pool lock and then every class lock held (through
+    /// [`Backend::with_locked`]), giving it every heap ever created (live ones are in
+    /// use by their threads: read only their atomics) and the (live, created) counts.
     pub fn with_heaps_and_classes_locked<R>(
         &self,
         f: impl FnOnce(AllHeaps<'_>, (usize, usize)) -> R,
     ) -> R {
-        let _g = self.pool_lock.guard();
-        // SAFETY: pool lock held.
-        let pool = self.pool.with(|p| unsafe { &*p });
-        self.central.lock_all();
-        let heaps = AllHeaps {
-            first: pool.all,
-            _pool_held: PhantomData,
-        };
-        let r = f(heaps, (pool.live, pool.created));
-        self.central.unlock_all();
-        r
+        self.with_locked(Locks::POOL.and(Locks::CLASSES), || {
+            // SAFETY: pool lock held.
+            let pool = self.pool.with(|p| unsafe { &*p });
+            let heaps = AllHeaps {
+                first: pool.all,
+                _pool_held: PhantomData,
+            };
+            f(heaps, (pool.live, pool.created))
+        })
     }
 
     /// Thread heaps in use, and ever created.
@@ -584,29 +613,64 @@ impl<O: Os> Backend<O> {
         }
     }
 
-    // ---- fork ---------------------------------------------------------------------
+    // ---- multi-lock walks ------------------------------------------------------------
 
-    /// Takes every lock of the backend in the lock order: heap pool, central classes
-    /// (index order), page heap, descriptor growth, huge registry, metadata arena.
-    /// (Observed nesting: class → page heap; pool → meta; huge → meta; growth → meta.)
-    pub fn lock_all(&self) {
-        self.pool_lock.lock();
-        self.central.lock_all();
-        self.page_heap.lock();
-        self.central.lock_desc_growth();
-        self.huge.lock();
-        self.meta.lock();
+    /// Takes the locks in `set` in the lock order (`sync/rank.rs`): heap pool,
+    /// central classes (index order), page heap, descriptor growth, huge registry,
+    /// metadata arena. The one place that takes several of the backend's locks at
+    /// once; [`Backend::unlock_set`] releases them.
+    pub fn lock_set(&self, set: Locks) {
+        if set.has(Locks::POOL) {
+            self.pool_lock.lock();
+        }
+        if set.has(Locks::CLASSES) {
+            self.central.lock_all();
+        }
+        if set.has(Locks::PAGE_HEAP) {
+            self.page_heap.lock();
+        }
+        if set.has(Locks::DESC_GROWTH) {
+            self.central.lock_desc_growth();
+        }
+        if set.has(Locks::HUGE) {
+            self.huge.lock();
+        }
+        if set.has(Locks::META) {
+            self.meta.lock();
+        }
     }
 
-    /// Releases what `lock_all` took (in a fork child too: its only thread is the one
-    /// that took them).
-    pub fn unlock_all(&self) {
-        self.meta.unlock();
-        self.huge.unlock();
-        self.central.unlock_desc_growth();
-        self.page_heap.unlock();
-        self.central.unlock_all();
-        self.pool_lock.unlock();
+    /// Releases what `lock_set(set)` took, in reverse order (in a fork child too: its
+    /// only thread is the one that took them).
+    pub fn unlock_set(&self, set: Locks) {
+        if set.has(Locks::META) {
+            self.meta.unlock();
+        }
+        if set.has(Locks::HUGE) {
+            self.huge.unlock();
+        }
+        if set.has(Locks::DESC_GROWTH) {
+            self.central.unlock_desc_growth();
+        }
+        if set.has(Locks::PAGE_HEAP) {
+            self.page_heap.unlock();
+        }
+        if set.has(Locks::CLASSES) {
+            self.central.unlock_all();
+        }
+        if set.has(Locks::POOL) {
+            self.pool_lock.unlock();
+        }
+    }
+
+    /// Runs `f` with the locks in `set` held ([`Backend::lock_set`]). `f` may take
+    /// locks ranked above every one in `set`, one at a time (the page heap's
+    /// `for_each_span` does, so walks over spans leave `PAGE_HEAP` out of `set`).
+    pub fn with_locked<R>(&self, set: Locks, f: impl FnOnce() -> R) -> R {
+        self.lock_set(set);
+        let r = f();
+        self.unlock_set(set);
+        r
     }
 
     // ---- release and validation ---------------------------------------------------
@@ -649,21 +713,20 @@ impl<O: Os> Backend<O> {
         drained
     }
 
-    /// Checks every invariant of the shared tiers: the page heap (chunks, spans, bins),
-    /// every Small span of every class, and every class's lists. Blocks allocation
-    /// while it runs (it takes every lock).
+    /// Checks every invariant of the shared tiers: the heap pool, the page heap
+    /// (chunks, spans, bins), the huge registry, every Small span of every class, and
+    /// every class's lists. Blocks allocation while it runs: it holds the pool lock
+    /// and every class lock (in that order, as every walk) and takes the page-heap
+    /// and huge-registry locks in turn.
     pub fn validate(&self) -> Result<(), Violation> {
-        self.central.lock_all();
-        let r = self.validate_locked();
-        self.central.unlock_all();
-        r
+        self.with_locked(Locks::POOL.and(Locks::CLASSES), || self.validate_locked())
     }
 
     /// Checks the heap pool's invariants: pooled heaps are Pooled and empty,
-    /// `live + pooled == created`, and the `all` list holds `created` heaps.
+    /// `live + pooled == created`, and the `all` list holds `created` heaps. Called
+    /// with the pool lock held (`validate`).
     fn validate_pool(&self) -> Result<(), Violation> {
-        let _g = self.pool_lock.guard();
-        // SAFETY: pool lock held.
+        // SAFETY: the caller holds the pool lock.
         let pool = self.pool.with(|p| unsafe { &*p });
         let mut pooled = 0;
         let mut h = pool.free;
@@ -713,6 +776,7 @@ impl<O: Os> Backend<O> {
         )
     }
 
+    /// `validate` with the pool lock and every class lock held.
     fn validate_locked(&self) -> Result<(), Violation> {
         self.page_heap.validate()?;
         self.huge.validate()?;

@@ -15,7 +15,7 @@ use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::page_heap::{PageHeap, check};
 use crate::size_class::{NUM_CLASSES, SizeClass};
-use crate::sync::{RawLock, UnsafeCell};
+use crate::sync::{LockRank, RawLock, UnsafeCell};
 use crate::transfer::{DescPool, TransferStack};
 use core::ptr;
 use crossbeam_utils::CachePadded;
@@ -61,7 +61,7 @@ impl CentralClass {
         fn new() -> CentralClass {
             CentralClass {
                 stack: TransferStack::new(),
-                lock: RawLock::new(),
+                lock: RawLock::new(LockRank::CentralClass),
                 spans: UnsafeCell::new(ClassSpans { partial: ptr::null_mut(), nspans: 0 }),
             }
         }
@@ -273,14 +273,16 @@ impl Central {
         self.classes[c.index()].stack.count_if_stable(&self.descs)
     }
 
-    /// Locks every class (in index order) for a consistent view or a fork.
-    pub fn lock_all(&self) {
+    /// Locks every class (in index order, which is address order: the lock-order
+    /// rule for locks of one rank) for a consistent view or a fork. Only
+    /// `Backend::lock_set` calls it, which puts it in the order of the other locks.
+    pub(crate) fn lock_all(&self) {
         for cls in &self.classes {
             cls.lock.lock();
         }
     }
     /// Unlocks what `lock_all` locked.
-    pub fn unlock_all(&self) {
+    pub(crate) fn unlock_all(&self) {
         for cls in self.classes.iter().rev() {
             cls.lock.unlock();
         }
@@ -296,7 +298,7 @@ impl Central {
 
     /// Checks invariant 2 and Span invariant 4 for every partial span, and that
     /// `nspans` matches `counted`, the Small spans per class found by a walk of the
-    /// chunks. Call with every class lock held (`lock_all`).
+    /// chunks. Call with every class lock held (`Backend::lock_set`).
     ///
     /// # Safety
     /// The caller holds every class lock.

@@ -12,11 +12,13 @@
 //! - Nothing here needs initialising: the statics are built at compile time and the
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
 //!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
-//!   without allocating, installs the fork handlers and, on request, the exit report
-//!   (`STRATA_SHOW_STATS`) and the heap map written at exit (`STRATA_HEAP_MAP`).
+//!   without allocating, registers the fork handlers (unless the first thread heap
+//!   did already: once per process, see `global.rs`) and, on request, the exit
+//!   report (`STRATA_SHOW_STATS`) and the heap map written at exit (`STRATA_HEAP_MAP`).
 //! - Fork: the prepare handler takes every allocator lock (in the lock order), the
 //!   parent handler releases them, and the child releases them too, so a child
-//!   forked while other threads allocate can allocate and exit.
+//!   forked while other threads allocate can allocate and exit. The handlers live in
+//!   `global.rs`: a Rust program without this feature registers them too.
 
 use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global;
@@ -461,20 +463,12 @@ extern "C" fn write_heap_map_at_exit() {
     out.flush();
 }
 
-// ---- fork ------------------------------------------------------------------------
-
-extern "C" fn fork_prepare() {
-    global::lock_all_for_fork();
-}
-extern "C" fn fork_release() {
-    global::unlock_all_after_fork();
-}
-
 // ---- configuration ----------------------------------------------------------------
 
 static CONFIGURED: AtomicBool = AtomicBool::new(false);
 
-/// Reads `STRATA_*` from `envp` (once) and installs the fork and exit handlers.
+/// Reads `STRATA_*` from `envp` (once) and installs the fork (if not yet) and exit
+/// handlers.
 ///
 /// # Safety
 /// `envp` is null or a valid environment block.
@@ -482,9 +476,8 @@ unsafe fn configure(envp: *const *const c_char) {
     if CONFIGURED.swap(true, Ordering::AcqRel) {
         return;
     }
-    // SAFETY: the contract forwards to getenv_raw; pthread_atfork and atexit get
-    // plain extern "C" functions and may allocate, which works: every static is
-    // already initialised.
+    // SAFETY: the contract forwards to getenv_raw; atexit gets plain extern "C"
+    // functions and may allocate, which works: every static is already initialised.
     unsafe {
         if let Some(ms) = getenv_raw(envp, b"STRATA_PURGE_DELAY_MS").and_then(parse_size) {
             crate::set_purge_delay_ms(ms);
@@ -495,7 +488,8 @@ unsafe fn configure(envp: *const *const c_char) {
         if let Some(bytes) = getenv_raw(envp, b"STRATA_HUGE_CACHE_BYTES").and_then(parse_size) {
             crate::set_huge_cache_bytes(bytes as usize);
         }
-        libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
+        // Once per process: whichever comes first, this or the first thread heap.
+        global::register_fork_handlers();
         #[cfg(not(feature = "checked"))]
         crate::bad_free::configure_from(envp);
         if getenv_raw(envp, b"STRATA_BACKGROUND_PURGE").is_some_and(truthy) {

@@ -9,7 +9,7 @@
 //! straight to the central tier, so frees that glibc makes afterwards still work.
 
 use crate::Violation;
-use crate::backend::{Backend, Route, route};
+use crate::backend::{Backend, Locks, Route, route};
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 use crate::chunk::{ChunkHeader, SpanKind, small_object};
 use crate::os::SysOs;
@@ -180,6 +180,8 @@ fn init_thread() -> *mut ThreadHeap {
         // SAFETY: a valid key; the value is our heap pointer.
         unsafe { libc::pthread_setspecific(key, h.cast()) };
     }
+    // After the heap is live, for the same reason (pthread_atfork may allocate).
+    register_fork_handlers();
     h
 }
 
@@ -290,8 +292,15 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
             }
             p
         }
-        Route::Large => BACKEND.alloc_large(size, align, zero),
-        Route::Huge => BACKEND.alloc_huge(size, align, zero),
+        // A program whose first blocks are large has no thread heap yet.
+        Route::Large => {
+            register_fork_handlers();
+            BACKEND.alloc_large(size, align, zero)
+        }
+        Route::Huge => {
+            register_fork_handlers();
+            BACKEND.alloc_huge(size, align, zero)
+        }
     };
     enomem_if_null(p)
 }
@@ -651,24 +660,108 @@ unsafe fn realloc_by_address_uncounted(p: *mut u8, new_size: usize, align: usize
     q
 }
 
-/// Fork prepare handler: takes every allocator lock in the lock order (pool →
-/// central classes → page heap → descriptor growth → huge registry → metadata), so
-/// that no lock is held by a thread that will not exist in the child.
-#[cfg(feature = "c-abi")]
-pub(crate) fn lock_all_for_fork() {
-    #[cfg(feature = "checked")]
-    crate::checked::lock_all();
-    BACKEND.lock_all();
+// ---- fork ------------------------------------------------------------------------
+//
+// A child of `fork()` has one thread, the one that forked: a lock another thread held
+// at that moment stays held in the child forever. The handlers below hold every lock
+// of the allocator across the fork (taken in the lock order, `sync/rank.rs`) and
+// release them on both sides. They are registered once per process, by whichever
+// comes first: the first thread heap or Large/huge block (`register_fork_handlers`,
+// every build: a `#[global_allocator]` program forks too), or the C library's
+// load-time constructor (`ffi::configure`).
+
+const FORK_NONE: u8 = 0;
+const FORK_BUSY: u8 = 1;
+const FORK_DONE: u8 = 2;
+const FORK_FAILED: u8 = 3;
+/// The once-state of the fork handlers' registration.
+static FORK_STATE: AtomicU8 = AtomicU8::new(FORK_NONE);
+
+/// Registers the fork handlers unless that is done or under way (once per process).
+/// Does not wait for a registration under way in another thread: nothing here
+/// depends on it having finished, and a waiter could spin forever in a child forked
+/// meanwhile. Call with no allocator lock held (`pthread_atfork` takes libc's fork
+/// lock, which `fork()` holds while our prepare handler takes ours). On failure
+/// (`ENOMEM` from libc) it reports once on stderr and goes on: forks then work as
+/// without the handlers, a child may inherit a held lock.
+///
+/// Known limit: glibc holds its atfork lock while it runs any library's fork
+/// handlers, so if the process's very first strata allocation were made inside
+/// another library's fork handler, `pthread_atfork` here would wait for that lock
+/// forever. It takes a fork before any allocation at all (the C library registers
+/// from its constructor, and a Rust program allocates before `main`).
+#[inline]
+pub(crate) fn register_fork_handlers() {
+    // Relaxed: a hint; the CAS below decides who registers, and nothing is
+    // published with the state (the handlers are plain functions).
+    if FORK_STATE.load(Ordering::Relaxed) != FORK_NONE {
+        return;
+    }
+    register_fork_handlers_slow();
 }
 
-/// Fork parent and child handler: releases what `lock_all_for_fork` took. In the
-/// child only the forking thread exists; it held the locks, so it may release them
-/// the same way the parent does.
-#[cfg(feature = "c-abi")]
-pub(crate) fn unlock_all_after_fork() {
-    BACKEND.unlock_all();
+#[cold]
+#[inline(never)]
+fn register_fork_handlers_slow() {
+    if FORK_STATE
+        .compare_exchange(FORK_NONE, FORK_BUSY, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    crate::sync::assert_none_held("registering the fork handlers");
+    // SAFETY: three plain extern "C" functions that live as long as the process.
+    // glibc keeps the first 48 registrations in static storage; past that it may
+    // allocate, which finds this thread's heap live (callers set it up first).
+    let rc =
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    FORK_STATE.store(
+        if rc == 0 { FORK_DONE } else { FORK_FAILED },
+        Ordering::Relaxed,
+    );
+    if rc != 0 {
+        crate::report::write_all(
+            2,
+            b"strata: pthread_atfork failed; a child of fork() may inherit a held allocator lock\n",
+        );
+    }
+}
+
+/// Fork prepare handler: takes every allocator lock in the lock order (background
+/// purge control, quarantine shards, then the backend's through `lock_set`), so that
+/// no lock is held by a thread that will not exist in the child.
+extern "C" fn fork_prepare() {
+    crate::purge_thread::lock_for_fork();
+    #[cfg(feature = "checked")]
+    crate::checked::lock_all();
+    BACKEND.lock_set(Locks::ALL);
+}
+
+/// Releases what `fork_prepare` took.
+fn unlock_all_after_fork() {
+    BACKEND.unlock_set(Locks::ALL);
     #[cfg(feature = "checked")]
     crate::checked::unlock_all();
+    crate::purge_thread::unlock_after_fork();
+}
+
+/// Fork parent handler.
+extern "C" fn fork_parent() {
+    unlock_all_after_fork();
+}
+
+/// Fork child handler. Only the forking thread exists; it took the locks, so it may
+/// release them as the parent does. A once-state another thread left busy at the
+/// fork would stay busy forever here: `KEY_STATE` goes back to none (that thread's
+/// `pthread_key_create` may have succeeded in the parent's copy; a key is lost, no
+/// more), and `FORK_STATE` to done (this handler runs, so they are registered). The
+/// background purge thread does not exist in the child; `purge_thread` knows that
+/// by the process id.
+extern "C" fn fork_child() {
+    unlock_all_after_fork();
+    // Relaxed: the child has one thread.
+    let _ = KEY_STATE.compare_exchange(KEY_BUSY, KEY_NONE, Ordering::Relaxed, Ordering::Relaxed);
+    FORK_STATE.store(FORK_DONE, Ordering::Relaxed);
 }
 
 /// See [`crate::flush_thread_cache`].

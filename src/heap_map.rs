@@ -18,7 +18,7 @@
 //!
 //! Everything else (summary, sorting, SVG) runs after the locks are released.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Locks};
 use crate::chunk::{HEADER_PAGES, SPAN_ZEROED, Span, SpanKind};
 use crate::os::Os;
 use crate::size_class::{NUM_CLASSES, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
@@ -270,34 +270,34 @@ fn copy_spans<O: Os>(
     spans: &mut Vec<HeapMapSpan>,
 ) -> bool {
     let mut fits = true;
-    b.central.lock_all();
-    b.page_heap.for_each_span(|s| {
-        let base = s.chunk() as usize;
-        let new_chunk = chunks.last().map(|c| c.base) != Some(base);
-        let need = if new_chunk { 2 } else { 1 };
-        fits &= spans.capacity() - spans.len() >= need
-            && (!new_chunk || chunks.len() < chunks.capacity());
-        if !fits {
-            return;
-        }
-        if new_chunk {
-            chunks.push(ChunkRec {
-                base,
-                first: spans.len(),
-                len: 0,
-            });
-            spans.push(HeapMapSpan {
-                first_page: 0,
-                npages: HEADER_PAGES as u32,
-                state: PageState::Header,
-            });
-        }
-        spans.push(record(s));
-        if let Some(c) = chunks.last_mut() {
-            c.len = spans.len() - c.first;
-        }
+    b.with_locked(Locks::CLASSES, || {
+        b.page_heap.for_each_span(|s| {
+            let base = s.chunk() as usize;
+            let new_chunk = chunks.last().map(|c| c.base) != Some(base);
+            let need = if new_chunk { 2 } else { 1 };
+            fits &= spans.capacity() - spans.len() >= need
+                && (!new_chunk || chunks.len() < chunks.capacity());
+            if !fits {
+                return;
+            }
+            if new_chunk {
+                chunks.push(ChunkRec {
+                    base,
+                    first: spans.len(),
+                    len: 0,
+                });
+                spans.push(HeapMapSpan {
+                    first_page: 0,
+                    npages: HEADER_PAGES as u32,
+                    state: PageState::Header,
+                });
+            }
+            spans.push(record(s));
+            if let Some(c) = chunks.last_mut() {
+                c.len = spans.len() - c.first;
+            }
+        });
     });
-    b.central.unlock_all();
     fits
 }
 

@@ -32,7 +32,7 @@
 use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::size_class::CHUNK_SIZE;
-use crate::sync::{RawLock, UnsafeCell};
+use crate::sync::{LockRank, RawLock, UnsafeCell};
 use core::ptr;
 
 const BUCKETS: usize = 256;
@@ -166,7 +166,7 @@ impl HugeRegistry {
     crate::sync::loom_const_fn! {
         pub fn new() -> HugeRegistry {
             HugeRegistry {
-                lock: RawLock::new(),
+                lock: RawLock::new(LockRank::HugeRegistry),
                 inner: UnsafeCell::new(Inner {
                     buckets: [ptr::null_mut(); BUCKETS],
                     spare: ptr::null_mut(),

@@ -63,7 +63,7 @@ mod transfer;
 /// stable API.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::backend::{Backend, Route, route};
+    pub use crate::backend::{Backend, Locks, Route, route};
     pub use crate::central::{Batch, Central};
     pub use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, USABLE_PAGES};
     pub use crate::huge::HugeRegistry;

@@ -4,7 +4,7 @@
 //! mapped forever.
 
 use crate::os::{OS_PAGE, Os};
-use crate::sync::{RawLock, UnsafeCell};
+use crate::sync::{LockRank, RawLock, UnsafeCell};
 use core::ptr;
 
 #[cfg(not(strata_loom))]
@@ -35,7 +35,7 @@ unsafe impl Sync for MetaArena {}
 impl MetaArena {
     crate::sync::loom_const_fn! {
         pub fn new() -> MetaArena {
-            MetaArena { lock: RawLock::new(), state: UnsafeCell::new(Bump { cur: 0, end: 0, total: 0 }) }
+            MetaArena { lock: RawLock::new(LockRank::MetaArena), state: UnsafeCell::new(Bump { cur: 0, end: 0, total: 0 }) }
         }
     }
 

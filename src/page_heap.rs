@@ -18,7 +18,7 @@ use crate::chunk::{
 };
 use crate::os::{Os, OsError};
 use crate::size_class::{CHUNK_SIZE, NO_CLASS, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicU64, AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 
 /// Wholly free chunks kept mapped (their pages still purged after the delay), so a
@@ -113,7 +113,7 @@ impl<O: Os> PageHeap<O> {
         /// An empty page heap that maps chunks from `os` on demand.
         pub fn new(os: O) -> PageHeap<O> {
             PageHeap {
-                lock: RawLock::new(),
+                lock: RawLock::new(LockRank::PageHeap),
                 inner: UnsafeCell::new(Inner {
                     bins: [ptr::null_mut(); BINS],
                     nonempty: [0; BIN_WORDS],

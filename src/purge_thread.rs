@@ -24,7 +24,7 @@
 
 use crate::global::BACKEND;
 use crate::size_class::NUM_CLASSES;
-use crate::sync::{AtomicU64, Ordering, RawLock};
+use crate::sync::{AtomicU64, LockRank, Ordering, RawLock};
 use std::time::Duration;
 
 /// Shortest pause between passes (a purge delay of 0 purges at free already).
@@ -34,7 +34,7 @@ pub const MIN_INTERVAL_MS: u64 = 10;
 pub const MAX_INTERVAL_MS: u64 = 1_000;
 
 /// Serialises `start` and `stop`.
-static LOCK: RawLock = RawLock::new();
+static LOCK: RawLock = RawLock::new(LockRank::PurgeControl);
 /// The generation of the thread that should be running; bumped by `start` and `stop`.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// The process that started the current generation's thread, 0 if none should run.
@@ -65,6 +65,10 @@ fn this_pid() -> u64 {
 /// Starts the thread unless one runs in this process already. Returns whether one
 /// runs after the call (false only if the OS refused a thread).
 pub fn start() -> bool {
+    // Spawning allocates, maybe a first thread heap, which registers the fork
+    // handlers; that must not happen under LOCK (fork holds libc's fork lock while
+    // its prepare handler waits for LOCK), so register first.
+    crate::global::register_fork_handlers();
     let _g = LOCK.guard();
     let pid = this_pid();
     // Relaxed: PID and GENERATION are only written under LOCK, which we hold.
@@ -93,6 +97,17 @@ pub fn stop() -> bool {
     GENERATION.fetch_add(1, Ordering::Release);
     PID.store(0, Ordering::Relaxed);
     was
+}
+
+/// Fork prepare: holds `LOCK` (lowest in the lock order), so that a child never
+/// inherits it held by a thread in `start` or `stop`.
+pub(crate) fn lock_for_fork() {
+    LOCK.lock();
+}
+
+/// Fork parent and child: releases what `lock_for_fork` took.
+pub(crate) fn unlock_after_fork() {
+    LOCK.unlock();
 }
 
 /// The thread's state and what it has done.

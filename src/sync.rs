@@ -13,6 +13,11 @@ pub(crate) use loom::sync::atomic::{
     AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
 
+mod rank;
+pub(crate) use rank::LockRank;
+#[allow(unused_imports)] // used by global.rs, which loom builds leave out
+pub(crate) use rank::assert_none_held;
+
 /// Declares a constructor that is `const fn` normally and a plain `fn` under loom
 /// (loom's atomics have no const `new`, and need a running model).
 macro_rules! loom_const_fn {
@@ -154,9 +159,15 @@ const GIVE: Ordering = Ordering::Relaxed;
 ///
 /// It is a raw lock (no data inside) so that the allocator's fork handlers can hold
 /// it across `fork()` and the child can release it; `guard()` gives RAII use.
+///
+/// Every lock has a [`LockRank`] (the order is tabled in `sync/rank.rs`); debug
+/// builds check it at every `lock` and keep the rank in the lock, release builds
+/// neither.
 #[derive(Debug)]
 pub(crate) struct RawLock {
     state: AtomicU32,
+    #[cfg(debug_assertions)]
+    rank: LockRank,
     /// Loom: what the kernel's futex does for a waiter (see `futex_wait`).
     #[cfg(strata_loom)]
     futex: LoomFutex,
@@ -164,17 +175,25 @@ pub(crate) struct RawLock {
 
 impl RawLock {
     loom_const_fn! {
-        pub(crate) fn new() -> RawLock {
+        pub(crate) fn new(rank: LockRank) -> RawLock {
+            #[cfg(not(debug_assertions))]
+            let _ = rank;
             RawLock {
                 state: AtomicU32::new(UNLOCKED),
+                #[cfg(debug_assertions)]
+                rank,
                 #[cfg(strata_loom)]
                 futex: LoomFutex::new(),
             }
         }
     }
 
+    /// Takes the lock. Debug builds first check the rank order (aborting with a
+    /// report on a violation, before waiting).
     #[inline]
     pub(crate) fn lock(&self) {
+        #[cfg(debug_assertions)]
+        rank::acquire(self.rank, self as *const RawLock as usize);
         // Acquire: pairs with the Release in unlock(); the previous holder's writes to
         // the protected data happen before ours.
         if self
@@ -208,6 +227,8 @@ impl RawLock {
 
     #[inline]
     pub(crate) fn unlock(&self) {
+        #[cfg(debug_assertions)]
+        rank::release(self.rank);
         // Release: pairs with the Acquire in lock()/lock_contended(); our writes to
         // the protected data happen before the next holder's reads.
         if self.state.swap(UNLOCKED, GIVE) == CONTENDED {

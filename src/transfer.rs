@@ -13,7 +13,7 @@ use crate::link::FreeObj;
 use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::size_class::SizeClass;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, LockRank, Ordering, RawLock, UnsafeCell};
 #[cfg(strata_loom)]
 use core::ptr;
 
@@ -86,7 +86,7 @@ impl DescPool {
                 dir: crate::sync::null_ptr_array(),
                 fresh: AtomicU32::new(0),
                 free: TransferStack::new(),
-                grow_lock: RawLock::new(),
+                grow_lock: RawLock::new(LockRank::DescGrowth),
             }
         }
     }

@@ -5,6 +5,7 @@ use super::CANARY;
 use super::block::{Block, Kind, Trailer, decode, first_not, secret};
 use super::quarantine::{QUARANTINE_BYTES, validate_quarantine};
 use crate::Violation;
+use crate::backend::Locks;
 use crate::chunk::SpanKind;
 use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global::BACKEND;
@@ -21,29 +22,29 @@ use core::sync::atomic::fence;
 /// Small span, every Large span, every huge mapping. Holds every class lock and, in
 /// turn, the page-heap and huge-registry locks (the order of `Backend::validate`).
 fn for_each_block(mut f: impl FnMut(Block)) {
-    BACKEND.central.lock_all();
-    BACKEND.page_heap.for_each_span(|s| match s.kind() {
-        SpanKind::Small => {
-            let c = s.class();
-            let size = c.size_bytes();
-            // `carved` is read under the class lock (held).
-            for i in 0..s.carved as usize {
-                f(Block {
-                    // SAFETY: object i < carved lies inside the span.
-                    p: unsafe { s.base().add(i * size) },
-                    slot: size,
-                    kind: Kind::Small(c),
-                });
+    BACKEND.with_locked(Locks::CLASSES, || {
+        BACKEND.page_heap.for_each_span(|s| match s.kind() {
+            SpanKind::Small => {
+                let c = s.class();
+                let size = c.size_bytes();
+                // `carved` is read under the class lock (held).
+                for i in 0..s.carved as usize {
+                    f(Block {
+                        // SAFETY: object i < carved lies inside the span.
+                        p: unsafe { s.base().add(i * size) },
+                        slot: size,
+                        kind: Kind::Small(c),
+                    });
+                }
             }
-        }
-        SpanKind::Large => f(Block {
-            p: s.base(),
-            slot: s.bytes(),
-            kind: Kind::Large,
-        }),
-        _ => {}
+            SpanKind::Large => f(Block {
+                p: s.base(),
+                slot: s.bytes(),
+                kind: Kind::Large,
+            }),
+            _ => {}
+        });
     });
-    BACKEND.central.unlock_all();
     BACKEND.huge.for_each(|p, len| {
         f(Block {
             p,

@@ -76,7 +76,6 @@ mod quarantine;
 pub use leaks::{LeakCount, LeakReport};
 pub(crate) use leaks::{leak_report, print_leak_report, validate_blocks};
 pub(crate) use quarantine::drain_quarantine;
-#[cfg(feature = "c-abi")]
 pub(crate) use quarantine::{lock_all, unlock_all};
 
 use crate::Strata;

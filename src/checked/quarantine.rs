@@ -5,7 +5,7 @@ use super::{DEFAULT_QUARANTINE_BYTES, FREE_FILL};
 use crate::Violation;
 use crate::global::{self, BACKEND};
 use crate::report::die;
-use crate::sync::{AtomicUsize, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
@@ -51,7 +51,7 @@ unsafe impl Sync for Shard {}
 impl Shard {
     const fn new() -> Shard {
         Shard {
-            lock: RawLock::new(),
+            lock: RawLock::new(LockRank::Quarantine),
             ring: UnsafeCell::new(Ring {
                 buf: ptr::null_mut(),
                 head: 0,
@@ -232,8 +232,8 @@ pub(crate) fn drain_quarantine() {
     }
 }
 
-/// Fork prepare: holds every quarantine lock (before the backend's locks).
-#[cfg(feature = "c-abi")]
+/// Fork prepare: holds every quarantine lock (before the backend's locks; shards in
+/// index order, which is address order, as the lock order wants for one rank).
 pub(crate) fn lock_all() {
     for s in &QUARANTINE {
         s.lock.lock();
@@ -241,7 +241,6 @@ pub(crate) fn lock_all() {
 }
 
 /// Fork parent/child: releases what `lock_all` took.
-#[cfg(feature = "c-abi")]
 pub(crate) fn unlock_all() {
     for s in QUARANTINE.iter().rev() {
         s.lock.unlock();

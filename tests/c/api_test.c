@@ -100,6 +100,7 @@ static __typeof__(strata_release_memory) *p_release_memory;
 static __typeof__(strata_stats_print) *p_stats_print;
 static __typeof__(strata_stats_json) *p_stats_json;
 static __typeof__(strata_heap_map_write) *p_heap_map_write;
+static __typeof__(strata_background_purge) *p_background_purge;
 static int strata_loaded;
 static size_t page_size;
 
@@ -1190,6 +1191,21 @@ static void *busy_allocator(void *arg) {
     return NULL;
 }
 
+/* Under strata: the walks that take many locks at once (release, statistics),
+ * and starting and stopping the background purge thread (its control lock, and a
+ * thread created and exiting), looping while the main thread forks. */
+static void *walker(void *arg) {
+    (void)arg;
+    char json[16384];
+    for (unsigned i = 0; !fork_stop; i++) {
+        p_release_memory();
+        p_stats_json(json, sizeof json);
+        if (p_background_purge && i % 16 == 0) p_background_purge(i % 32 == 0);
+    }
+    if (p_background_purge) p_background_purge(0);
+    return NULL;
+}
+
 static void *child_thread(void *arg) {
     (void)arg;
     for (int i = 0; i < 2000; i++) {
@@ -1232,11 +1248,12 @@ static void child_work(void) {
 
 static void test_fork_while_threads_allocate(void) {
     enum { THREADS = 4, FORKS = 20 };
-    pthread_t th[THREADS];
+    pthread_t th[THREADS], walk;
     fork_stop = 0;
     for (int i = 0; i < THREADS; i++)
         REQUIRE(pthread_create(&th[i], NULL, busy_allocator, (void *)(uintptr_t)(i + 1)) == 0,
                 "pthread_create");
+    if (strata_loaded) REQUIRE(pthread_create(&walk, NULL, walker, NULL) == 0, "pthread_create");
     int ok = 0;
     for (int f = 0; f < FORKS; f++) {
         struct timespec ts = {0, 2 * 1000 * 1000};
@@ -1270,6 +1287,7 @@ static void test_fork_while_threads_allocate(void) {
     }
     fork_stop = 1;
     for (int i = 0; i < THREADS; i++) pthread_join(th[i], NULL);
+    if (strata_loaded) pthread_join(walk, NULL);
     CHECK(ok == FORKS, "%d of %d children forked while 4 threads allocated exited 0", ok, FORKS);
 }
 
@@ -1282,6 +1300,8 @@ int main(int argc, char **argv) {
     p_stats_print = (__typeof__(p_stats_print))dlsym(RTLD_DEFAULT, "strata_stats_print");
     p_stats_json = (__typeof__(p_stats_json))dlsym(RTLD_DEFAULT, "strata_stats_json");
     p_heap_map_write = (__typeof__(p_heap_map_write))dlsym(RTLD_DEFAULT, "strata_heap_map_write");
+    p_background_purge =
+        (__typeof__(p_background_purge))dlsym(RTLD_DEFAULT, "strata_background_purge");
     strata_loaded = p_release_memory != NULL && p_stats_print != NULL && p_stats_json != NULL;
     Dl_info info;
     const char *owner =
