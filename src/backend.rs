@@ -91,10 +91,12 @@ impl<'a> AllHeaps<'a> {
             if h.is_null() {
                 return None;
             }
-            // SAFETY: by invariant 2 `h` is a heap that is never freed; readers only
-            // use its atomic counters, which any thread may read.
+            // SAFETY: by invariant 2 `h` is a heap that is never freed; `&ThreadHeap`
+            // is shared (its owner also uses only `&`), and readers use only its
+            // atomic counters, which any thread may read.
             let heap = unsafe { &*h };
-            h = heap.all_next;
+            // SAFETY: the pool lock is held while this walk lasts (`_pool_held`).
+            h = unsafe { heap.all_next() };
             Some(heap)
         })
     }
@@ -152,16 +154,17 @@ impl<O: Os> Backend<O> {
             // SAFETY: fresh arena memory sized and aligned for a ThreadHeap.
             unsafe {
                 h.write(ThreadHeap::new(HeapState::Pooled));
-                (*h).all_next = pool.all;
+                (*h).set_all_next(pool.all);
             }
             pool.all = h;
             pool.created += 1;
         } else {
             // SAFETY: pooled heaps are ours under the pool lock.
-            pool.free = unsafe { (*h).pool_next };
+            pool.free = unsafe { (*h).pool_next() };
         }
         pool.live += 1;
-        // SAFETY: `h` is a flushed heap that no thread uses.
+        // SAFETY: `h` is a flushed heap that no thread uses (fresh, or just taken off
+        // the pool under its lock); the caller becomes its owner.
         unsafe { (*h).activate(self.cache_budget.load(Ordering::Relaxed)) };
         h
     }
@@ -171,25 +174,30 @@ impl<O: Os> Backend<O> {
     /// # Safety
     /// `h` came from `new_thread_heap` and its thread will not use it again.
     pub unsafe fn retire_thread_heap(&self, h: *mut ThreadHeap) {
-        // SAFETY: the caller hands the heap over.
-        let heap = unsafe { &mut *h };
+        // SAFETY: the caller hands the heap over: until it is pooled below, the
+        // calling thread is its owner. Shared (`&`): statistics read its counters
+        // through the list of all heaps meanwhile.
+        let heap = unsafe { &*h };
         // Flush before pooling: once pooled, the next thread may take the heap.
         #[cfg(not(strata_mutant = "retire_pools_before_flush"))]
-        {
+        // SAFETY: we own the heap (above); a live heap, not a sentinel.
+        unsafe {
             heap.flush_all(self);
             heap.retire();
         }
         let g = self.pool_lock.guard();
         // SAFETY: pool lock held.
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
-        heap.pool_next = pool.free;
+        // SAFETY: pool lock held, and the heap is still ours (not yet on the list).
+        unsafe { heap.set_pool_next(pool.free) };
         pool.free = h;
         pool.live -= 1;
         drop(g);
         // Mutant: the heap is in the pool (a new thread may be using it) while its
         // old objects are still being flushed.
         #[cfg(strata_mutant = "retire_pools_before_flush")]
-        {
+        // SAFETY: none: this mutant breaks the ownership contract on purpose.
+        unsafe {
             heap.flush_all(self);
             heap.retire();
         }
@@ -649,7 +657,8 @@ impl<O: Os> Backend<O> {
                 "pooled heap not marked Pooled",
                 h as usize,
             )?;
-            heap.validate(self)?;
+            // SAFETY: a pooled heap, ours under the pool lock.
+            unsafe { heap.validate(self) }?;
             crate::page_heap::check(
                 heap.is_empty(),
                 "HeapPool",
@@ -658,7 +667,8 @@ impl<O: Os> Backend<O> {
                 h as usize,
             )?;
             pooled += 1;
-            h = heap.pool_next;
+            // SAFETY: pool lock held; the heap is pooled.
+            h = unsafe { heap.pool_next() };
         }
         crate::page_heap::check(
             pool.live + pooled == pool.created,
@@ -674,7 +684,7 @@ impl<O: Os> Backend<O> {
             listed += 1;
             // SAFETY: heaps on `all` are never freed (invariant 2); `all_next` is
             // written once, under the pool lock we hold.
-            h = unsafe { (*h).all_next };
+            h = unsafe { (*h).all_next() };
         }
         crate::page_heap::check(
             listed == pool.created,
