@@ -140,7 +140,9 @@ impl<O: Os> Backend<O> {
     /// refuses memory.
     pub fn new_thread_heap(&self) -> *mut ThreadHeap {
         let _g = self.pool_lock.guard();
-        // SAFETY: pool lock held.
+        // SAFETY: pool lock held, and every access to `pool` takes it: the only
+        // reference to the pool while it lives (the heaps it links are reached by
+        // `&ThreadHeap` only).
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
         let mut h = pool.free;
         if h.is_null() {
@@ -186,7 +188,9 @@ impl<O: Os> Backend<O> {
             heap.retire();
         }
         let g = self.pool_lock.guard();
-        // SAFETY: pool lock held.
+        // SAFETY: pool lock held, and every access to `pool` takes it: the only
+        // reference to the pool while it lives (the heaps it links are reached by
+        // `&ThreadHeap` only).
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
         // SAFETY: pool lock held, and the heap is still ours (not yet on the list).
         unsafe { heap.set_pool_next(pool.free) };
@@ -301,7 +305,7 @@ impl<O: Os> Backend<O> {
             let s = &*span;
             self.counters.flow(s.bytes() as isize);
             let p = s.base();
-            if zero && s.flags & SPAN_ZEROED == 0 {
+            if zero && s.flags() & SPAN_ZEROED == 0 {
                 ptr::write_bytes(p, 0, size);
             }
             p
@@ -517,7 +521,7 @@ impl<O: Os> Backend<O> {
         // SAFETY: `p` is the base of a live Large span.
         unsafe {
             let span: *mut Span = (*ChunkHeader::of(p)).span_of(p);
-            let have = (*span).npages as usize;
+            let have = (*span).npages() as usize;
             let want = new_size.div_ceil(PAGE_SIZE);
             let delta = (want as isize - have as isize) * PAGE_SIZE as isize;
             let done = if want == have {
@@ -541,7 +545,10 @@ impl<O: Os> Backend<O> {
     pub fn usable_size(&self, p: *const u8) -> Option<usize> {
         if self.page_heap.owns(p) {
             // SAFETY: `p` lies in a mapped chunk (chunk map), so its header is readable;
-            // the page map and kinds are atomics, so a stale read is not UB.
+            // the page map and kinds are atomics, so a stale read is not UB. No lock
+            // is held, so no plain field of a span is read unless `p` is the start of
+            // a Large span, the caller's own block (`base` comes from the descriptor's
+            // address, Span invariant 7).
             unsafe {
                 let chunk = &*ChunkHeader::of(p);
                 let page = ChunkHeader::page_of(p);

@@ -155,7 +155,7 @@ fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero() {
         assert_eq!(st.free_zeroed_bytes, st.free_bytes);
         let again = large(&ph, 4);
         assert_eq!((*again).base(), base);
-        assert!((*again).flags & SPAN_ZEROED != 0);
+        assert!((*again).flags() & SPAN_ZEROED != 0);
         let bytes = core::slice::from_raw_parts((*again).base(), 4 * PAGE_SIZE);
         assert!(bytes.iter().all(|&b| b == 0), "purged pages read as zero");
         ph.free_span(again);
@@ -176,7 +176,7 @@ fn grow_and_shrink_in_place_keep_the_invariants() {
         assert!(ph.grow_in_place(s, 4), "the freed tail is still there");
         assert!(!ph.grow_in_place(s, 5), "the fence blocks further growth");
         ph.validate().unwrap();
-        assert_eq!((*s).npages, 4);
+        assert_eq!((*s).npages(), 4);
     }
 }
 
@@ -218,10 +218,10 @@ fn page_entries_accept_object_starts_only_and_leave_with_the_small_span() {
         ph.validate().unwrap();
         // A stale class left in the Large span's interior is what validate reports.
         let chunk = &*(*l).chunk();
-        chunk.set_small((*l).start as usize + 3, c, base);
+        chunk.set_small((*l).start() as usize + 3, c, base);
         let v = ph.validate().unwrap_err();
         assert_eq!((v.structure, v.invariant), ("Span", 6), "{v}");
-        chunk.clear_small((*l).start as usize + 3);
+        chunk.clear_small((*l).start() as usize + 3);
         ph.validate().unwrap();
     }
 }
