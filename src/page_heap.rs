@@ -519,7 +519,7 @@ impl<O: Os> PageHeap<O> {
             }
             #[cfg(strata_mutant = "coalesce_keeps_zeroed")]
             {
-                (*span).flags &= !SPAN_LISTED;
+                (*span).set_flags((*span).flags() & !SPAN_LISTED);
             }
             (*span).set_free_since_ms(now);
             if (*span).npages() as usize == USABLE_PAGES {
