@@ -661,7 +661,7 @@ const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
 /// rewrites it as `p < 2^47`, which takes a shift of its own on x86-64 (the bound
 /// does not fit an immediate), and then shifts again for the index: two instructions
 /// more in `free`.
-#[cfg(all(not(strata_loom), target_arch = "x86_64"))]
+#[cfg(all(not(strata_loom), target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn opaque(mut x: usize) -> usize {
     // SAFETY: the block is empty: it executes nothing and touches no memory.
@@ -670,7 +670,8 @@ fn opaque(mut x: usize) -> usize {
     }
     x
 }
-#[cfg(all(not(strata_loom), not(target_arch = "x86_64")))]
+/// Elsewhere, and under Miri (which runs no `asm!`), the identity.
+#[cfg(all(not(strata_loom), any(not(target_arch = "x86_64"), miri)))]
 #[inline(always)]
 fn opaque(x: usize) -> usize {
     x

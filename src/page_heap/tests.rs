@@ -3,7 +3,7 @@
 use super::*;
 use crate::os::SysOs;
 
-fn large(ph: &PageHeap<SysOs>, npages: usize) -> *mut Span {
+fn large<O: Os>(ph: &PageHeap<O>, npages: usize) -> *mut Span {
     let s = ph.alloc_span(npages, 1, SpanKind::Large, SizeClass(0));
     assert!(!s.is_null());
     s
@@ -237,4 +237,91 @@ fn the_chunk_map_knows_our_chunks_and_nothing_else() {
     assert!(!ph.owns(&on_stack as *const u64 as *const u8));
     assert!(!ph.owns(core::ptr::null()));
     assert!(!ph.owns(usize::MAX as *const u8));
+}
+
+/// Chunks from the Rust heap instead of `mmap` (Miri runs no aligned `mmap`), so
+/// that the test below also runs under Miri.
+struct HeapOs;
+
+impl HeapOs {
+    fn layout(size: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(size, CHUNK_SIZE).unwrap()
+    }
+}
+
+// SAFETY: `alloc_zeroed` gives fresh zeroed memory aligned as asked (the page heap
+// asks for whole chunks at chunk alignment only); `purge` zeroes.
+unsafe impl Os for HeapOs {
+    fn map(&self, size: usize, align: usize) -> *mut u8 {
+        assert!(align <= CHUNK_SIZE);
+        // SAFETY: a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::layout(size)) };
+        // The page heap finds headers from addresses (`ChunkHeader::of`): like
+        // memory from `mmap`, the mapping may be reached from its address.
+        p.expose_provenance();
+        p
+    }
+    unsafe fn unmap(&self, p: *mut u8, size: usize) {
+        // SAFETY: the page heap unmaps whole chunks it mapped.
+        unsafe { std::alloc::dealloc(p, Self::layout(size)) }
+    }
+    unsafe fn purge(&self, p: *mut u8, size: usize) {
+        // SAFETY: the range lies in a live mapping (contract).
+        unsafe { p.write_bytes(0, size) }
+    }
+    unsafe fn remap(&self, _: *mut u8, _: usize, _: usize) -> *mut u8 {
+        ptr::null_mut()
+    }
+    unsafe fn split(&self, _: *mut u8, _: usize, _: usize) {
+        unreachable!("the page heap does not split mappings")
+    }
+    fn now_ms(&self) -> u64 {
+        0
+    }
+}
+
+/// A lookup by address (what `usable_size` and `free` do, without a lock) of a
+/// block the reader owns, while another thread cuts, frees and coalesces spans in
+/// the same chunk under the page-heap lock: the lookup finds the block, and the
+/// coalescing never makes a `&mut` over the header the reader holds a `&` of. Under
+/// Miri (`MIRIFLAGS=-Zmiri-permissive-provenance cargo +nightly miri test --lib
+/// lookups_by_address`) the data-race detector also checks that no plain field is
+/// read without the lock; the allocator's integer-to-pointer casts leave Miri's
+/// aliasing model little to check here (wildcard provenance).
+#[test]
+fn lookups_by_address_run_beside_coalescing_in_the_same_chunk() {
+    let ph = PageHeap::new(HeapOs);
+    let mine = large(&ph, 2);
+    // SAFETY: a live span of ours.
+    let p = unsafe { (*mine).base() };
+    let rounds = if cfg!(miri) { 2 } else { 2_000 };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..rounds {
+                let (a, b) = (large(&ph, 1), large(&ph, 3));
+                // SAFETY: live spans, freed once; `b` then `a` coalesce.
+                unsafe {
+                    ph.free_span(b);
+                    ph.free_span(a);
+                }
+            }
+        });
+        for _ in 0..rounds {
+            // SAFETY: `p` is the start of our live Large span, in a mapped chunk.
+            let (chunk, span) = unsafe {
+                let chunk = &*ChunkHeader::of(p);
+                (chunk, &*chunk.span_of(p))
+            };
+            assert_eq!(span.kind(), SpanKind::Large);
+            assert_eq!(span.base(), p);
+            assert_eq!(span.bytes(), 2 * PAGE_SIZE);
+            assert_eq!(chunk.page_class(ChunkHeader::page_of(p)), NO_CLASS);
+        }
+    });
+    // SAFETY: our span, freed once.
+    unsafe { ph.free_span(mine) };
+    ph.validate().unwrap();
+    // Every chunk back to the "OS" (Miri reports a leak otherwise).
+    ph.release_all();
+    assert_eq!(ph.stats().chunks, 0);
 }
