@@ -47,6 +47,7 @@ MUTANTS=(
     "span_release_keeps_class        span_release    a released Small span's pages keep their class in the page entries"
     "huge_cache_takes_short          huge_blocks     a cached huge mapping is handed out whole even when shorter than the request"
     "stats_ignore_moves              stats_merge     thread heaps do not mark their moves: a snapshot counts a batch in transit as live"
+    "stats_read_owner_field          stats_merge     a snapshot reads a heap's owner-only plain field (max), racing its owner"
 )
 
 want=("$@")

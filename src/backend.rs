@@ -122,10 +122,12 @@ impl<'a> AllHeaps<'a> {
             if h.is_null() {
                 return None;
             }
-            // SAFETY: by invariant 2 `h` is a heap that is never freed; readers only
-            // use its atomic counters, which any thread may read.
+            // SAFETY: by invariant 2 `h` is a heap that is never freed; `&ThreadHeap`
+            // is shared (its owner also uses only `&`), and readers use only its
+            // atomic counters, which any thread may read.
             let heap = unsafe { &*h };
-            h = heap.all_next;
+            // SAFETY: the pool lock is held while this walk lasts (`_pool_held`).
+            h = unsafe { heap.all_next() };
             Some(heap)
         })
     }
@@ -169,7 +171,9 @@ impl<O: Os> Backend<O> {
     /// refuses memory.
     pub fn new_thread_heap(&self) -> *mut ThreadHeap {
         let _g = self.pool_lock.guard();
-        // SAFETY: pool lock held.
+        // SAFETY: pool lock held, and every access to `pool` takes it: the only
+        // reference to the pool while it lives (the heaps it links are reached by
+        // `&ThreadHeap` only).
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
         let mut h = pool.free;
         if h.is_null() {
@@ -183,16 +187,17 @@ impl<O: Os> Backend<O> {
             // SAFETY: fresh arena memory sized and aligned for a ThreadHeap.
             unsafe {
                 h.write(ThreadHeap::new(HeapState::Pooled));
-                (*h).all_next = pool.all;
+                (*h).set_all_next(pool.all);
             }
             pool.all = h;
             pool.created += 1;
         } else {
             // SAFETY: pooled heaps are ours under the pool lock.
-            pool.free = unsafe { (*h).pool_next };
+            pool.free = unsafe { (*h).pool_next() };
         }
         pool.live += 1;
-        // SAFETY: `h` is a flushed heap that no thread uses.
+        // SAFETY: `h` is a flushed heap that no thread uses (fresh, or just taken off
+        // the pool under its lock); the caller becomes its owner.
         unsafe { (*h).activate(self.cache_budget.load(Ordering::Relaxed)) };
         h
     }
@@ -202,25 +207,32 @@ impl<O: Os> Backend<O> {
     /// # Safety
     /// `h` came from `new_thread_heap` and its thread will not use it again.
     pub unsafe fn retire_thread_heap(&self, h: *mut ThreadHeap) {
-        // SAFETY: the caller hands the heap over.
-        let heap = unsafe { &mut *h };
+        // SAFETY: the caller hands the heap over: until it is pooled below, the
+        // calling thread is its owner. Shared (`&`): statistics read its counters
+        // through the list of all heaps meanwhile.
+        let heap = unsafe { &*h };
         // Flush before pooling: once pooled, the next thread may take the heap.
         #[cfg(not(strata_mutant = "retire_pools_before_flush"))]
-        {
+        // SAFETY: we own the heap (above); a live heap, not a sentinel.
+        unsafe {
             heap.flush_all(self);
             heap.retire();
         }
         let g = self.pool_lock.guard();
-        // SAFETY: pool lock held.
+        // SAFETY: pool lock held, and every access to `pool` takes it: the only
+        // reference to the pool while it lives (the heaps it links are reached by
+        // `&ThreadHeap` only).
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
-        heap.pool_next = pool.free;
+        // SAFETY: pool lock held, and the heap is still ours (not yet on the list).
+        unsafe { heap.set_pool_next(pool.free) };
         pool.free = h;
         pool.live -= 1;
         drop(g);
         // Mutant: the heap is in the pool (a new thread may be using it) while its
         // old objects are still being flushed.
         #[cfg(strata_mutant = "retire_pools_before_flush")]
-        {
+        // SAFETY: none: this mutant breaks the ownership contract on purpose.
+        unsafe {
             heap.flush_all(self);
             heap.retire();
         }
@@ -322,7 +334,7 @@ impl<O: Os> Backend<O> {
             let s = &*span;
             self.counters.flow(s.bytes() as isize);
             let p = s.base();
-            if zero && s.flags & SPAN_ZEROED == 0 {
+            if zero && s.flags() & SPAN_ZEROED == 0 {
                 ptr::write_bytes(p, 0, size);
             }
             p
@@ -566,7 +578,7 @@ impl<O: Os> Backend<O> {
         // SAFETY: `p` is the base of a live Large span.
         unsafe {
             let span: *mut Span = (*ChunkHeader::of(p)).span_of(p);
-            let have = (*span).npages as usize;
+            let have = (*span).npages() as usize;
             let want = new_size.div_ceil(PAGE_SIZE);
             let delta = (want as isize - have as isize) * PAGE_SIZE as isize;
             let done = if want == have {
@@ -590,7 +602,10 @@ impl<O: Os> Backend<O> {
     pub fn usable_size(&self, p: *const u8) -> Option<usize> {
         if self.page_heap.owns(p) {
             // SAFETY: `p` lies in a mapped chunk (chunk map), so its header is readable;
-            // the page map and kinds are atomics, so a stale read is not UB.
+            // the page map and kinds are atomics, so a stale read is not UB. No lock
+            // is held, so no plain field of a span is read unless `p` is the start of
+            // a Large span, the caller's own block (`base` comes from the descriptor's
+            // address, Span invariant 7).
             unsafe {
                 let chunk = &*ChunkHeader::of(p);
                 let page = ChunkHeader::page_of(p);
@@ -740,7 +755,8 @@ impl<O: Os> Backend<O> {
                 "pooled heap not marked Pooled",
                 h as usize,
             )?;
-            heap.validate(self)?;
+            // SAFETY: a pooled heap, ours under the pool lock.
+            unsafe { heap.validate(self) }?;
             crate::page_heap::check(
                 heap.is_empty(),
                 "HeapPool",
@@ -749,7 +765,8 @@ impl<O: Os> Backend<O> {
                 h as usize,
             )?;
             pooled += 1;
-            h = heap.pool_next;
+            // SAFETY: pool lock held; the heap is pooled.
+            h = unsafe { heap.pool_next() };
         }
         crate::page_heap::check(
             pool.live + pooled == pool.created,
@@ -765,7 +782,7 @@ impl<O: Os> Backend<O> {
             listed += 1;
             // SAFETY: heaps on `all` are never freed (invariant 2); `all_next` is
             // written once, under the pool lock we hold.
-            h = unsafe { (*h).all_next };
+            h = unsafe { (*h).all_next() };
         }
         crate::page_heap::check(
             listed == pool.created,

@@ -69,7 +69,9 @@ impl CentralClass {
 
     fn with_spans<R>(&self, f: impl FnOnce(&mut ClassSpans) -> R) -> R {
         let _g = self.lock.guard();
-        // SAFETY: the lock is held (invariant of Sync).
+        // SAFETY: the lock is held (invariant of Sync), and every access to `spans`
+        // takes it, so this `&mut` is the only reference to the lists while it lives
+        // (the span descriptors they link are reached through `&Span` only).
         self.spans.with_mut(|s| f(unsafe { &mut *s }))
     }
 
@@ -140,11 +142,11 @@ impl Central {
                     }
                     // SAFETY: a fresh Small span for this class, ours under the lock.
                     unsafe {
-                        let s = &mut *span;
-                        s.free = ptr::null_mut();
-                        s.carved = 0;
-                        s.live = 0;
-                        s.capacity = c.objects_per_span() as u32;
+                        let s = &*span;
+                        s.set_free(ptr::null_mut());
+                        s.set_carved(0);
+                        s.set_live(0);
+                        s.set_capacity(c.objects_per_span() as u32);
                         list_push(&mut cs.partial, span);
                     }
                     cs.nspans += 1;
@@ -152,21 +154,21 @@ impl Central {
                 // SAFETY: spans on the partial list are Small spans of this class,
                 // ours under the lock; their free objects belong to no one else.
                 unsafe {
-                    let s = &mut *span;
+                    let s = &*span;
                     while count < want && s.has_free_object() {
-                        let obj = if s.free.is_null() {
-                            let o = s.base().add(s.carved as usize * size).cast::<FreeObj>();
-                            s.carved += 1;
+                        let obj = if s.free().is_null() {
+                            let o = s.base().add(s.carved() as usize * size).cast::<FreeObj>();
+                            s.set_carved(s.carved() + 1);
                             o
                         } else {
-                            let o = s.free;
-                            s.free = FreeObj::next(o, c);
+                            let o = s.free();
+                            s.set_free(FreeObj::next(o, c));
                             o
                         };
                         FreeObj::set_next(obj, head);
                         head = obj;
                         count += 1;
-                        s.live += 1;
+                        s.set_live(s.live() + 1);
                     }
                     if !s.has_free_object() {
                         list_remove(&mut cs.partial, span);
@@ -223,21 +225,21 @@ impl Central {
                 unsafe {
                     let next = FreeObj::next(obj, c);
                     let span = (*ChunkHeader::of(obj.cast())).span_of(obj.cast());
-                    let s = &mut *span;
+                    let s = &*span;
                     debug_assert!(s.kind() == SpanKind::Small && s.class() == c);
-                    FreeObj::set_next(obj, s.free);
-                    s.free = obj;
-                    s.live -= 1;
-                    if s.live == 0 {
+                    FreeObj::set_next(obj, s.free());
+                    s.set_free(obj);
+                    s.set_live(s.live() - 1);
+                    if s.live() == 0 {
                         // Unlist before the page heap takes it: a listed span is one
                         // the class may carve from (Span invariant 4).
                         #[cfg(not(strata_mutant = "central_empty_span_stays_listed"))]
-                        if s.flags & SPAN_LISTED != 0 {
+                        if s.flags() & SPAN_LISTED != 0 {
                             list_remove(&mut cs.partial, span);
                         }
                         cs.nspans -= 1;
                         ph.free_span(span);
-                    } else if s.flags & SPAN_LISTED == 0 {
+                    } else if s.flags() & SPAN_LISTED == 0 {
                         list_push(&mut cs.partial, span);
                     }
                     obj = next;
@@ -328,13 +330,13 @@ impl Central {
                     span as usize,
                 )?;
                 check(
-                    s.has_free_object() && s.live > 0,
+                    s.has_free_object() && s.live() > 0,
                     "Span",
                     4,
                     "partial span is full or empty",
                     s.base() as usize,
                 )?;
-                span = s.next;
+                span = s.next();
             }
         }
         Ok(())
@@ -356,25 +358,25 @@ pub unsafe fn validate_small_span(s: &Span) -> Result<(), Violation> {
     let c = s.class();
     let at = s.base() as usize;
     check(
-        s.capacity as usize == c.objects_per_span(),
+        s.capacity() as usize == c.objects_per_span(),
         "Span",
         4,
         "capacity differs from the class",
         at,
     )?;
     check(
-        s.carved <= s.capacity && s.live <= s.carved,
+        s.carved() <= s.capacity() && s.live() <= s.carved(),
         "Span",
         4,
         "carved/live out of range",
         at,
     )?;
     let mut n = 0u32;
-    let mut o = s.free;
+    let mut o = s.free();
     while !o.is_null() {
         let off = o as usize - at;
         check(
-            o as usize >= at && off < s.carved as usize * c.size_bytes(),
+            o as usize >= at && off < s.carved() as usize * c.size_bytes(),
             "Span",
             4,
             "free object outside the carved part",
@@ -389,7 +391,7 @@ pub unsafe fn validate_small_span(s: &Span) -> Result<(), Violation> {
         )?;
         n += 1;
         check(
-            n <= s.carved,
+            n <= s.carved(),
             "Span",
             4,
             "free list longer than carved (cycle?)",
@@ -407,15 +409,15 @@ pub unsafe fn validate_small_span(s: &Span) -> Result<(), Violation> {
         o = next.unwrap_or(ptr::null_mut());
     }
     check(
-        s.live + n == s.carved,
+        s.live() + n == s.carved(),
         "Span",
         4,
         "live + free != carved",
         at,
     )?;
-    let listed = s.flags & SPAN_LISTED != 0;
+    let listed = s.flags() & SPAN_LISTED != 0;
     check(
-        listed == (s.has_free_object() && s.live > 0),
+        listed == (s.has_free_object() && s.live() > 0),
         "Span",
         4,
         "partial-list membership wrong",
@@ -434,13 +436,13 @@ fn max_stacked_batches(c: SizeClass) -> usize {
 unsafe fn list_push(head: &mut *mut Span, span: *mut Span) {
     // SAFETY: per the contract.
     unsafe {
-        (*span).prev = ptr::null_mut();
-        (*span).next = *head;
+        (*span).set_prev(ptr::null_mut());
+        (*span).set_next(*head);
         if !head.is_null() {
-            (**head).prev = span;
+            (**head).set_prev(span);
         }
         *head = span;
-        (*span).flags |= SPAN_LISTED;
+        (*span).set_flags((*span).flags() | SPAN_LISTED);
     }
 }
 
@@ -451,17 +453,17 @@ unsafe fn list_push(head: &mut *mut Span, span: *mut Span) {
 unsafe fn list_remove(head: &mut *mut Span, span: *mut Span) {
     // SAFETY: per the contract.
     unsafe {
-        let s = &mut *span;
-        if s.prev.is_null() {
-            *head = s.next;
+        let s = &*span;
+        if s.prev().is_null() {
+            *head = s.next();
         } else {
-            (*s.prev).next = s.next;
+            (*s.prev()).set_next(s.next());
         }
-        if !s.next.is_null() {
-            (*s.next).prev = s.prev;
+        if !s.next().is_null() {
+            (*s.next()).set_prev(s.prev());
         }
-        s.prev = ptr::null_mut();
-        s.next = ptr::null_mut();
-        s.flags &= !SPAN_LISTED;
+        s.set_prev(ptr::null_mut());
+        s.set_next(ptr::null_mut());
+        s.set_flags(s.flags() & !SPAN_LISTED);
     }
 }

@@ -60,20 +60,117 @@ pub const SPAN_LISTED: u8 = 2;
 /// 5. `SPAN_ZEROED` is set only if every byte of the span's pages is zero.
 /// 6. The page entries of a Small span name its class and base on every one of its
 ///    pages; those of every other page name no class (ChunkHeader invariant 3).
+/// 7. A descriptor whose kind is not None sits in the slot of its first page:
+///    `start` is its index in `ChunkHeader::spans`, so its base follows from its
+///    address (`base` reads no field).
+///
+/// Aliasing: descriptors live in chunk headers that every thread reaches by address
+/// (`free`, `usable_size`, statistics), so no `&mut Span` of a mapped chunk is ever
+/// made. The atomics (`kind`, `class`) may be read by anyone; the other fields are
+/// [`LockedCell`]s, written through `unsafe` setters by the holder of the lock of
+/// the tier that owns the span (invariants 3 and 4) and read by it, or by the
+/// owner of a Large span.
 #[repr(C)]
 pub struct Span {
-    pub start: u32,
-    pub npages: u32,
+    start: LockedCell<u32>,
+    npages: LockedCell<u32>,
     kind: AtomicU8,
     class: AtomicU8,
-    pub flags: u8,
-    pub free: *mut FreeObj,
-    pub carved: u32,
-    pub live: u32,
-    pub capacity: u32,
-    pub prev: *mut Span,
-    pub next: *mut Span,
-    pub free_since_ms: u64,
+    flags: LockedCell<u8>,
+    free: LockedCell<*mut FreeObj>,
+    carved: LockedCell<u32>,
+    live: LockedCell<u32>,
+    capacity: LockedCell<u32>,
+    prev: LockedCell<*mut Span>,
+    next: LockedCell<*mut Span>,
+    free_since_ms: LockedCell<u64>,
+}
+
+/// A plain field of a span descriptor or chunk header, read and written only by
+/// whoever holds the lock of the tier that owns it (Span invariants 3 and 4; the
+/// page-heap lock for the header's links), so that a shared `&Span` or
+/// `&ChunkHeader`, which any thread may hold, is never aliased by a `&mut`. `get`
+/// and `set` compile to a plain load and store. Not loom-switched: the locks that
+/// order these accesses are modelled, and loom's cells would change the loom
+/// header's geometry.
+#[repr(transparent)]
+pub(crate) struct LockedCell<T>(core::cell::UnsafeCell<T>);
+
+impl<T: Copy> LockedCell<T> {
+    /// A cell holding `v` (outside loom a header starts as zeroed memory instead).
+    #[cfg(strata_loom)]
+    pub(crate) const fn new(v: T) -> LockedCell<T> {
+        LockedCell(core::cell::UnsafeCell::new(v))
+    }
+    /// The value. The caller holds the owning lock (or owns the Large span): the
+    /// `&` it reached the cell through was made under that argument.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> T {
+        // SAFETY: writes happen only under the owning lock (`set`'s contract), which
+        // the reader holds too (above): no write races with this read.
+        unsafe { *self.0.get() }
+    }
+    /// Sets the value.
+    ///
+    /// # Safety
+    /// The caller holds the lock of the tier that owns the span or header (Span
+    /// invariants 3/4), or the memory is not yet reachable by any other thread.
+    #[inline(always)]
+    pub(crate) unsafe fn set(&self, v: T) {
+        // SAFETY: per the contract no other thread reads or writes the cell now; no
+        // reference to its value is live (`get` copies).
+        unsafe { *self.0.get() = v }
+    }
+}
+
+/// Span field setters. Each is `unsafe`: the caller holds the lock of the tier that
+/// owns the span (Span invariants 3/4), or the span is in a chunk no other thread
+/// can reach yet.
+macro_rules! span_fields {
+    ($($(#[$doc:meta])* $get:ident, $set:ident: $t:ty;)*) => {
+        impl Span {
+            $(
+                $(#[$doc])*
+                #[inline(always)]
+                pub fn $get(&self) -> $t {
+                    self.$get.get()
+                }
+                /// Sets the field of the same name.
+                ///
+                /// # Safety
+                /// The caller holds the lock of the tier that owns the span (Span
+                /// invariants 3/4), or no other thread can reach the span yet.
+                #[inline(always)]
+                pub unsafe fn $set(&self, v: $t) {
+                    // SAFETY: forwarded contract.
+                    unsafe { self.$get.set(v) }
+                }
+            )*
+        }
+    };
+}
+
+span_fields! {
+    /// First page of the span in its chunk (invariants 1 and 7).
+    start, set_start: u32;
+    /// Pages covered (invariant 1).
+    npages, set_npages: u32;
+    /// `SPAN_ZEROED` and `SPAN_LISTED`.
+    flags, set_flags: u8;
+    /// Small: the span's free list (invariant 4).
+    free, set_free: *mut FreeObj;
+    /// Small: objects carved so far (invariant 4).
+    carved, set_carved: u32;
+    /// Small: objects out of the span (invariant 4).
+    live, set_live: u32;
+    /// Small: objects the span holds (invariant 4).
+    capacity, set_capacity: u32;
+    /// Previous span in the owner's list (a bin or a class's partial list).
+    prev, set_prev: *mut Span;
+    /// Next span in the owner's list.
+    next, set_next: *mut Span;
+    /// Free: when the span became free (for the purge delay).
+    free_since_ms, set_free_since_ms: u64;
 }
 
 // Loom's atomics are 8 bytes each, so under loom a Span is 80 bytes; the bound only
@@ -82,6 +179,25 @@ pub struct Span {
 const _: () = assert!(core::mem::size_of::<Span>() <= 64);
 
 impl Span {
+    /// A descriptor with every field zero and kind None (loom: a fresh header's).
+    #[cfg(strata_loom)]
+    fn empty() -> Span {
+        Span {
+            start: LockedCell::new(0),
+            npages: LockedCell::new(0),
+            kind: AtomicU8::new(SpanKind::None as u8),
+            class: AtomicU8::new(0),
+            flags: LockedCell::new(0),
+            free: LockedCell::new(ptr::null_mut()),
+            carved: LockedCell::new(0),
+            live: LockedCell::new(0),
+            capacity: LockedCell::new(0),
+            prev: LockedCell::new(ptr::null_mut()),
+            next: LockedCell::new(ptr::null_mut()),
+            free_since_ms: LockedCell::new(0),
+        }
+    }
+
     /// The span's kind. Relaxed: a lookup of a live pointer is ordered after the
     /// span's set-up by the handoff that gave the pointer out; a bogus pointer only
     /// reads a stale but valid value.
@@ -114,20 +230,27 @@ impl Span {
     pub fn chunk(&self) -> *mut ChunkHeader {
         (self as *const Span as usize & !(CHUNK_SIZE - 1)) as *mut ChunkHeader
     }
-    /// First byte of the span's pages.
+    /// The descriptor's slot in its chunk's `spans`: its first page (invariant 7).
+    #[inline]
+    fn slot(&self) -> usize {
+        (self as *const Span as usize - self.chunk() as usize - SPANS_OFFSET)
+            / core::mem::size_of::<Span>()
+    }
+    /// First byte of the span's pages, from the descriptor's address (invariant 7),
+    /// so that a lookup by address without a lock reads no plain field.
     #[inline]
     pub fn base(&self) -> *mut u8 {
-        (self.chunk() as usize + ((self.start as usize) << PAGE_SHIFT)) as *mut u8
+        (self.chunk() as usize + (self.slot() << PAGE_SHIFT)) as *mut u8
     }
     /// Bytes covered.
     #[inline]
     pub fn bytes(&self) -> usize {
-        (self.npages as usize) << PAGE_SHIFT
+        (self.npages() as usize) << PAGE_SHIFT
     }
     /// Whether the span (Small) can give out an object.
     #[inline]
     pub fn has_free_object(&self) -> bool {
-        !self.free.is_null() || self.carved < self.capacity
+        !self.free().is_null() || self.carved() < self.capacity()
     }
 }
 
@@ -172,11 +295,18 @@ const _: () = assert!(core::mem::size_of::<PageEntry>() == 8);
 ///    (`PageHeap::free_locked`). Large spans map only their first and last page in
 ///    `first` (Span invariant 2), so without the reset a freed Small span's class
 ///    would survive in a later Large span's interior.
+///
+/// Aliasing: every thread reads headers by address (the page entries in `free`, the
+/// span kinds in `usable_size`), so once the chunk map names a chunk no `&mut
+/// ChunkHeader` of it is made: `magic`, `next` and `prev` are [`LockedCell`]s
+/// (page-heap lock), the page map and entries atomics, and span descriptors are
+/// reached as `&Span` or by [`ChunkHeader::span_ptr`]. A chunk not yet published is
+/// set up through a raw pointer.
 #[repr(C)]
 pub struct ChunkHeader {
-    pub magic: u64,
-    pub next: *mut ChunkHeader,
-    pub prev: *mut ChunkHeader,
+    magic: LockedCell<u64>,
+    next: LockedCell<*mut ChunkHeader>,
+    prev: LockedCell<*mut ChunkHeader>,
     /// Loom only: a cell standing in for the header's plain fields, written when the
     /// chunk is set up and read by every lookup through the page map, so that loom
     /// reports any lookup not ordered after the set-up (see `ChunkMap::set`).
@@ -187,7 +317,7 @@ pub struct ChunkHeader {
     #[cfg(not(strata_loom))]
     first: [AtomicU16; PAGES_PER_CHUNK],
     pages: [PageEntry; PAGES_PER_CHUNK],
-    pub spans: [Span; PAGES_PER_CHUNK],
+    spans: [Span; PAGES_PER_CHUNK],
 }
 
 /// Marks a mapped chunk header (checked by validators).
@@ -210,6 +340,8 @@ const _: () = assert!(HEADER_PAGES == 6);
 /// Byte offset of the page entries in a chunk header.
 #[cfg(not(strata_loom))]
 const PAGES_OFFSET: usize = core::mem::offset_of!(ChunkHeader, pages);
+/// Byte offset of the span descriptors in a chunk header.
+const SPANS_OFFSET: usize = core::mem::offset_of!(ChunkHeader, spans);
 
 impl PageEntry {
     /// Relaxed loads and stores throughout: entries are written under the page-heap
@@ -381,6 +513,66 @@ impl ChunkHeader {
         let start = self.first(Self::page_of(p)) & (PAGES_PER_CHUNK - 1);
         &self.spans[start] as *const Span as *mut Span
     }
+    /// The descriptor in slot `i` (the span starting at page `i`, if any).
+    #[inline]
+    pub fn span(&self, i: usize) -> &Span {
+        &self.spans[i]
+    }
+    /// The descriptor in slot `i` of `chunk`, by pointer arithmetic alone: no
+    /// reference to the header or the descriptor is made.
+    ///
+    /// # Safety
+    /// `chunk` is a chunk header's address and `i < PAGES_PER_CHUNK` (the result is
+    /// dereferenceable while the chunk is mapped).
+    #[inline]
+    pub unsafe fn span_ptr(chunk: *mut ChunkHeader, i: usize) -> *mut Span {
+        debug_assert!(i < PAGES_PER_CHUNK);
+        // SAFETY: per the contract the slot lies inside the header's `spans`.
+        unsafe { chunk.cast::<u8>().add(SPANS_OFFSET).cast::<Span>().add(i) }
+    }
+    /// `CHUNK_MAGIC` while the chunk is mapped (invariant 1; read under the
+    /// page-heap lock, or by a validator holding it).
+    #[inline]
+    pub fn magic(&self) -> u64 {
+        self.magic.get()
+    }
+    /// The next chunk in the page heap's list (page-heap lock held).
+    #[inline]
+    pub fn next(&self) -> *mut ChunkHeader {
+        self.next.get()
+    }
+    /// The previous chunk in the page heap's list (page-heap lock held).
+    #[inline]
+    pub fn prev(&self) -> *mut ChunkHeader {
+        self.prev.get()
+    }
+    /// Sets `magic`.
+    ///
+    /// # Safety
+    /// The page-heap lock is held, or the chunk is not yet published.
+    #[inline]
+    pub unsafe fn set_magic(&self, v: u64) {
+        // SAFETY: forwarded contract.
+        unsafe { self.magic.set(v) }
+    }
+    /// Sets `next`.
+    ///
+    /// # Safety
+    /// As for `set_magic`.
+    #[inline]
+    pub unsafe fn set_next(&self, v: *mut ChunkHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { self.next.set(v) }
+    }
+    /// Sets `prev`.
+    ///
+    /// # Safety
+    /// As for `set_magic`.
+    #[inline]
+    pub unsafe fn set_prev(&self, v: *mut ChunkHeader) {
+        // SAFETY: forwarded contract.
+        unsafe { self.prev.set(v) }
+    }
     /// Base address of the chunk.
     #[inline]
     pub fn base(&self) -> *mut u8 {
@@ -405,20 +597,7 @@ impl ChunkHeader {
                 pages.add(i).write(PageEntry {
                     packed: AtomicU64::new(0),
                 });
-                spans.add(i).write(Span {
-                    start: 0,
-                    npages: 0,
-                    kind: AtomicU8::new(SpanKind::None as u8),
-                    class: AtomicU8::new(0),
-                    flags: 0,
-                    free: ptr::null_mut(),
-                    carved: 0,
-                    live: 0,
-                    capacity: 0,
-                    prev: ptr::null_mut(),
-                    next: ptr::null_mut(),
-                    free_since_ms: 0,
-                });
+                spans.add(i).write(Span::empty());
             }
         }
     }
@@ -482,7 +661,7 @@ const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
 /// rewrites it as `p < 2^47`, which takes a shift of its own on x86-64 (the bound
 /// does not fit an immediate), and then shifts again for the index: two instructions
 /// more in `free`.
-#[cfg(all(not(strata_loom), target_arch = "x86_64"))]
+#[cfg(all(not(strata_loom), target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn opaque(mut x: usize) -> usize {
     // SAFETY: the block is empty: it executes nothing and touches no memory.
@@ -491,7 +670,8 @@ fn opaque(mut x: usize) -> usize {
     }
     x
 }
-#[cfg(all(not(strata_loom), not(target_arch = "x86_64")))]
+/// Elsewhere, and under Miri (which runs no `asm!`), the identity.
+#[cfg(all(not(strata_loom), any(not(target_arch = "x86_64"), miri)))]
 #[inline(always)]
 fn opaque(x: usize) -> usize {
     x

@@ -28,17 +28,16 @@ use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 /// The shared tiers of the process.
 pub(crate) static BACKEND: Backend<SysOs> = Backend::new(SysOs);
 
-/// A sentinel heap: never written (both fast paths miss on it before writing).
-struct Sentinel(ThreadHeap);
-// SAFETY: a sentinel is only read, never written (see ThreadHeap's fast paths: pop
-// returns on a null head, try_push returns on len >= max == 0).
-unsafe impl Sync for Sentinel {}
+/// The sentinel heaps, shared by every thread at once: only ever read, through
+/// `&ThreadHeap` (ThreadHeap invariant 7: both fast paths miss on them before any
+/// write, and the slow paths check `state()` before writing).
+static EMPTY: ThreadHeap = ThreadHeap::new(HeapState::Empty);
+static DEAD: ThreadHeap = ThreadHeap::new(HeapState::Dead);
 
-static EMPTY: Sentinel = Sentinel(ThreadHeap::new(HeapState::Empty));
-static DEAD: Sentinel = Sentinel(ThreadHeap::new(HeapState::Dead));
-
-const fn sentinel(s: &'static Sentinel) -> *mut ThreadHeap {
-    &s.0 as *const ThreadHeap as *mut ThreadHeap
+/// A sentinel as the TLS slot holds it. The `*mut` is never written through
+/// (invariant 7); every use makes a `&ThreadHeap`.
+const fn sentinel(s: &'static ThreadHeap) -> *mut ThreadHeap {
+    s as *const ThreadHeap as *mut ThreadHeap
 }
 
 // The thread's heap pointer lives in one TLS slot. On x86-64 Linux it is a symbol of
@@ -197,10 +196,13 @@ extern "C" fn on_thread_exit(h: *mut libc::c_void) {
 #[cold]
 #[inline(never)]
 fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
-    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel).
-    let heap = unsafe { &mut *h };
+    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
+    // as other threads may read it (statistics, or everyone for a sentinel).
+    let heap = unsafe { &*h };
+    debug_assert!(heap.state() == HeapState::Live || heap.is_empty());
     let p = match heap.state() {
-        HeapState::Live => heap.alloc_slow(c, &BACKEND),
+        // SAFETY: a live heap is the calling thread's own.
+        HeapState::Live => unsafe { heap.alloc_slow(c, &BACKEND) },
         HeapState::Empty => {
             let nh = init_thread();
             if nh.is_null() {
@@ -230,8 +232,10 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
-    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel).
-    let heap = unsafe { &mut *h };
+    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
+    // as other threads may read it (statistics, or everyone for a sentinel).
+    let heap = unsafe { &*h };
+    debug_assert!(heap.state() == HeapState::Live || heap.is_empty());
     let live = match heap.state() {
         HeapState::Live => h,
         HeapState::Empty => init_thread(),
@@ -853,4 +857,65 @@ pub(crate) fn stats() -> crate::Stats {
         s.requested_bytes = Some(crate::checked::leak_report().total().bytes as u64);
     }
     s
+}
+
+// Checked builds route `Strata` through `checked`, not the thread heaps.
+#[cfg(all(test, not(feature = "checked")))]
+mod tests {
+    use super::*;
+
+    /// ThreadHeap invariant 7: many fresh threads allocate and free through the
+    /// fast and slow paths, starting at `EMPTY` and, after a simulated thread exit,
+    /// ending at `DEAD`; neither sentinel is ever written.
+    #[test]
+    fn sentinels_stay_empty_while_threads_start_and_exit() {
+        let sizes = [8usize, 24, 64, 200, 1024, 4096, 40 << 10];
+        std::thread::scope(|s| {
+            for t in 0..8usize {
+                s.spawn(move || {
+                    assert_eq!(heap(), sentinel(&EMPTY), "a fresh thread starts at EMPTY");
+                    let mut live = Vec::new();
+                    for i in 0..2_000usize {
+                        let l = Layout::from_size_align(sizes[(i + t) % sizes.len()], 8).unwrap();
+                        // SAFETY: a non-zero size.
+                        let p = unsafe { Strata.alloc(l) };
+                        assert!(!p.is_null());
+                        live.push((p, l));
+                        if i % 3 == 0 {
+                            let (p, l) = live.swap_remove(i % live.len());
+                            // SAFETY: a live block of this layout.
+                            unsafe { Strata.dealloc(p, l) };
+                        }
+                    }
+                    // What the key destructor does at thread exit; then the key's
+                    // value is cleared so that it does not run a second time.
+                    let h = heap();
+                    // SAFETY: this thread's heap, only read.
+                    assert_eq!(unsafe { (*h).state() }, HeapState::Live);
+                    on_thread_exit(h.cast());
+                    if let Some(key) = thread_key() {
+                        // SAFETY: a valid key; null means "no destructor call".
+                        unsafe { libc::pthread_setspecific(key, ptr::null()) };
+                    }
+                    assert_eq!(heap(), sentinel(&DEAD));
+                    // Frees (and allocations) after exit go straight to the central
+                    // tier, through DEAD's fast paths, which miss.
+                    for (p, l) in live.drain(..) {
+                        // SAFETY: a live block of this layout.
+                        unsafe { Strata.dealloc(p, l) };
+                    }
+                    let l = Layout::from_size_align(64, 8).unwrap();
+                    // SAFETY: a non-zero size; the block is freed at once.
+                    unsafe { Strata.dealloc(Strata.alloc(l), l) };
+                });
+            }
+        });
+        for (s, state) in [(&EMPTY, HeapState::Empty), (&DEAD, HeapState::Dead)] {
+            assert_eq!(s.state(), state);
+            assert!(s.is_empty(), "a sentinel heap was written");
+            assert_eq!(s.counters(), Default::default());
+            // SAFETY: a sentinel, only read.
+            unsafe { s.validate(&BACKEND) }.unwrap();
+        }
+    }
 }

@@ -307,16 +307,16 @@ fn record(s: &Span) -> HeapMapSpan {
     let state = match s.kind() {
         SpanKind::Small => PageState::Small {
             class: s.class().0,
-            live: s.live,
-            capacity: s.capacity,
+            live: s.live(),
+            capacity: s.capacity(),
         },
         SpanKind::Large => PageState::Large,
-        _ if s.flags & SPAN_ZEROED != 0 => PageState::FreePurged,
+        _ if s.flags() & SPAN_ZEROED != 0 => PageState::FreePurged,
         _ => PageState::FreeResident,
     };
     HeapMapSpan {
-        first_page: s.start,
-        npages: s.npages,
+        first_page: s.start(),
+        npages: s.npages(),
         state,
     }
 }

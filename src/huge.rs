@@ -182,7 +182,8 @@ impl HugeRegistry {
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         let _g = self.lock.guard();
-        // SAFETY: lock held.
+        // SAFETY: lock held; every access to `inner` goes through here, so this is
+        // the only reference to it while it lives.
         self.inner.with_mut(|i| f(unsafe { &mut *i }))
     }
 

@@ -43,7 +43,8 @@ impl MetaArena {
     pub fn alloc(&self, os: &impl Os, size: usize, align: usize) -> *mut u8 {
         let _g = self.lock.guard();
         self.state.with_mut(|s| {
-            // SAFETY: we hold the lock, so we are the only user of the state.
+            // SAFETY: we hold the lock, and every access to `state` takes it, so this
+            // is the only reference to it while it lives.
             let s = unsafe { &mut *s };
             let mut start = (s.cur + align - 1) & !(align - 1);
             if s.cur == 0 || start + size > s.end {

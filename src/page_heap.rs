@@ -200,7 +200,10 @@ impl<O: Os> PageHeap<O> {
     #[inline]
     fn with_inner<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         let _g = self.lock.guard();
-        // SAFETY: we hold the lock, so no one else touches `inner` (invariant of Sync).
+        // SAFETY: we hold the lock, so no one else touches `inner` (invariant of Sync):
+        // this `&mut` is the only reference to it while it lives. It covers `Inner`
+        // alone; chunk headers and span descriptors, which other threads read by
+        // address, are reached through `&` and cells.
         self.inner.with_mut(|i| f(unsafe { &mut *i }))
     }
 
@@ -232,7 +235,7 @@ impl<O: Os> PageHeap<O> {
             // SAFETY: spans in bins are Free descriptors in mapped chunks, owned by us
             // under the lock (Span invariant 3).
             unsafe {
-                if (*span).npages as usize == USABLE_PAGES {
+                if (*span).npages() as usize == USABLE_PAGES {
                     h.free_chunks -= 1;
                 }
                 bin_remove(h, span);
@@ -244,17 +247,17 @@ impl<O: Os> PageHeap<O> {
                     bin_insert(h, span);
                     span = rest;
                 }
-                if (*span).npages as usize > npages {
+                if (*span).npages() as usize > npages {
                     let tail = split(span, npages);
                     bin_insert(h, tail);
                 }
                 h.free_pages -= npages;
-                let s = &mut *span;
+                let s = &*span;
                 s.set_class(class);
                 s.set_kind(kind);
-                s.flags &= SPAN_ZEROED;
+                s.set_flags(s.flags() & SPAN_ZEROED);
                 let chunk = &*s.chunk();
-                let (first, last) = (s.start as usize, (s.start + s.npages - 1) as usize);
+                let (first, last) = (s.start() as usize, (s.start() + s.npages() - 1) as usize);
                 if kind == SpanKind::Small {
                     // Objects live on every page: map them all, and give each the
                     // class and base that `free` checks (Span invariants 2 and 6).
@@ -323,28 +326,29 @@ impl<O: Os> PageHeap<O> {
     pub unsafe fn grow_in_place(&self, span: *mut Span, npages: usize) -> bool {
         self.with_inner(|h| {
             // SAFETY: the caller owns `span`; its right neighbour is in the same
-            // mapped chunk and is ours under the lock.
+            // mapped chunk and is ours under the lock (shared references only: other
+            // threads read the chunk's page entries and span kinds meanwhile).
             unsafe {
-                let s = &mut *span;
-                let extra = npages.saturating_sub(s.npages as usize);
-                let r = (s.start + s.npages) as usize;
+                let s = &*span;
+                let extra = npages.saturating_sub(s.npages() as usize);
+                let r = (s.start() + s.npages()) as usize;
                 if extra == 0 || r >= PAGES_PER_CHUNK {
                     return extra == 0;
                 }
-                let chunk = &mut *s.chunk();
-                let right: *mut Span = &mut chunk.spans[r];
-                if (*right).kind() != SpanKind::Free || ((*right).npages as usize) < extra {
+                let chunk = &*s.chunk();
+                let right = ChunkHeader::span_ptr(s.chunk(), r);
+                if (*right).kind() != SpanKind::Free || ((*right).npages() as usize) < extra {
                     return false;
                 }
                 bin_remove(h, right);
-                if (*right).npages as usize > extra {
+                if (*right).npages() as usize > extra {
                     let rest = split(right, extra);
                     bin_insert(h, rest);
                 }
                 (*right).set_kind(SpanKind::None);
                 h.free_pages -= extra;
-                chunk.set_first(r + extra - 1, s.start as usize);
-                s.npages += extra as u32;
+                chunk.set_first(r + extra - 1, s.start() as usize);
+                s.set_npages(s.npages() + extra as u32);
                 self.note_resident(h);
                 true
             }
@@ -361,12 +365,15 @@ impl<O: Os> PageHeap<O> {
         self.with_inner(|h| {
             // SAFETY: the caller owns the span and gives up its tail.
             unsafe {
-                if npages >= (*span).npages as usize {
+                if npages >= (*span).npages() as usize {
                     return;
                 }
                 let tail = split(span, npages);
                 let chunk = &*(*span).chunk();
-                chunk.set_first((*span).start as usize + npages - 1, (*span).start as usize);
+                chunk.set_first(
+                    (*span).start() as usize + npages - 1,
+                    (*span).start() as usize,
+                );
                 (*tail).set_kind(SpanKind::Large);
                 self.free_locked(h, tail, now);
                 self.note_resident(h);
@@ -392,7 +399,7 @@ impl<O: Os> PageHeap<O> {
         self.with_inner(|h| {
             let mut zeroed = 0;
             for_each_free_span(h, |s| {
-                if s.flags & SPAN_ZEROED != 0 {
+                if s.flags() & SPAN_ZEROED != 0 {
                     zeroed += s.bytes();
                 }
             });
@@ -419,11 +426,11 @@ impl<O: Os> PageHeap<O> {
                 let c = unsafe { &*chunk };
                 let mut p = HEADER_PAGES;
                 while p < PAGES_PER_CHUNK {
-                    let s = &c.spans[p];
+                    let s = c.span(p);
                     f(s);
-                    p += (s.npages as usize).max(1);
+                    p += (s.npages() as usize).max(1);
                 }
-                chunk = c.next;
+                chunk = c.next();
             }
         });
     }
@@ -445,29 +452,32 @@ impl<O: Os> PageHeap<O> {
         }
         // SAFETY: a fresh, zeroed, chunk-aligned mapping; a zeroed header is valid
         // (null links, kind None everywhere) except under loom, whose atomics are
-        // built in place first.
+        // built in place first. No other thread can reach it until the chunk map
+        // publishes it below; shared references only, all the same (the header's
+        // plain fields are cells).
         unsafe {
             #[cfg(strata_loom)]
             ChunkHeader::init_in_place(base.cast());
-            let chunk = &mut *(base as *mut ChunkHeader);
+            let chunk_ptr = base.cast::<ChunkHeader>();
+            let chunk = &*chunk_ptr;
             // Zero would be class 0: no page holds small objects yet (ChunkHeader
             // invariant 3). Before the chunk map publishes the chunk, below.
             for p in 0..PAGES_PER_CHUNK {
                 chunk.clear_small(p);
             }
-            chunk.magic = CHUNK_MAGIC;
-            chunk.next = h.chunks;
+            chunk.set_magic(CHUNK_MAGIC);
+            chunk.set_next(h.chunks);
             if !h.chunks.is_null() {
-                (*h.chunks).prev = chunk;
+                (*h.chunks).set_prev(chunk_ptr);
             }
-            h.chunks = chunk;
-            let span: *mut Span = &mut chunk.spans[HEADER_PAGES];
-            (*span).start = HEADER_PAGES as u32;
-            (*span).npages = USABLE_PAGES as u32;
-            (*span).flags = SPAN_ZEROED;
+            h.chunks = chunk_ptr;
+            let span = ChunkHeader::span_ptr(chunk_ptr, HEADER_PAGES);
+            (*span).set_start(HEADER_PAGES as u32);
+            (*span).set_npages(USABLE_PAGES as u32);
+            (*span).set_flags(SPAN_ZEROED);
             // Free from now, not since the clock's start: the purge pass must not
             // unmap it before the request that mapped it is served.
-            (*span).free_since_ms = self.now_ms();
+            (*span).set_free_since_ms(self.now_ms());
             (*span).set_kind(SpanKind::Free);
             bin_insert(h, span);
         }
@@ -487,38 +497,39 @@ impl<O: Os> PageHeap<O> {
         // SAFETY: per the contract; neighbours are descriptors of the same chunk.
         unsafe {
             let mut span = span;
-            let chunk = &mut *(*span).chunk();
+            let chunk_ptr = (*span).chunk();
+            let chunk = &*chunk_ptr;
             // Mutant: the pages keep their class after the span is gone.
             #[cfg(not(strata_mutant = "span_release_keeps_class"))]
             if (*span).kind() == SpanKind::Small {
                 // Its pages hold no objects any more (Span invariant 6); the span may
                 // next be cut into Large spans, which map only their ends.
-                let start = (*span).start as usize;
-                for p in start..start + (*span).npages as usize {
+                let start = (*span).start() as usize;
+                for p in start..start + (*span).npages() as usize {
                     chunk.clear_small(p);
                 }
             }
-            h.free_pages += (*span).npages as usize;
+            h.free_pages += (*span).npages() as usize;
             (*span).set_kind(SpanKind::Free);
-            (*span).flags = 0;
-            let start = (*span).start as usize;
+            (*span).set_flags(0);
+            let start = (*span).start() as usize;
             if start > HEADER_PAGES {
-                let left: *mut Span = &mut chunk.spans[chunk.first(start - 1)];
+                let left = ChunkHeader::span_ptr(chunk_ptr, chunk.first(start - 1));
                 if (*left).kind() == SpanKind::Free {
                     // Mutant: the left neighbour stays in its old bin as well.
                     #[cfg(not(strata_mutant = "coalesce_skips_unlink"))]
                     bin_remove(h, left);
-                    (*left).npages += (*span).npages;
+                    (*left).set_npages((*left).npages() + (*span).npages());
                     (*span).set_kind(SpanKind::None);
                     span = left;
                 }
             }
-            let r = ((*span).start + (*span).npages) as usize;
+            let r = ((*span).start() + (*span).npages()) as usize;
             if r < PAGES_PER_CHUNK {
-                let right: *mut Span = &mut chunk.spans[r];
+                let right = ChunkHeader::span_ptr(chunk_ptr, r);
                 if (*right).kind() == SpanKind::Free {
                     bin_remove(h, right);
-                    (*span).npages += (*right).npages;
+                    (*span).set_npages((*span).npages() + (*right).npages());
                     (*right).set_kind(SpanKind::None);
                 }
             }
@@ -527,20 +538,20 @@ impl<O: Os> PageHeap<O> {
             // invariant 5). A mutant keeps the left neighbour's flag.
             #[cfg(not(strata_mutant = "coalesce_keeps_zeroed"))]
             {
-                (*span).flags = 0;
+                (*span).set_flags(0);
             }
             #[cfg(strata_mutant = "coalesce_keeps_zeroed")]
             {
-                (*span).flags &= !SPAN_LISTED;
+                (*span).set_flags((*span).flags() & !SPAN_LISTED);
             }
-            (*span).free_since_ms = now;
-            if (*span).npages as usize == USABLE_PAGES {
+            (*span).set_free_since_ms(now);
+            if (*span).npages() as usize == USABLE_PAGES {
                 // Kept mapped for now (`maybe_purge` unmaps it after the delay if it
                 // is beyond the reserve), unless that many are kept already.
                 // If the unmap fails the chunk stays ours, filed like any other
                 // wholly free chunk (one more than the bound of invariant 2 may then
                 // be kept until a purge pass unmaps it).
-                if h.free_chunks >= MAX_FREE_CHUNKS && self.unmap_chunk(h, chunk).is_ok() {
+                if h.free_chunks >= MAX_FREE_CHUNKS && self.unmap_chunk(h, chunk_ptr).is_ok() {
                     return;
                 }
                 h.free_chunks += 1;
@@ -559,25 +570,27 @@ impl<O: Os> PageHeap<O> {
         // SAFETY: per the contract nothing in the chunk is in use or referenced; the
         // header is read before the unmap and written only if the unmap failed.
         unsafe {
-            let (prev, next) = ((*chunk).prev, (*chunk).next);
+            let c = &*chunk;
+            let (prev, next) = (c.prev(), c.next());
             // Out of the chunk map before the pages go: a lookup that finds the bit
             // reads the header (a wholly free chunk has no block anyone may free).
             self.chunk_map.clear(chunk as usize);
-            (*chunk).magic = 0;
+            c.set_magic(0);
             if let Err(e) = self.os.unmap(chunk.cast(), CHUNK_SIZE) {
-                (*chunk).magic = CHUNK_MAGIC;
+                c.set_magic(CHUNK_MAGIC);
                 self.chunk_map.set(chunk as usize);
                 h.unmap_failures += 1;
                 return Err(e);
             }
-            // Unlinked through the neighbours only: the chunk's own header is gone.
+            // Unlinked through the neighbours only: the chunk's own header is gone
+            // (`c` is not used again).
             if prev.is_null() {
                 h.chunks = next;
             } else {
-                (*prev).next = next;
+                (*prev).set_next(next);
             }
             if !next.is_null() {
-                (*next).prev = prev;
+                (*next).set_prev(prev);
             }
             h.nchunks -= 1;
             h.free_pages -= USABLE_PAGES;
@@ -613,7 +626,7 @@ impl<O: Os> PageHeap<O> {
         if now != u64::MAX {
             h.last_purge_ms = now;
         }
-        let due = |s: &Span| now >= s.free_since_ms.saturating_add(delay);
+        let due = |s: &Span| now >= s.free_since_ms().saturating_add(delay);
         self.unmap_free_chunks(h, CHUNK_RESERVE, due)
             + self.purge_where(h, PURGE_FAILURES_PER_PASS, due)
     }
@@ -630,7 +643,7 @@ impl<O: Os> PageHeap<O> {
             // SAFETY: a bin holds Free spans in mapped chunks, ours under the lock; a
             // span of USABLE_PAGES is a whole chunk with nothing in use.
             unsafe {
-                let next = (*span).next;
+                let next = (*span).next();
                 if due(&*span) {
                     bin_remove(h, span);
                     match self.unmap_chunk(h, (*span).chunk()) {
@@ -669,7 +682,7 @@ impl<O: Os> PageHeap<O> {
         let mut failures = 0;
         let os = &self.os;
         for_each_free_span(h, |s| {
-            if failures < max_failures && s.flags & SPAN_ZEROED == 0 && due(s) {
+            if failures < max_failures && s.flags() & SPAN_ZEROED == 0 && due(s) {
                 // SAFETY: a Free span's pages hold nothing anyone needs; the lock keeps
                 // it from being handed out while we purge (no purge/reuse race).
                 let r = unsafe { os.purge(s.base(), s.bytes()) };
@@ -678,11 +691,14 @@ impl<O: Os> PageHeap<O> {
                 let r: Result<(), crate::os::OsError> = r.or(Ok(()));
                 match r {
                     Ok(()) => {
-                        s.flags |= SPAN_ZEROED;
+                        // SAFETY: a binned Free span, ours under the page-heap lock
+                        // (invariant 3).
+                        unsafe { s.set_flags(s.flags() | SPAN_ZEROED) };
                         purged += s.bytes();
                     }
                     Err(_) => {
-                        s.free_since_ms = self.now_ms();
+                        // SAFETY: as above.
+                        unsafe { s.set_free_since_ms(self.now_ms()) };
                         failures += 1;
                     }
                 }
@@ -735,7 +751,7 @@ fn find_bin(h: &Inner, need: usize) -> Option<usize> {
     }
 }
 
-fn for_each_free_span(h: &mut Inner, mut f: impl FnMut(&mut Span)) {
+fn for_each_free_span(h: &mut Inner, mut f: impl FnMut(&Span)) {
     for w in 0..BIN_WORDS {
         let mut bits = h.nonempty[w];
         while bits != 0 {
@@ -744,9 +760,10 @@ fn for_each_free_span(h: &mut Inner, mut f: impl FnMut(&mut Span)) {
             let mut s = h.bins[b];
             while !s.is_null() {
                 // SAFETY: binned spans are Free descriptors in mapped chunks, ours
-                // under the lock held by the caller of `h`.
-                let sp = unsafe { &mut *s };
-                s = sp.next;
+                // under the lock held by the caller of `h` (shared: other threads may
+                // read the descriptor's kind by address meanwhile).
+                let sp = unsafe { &*s };
+                s = sp.next();
                 f(sp);
             }
         }
@@ -760,21 +777,21 @@ fn for_each_free_span(h: &mut Inner, mut f: impl FnMut(&mut Span)) {
 unsafe fn bin_insert(h: &mut Inner, span: *mut Span) {
     // SAFETY: per the contract.
     unsafe {
-        let s = &mut *span;
+        let s = &*span;
         s.set_kind(SpanKind::Free);
         let chunk = &*s.chunk();
-        chunk.set_first(s.start as usize, s.start as usize);
-        chunk.set_first((s.start + s.npages - 1) as usize, s.start as usize);
-        let b = s.npages as usize;
-        s.prev = ptr::null_mut();
-        s.next = h.bins[b];
-        if !s.next.is_null() {
-            (*s.next).prev = span;
+        chunk.set_first(s.start() as usize, s.start() as usize);
+        chunk.set_first((s.start() + s.npages() - 1) as usize, s.start() as usize);
+        let b = s.npages() as usize;
+        s.set_prev(ptr::null_mut());
+        s.set_next(h.bins[b]);
+        if !s.next().is_null() {
+            (*s.next()).set_prev(span);
         }
         h.bins[b] = span;
         h.nonempty[b / 64] |= 1 << (b % 64);
-        s.flags |= SPAN_LISTED;
-        if s.flags & SPAN_ZEROED != 0 {
+        s.set_flags(s.flags() | SPAN_LISTED);
+        if s.flags() & SPAN_ZEROED != 0 {
             h.zeroed_pages += b;
         }
     }
@@ -787,23 +804,23 @@ unsafe fn bin_insert(h: &mut Inner, span: *mut Span) {
 unsafe fn bin_remove(h: &mut Inner, span: *mut Span) {
     // SAFETY: per the contract.
     unsafe {
-        let s = &mut *span;
-        let b = s.npages as usize;
-        if s.prev.is_null() {
-            h.bins[b] = s.next;
+        let s = &*span;
+        let b = s.npages() as usize;
+        if s.prev().is_null() {
+            h.bins[b] = s.next();
         } else {
-            (*s.prev).next = s.next;
+            (*s.prev()).set_next(s.next());
         }
-        if !s.next.is_null() {
-            (*s.next).prev = s.prev;
+        if !s.next().is_null() {
+            (*s.next()).set_prev(s.prev());
         }
         if h.bins[b].is_null() {
             h.nonempty[b / 64] &= !(1 << (b % 64));
         }
-        s.prev = ptr::null_mut();
-        s.next = ptr::null_mut();
-        s.flags &= !SPAN_LISTED;
-        if s.flags & SPAN_ZEROED != 0 {
+        s.set_prev(ptr::null_mut());
+        s.set_next(ptr::null_mut());
+        s.set_flags(s.flags() & !SPAN_LISTED);
+        if s.flags() & SPAN_ZEROED != 0 {
             h.zeroed_pages -= b;
         }
     }
@@ -817,18 +834,17 @@ unsafe fn bin_remove(h: &mut Inner, span: *mut Span) {
 unsafe fn split(span: *mut Span, n: usize) -> *mut Span {
     // SAFETY: per the contract; the remainder's descriptor slot lies in the same header.
     unsafe {
-        let s = &mut *span;
-        debug_assert!(n > 0 && n < s.npages as usize);
-        let chunk = &mut *s.chunk();
-        let r: *mut Span = &mut chunk.spans[s.start as usize + n];
-        (*r).start = s.start + n as u32;
-        (*r).npages = s.npages - n as u32;
-        (*r).flags = s.flags & SPAN_ZEROED;
-        (*r).free_since_ms = s.free_since_ms;
-        (*r).prev = ptr::null_mut();
-        (*r).next = ptr::null_mut();
+        let s = &*span;
+        debug_assert!(n > 0 && n < s.npages() as usize);
+        let r = ChunkHeader::span_ptr(s.chunk(), s.start() as usize + n);
+        (*r).set_start(s.start() + n as u32);
+        (*r).set_npages(s.npages() - n as u32);
+        (*r).set_flags(s.flags() & SPAN_ZEROED);
+        (*r).set_free_since_ms(s.free_since_ms());
+        (*r).set_prev(ptr::null_mut());
+        (*r).set_next(ptr::null_mut());
         (*r).set_kind(SpanKind::Free);
-        s.npages = n as u32;
+        s.set_npages(n as u32);
         r
     }
 }

@@ -250,13 +250,13 @@ impl<O: Os> Backend<O> {
                     }
                 }
                 self.page_heap.for_each_span(|s| {
-                    if s.start as usize == HEADER_PAGES {
+                    if s.start() as usize == HEADER_PAGES {
                         chunks += 1;
                     }
                     match s.kind() {
                         SpanKind::Free => {
                             free += s.bytes();
-                            if s.flags & SPAN_ZEROED != 0 {
+                            if s.flags() & SPAN_ZEROED != 0 {
                                 zeroed += s.bytes();
                             }
                         }
@@ -264,7 +264,7 @@ impl<O: Os> Backend<O> {
                             let c = &mut classes[s.class().index()];
                             c.spans += 1;
                             c.span_bytes += s.bytes() as u64;
-                            out[s.class().index()] += s.live as u64;
+                            out[s.class().index()] += s.live() as u64;
                         }
                         SpanKind::Large => {
                             large_blocks += 1;

@@ -25,7 +25,14 @@
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
 //! have every list empty with `max == 0`, so both fast paths miss on them without
-//! a separate state check, and they are never written.
+//! a separate state check, and they are never written (`ThreadHeap` invariant 7).
+//!
+//! Aliasing: every method takes `&self`. A heap is reached by its owner, by the
+//! pool (under the pool lock, while no thread owns it), by statistics on any thread
+//! (through the list of all heaps), and the sentinels by every thread at once, so
+//! no `&mut ThreadHeap` may exist. The fields the owner changes are `OwnerCell`s
+//! (plain loads and stores, no `noalias` promise) or owner-written atomics
+//! (`OwnedU32`/`OwnedU64`, which any thread may read).
 //!
 //! Each list's `max` adapts (tcmalloc's slow start): it starts at 0, grows by a batch
 //! each time a free overflows it, up to the class's cap, as long as the sum of
@@ -38,9 +45,52 @@ use crate::link::{self, FreeObj, HARDENED, LinkKey, ensure_key};
 use crate::os::Os;
 use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
-use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, fence};
+use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, UnsafeCell, fence};
 use crate::transfer::chain_tail;
 use core::ptr;
+
+/// A plain field of a heap that only the heap's owner reads and writes (the owning
+/// thread, or whoever holds the heap while no thread owns it: the pool under its
+/// lock, a thread setting up a fresh heap). `get`/`set` compile to a plain load and
+/// store. Through `crate::sync::UnsafeCell`, so that under loom every access is
+/// tracked and loom reports two threads using one heap with no handoff between
+/// them. Other threads read only a heap's atomics (`ThreadHeap::counters`), never
+/// these.
+#[repr(transparent)]
+struct OwnerCell<T>(UnsafeCell<T>);
+
+impl<T: Copy> OwnerCell<T> {
+    #[cfg(not(strata_loom))]
+    const fn new(v: T) -> OwnerCell<T> {
+        OwnerCell(UnsafeCell::new(v))
+    }
+    #[cfg(strata_loom)]
+    fn new(v: T) -> OwnerCell<T> {
+        OwnerCell(UnsafeCell::new(v))
+    }
+    /// The value (owner only, or any thread on a sentinel, which nobody writes).
+    #[inline(always)]
+    fn get(&self) -> T {
+        // SAFETY: only the owner writes the cell (ThreadHeap's Sync argument), and it
+        // is the caller here, or the cell is a sentinel's, never written (invariant
+        // 7): no write can race with this read.
+        self.0.with(|p| unsafe { *p })
+    }
+    /// The value, by a volatile load: the compiler keeps it where it is written
+    /// (see `try_push`).
+    #[inline(always)]
+    fn get_volatile(&self) -> T {
+        // SAFETY: as for `get`; the pointer is to the cell's live value.
+        self.0.with(|p| unsafe { ptr::read_volatile(p) })
+    }
+    /// Sets the value (owner only, never on a sentinel).
+    #[inline(always)]
+    fn set(&self, v: T) {
+        // SAFETY: only the owner reads or writes the cell, and it is the caller here;
+        // no reference to the value is held across this store (`get` copies).
+        self.0.with_mut(|p| unsafe { *p = v })
+    }
+}
 
 /// Default byte budget of one thread's cache (sum over classes of `max × size`).
 pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
@@ -58,9 +108,9 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 /// pop that counts it needs no second base register.
 #[repr(C, align(32))]
 pub struct FreeList {
-    head: *mut FreeObj,
+    head: OwnerCell<*mut FreeObj>,
     len: OwnedU32,
-    max: u32,
+    max: OwnerCell<u32>,
     /// Objects of this class handed to the program by this heap, ever.
     allocs: OwnedU64,
 }
@@ -72,9 +122,9 @@ impl FreeList {
     crate::sync::loom_const_fn! {
         fn new() -> FreeList {
             FreeList {
-                head: ptr::null_mut(),
+                head: OwnerCell::new(ptr::null_mut()),
                 len: OwnedU32::new(0),
-                max: 0,
+                max: OwnerCell::new(0),
                 allocs: OwnedU64::new(0),
             }
         }
@@ -137,6 +187,17 @@ pub enum HeapState {
 /// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`).
 /// 6. `move_seq` is odd exactly while the owner is moving objects between its lists
 ///    and the central tier (see [`ThreadHeap::move_seq`]); it only grows.
+/// 7. A sentinel (`HeapState::Empty` or `Dead`, the process-wide statics every
+///    thread's TLS starts or ends at) is never written: every list has `head` null,
+///    `len == 0` and `max == 0`, so `pop` returns after reading a null head and
+///    `try_push` after reading `len >= max`, before any store; every other method
+///    that writes is called only on a live or pooled heap (`global` checks `state()`
+///    first). Many threads read a sentinel at once, through `&ThreadHeap` only.
+///
+/// Ownership: the plain fields (`OwnerCell`s) are read and written only by the
+/// heap's owner: the thread whose TLS points at it while it is Live, else whoever
+/// holds it under the pool lock. Any thread may read the atomic counters (`counters`,
+/// `cached`, `class_allocs`, `move_seq`) at any time, and nothing else.
 #[repr(C)]
 pub struct ThreadHeap {
     lists: [FreeList; NUM_CLASSES],
@@ -152,25 +213,34 @@ pub struct ThreadHeap {
     move_seq: AtomicU64,
     /// Net bytes received from the central tier not yet added to the backend's
     /// figure (see `PUBLISH_BYTES`).
-    unpublished: isize,
+    unpublished: OwnerCell<isize>,
     /// The process's free-list link key (`link`), copied here when the heap goes
     /// live so that `pop` and `try_push` load it off the heap pointer they already
     /// hold (the static costs a GOT load more).
-    link_key: LinkKey,
-    state: HeapState,
-    steal_next: u8,
-    max_bytes: usize,
-    budget_bytes: usize,
-    /// Link in the pool of heaps for reuse.
-    pub pool_next: *mut ThreadHeap,
-    /// Link in the list of every heap ever created (set once, under the pool lock).
-    pub all_next: *mut ThreadHeap,
-    /// Loom only: a cell standing in for the heap's plain fields. Every method that
-    /// touches them writes it, so loom reports two threads using one heap with no
-    /// handoff (the pool lock) ordering them.
+    link_key: OwnerCell<LinkKey>,
+    state: OwnerCell<HeapState>,
+    steal_next: OwnerCell<u8>,
+    max_bytes: OwnerCell<usize>,
+    budget_bytes: OwnerCell<usize>,
+    /// Link in the pool of heaps for reuse (read and written under the pool lock).
+    pool_next: OwnerCell<*mut ThreadHeap>,
+    /// Link in the list of every heap ever created (set once, under the pool lock,
+    /// before the heap is linked; read by walkers of that list, which hold the lock).
+    all_next: OwnerCell<*mut ThreadHeap>,
+    /// Loom only: a cell every method that touches the plain fields writes, so that
+    /// loom reports two threads using one heap with no handoff (the pool lock)
+    /// ordering them even where they would touch different fields.
     #[cfg(strata_loom)]
-    owner: crate::sync::UnsafeCell<()>,
+    owner: UnsafeCell<()>,
 }
+
+// SAFETY: the plain fields (`OwnerCell`s) are touched by the heap's owner only (one
+// thread at a time, handed on under the pool lock, whose Release/Acquire orders the
+// old owner's accesses before the new one's); other threads read only the atomics.
+// The sentinels, shared by every thread, are only read (invariant 7). The methods
+// that write are `unsafe fn`s whose contract is ownership, except `note_realloc`,
+// which writes owner-written atomics only.
+unsafe impl Sync for ThreadHeap {}
 
 /// Empty lists for a new heap.
 #[cfg(not(strata_loom))]
@@ -193,16 +263,16 @@ impl ThreadHeap {
                 reallocs: OwnedU64::new(0),
                 reallocs_in_place: OwnedU64::new(0),
                 move_seq: AtomicU64::new(0),
-                unpublished: 0,
-                link_key: LinkKey::UNSET,
-                state,
-                steal_next: 0,
-                max_bytes: 0,
-                budget_bytes: DEFAULT_CACHE_BUDGET,
-                pool_next: ptr::null_mut(),
-                all_next: ptr::null_mut(),
+                unpublished: OwnerCell::new(0),
+                link_key: OwnerCell::new(LinkKey::UNSET),
+                state: OwnerCell::new(state),
+                steal_next: OwnerCell::new(0),
+                max_bytes: OwnerCell::new(0),
+                budget_bytes: OwnerCell::new(DEFAULT_CACHE_BUDGET),
+                pool_next: OwnerCell::new(ptr::null_mut()),
+                all_next: OwnerCell::new(ptr::null_mut()),
                 #[cfg(strata_loom)]
-                owner: crate::sync::UnsafeCell::new(()),
+                owner: UnsafeCell::new(()),
             }
         }
     }
@@ -214,50 +284,98 @@ impl ThreadHeap {
         self.owner.with_mut(|_| ());
     }
 
-    /// The heap's state.
+    /// The heap's state (its owner, or any thread on a sentinel).
     #[inline]
     pub fn state(&self) -> HeapState {
-        self.state
+        self.state.get()
+    }
+
+    /// The next heap in the pool's free list.
+    ///
+    /// # Safety
+    /// The caller holds the pool lock and the heap is pooled (it owns the heap).
+    #[inline]
+    pub unsafe fn pool_next(&self) -> *mut ThreadHeap {
+        self.pool_next.get()
+    }
+
+    /// Links the heap into the pool's free list before `next`.
+    ///
+    /// # Safety
+    /// The caller holds the pool lock and owns the heap (no thread uses it).
+    #[inline]
+    pub unsafe fn set_pool_next(&self, next: *mut ThreadHeap) {
+        self.pool_next.set(next);
+    }
+
+    /// The next heap in the list of every heap ever created.
+    ///
+    /// # Safety
+    /// The caller holds the pool lock (`all_next` is written once, under it, before
+    /// the heap is linked, and never again).
+    #[inline]
+    pub unsafe fn all_next(&self) -> *mut ThreadHeap {
+        self.all_next.get()
+    }
+
+    /// Sets the link in the list of every heap ever created (once, at creation).
+    ///
+    /// # Safety
+    /// The caller holds the pool lock and the heap is not yet on that list.
+    #[inline]
+    pub unsafe fn set_all_next(&self, next: *mut ThreadHeap) {
+        self.all_next.set(next);
     }
 
     /// Makes a pooled or fresh heap live with the given budget.
-    pub fn activate(&mut self, budget_bytes: usize) {
+    ///
+    /// # Safety
+    /// The caller owns the heap (a fresh heap, or one taken off the pool under its
+    /// lock); it is not a sentinel.
+    pub unsafe fn activate(&self, budget_bytes: usize) {
         #[cfg(strata_loom)]
         self.touch();
         debug_assert!(self.is_empty());
         // The fast paths encode with this copy from now on.
         ensure_key();
-        self.link_key = LinkKey::current();
-        self.state = HeapState::Live;
-        self.budget_bytes = budget_bytes;
-        self.max_bytes = 0;
+        self.link_key.set(LinkKey::current());
+        self.state.set(HeapState::Live);
+        self.budget_bytes.set(budget_bytes);
+        self.max_bytes.set(0);
     }
 
     /// Marks a flushed heap as pooled.
-    pub fn retire(&mut self) {
+    ///
+    /// # Safety
+    /// The calling thread owns the heap and gives it up to the pool next; it is not
+    /// a sentinel.
+    pub unsafe fn retire(&self) {
         #[cfg(strata_loom)]
         self.touch();
-        self.state = HeapState::Pooled;
+        self.state.set(HeapState::Pooled);
     }
 
     /// Fast path: an object of class `c`, or null when the list is empty.
     ///
     /// # Safety
-    /// `c` is a valid class (`< NUM_CLASSES`); the heap belongs to the calling thread.
+    /// `c` is a valid class (`< NUM_CLASSES`); the heap belongs to the calling thread
+    /// or is a sentinel (which this only reads: invariant 7).
     #[inline(always)]
-    pub unsafe fn pop(&mut self, c: SizeClass) -> *mut u8 {
+    pub unsafe fn pop(&self, c: SizeClass) -> *mut u8 {
         #[cfg(strata_loom)]
         self.touch();
         // SAFETY: c < NUM_CLASSES by the contract.
-        let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
-        let obj = list.head;
+        let list = unsafe { self.lists.get_unchecked(c.index()) };
+        let obj = list.head.get();
         if obj.is_null() {
             return ptr::null_mut();
         }
+        // Not a sentinel from here on (invariant 7: their heads are null).
         // SAFETY: by invariant 1 a non-null head is a free class-c object of ours
         // whose first word links the rest of the chain; a link overwritten since it
         // was pushed aborts here instead of being handed out.
-        list.head = unsafe { FreeObj::next_keyed(obj, c, self.link_key) };
+        list.head
+            .set(unsafe { FreeObj::next_keyed(obj, c, self.link_key.get()) });
         list.len.sub(1);
         list.allocs.add(1);
         obj.cast()
@@ -269,9 +387,9 @@ impl ThreadHeap {
     ///
     /// # Safety
     /// `p` is a block of class `c` that the caller gives up; the heap belongs to the
-    /// calling thread.
+    /// calling thread or is a sentinel (which this only reads: invariant 7).
     #[inline(always)]
-    pub unsafe fn try_push(&mut self, c: SizeClass, p: *mut u8) -> bool {
+    pub unsafe fn try_push(&self, c: SizeClass, p: *mut u8) -> bool {
         #[cfg(strata_loom)]
         self.touch();
         // The key is loaded first, and volatile so that it stays first: loaded after
@@ -279,35 +397,39 @@ impl ThreadHeap {
         // costs a register copy of the heap pointer and a split `len` increment, 2
         // instructions more (callgrind).
         let key = if HARDENED {
-            // SAFETY: a read of our own field.
-            unsafe { ptr::read_volatile(&self.link_key) }
+            self.link_key.get_volatile()
         } else {
             LinkKey::UNSET
         };
         // SAFETY: c < NUM_CLASSES because it came from a class lookup.
-        let list = unsafe { self.lists.get_unchecked_mut(c.index()) };
+        let list = unsafe { self.lists.get_unchecked(c.index()) };
         let obj = p.cast::<FreeObj>();
+        let head = list.head.get();
         // Hardened: a block that is already the head is being freed twice; `free_slow`
         // reports it (one compare, the branch never taken in a correct program).
-        if list.len.get() >= list.max || (HARDENED && obj == list.head) {
+        // A sentinel returns here (invariant 7: `len == max == 0`).
+        if list.len.get() >= list.max.get() || (HARDENED && obj == head) {
             return false;
         }
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class); a
         // list with room is a live heap's, whose key copy is set (`activate`).
-        unsafe { FreeObj::set_next_keyed(obj, list.head, key) };
-        list.head = obj;
+        unsafe { FreeObj::set_next_keyed(obj, head, key) };
+        list.head.set(obj);
         list.len.add(1);
         true
     }
 
     /// Slow path of alloc on a live heap: refill class `c` from the central tier and
     /// return one object (null if the OS refuses memory).
+    ///
+    /// # Safety
+    /// The heap is live and belongs to the calling thread.
     #[cold]
     #[inline(never)]
-    pub fn alloc_slow<O: Os>(&mut self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
+    pub unsafe fn alloc_slow<O: Os>(&self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
         #[cfg(strata_loom)]
         self.touch();
-        debug_assert_eq!(self.state, HeapState::Live);
+        debug_assert_eq!(self.state(), HeapState::Live);
         self.begin_move();
         let b = be.central.refill(c, &be.page_heap);
         if b.count == 0 {
@@ -315,12 +437,12 @@ impl ThreadHeap {
             return ptr::null_mut();
         }
         self.received.add(b.count as u64);
-        self.lists[c.index()].allocs.add(1);
+        let list = &self.lists[c.index()];
+        list.allocs.add(1);
         self.note_flow((b.count * c.size_bytes()) as isize, be);
-        let list = &mut self.lists[c.index()];
-        debug_assert!(list.head.is_null() && list.len.get() == 0);
+        debug_assert!(list.head.get().is_null() && list.len.get() == 0);
         // SAFETY: the refill gave us a chain of b.count >= 1 class-c objects.
-        list.head = unsafe { FreeObj::next(b.head, c) };
+        list.head.set(unsafe { FreeObj::next(b.head, c) });
         list.len.set(b.count as u32 - 1);
         self.end_move();
         b.head.cast()
@@ -330,15 +452,16 @@ impl ThreadHeap {
     /// budget allows, else flush a batch to the central tier; then cache `p`.
     ///
     /// # Safety
-    /// As for `try_push`.
+    /// As for `try_push`, and the heap is live (not a sentinel).
     #[cold]
     #[inline(never)]
-    pub unsafe fn free_slow<O: Os>(&mut self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
+    pub unsafe fn free_slow<O: Os>(&self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
         #[cfg(strata_loom)]
         self.touch();
-        debug_assert_eq!(self.state, HeapState::Live);
+        debug_assert_eq!(self.state(), HeapState::Live);
         let ci = c.index();
-        if HARDENED && self.lists[ci].head == p.cast() {
+        let list = &self.lists[ci];
+        if HARDENED && list.head.get() == p.cast() {
             link::double_free(p, c);
         }
         let (size, batch, cap) = (
@@ -346,24 +469,24 @@ impl ThreadHeap {
             CLASS_BATCH[ci] as u32,
             CLASS_CAP[ci] as u32,
         );
-        let max = self.lists[ci].max;
+        let max = list.max.get();
         if max < cap {
             let grown = (max + batch).min(cap);
             let extra = (grown - max) as usize * size;
-            if self.max_bytes + extra > self.budget_bytes {
+            if self.max_bytes.get() + extra > self.budget_bytes.get() {
                 self.steal(extra, ci, be);
             }
-            if self.max_bytes + extra <= self.budget_bytes {
-                self.lists[ci].max = grown;
-                self.max_bytes += extra;
+            if self.max_bytes.get() + extra <= self.budget_bytes.get() {
+                list.max.set(grown);
+                self.max_bytes.set(self.max_bytes.get() + extra);
             }
         }
-        let list = &mut self.lists[ci];
         let len = list.len.get();
-        if len >= list.max {
+        let max = list.max.get();
+        if len >= max {
             // Flush at least a batch, and enough to get back under max (a refill can
             // leave the list above a max that was since lowered).
-            let n = (len + 1 - list.max.min(len + 1)).max(batch).min(len);
+            let n = (len + 1 - max.min(len + 1)).max(batch).min(len);
             if n > 0 {
                 // SAFETY: the list holds len >= n objects (invariant 1).
                 unsafe { self.flush_front(ci, n as usize, be) };
@@ -384,21 +507,24 @@ impl ThreadHeap {
     }
 
     /// Lowers other classes' max (round robin, a batch at a time) until `need` more
-    /// bytes fit the budget or every class was tried once.
-    fn steal<O: Os>(&mut self, need: usize, keep: usize, be: &Backend<O>) {
+    /// bytes fit the budget or every class was tried once (owner only, as the
+    /// callers' contracts say).
+    fn steal<O: Os>(&self, need: usize, keep: usize, be: &Backend<O>) {
         for _ in 0..NUM_CLASSES {
-            if self.max_bytes + need <= self.budget_bytes {
+            if self.max_bytes.get() + need <= self.budget_bytes.get() {
                 return;
             }
-            let v = self.steal_next as usize;
-            self.steal_next = ((v + 1) % NUM_CLASSES) as u8;
-            if v == keep || self.lists[v].max == 0 {
+            let v = self.steal_next.get() as usize;
+            self.steal_next.set(((v + 1) % NUM_CLASSES) as u8);
+            let list = &self.lists[v];
+            if v == keep || list.max.get() == 0 {
                 continue;
             }
-            let cut = (CLASS_BATCH[v] as u32).min(self.lists[v].max);
-            self.lists[v].max -= cut;
-            self.max_bytes -= cut as usize * CLASS_SIZE[v] as usize;
-            let excess = self.lists[v].len.get().saturating_sub(self.lists[v].max);
+            let cut = (CLASS_BATCH[v] as u32).min(list.max.get());
+            list.max.set(list.max.get() - cut);
+            self.max_bytes
+                .set(self.max_bytes.get() - cut as usize * CLASS_SIZE[v] as usize);
+            let excess = list.len.get().saturating_sub(list.max.get());
             if excess > 0 {
                 // SAFETY: the list holds len > excess objects.
                 unsafe { self.flush_front(v, excess as usize, be) };
@@ -409,16 +535,16 @@ impl ThreadHeap {
     /// Hands the first `n` objects of list `ci` to the central tier.
     ///
     /// # Safety
-    /// `1 <= n <= lists[ci].len`.
-    unsafe fn flush_front<O: Os>(&mut self, ci: usize, n: usize, be: &Backend<O>) {
+    /// `1 <= n <= lists[ci].len`; the calling thread owns the heap.
+    unsafe fn flush_front<O: Os>(&self, ci: usize, n: usize, be: &Backend<O>) {
         self.begin_move();
-        let list = &mut self.lists[ci];
-        let head = list.head;
+        let list = &self.lists[ci];
+        let head = list.head.get();
         let c = SizeClass(ci as u8);
         // SAFETY: the list has at least n class-ci objects (contract and invariant 1).
         unsafe {
             let tail = chain_tail(head, n, c);
-            list.head = FreeObj::next(tail, c);
+            list.head.set(FreeObj::next(tail, c));
             FreeObj::set_next(tail, ptr::null_mut());
         }
         list.len.sub(n as u32);
@@ -465,40 +591,53 @@ impl ThreadHeap {
     }
 
     /// Returns every cached object to the central tier and resets the adaptive maxima.
-    pub fn flush_all<O: Os>(&mut self, be: &Backend<O>) {
+    ///
+    /// # Safety
+    /// The calling thread owns the heap; it is not a sentinel.
+    pub unsafe fn flush_all<O: Os>(&self, be: &Backend<O>) {
         #[cfg(strata_loom)]
         self.touch();
         for (ci, &batch) in CLASS_BATCH.iter().enumerate() {
-            while self.lists[ci].len.get() > 0 {
-                let n = (batch as u32).min(self.lists[ci].len.get());
-                // SAFETY: 1 <= n <= len.
+            let list = &self.lists[ci];
+            while list.len.get() > 0 {
+                let n = (batch as u32).min(list.len.get());
+                // SAFETY: 1 <= n <= len; the contract.
                 unsafe { self.flush_front(ci, n as usize, be) };
             }
-            self.lists[ci].max = 0;
+            list.max.set(0);
         }
-        self.max_bytes = 0;
-        be.counters.flow(core::mem::take(&mut self.unpublished));
+        self.max_bytes.set(0);
+        be.counters.flow(self.unpublished.get());
+        self.unpublished.set(0);
     }
 
     /// Sets the byte budget; shrinks maxima now if it dropped.
-    pub fn set_budget<O: Os>(&mut self, budget_bytes: usize, be: &Backend<O>) {
+    ///
+    /// # Safety
+    /// The calling thread owns the heap; it is not a sentinel.
+    pub unsafe fn set_budget<O: Os>(&self, budget_bytes: usize, be: &Backend<O>) {
         #[cfg(strata_loom)]
         self.touch();
-        self.budget_bytes = budget_bytes;
-        if self.max_bytes > budget_bytes {
+        self.budget_bytes.set(budget_bytes);
+        if self.max_bytes.get() > budget_bytes {
             self.steal(0, NUM_CLASSES, be);
         }
     }
 
-    /// Whether no list holds an object and every max is 0 (a flushed heap).
+    /// Whether no list holds an object and every max is 0 (a flushed heap, or a
+    /// sentinel: invariant 7). Its owner, or any thread on a sentinel.
     pub fn is_empty(&self) -> bool {
         self.lists
             .iter()
-            .all(|l| l.len.get() == 0 && l.head.is_null() && l.max == 0)
+            .all(|l| l.len.get() == 0 && l.head.get().is_null() && l.max.get() == 0)
     }
 
     /// Objects cached in class `c` now (any thread may ask; a recent value).
     pub fn cached(&self, c: SizeClass) -> usize {
+        // Mutant: a reader on another thread loads an owner-only cell (a data race
+        // that loom reports through the cell).
+        #[cfg(strata_mutant = "stats_read_owner_field")]
+        core::hint::black_box(self.lists[c.index()].max.get());
         self.lists[c.index()].len.get() as usize
     }
 
@@ -522,27 +661,43 @@ impl ThreadHeap {
 
     /// Counts a reallocation (owner only; not on a sentinel).
     pub fn note_realloc(&self, in_place: bool) {
-        debug_assert_eq!(self.state, HeapState::Live);
+        debug_assert_eq!(self.state(), HeapState::Live);
         self.reallocs.add(1);
         if in_place {
             self.reallocs_in_place.add(1);
         }
     }
 
-    /// Adds `delta` bytes of flow from the central tier; publishes past the threshold.
+    /// Adds `delta` bytes of flow from the central tier; publishes past the threshold
+    /// (owner only, as the callers' contracts say).
     #[inline]
-    fn note_flow<O: Os>(&mut self, delta: isize, be: &Backend<O>) {
-        self.unpublished += delta;
-        if self.unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
-            be.counters.flow(core::mem::take(&mut self.unpublished));
+    fn note_flow<O: Os>(&self, delta: isize, be: &Backend<O>) {
+        let unpublished = self.unpublished.get() + delta;
+        if unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
+            be.counters.flow(unpublished);
+            self.unpublished.set(0);
+        } else {
+            self.unpublished.set(unpublished);
         }
     }
 
-    /// Checks invariants 1, 3, 4, 5 and 6: list lengths match their chains, objects
-    /// are ours and their links decode, the budget and the counters add up, a live
-    /// heap has the process's link key, and no move is open (the heap is its
-    /// caller's or pooled, so none can be).
-    pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+    /// Checks invariants 1, 3, 4, 5, 6 and 7: list lengths match their chains,
+    /// objects are ours and their links decode, the budget and the counters add up,
+    /// a live heap has the process's link key, no move is open (the heap is its
+    /// caller's or pooled, so none can be), and a sentinel is still empty.
+    ///
+    /// # Safety
+    /// The calling thread owns the heap (or holds it pooled under the pool lock), or
+    /// it is a sentinel: the plain fields are read.
+    pub unsafe fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+        let sentinel = matches!(self.state(), HeapState::Empty | HeapState::Dead);
+        check(
+            !sentinel || (self.is_empty() && self.max_bytes.get() == 0),
+            "ThreadHeap",
+            7,
+            "a sentinel heap was written",
+            self as *const ThreadHeap as usize,
+        )?;
         let seq = self.move_seq_again();
         check(
             seq % 2 == 0,
@@ -552,7 +707,7 @@ impl ThreadHeap {
             seq as usize,
         )?;
         check(
-            self.state != HeapState::Live || self.link_key == LinkKey::current(),
+            self.state() != HeapState::Live || self.link_key.get() == LinkKey::current(),
             "ThreadHeap",
             5,
             "link key differs from the process's",
@@ -560,9 +715,9 @@ impl ThreadHeap {
         )?;
         let mut max_bytes = 0;
         for (ci, l) in self.lists.iter().enumerate() {
-            max_bytes += l.max as usize * CLASS_SIZE[ci] as usize;
+            max_bytes += l.max.get() as usize * CLASS_SIZE[ci] as usize;
             let mut n = 0u32;
-            let mut o = l.head;
+            let mut o = l.head.get();
             while !o.is_null() {
                 check(
                     be.page_heap.owns(o.cast()),
@@ -599,7 +754,7 @@ impl ThreadHeap {
             )?;
         }
         check(
-            max_bytes == self.max_bytes,
+            max_bytes == self.max_bytes.get(),
             "ThreadHeap",
             3,
             "max_bytes differs from the lists",
@@ -613,5 +768,98 @@ impl ThreadHeap {
             "more objects received than handed out, returned and cached",
             k.received as usize,
         )
+    }
+}
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests {
+    use super::*;
+
+    static SENTINEL: ThreadHeap = ThreadHeap::new(HeapState::Empty);
+
+    /// A raw pointer handed to a scoped thread, provenance kept (Miri checks it).
+    #[derive(Clone, Copy)]
+    struct SendPtr<T>(*mut T);
+    // SAFETY: the tests say who may use the pointee when.
+    unsafe impl<T> Send for SendPtr<T> {}
+
+    /// Invariant 7: threads running both fast paths on one shared sentinel, through
+    /// a `*mut` as the TLS slot holds it (as `global` does), only read it: every pop
+    /// misses, every push is refused, the object pushed is not written, and the
+    /// sentinel is still empty with `max == 0` after. Under Miri
+    /// (`cargo +nightly miri test --lib sentinel`) this is also the check that no
+    /// `&mut` is made of the shared static: with `pop(&mut self)` Miri reports the
+    /// retag of a shared-read-only static as `Unique`.
+    #[test]
+    fn sentinel_fast_paths_only_read_the_shared_sentinel() {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(move || {
+                    let h = &SENTINEL as *const ThreadHeap as *mut ThreadHeap;
+                    let mut block = [0x5au8; 64];
+                    for ci in 0..NUM_CLASSES {
+                        let c = SizeClass(ci as u8);
+                        // SAFETY: a valid class; a sentinel, which the fast paths only
+                        // read (invariant 7); the block is ours and large enough.
+                        unsafe {
+                            assert!((*h).pop(c).is_null());
+                            assert!(!(*h).try_push(c, block.as_mut_ptr()));
+                        }
+                    }
+                    assert!(block.iter().all(|&b| b == 0x5a), "refused push wrote");
+                });
+            }
+        });
+        assert!(SENTINEL.is_empty());
+        assert_eq!(SENTINEL.state(), HeapState::Empty);
+        assert_eq!(SENTINEL.counters(), HeapCounters::default());
+        assert_eq!(SENTINEL.max_bytes.get(), 0);
+    }
+
+    /// The owner pushes and pops through its fast paths while another thread reads
+    /// the heap's counters, as `stats()` does through the list of all heaps: the
+    /// reader sees at most the objects the list can hold, and the counters add up at
+    /// the end. Under Miri this is the check that the owner's accesses and the
+    /// reader's shared reference may coexist (no `&mut ThreadHeap`).
+    #[test]
+    fn owner_fast_paths_and_a_counter_reader_share_one_heap() {
+        const N: usize = 4;
+        let heap = Box::new(ThreadHeap::new(HeapState::Pooled));
+        // SAFETY: a fresh heap this thread owns until the scope below.
+        unsafe { heap.activate(DEFAULT_CACHE_BUDGET) };
+        let c = SizeClass(0);
+        heap.lists[0].max.set(N as u32);
+        let mut blocks = [[0u64; 4]; N];
+        let bp = SendPtr(blocks.as_mut_ptr());
+        let rounds = if cfg!(miri) { 8 } else { 10_000 };
+        let h = &*heap;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let bp = bp;
+                for _ in 0..rounds {
+                    for i in 0..N {
+                        // SAFETY: i < N, inside `blocks`.
+                        let p = unsafe { bp.0.add(i) }.cast::<u8>();
+                        // SAFETY: the heap is this thread's (the main thread only
+                        // reads atomics meanwhile); the blocks are free and ours.
+                        assert!(unsafe { h.try_push(c, p) });
+                    }
+                    for _ in 0..N {
+                        // SAFETY: as above.
+                        assert!(!unsafe { h.pop(c) }.is_null());
+                    }
+                }
+            });
+            for _ in 0..rounds {
+                let k = h.counters();
+                assert!(k.cached <= N as u64 && h.cached(c) <= N);
+                assert!(k.allocs <= (rounds * N) as u64);
+            }
+        });
+        let k = heap.counters();
+        assert_eq!(
+            (k.allocs, k.cached, k.received),
+            ((rounds * N) as u64, 0, 0)
+        );
     }
 }

@@ -337,14 +337,15 @@ fn after_everything_is_freed_and_released_allocated_is_zero_and_resident_falls()
     let h = be.new_thread_heap();
     assert!(!h.is_null());
     // SAFETY: `h` is our live heap, used by this thread only.
-    let heap = unsafe { &mut *h };
+    let heap = unsafe { &*h };
     let mut live = Vec::new();
     for i in 0..50_000usize {
         let c = SizeClass((i % 24) as u8);
         // SAFETY: a valid class; our heap.
         let mut p = unsafe { heap.pop(c) };
         if p.is_null() {
-            p = heap.alloc_slow(c, be);
+            // SAFETY: our live heap.
+            p = unsafe { heap.alloc_slow(c, be) };
         }
         assert!(!p.is_null());
         // SAFETY: a fresh block of at least the class size.
@@ -377,7 +378,8 @@ fn after_everything_is_freed_and_released_allocated_is_zero_and_resident_falls()
         be.free_large(large);
         be.free_huge(huge);
     }
-    heap.flush_all(be);
+    // SAFETY: our live heap.
+    unsafe { heap.flush_all(be) };
     be.release_shared();
     let empty = be.stats();
     check_identities(&empty);

@@ -129,7 +129,7 @@ pub fn assert_all_returned(be: &Backend<FakeOs>) {
 /// Asserts "known zero" claims: every free span flagged `SPAN_ZEROED` reads as zeros.
 pub fn assert_zero_claims_hold(be: &Backend<FakeOs>) {
     be.page_heap.for_each_span(|s| {
-        if s.kind() == SpanKind::Free && s.flags & SPAN_ZEROED != 0 {
+        if s.kind() == SpanKind::Free && s.flags() & SPAN_ZEROED != 0 {
             // SAFETY: a free span's pages are mapped; the page-heap lock is held by
             // for_each_span, so no one takes the span while we read.
             let bytes = unsafe { core::slice::from_raw_parts(s.base(), s.bytes()) };

@@ -55,13 +55,14 @@ fn race_snapshot_with_worker(budget: usize) {
             thread::spawn(move || {
                 let h = be.new_thread_heap();
                 // SAFETY: a live heap, this thread's alone until it retires it.
-                let heap = unsafe { &mut *h };
+                let heap = unsafe { &*h };
                 let mut objs = Vec::new();
                 for _ in 0..2 {
                     // SAFETY: a valid class; our heap.
                     let p = unsafe { heap.pop(C) };
                     let p = if p.is_null() {
-                        heap.alloc_slow(C, &be)
+                        // SAFETY: our live heap.
+                        unsafe { heap.alloc_slow(C, &be) }
                     } else {
                         p
                     };

@@ -17,15 +17,20 @@ use strata::internals::{Backend, NUM_CLASSES, SizeClass, ThreadHeap};
 const C: SizeClass = SizeClass(0);
 
 /// The allocator's own paths: the fast path, and its slow path on a miss.
-fn alloc(be: &Backend<FakeOs>, h: &mut ThreadHeap) -> usize {
+fn alloc(be: &Backend<FakeOs>, h: &ThreadHeap) -> usize {
     // SAFETY: C is a valid class; the heap is this thread's.
     let p = unsafe { h.pop(C) };
-    let p = if p.is_null() { h.alloc_slow(C, be) } else { p };
+    // SAFETY: the heap is this thread's, and live.
+    let p = if p.is_null() {
+        unsafe { h.alloc_slow(C, be) }
+    } else {
+        p
+    };
     assert!(!p.is_null());
     p as usize
 }
 
-fn free(be: &Backend<FakeOs>, h: &mut ThreadHeap, p: usize) {
+fn free(be: &Backend<FakeOs>, h: &ThreadHeap, p: usize) {
     // SAFETY: a class-C object the caller gives up; the heap is this thread's.
     unsafe {
         if !h.try_push(C, p as *mut u8) {
@@ -62,22 +67,24 @@ fn thread_exit_flush_racing_frees_and_refills_keeps_every_object() {
         let exiting = {
             let be = be.clone();
             thread::spawn(move || {
+                let hp = start_thread(&be);
                 // SAFETY: the heap is this thread's alone until it retires it.
-                let h = unsafe { &mut *start_thread(&be) };
+                let h = unsafe { &*hp };
                 let mine: Vec<usize> = (0..2).map(|_| alloc(&be, h)).collect();
                 assert_objects_of_class(&be, C, &mine);
                 for p in mine {
                     free(&be, h, p);
                 }
                 // SAFETY: the heap is ours and this thread is done with it.
-                unsafe { be.retire_thread_heap(h) };
+                unsafe { be.retire_thread_heap(hp) };
             })
         };
         let other = {
             let be = be.clone();
             thread::spawn(move || {
+                let hp = start_thread(&be);
                 // SAFETY: the heap is this thread's alone until it retires it.
-                let h = unsafe { &mut *start_thread(&be) };
+                let h = unsafe { &*hp };
                 for p in remote {
                     free(&be, h, p);
                 }
@@ -88,7 +95,7 @@ fn thread_exit_flush_racing_frees_and_refills_keeps_every_object() {
                     free(&be, h, p);
                 }
                 // SAFETY: as above.
-                unsafe { be.retire_thread_heap(h) };
+                unsafe { be.retire_thread_heap(hp) };
             })
         };
         // A third thread starts, frees one remote object and exits: its heap may be
@@ -96,11 +103,12 @@ fn thread_exit_flush_racing_frees_and_refills_keeps_every_object() {
         let third = {
             let be = be.clone();
             thread::spawn(move || {
+                let hp = start_thread(&be);
                 // SAFETY: the heap is this thread's alone until it retires it.
-                let h = unsafe { &mut *start_thread(&be) };
+                let h = unsafe { &*hp };
                 free(&be, h, remote3);
                 // SAFETY: as above.
-                unsafe { be.retire_thread_heap(h) };
+                unsafe { be.retire_thread_heap(hp) };
             })
         };
         exiting.join().unwrap();

@@ -192,11 +192,14 @@ fn small_at(p: *const u8, c: SizeClass) -> Option<Found> {
     // SAFETY: owner_of found `p` in a mapped chunk, in a Small span; the descriptor
     // lives in the chunk header.
     let span = unsafe { &*(*ChunkHeader::of(p)).span_of(p) };
+    // Neither read takes a lock: the base comes from the descriptor's address and
+    // the length from the class (a Small span of class c has `c.span_pages()`
+    // pages), so no plain field of a span another thread may be changing is read.
     let base = span.base() as usize;
     let size = c.size_bytes();
     let off = (p as usize).wrapping_sub(base);
     let idx = off / size;
-    if off >= span.bytes() {
+    if off >= c.span_pages() * PAGE_SIZE {
         return None;
     }
     if idx >= c.objects_per_span() {

@@ -28,7 +28,7 @@ fn for_each_block(mut f: impl FnMut(Block)) {
                 let c = s.class();
                 let size = c.size_bytes();
                 // `carved` is read under the class lock (held).
-                for i in 0..s.carved as usize {
+                for i in 0..s.carved() as usize {
                     f(Block {
                         // SAFETY: object i < carved lies inside the span.
                         p: unsafe { s.base().add(i * size) },

@@ -63,7 +63,8 @@ impl Shard {
 
     fn with<R>(&self, f: impl FnOnce(&mut Ring) -> R) -> R {
         let _g = self.lock.guard();
-        // SAFETY: lock held.
+        // SAFETY: lock held; every access to `ring` goes through here, so this is
+        // the only reference to it while it lives.
         self.ring.with_mut(|r| f(unsafe { &mut *r }))
     }
 }

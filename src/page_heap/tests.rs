@@ -158,7 +158,7 @@ fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero() {
         assert_eq!(st.free_zeroed_bytes, st.free_bytes);
         let again = large(&ph, 4);
         assert_eq!((*again).base(), base);
-        assert!((*again).flags & SPAN_ZEROED != 0);
+        assert!((*again).flags() & SPAN_ZEROED != 0);
         let bytes = core::slice::from_raw_parts((*again).base(), 4 * PAGE_SIZE);
         assert!(bytes.iter().all(|&b| b == 0), "purged pages read as zero");
         ph.free_span(again);
@@ -179,7 +179,7 @@ fn grow_and_shrink_in_place_keep_the_invariants() {
         assert!(ph.grow_in_place(s, 4), "the freed tail is still there");
         assert!(!ph.grow_in_place(s, 5), "the fence blocks further growth");
         ph.validate().unwrap();
-        assert_eq!((*s).npages, 4);
+        assert_eq!((*s).npages(), 4);
     }
 }
 
@@ -221,10 +221,10 @@ fn page_entries_accept_object_starts_only_and_leave_with_the_small_span() {
         ph.validate().unwrap();
         // A stale class left in the Large span's interior is what validate reports.
         let chunk = &*(*l).chunk();
-        chunk.set_small((*l).start as usize + 3, c, base);
+        chunk.set_small((*l).start() as usize + 3, c, base);
         let v = ph.validate().unwrap_err();
         assert_eq!((v.structure, v.invariant), ("Span", 6), "{v}");
-        chunk.clear_small((*l).start as usize + 3);
+        chunk.clear_small((*l).start() as usize + 3);
         ph.validate().unwrap();
     }
 }
@@ -263,7 +263,7 @@ fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
         let again = large(&ph, 4);
         assert_eq!((*again).base(), base);
         assert_eq!(
-            (*again).flags & SPAN_ZEROED,
+            (*again).flags() & SPAN_ZEROED,
             0,
             "a refused purge marked its span zeroed"
         );
@@ -277,7 +277,7 @@ fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
         ph.os().refuse_purges(false);
         assert_eq!(ph.release_all(), 4 * PAGE_SIZE);
         let again = large(&ph, 4);
-        assert!((*again).flags & SPAN_ZEROED != 0);
+        assert!((*again).flags() & SPAN_ZEROED != 0);
         ph.free_span(again);
         ph.free_span(fence);
     }
@@ -338,7 +338,7 @@ fn a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted() {
         ph.validate().unwrap();
         let again = large(&ph, USABLE_PAGES);
         assert_eq!((*again).base(), base);
-        assert!((*again).flags & SPAN_ZEROED != 0);
+        assert!((*again).flags() & SPAN_ZEROED != 0);
         assert!(
             core::slice::from_raw_parts(base, PAGE_SIZE)
                 .iter()
@@ -376,4 +376,93 @@ fn a_chunk_whose_unmap_is_refused_at_free_stays_filed_beyond_max_free_chunks() {
     assert_eq!(ph.release_all(), (MAX_FREE_CHUNKS + 1) * CHUNK_SIZE);
     assert_eq!(ph.stats().chunks, 0);
     ph.validate().unwrap();
+}
+
+/// Chunks from the Rust heap instead of `mmap` (Miri runs no aligned `mmap`), so
+/// that the test below also runs under Miri.
+struct HeapOs;
+
+impl HeapOs {
+    fn layout(size: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(size, CHUNK_SIZE).unwrap()
+    }
+}
+
+// SAFETY: `alloc_zeroed` gives fresh zeroed memory aligned as asked (the page heap
+// asks for whole chunks at chunk alignment only); `purge` zeroes.
+unsafe impl Os for HeapOs {
+    fn map(&self, size: usize, align: usize) -> *mut u8 {
+        assert!(align <= CHUNK_SIZE);
+        // SAFETY: a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::layout(size)) };
+        // The page heap finds headers from addresses (`ChunkHeader::of`): like
+        // memory from `mmap`, the mapping may be reached from its address.
+        p.expose_provenance();
+        p
+    }
+    unsafe fn unmap(&self, p: *mut u8, size: usize) -> Result<(), OsError> {
+        // SAFETY: the page heap unmaps whole chunks it mapped.
+        unsafe { std::alloc::dealloc(p, Self::layout(size)) };
+        Ok(())
+    }
+    unsafe fn purge(&self, p: *mut u8, size: usize) -> Result<(), OsError> {
+        // SAFETY: the range lies in a live mapping (contract).
+        unsafe { p.write_bytes(0, size) };
+        Ok(())
+    }
+    unsafe fn remap(&self, _: *mut u8, _: usize, _: usize) -> *mut u8 {
+        ptr::null_mut()
+    }
+    unsafe fn split(&self, _: *mut u8, _: usize, _: usize) {
+        unreachable!("the page heap does not split mappings")
+    }
+    fn now_ms(&self) -> Result<u64, OsError> {
+        Ok(0)
+    }
+}
+
+/// A lookup by address (what `usable_size` and `free` do, without a lock) of a
+/// block the reader owns, while another thread cuts, frees and coalesces spans in
+/// the same chunk under the page-heap lock: the lookup finds the block, and the
+/// coalescing never makes a `&mut` over the header the reader holds a `&` of. Under
+/// Miri (`MIRIFLAGS=-Zmiri-permissive-provenance cargo +nightly miri test --lib
+/// lookups_by_address`) the data-race detector also checks that no plain field is
+/// read without the lock; the allocator's integer-to-pointer casts leave Miri's
+/// aliasing model little to check here (wildcard provenance).
+#[test]
+fn lookups_by_address_run_beside_coalescing_in_the_same_chunk() {
+    let ph = PageHeap::new(HeapOs);
+    let mine = large(&ph, 2);
+    // SAFETY: a live span of ours.
+    let p = unsafe { (*mine).base() };
+    let rounds = if cfg!(miri) { 2 } else { 2_000 };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..rounds {
+                let (a, b) = (large(&ph, 1), large(&ph, 3));
+                // SAFETY: live spans, freed once; `b` then `a` coalesce.
+                unsafe {
+                    ph.free_span(b);
+                    ph.free_span(a);
+                }
+            }
+        });
+        for _ in 0..rounds {
+            // SAFETY: `p` is the start of our live Large span, in a mapped chunk.
+            let (chunk, span) = unsafe {
+                let chunk = &*ChunkHeader::of(p);
+                (chunk, &*chunk.span_of(p))
+            };
+            assert_eq!(span.kind(), SpanKind::Large);
+            assert_eq!(span.base(), p);
+            assert_eq!(span.bytes(), 2 * PAGE_SIZE);
+            assert_eq!(chunk.page_class(ChunkHeader::page_of(p)), NO_CLASS);
+        }
+    });
+    // SAFETY: our span, freed once.
+    unsafe { ph.free_span(mine) };
+    ph.validate().unwrap();
+    // Every chunk back to the "OS" (Miri reports a leak otherwise).
+    ph.release_all();
+    assert_eq!(ph.stats().chunks, 0);
 }

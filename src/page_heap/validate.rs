@@ -18,7 +18,7 @@ impl<O: Os> PageHeap<O> {
                 let c = unsafe { &*chunk };
                 let at = chunk as usize;
                 check(
-                    c.magic == CHUNK_MAGIC,
+                    c.magic() == CHUNK_MAGIC,
                     "PageHeap",
                     3,
                     "chunk without magic",
@@ -43,7 +43,7 @@ impl<O: Os> PageHeap<O> {
                 let mut p = HEADER_PAGES;
                 let mut prev_free = false;
                 while p < PAGES_PER_CHUNK {
-                    let s = &c.spans[p];
+                    let s = c.span(p);
                     let at = s.base() as usize;
                     check(
                         s.kind() != SpanKind::None,
@@ -52,14 +52,15 @@ impl<O: Os> PageHeap<O> {
                         "pages covered by no span",
                         at,
                     )?;
+                    check(s.npages() >= 1, "Span", 1, "span start/size wrong", at)?;
                     check(
-                        s.start as usize == p && s.npages >= 1,
+                        s.start() as usize == p,
                         "Span",
-                        1,
-                        "span start/size wrong",
+                        7,
+                        "descriptor not in the slot of its first page",
                         at,
                     )?;
-                    let end = p + s.npages as usize;
+                    let end = p + s.npages() as usize;
                     check(
                         end <= PAGES_PER_CHUNK,
                         "Span",
@@ -101,14 +102,14 @@ impl<O: Os> PageHeap<O> {
                             at,
                         )?;
                         check(
-                            s.flags & SPAN_LISTED != 0,
+                            s.flags() & SPAN_LISTED != 0,
                             "Span",
                             3,
                             "free span not in a bin",
                             at,
                         )?;
-                        free_pages += s.npages as usize;
-                        if s.npages as usize == USABLE_PAGES {
+                        free_pages += s.npages() as usize;
+                        if s.npages() as usize == USABLE_PAGES {
                             free_chunks += 1;
                         }
                         prev_free = true;
@@ -128,7 +129,7 @@ impl<O: Os> PageHeap<O> {
                     }
                     p = end;
                 }
-                chunk = c.next;
+                chunk = c.next();
             }
             check(nchunks == h.nchunks, "PageHeap", 3, "chunk count", 0)?;
             check(
@@ -168,17 +169,17 @@ impl<O: Os> PageHeap<O> {
                     // SAFETY: binned spans are Free descriptors in mapped chunks.
                     let sp = unsafe { &*s };
                     check(
-                        sp.kind() == SpanKind::Free && sp.npages as usize == b,
+                        sp.kind() == SpanKind::Free && sp.npages() as usize == b,
                         "Span",
                         3,
                         "span in the wrong bin",
                         s as usize,
                     )?;
                     binned += b;
-                    if sp.flags & SPAN_ZEROED != 0 {
+                    if sp.flags() & SPAN_ZEROED != 0 {
                         zeroed += b;
                     }
-                    s = sp.next;
+                    s = sp.next();
                 }
             }
             check(
