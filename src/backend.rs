@@ -349,7 +349,10 @@ impl<O: Os> Backend<O> {
         // SAFETY: `p` is the base of a live Large span in a mapped chunk.
         unsafe {
             let span = (*ChunkHeader::of(p)).span_of(p);
-            debug_assert!((*span).kind() == SpanKind::Large && (*span).base() == p);
+            debug_check!(
+                (*span).kind() == SpanKind::Large && (*span).base() == p,
+                "free_large: not the start of a Large span"
+            );
             Counters::bump(&self.counters.large_frees);
             self.counters.flow(-((*span).bytes() as isize));
             self.page_heap.free_span(span);
@@ -509,7 +512,7 @@ impl<O: Os> Backend<O> {
             Counters::bump(&self.counters.huge_frees);
             self.counters.flow(-(len as isize));
         } else {
-            debug_assert!(false, "free of an unknown huge block {p:p}");
+            debug_check!(false, "free_huge: a block the huge registry does not know");
         }
         self.unmap_evicted(&ev);
     }

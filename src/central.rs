@@ -226,7 +226,10 @@ impl Central {
                     let next = FreeObj::next(obj, c);
                     let span = (*ChunkHeader::of(obj.cast())).span_of(obj.cast());
                     let s = &*span;
-                    debug_assert!(s.kind() == SpanKind::Small && s.class() == c);
+                    debug_check!(
+                        s.kind() == SpanKind::Small && s.class() == c,
+                        "release_objects: object's span is not a Small span of its class"
+                    );
                     FreeObj::set_next(obj, s.free());
                     s.set_free(obj);
                     s.set_live(s.live() - 1);

@@ -176,7 +176,7 @@ span_fields! {
 // Loom's atomics are 8 bytes each, so under loom a Span is 80 bytes; the bound only
 // matters for the real header's size.
 #[cfg(not(strata_loom))]
-const _: () = assert!(core::mem::size_of::<Span>() <= 64);
+const_assert!(core::mem::size_of::<Span>() <= 64);
 
 impl Span {
     /// A descriptor with every field zero and kind None (loom: a fresh header's).
@@ -280,7 +280,7 @@ pub struct PageEntry {
 }
 
 #[cfg(not(strata_loom))]
-const _: () = assert!(core::mem::size_of::<PageEntry>() == 8);
+const_assert!(core::mem::size_of::<PageEntry>() == 8);
 
 /// The header at the start of every chunk.
 ///
@@ -328,14 +328,14 @@ pub const HEADER_PAGES: usize = core::mem::size_of::<ChunkHeader>().div_ceil(PAG
 /// Pages a chunk can give to spans.
 pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 
-const _: () = assert!(HEADER_PAGES < PAGES_PER_CHUNK / 2);
-const _: () = assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
+const_assert!(HEADER_PAGES < PAGES_PER_CHUNK / 2);
+const_assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
 // The page entries take 4 KiB of the header and cost no header page: it stays at 5.
 #[cfg(not(strata_loom))]
-const _: () = assert!(HEADER_PAGES == 5);
+const_assert!(HEADER_PAGES == 5);
 // Loom geometry: the packed entries keep the header at 6 of 16 pages.
 #[cfg(strata_loom)]
-const _: () = assert!(HEADER_PAGES == 6);
+const_assert!(HEADER_PAGES == 6);
 
 /// Byte offset of the page entries in a chunk header.
 #[cfg(not(strata_loom))]
@@ -423,9 +423,9 @@ pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
     let at = skew
         .wrapping_add(PAGES_OFFSET)
         .wrapping_add((a >> PAGE_SHIFT) * 8);
-    debug_assert_eq!(
-        at,
-        (a & !(CHUNK_SIZE - 1)) + PAGES_OFFSET + ((a & (CHUNK_SIZE - 1)) >> PAGE_SHIFT) * 8
+    debug_check!(
+        at == (a & !(CHUNK_SIZE - 1)) + PAGES_OFFSET + ((a & (CHUNK_SIZE - 1)) >> PAGE_SHIFT) * 8,
+        "small_object: skewed page-entry address differs from the masked one"
     );
     // SAFETY: `at` is the address of a's page entry (above), in the mapped header of
     // a's chunk (the contract); entries are atomics, so a stale read is not UB.
@@ -526,7 +526,10 @@ impl ChunkHeader {
     /// dereferenceable while the chunk is mapped).
     #[inline]
     pub unsafe fn span_ptr(chunk: *mut ChunkHeader, i: usize) -> *mut Span {
-        debug_assert!(i < PAGES_PER_CHUNK);
+        debug_check!(
+            i < PAGES_PER_CHUNK,
+            "span_ptr: slot index beyond the header"
+        );
         // SAFETY: per the contract the slot lies inside the header's `spans`.
         unsafe { chunk.cast::<u8>().add(SPANS_OFFSET).cast::<Span>().add(i) }
     }

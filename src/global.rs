@@ -199,7 +199,10 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
     let heap = unsafe { &*h };
-    debug_assert!(heap.state() == HeapState::Live || heap.is_empty());
+    debug_check!(
+        heap.state() == HeapState::Live || heap.is_empty(),
+        "a sentinel or pooled heap holds objects"
+    );
     let p = match heap.state() {
         // SAFETY: a live heap is the calling thread's own.
         HeapState::Live => unsafe { heap.alloc_slow(c, &BACKEND) },
@@ -235,7 +238,10 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
     let heap = unsafe { &*h };
-    debug_assert!(heap.state() == HeapState::Live || heap.is_empty());
+    debug_check!(
+        heap.state() == HeapState::Live || heap.is_empty(),
+        "a sentinel or pooled heap holds objects"
+    );
     let live = match heap.state() {
         HeapState::Live => h,
         HeapState::Empty => init_thread(),

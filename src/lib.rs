@@ -44,6 +44,74 @@
 //! `heap_map` also sits beside `global`: it copies every chunk's spans under the
 //! class and page-heap locks (without allocating) and draws them as SVG afterwards.
 
+// Nothing under malloc/free may panic (clippy.toml bans the panicking macros;
+// these lints the panicking methods): a broken invariant goes through
+// `debug_check!` or `report::die`. Tests may panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::disallowed_macros,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+/// `debug_assert!` for code that runs under `malloc`/`free`: in debug builds, a
+/// false condition reports the message (a string literal: nothing is formatted)
+/// through `report::internal_error` and aborts; release builds check nothing.
+/// It never panics, so nothing unwinds out of `GlobalAlloc` or the C entry
+/// points. Under loom (no stderr reporter) it fails the model with a panic.
+/// Defined before the modules so that all of them see it.
+macro_rules! debug_check {
+    ($cond:expr, $what:literal $(,)?) => {
+        #[cfg(not(strata_loom))]
+        {
+            if cfg!(debug_assertions) && !$cond {
+                $crate::report::internal_error($what, file!(), line!());
+            }
+        }
+        #[cfg(strata_loom)]
+        {
+            #[allow(clippy::disallowed_macros)]
+            {
+                assert!($cond, $what);
+            }
+        }
+    };
+}
+
+/// A broken internal invariant found on a path that must not panic: reports it
+/// (a string literal: nothing is formatted) through `report::internal_error` and
+/// aborts, in every build. Under loom it fails the model with a panic.
+macro_rules! fatal {
+    ($what:literal $(,)?) => {{
+        #[cfg(not(strata_loom))]
+        {
+            $crate::report::internal_error($what, file!(), line!())
+        }
+        #[cfg(strata_loom)]
+        {
+            #[allow(clippy::disallowed_macros)]
+            {
+                panic!($what)
+            }
+        }
+    }};
+}
+
+/// A compile-time check (`const_assert!(...)`), exempt from the ban on
+/// panicking macros: it runs in the compiler, never under `malloc`.
+macro_rules! const_assert {
+    ($cond:expr $(, $msg:literal)? $(,)?) => {
+        #[allow(clippy::disallowed_macros)]
+        const _: () = assert!($cond $(, $msg)?);
+    };
+}
+
 mod sync;
 
 mod backend;
@@ -94,6 +162,8 @@ mod mallinfo;
 mod purge_thread;
 #[cfg(not(strata_loom))]
 mod report;
+#[cfg(all(test, not(strata_loom)))]
+mod test_child;
 
 use core::fmt;
 

@@ -93,7 +93,7 @@ const BAD_BITS: usize = !((1usize << ADDRESS_BITS) - 1) | (MIN_ALIGN - 1);
 /// written over a link decodes with one of `BAD_BITS` set).
 const KEY_FORCED: usize = (1 << 63) | 1;
 
-const _: () = assert!(KEY_FORCED & BAD_BITS == KEY_FORCED);
+const_assert!(KEY_FORCED & BAD_BITS == KEY_FORCED);
 
 #[cfg(not(strata_loom))]
 static KEY: AtomicUsize = AtomicUsize::new(0);
@@ -173,7 +173,7 @@ impl FreeObj {
     #[inline(always)]
     pub unsafe fn set_next_keyed(this: *mut FreeObj, next: *mut FreeObj, key: LinkKey) {
         let word = if HARDENED {
-            debug_assert!(key.0 != 0, "free-list link written before ensure_key");
+            debug_check!(key.0 != 0, "free-list link written before ensure_key");
             next as usize ^ this as usize ^ key.0
         } else {
             next as usize

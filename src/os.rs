@@ -82,7 +82,10 @@ pub struct SysOs;
 // them makes later reads return zero pages; mmap results are aligned by trimming.
 unsafe impl Os for SysOs {
     fn map(&self, size: usize, align: usize) -> *mut u8 {
-        debug_assert!(size % OS_PAGE == 0 && align.is_power_of_two());
+        debug_check!(
+            size % OS_PAGE == 0 && align.is_power_of_two(),
+            "SysOs::map: size not in pages or alignment not a power of two"
+        );
         if align <= OS_PAGE {
             return mmap_anon(size);
         }
@@ -144,7 +147,10 @@ unsafe impl Os for SysOs {
     unsafe fn split(&self, p: *mut u8, size: usize, at: usize) {
         // Nothing to do: munmap and mremap take any page-aligned range that lies in
         // one mapping (the kernel splits its VMA as needed).
-        debug_assert!(at % OS_PAGE == 0 && 0 < at && at < size && p as usize % OS_PAGE == 0);
+        debug_check!(
+            at % OS_PAGE == 0 && 0 < at && at < size && p as usize % OS_PAGE == 0,
+            "SysOs::split: split point not a page inside the mapping"
+        );
     }
 
     fn now_ms(&self) -> Result<u64, OsError> {

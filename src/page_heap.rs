@@ -216,7 +216,10 @@ impl<O: Os> PageHeap<O> {
         kind: SpanKind,
         class: SizeClass,
     ) -> *mut Span {
-        debug_assert!(npages >= 1 && align_pages.is_power_of_two());
+        debug_check!(
+            npages >= 1 && align_pages.is_power_of_two(),
+            "alloc_span: no pages or an alignment that is not a power of two"
+        );
         let need = npages + align_pages - 1;
         if need > USABLE_PAGES {
             return ptr::null_mut();
@@ -228,7 +231,11 @@ impl<O: Os> PageHeap<O> {
                     if !self.grow(h) {
                         return ptr::null_mut();
                     }
-                    find_bin(h, need).expect("a fresh chunk holds any span that fits USABLE_PAGES")
+                    match find_bin(h, need) {
+                        Some(found) => found,
+                        // A fresh chunk holds any span that fits USABLE_PAGES.
+                        None => fatal!("alloc_span: a fresh chunk has no fitting free span"),
+                    }
                 }
             };
             let mut span = h.bins[b];
@@ -387,7 +394,10 @@ impl<O: Os> PageHeap<O> {
         self.with_inner(|h| {
             // Wholly free chunks first (no reserve), then every other free span.
             let mut released = self.unmap_free_chunks(h, 0, |_| true);
-            debug_assert!(h.free_chunks == 0 || h.unmap_failures > 0);
+            debug_check!(
+                h.free_chunks == 0 || h.unmap_failures > 0,
+                "release_all: a free chunk survived without a refused unmap"
+            );
             released += self.purge_where(h, usize::MAX, |_| true);
             self.note_resident(h);
             released
@@ -835,7 +845,10 @@ unsafe fn split(span: *mut Span, n: usize) -> *mut Span {
     // SAFETY: per the contract; the remainder's descriptor slot lies in the same header.
     unsafe {
         let s = &*span;
-        debug_assert!(n > 0 && n < s.npages() as usize);
+        debug_check!(
+            n > 0 && n < s.npages() as usize,
+            "split: the cut is not inside the span"
+        );
         let r = ChunkHeader::span_ptr(s.chunk(), s.start() as usize + n);
         (*r).set_start(s.start() + n as u32);
         (*r).set_npages(s.npages() - n as u32);

@@ -92,3 +92,84 @@ pub fn die(args: fmt::Arguments<'_>) -> ! {
     // SAFETY: abort raises SIGABRT and does not return.
     unsafe { libc::abort() }
 }
+
+/// Writes `strata: internal error: <what> (<file>:<line>)` to stderr and aborts:
+/// the end of a broken internal invariant found by [`debug_check!`], without
+/// formatting machinery or allocation (it runs inside `malloc`/`free`, where a
+/// panic would unwind out of `GlobalAlloc` or `extern "C"` code).
+#[cold]
+#[inline(never)]
+pub fn internal_error(what: &str, file: &str, line: u32) -> ! {
+    let mut w = Stderr::new();
+    let _ = w.write_str("strata: internal error: ");
+    let _ = w.write_str(what);
+    let _ = w.write_str(" (");
+    let _ = w.write_str(file);
+    let _ = w.write_str(":");
+    let mut digits = [0u8; 10];
+    let mut n = line;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = w.write_str(core::str::from_utf8(&digits[i..]).unwrap_or("?"));
+    let _ = w.write_str(")\n");
+    w.flush();
+    // SAFETY: abort raises SIGABRT and does not return.
+    unsafe { libc::abort() }
+}
+
+#[cfg(test)]
+mod tests {
+    const CHILD_ENV: &str = "STRATA_REPORT_CHILD";
+
+    /// A broken invariant found on an allocator path (`fatal!` in every build,
+    /// `debug_check!` in debug builds) aborts with one `strata:` line naming it and
+    /// where: it does not panic, so nothing can unwind out of `GlobalAlloc` or a C
+    /// entry point (a `catch_unwind` around it catches nothing).
+    #[test]
+    fn a_broken_invariant_aborts_with_a_report_instead_of_panicking() {
+        const NAME: &str =
+            "report::tests::a_broken_invariant_aborts_with_a_report_instead_of_panicking";
+        match std::env::var(CHILD_ENV).as_deref() {
+            Ok("fatal") => {
+                let r = std::panic::catch_unwind(|| fatal!("the test's broken invariant"));
+                eprintln!("unwound: {}", r.is_err());
+                std::process::exit(0);
+            }
+            Ok("debug_check") => {
+                let r = std::panic::catch_unwind(|| {
+                    debug_check!(1 + 1 == 3, "the test's broken check");
+                });
+                eprintln!("returned, unwound: {}", r.is_err());
+                std::process::exit(0);
+            }
+            _ => {}
+        }
+        let (aborted, stderr) = crate::test_child::run(NAME, CHILD_ENV, "fatal");
+        assert!(aborted, "fatal! did not abort:\n{stderr}");
+        assert!(
+            stderr.contains("strata: internal error: the test's broken invariant (src/report.rs:"),
+            "{stderr}"
+        );
+        let (aborted, stderr) = crate::test_child::run(NAME, CHILD_ENV, "debug_check");
+        if cfg!(debug_assertions) {
+            assert!(aborted, "debug_check! did not abort:\n{stderr}");
+            assert!(
+                stderr.contains("strata: internal error: the test's broken check (src/report.rs:"),
+                "{stderr}"
+            );
+        } else {
+            // Release builds check nothing.
+            assert!(
+                !aborted && stderr.contains("returned, unwound: false"),
+                "{stderr}"
+            );
+        }
+    }
+}

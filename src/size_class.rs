@@ -107,6 +107,7 @@ const fn class_of_m_arith(m: usize) -> SizeClass {
 /// of ~10 instructions of bit arithmetic. Every class boundary below 1 KiB is a
 /// multiple of 8, so `m >> 3` determines the class (checked as the table is built).
 #[cfg(not(strata_loom))]
+#[allow(clippy::disallowed_macros)] // evaluated by the compiler
 static SMALL_CLASS: [u8; 128] = {
     let mut t = [0u8; 128];
     let mut i = 0;
@@ -192,7 +193,10 @@ pub const C_TABLE_MAX: usize = 1024;
 #[cfg(not(strata_loom))]
 #[inline(always)]
 pub fn class_for_c_table(size: usize) -> SizeClass {
-    debug_assert!(size <= C_TABLE_MAX);
+    debug_check!(
+        size <= C_TABLE_MAX,
+        "class_for_c_table: size above the table"
+    );
     // Masking instead of a bounds check: for size <= 1024 the index is at most 64.
     SizeClass(C_CLASS[((size + 15) >> 4) & 127])
 }
@@ -343,6 +347,7 @@ impl ObjectChecks {
     }
 }
 
+#[allow(clippy::disallowed_macros)] // only called in the static initialiser below
 const fn object_magic_and_limit(c: usize) -> (u64, u64) {
     let size = size_of_class(c) as u128;
     let magic = ((1u128 << 64) / size) as u64 + 1;
@@ -369,12 +374,11 @@ pub static OBJECT_CHECKS: ObjectChecks = {
     t
 };
 
-const _: () =
-    assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
+const_assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
 
-const _: () = assert!(size_of_class(NUM_CLASSES - 1) == MAX_SMALL);
+const_assert!(size_of_class(NUM_CLASSES - 1) == MAX_SMALL);
 #[cfg(not(strata_loom))]
-const _: () = assert!(MAX_SMALL >> SMALL_ALIGN_SHIFT == 2 * PAGE_SIZE);
+const_assert!(MAX_SMALL >> SMALL_ALIGN_SHIFT == 2 * PAGE_SIZE);
 
 #[cfg(all(test, not(strata_loom)))]
 mod tests {

@@ -116,7 +116,7 @@ pub struct FreeList {
 }
 
 #[cfg(not(strata_loom))]
-const _: () = assert!(core::mem::size_of::<FreeList>() == 32);
+const_assert!(core::mem::size_of::<FreeList>() == 32);
 
 impl FreeList {
     crate::sync::loom_const_fn! {
@@ -335,7 +335,7 @@ impl ThreadHeap {
     pub unsafe fn activate(&self, budget_bytes: usize) {
         #[cfg(strata_loom)]
         self.touch();
-        debug_assert!(self.is_empty());
+        debug_check!(self.is_empty(), "activate: the heap still caches objects");
         // The fast paths encode with this copy from now on.
         ensure_key();
         self.link_key.set(LinkKey::current());
@@ -429,7 +429,10 @@ impl ThreadHeap {
     pub unsafe fn alloc_slow<O: Os>(&self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
         #[cfg(strata_loom)]
         self.touch();
-        debug_assert_eq!(self.state(), HeapState::Live);
+        debug_check!(
+            self.state() == HeapState::Live,
+            "slow path on a heap that is not live"
+        );
         self.begin_move();
         let b = be.central.refill(c, &be.page_heap);
         if b.count == 0 {
@@ -440,7 +443,10 @@ impl ThreadHeap {
         let list = &self.lists[c.index()];
         list.allocs.add(1);
         self.note_flow((b.count * c.size_bytes()) as isize, be);
-        debug_assert!(list.head.get().is_null() && list.len.get() == 0);
+        debug_check!(
+            list.head.get().is_null() && list.len.get() == 0,
+            "alloc_slow: refill into a list that is not empty"
+        );
         // SAFETY: the refill gave us a chain of b.count >= 1 class-c objects.
         list.head.set(unsafe { FreeObj::next(b.head, c) });
         list.len.set(b.count as u32 - 1);
@@ -458,7 +464,10 @@ impl ThreadHeap {
     pub unsafe fn free_slow<O: Os>(&self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
         #[cfg(strata_loom)]
         self.touch();
-        debug_assert_eq!(self.state(), HeapState::Live);
+        debug_check!(
+            self.state() == HeapState::Live,
+            "slow path on a heap that is not live"
+        );
         let ci = c.index();
         let list = &self.lists[ci];
         if HARDENED && list.head.get() == p.cast() {
@@ -562,7 +571,7 @@ impl ThreadHeap {
         // Relaxed, then the Release fence: any write of the move that a reader sees
         // (the reader's Acquire fence after it) brings this store with it.
         let s = self.move_seq.load(Ordering::Relaxed);
-        debug_assert!(s % 2 == 0, "moves do not nest");
+        debug_check!(s % 2 == 0, "moves do not nest");
         #[cfg(not(strata_mutant = "stats_ignore_moves"))]
         self.move_seq.store(s + 1, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -661,7 +670,10 @@ impl ThreadHeap {
 
     /// Counts a reallocation (owner only; not on a sentinel).
     pub fn note_realloc(&self, in_place: bool) {
-        debug_assert_eq!(self.state(), HeapState::Live);
+        debug_check!(
+            self.state() == HeapState::Live,
+            "note_realloc on a heap that is not live"
+        );
         self.reallocs.add(1);
         if in_place {
             self.reallocs_in_place.add(1);

@@ -96,7 +96,10 @@ impl DescPool {
     pub fn get(&self, i: u32) -> &BatchDesc {
         // Acquire: pairs with the Release in grow(); the zeroed block is visible.
         let block = self.dir[(i >> BLOCK_SHIFT) as usize].load(Ordering::Acquire);
-        debug_assert!(!block.is_null());
+        debug_check!(
+            !block.is_null(),
+            "DescPool::get: descriptor block not published"
+        );
         // SAFETY: by invariant 2, i's block is published; by invariant 1 it stays
         // valid forever; the slot index is below BLOCK_LEN.
         unsafe { &*block.add(i as usize & (BLOCK_LEN - 1)) }
@@ -360,7 +363,7 @@ pub unsafe fn chain_tail(head: *mut FreeObj, n: usize, c: SizeClass) -> *mut Fre
         // SAFETY: per the contract the chain has n class-c objects.
         t = unsafe { FreeObj::next(t, c) };
     }
-    debug_assert!(!t.is_null());
+    debug_check!(!t.is_null(), "chain_tail: chain shorter than its count");
     t
 }
 

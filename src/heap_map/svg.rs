@@ -32,7 +32,7 @@ const CELL: usize = 10;
 const COLS: usize = 32;
 /// Rows of a chunk block.
 const ROWS: usize = PAGES_PER_CHUNK / COLS;
-const _: () = assert!(PAGES_PER_CHUNK % COLS == 0);
+const_assert!(PAGES_PER_CHUNK % COLS == 0);
 /// Chunk blocks per row of the picture.
 const PER_ROW: usize = 3;
 /// Outer margin and horizontal gap between chunk blocks.
@@ -274,6 +274,7 @@ fn percent(part: usize, whole: usize) -> usize {
 }
 
 /// The fill of a Small span: hue from the class, lightness from the fullness.
+#[allow(clippy::disallowed_macros)] // drawing runs after the copy, outside the allocator
 fn small_fill(class: usize, pct: usize) -> String {
     let hue = class * 300 / (NUM_CLASSES - 1).max(1);
     let light = 88 - pct.min(100) / 2;

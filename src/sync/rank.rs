@@ -73,7 +73,7 @@ pub(crate) enum LockRank {
 #[cfg(all(debug_assertions, not(strata_loom)))]
 const RANKS: usize = LockRank::MetaArena as usize + 1;
 #[cfg(all(debug_assertions, not(strata_loom)))]
-const _: () = assert!(RANKS == 8, "rank_of lists every rank");
+const_assert!(RANKS == 8, "rank_of lists every rank");
 
 #[cfg(all(debug_assertions, not(strata_loom)))]
 mod witness {
@@ -190,23 +190,11 @@ pub(crate) fn assert_none_held(_what: &str) {}
 mod tests {
     use super::LockRank;
     use crate::sync::RawLock;
-    use std::os::unix::process::ExitStatusExt;
-    use std::process::Command;
 
     const CHILD_ENV: &str = "STRATA_RANK_CHILD";
 
-    /// Runs the test `name` of this binary in a child process with `CHILD_ENV` set
-    /// to `action`; returns whether it died of SIGABRT, and its stderr.
     fn run_child(name: &str, action: &str) -> (bool, String) {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, action)
-            .output()
-            .unwrap();
-        (
-            out.status.signal() == Some(libc::SIGABRT),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        crate::test_child::run(name, CHILD_ENV, action)
     }
 
     #[test]
