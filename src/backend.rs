@@ -297,6 +297,9 @@ impl<O: Os> Backend<O> {
                 )
             };
         }
+        // SAFETY: the batch's first object is ours to hand out; its link is spent
+        // (see `FreeObj::clear`).
+        unsafe { FreeObj::clear(b.head) };
         b.head.cast()
     }
 

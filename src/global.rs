@@ -259,7 +259,8 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
 }
 
 /// Small-object alloc: TLS load, pop, one branch (budget ~16 instructions; with
-/// `harden`, 4 more: the decode and check of the popped object's link).
+/// `harden`, 5 more: the decode and check of the popped object's link, and the
+/// store that clears it).
 #[inline(always)]
 fn alloc_small(c: SizeClass) -> *mut u8 {
     let h = heap();
@@ -273,8 +274,8 @@ fn alloc_small(c: SizeClass) -> *mut u8 {
 }
 
 /// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
-/// `harden`, 5 more: the key load and two XORs encoding the link, and the compare
-/// with the head that catches an immediate double free).
+/// `harden`, 8 more: the key load and two XORs encoding the link, and the test of
+/// the block's own first word that catches a double free of a cached block).
 ///
 /// # Safety
 /// `p` is a live class-`c` block of ours that the caller gives up.

@@ -50,8 +50,10 @@
 //! - Someone who can read a free object's first word and knows its address learns
 //!   `next ^ KEY`, hence most of `KEY`; this is a guard against overwrites, not
 //!   against an attacker who can both read and write freed memory.
-//! - A double free is not caught (the block links to itself, which decodes fine);
-//!   checked mode catches it.
+//! - A double free is caught only while the block is still in the freeing thread's
+//!   cache (`ThreadHeap::try_push` asks [`FreeObj::looks_free`], and `free_slow`
+//!   walks the list to confirm); once the block has moved on to the central tier or
+//!   another thread's cache, it is not. Checked mode catches every one.
 //! - Corruption is found when the link is next followed, not when it is written.
 //!
 //! # The key's lifetime
@@ -214,6 +216,44 @@ impl FreeObj {
         next as *mut FreeObj
     }
 
+    /// Whether the first word of `this`, a block being freed, decodes as a link
+    /// (hardened builds; false otherwise): true for every block already on a free
+    /// list, false for a block handed out since (its first word was cleared when it
+    /// was handed out, [`FreeObj::clear`], and zero never decodes) unless the program
+    /// wrote there a word that happens to decode, which the caller's confirmation
+    /// (a walk of the list) tells apart. Three instructions and a branch on the
+    /// free fast path: the load, the XOR with `this ^ key` that the encode computes
+    /// anyway, the mask test.
+    ///
+    /// # Safety
+    /// `this` is a block of ours, at least 8 bytes, that the caller gives up.
+    #[inline(always)]
+    pub unsafe fn looks_free(this: *mut FreeObj, key: LinkKey) -> bool {
+        if !HARDENED {
+            return false;
+        }
+        // SAFETY: per the contract `this` is readable and ours.
+        let word = unsafe { (*this).link };
+        (word ^ this as usize ^ key.0) & BAD_BITS == 0
+    }
+
+    /// Clears the link of `this`, a free object about to be handed to the program
+    /// (hardened builds; nothing otherwise): a block fresh from `malloc` must not
+    /// carry `next ^ this ^ KEY`, which with the next block's address gives the key
+    /// away to anyone who reads uninitialised memory (glibc clears its tcache key
+    /// the same way), and [`FreeObj::looks_free`] must not take it for a free one.
+    /// One store on the alloc fast path.
+    ///
+    /// # Safety
+    /// `this` is an object of ours that the caller owns and is handing out.
+    #[inline(always)]
+    pub unsafe fn clear(this: *mut FreeObj) {
+        if HARDENED {
+            // SAFETY: per the contract `this` is writable and ours.
+            unsafe { (*this).link = 0 };
+        }
+    }
+
     /// The link of `this`, decoded; None if it is not null or a plausible object
     /// address (for validators, which report instead of aborting).
     ///
@@ -249,17 +289,25 @@ fn corrupt_link(obj: *mut FreeObj, c: SizeClass) -> ! {
     ))
 }
 
-/// The block a thread frees is already the head of its free list: the same block
-/// freed twice with no other free of its class on this thread in between (glibc's
-/// "fasttop" check). Report it and abort. Never returns.
+/// The block a thread frees is already in that thread's cache of its class, at
+/// `depth` (0: the head of the list, the block freed last; glibc's "fasttop"
+/// check; more: with other frees of the class in between, glibc's tcache check).
+/// Report it and abort. Never returns.
 #[cold]
 #[inline(never)]
-pub fn double_free(p: *mut u8, c: SizeClass) -> ! {
+pub fn double_free(p: *mut u8, c: SizeClass, depth: usize) -> ! {
     let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
+    if depth == 0 {
+        report::die(format_args!(
+            "double free of {:#x} (class {}, {} B): it is already the last block freed in \
+             its size class on this thread",
+            p as usize, c.0, size
+        ))
+    }
     report::die(format_args!(
-        "double free of {:#x} (class {}, {} B): it is already the last block freed in \
-         its size class on this thread",
-        p as usize, c.0, size
+        "double free of {:#x} (class {}, {} B): it is already in this thread's cache of \
+         its size class ({} frees of the class ago)",
+        p as usize, c.0, size, depth
     ))
 }
 

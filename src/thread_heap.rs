@@ -7,20 +7,25 @@
 //! free:   size→class ─ tls heap ─ try_push ── hit: one branch
 //!                                  └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
 //! ```
-//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 52.5
+//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 56.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
 //! included; 43.5 without the `harden` feature (the script prints both). Through the
 //! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 75 a pair with the benchmark's loop, 64 without
+//! `global::free_by_address`): 80 a pair with the benchmark's loop, 64 without
 //! `harden`; unhardened, `malloc` is 17 instructions and `free` 30 (chunk map 8, page
 //! entry and object check 10, TLS and push 12). The statistics counter
-//! `FreeList::allocs` is 1 of them. `harden` is the other 9 (11 in C): `pop` loads
+//! `FreeList::allocs` is 1 of them. `harden` is the other 13 (16 in C): `pop` loads
 //! the key off the heap, XORs it with the object's address and the link word (the
 //! word's load folds into the XOR) and tests the result against a mask, a branch
-//! never taken in a correct program (4, plus the mask's `movabs` in the C `malloc`,
-//! where no loop hoists it); `try_push` loads the key, XORs in the object's address
-//! and the old head, and compares the object with the head (a double free), which
-//! keeps the head's load from folding into the XOR (5).
+//! never taken in a correct program, and clears the object's link word so that a
+//! block handed out neither gives the key away nor looks free (5, plus the mask's
+//! `movabs` in the C `malloc`, where no loop hoists it); `try_push` loads the key,
+//! XORs in the object's address and the old head, and tests whether the block's
+//! own first word decodes as a link (a block already in a free list: a double free,
+//! which `free_slow` confirms by walking the list), a load, an XOR, the mask test
+//! and a branch never taken in a correct program (8, and the `movabs` in C). The
+//! double-free check of the whole cache cost 4 a pair over the head-only compare
+//! it replaced (52.5 -> 56.5; C 75 -> 80).
 //! Keep other statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
@@ -376,6 +381,8 @@ impl ThreadHeap {
         // was pushed aborts here instead of being handed out.
         list.head
             .set(unsafe { FreeObj::next_keyed(obj, c, self.link_key.get()) });
+        // SAFETY: the object is ours to hand out now; its link is spent.
+        unsafe { FreeObj::clear(obj) };
         list.len.sub(1);
         list.allocs.add(1);
         obj.cast()
@@ -405,10 +412,13 @@ impl ThreadHeap {
         let list = unsafe { self.lists.get_unchecked(c.index()) };
         let obj = p.cast::<FreeObj>();
         let head = list.head.get();
-        // Hardened: a block that is already the head is being freed twice; `free_slow`
-        // reports it (one compare, the branch never taken in a correct program).
+        // Hardened: a block whose first word decodes as a link may already be in a
+        // free list, this one included (a block handed out has that word cleared):
+        // `free_slow` looks for it and reports a double free (three instructions and
+        // a branch never taken in a correct program).
         // A sentinel returns here (invariant 7: `len == max == 0`).
-        if list.len.get() >= list.max.get() || (HARDENED && obj == head) {
+        // SAFETY: the caller gives up `p`, a block of ours of at least 8 bytes.
+        if list.len.get() >= list.max.get() || unsafe { FreeObj::looks_free(obj, key) } {
             return false;
         }
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class); a
@@ -451,6 +461,8 @@ impl ThreadHeap {
         list.head.set(unsafe { FreeObj::next(b.head, c) });
         list.len.set(b.count as u32 - 1);
         self.end_move();
+        // SAFETY: the batch's first object is ours to hand out (see `pop`).
+        unsafe { FreeObj::clear(b.head) };
         b.head.cast()
     }
 
@@ -470,8 +482,14 @@ impl ThreadHeap {
         );
         let ci = c.index();
         let list = &self.lists[ci];
-        if HARDENED && list.head.get() == p.cast() {
-            link::double_free(p, c);
+        // SAFETY: the caller gives up `p`, a class-c block of ours.
+        if unsafe { FreeObj::looks_free(p.cast(), self.link_key.get()) } {
+            // Already cached here? Then it is a double free; if not, the program's
+            // data happened to decode as a link (or the block sits in another cache,
+            // which this cannot see), and it goes straight to the central tier below.
+            if let Some(depth) = self.position_in_list(ci, p.cast()) {
+                link::double_free(p, c, depth);
+            }
         }
         let (size, batch, cap) = (
             CLASS_SIZE[ci] as usize,
@@ -513,6 +531,25 @@ impl ThreadHeap {
                 self.end_move();
             }
         }
+    }
+
+    /// Where `obj` is in list `ci`, counted from the head; None if it is not there.
+    /// A walk of at most `len` links (each checked), on the free slow path only.
+    fn position_in_list(&self, ci: usize, obj: *mut FreeObj) -> Option<usize> {
+        let list = &self.lists[ci];
+        let mut o = list.head.get();
+        for depth in 0..list.len.get() as usize {
+            if o.is_null() {
+                break;
+            }
+            if o == obj {
+                return Some(depth);
+            }
+            // SAFETY: a cached object of the class (invariant 1) whose link is
+            // followed as `pop` would.
+            o = unsafe { FreeObj::next(o, SizeClass(ci as u8)) };
+        }
+        None
     }
 
     /// Lowers other classes' max (round robin, a batch at a time) until `need` more

@@ -329,12 +329,21 @@ fn double_free_aborts_naming_the_block() {
             assert_aborts(action, &["double free of", "size class"]);
         }
     } else if cfg!(feature = "harden") {
-        // Plain build: a block freed again while it is the head of its list (no
-        // other free of the class in between) is caught by one compare in the push.
-        // A later double free is not promised to be caught: not run (UB).
+        // Plain build: a block freed again while it is still in the thread's cache
+        // of its class is caught (its first word decodes as a link; the list is
+        // walked to confirm), at the head or further down. A double free of a block
+        // that has left the cache is not promised to be caught: not run (UB).
         assert_aborts(
             "double_free",
             &["double free of", "(class ", "already the last block freed"],
+        );
+        assert_aborts(
+            "double_free_later",
+            &[
+                "double free of",
+                "already in this thread's cache",
+                "1 frees of the class ago",
+            ],
         );
     }
     // Without `harden` nothing is checked: not run (UB).

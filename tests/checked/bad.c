@@ -127,6 +127,22 @@ int main(int argc, char **argv) {
         free(p);
         follow_up(40, p);
     }
+    if (!strcmp(a, "fresh_first_word")) {
+        /* Not misuse: a recycled block fresh from malloc, its first word read (as
+         * bytes, no trap representation) before the program writes it. Blocks p and
+         * q are freed in turn; the next malloc of the class gets p back, whose first
+         * word held its free-list link to q. */
+        char *p = must_malloc(96), *q = must_malloc(96);
+        announce(p);
+        free(q);
+        free(p);
+        char *r = must_malloc(96);
+        uint64_t w;
+        memcpy(&w, r, sizeof w);
+        printf("after: same=%d first_word=%#llx\n", r == p, (unsigned long long)w);
+        fflush(stdout);
+        return 0;
+    }
     if (!strcmp(a, "double_free_later")) {
         /* Another free of the class in between: p is no longer the last block freed
          * when it is freed again. x then gets p; the follow-up must not. */
