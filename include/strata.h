@@ -13,6 +13,14 @@
  * declares only the functions that are strata's own (the last one only in
  * checked builds) and the mallopt parameters.
  *
+ * A free() or realloc() of a pointer that is not the start of a live block is
+ * never followed: free ignores it, realloc returns NULL with ENOMEM. Those that
+ * are certainly bugs (a pointer inside strata's heap, or on the calling thread's
+ * stack) are reported on stderr, one "strata: free(): invalid pointer ..." line
+ * each (at most 10); STRATA_BAD_FREE=warn reports every kind, =abort aborts on
+ * every kind (as glibc), =ignore reports none. A double free of a block still in
+ * the freeing thread's cache aborts ("strata: double free of ...").
+ *
  * A program that may also run without strata (for example one that is
  * LD_PRELOADed only sometimes) should look these up with
  * dlsym(RTLD_DEFAULT, "strata_release_memory") instead of linking to them.
