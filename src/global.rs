@@ -50,7 +50,7 @@ const fn sentinel(s: &'static ThreadHeap) -> *mut ThreadHeap {
 // the relocated image for every later one. The cost: a library using it must be
 // loaded at start-up (LD_PRELOAD, DT_NEEDED) or fit glibc's surplus static TLS when
 // dlopen'ed (8 bytes here), as with mimalloc and jemalloc.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls)))]
 mod tls {
     use super::{EMPTY, ThreadHeap};
 
@@ -100,11 +100,13 @@ mod tls {
     }
 }
 
-// Elsewhere: a const-initialised `Cell` with no destructor is a bare TLS slot (no
-// registration, no allocation).
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+// Elsewhere (and on x86-64 Linux with `--cfg strata_portable_tls`, which CI builds
+// so that this path is compiled and tested): a const-initialised `Cell` with no
+// destructor is a bare TLS slot (no registration, no allocation).
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls))))]
 mod tls {
     use super::{EMPTY, ThreadHeap, sentinel};
+    use core::cell::Cell;
 
     thread_local! {
         static HEAP: Cell<*mut ThreadHeap> = const { Cell::new(sentinel(&EMPTY)) };
@@ -117,7 +119,7 @@ mod tls {
 
     #[inline]
     pub(super) fn set(h: *mut ThreadHeap) {
-        tls::set(h);
+        HEAP.with(|slot| slot.set(h));
     }
 }
 
