@@ -45,9 +45,13 @@ pub fn route(size: usize, align: usize) -> Route {
 
 /// The shared state of one allocator instance.
 pub struct Backend<O: Os> {
+    /// Chunks, spans and free pages.
     pub page_heap: PageHeap<O>,
+    /// Per-class transfer stacks and spans.
     pub central: Central,
+    /// Metadata that is never freed (thread heaps, descriptor blocks, records).
     pub meta: MetaArena,
+    /// Blocks with mappings of their own, and the cache of freed ones.
     pub huge: HugeRegistry,
     pool_lock: RawLock,
     pool: UnsafeCell<HeapPool>,

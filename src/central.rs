@@ -45,7 +45,7 @@ struct ClassSpans {
     nspans: usize,
 }
 
-/// The central tier: one [`CentralClass`] per size class and the descriptor pool.
+/// The central tier: one `CentralClass` per size class and the descriptor pool.
 pub struct Central {
     classes: [CachePadded<CentralClass>; NUM_CLASSES],
     descs: DescPool,
@@ -89,11 +89,14 @@ impl CentralClass {
 
 /// What a refill returned: a chain of `count` objects (null when 0).
 pub struct Batch {
+    /// The first object of the chain (links through `FreeObj`).
     pub head: *mut FreeObj,
+    /// Objects in the chain.
     pub count: usize,
 }
 
 impl Central {
+    /// Empty transfer stacks and span lists for every class.
     #[cfg(not(strata_loom))]
     pub const fn new() -> Central {
         Central {
@@ -101,6 +104,7 @@ impl Central {
             descs: DescPool::new(),
         }
     }
+    /// Empty transfer stacks and span lists for every class.
     #[cfg(strata_loom)]
     pub fn new() -> Central {
         Central {

@@ -67,7 +67,7 @@ pub const SPAN_LISTED: u8 = 2;
 /// Aliasing: descriptors live in chunk headers that every thread reaches by address
 /// (`free`, `usable_size`, statistics), so no `&mut Span` of a mapped chunk is ever
 /// made. The atomics (`kind`, `class`) may be read by anyone; the other fields are
-/// [`LockedCell`]s, written through `unsafe` setters by the holder of the lock of
+/// `LockedCell`s, written through `unsafe` setters by the holder of the lock of
 /// the tier that owns the span (invariants 3 and 4) and read by it, or by the
 /// owner of a Large span.
 #[repr(C)]
@@ -298,7 +298,7 @@ const_assert!(core::mem::size_of::<PageEntry>() == 8);
 ///
 /// Aliasing: every thread reads headers by address (the page entries in `free`, the
 /// span kinds in `usable_size`), so once the chunk map names a chunk no `&mut
-/// ChunkHeader` of it is made: `magic`, `next` and `prev` are [`LockedCell`]s
+/// ChunkHeader` of it is made: `magic`, `next` and `prev` are `LockedCell`s
 /// (page-heap lock), the page map and entries atomics, and span descriptors are
 /// reached as `&Span` or by [`ChunkHeader::span_ptr`]. A chunk not yet published is
 /// set up through a raw pointer.

@@ -164,6 +164,7 @@ fn hash(p: usize) -> usize {
 
 impl HugeRegistry {
     crate::sync::loom_const_fn! {
+        /// An empty registry with an empty cache.
         pub fn new() -> HugeRegistry {
             HugeRegistry {
                 lock: RawLock::new(LockRank::HugeRegistry),

@@ -44,6 +44,7 @@
 //! `heap_map` also sits beside `global`: it copies every chunk's spans under the
 //! class and page-heap locks (without allocating) and draws them as SVG afterwards.
 
+#![warn(missing_docs)]
 // Nothing under malloc/free may panic (clippy.toml bans the panicking macros;
 // these lints the panicking methods): a broken invariant goes through
 // `debug_check!` or `report::die`. Tests may panic.

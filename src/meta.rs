@@ -34,6 +34,7 @@ unsafe impl Sync for MetaArena {}
 
 impl MetaArena {
     crate::sync::loom_const_fn! {
+        /// An arena that has mapped nothing yet.
         pub fn new() -> MetaArena {
             MetaArena { lock: RawLock::new(LockRank::MetaArena), state: UnsafeCell::new(Bump { cur: 0, end: 0, total: 0 }) }
         }

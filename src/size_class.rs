@@ -23,9 +23,13 @@ pub const ADDRESS_BITS: usize = 47;
 
 #[cfg(not(strata_loom))]
 mod geometry {
+    /// log2 of the page size (8 KiB pages).
     pub const PAGE_SHIFT: usize = 13;
+    /// log2 of the chunk size (4 MiB chunks).
     pub const CHUNK_SHIFT: usize = 22;
+    /// Number of size classes.
     pub const NUM_CLASSES: usize = 60;
+    /// The largest small request (bytes); larger ones take whole pages.
     pub const MAX_SMALL: usize = 256 << 10;
 }
 /// Loom geometry: 256 B pages, 4 KiB chunks (16 pages, of which the header takes 6:
@@ -34,9 +38,13 @@ mod geometry {
 /// model fills, empties and returns spans within a few operations.
 #[cfg(strata_loom)]
 mod geometry {
+    /// log2 of the page size (256 B pages).
     pub const PAGE_SHIFT: usize = 8;
+    /// log2 of the chunk size (4 KiB chunks).
     pub const CHUNK_SHIFT: usize = 12;
+    /// Number of size classes.
     pub const NUM_CLASSES: usize = 2;
+    /// The largest small request (bytes).
     pub const MAX_SMALL: usize = 128;
 }
 pub use geometry::*;

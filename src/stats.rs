@@ -100,8 +100,9 @@ pub struct ClassStats {
     pub size: u32,
     /// Objects in use by the program.
     pub live_objects: u64,
-    /// Spans of the class, and the bytes of their pages.
+    /// Spans of the class.
     pub spans: u64,
+    /// Bytes of the pages of the class's spans.
     pub span_bytes: u64,
     /// Objects cached in thread heaps.
     pub thread_cached: u64,
@@ -151,11 +152,13 @@ pub struct Stats {
     pub central_cached_bytes: u64,
     /// Unused object slots inside small spans (fragmentation), bytes.
     pub span_free_bytes: u64,
-    /// Free pages in the page heap, and those of them purged or never touched.
+    /// Free pages in the page heap, bytes.
     pub page_free_bytes: u64,
+    /// The free pages that are purged or were never touched (cost no RSS), bytes.
     pub page_purged_bytes: u64,
-    /// Bytes returned with `MADV_DONTNEED`, and chunks unmapped, since start.
+    /// Bytes returned with `MADV_DONTNEED` since start.
     pub purged_bytes_total: u64,
+    /// Bytes of chunks unmapped since start.
     pub unmapped_bytes_total: u64,
     /// High-water mark of `resident_bytes` (chunks and huge blocks; the metadata
     /// arena, which only grows, added at its current size).
@@ -163,22 +166,28 @@ pub struct Stats {
     /// High-water mark of bytes handed out (live plus thread-cached), exact to within
     /// 256 KiB per thread (thread heaps publish their flow in steps of that size).
     pub peak_allocated_bytes: u64,
-    /// Allocations, frees, reallocations and those done in place, since start
-    /// (`realloc` counts once, not as an allocation and a free).
+    /// Allocations since start (`realloc` counts once, as a reallocation, not as
+    /// an allocation and a free).
     pub allocs: u64,
+    /// Frees since start.
     pub frees: u64,
+    /// Reallocations since start.
     pub reallocs: u64,
+    /// The reallocations that kept the block where it was.
     pub reallocs_in_place: u64,
-    /// Thread heaps in use, and ever created.
+    /// Thread heaps in use.
     pub thread_heaps_live: u64,
+    /// Thread heaps ever created (a heap is reused through a pool).
     pub thread_heaps_created: u64,
     /// Chunks mapped.
     pub chunks: u64,
-    /// Large blocks (whole pages, up to 1 MiB) and their bytes.
+    /// Large blocks (whole pages, up to 1 MiB).
     pub large_blocks: u64,
+    /// Bytes of the Large blocks.
     pub large_bytes: u64,
-    /// Huge blocks (own mappings) and their bytes.
+    /// Huge blocks (own mappings, above 1 MiB).
     pub huge_blocks: u64,
+    /// Bytes of the huge blocks.
     pub huge_bytes: u64,
     /// Freed huge mappings kept resident for reuse (up to `set_huge_cache_bytes`).
     pub huge_cached_bytes: u64,

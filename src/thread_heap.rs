@@ -184,10 +184,10 @@ pub enum HeapState {
 
 /// A thread's cache.
 ///
-/// Invariants: those of [`FreeList`] for every class, and
+/// Invariants: those of `FreeList` for every class, and
 /// 3. `max_bytes == Σ lists[c].max × size(c)`, and `max_bytes <= budget_bytes` except
 ///    transiently while a smaller budget is being applied.
-/// 4. `received + frees == allocs + returned + Σ len` (see [`HeapCounters`]); the
+/// 4. `received + frees == allocs + returned + Σ len` (see `HeapCounters`); the
 ///    counters only grow, and only the owner writes them.
 /// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`).
 /// 6. `move_seq` is odd exactly while the owner is moving objects between its lists

@@ -81,6 +81,7 @@ unsafe impl Send for DescPool {}
 
 impl DescPool {
     crate::sync::loom_const_fn! {
+        /// A pool with no descriptor block published yet.
         pub fn new() -> DescPool {
             DescPool {
                 dir: crate::sync::null_ptr_array(),
@@ -214,6 +215,7 @@ pub struct TransferStack {
 
 impl TransferStack {
     crate::sync::loom_const_fn! {
+        /// An empty stack.
         pub fn new() -> TransferStack {
             TransferStack { head: AtomicU64::new(NIL as u64), len: AtomicU32::new(0) }
         }
