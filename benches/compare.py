@@ -12,7 +12,7 @@ runner (benches/workloads/), one process per cell, and write the results.
 It installs the Debian packages of the peers if they are missing
 (libmimalloc2.0, libjemalloc2, libtcmalloc-minimal4), builds the runner
 (`cargo bench --no-run --bench workloads`) and libstrata.so
-(`cargo build --release --features c-abi --lib --target-dir target/c-abi`),
+(`cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi`),
 copies both to target/compare/,
 then runs every (workload, threads, allocator, repetition) cell as
 
@@ -156,7 +156,7 @@ def build(need_strata):
         # benches or tests in target/ rewrites target/release/libstrata.so
         # without the C ABI.
         cabi = os.path.join(meta["target_directory"], "c-abi")
-        sh(["cargo", "build", "--release", "--features", "c-abi", "--lib", "--target-dir", cabi])
+        sh(["cargo", "build", "--release", "--manifest-path", "capi/Cargo.toml", "--target-dir", cabi])
         built = os.path.join(cabi, "release", "libstrata.so")
         lib = os.path.join(outdir, "libstrata.so")
         shutil.copy2(built, lib)
@@ -355,7 +355,7 @@ def write_table(path, args, info, vers, allocators, workloads, threads_of, tp, r
     L.append("  ```")
     L.append("")
     L.append("  where the runner is built by `cargo bench --no-run --bench workloads` and libstrata.so by "
-             "`cargo build --release --features c-abi --lib --target-dir target/c-abi`, "
+             "`cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi`, "
              "both copied to target/compare/.")
     L.append("- Allocators:")
     for a in allocators:

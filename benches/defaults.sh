@@ -16,7 +16,7 @@ THREADS="${1:-$(nproc)}"
 SECONDS_PER_RUN="${2:-1.0}"
 REPS="${3:-3}"
 
-cargo build --release --features c-abi --lib --target-dir target/c-abi >&2
+cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi >&2
 LIB="$PWD/target/c-abi/release/libstrata.so"
 W="$(cargo bench --no-run --bench workloads --message-format=json 2>/dev/null |
     sed -n 's/.*"executable":"\([^"]*workloads[^"]*\)".*/\1/p' | tail -n1)"

@@ -1,7 +1,8 @@
 /*
  * strata.h - the strata allocator's own C entry points.
  *
- * libstrata.so (built with `cargo build --release --features c-abi`) exports the
+ * libstrata.so (`cargo build --release --manifest-path capi/Cargo.toml` builds
+ * capi/target/release/libstrata.so) exports the
  * standard allocation functions (malloc, free, calloc, realloc, reallocarray,
  * posix_memalign, aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size,
  * cfree, malloc_trim and glibc's __libc_* aliases) with glibc's semantics; they
@@ -123,7 +124,7 @@ size_t strata_stats_json(char *buf, size_t len);
 int strata_heap_map_write(const char *path);
 
 /*
- * Checked builds only (`--features c-abi,checked`): prints the live blocks by
+ * Checked builds only (capi/ built with `--features checked`): prints the live blocks by
  * size class (count and bytes requested) to stderr and returns their number.
  * Setting STRATA_LEAK_REPORT=1 prints the same report at exit. Look it up with
  * dlsym(RTLD_DEFAULT, "strata_leak_report"): plain builds do not export it.

@@ -1,6 +1,6 @@
 //! The C ABI as a drop-in `malloc` under `LD_PRELOAD`.
 //!
-//! Builds `libstrata.so` with the `c-abi` feature into its own target directory
+//! Builds `libstrata.so` (the `capi/` crate: strata with its `c-abi` feature) into its own target directory
 //! (`target/c-abi`, so that it never waits on the outer cargo's lock), compiles the
 //! C programs of `tests/c/` with the system's `cc`, and runs them with and without
 //! `LD_PRELOAD`:
@@ -56,7 +56,7 @@ fn build() -> Result<Artifacts, String> {
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
 
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--features", "c-abi", "--lib"])
+        .args(["build", "--release", "--manifest-path", "capi/Cargo.toml"])
         .arg("--target-dir")
         .arg(&dir)
         .current_dir(&root)
@@ -64,7 +64,7 @@ fn build() -> Result<Artifacts, String> {
         .map_err(|e| format!("running cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cargo build --release --features c-abi failed ({}):\n{}",
+            "cargo build --release --manifest-path capi/Cargo.toml failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));

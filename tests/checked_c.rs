@@ -1,7 +1,7 @@
 // Checked mode through the C ABI: tests/checked/bad.c (one misuse of malloc per
-// action) runs under LD_PRELOAD of a checked libstrata.so (`--features
-// c-abi,checked`), where every action must abort (SIGABRT) with a `strata:` report
-// naming the pointer, and under the plain library (`--features c-abi`), where the
+// action) runs under LD_PRELOAD of a checked libstrata.so (capi/ with `--features
+// checked`), where every action must abort (SIGABRT) with a `strata:` report
+// naming the pointer, and under the plain library (capi/ with its defaults), where the
 // cheap by-address checks of `free`, `realloc` and `malloc_usable_size` must hold
 // (a pointer that is not the start of one of our blocks is ignored, or gives NULL
 // with ENOMEM, or 0), an overwritten free-list link must abort at the next malloc,
@@ -28,17 +28,18 @@ fn out_dir() -> PathBuf {
 }
 
 /// Builds the library with `features` and copies it to `name` (once per process).
-fn build_lib(features: &str, name: &str) -> PathBuf {
+fn build_lib(features: &[&str], name: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap();
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--lib", "--features", features])
+        .args(["build", "--release", "--manifest-path", "capi/Cargo.toml"])
+        .args(features)
         .arg("--target-dir")
         .arg(out_dir())
         .current_dir(root())
         .status()
         .expect("run cargo");
-    assert!(status.success(), "cargo build --features {features} failed");
+    assert!(status.success(), "cargo build {features:?} of capi/ failed");
     let dst = out_dir().join(name);
     std::fs::copy(out_dir().join("release/libstrata.so"), &dst).unwrap();
     dst
@@ -46,12 +47,12 @@ fn build_lib(features: &str, name: &str) -> PathBuf {
 
 fn checked_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| build_lib("c-abi,checked", "libstrata-checked.so"))
+    LIB.get_or_init(|| build_lib(&["--features", "checked"], "libstrata-checked.so"))
 }
 
 fn plain_lib() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| build_lib("c-abi", "libstrata-plain.so"))
+    LIB.get_or_init(|| build_lib(&[], "libstrata-plain.so"))
 }
 
 /// Compiles a C program of the repository (once per name).

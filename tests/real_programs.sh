@@ -30,7 +30,7 @@ if [ ! -f "$LIB" ]; then
         exit 2
     fi
     echo "real_programs: building $LIB"
-    cargo build --release --features c-abi --lib --target-dir target/c-abi
+    cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi
 fi
 LIB=$(readlink -f "$LIB")
 

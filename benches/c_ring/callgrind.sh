@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${1:-300000}"
-cargo build --release --features c-abi --lib --target-dir target/c-abi >&2
+cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi >&2
 # The library without the `harden` feature (plain free-list links): its cost.
-cargo build --release --no-default-features --features c-abi --lib \
+cargo build --release --manifest-path capi/Cargo.toml --no-default-features \
     --target-dir target/c-abi-no-harden >&2
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT

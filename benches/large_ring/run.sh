@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPS="${1:-5}"
 STEPS="${2:-200000}"
-cargo build --release --features c-abi --lib --target-dir target/c-abi >&2
+cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi >&2
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 cc -O2 -o "$OUT/large_ring" benches/large_ring/large_ring.c

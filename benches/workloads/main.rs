@@ -13,7 +13,7 @@
 //! The runner has no `#[global_allocator]` and takes every workload block
 //! straight from the C `malloc`/`calloc`/`free`, so it measures whatever
 //! allocator the process has: glibc, or the library in `LD_PRELOAD`
-//! (`target/release/libstrata.so` built with `--features c-abi`, mimalloc,
+//! (`libstrata.so` built from `capi/`, mimalloc,
 //! jemalloc, tcmalloc). It names the allocator it finds (by looking up a symbol
 //! only that library exports) in its output, and `--expect NAME` makes it fail
 //! when that is not the one intended.

@@ -1,9 +1,9 @@
 /*
  * bad.c - small C programs that misuse malloc, one per action, for the checked-mode
  * tests (tests/checked_c.rs). Run under LD_PRELOAD of a checked libstrata.so
- * (`cargo build --release --features c-abi,checked`), each must abort with a
- * "strata: ..." report naming the pointer; under the plain library (`--features
- * c-abi`) they show what the plain build does.
+ * (`cargo build --release --manifest-path capi/Cargo.toml --features checked`),
+ * each must abort with a "strata: ..." report naming the pointer; under the plain
+ * library (capi/ with its defaults) they show what the plain build does.
  *
  * Usage: bad ACTION
  *
