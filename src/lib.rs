@@ -1,48 +1,68 @@
-//! strata: a thread-caching, concurrent memory allocator in pure Rust.
+//! strata: a thread-caching, concurrent memory allocator in pure Rust, for heavily
+//! multithreaded servers.
+//!
+//! ```sh
+//! cargo add strata-alloc
+//! ```
+//!
+//! The package is `strata-alloc`; the library is `strata`. Make it the program's
+//! allocator:
 //!
 //! ```
 //! #[global_allocator]
 //! static A: strata::Strata = strata::Strata;
 //! ```
 //!
-//! # Tiers
-//! ```text
-//!  alloc/free ──► ThreadHeap (one per thread, no atomics on the fast path)
-//!                   per size class: intrusive free list {head, len, max}
-//!                   │ refill: pop a whole batch        ▲ flush: push a whole batch
-//!                   ▼                                   │
-//!                Central (one per process)
-//!                   per size class: lock-free TransferStack of batches
-//!                   behind it: spans of that class under a per-class lock
-//!                   │ span needs pages                  ▲ span fully free
-//!                   ▼                                   │
-//!                PageHeap: spans of pages inside 4 MiB aligned chunks
-//!                   best fit, coalescing, purge after a delay, munmap of free chunks
-//!                   │                                   ▲
-//!                   ▼                                   │
-//!                Os: mmap / munmap / madvise / mremap (one small trait)
-//! ```
-//! Requests above 1 MiB get a mapping of their own (`huge`).
+//! Each thread allocates from its own cache, with no atomics on the fast path;
+//! caches exchange whole batches of objects through lock-free per-size-class
+//! stacks; a page heap behind them coalesces free pages and gives memory back to the
+//! OS after a delay (1 s by default). Requests up to 256 KiB are served from the
+//! thread cache, up to 1 MiB from page spans, and larger ones get a mapping of
+//! their own, with a small cache of freed ones. The same allocator is also built as
+//! a C library, `libstrata.so`, a drop-in `malloc` for `LD_PRELOAD`, from the
+//! `capi/` crate of the repository.
 //!
-//! # Modules, in dependency order (each uses only those below it)
-//! `global` (statics, TLS, `GlobalAlloc`) → `thread_heap` (the fast path) →
-//! `backend` (the shared tiers as one value; large and huge paths) → `central`
-//! (per-class transfer stacks and spans) → `transfer` (the lock-free stack of
-//! batches) → `page_heap` (spans, best fit, coalescing, purge) → `chunk` (headers,
-//! page map, "is this ours") and `huge` (own mappings) → `link` (free objects and
-//! their encoded, checked links) and `meta` (the metadata arena) → `size_class`
-//! (tables, pure) and `os` (the OS trait) → `sync` (atomics and locks, or loom's).
+//! # Cargo features
 //!
-//! `purge_thread` (the opt-in background purge thread) sits on top of `global`,
-//! calling `Backend::purge_due` on its own schedule.
+//! - `harden` (default): free-list links are stored encoded and checked wherever
+//!   they are followed, so a write over a free block aborts instead of steering the
+//!   allocator, and a double free of a block still in the freeing thread's cache
+//!   aborts. A few instructions per allocation; `default-features = false` drops it.
+//! - `c-abi`: exports `malloc`, `free` and the rest of the C allocation API. A Rust
+//!   binary built with it replaces `malloc` for the whole process; normally only the
+//!   C library turns it on.
+//! - `checked`: checked mode, for finding heap bugs: canaries, exact sizes, pointer
+//!   validation, a quarantine of freed blocks and a leak report (`leak_report`,
+//!   `print_leak_report`); misuse aborts with a one-line report. It changes
+//!   [`Strata`], [`validate_heap`] and [`usable_size`], and sets [`CHECKED`].
 //!
-//! With the `checked` feature, `checked` sits beside `global`: it implements
-//! `GlobalAlloc` (and the C entry points) on top of the by-address paths, with a
-//! canary and a trailer on every block, pointer validation, a quarantine of freed
-//! blocks and a leak report; misuse aborts with a report.
+//! # Platform support
 //!
-//! `heap_map` also sits beside `global`: it copies every chunk's spans under the
-//! class and page-heap locks (without allocating) and draws them as SVG afterwards.
+//! Linux only. Tested on x86-64 Linux with glibc. aarch64 Linux and x86-64 Linux
+//! with musl should build (they use a portable thread-local slot) but are not
+//! tested. Other operating systems are not supported: the build fails on
+//! Linux-only calls.
+//!
+//! # Main functions
+//!
+//! - [`stats`]: a snapshot of the heap ([`Stats`], printable as a table or JSON).
+//! - [`release_memory`]: flush the calling thread's cache and return every free page
+//!   to the OS now; [`flush_thread_cache`] only flushes the cache.
+//! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
+//!   tune the cache budget, the purge delay and the cache of freed huge blocks.
+//! - [`start_background_purge`], [`stop_background_purge`], [`background_purge`]: a
+//!   thread that returns idle memory while the program sleeps (off by default).
+//! - [`heap_map`], [`write_heap_map`]: every chunk page by page, drawn as SVG.
+//! - [`validate_heap`]: check every invariant of the heap.
+//! - [`usable_size`]: the usable size of a block, found by address.
+//!
+//! # More
+//!
+//! The repository's `README.md` covers the C library, environment variables and
+//! known limits; `docs/DESIGN.md` the design, `docs/ARCHITECTURE.md` the module
+//! layering, `docs/CORRECTNESS.md` how it is tested, `docs/CHECKED_MODE.md` checked
+//! mode, `docs/STATISTICS.md` the statistics and heap map, and `BENCHMARKS.md` the
+//! measurements.
 
 #![warn(missing_docs)]
 // Nothing under malloc/free may panic (clippy.toml bans the panicking macros;
