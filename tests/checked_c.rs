@@ -5,7 +5,7 @@
 // cheap by-address checks of `free`, `realloc` and `malloc_usable_size` must hold
 // (a pointer that is not the start of one of our blocks is ignored, or gives NULL
 // with ENOMEM, or 0), an overwritten free-list link must abort at the next malloc,
-// and the rest goes unnoticed, as the README says.
+// and the rest goes unnoticed, as docs/CHECKED_MODE.md says.
 //
 // Both libraries are built by this test with the cargo that runs it, into
 // target/checked-cabi (not target/release, so that the features of the main build

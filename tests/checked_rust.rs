@@ -13,7 +13,7 @@ static GLOBAL: strata::Strata = strata::Strata;
 // The exceptions are the checks the plain build does promise, on memory the
 // allocator owns: with the default `harden` feature, a block freed again while it
 // is the head of its list, and a write over a free block's encoded free-list link,
-// both abort with a report (README, "Checked mode").
+// both abort with a report (docs/CHECKED_MODE.md).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
