@@ -14,13 +14,15 @@
 //! the geometry is [`GEOMETRY`](crate::size_class::GEOMETRY)'s.
 
 mod map;
+#[cfg(all(test, not(strata_loom)))]
+mod tests;
 
 pub use map::ChunkMap;
 
 use crate::link::FreeObj;
 use crate::size_class::{
-    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
-    SizeClass,
+    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, ObjectChecks, PAGE_SHIFT, PAGE_SIZE,
+    PAGES_PER_CHUNK, SizeClass,
 };
 use crate::sync::{AtomicU8, AtomicU16, AtomicU32, LOOM, Ordering, Witness};
 use core::ptr;
@@ -400,9 +402,15 @@ pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
     );
     // SAFETY: `at` is the address of a's page entry (above), in the mapped header of
     // a's chunk (the contract); entries are atomics, so a stale read is not UB.
-    let e = unsafe { &*(at as *const PageEntry) };
+    object_class(unsafe { &*(at as *const PageEntry) }, &OBJECT_CHECKS, a)
+}
+
+/// The class of the object starting at `a` by its page's entry `e` and the object
+/// checks of the geometry (`small_object` without the lookup of the entry).
+#[inline(always)]
+fn object_class(e: &PageEntry, checks: &ObjectChecks, a: usize) -> Option<SizeClass> {
     let class = e.class();
-    OBJECT_CHECKS
+    checks
         .accepts(class, e.neg_base().wrapping_add(a as u32))
         .then_some(SizeClass(class))
 }
