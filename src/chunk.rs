@@ -8,19 +8,23 @@
 //! Small spans the class and the span's base, which is all that C `free` needs
 //! ([`small_object`]).
 
+//!
+//! One implementation for every build: under loom only the `sync` shim changes (its
+//! atomics, and the [`Witness`] that stands in for the header's plain fields), and
+//! the geometry is [`GEOMETRY`](crate::size_class::GEOMETRY)'s.
+
+mod map;
+#[cfg(all(test, not(strata_loom)))]
+mod tests;
+
+pub use map::ChunkMap;
+
 use crate::link::FreeObj;
-#[cfg(not(strata_loom))]
-use crate::size_class::ADDRESS_BITS;
 use crate::size_class::{
-    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
-    SizeClass,
+    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, ObjectChecks, PAGE_SHIFT, PAGE_SIZE,
+    PAGES_PER_CHUNK, SizeClass,
 };
-use crate::sync::{AtomicU8, Ordering};
-#[cfg(not(strata_loom))]
-use crate::sync::{AtomicU16, AtomicU32};
-#[cfg(strata_loom)]
-use crate::sync::{AtomicU64, AtomicUsize, UnsafeCell};
-#[cfg(strata_loom)]
+use crate::sync::{AtomicU8, AtomicU16, AtomicU32, LOOM, Ordering, Witness};
 use core::ptr;
 
 /// What a span descriptor slot currently describes.
@@ -97,8 +101,7 @@ pub struct Span {
 pub(crate) struct LockedCell<T>(core::cell::UnsafeCell<T>);
 
 impl<T: Copy> LockedCell<T> {
-    /// A cell holding `v` (outside loom a header starts as zeroed memory instead).
-    #[cfg(strata_loom)]
+    /// A cell holding `v` (a header built in place; see `ChunkHeader::init_in_place`).
     pub(crate) const fn new(v: T) -> LockedCell<T> {
         LockedCell(core::cell::UnsafeCell::new(v))
     }
@@ -175,12 +178,10 @@ span_fields! {
 
 // Loom's atomics are 8 bytes each, so under loom a Span is 80 bytes; the bound only
 // matters for the real header's size.
-#[cfg(not(strata_loom))]
-const_assert!(core::mem::size_of::<Span>() <= 64);
+const_assert!(LOOM || core::mem::size_of::<Span>() <= 64);
 
 impl Span {
-    /// A descriptor with every field zero and kind None (loom: a fresh header's).
-    #[cfg(strata_loom)]
+    /// A descriptor with every field zero and kind None (a fresh header's).
     fn empty() -> Span {
         Span {
             start: LockedCell::new(0),
@@ -260,11 +261,8 @@ impl Span {
 /// Eight bytes, so that `free` reaches it with a scaled index (see [`small_object`]);
 /// the class a 32-bit word because the compiler re-extends a byte or a half-word
 /// loaded atomically before using it as an index (one instruction more in `free`).
-/// Under loom (whose atomics are 8 bytes each) the two fields and the page's page
-/// map entry (`first`) are packed into one `AtomicU64`, so that the loom header
-/// keeps its size and geometry; all writers hold the page-heap lock, so a setter's
-/// load-modify-store there loses no update.
-#[cfg(not(strata_loom))]
+/// The same two atomics under loom, where each takes 8 bytes (the loom header is
+/// bigger, see `HEADER_PAGES`).
 #[repr(C, align(8))]
 pub struct PageEntry {
     /// `(-base) mod 2^32`, `base` the address of the Small span's first byte: adding
@@ -273,14 +271,11 @@ pub struct PageEntry {
     /// The Small span's class, or [`NO_CLASS`].
     class: AtomicU32,
 }
-/// Loom: `neg_base | first << 32 | class << 48` in one word.
-#[cfg(strata_loom)]
-pub struct PageEntry {
-    packed: AtomicU64,
-}
 
-#[cfg(not(strata_loom))]
-const_assert!(core::mem::size_of::<PageEntry>() == 8);
+/// Bytes per page entry: 8 outside loom (the scaled index in `small_object`).
+const ENTRY_SIZE: usize = core::mem::size_of::<PageEntry>();
+const_assert!(LOOM || ENTRY_SIZE == 8);
+const_assert!(ENTRY_SIZE.is_power_of_two());
 
 /// The header at the start of every chunk.
 ///
@@ -307,14 +302,13 @@ pub struct ChunkHeader {
     magic: LockedCell<u64>,
     next: LockedCell<*mut ChunkHeader>,
     prev: LockedCell<*mut ChunkHeader>,
-    /// Loom only: a cell standing in for the header's plain fields, written when the
-    /// chunk is set up and read by every lookup through the page map, so that loom
-    /// reports any lookup not ordered after the set-up (see `ChunkMap::set`).
-    #[cfg(strata_loom)]
-    witness: UnsafeCell<u64>,
+    /// Stands in for the header's plain fields in the loom model: marked when the
+    /// chunk is set up and checked by every lookup through the page map, so that loom
+    /// reports a lookup not ordered after the set-up (see `ChunkMap::set`). Zero
+    /// bytes, and no code, outside loom.
+    witness: Witness,
     /// The page map: the first page of the span covering each page (Span invariant
-    /// 2). Under loom it lives in `pages`.
-    #[cfg(not(strata_loom))]
+    /// 2).
     first: [AtomicU16; PAGES_PER_CHUNK],
     pages: [PageEntry; PAGES_PER_CHUNK],
     spans: [Span; PAGES_PER_CHUNK],
@@ -331,71 +325,44 @@ pub const USABLE_PAGES: usize = PAGES_PER_CHUNK - HEADER_PAGES;
 const_assert!(HEADER_PAGES < PAGES_PER_CHUNK / 2);
 const_assert!(PAGES_PER_CHUNK <= u16::MAX as usize);
 // The page entries take 4 KiB of the header and cost no header page: it stays at 5.
-#[cfg(not(strata_loom))]
-const_assert!(HEADER_PAGES == 5);
-// Loom geometry: the packed entries keep the header at 6 of 16 pages.
-#[cfg(strata_loom)]
-const_assert!(HEADER_PAGES == 6);
+// Under loom (8-byte atomics, 256 B pages) the header takes 7 of 16 pages.
+const_assert!(HEADER_PAGES == if LOOM { 7 } else { 5 });
 
 /// Byte offset of the page entries in a chunk header.
-#[cfg(not(strata_loom))]
 const PAGES_OFFSET: usize = core::mem::offset_of!(ChunkHeader, pages);
 /// Byte offset of the span descriptors in a chunk header.
 const SPANS_OFFSET: usize = core::mem::offset_of!(ChunkHeader, spans);
 
 impl PageEntry {
+    /// An entry naming no class (a header built in place).
+    fn empty() -> PageEntry {
+        PageEntry {
+            neg_base: AtomicU32::new(0),
+            class: AtomicU32::new(NO_CLASS as u32),
+        }
+    }
     /// Relaxed loads and stores throughout: entries are written under the page-heap
     /// lock when a span is cut, merged or returned, before the span is handed on; a
     /// lookup through a pointer the caller owns is ordered after that by the handoff
     /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
     /// other address only needs some value once written (callers check containment).
-    #[cfg(not(strata_loom))]
     #[inline(always)]
     fn class(&self) -> u8 {
         let class = self.class.load(Ordering::Relaxed);
-        // SAFETY: only ever written from a u8 (set_small, or the zero of a fresh
-        // chunk), and an atomic load returns a value once written. Saying so spares
-        // `free` the zero-extension that a plain cast would cost.
+        // SAFETY: only ever written from a u8 (set_small, `empty`, or the zero of a
+        // fresh chunk), and an atomic load returns a value once written. Saying so
+        // spares `free` the zero-extension that a plain cast would cost.
         unsafe { core::hint::assert_unchecked(class <= u8::MAX as u32) };
         class as u8
     }
-    #[cfg(not(strata_loom))]
     #[inline(always)]
     fn neg_base(&self) -> u32 {
         self.neg_base.load(Ordering::Relaxed)
     }
-    #[cfg(not(strata_loom))]
     #[inline]
     fn set_small(&self, class: u8, neg_base: u32) {
         self.neg_base.store(neg_base, Ordering::Relaxed);
         self.class.store(class as u32, Ordering::Relaxed);
-    }
-
-    #[cfg(strata_loom)]
-    fn first(&self) -> usize {
-        (self.packed.load(Ordering::Relaxed) >> 32) as u16 as usize
-    }
-    #[cfg(strata_loom)]
-    fn class(&self) -> u8 {
-        (self.packed.load(Ordering::Relaxed) >> 48) as u8
-    }
-    #[cfg(strata_loom)]
-    fn neg_base(&self) -> u32 {
-        self.packed.load(Ordering::Relaxed) as u32
-    }
-    #[cfg(strata_loom)]
-    fn set_first(&self, start: usize) {
-        let v = self.packed.load(Ordering::Relaxed);
-        let v = (v & !(0xffff << 32)) | (start as u64) << 32;
-        self.packed.store(v, Ordering::Relaxed);
-    }
-    #[cfg(strata_loom)]
-    fn set_small(&self, class: u8, neg_base: u32) {
-        let v = self.packed.load(Ordering::Relaxed) & (0xffff << 32);
-        self.packed.store(
-            v | (class as u64) << 48 | neg_base as u64,
-            Ordering::Relaxed,
-        );
     }
 }
 
@@ -407,48 +374,43 @@ impl PageEntry {
 ///
 /// The entry is reached without masking: with `idx = a >> CHUNK_SHIFT` (which the
 /// chunk-map lookup just computed) the chunk is at `idx << CHUNK_SHIFT`, and
-/// `(a >> PAGE_SHIFT) · 8` is `idx · PAGES_PER_CHUNK · 8` plus the page's byte offset
-/// in the entry array, so the entry lies at
-/// `idx · (CHUNK_SIZE − PAGES_PER_CHUNK · 8) + PAGES_OFFSET + (a >> PAGE_SHIFT) · 8`:
+/// `(a >> PAGE_SHIFT) · E` (`E` = 8, the entry's size) is
+/// `idx · PAGES_PER_CHUNK · E` plus the page's byte offset in the entry array, so
+/// the entry lies at
+/// `idx · (CHUNK_SIZE − PAGES_PER_CHUNK · E) + PAGES_OFFSET + (a >> PAGE_SHIFT) · E`:
 /// one multiply by a constant, one shift and a scaled index, where masking out the
 /// chunk and the page takes five instructions.
 ///
 /// # Safety
 /// `a` lies in a mapped chunk (the chunk map says so), so its header is readable.
-#[cfg(not(strata_loom))]
 #[inline(always)]
 pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
+    // SAFETY: per the contract the header is mapped; only its witness is read (no
+    // code outside loom).
+    unsafe { (*ChunkHeader::of(a as *const u8)).check_published() };
     // `opaque` as in ChunkMap::contains, so that both share one index.
-    let skew = opaque(a >> CHUNK_SHIFT).wrapping_mul(CHUNK_SIZE - PAGES_PER_CHUNK * 8);
+    let skew =
+        map::opaque(a >> CHUNK_SHIFT).wrapping_mul(CHUNK_SIZE - PAGES_PER_CHUNK * ENTRY_SIZE);
     let at = skew
         .wrapping_add(PAGES_OFFSET)
-        .wrapping_add((a >> PAGE_SHIFT) * 8);
+        .wrapping_add((a >> PAGE_SHIFT) * ENTRY_SIZE);
     debug_check!(
-        at == (a & !(CHUNK_SIZE - 1)) + PAGES_OFFSET + ((a & (CHUNK_SIZE - 1)) >> PAGE_SHIFT) * 8,
+        at == (a & !(CHUNK_SIZE - 1))
+            + PAGES_OFFSET
+            + ((a & (CHUNK_SIZE - 1)) >> PAGE_SHIFT) * ENTRY_SIZE,
         "small_object: skewed page-entry address differs from the masked one"
     );
     // SAFETY: `at` is the address of a's page entry (above), in the mapped header of
     // a's chunk (the contract); entries are atomics, so a stale read is not UB.
-    let e = unsafe { &*(at as *const PageEntry) };
-    let class = e.class();
-    OBJECT_CHECKS
-        .accepts(class, e.neg_base().wrapping_add(a as u32))
-        .then_some(SizeClass(class))
+    object_class(unsafe { &*(at as *const PageEntry) }, &OBJECT_CHECKS, a)
 }
 
-/// Loom: the same check, through the header and its witness.
-///
-/// # Safety
-/// As above.
-#[cfg(strata_loom)]
-pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
-    let p = a as *const u8;
-    // SAFETY: per the contract.
-    let chunk = unsafe { &*ChunkHeader::of(p) };
-    chunk.check_published();
-    let e = &chunk.pages[ChunkHeader::page_of(p)];
+/// The class of the object starting at `a` by its page's entry `e` and the object
+/// checks of the geometry (`small_object` without the lookup of the entry).
+#[inline(always)]
+fn object_class(e: &PageEntry, checks: &ObjectChecks, a: usize) -> Option<SizeClass> {
     let class = e.class();
-    OBJECT_CHECKS
+    checks
         .accepts(class, e.neg_base().wrapping_add(a as u32))
         .then_some(SizeClass(class))
 }
@@ -469,18 +431,12 @@ impl ChunkHeader {
     /// Relaxed, as the page entries (see `PageEntry`).
     #[inline]
     pub fn first(&self, page: usize) -> usize {
-        #[cfg(not(strata_loom))]
-        return self.first[page].load(Ordering::Relaxed) as usize;
-        #[cfg(strata_loom)]
-        return self.pages[page].first();
+        self.first[page].load(Ordering::Relaxed) as usize
     }
     /// Records that `page` belongs to the span starting at `start`.
     #[inline]
     pub fn set_first(&self, page: usize, start: usize) {
-        #[cfg(not(strata_loom))]
         self.first[page].store(start as u16, Ordering::Relaxed);
-        #[cfg(strata_loom)]
-        self.pages[page].set_first(start);
     }
     /// The class code of `page` (ChunkHeader invariant 3): a class or `NO_CLASS`.
     #[inline]
@@ -506,7 +462,6 @@ impl ChunkHeader {
     /// The span covering `p`, by the page map.
     #[inline]
     pub fn span_of(&self, p: *const u8) -> *mut Span {
-        #[cfg(strata_loom)]
         self.check_published();
         // Masking instead of a bounds check: page-map entries are always page
         // indices, so the mask changes nothing and the lookup cannot panic.
@@ -582,232 +537,38 @@ impl ChunkHeader {
         self as *const ChunkHeader as *mut u8
     }
 
-    /// Loom only: builds a fresh header in zeroed chunk memory. Loom's atomics and
-    /// cells are handles into the model's object store, so all-zero bytes are not a
-    /// valid one (outside loom they are, and `PageHeap::grow` relies on it).
+    /// Builds a fresh header in zeroed chunk memory, where zero bytes are not one
+    /// already: under loom, whose atomics and cells are handles into the model's
+    /// object store. Outside loom zeroed memory is a valid header (null links, kind
+    /// None, page map 0; the page entries are set by `PageHeap::grow`), so this does
+    /// nothing, and `PageHeap::grow` relies on that.
     ///
     /// # Safety
     /// `chunk` is fresh chunk memory that no one else can see yet.
-    #[cfg(strata_loom)]
     pub unsafe fn init_in_place(chunk: *mut ChunkHeader) {
+        if !LOOM {
+            return;
+        }
         // SAFETY: per the contract the header's memory is ours; `addr_of_mut!` never
         // creates a reference to the not-yet-valid fields.
         unsafe {
-            ptr::addr_of_mut!((*chunk).witness).write(UnsafeCell::new(CHUNK_MAGIC));
+            ptr::addr_of_mut!((*chunk).witness).write(Witness::new_marked());
+            let first = ptr::addr_of_mut!((*chunk).first).cast::<AtomicU16>();
             let pages = ptr::addr_of_mut!((*chunk).pages).cast::<PageEntry>();
             let spans = ptr::addr_of_mut!((*chunk).spans).cast::<Span>();
             for i in 0..PAGES_PER_CHUNK {
-                pages.add(i).write(PageEntry {
-                    packed: AtomicU64::new(0),
-                });
+                first.add(i).write(AtomicU16::new(0));
+                pages.add(i).write(PageEntry::empty());
                 spans.add(i).write(Span::empty());
             }
         }
     }
 
-    /// Loom only: reads the witness cell; loom panics ("causality violation") if the
-    /// caller's view is not ordered after the chunk's set-up.
-    #[cfg(strata_loom)]
-    #[inline]
-    pub fn check_published(&self) {
-        // SAFETY: the witness is written only by `init_in_place`, before publication.
-        let magic = self.witness.with(|w| unsafe { *w });
-        assert_eq!(magic, CHUNK_MAGIC, "chunk header read before it was set up");
-    }
-}
-
-/// Which 4 MiB-aligned regions of the address space are strata's chunks, so that
-/// "is this pointer ours?" never reads through the pointer.
-///
-/// Outside loom: one byte per possible chunk of the 47-bit user address space, in
-/// the process-wide static `CHUNK_MAP` (32 MiB of `.bss`: address space only, whose
-/// pages are touched only where chunks are). A lookup is `idx = p >> CHUNK_SHIFT;
-/// idx < MAP_ENTRIES && CHUNK_MAP[idx] != 0`, eight instructions in `free`: the one
-/// unsigned compare rejects addresses at or above 2^47, and null lands on entry 0,
-/// which is never set (nothing of ours lies at address 0), so `free` needs no null
-/// test of its own. A byte instead of a bit saves a bitmap's shift and bit test.
-///
-/// The map is the process's, not a field of each `PageHeap`, because a static's
-/// address and bound are constants: a per-heap map, mapped on first use, cost
-/// `free` a load of its pointer and a load of its bound (0 until mapped). Every page
-/// heap of the process registers its chunks here; strata has one outside tests, and
-/// what the map promises (the header of a chunk it names is mapped) holds for all.
-///
-/// Invariant: `CHUNK_MAP[a >> CHUNK_SHIFT] != 0` iff a chunk is mapped at `a`; set
-/// before the chunk's first span is given out, cleared before the chunk is unmapped.
-/// Entries are set and cleared under the lock of the chunk's page heap; `contains`
-/// runs without it.
-///
-/// Under loom the static cannot be used (loom's atomics cannot live in statics, and
-/// with loom's 4 KiB chunks it would have 2^35 entries), so each map is a bitmap
-/// whose words in use live in a small table keyed by word index; `set`, `clear` and
-/// `contains` keep the same orderings. Model-checked by
-/// `loom-tests/tests/chunk_map.rs`.
-pub struct ChunkMap {
-    /// Loom: `keys[i]` is 0 (unused) or 1 + the bitmap word index stored in `words[i]`.
-    #[cfg(strata_loom)]
-    keys: [AtomicUsize; LOOM_MAP_WORDS],
-    #[cfg(strata_loom)]
-    words: [AtomicU64; LOOM_MAP_WORDS],
-}
-
-/// Loom: bitmap words the chunk map can hold (each covers 64 chunks).
-#[cfg(strata_loom)]
-const LOOM_MAP_WORDS: usize = 8;
-
-/// Entries of the chunk map: one per chunk-sized region of the address space.
-#[cfg(not(strata_loom))]
-const MAP_ENTRIES: usize = 1 << (ADDRESS_BITS - CHUNK_SHIFT);
-
-/// `x`, through an empty `asm!` block (no instruction), so that the compiler cannot
-/// see how it was computed. For the chunk-map index: seeing `(p >> 22) < 2^25`, LLVM
-/// rewrites it as `p < 2^47`, which takes a shift of its own on x86-64 (the bound
-/// does not fit an immediate), and then shifts again for the index: two instructions
-/// more in `free`.
-#[cfg(all(not(strata_loom), target_arch = "x86_64", not(miri)))]
-#[inline(always)]
-fn opaque(mut x: usize) -> usize {
-    // SAFETY: the block is empty: it executes nothing and touches no memory.
-    unsafe {
-        core::arch::asm!("/* {0} */", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
-    }
-    x
-}
-/// Elsewhere, and under Miri (which runs no `asm!`), the identity.
-#[cfg(all(not(strata_loom), any(not(target_arch = "x86_64"), miri)))]
-#[inline(always)]
-fn opaque(x: usize) -> usize {
-    x
-}
-
-/// The chunk map of the process (see [`ChunkMap`]).
-#[cfg(not(strata_loom))]
-static CHUNK_MAP: [AtomicU8; MAP_ENTRIES] = [const { AtomicU8::new(0) }; MAP_ENTRIES];
-
-impl ChunkMap {
-    /// A handle on the process's chunk map.
-    #[cfg(not(strata_loom))]
-    pub const fn new() -> ChunkMap {
-        ChunkMap {}
-    }
-    /// An empty map (loom: the table is its storage).
-    #[cfg(strata_loom)]
-    pub fn new() -> ChunkMap {
-        ChunkMap {
-            keys: core::array::from_fn(|_| AtomicUsize::new(0)),
-            words: core::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-
-    /// Marks the chunk at `addr` as ours.
-    #[cfg(not(strata_loom))]
-    pub fn set(&self, addr: usize) {
-        if let Some(e) = CHUNK_MAP.get(addr >> CHUNK_SHIFT) {
-            // Release: pairs with the Acquire in contains(); the chunk header is
-            // initialised before anyone sees the entry.
-            #[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
-            e.store(1, Ordering::Release);
-            // Mutant: the entry is published without the header.
-            #[cfg(strata_mutant = "chunk_map_set_relaxed")]
-            e.store(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
-    /// a lookup racing with the unmap of the chunk it asks about is the caller's
-    /// use-after-free, not something an ordering can fix.
-    #[cfg(not(strata_loom))]
-    pub fn clear(&self, addr: usize) {
-        if let Some(e) = CHUNK_MAP.get(addr >> CHUNK_SHIFT) {
-            e.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether `p` lies in one of our chunks: a compare against the map's bound
-    /// (which also rejects addresses at or above 2^47) and one byte load. Null lands
-    /// on entry 0, which is never set: nothing of ours lies at address 0.
-    #[cfg(not(strata_loom))]
+    /// Under loom, reads the witness: loom fails the model ("causality violation")
+    /// if the caller's view is not ordered after the chunk's set-up. Nothing
+    /// outside loom.
     #[inline(always)]
-    pub fn contains(&self, p: *const u8) -> bool {
-        match CHUNK_MAP.get(opaque(p as usize >> CHUNK_SHIFT)) {
-            // Acquire: pairs with the Release in set().
-            Some(e) => e.load(Ordering::Acquire) != 0,
-            None => false,
-        }
-    }
-
-    /// Loom: the table entry holding `addr`'s word, if any. Relaxed: a key is
-    /// written before its word's first `set` (same thread, under the page-heap lock),
-    /// so a reader that sees a bit through the Acquire in contains() also sees the
-    /// key; a reader that misses the key just answers "not ours", as it would before
-    /// the `set`.
-    #[cfg(strata_loom)]
-    fn slot(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
-        let idx = addr >> CHUNK_SHIFT;
-        let key = idx / 64 + 1;
-        for (k, w) in self.keys.iter().zip(&self.words) {
-            match k.load(Ordering::Relaxed) {
-                0 => return None,
-                v if v == key => return Some((w, 1u64 << (idx % 64))),
-                _ => {}
-            }
-        }
-        None
-    }
-    /// Loom: as `slot`, claiming a free entry for the word if it has none. Callers
-    /// hold the page-heap lock, so claims never race.
-    #[cfg(strata_loom)]
-    fn slot_for_set(&self, addr: usize) -> Option<(&AtomicU64, u64)> {
-        let idx = addr >> CHUNK_SHIFT;
-        let key = idx / 64 + 1;
-        for (k, w) in self.keys.iter().zip(&self.words) {
-            let v = k.load(Ordering::Relaxed);
-            if v == 0 {
-                k.store(key, Ordering::Relaxed);
-            }
-            if v == 0 || v == key {
-                return Some((w, 1u64 << (idx % 64)));
-            }
-        }
-        panic!("loom chunk map full: raise LOOM_MAP_WORDS");
-    }
-
-    /// Loom: marks the chunk at `addr` as ours.
-    #[cfg(strata_loom)]
-    pub fn set(&self, addr: usize) {
-        if let Some((w, bit)) = self.slot_for_set(addr) {
-            // Release: pairs with the Acquire in contains(); the chunk header is
-            // initialised before anyone sees the bit.
-            #[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
-            w.fetch_or(bit, Ordering::Release);
-            // Mutant: the bit is published without the header.
-            #[cfg(strata_mutant = "chunk_map_set_relaxed")]
-            w.fetch_or(bit, Ordering::Relaxed);
-        }
-    }
-
-    /// Loom: marks the chunk at `addr` as no longer ours (Relaxed, as above).
-    #[cfg(strata_loom)]
-    pub fn clear(&self, addr: usize) {
-        if let Some((w, bit)) = self.slot(addr) {
-            w.fetch_and(!bit, Ordering::Relaxed);
-        }
-    }
-
-    /// Loom: whether `p` lies in one of our chunks.
-    #[cfg(strata_loom)]
-    #[inline]
-    pub fn contains(&self, p: *const u8) -> bool {
-        match self.slot(p as usize) {
-            // Acquire: pairs with the Release in set().
-            Some((w, bit)) => w.load(Ordering::Acquire) & bit != 0,
-            None => false,
-        }
-    }
-}
-
-impl Default for ChunkMap {
-    fn default() -> Self {
-        Self::new()
+    pub fn check_published(&self) {
+        self.witness.check();
     }
 }

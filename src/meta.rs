@@ -4,15 +4,14 @@
 //! mapped forever.
 
 use crate::os::{OS_PAGE, Os};
+use crate::size_class::GEOMETRY;
 use crate::sync::{LockRank, RawLock, UnsafeCell};
 use core::ptr;
 
-#[cfg(not(strata_loom))]
-const BLOCK: usize = 256 << 10;
-/// Loom: two pages per block, so a model maps little; not one, so that a fake OS
-/// can tell arena blocks from the (one-page) loom chunks.
-#[cfg(strata_loom)]
-const BLOCK: usize = 2 * OS_PAGE;
+/// Bytes taken from the OS at a time (the geometry's: small under loom, so a model
+/// maps little).
+const BLOCK: usize = GEOMETRY.meta_block;
+const_assert!(BLOCK % OS_PAGE == 0);
 
 /// A bump allocator over OS blocks.
 ///

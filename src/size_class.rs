@@ -21,33 +21,184 @@ pub const MIN_ALIGN: usize = 8;
 /// every address we map lies below `1 << ADDRESS_BITS`.
 pub const ADDRESS_BITS: usize = 47;
 
-#[cfg(not(strata_loom))]
-mod geometry {
-    /// log2 of the page size (8 KiB pages).
-    pub const PAGE_SHIFT: usize = 13;
-    /// log2 of the chunk size (4 MiB chunks).
-    pub const CHUNK_SHIFT: usize = 22;
+/// How a geometry spaces its size classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassScheme {
+    /// The shipped classes: 8-byte steps up to 128 B, then four per doubling (module
+    /// docs); spans of up to 64 KiB, batches of up to 32 objects.
+    Quarters,
+    /// Multiples of 64 B on one-page spans, batches of two: a model fills, empties
+    /// and returns spans within a few operations.
+    Tiny,
+}
+
+/// The allocator's geometry: every size that shapes chunks, spans, classes and the
+/// metadata blocks, in one value. Every constant below ([`PAGE_SHIFT`],
+/// [`NUM_CLASSES`], [`CLASS_SIZE`], [`OBJECT_CHECKS`], ...) is computed from
+/// [`GEOMETRY`], the one that is built in; tests build tables for the other
+/// geometry from the same `const fn`s (`ObjectChecks::new`,
+/// [`Geometry::class_size`], ...), so the tiny geometry the loom models run on is
+/// checked by ordinary unit tests too.
+///
+/// A plain value rather than a type parameter: the constants stay constants (array
+/// lengths, immediates in the fast path), and no type in the crate grows a
+/// parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    /// log2 of the page size.
+    pub page_shift: usize,
+    /// log2 of the chunk size.
+    pub chunk_shift: usize,
     /// Number of size classes.
-    pub const NUM_CLASSES: usize = 60;
+    pub num_classes: usize,
     /// The largest small request (bytes); larger ones take whole pages.
-    pub const MAX_SMALL: usize = 256 << 10;
+    pub max_small: usize,
+    /// How the classes are spaced.
+    pub classes: ClassScheme,
+    /// Bytes the metadata arena takes from the OS at a time.
+    pub meta_block: usize,
+    /// log2 of the batch descriptors in one block of the descriptor pool.
+    pub desc_block_shift: u32,
+    /// Blocks the descriptor pool can have.
+    pub desc_dir_len: usize,
 }
-/// Loom geometry: 256 B pages, 4 KiB chunks (16 pages, of which the header takes 6:
-/// loom's atomics are 8 bytes each, so headers are bigger than the real ones), and
-/// two classes of 64 and 128 bytes on one-page spans: 4 and 2 objects a span, so a
-/// model fills, empties and returns spans within a few operations.
-#[cfg(strata_loom)]
-mod geometry {
-    /// log2 of the page size (256 B pages).
-    pub const PAGE_SHIFT: usize = 8;
-    /// log2 of the chunk size (4 KiB chunks).
-    pub const CHUNK_SHIFT: usize = 12;
-    /// Number of size classes.
-    pub const NUM_CLASSES: usize = 2;
-    /// The largest small request (bytes).
-    pub const MAX_SMALL: usize = 128;
+
+impl Geometry {
+    /// The shipped geometry: 8 KiB pages, 4 MiB chunks, 60 classes up to 256 KiB.
+    pub const REAL: Geometry = Geometry {
+        page_shift: 13,
+        chunk_shift: 22,
+        num_classes: 60,
+        max_small: 256 << 10,
+        classes: ClassScheme::Quarters,
+        meta_block: 256 << 10,
+        desc_block_shift: 12,
+        desc_dir_len: 4096,
+    };
+    /// The geometry of the loom models: 256 B pages, 4 KiB chunks (16 pages, of which
+    /// the header takes 7: loom's atomics are bigger than the real ones), and two
+    /// classes of 64 and 128 bytes on one-page spans: 4 and 2 objects a span.
+    /// Metadata blocks of two OS pages (not one, so that a fake OS can tell arena
+    /// blocks from the one-page chunks), descriptor blocks of 4.
+    pub const TINY: Geometry = Geometry {
+        page_shift: 8,
+        chunk_shift: 12,
+        num_classes: 2,
+        max_small: 128,
+        classes: ClassScheme::Tiny,
+        meta_block: 2 * 4096,
+        desc_block_shift: 2,
+        desc_dir_len: 4,
+    };
+
+    /// Bytes per page.
+    pub const fn page_size(&self) -> usize {
+        1 << self.page_shift
+    }
+    /// Bytes per chunk.
+    pub const fn chunk_size(&self) -> usize {
+        1 << self.chunk_shift
+    }
+    /// Pages per chunk, header pages included.
+    pub const fn pages_per_chunk(&self) -> usize {
+        self.chunk_size() / self.page_size()
+    }
+    /// Bytes per object of class `c` (`c < num_classes`).
+    pub const fn class_size(&self, c: usize) -> usize {
+        match self.classes {
+            ClassScheme::Tiny => 64 * (c + 1),
+            ClassScheme::Quarters if c < 16 => 8 * (c + 1),
+            ClassScheme::Quarters => {
+                let e = 7 + (c - 16) / 4;
+                let k = (c - 16) % 4;
+                (1 << e) + (k + 1) * (1 << (e - 2))
+            }
+        }
+    }
+    /// Pages per span of class `c`.
+    pub const fn span_pages(&self, c: usize) -> usize {
+        let size = self.class_size(c);
+        if let ClassScheme::Tiny = self.classes {
+            return 1;
+        }
+        // At least one object, and up to 16 objects within 64 KiB; then the fewest
+        // pages that waste at most 1/8 of the span on the tail.
+        let want = if 16 * size < 64 << 10 {
+            16 * size
+        } else {
+            64 << 10
+        };
+        let want = if want < size { size } else { want };
+        let mut pages = want.div_ceil(self.page_size());
+        while (pages * self.page_size()) % size > pages * self.page_size() / 8 {
+            pages += 1;
+        }
+        pages
+    }
+    /// Objects per span of class `c`.
+    pub const fn objects_per_span(&self, c: usize) -> usize {
+        self.span_pages(c) * self.page_size() / self.class_size(c)
+    }
+    /// Objects per batch of class `c`.
+    pub const fn batch(&self, c: usize) -> usize {
+        if let ClassScheme::Tiny = self.classes {
+            return 2;
+        }
+        let b = (64 << 10) / self.class_size(c);
+        if b < 2 {
+            2
+        } else if b > 32 {
+            32
+        } else {
+            b
+        }
+    }
+    /// The longest a thread cache's list of class `c` may grow.
+    pub const fn max_cached(&self, c: usize) -> usize {
+        let size = self.class_size(c);
+        let cap = (256 << 10) / size;
+        let cap = if cap > 2048 { 2048 } else { cap };
+        let batch = self.batch(c);
+        if cap < 2 * batch { 2 * batch } else { cap }
+    }
+    /// The class of `m = size - 1` for `m < max_small`, by arithmetic.
+    const fn class_of_m(&self, m: usize) -> SizeClass {
+        match self.classes {
+            ClassScheme::Tiny => SizeClass((m >> 6) as u8),
+            ClassScheme::Quarters => class_of_m_arith(m),
+        }
+    }
+    /// The class serving `size` bytes at alignment `align`, by arithmetic alone (the
+    /// reference for [`class_for`], which takes tables for the shipped geometry).
+    pub const fn class_for(&self, size: usize, align: usize) -> Option<SizeClass> {
+        let m = round_up(size, align).wrapping_sub(1);
+        if m < self.max_small && align <= self.page_size() {
+            // Classes are multiples of 64 (Tiny), or of a quarter of their power of
+            // two (Quarters): rounding the size to the alignment first makes the
+            // class a multiple of it, as for `class_for`.
+            Some(self.class_of_m(m))
+        } else {
+            None
+        }
+    }
 }
-pub use geometry::*;
+
+/// The geometry built in: [`Geometry::TINY`] under loom (whose models must stay
+/// small), [`Geometry::REAL`] everywhere else. The only place that chooses one.
+pub const GEOMETRY: Geometry = if cfg!(strata_loom) {
+    Geometry::TINY
+} else {
+    Geometry::REAL
+};
+
+/// log2 of the page size (8 KiB pages).
+pub const PAGE_SHIFT: usize = GEOMETRY.page_shift;
+/// log2 of the chunk size (4 MiB chunks).
+pub const CHUNK_SHIFT: usize = GEOMETRY.chunk_shift;
+/// Number of size classes.
+pub const NUM_CLASSES: usize = GEOMETRY.num_classes;
+/// The largest small request (bytes); larger ones take whole pages.
+pub const MAX_SMALL: usize = GEOMETRY.max_small;
 
 /// A page: the unit spans are made of (8 KiB).
 pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
@@ -99,7 +250,6 @@ impl SizeClass {
 
 /// The class arithmetic: 8-byte steps below 128, then 2^e <= m < 2^(e+1) with the
 /// two bits below the top picking the quarter.
-#[cfg(not(strata_loom))]
 #[inline(always)]
 const fn class_of_m_arith(m: usize) -> SizeClass {
     if m < 128 {
@@ -114,7 +264,6 @@ const fn class_of_m_arith(m: usize) -> SizeClass {
 /// The class of `m = size - 1` for `m < 1024`, indexed by `m >> 3`: one load instead
 /// of ~10 instructions of bit arithmetic. Every class boundary below 1 KiB is a
 /// multiple of 8, so `m >> 3` determines the class (checked as the table is built).
-#[cfg(not(strata_loom))]
 #[allow(clippy::disallowed_macros)] // evaluated by the compiler
 static SMALL_CLASS: [u8; 128] = {
     let mut t = [0u8; 128];
@@ -126,21 +275,18 @@ static SMALL_CLASS: [u8; 128] = {
     }
     t
 };
-/// Loom geometry: class 0 holds 64 bytes, class 1 holds 128.
-#[cfg(strata_loom)]
-#[inline(always)]
-const fn class_of_m(m: usize) -> SizeClass {
-    SizeClass((m >> 6) as u8)
-}
-
 /// The class serving `size` bytes at alignment `align`, or `None` when the request
 /// is not small (too big, aligned beyond a page, or zero-sized).
 ///
 /// Fast path (align known at compile time, as it is after inlining a `Layout`): a
-/// subtract, a compare, a shift and a load.
-#[cfg(not(strata_loom))]
+/// subtract, a compare, a shift and a load. The tables are the shipped geometry's;
+/// another geometry built in takes the arithmetic ([`Geometry::class_for`]; the
+/// test is on a constant, so it costs nothing).
 #[inline(always)]
 pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
+    if let ClassScheme::Tiny = GEOMETRY.classes {
+        return GEOMETRY.class_for(size, align);
+    }
     // Every class is a multiple of 8, so at alignments up to 8 rounding the size
     // first changes nothing; above, rounding to the alignment makes the class a
     // multiple of it (every class is a multiple of 2^(e-2)) and spans are page
@@ -165,8 +311,8 @@ pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     }
 }
 
-/// The class of `n` 16-byte units for `n <= 64`, by `n` (0 gets the class of 16).
-#[cfg(not(strata_loom))]
+/// The class of `n` 16-byte units for `n <= 64`, by `n` (0 gets the class of 16;
+/// the shipped geometry's classes).
 static C_CLASS: [u8; 128] = {
     let mut t = [0u8; 128];
     let mut n = 0;
@@ -184,10 +330,9 @@ static C_CLASS: [u8; 128] = {
 ///
 /// Up to 1 KiB: a compare, an add, a shift and a load, by 16-byte units, where
 /// `class_for(size, 16)` rounds, subtracts and shifts first.
-#[cfg(not(strata_loom))]
 #[inline(always)]
 pub fn class_for_c(size: usize) -> Option<SizeClass> {
-    if size <= C_TABLE_MAX {
+    if size <= C_TABLE_MAX && matches!(GEOMETRY.classes, ClassScheme::Quarters) {
         Some(class_for_c_table(size))
     } else {
         class_for(size, 16)
@@ -198,7 +343,6 @@ pub fn class_for_c(size: usize) -> Option<SizeClass> {
 pub const C_TABLE_MAX: usize = 1024;
 
 /// [`class_for_c`] for `size <= C_TABLE_MAX`: an add, a shift and a load.
-#[cfg(not(strata_loom))]
 #[inline(always)]
 pub fn class_for_c_table(size: usize) -> SizeClass {
     debug_check!(
@@ -209,20 +353,7 @@ pub fn class_for_c_table(size: usize) -> SizeClass {
     SizeClass(C_CLASS[((size + 15) >> 4) & 127])
 }
 
-/// Loom geometry: two classes of 64 and 128 bytes.
-#[cfg(strata_loom)]
-#[inline(always)]
-pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
-    let m = round_up(size, align).wrapping_sub(1);
-    if m < MAX_SMALL && align <= PAGE_SIZE {
-        Some(class_of_m(m))
-    } else {
-        None
-    }
-}
-
 /// `align << SMALL_ALIGN_SHIFT < MAX_SMALL` iff `align <= PAGE_SIZE`: see `class_for`.
-#[cfg(not(strata_loom))]
 const SMALL_ALIGN_SHIFT: u32 = (MAX_SMALL / PAGE_SIZE).trailing_zeros() - 1;
 
 /// Rounds `size` up to a multiple of the power of two `align`; wraps on overflow
@@ -230,58 +361,6 @@ const SMALL_ALIGN_SHIFT: u32 = (MAX_SMALL / PAGE_SIZE).trailing_zeros() - 1;
 #[inline(always)]
 pub const fn round_up(size: usize, align: usize) -> usize {
     size.wrapping_add(align - 1) & !(align - 1)
-}
-
-const fn size_of_class(c: usize) -> usize {
-    if cfg!(strata_loom) {
-        return 64 * (c + 1);
-    }
-    if c < 16 {
-        8 * (c + 1)
-    } else {
-        let e = 7 + (c - 16) / 4;
-        let k = (c - 16) % 4;
-        (1 << e) + (k + 1) * (1 << (e - 2))
-    }
-}
-
-const fn pages_of_class(size: usize) -> usize {
-    if cfg!(strata_loom) {
-        return 1; // a handful of objects per span keeps models small
-    }
-    // At least one object, and up to 16 objects within 64 KiB; then the fewest pages
-    // that waste at most 1/8 of the span on the tail.
-    let want = if 16 * size < 64 << 10 {
-        16 * size
-    } else {
-        64 << 10
-    };
-    let want = if want < size { size } else { want };
-    let mut pages = want.div_ceil(PAGE_SIZE);
-    while (pages * PAGE_SIZE) % size > pages * PAGE_SIZE / 8 {
-        pages += 1;
-    }
-    pages
-}
-
-const fn batch_of_class(size: usize) -> usize {
-    if cfg!(strata_loom) {
-        return 2;
-    }
-    let b = (64 << 10) / size;
-    if b < 2 {
-        2
-    } else if b > 32 {
-        32
-    } else {
-        b
-    }
-}
-
-const fn cap_of_class(size: usize, batch: usize) -> usize {
-    let c = (256 << 10) / size;
-    let c = if c > 2048 { 2048 } else { c };
-    if c < 2 * batch { 2 * batch } else { c }
 }
 
 macro_rules! class_table {
@@ -297,7 +376,7 @@ macro_rules! class_table {
 }
 
 /// Bytes per object, by class.
-pub static CLASS_SIZE: [u32; NUM_CLASSES] = class_table!(u32, size_of_class);
+pub static CLASS_SIZE: [u32; NUM_CLASSES] = class_table!(u32, size_for);
 /// Pages per span, by class.
 pub static CLASS_PAGES: [u16; NUM_CLASSES] = class_table!(u16, pages_for);
 /// Objects per batch, by class.
@@ -305,15 +384,17 @@ pub static CLASS_BATCH: [u16; NUM_CLASSES] = class_table!(u16, batch_for);
 /// Longest thread-cache list, by class.
 pub static CLASS_CAP: [u16; NUM_CLASSES] = class_table!(u16, cap_for);
 
+const fn size_for(c: usize) -> usize {
+    GEOMETRY.class_size(c)
+}
 const fn pages_for(c: usize) -> usize {
-    pages_of_class(size_of_class(c))
+    GEOMETRY.span_pages(c)
 }
 const fn batch_for(c: usize) -> usize {
-    batch_of_class(size_of_class(c))
+    GEOMETRY.batch(c)
 }
 const fn cap_for(c: usize) -> usize {
-    let s = size_of_class(c);
-    cap_of_class(s, batch_of_class(s))
+    GEOMETRY.max_cached(c)
 }
 
 /// What `free` by address needs to know about each class to accept an offset into
@@ -353,14 +434,29 @@ impl ObjectChecks {
         let c = code as usize;
         (offset as u64).wrapping_mul(self.magic[c]) < self.limit[c]
     }
+
+    /// The checks of every class of geometry `g` ([`OBJECT_CHECKS`] is those of
+    /// [`GEOMETRY`]; tests build the other's).
+    pub const fn new(g: &Geometry) -> ObjectChecks {
+        let mut t = ObjectChecks {
+            magic: [0; 256],
+            limit: [0; 256],
+        };
+        let mut c = 0;
+        while c < g.num_classes {
+            (t.magic[c], t.limit[c]) = object_magic_and_limit(g, c);
+            c += 1;
+        }
+        t
+    }
 }
 
-#[allow(clippy::disallowed_macros)] // only called in the static initialiser below
-const fn object_magic_and_limit(c: usize) -> (u64, u64) {
-    let size = size_of_class(c) as u128;
+#[allow(clippy::disallowed_macros)] // only called in constant initialisers
+const fn object_magic_and_limit(g: &Geometry, c: usize) -> (u64, u64) {
+    let size = g.class_size(c) as u128;
     let magic = ((1u128 << 64) / size) as u64 + 1;
     let e = (magic as u128 * size - (1u128 << 64)) as u64;
-    let n = (pages_of_class(size_of_class(c)) * PAGE_SIZE) as u64 / size as u64;
+    let n = g.objects_per_span(c) as u64;
     assert!(e >= 1 && e as u128 <= size && size <= 1 << 18);
     (magic, n * e)
 }
@@ -369,24 +465,17 @@ const fn object_magic_and_limit(c: usize) -> (u64, u64) {
 pub const NO_CLASS: u8 = u8::MAX;
 
 /// [`ObjectChecks`] of every class.
-pub static OBJECT_CHECKS: ObjectChecks = {
-    let mut t = ObjectChecks {
-        magic: [0; 256],
-        limit: [0; 256],
-    };
-    let mut c = 0;
-    while c < NUM_CLASSES {
-        (t.magic[c], t.limit[c]) = object_magic_and_limit(c);
-        c += 1;
-    }
-    t
-};
+pub static OBJECT_CHECKS: ObjectChecks = ObjectChecks::new(&GEOMETRY);
 
 const_assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
 
-const_assert!(size_of_class(NUM_CLASSES - 1) == MAX_SMALL);
-#[cfg(not(strata_loom))]
-const_assert!(MAX_SMALL >> SMALL_ALIGN_SHIFT == 2 * PAGE_SIZE);
+const_assert!(GEOMETRY.class_size(NUM_CLASSES - 1) == MAX_SMALL);
+// The tables of `class_for` and `class_for_c` and its one-compare range check are
+// the shipped geometry's.
+const_assert!(
+    !matches!(GEOMETRY.classes, ClassScheme::Quarters)
+        || (MAX_SMALL >> SMALL_ALIGN_SHIFT == 2 * PAGE_SIZE && MAX_SMALL >= C_TABLE_MAX)
+);
 
 #[cfg(all(test, not(strata_loom)))]
 mod tests {
@@ -442,18 +531,17 @@ mod tests {
         );
     }
 
-    /// The check `free` relies on, against the arithmetic it replaces: every class,
-    /// every offset in a chunk and a page beyond, and a spread of 32-bit offsets up
-    /// to the wrap-around (a pointer below its span's base gives one near 2^32).
-    #[test]
-    fn object_check_accepts_exactly_the_starts_of_objects_inside_the_span() {
+    /// The check `free` relies on, against the arithmetic it replaces, for the
+    /// classes of `g`: every class, every offset in a chunk and a page beyond, and a
+    /// spread of 32-bit offsets up to the wrap-around (a pointer below its span's
+    /// base gives one near 2^32).
+    fn object_checks_accept_exactly_object_starts(g: &Geometry, checks: &ObjectChecks) {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for c in 0..NUM_CLASSES {
-            let cls = SizeClass(c as u8);
-            let (size, n) = (cls.size_bytes() as u64, cls.objects_per_span() as u64);
-            let accepts = |off: u64| OBJECT_CHECKS.accepts(c as u8, off as u32);
+        for c in 0..g.num_classes {
+            let (size, n) = (g.class_size(c) as u64, g.objects_per_span(c) as u64);
+            let accepts = |off: u64| checks.accepts(c as u8, off as u32);
             let want = |off: u64| off % size == 0 && off / size < n;
-            for off in 0..(CHUNK_SIZE + PAGE_SIZE) as u64 {
+            for off in 0..(g.chunk_size() + g.page_size()) as u64 {
                 assert_eq!(accepts(off), want(off), "class {c} offset {off}");
             }
             for _ in 0..100_000 {
@@ -467,12 +555,59 @@ mod tests {
                 assert!(!accepts(off), "class {c} offset {off}");
             }
         }
-        for code in NUM_CLASSES..256 {
-            assert!(
-                !OBJECT_CHECKS.accepts(code as u8, 0),
-                "code {code} names no class"
-            );
+        for code in g.num_classes..256 {
+            assert!(!checks.accepts(code as u8, 0), "code {code} names no class");
         }
+    }
+
+    #[test]
+    fn object_check_accepts_exactly_the_starts_of_objects_inside_the_span() {
+        object_checks_accept_exactly_object_starts(&GEOMETRY, &OBJECT_CHECKS);
+    }
+
+    /// The loom models' geometry, built and checked outside loom.
+    #[test]
+    fn tiny_geometry_object_check_accepts_exactly_the_starts_of_objects() {
+        static TINY_CHECKS: ObjectChecks = ObjectChecks::new(&Geometry::TINY);
+        object_checks_accept_exactly_object_starts(&Geometry::TINY, &TINY_CHECKS);
+    }
+
+    /// The tables `class_for` takes agree with the arithmetic of the geometry.
+    #[test]
+    fn class_tables_agree_with_the_geometry_arithmetic() {
+        let mut align = 1;
+        while align <= 2 * PAGE_SIZE {
+            for size in 0..=MAX_SMALL + 2 * align {
+                assert_eq!(
+                    class_for(size, align),
+                    GEOMETRY.class_for(size, align),
+                    "size {size} align {align}"
+                );
+            }
+            align *= 4;
+        }
+    }
+
+    #[test]
+    fn tiny_geometry_has_two_classes_on_one_page_spans() {
+        let g = Geometry::TINY;
+        assert_eq!(
+            (g.page_size(), g.chunk_size(), g.pages_per_chunk()),
+            (256, 4096, 16)
+        );
+        assert_eq!(g.class_for(1, 1), Some(SizeClass(0)));
+        assert_eq!(g.class_for(64, 1), Some(SizeClass(0)));
+        assert_eq!(g.class_for(65, 1), Some(SizeClass(1)));
+        assert_eq!(g.class_for(128, 1), Some(SizeClass(1)));
+        assert_eq!(g.class_for(129, 1), None);
+        assert_eq!(g.class_for(8, 512), None, "beyond a page is not small");
+        assert_eq!(g.class_for(0, 1), None);
+        for c in 0..g.num_classes {
+            assert_eq!(g.span_pages(c), 1);
+            assert_eq!(g.batch(c), 2);
+        }
+        assert_eq!((g.objects_per_span(0), g.objects_per_span(1)), (4, 2));
+        geometry_is_sane(&g);
     }
 
     #[test]
@@ -483,22 +618,33 @@ mod tests {
         }
     }
 
+    fn geometry_is_sane(g: &Geometry) {
+        for c in 0..g.num_classes {
+            let span = g.span_pages(c) * g.page_size();
+            let size = g.class_size(c);
+            assert!(g.objects_per_span(c) >= 1);
+            assert!(span % size <= span / 8, "class {c} wastes a tail");
+            assert!(g.batch(c) >= 2 && g.batch(c) <= 32);
+            assert!(g.max_cached(c) >= 2 * g.batch(c));
+            assert!(g.span_pages(c) < 64);
+            if c > 0 {
+                assert!(g.class_size(c - 1) < size);
+            }
+        }
+        assert_eq!(g.class_size(g.num_classes - 1), g.max_small);
+        assert!(g.num_classes < NO_CLASS as usize);
+    }
+
     #[test]
     fn class_geometry_is_sane() {
+        geometry_is_sane(&Geometry::REAL);
         for c in 0..NUM_CLASSES {
-            let c = SizeClass(c as u8);
-            let span = c.span_pages() * PAGE_SIZE;
-            assert!(c.objects_per_span() >= 1);
-            assert!(
-                span % c.size_bytes() <= span / 8,
-                "class {c:?} wastes a tail"
-            );
-            assert!(c.batch() >= 2 && c.batch() <= 32);
-            assert!(c.max_cached() >= 2 * c.batch());
-            assert!(c.span_pages() < 64);
-            if c.0 > 0 {
-                assert!(SizeClass(c.0 - 1).size_bytes() < c.size_bytes());
-            }
+            let cls = SizeClass(c as u8);
+            assert_eq!(cls.size_bytes(), GEOMETRY.class_size(c));
+            assert_eq!(cls.span_pages(), GEOMETRY.span_pages(c));
+            assert_eq!(cls.batch(), GEOMETRY.batch(c));
+            assert_eq!(cls.max_cached(), GEOMETRY.max_cached(c));
+            assert_eq!(cls.objects_per_span(), GEOMETRY.objects_per_span(c));
         }
     }
 }

@@ -10,8 +10,14 @@ pub(crate) use core::sync::atomic::{
 };
 #[cfg(strata_loom)]
 pub(crate) use loom::sync::atomic::{
-    AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
 };
+
+/// Whether the atomics and cells are loom's: 8-byte handles into the model's object
+/// store, which zeroed memory is not, and which cannot live in statics. For the few
+/// places whose layout or set-up follows from that (a const, so that both branches
+/// are compiled and type-checked in every build).
+pub(crate) const LOOM: bool = cfg!(strata_loom);
 
 mod rank;
 pub(crate) use rank::LockRank;
@@ -344,4 +350,49 @@ pub(crate) const fn null_ptr_array<T, const N: usize>() -> [AtomicPtr<T>; N] {
 #[cfg(strata_loom)]
 pub(crate) fn null_ptr_array<T, const N: usize>() -> [AtomicPtr<T>; N] {
     core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut()))
+}
+
+/// A stand-in for plain (not loom-tracked) data that other threads read after a
+/// handoff, such as a chunk header's fields: under loom a cell, written when the data
+/// is set up (`new_marked`) and read by every `check`, so that loom reports a reader
+/// not ordered after the set-up; outside loom zero bytes and no code.
+#[cfg(not(strata_loom))]
+#[derive(Debug)]
+pub(crate) struct Witness;
+
+#[cfg(not(strata_loom))]
+impl Witness {
+    /// A witness of data just set up.
+    #[inline(always)]
+    pub(crate) const fn new_marked() -> Witness {
+        Witness
+    }
+    /// Nothing outside loom.
+    #[inline(always)]
+    pub(crate) fn check(&self) {}
+}
+
+/// Loom: the witness cell (see the other `Witness`).
+#[cfg(strata_loom)]
+#[derive(Debug)]
+pub(crate) struct Witness(loom::cell::UnsafeCell<u64>);
+
+/// What a marked witness holds.
+#[cfg(strata_loom)]
+const WITNESS_MARK: u64 = 0x5749_544E_4553_5321;
+
+#[cfg(strata_loom)]
+impl Witness {
+    /// A witness of data just set up.
+    pub(crate) fn new_marked() -> Witness {
+        Witness(loom::cell::UnsafeCell::new(WITNESS_MARK))
+    }
+    /// Reads the cell: loom fails the model if the caller is not ordered after
+    /// `new_marked`.
+    pub(crate) fn check(&self) {
+        // SAFETY: the cell is written only by `new_marked`, before the data is
+        // published; loom checks that claim on this very read.
+        let v = self.0.with(|w| unsafe { *w });
+        debug_check!(v == WITNESS_MARK, "data read before it was set up");
+    }
 }

@@ -12,23 +12,16 @@
 use crate::link::FreeObj;
 use crate::meta::MetaArena;
 use crate::os::Os;
-use crate::size_class::SizeClass;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, LockRank, Ordering, RawLock, UnsafeCell};
-#[cfg(strata_loom)]
+use crate::size_class::{GEOMETRY, SizeClass};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, LOOM, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 
 /// "No descriptor" in a stack link.
 pub const NIL: u32 = u32::MAX;
 
-#[cfg(not(strata_loom))]
-const BLOCK_SHIFT: u32 = 12;
-#[cfg(strata_loom)]
-const BLOCK_SHIFT: u32 = 2;
+const BLOCK_SHIFT: u32 = GEOMETRY.desc_block_shift;
 const BLOCK_LEN: usize = 1 << BLOCK_SHIFT;
-#[cfg(not(strata_loom))]
-const DIR_LEN: usize = 4096;
-#[cfg(strata_loom)]
-const DIR_LEN: usize = 4;
+const DIR_LEN: usize = GEOMETRY.desc_dir_len;
 
 /// A batch descriptor.
 ///
@@ -175,12 +168,13 @@ impl Default for DescPool {
     }
 }
 
-#[cfg(not(strata_loom))]
-fn init_block(_block: *mut BatchDesc) {
-    // Zeroed memory is a valid array of descriptors (atomics and plain data).
-}
-#[cfg(strata_loom)]
+/// Makes a fresh block's descriptors valid. Outside loom zeroed memory already is a
+/// valid array of descriptors (atomics and plain data), so this does nothing; loom's
+/// atomics and cells are handles into the model's store and are built in place.
 fn init_block(block: *mut BatchDesc) {
+    if !LOOM {
+        return;
+    }
     for i in 0..BLOCK_LEN {
         // SAFETY: the block has room for BLOCK_LEN descriptors and is unpublished.
         unsafe {

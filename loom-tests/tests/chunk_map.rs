@@ -1,13 +1,14 @@
 //! Chunk registration and the "is this pointer ours?" map. A thread that grows the
-//! page heap sets up the chunk header and then sets the chunk's bit (Release, a
-//! `fetch_or` on a word that other chunks' bits share); any thread may ask whether
-//! an address is ours (Acquire) and, if so, read the header through the page map
-//! without holding any lock.
+//! page heap sets up the chunk header and then sets the chunk's entry (Release);
+//! any thread may ask whether an address is ours (Acquire) and, if so, read the
+//! header through the page map without holding any lock. The map's code is the
+//! shipped one; only its store differs (a small table keyed by chunk index, as
+//! loom's atomics cannot live in the real map's static).
 //!
-//! Property: a header is readable by anyone who sees its bit, with nothing else
+//! Property: a header is readable by anyone who sees its entry, with nothing else
 //! ordering the two threads: the asking thread learns chunk addresses from the fake
 //! OS (no synchronisation at all), and the header carries a loom cell written at
-//! set-up and read by every lookup, so loom reports a lookup that can see the bit
+//! set-up and read by every lookup, so loom reports a lookup that can see the entry
 //! before the header. Addresses outside every chunk are never ours.
 #![cfg(strata_loom)]
 
@@ -33,7 +34,7 @@ fn look_up_last_chunk(be: &Backend<FakeOs>) {
 }
 
 #[test]
-fn a_registered_chunk_header_is_visible_to_whoever_sees_its_bit() {
+fn a_registered_chunk_header_is_visible_to_whoever_sees_its_entry() {
     model(|| {
         let be = Arc::new(Backend::new(FakeOs::new()));
         // Two growers: each takes a whole chunk's usable pages, so each maps one.

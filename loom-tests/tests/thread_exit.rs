@@ -122,3 +122,56 @@ fn thread_exit_flush_racing_frees_and_refills_keeps_every_object() {
         assert_all_returned(&be);
     });
 }
+
+/// After its heap is retired a thread still frees (glibc frees its own blocks after
+/// the key destructors ran): the tear-down points it at the `DEAD` sentinel, whose
+/// slow paths go straight to the central tier (`free_small_direct`,
+/// `alloc_small_direct`). That direct free races another thread that takes the
+/// pooled heap and refills the same class.
+///
+/// Property: the late free is neither lost nor handed out twice: at the end every
+/// page is back in the page heap.
+#[test]
+fn a_free_after_thread_exit_goes_to_the_central_tier() {
+    model(|| {
+        let be = Arc::new(Backend::new(FakeOs::new()));
+        be.set_cache_budget(2 * C.size_bytes());
+        let exiting = {
+            let be = be.clone();
+            thread::spawn(move || {
+                let hp = start_thread(&be);
+                // SAFETY: the heap is this thread's alone until it retires it.
+                let h = unsafe { &*hp };
+                let (a, b) = (alloc(&be, h), alloc(&be, h));
+                free(&be, h, a);
+                // SAFETY: the heap is ours and this thread is done with it.
+                unsafe { be.retire_thread_heap(hp) };
+                // What the DEAD sentinel's slow paths do for this thread from now on.
+                // SAFETY: a class-C object of ours, given up.
+                unsafe { be.free_small_direct(C, b as *mut u8) };
+                let late = be.alloc_small_direct(C);
+                assert!(!late.is_null());
+                // SAFETY: as above.
+                unsafe { be.free_small_direct(C, late) };
+            })
+        };
+        let next = {
+            let be = be.clone();
+            thread::spawn(move || {
+                let hp = start_thread(&be);
+                // SAFETY: the heap is this thread's alone until it retires it.
+                let h = unsafe { &*hp };
+                let mine: Vec<usize> = (0..2).map(|_| alloc(&be, h)).collect();
+                assert_distinct("next thread", &mine);
+                for p in mine {
+                    free(&be, h, p);
+                }
+                // SAFETY: as above.
+                unsafe { be.retire_thread_heap(hp) };
+            })
+        };
+        exiting.join().unwrap();
+        next.join().unwrap();
+        assert_all_returned(&be);
+    });
+}

@@ -1,0 +1,277 @@
+//! Which chunk-sized regions of the address space are strata's chunks, so that "is
+//! this pointer ours?" never reads through the pointer.
+//!
+//! One implementation of the map's logic and orderings ([`ChunkMapOf`]) over a
+//! store of one byte per chunk. The store is the only thing that differs between
+//! builds: the process-wide static [`ProcessMap`] outside loom (loom's atomics
+//! cannot live in statics), a small table keyed by chunk index ([`SparseMap`])
+//! under loom and in unit tests, which run it at the tiny geometry too.
+
+use crate::size_class::CHUNK_SHIFT;
+use crate::sync::{AtomicU8, Ordering};
+
+/// Where a chunk map keeps its entries: one byte per chunk index, 0 (not ours) or 1.
+pub trait MapStore {
+    /// log2 of the chunk size: an address's chunk index is `addr >> CHUNK_SHIFT`.
+    const CHUNK_SHIFT: usize;
+    /// The entry of chunk index `idx`, if the store has one (none: not ours).
+    fn entry(&self, idx: usize) -> Option<&AtomicU8>;
+    /// The entry of `idx`, made if the store makes entries on demand. The caller
+    /// holds the lock of the page heap that registers the chunk, so makes never race.
+    fn entry_for_set(&self, idx: usize) -> Option<&AtomicU8>;
+}
+
+/// The chunk map of the built-in store (see [`ChunkMapOf`]).
+pub type ChunkMap = ChunkMapOf<BuiltinStore>;
+
+/// The store of the build: the static outside loom, the table under it.
+#[cfg(not(strata_loom))]
+pub type BuiltinStore = ProcessMap;
+/// The store of the build: the static outside loom, the table under it.
+#[cfg(strata_loom)]
+pub type BuiltinStore = SparseMap<CHUNK_SHIFT>;
+
+/// Which chunk-aligned regions of the address space are strata's chunks.
+///
+/// Invariant: `entry(a >> CHUNK_SHIFT) != 0` iff a chunk is mapped at `a`; set before
+/// the chunk's first span is given out, cleared before the chunk is unmapped.
+/// Entries are set and cleared under the lock of the chunk's page heap; `contains`
+/// runs without it. Model-checked by `loom-tests/tests/chunk_map.rs`.
+pub struct ChunkMapOf<S> {
+    store: S,
+}
+
+/// The ordering of `set`'s store (Release; a mutant weakens it).
+#[cfg(not(strata_mutant = "chunk_map_set_relaxed"))]
+const SET_ORDER: Ordering = Ordering::Release;
+#[cfg(strata_mutant = "chunk_map_set_relaxed")]
+const SET_ORDER: Ordering = Ordering::Relaxed;
+/// The ordering of `contains`'s load (Acquire; a mutant weakens it).
+#[cfg(not(strata_mutant = "chunk_map_contains_relaxed"))]
+const CONTAINS_ORDER: Ordering = Ordering::Acquire;
+#[cfg(strata_mutant = "chunk_map_contains_relaxed")]
+const CONTAINS_ORDER: Ordering = Ordering::Relaxed;
+
+impl<S: MapStore> ChunkMapOf<S> {
+    /// Marks the chunk at `addr` as ours.
+    #[inline]
+    pub fn set(&self, addr: usize) {
+        if let Some(e) = self.store.entry_for_set(addr >> S::CHUNK_SHIFT) {
+            // Release: pairs with the Acquire in contains(); the chunk header is
+            // initialised before anyone sees the entry.
+            e.store(1, SET_ORDER);
+        }
+    }
+
+    /// Marks the chunk at `addr` as no longer ours. Relaxed: nothing is published;
+    /// a lookup racing with the unmap of the chunk it asks about is the caller's
+    /// use-after-free, not something an ordering can fix.
+    #[inline]
+    pub fn clear(&self, addr: usize) {
+        if let Some(e) = self.store.entry(addr >> S::CHUNK_SHIFT) {
+            e.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `p` lies in one of our chunks. With the process map: a compare
+    /// against the map's bound (which also rejects addresses at or above 2^47) and
+    /// one byte load.
+    #[inline(always)]
+    pub fn contains(&self, p: *const u8) -> bool {
+        match self.store.entry(p as usize >> S::CHUNK_SHIFT) {
+            // Acquire: pairs with the Release in set().
+            Some(e) => e.load(CONTAINS_ORDER) != 0,
+            None => false,
+        }
+    }
+}
+
+impl ChunkMap {
+    crate::sync::loom_const_fn! {
+        /// The map of the built-in store (outside loom a handle on the process's).
+        pub fn new() -> ChunkMap {
+            ChunkMapOf {
+                store: BuiltinStore::new(),
+            }
+        }
+    }
+}
+
+impl Default for ChunkMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The process's map: one byte per possible chunk of the 47-bit user address space,
+/// in the static `CHUNK_MAP` (32 MiB of `.bss`: address space only, whose pages are
+/// touched only where chunks are). A lookup is `idx = p >> CHUNK_SHIFT;
+/// idx < MAP_ENTRIES && CHUNK_MAP[idx] != 0`, eight instructions in `free`: the one
+/// unsigned compare rejects addresses at or above 2^47, and null lands on entry 0,
+/// which is never set (nothing of ours lies at address 0), so `free` needs no null
+/// test of its own. A byte instead of a bit saves a bitmap's shift and bit test.
+///
+/// The map is the process's, not a field of each `PageHeap`, because a static's
+/// address and bound are constants: a per-heap map, mapped on first use, cost
+/// `free` a load of its pointer and a load of its bound (0 until mapped). Every page
+/// heap of the process registers its chunks here; strata has one outside tests, and
+/// what the map promises (the header of a chunk it names is mapped) holds for all.
+#[cfg(not(strata_loom))]
+pub struct ProcessMap;
+
+/// Entries of the process map: one per chunk-sized region of the address space.
+#[cfg(not(strata_loom))]
+const MAP_ENTRIES: usize = 1 << (crate::size_class::ADDRESS_BITS - CHUNK_SHIFT);
+
+/// The process's chunk map (see [`ProcessMap`]).
+#[cfg(not(strata_loom))]
+static CHUNK_MAP: [AtomicU8; MAP_ENTRIES] = [const { AtomicU8::new(0) }; MAP_ENTRIES];
+
+#[cfg(not(strata_loom))]
+impl ProcessMap {
+    const fn new() -> ProcessMap {
+        ProcessMap
+    }
+}
+
+#[cfg(not(strata_loom))]
+impl MapStore for ProcessMap {
+    const CHUNK_SHIFT: usize = CHUNK_SHIFT;
+    #[inline(always)]
+    fn entry(&self, idx: usize) -> Option<&AtomicU8> {
+        CHUNK_MAP.get(opaque(idx))
+    }
+    #[inline(always)]
+    fn entry_for_set(&self, idx: usize) -> Option<&AtomicU8> {
+        CHUNK_MAP.get(idx)
+    }
+}
+
+/// `x`, through an empty `asm!` block (no instruction), so that the compiler cannot
+/// see how it was computed. For the chunk-map index: seeing `(p >> 22) < 2^25`, LLVM
+/// rewrites it as `p < 2^47`, which takes a shift of its own on x86-64 (the bound
+/// does not fit an immediate), and then shifts again for the index: two instructions
+/// more in `free`.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[inline(always)]
+pub(super) fn opaque(mut x: usize) -> usize {
+    // SAFETY: the block is empty: it executes nothing and touches no memory.
+    unsafe {
+        core::arch::asm!("/* {0} */", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
+    }
+    x
+}
+/// Elsewhere, and under Miri (which runs no `asm!`), the identity.
+#[cfg(any(not(target_arch = "x86_64"), miri))]
+#[inline(always)]
+pub(super) fn opaque(x: usize) -> usize {
+    x
+}
+
+/// A map for a few chunks at any addresses, at any geometry: `keys[i]` is 0 (unused)
+/// or 1 + the chunk index whose entry is `entries[i]`. Keys are claimed in order and
+/// never given back (a cleared chunk keeps its key; a chunk mapped there again reuses
+/// it), so a lookup stops at the first unused key.
+#[cfg(any(test, strata_loom))]
+pub struct SparseMap<const SHIFT: usize> {
+    keys: [crate::sync::AtomicUsize; SPARSE_ENTRIES],
+    entries: [AtomicU8; SPARSE_ENTRIES],
+}
+
+/// Chunks a [`SparseMap`] can name.
+#[cfg(any(test, strata_loom))]
+const SPARSE_ENTRIES: usize = 8;
+
+#[cfg(any(test, strata_loom))]
+impl<const SHIFT: usize> SparseMap<SHIFT> {
+    /// An empty map.
+    pub fn new() -> Self {
+        SparseMap {
+            keys: core::array::from_fn(|_| crate::sync::AtomicUsize::new(0)),
+            entries: core::array::from_fn(|_| AtomicU8::new(0)),
+        }
+    }
+}
+
+#[cfg(any(test, strata_loom))]
+impl<const SHIFT: usize> MapStore for SparseMap<SHIFT> {
+    const CHUNK_SHIFT: usize = SHIFT;
+    /// Relaxed: a key is written before its entry's first `set` (same thread, under
+    /// the page-heap lock), so a reader that sees the entry set through the Acquire
+    /// in contains() also sees the key; a reader that misses the key answers "not
+    /// ours", as it would before the `set`.
+    fn entry(&self, idx: usize) -> Option<&AtomicU8> {
+        for (k, e) in self.keys.iter().zip(&self.entries) {
+            match k.load(Ordering::Relaxed) {
+                0 => return None,
+                v if v == idx + 1 => return Some(e),
+                _ => {}
+            }
+        }
+        None
+    }
+    fn entry_for_set(&self, idx: usize) -> Option<&AtomicU8> {
+        for (k, e) in self.keys.iter().zip(&self.entries) {
+            let v = k.load(Ordering::Relaxed);
+            if v == 0 {
+                // Relaxed: see `entry`.
+                k.store(idx + 1, Ordering::Relaxed);
+            }
+            if v == 0 || v == idx + 1 {
+                return Some(e);
+            }
+        }
+        fatal!("sparse chunk map full: raise SPARSE_ENTRIES")
+    }
+}
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests {
+    use super::*;
+    use crate::size_class::{ADDRESS_BITS, Geometry};
+
+    const TINY_SHIFT: usize = Geometry::TINY.chunk_shift;
+
+    /// The loom models' map, at their geometry, outside loom.
+    #[test]
+    fn tiny_geometry_map_names_exactly_the_chunks_set() {
+        let map = ChunkMapOf {
+            store: SparseMap::<TINY_SHIFT>::new(),
+        };
+        let chunk = Geometry::TINY.chunk_size();
+        let bases = [3 * chunk, 7 * chunk, 1000 * chunk];
+        for &b in &bases {
+            assert!(!map.contains(b as *const u8));
+            map.set(b);
+        }
+        for &b in &bases {
+            assert!(map.contains(b as *const u8));
+            assert!(map.contains((b + chunk - 1) as *const u8));
+            assert!(!map.contains((b + chunk) as *const u8) || bases.contains(&(b + chunk)));
+            assert!(!map.contains((b - 1) as *const u8));
+        }
+        assert!(!map.contains(core::ptr::null()));
+        map.clear(bases[1]);
+        assert!(!map.contains(bases[1] as *const u8));
+        assert!(map.contains(bases[2] as *const u8));
+        // A chunk mapped again at a cleared address reuses its key.
+        map.set(bases[1]);
+        assert!(map.contains(bases[1] as *const u8));
+        assert_eq!(
+            map.store
+                .keys
+                .iter()
+                .filter(|k| k.load(Ordering::Relaxed) != 0)
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn process_map_rejects_addresses_beyond_user_space() {
+        let map = ChunkMap::new();
+        assert!(!map.contains(core::ptr::null()));
+        assert!(!map.contains(usize::MAX as *const u8));
+        assert!(!map.contains((1usize << ADDRESS_BITS) as *const u8));
+    }
+}
