@@ -7,6 +7,7 @@
 
 use crate::Violation;
 use crate::central::{Central, validate_small_span};
+use crate::check::check;
 use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, small_object};
 use crate::huge::{self, Evicted, HugeRegistry};
 use crate::link::{FreeObj, ensure_key};
@@ -14,11 +15,13 @@ use crate::meta::MetaArena;
 use crate::os::{OS_PAGE, Os};
 use crate::page_heap::PageHeap;
 use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, NUM_CLASSES, PAGE_SIZE, SizeClass, class_for};
-use crate::stats::Counters;
 use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
 use core::marker::PhantomData;
+
+mod counters;
 use core::ptr;
+pub(crate) use counters::Counters;
 
 /// How a request of a given size and alignment is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -758,7 +761,7 @@ impl<O: Os> Backend<O> {
         while !h.is_null() {
             // SAFETY: pooled heaps are ours under the pool lock and belong to no thread.
             let heap = unsafe { &*h };
-            crate::page_heap::check(
+            check(
                 heap.state() == HeapState::Pooled,
                 "HeapPool",
                 1,
@@ -767,7 +770,7 @@ impl<O: Os> Backend<O> {
             )?;
             // SAFETY: a pooled heap, ours under the pool lock.
             unsafe { heap.validate(self) }?;
-            crate::page_heap::check(
+            check(
                 heap.is_empty(),
                 "HeapPool",
                 1,
@@ -778,7 +781,7 @@ impl<O: Os> Backend<O> {
             // SAFETY: pool lock held; the heap is pooled.
             h = unsafe { heap.pool_next() };
         }
-        crate::page_heap::check(
+        check(
             pool.live + pooled == pool.created,
             "HeapPool",
             1,
@@ -794,7 +797,7 @@ impl<O: Os> Backend<O> {
             // written once, under the pool lock we hold.
             h = unsafe { (*h).all_next() };
         }
-        crate::page_heap::check(
+        check(
             listed == pool.created,
             "HeapPool",
             2,

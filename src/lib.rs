@@ -117,6 +117,7 @@ mod sync;
 
 mod backend;
 mod central;
+mod check;
 mod chunk;
 mod huge;
 mod link;

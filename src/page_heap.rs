@@ -12,6 +12,7 @@
 //! never the reverse.
 
 use crate::Violation;
+use crate::check::check;
 use crate::chunk::{
     CHUNK_MAGIC, ChunkHeader, ChunkMap, HEADER_PAGES, SPAN_LISTED, SPAN_ZEROED, Span, SpanKind,
     USABLE_PAGES,
@@ -722,26 +723,6 @@ impl<O: Os> PageHeap<O> {
             self.note_resident(h);
         }
         purged
-    }
-}
-
-/// Returns a [`Violation`] unless `ok`.
-pub(crate) fn check(
-    ok: bool,
-    structure: &'static str,
-    invariant: u32,
-    what: &'static str,
-    addr: usize,
-) -> Result<(), Violation> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Violation {
-            structure,
-            invariant,
-            what,
-            addr,
-        })
     }
 }
 

@@ -46,9 +46,9 @@
 
 use crate::Violation;
 use crate::backend::Backend;
+use crate::check::check;
 use crate::link::{self, FreeObj, HARDENED, LinkKey, ensure_key};
 use crate::os::Os;
-use crate::page_heap::check;
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, UnsafeCell, fence};
 use crate::transfer::chain_tail;
