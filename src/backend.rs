@@ -542,45 +542,35 @@ impl<O: Os> Backend<O> {
         if new_len > isize::MAX as usize {
             return ptr::null_mut();
         }
-        // The remap and the record's move happen under the registry lock, so that
-        // no other block can be registered at `p` (which the OS may reuse as soon
-        // as the remap moved the block) meanwhile: see `HugeRegistry::resize`.
-        #[cfg(not(strata_mutant = "huge_remap_unlocked"))]
-        return self
-            .huge
-            .resize(p, new_len, |old_len| {
-                if new_len == old_len {
-                    return p;
-                }
-                // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
-                let q = unsafe { self.os().remap(p, old_len, new_len) };
-                if !q.is_null() {
-                    let delta = new_len as isize - old_len as isize;
-                    self.counters.flow(delta);
-                    self.page_heap.note_extra_resident(delta);
-                }
-                q
-            })
-            .unwrap_or(ptr::null_mut());
-        // Mutant: the code before the fix; remap outside the lock, then remove and
-        // insert, with a window where `p`'s address can be registered twice.
-        #[cfg(strata_mutant = "huge_remap_unlocked")]
-        {
-            let Some(old_len) = self.huge.lookup(p) else {
-                return ptr::null_mut();
-            };
+        let remap = |old_len: usize| {
             if new_len == old_len {
                 return p;
             }
             // SAFETY: `p` starts a whole mapping of `old_len` bytes (registry).
             let q = unsafe { self.os().remap(p, old_len, new_len) };
             if !q.is_null() {
-                self.huge.remove(p);
-                let ok = self.huge.insert(self.os(), &self.meta, q, new_len);
-                debug_assert!(ok);
+                let delta = new_len as isize - old_len as isize;
+                self.counters.flow(delta);
+                self.page_heap.note_extra_resident(delta);
             }
             q
-        }
+        };
+        // Mutant: the remap runs before the registry lock is taken (the code before
+        // the fix), so the OS may hand `p` to another thread's new block, whose
+        // record goes in while ours still names `p`.
+        let early = if cfg!(strata_mutant = "huge_remap_unlocked") {
+            self.huge.lookup(p).map(remap)
+        } else {
+            None
+        };
+        // The remap and the record's move happen under the registry lock, so that
+        // no other block can be registered at `p` (which the OS may reuse as soon
+        // as the remap moved the block) meanwhile: see `HugeRegistry::resize`.
+        self.huge
+            .resize(p, new_len, |old_len| {
+                early.unwrap_or_else(|| remap(old_len))
+            })
+            .unwrap_or(ptr::null_mut())
     }
 
     /// Tries to resize a Large block in place to `new_size` bytes.
