@@ -9,14 +9,15 @@
 //! straight to the central tier, so frees that glibc makes afterwards still work.
 
 use crate::Violation;
-use crate::backend::{Backend, Locks, Route, route};
+use crate::backend::{Locks, Route, route};
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 use crate::chunk::{ChunkHeader, SpanKind, small_object};
+use crate::front::Allocator as Backend;
+use crate::front::thread_cache::{HeapState, ThreadHeap};
 use crate::os::SysOs;
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use crate::size_class::{C_TABLE_MAX, class_for_c, class_for_c_table};
 use crate::size_class::{SizeClass, class_for};
-use crate::thread_heap::{HeapState, ThreadHeap};
 // The plain `GlobalAlloc` impl's (`checked` has its own).
 #[cfg(not(feature = "checked"))]
 use crate::{Strata, os::OS_PAGE};

@@ -18,14 +18,14 @@
 //! quiescent, otherwise off by the batches in flight. Derived figures are clamped so
 //! that `allocated ≤ active ≤ mapped` and `resident ≤ mapped` always hold.
 
-use crate::backend::Backend;
 // `global` counts reallocations through this path.
 pub(crate) use crate::backend::Counters;
 use crate::chunk::{HEADER_PAGES, SPAN_ZEROED, SpanKind};
+use crate::front::Allocator;
+use crate::front::thread_cache::HeapCounters;
 use crate::os::Os;
 use crate::size_class::{CHUNK_SIZE, CLASS_SIZE, NUM_CLASSES, PAGE_SIZE, SizeClass};
 use crate::sync::{Ordering, fence};
-use crate::thread_heap::HeapCounters;
 use core::fmt::{self, Write as _};
 
 /// One size class in a [`Stats`] snapshot.
@@ -130,7 +130,7 @@ pub struct Stats {
     pub classes: [ClassStats; NUM_CLASSES],
 }
 
-impl<O: Os> Backend<O> {
+impl<O: Os> Allocator<O> {
     /// Assembles a [`Stats`] snapshot (takes every class lock, then the page-heap lock,
     /// one after the other; never allocates).
     pub fn stats(&self) -> Stats {
