@@ -25,13 +25,17 @@
 //! Requests above 1 MiB get a mapping of their own (`huge`).
 //!
 //! # Modules, in dependency order (each uses only those below it)
-//! `global` (statics, TLS, `GlobalAlloc`) → `thread_heap` (the fast path) →
-//! `backend` (the shared tiers as one value; large and huge paths) → `central`
-//! (per-class transfer stacks and spans) → `transfer` (the lock-free stack of
-//! batches) → `page_heap` (spans, best fit, coalescing, purge) → `chunk` (headers,
-//! page map, "is this ours") and `huge` (own mappings) → `link` (free objects and
-//! their encoded, checked links) and `meta` (the metadata arena) → `size_class`
-//! (tables, pure) and `os` (the OS trait) → `sync` (atomics and locks, or loom's).
+//! `global` (statics, TLS, `GlobalAlloc`) → `front` (the [`internals::FrontEnd`]
+//! interface and one instance, `Allocator`; `front::thread_cache`, the fast path,
+//! and its pool of heaps) → `backend` (the shared tiers as one value; large and
+//! huge paths, purge, validation; reached by the front end through a narrow
+//! interface) → `central` (per-class transfer stacks and spans) → `transfer` (the
+//! lock-free stack of batches) → `page_heap` (spans, best fit, coalescing, purge)
+//! → `chunk` (headers, page map, "is this ours") and `huge` (own mappings) →
+//! `link` (free objects and their encoded, checked links) and `meta` (the metadata
+//! arena) → `size_class` (tables, pure) and `os` (the OS trait) → `sync` (atomics
+//! and locks, or loom's) and `check` (the validators' helper, a leaf). `stats`
+//! sits above `front` and `backend` and only reads them.
 //!
 //! `purge_thread` (the opt-in background purge thread) sits on top of `global`,
 //! calling `Backend::purge_due` on its own schedule.

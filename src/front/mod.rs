@@ -35,7 +35,7 @@ use thread_cache::{AllHeaps, ThreadCaches, ThreadHeap};
 /// The fast paths take the handle alone and return a miss (null, false) rather
 /// than calling the backend, so that their bodies stay a few instructions; the
 /// slow paths get the shared state and the backend.
-pub trait FrontEnd<O: Os> {
+pub trait FrontEnd {
     /// The per-thread (or per-CPU) cache a call works on, found by `global` once
     /// per call.
     type Cache;
@@ -58,28 +58,39 @@ pub trait FrontEnd<O: Os> {
     ///
     /// # Safety
     /// `cache` is live and the calling thread's.
-    unsafe fn alloc_slow(&self, cache: &Self::Cache, c: SizeClass, be: &Backend<O>) -> *mut u8;
+    unsafe fn alloc_slow<O: Os>(
+        &self,
+        cache: &Self::Cache,
+        c: SizeClass,
+        be: &Backend<O>,
+    ) -> *mut u8;
 
     /// Slow path of free on a live cache (it was full): make room, cache `p`.
     ///
     /// # Safety
     /// As for `free_fast`, and `cache` is live.
-    unsafe fn free_slow(&self, cache: &Self::Cache, c: SizeClass, p: *mut u8, be: &Backend<O>);
+    unsafe fn free_slow<O: Os>(
+        &self,
+        cache: &Self::Cache,
+        c: SizeClass,
+        p: *mut u8,
+        be: &Backend<O>,
+    );
 
     /// A live cache for the calling thread; null if the OS refuses memory.
-    fn attach(&self, be: &Backend<O>) -> *mut Self::Cache;
+    fn attach<O: Os>(&self, be: &Backend<O>) -> *mut Self::Cache;
 
     /// The calling thread is exiting: flushes its cache and takes it back.
     ///
     /// # Safety
     /// `cache` came from `attach` and its thread will not use it again.
-    unsafe fn detach(&self, cache: *mut Self::Cache, be: &Backend<O>);
+    unsafe fn detach<O: Os>(&self, cache: *mut Self::Cache, be: &Backend<O>);
 
     /// Returns every object `cache` holds to the backend.
     ///
     /// # Safety
     /// `cache` is live and the calling thread's.
-    unsafe fn flush(&self, cache: &Self::Cache, be: &Backend<O>);
+    unsafe fn flush<O: Os>(&self, cache: &Self::Cache, be: &Backend<O>);
 
     /// The byte budget of caches attached from now on.
     fn set_cache_budget(&self, bytes: usize);
@@ -88,7 +99,7 @@ pub trait FrontEnd<O: Os> {
     fn caches(&self) -> (usize, usize);
 }
 
-impl<O: Os> FrontEnd<O> for ThreadCaches {
+impl FrontEnd for ThreadCaches {
     type Cache = ThreadHeap;
 
     #[inline(always)]
@@ -104,27 +115,38 @@ impl<O: Os> FrontEnd<O> for ThreadCaches {
     }
 
     #[inline(always)]
-    unsafe fn alloc_slow(&self, cache: &ThreadHeap, c: SizeClass, be: &Backend<O>) -> *mut u8 {
+    unsafe fn alloc_slow<O: Os>(
+        &self,
+        cache: &ThreadHeap,
+        c: SizeClass,
+        be: &Backend<O>,
+    ) -> *mut u8 {
         // SAFETY: forwarded contract.
         unsafe { cache.alloc_slow(c, be) }
     }
 
     #[inline(always)]
-    unsafe fn free_slow(&self, cache: &ThreadHeap, c: SizeClass, p: *mut u8, be: &Backend<O>) {
+    unsafe fn free_slow<O: Os>(
+        &self,
+        cache: &ThreadHeap,
+        c: SizeClass,
+        p: *mut u8,
+        be: &Backend<O>,
+    ) {
         // SAFETY: forwarded contract.
         unsafe { cache.free_slow(c, p, be) }
     }
 
-    fn attach(&self, be: &Backend<O>) -> *mut ThreadHeap {
+    fn attach<O: Os>(&self, be: &Backend<O>) -> *mut ThreadHeap {
         self.new_thread_heap(be)
     }
 
-    unsafe fn detach(&self, cache: *mut ThreadHeap, be: &Backend<O>) {
+    unsafe fn detach<O: Os>(&self, cache: *mut ThreadHeap, be: &Backend<O>) {
         // SAFETY: forwarded contract.
         unsafe { self.retire_thread_heap(cache, be) }
     }
 
-    unsafe fn flush(&self, cache: &ThreadHeap, be: &Backend<O>) {
+    unsafe fn flush<O: Os>(&self, cache: &ThreadHeap, be: &Backend<O>) {
         // SAFETY: forwarded contract.
         unsafe { cache.flush_all(be) }
     }
