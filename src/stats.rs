@@ -1,5 +1,9 @@
-//! Statistics: the counters the shared tiers keep, and [`Stats`], a snapshot of the
-//! whole heap assembled on demand.
+//! Statistics: [`Stats`], a snapshot of the whole heap assembled on demand.
+//!
+//! Sits above the tiers and only reads them: the front end's heaps (through
+//! `Allocator::with_heaps_and_classes_locked`), the backend's counters
+//! (`backend::Counters`, kept where the counted paths are), the central tier's
+//! stacks and the page heap's spans. Nothing below imports this module.
 //!
 //! Nothing here runs on the fast path. The thread heaps count one thing there
 //! (`allocs`, one `add` to memory per pop); everything else is counted where objects

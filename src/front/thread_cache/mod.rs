@@ -3,19 +3,19 @@
 //!
 //! Who calls whom: `global` calls the fast paths (`pop`, `try_push`) and, on a
 //! miss, the slow paths (`slow`), through the [`crate::front::FrontEnd`]
-//! interface or directly; the slow paths call the backend's narrow front-end
-//! interface (`Backend::refill`, `Backend::flush`, `Backend::note_flow`) and
-//! nothing below it. `pool` keeps every heap; `stats` reads the heaps' atomic
-//! counters from above. Files: this one (the heap, its lists, the fast paths and
-//! the counters others read), `slow` (refill, flush, adaptive maxima), `pool`,
-//! `validate`.
+//! interface, which `ThreadCaches` implements; the slow paths call the backend's
+//! narrow front-end interface (`Backend::refill`, `Backend::flush`,
+//! `Backend::note_flow`) and nothing below it. `pool` keeps every heap; `stats`
+//! reads the heaps' atomic counters from above. Files: this one (the heap, its
+//! lists, the fast paths and the counters others read), `slow` (refill, flush,
+//! adaptive maxima), `pool`, `validate`.
 //!
 //! Call tree (global.rs drives it):
 //! ```text
 //! alloc:  size→class ─ tls heap ─ pop(c) ─── hit: one branch + the link check
-//!                                  └ miss ─ alloc_slow(c) ─ Central::refill ─ (TransferStack::pop | carve spans)
+//!                                  └ miss ─ alloc_slow(c) ─ Backend::refill ─ Central::refill ─ (TransferStack::pop | carve spans)
 //! free:   size→class ─ tls heap ─ try_push ── hit: one branch
-//!                                  └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
+//!                                  └ full ─ free_slow(c, p) ─ grow max | Backend::flush ─ Central::flush ─ (push | spans)
 //! ```
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 56.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
