@@ -806,7 +806,7 @@ pub(crate) fn release_memory() -> usize {
 pub(crate) fn validate_heap() -> Result<(), Violation> {
     let h = heap();
     // SAFETY: this thread's heap or a sentinel, only read.
-    unsafe { (*h).validate(&BACKEND) }?;
+    unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
     BACKEND.validate()?;
     #[cfg(feature = "checked")]
     crate::checked::validate_blocks()?;
@@ -820,7 +820,7 @@ pub(crate) fn set_thread_cache_budget(bytes: usize) {
     // SAFETY: this thread's heap or a sentinel; only a live heap is written.
     unsafe {
         if (*h).state() == HeapState::Live {
-            (*h).set_budget(bytes, &BACKEND);
+            BACKEND.threads.set_budget(&*h, bytes, &BACKEND);
         }
     }
 }

@@ -92,6 +92,19 @@ pub trait FrontEnd {
     /// `cache` is live and the calling thread's.
     unsafe fn flush<O: Os>(&self, cache: &Self::Cache, be: &Backend<O>);
 
+    /// Sets `cache`'s byte budget now (shrinking what it may hold if it dropped).
+    ///
+    /// # Safety
+    /// `cache` is live and the calling thread's.
+    unsafe fn set_budget<O: Os>(&self, cache: &Self::Cache, bytes: usize, be: &Backend<O>);
+
+    /// Checks `cache`'s invariants (`validate_heap`).
+    ///
+    /// # Safety
+    /// `cache` is the calling thread's, or a sentinel.
+    unsafe fn validate<O: Os>(&self, cache: &Self::Cache, be: &Backend<O>)
+    -> Result<(), Violation>;
+
     /// The byte budget of caches attached from now on.
     fn set_cache_budget(&self, bytes: usize);
 
@@ -149,6 +162,16 @@ impl FrontEnd for ThreadCaches {
     unsafe fn flush<O: Os>(&self, cache: &ThreadHeap, be: &Backend<O>) {
         // SAFETY: forwarded contract.
         unsafe { cache.flush_all(be) }
+    }
+
+    unsafe fn set_budget<O: Os>(&self, cache: &ThreadHeap, bytes: usize, be: &Backend<O>) {
+        // SAFETY: forwarded contract (live, so not a sentinel).
+        unsafe { cache.set_budget(bytes, be) }
+    }
+
+    unsafe fn validate<O: Os>(&self, cache: &ThreadHeap, be: &Backend<O>) -> Result<(), Violation> {
+        // SAFETY: forwarded contract.
+        unsafe { cache.validate(be) }
     }
 
     fn set_cache_budget(&self, bytes: usize) {
