@@ -9,11 +9,12 @@
 //! page heap.
 
 use crate::Violation;
+use crate::check::check;
 use crate::chunk::{ChunkHeader, SPAN_LISTED, Span, SpanKind};
 use crate::link::{FreeObj, ensure_key};
 use crate::meta::MetaArena;
 use crate::os::Os;
-use crate::page_heap::{PageHeap, check};
+use crate::page_heap::PageHeap;
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{LockRank, RawLock, UnsafeCell};
 use crate::transfer::{DescPool, TransferStack};

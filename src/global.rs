@@ -9,14 +9,16 @@
 //! straight to the central tier, so frees that glibc makes afterwards still work.
 
 use crate::Violation;
-use crate::backend::{Backend, Locks, Route, route};
+use crate::backend::{Locks, Route, route};
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 use crate::chunk::{ChunkHeader, SpanKind, small_object};
+use crate::front::Allocator as Backend;
+use crate::front::FrontEnd;
+use crate::front::thread_cache::{HeapState, ThreadHeap};
 use crate::os::SysOs;
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use crate::size_class::{C_TABLE_MAX, class_for_c, class_for_c_table};
 use crate::size_class::{SizeClass, class_for};
-use crate::thread_heap::{HeapState, ThreadHeap};
 // The plain `GlobalAlloc` impl's (`checked` has its own).
 #[cfg(not(feature = "checked"))]
 use crate::{Strata, os::OS_PAGE};
@@ -24,6 +26,10 @@ use crate::{Strata, os::OS_PAGE};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
+/// The front end that serves the process's small objects (static dispatch through
+/// [`FrontEnd`]; its per-thread `Cache` is what the TLS slot points at).
+type Front = crate::front::thread_cache::ThreadCaches;
 
 /// The shared tiers of the process.
 pub(crate) static BACKEND: Backend<SysOs> = Backend::new(SysOs);
@@ -170,7 +176,7 @@ fn thread_key() -> Option<libc::pthread_key_t> {
 #[cold]
 fn init_thread() -> *mut ThreadHeap {
     let key = thread_key();
-    let h = BACKEND.new_thread_heap();
+    let h = BACKEND.threads.attach(&BACKEND);
     if h.is_null() {
         return h;
     }
@@ -192,7 +198,7 @@ extern "C" fn on_thread_exit(h: *mut libc::c_void) {
     tls::set(sentinel(&DEAD));
     // SAFETY: `h` is this thread's live heap (we set it as the key's value) and the
     // thread will not touch it again: TLS now points at DEAD.
-    unsafe { BACKEND.retire_thread_heap(h) };
+    unsafe { BACKEND.threads.detach(h, &BACKEND) };
 }
 
 #[cold]
@@ -207,14 +213,14 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     );
     let p = match heap.state() {
         // SAFETY: a live heap is the calling thread's own.
-        HeapState::Live => unsafe { heap.alloc_slow(c, &BACKEND) },
+        HeapState::Live => unsafe { BACKEND.threads.alloc_slow(heap, c, &BACKEND) },
         HeapState::Empty => {
             let nh = init_thread();
             if nh.is_null() {
                 BACKEND.alloc_small_direct(c)
             } else {
                 // SAFETY: a fresh live heap of this thread.
-                unsafe { (*nh).alloc_slow(c, &BACKEND) }
+                unsafe { BACKEND.threads.alloc_slow(&*nh, c, &BACKEND) }
             }
         }
         HeapState::Dead | HeapState::Pooled => BACKEND.alloc_small_direct(c),
@@ -255,7 +261,7 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
         if live.is_null() {
             BACKEND.free_small_direct(c, p)
         } else {
-            (*live).free_slow(c, p, &BACKEND)
+            BACKEND.threads.free_slow(&*live, c, p, &BACKEND)
         }
     }
 }
@@ -267,7 +273,7 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
 fn alloc_small(c: SizeClass) -> *mut u8 {
     let h = heap();
     // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
-    let p = unsafe { (*h).pop(c) };
+    let p = unsafe { Front::alloc_fast(&*h, c) };
     if p.is_null() {
         alloc_small_slow(h, c)
     } else {
@@ -286,7 +292,7 @@ unsafe fn free_small(c: SizeClass, p: *mut u8) {
     let h = heap();
     // SAFETY: `h` is this thread's heap or a sentinel; the caller's contract.
     unsafe {
-        if !(*h).try_push(c, p) {
+        if !Front::free_fast(&*h, c, p) {
             free_small_slow(p, c, h);
         }
     }
@@ -477,7 +483,7 @@ pub(crate) fn alloc_c(size: usize) -> *mut u8 {
         let c = class_for_c_table(size);
         let h = heap();
         // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
-        let p = unsafe { (*h).pop(c) };
+        let p = unsafe { Front::alloc_fast(&*h, c) };
         if !p.is_null() {
             return p;
         }
@@ -571,7 +577,7 @@ pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
         let h = heap();
         // SAFETY: `p` is a live class-c object of ours (contract), given up; `h` is
         // this thread's heap or a sentinel.
-        if unsafe { (*h).try_push(c, p) } {
+        if unsafe { Front::free_fast(&*h, c, p) } {
             return true;
         }
     }
@@ -783,7 +789,7 @@ pub(crate) fn flush_thread_cache() {
     // SAFETY: this thread's heap or a sentinel; only a live heap is written.
     unsafe {
         if (*h).state() == HeapState::Live {
-            (*h).flush_all(&BACKEND);
+            BACKEND.threads.flush(&*h, &BACKEND);
         }
     }
 }
@@ -800,7 +806,7 @@ pub(crate) fn release_memory() -> usize {
 pub(crate) fn validate_heap() -> Result<(), Violation> {
     let h = heap();
     // SAFETY: this thread's heap or a sentinel, only read.
-    unsafe { (*h).validate(&BACKEND) }?;
+    unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
     BACKEND.validate()?;
     #[cfg(feature = "checked")]
     crate::checked::validate_blocks()?;
@@ -814,7 +820,7 @@ pub(crate) fn set_thread_cache_budget(bytes: usize) {
     // SAFETY: this thread's heap or a sentinel; only a live heap is written.
     unsafe {
         if (*h).state() == HeapState::Live {
-            (*h).set_budget(bytes, &BACKEND);
+            BACKEND.threads.set_budget(&*h, bytes, &BACKEND);
         }
     }
 }

@@ -395,7 +395,7 @@ impl HugeRegistry {
     /// is recorded twice, `count`/`bytes` add up, and the cache is in order, within
     /// its limits and disjoint from the live blocks.
     pub fn validate(&self) -> Result<(), crate::Violation> {
-        use crate::page_heap::check;
+        use crate::check::check;
         self.with(|h| {
             let (mut count, mut bytes) = (0, 0);
             for (b, &head) in h.buckets.iter().enumerate() {

@@ -137,7 +137,9 @@ mod sync;
 
 mod backend;
 mod central;
+mod check;
 mod chunk;
+mod front;
 mod huge;
 mod link;
 mod meta;
@@ -145,23 +147,28 @@ mod os;
 mod page_heap;
 mod size_class;
 mod stats;
-mod thread_heap;
 mod transfer;
 
 /// The tiers as plain values, for loom models, benchmarks and white-box tests. Not a
 /// stable API.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::backend::{Backend, Locks, Route, route};
+    /// The backend alone (the shared tiers below the front end).
+    pub use crate::backend::Backend as SharedTiers;
+    pub use crate::backend::{Locks, Route, route};
     pub use crate::central::{Batch, Central};
     pub use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, USABLE_PAGES};
+    /// One allocator instance (front end over the shared tiers), under the name the
+    /// models and tests use; it derefs to [`SharedTiers`].
+    pub use crate::front::Allocator as Backend;
+    pub use crate::front::thread_cache::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
+    pub use crate::front::{Allocator, FrontEnd};
     pub use crate::huge::HugeRegistry;
     pub use crate::link::FreeObj;
     pub use crate::meta::MetaArena;
     pub use crate::os::{OS_PAGE, Os, OsError, SysOs};
     pub use crate::page_heap::{CHUNK_RESERVE, DEFAULT_PURGE_DELAY_MS, PageHeap, PageHeapStats};
     pub use crate::size_class::*;
-    pub use crate::thread_heap::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
     pub use crate::transfer::{BatchDesc, DescPool, NIL, TransferStack};
 }
 

@@ -1,5 +1,9 @@
-//! Statistics: the counters the shared tiers keep, and [`Stats`], a snapshot of the
-//! whole heap assembled on demand.
+//! Statistics: [`Stats`], a snapshot of the whole heap assembled on demand.
+//!
+//! Sits above the tiers and only reads them: the front end's heaps (through
+//! `Allocator::with_heaps_and_classes_locked`), the backend's counters
+//! (`backend::Counters`, kept where the counted paths are), the central tier's
+//! stacks and the page heap's spans. Nothing below imports this module.
 //!
 //! Nothing here runs on the fast path. The thread heaps count one thing there
 //! (`allocs`, one `add` to memory per pop); everything else is counted where objects
@@ -18,80 +22,15 @@
 //! quiescent, otherwise off by the batches in flight. Derived figures are clamped so
 //! that `allocated ≤ active ≤ mapped` and `resident ≤ mapped` always hold.
 
-use crate::backend::Backend;
+// `global` counts reallocations through this path.
+pub(crate) use crate::backend::Counters;
 use crate::chunk::{HEADER_PAGES, SPAN_ZEROED, SpanKind};
+use crate::front::Allocator;
+use crate::front::thread_cache::HeapCounters;
 use crate::os::Os;
 use crate::size_class::{CHUNK_SIZE, CLASS_SIZE, NUM_CLASSES, PAGE_SIZE, SizeClass};
-use crate::sync::{AtomicU64, Ordering, fence};
-use crate::thread_heap::HeapCounters;
+use crate::sync::{Ordering, fence};
 use core::fmt::{self, Write as _};
-
-/// Counters kept by the shared tiers for paths that bypass thread heaps.
-///
-/// Invariant: each counter only grows, except `out_bytes`, which is the sum of the
-/// flows published by thread heaps and large/huge allocations minus their frees.
-pub(crate) struct Counters {
-    /// Small objects allocated and freed without a thread heap (threads set up or
-    /// torn down).
-    pub direct_allocs: AtomicU64,
-    pub direct_frees: AtomicU64,
-    pub large_allocs: AtomicU64,
-    pub large_frees: AtomicU64,
-    pub huge_allocs: AtomicU64,
-    pub huge_frees: AtomicU64,
-    /// Reallocations by threads without a live heap.
-    pub reallocs: AtomicU64,
-    pub reallocs_in_place: AtomicU64,
-    /// Bytes handed out of the central tier (live plus thread-cached) plus large and
-    /// huge blocks, to within `PUBLISH_BYTES` per thread (wrapping signed sum).
-    out_bytes: AtomicU64,
-    /// High-water mark of `out_bytes`.
-    peak_out_bytes: AtomicU64,
-}
-
-impl Counters {
-    crate::sync::loom_const_fn! {
-        pub(crate) fn new() -> Counters {
-            Counters {
-                direct_allocs: AtomicU64::new(0),
-                direct_frees: AtomicU64::new(0),
-                large_allocs: AtomicU64::new(0),
-                large_frees: AtomicU64::new(0),
-                huge_allocs: AtomicU64::new(0),
-                huge_frees: AtomicU64::new(0),
-                reallocs: AtomicU64::new(0),
-                reallocs_in_place: AtomicU64::new(0),
-                out_bytes: AtomicU64::new(0),
-                peak_out_bytes: AtomicU64::new(0),
-            }
-        }
-    }
-
-    /// Adds one to a counter. Relaxed: statistics; nothing is published with them.
-    #[inline]
-    pub(crate) fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `delta` bytes to the flow out of the shared tiers and updates its peak.
-    pub(crate) fn flow(&self, delta: isize) {
-        if delta == 0 {
-            return;
-        }
-        // Relaxed: statistics. The sum is kept wrapping, as two's complement.
-        let now = self
-            .out_bytes
-            .fetch_add(delta as i64 as u64, Ordering::Relaxed)
-            .wrapping_add(delta as i64 as u64);
-        if delta > 0 && (now as i64) > 0 {
-            self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-
-    fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
 
 /// One size class in a [`Stats`] snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,7 +134,7 @@ pub struct Stats {
     pub classes: [ClassStats; NUM_CLASSES],
 }
 
-impl<O: Os> Backend<O> {
+impl<O: Os> Allocator<O> {
     /// Assembles a [`Stats`] snapshot (takes every class lock, then the page-heap lock,
     /// one after the other; never allocates).
     pub fn stats(&self) -> Stats {
@@ -351,7 +290,7 @@ impl<O: Os> Backend<O> {
             purged_bytes_total: ph.purged_bytes_total,
             unmapped_bytes_total: ph.unmapped_bytes_total,
             peak_resident_bytes: (self.page_heap.peak_resident_bytes() as u64 + meta).max(resident),
-            peak_allocated_bytes: Counters::get(&c.peak_out_bytes).max(allocated),
+            peak_allocated_bytes: c.peak_out_bytes().max(allocated),
             allocs,
             // Derived from counters another thread may be updating as we read them
             // (relaxed, so each may be a little stale): a process never freed more

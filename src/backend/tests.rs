@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::huge::{DEFAULT_CACHE_BYTES, MAX_CACHED_BLOCK};
+use crate::os::OS_PAGE;
 use crate::os::flaky::FlakyOs;
 use core::sync::atomic::Ordering::Relaxed;
 

@@ -1,11 +1,21 @@
-//! The thread heap: per size class, an intrusive free list. The only fast path.
+//! The thread-cache front end: per thread, per size class, an intrusive free list.
+//! The only fast path.
+//!
+//! Who calls whom: `global` calls the fast paths (`pop`, `try_push`) and, on a
+//! miss, the slow paths (`slow`), through the [`crate::front::FrontEnd`]
+//! interface, which `ThreadCaches` implements; the slow paths call the backend's
+//! narrow front-end interface (`Backend::refill`, `Backend::flush`,
+//! `Backend::note_flow`) and nothing below it. `pool` keeps every heap; `stats`
+//! reads the heaps' atomic counters from above. Files: this one (the heap, its
+//! lists, the fast paths and the counters others read), `slow` (refill, flush,
+//! adaptive maxima), `pool`, `validate`.
 //!
 //! Call tree (global.rs drives it):
 //! ```text
 //! alloc:  size→class ─ tls heap ─ pop(c) ─── hit: one branch + the link check
-//!                                  └ miss ─ alloc_slow(c) ─ Central::refill ─ (TransferStack::pop | carve spans)
+//!                                  └ miss ─ alloc_slow(c) ─ Backend::refill ─ Central::refill ─ (TransferStack::pop | carve spans)
 //! free:   size→class ─ tls heap ─ try_push ── hit: one branch
-//!                                  └ full ─ free_slow(c, p) ─ grow max | Central::flush ─ (push | spans)
+//!                                  └ full ─ free_slow(c, p) ─ grow max | Backend::flush ─ Central::flush ─ (push | spans)
 //! ```
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 56.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
@@ -44,14 +54,9 @@
 //! `max × size` over classes stays within the thread's byte budget; over budget, other
 //! classes' `max` are lowered (stolen from) round robin.
 
-use crate::Violation;
-use crate::backend::Backend;
-use crate::link::{self, FreeObj, HARDENED, LinkKey, ensure_key};
-use crate::os::Os;
-use crate::page_heap::check;
-use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::link::{FreeObj, HARDENED, LinkKey, ensure_key};
+use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, UnsafeCell, fence};
-use crate::transfer::chain_tail;
 use core::ptr;
 
 /// A plain field of a heap that only the heap's owner reads and writes (the owning
@@ -429,178 +434,6 @@ impl ThreadHeap {
         true
     }
 
-    /// Slow path of alloc on a live heap: refill class `c` from the central tier and
-    /// return one object (null if the OS refuses memory).
-    ///
-    /// # Safety
-    /// The heap is live and belongs to the calling thread.
-    #[cold]
-    #[inline(never)]
-    pub unsafe fn alloc_slow<O: Os>(&self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
-        #[cfg(strata_loom)]
-        self.touch();
-        debug_check!(
-            self.state() == HeapState::Live,
-            "slow path on a heap that is not live"
-        );
-        self.begin_move();
-        let b = be.central.refill(c, &be.page_heap);
-        if b.count == 0 {
-            self.end_move();
-            return ptr::null_mut();
-        }
-        self.received.add(b.count as u64);
-        let list = &self.lists[c.index()];
-        list.allocs.add(1);
-        self.note_flow((b.count * c.size_bytes()) as isize, be);
-        debug_check!(
-            list.head.get().is_null() && list.len.get() == 0,
-            "alloc_slow: refill into a list that is not empty"
-        );
-        // SAFETY: the refill gave us a chain of b.count >= 1 class-c objects.
-        list.head.set(unsafe { FreeObj::next(b.head, c) });
-        list.len.set(b.count as u32 - 1);
-        self.end_move();
-        // SAFETY: the batch's first object is ours to hand out (see `pop`).
-        unsafe { FreeObj::clear(b.head) };
-        b.head.cast()
-    }
-
-    /// Slow path of free on a live heap: the list is at its max. Grow the max if the
-    /// budget allows, else flush a batch to the central tier; then cache `p`.
-    ///
-    /// # Safety
-    /// As for `try_push`, and the heap is live (not a sentinel).
-    #[cold]
-    #[inline(never)]
-    pub unsafe fn free_slow<O: Os>(&self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
-        #[cfg(strata_loom)]
-        self.touch();
-        debug_check!(
-            self.state() == HeapState::Live,
-            "slow path on a heap that is not live"
-        );
-        let ci = c.index();
-        let list = &self.lists[ci];
-        // SAFETY: the caller gives up `p`, a class-c block of ours.
-        if unsafe { FreeObj::looks_free(p.cast(), self.link_key.get()) } {
-            // Already cached here? Then it is a double free; if not, the program's
-            // data happened to decode as a link (or the block sits in another cache,
-            // which this cannot see), and it goes straight to the central tier below.
-            if let Some(depth) = self.position_in_list(ci, p.cast()) {
-                link::double_free(p, c, depth);
-            }
-        }
-        let (size, batch, cap) = (
-            CLASS_SIZE[ci] as usize,
-            CLASS_BATCH[ci] as u32,
-            CLASS_CAP[ci] as u32,
-        );
-        let max = list.max.get();
-        if max < cap {
-            let grown = (max + batch).min(cap);
-            let extra = (grown - max) as usize * size;
-            if self.max_bytes.get() + extra > self.budget_bytes.get() {
-                self.steal(extra, ci, be);
-            }
-            if self.max_bytes.get() + extra <= self.budget_bytes.get() {
-                list.max.set(grown);
-                self.max_bytes.set(self.max_bytes.get() + extra);
-            }
-        }
-        let len = list.len.get();
-        let max = list.max.get();
-        if len >= max {
-            // Flush at least a batch, and enough to get back under max (a refill can
-            // leave the list above a max that was since lowered).
-            let n = (len + 1 - max.min(len + 1)).max(batch).min(len);
-            if n > 0 {
-                // SAFETY: the list holds len >= n objects (invariant 1).
-                unsafe { self.flush_front(ci, n as usize, be) };
-            }
-        }
-        // SAFETY: forwarded contract; the list now has room or max is 0.
-        unsafe {
-            if !self.try_push(c, p) {
-                // Nothing may be cached (budget exhausted, max 0): straight back.
-                FreeObj::set_next(p.cast(), ptr::null_mut());
-                self.begin_move();
-                self.returned.add(1);
-                self.note_flow(-(size as isize), be);
-                be.central.flush(c, p.cast(), 1, &be.page_heap, &be.meta);
-                self.end_move();
-            }
-        }
-    }
-
-    /// Where `obj` is in list `ci`, counted from the head; None if it is not there.
-    /// A walk of at most `len` links (each checked), on the free slow path only.
-    fn position_in_list(&self, ci: usize, obj: *mut FreeObj) -> Option<usize> {
-        let list = &self.lists[ci];
-        let mut o = list.head.get();
-        for depth in 0..list.len.get() as usize {
-            if o.is_null() {
-                break;
-            }
-            if o == obj {
-                return Some(depth);
-            }
-            // SAFETY: a cached object of the class (invariant 1) whose link is
-            // followed as `pop` would.
-            o = unsafe { FreeObj::next(o, SizeClass(ci as u8)) };
-        }
-        None
-    }
-
-    /// Lowers other classes' max (round robin, a batch at a time) until `need` more
-    /// bytes fit the budget or every class was tried once (owner only, as the
-    /// callers' contracts say).
-    fn steal<O: Os>(&self, need: usize, keep: usize, be: &Backend<O>) {
-        for _ in 0..NUM_CLASSES {
-            if self.max_bytes.get() + need <= self.budget_bytes.get() {
-                return;
-            }
-            let v = self.steal_next.get() as usize;
-            self.steal_next.set(((v + 1) % NUM_CLASSES) as u8);
-            let list = &self.lists[v];
-            if v == keep || list.max.get() == 0 {
-                continue;
-            }
-            let cut = (CLASS_BATCH[v] as u32).min(list.max.get());
-            list.max.set(list.max.get() - cut);
-            self.max_bytes
-                .set(self.max_bytes.get() - cut as usize * CLASS_SIZE[v] as usize);
-            let excess = list.len.get().saturating_sub(list.max.get());
-            if excess > 0 {
-                // SAFETY: the list holds len > excess objects.
-                unsafe { self.flush_front(v, excess as usize, be) };
-            }
-        }
-    }
-
-    /// Hands the first `n` objects of list `ci` to the central tier.
-    ///
-    /// # Safety
-    /// `1 <= n <= lists[ci].len`; the calling thread owns the heap.
-    unsafe fn flush_front<O: Os>(&self, ci: usize, n: usize, be: &Backend<O>) {
-        self.begin_move();
-        let list = &self.lists[ci];
-        let head = list.head.get();
-        let c = SizeClass(ci as u8);
-        // SAFETY: the list has at least n class-ci objects (contract and invariant 1).
-        unsafe {
-            let tail = chain_tail(head, n, c);
-            list.head.set(FreeObj::next(tail, c));
-            FreeObj::set_next(tail, ptr::null_mut());
-        }
-        list.len.sub(n as u32);
-        self.returned.add(n as u64);
-        self.note_flow(-((n * CLASS_SIZE[ci] as usize) as isize), be);
-        // SAFETY: the chain holds n class-ci objects nobody uses.
-        unsafe { be.central.flush(c, head, n, &be.page_heap, &be.meta) };
-        self.end_move();
-    }
-
     /// Opens a move (invariant 6 and [`ThreadHeap::move_seq`]): the odd sequence is
     /// stored before any of the move's writes, which the fence keeps after it.
     #[inline]
@@ -634,40 +467,6 @@ impl ThreadHeap {
     /// The second read of [`ThreadHeap::move_seq`] (after the reader's Acquire fence).
     pub fn move_seq_again(&self) -> u64 {
         self.move_seq.load(Ordering::Relaxed)
-    }
-
-    /// Returns every cached object to the central tier and resets the adaptive maxima.
-    ///
-    /// # Safety
-    /// The calling thread owns the heap; it is not a sentinel.
-    pub unsafe fn flush_all<O: Os>(&self, be: &Backend<O>) {
-        #[cfg(strata_loom)]
-        self.touch();
-        for (ci, &batch) in CLASS_BATCH.iter().enumerate() {
-            let list = &self.lists[ci];
-            while list.len.get() > 0 {
-                let n = (batch as u32).min(list.len.get());
-                // SAFETY: 1 <= n <= len; the contract.
-                unsafe { self.flush_front(ci, n as usize, be) };
-            }
-            list.max.set(0);
-        }
-        self.max_bytes.set(0);
-        be.counters.flow(self.unpublished.get());
-        self.unpublished.set(0);
-    }
-
-    /// Sets the byte budget; shrinks maxima now if it dropped.
-    ///
-    /// # Safety
-    /// The calling thread owns the heap; it is not a sentinel.
-    pub unsafe fn set_budget<O: Os>(&self, budget_bytes: usize, be: &Backend<O>) {
-        #[cfg(strata_loom)]
-        self.touch();
-        self.budget_bytes.set(budget_bytes);
-        if self.max_bytes.get() > budget_bytes {
-            self.steal(0, NUM_CLASSES, be);
-        }
     }
 
     /// Whether no list holds an object and every max is 0 (a flushed heap, or a
@@ -704,211 +503,13 @@ impl ThreadHeap {
             reallocs_in_place: self.reallocs_in_place.get(),
         }
     }
-
-    /// Counts a reallocation (owner only; not on a sentinel).
-    pub fn note_realloc(&self, in_place: bool) {
-        debug_check!(
-            self.state() == HeapState::Live,
-            "note_realloc on a heap that is not live"
-        );
-        self.reallocs.add(1);
-        if in_place {
-            self.reallocs_in_place.add(1);
-        }
-    }
-
-    /// Adds `delta` bytes of flow from the central tier; publishes past the threshold
-    /// (owner only, as the callers' contracts say).
-    #[inline]
-    fn note_flow<O: Os>(&self, delta: isize, be: &Backend<O>) {
-        let unpublished = self.unpublished.get() + delta;
-        if unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
-            be.counters.flow(unpublished);
-            self.unpublished.set(0);
-        } else {
-            self.unpublished.set(unpublished);
-        }
-    }
-
-    /// Checks invariants 1, 3, 4, 5, 6 and 7: list lengths match their chains,
-    /// objects are ours and their links decode, the budget and the counters add up,
-    /// a live heap has the process's link key, no move is open (the heap is its
-    /// caller's or pooled, so none can be), and a sentinel is still empty.
-    ///
-    /// # Safety
-    /// The calling thread owns the heap (or holds it pooled under the pool lock), or
-    /// it is a sentinel: the plain fields are read.
-    pub unsafe fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
-        let sentinel = matches!(self.state(), HeapState::Empty | HeapState::Dead);
-        check(
-            !sentinel || (self.is_empty() && self.max_bytes.get() == 0),
-            "ThreadHeap",
-            7,
-            "a sentinel heap was written",
-            self as *const ThreadHeap as usize,
-        )?;
-        let seq = self.move_seq_again();
-        check(
-            seq % 2 == 0,
-            "ThreadHeap",
-            6,
-            "a move is still open",
-            seq as usize,
-        )?;
-        check(
-            self.state() != HeapState::Live || self.link_key.get() == LinkKey::current(),
-            "ThreadHeap",
-            5,
-            "link key differs from the process's",
-            0,
-        )?;
-        let mut max_bytes = 0;
-        for (ci, l) in self.lists.iter().enumerate() {
-            max_bytes += l.max.get() as usize * CLASS_SIZE[ci] as usize;
-            let mut n = 0u32;
-            let mut o = l.head.get();
-            while !o.is_null() {
-                check(
-                    be.page_heap.owns(o.cast()),
-                    "FreeList",
-                    1,
-                    "cached object not in our chunks",
-                    o as usize,
-                )?;
-                check(
-                    n < l.len.get(),
-                    "FreeList",
-                    1,
-                    "chain longer than len",
-                    o as usize,
-                )?;
-                n += 1;
-                // SAFETY: a cached object in our chunk; its first word is the link.
-                let next = unsafe { FreeObj::try_next(o) };
-                check(
-                    next.is_some(),
-                    "FreeList",
-                    1,
-                    "link does not decode (overwritten)",
-                    o as usize,
-                )?;
-                o = next.unwrap_or(ptr::null_mut());
-            }
-            check(
-                n == l.len.get(),
-                "FreeList",
-                1,
-                "chain shorter than len",
-                ci,
-            )?;
-        }
-        check(
-            max_bytes == self.max_bytes.get(),
-            "ThreadHeap",
-            3,
-            "max_bytes differs from the lists",
-            0,
-        )?;
-        let k = self.counters();
-        check(
-            k.allocs + k.returned + k.cached >= k.received,
-            "ThreadHeap",
-            4,
-            "more objects received than handed out, returned and cached",
-            k.received as usize,
-        )
-    }
 }
+
+mod pool;
+mod slow;
+mod validate;
+
+pub use pool::{AllHeaps, ThreadCaches};
 
 #[cfg(all(test, not(strata_loom)))]
-mod tests {
-    use super::*;
-
-    static SENTINEL: ThreadHeap = ThreadHeap::new(HeapState::Empty);
-
-    /// A raw pointer handed to a scoped thread, provenance kept (Miri checks it).
-    #[derive(Clone, Copy)]
-    struct SendPtr<T>(*mut T);
-    // SAFETY: the tests say who may use the pointee when.
-    unsafe impl<T> Send for SendPtr<T> {}
-
-    /// Invariant 7: threads running both fast paths on one shared sentinel, through
-    /// a `*mut` as the TLS slot holds it (as `global` does), only read it: every pop
-    /// misses, every push is refused, the object pushed is not written, and the
-    /// sentinel is still empty with `max == 0` after. Under Miri
-    /// (`cargo +nightly miri test --lib sentinel`) this is also the check that no
-    /// `&mut` is made of the shared static: with `pop(&mut self)` Miri reports the
-    /// retag of a shared-read-only static as `Unique`.
-    #[test]
-    fn sentinel_fast_paths_only_read_the_shared_sentinel() {
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(move || {
-                    let h = &SENTINEL as *const ThreadHeap as *mut ThreadHeap;
-                    let mut block = [0x5au8; 64];
-                    for ci in 0..NUM_CLASSES {
-                        let c = SizeClass(ci as u8);
-                        // SAFETY: a valid class; a sentinel, which the fast paths only
-                        // read (invariant 7); the block is ours and large enough.
-                        unsafe {
-                            assert!((*h).pop(c).is_null());
-                            assert!(!(*h).try_push(c, block.as_mut_ptr()));
-                        }
-                    }
-                    assert!(block.iter().all(|&b| b == 0x5a), "refused push wrote");
-                });
-            }
-        });
-        assert!(SENTINEL.is_empty());
-        assert_eq!(SENTINEL.state(), HeapState::Empty);
-        assert_eq!(SENTINEL.counters(), HeapCounters::default());
-        assert_eq!(SENTINEL.max_bytes.get(), 0);
-    }
-
-    /// The owner pushes and pops through its fast paths while another thread reads
-    /// the heap's counters, as `stats()` does through the list of all heaps: the
-    /// reader sees at most the objects the list can hold, and the counters add up at
-    /// the end. Under Miri this is the check that the owner's accesses and the
-    /// reader's shared reference may coexist (no `&mut ThreadHeap`).
-    #[test]
-    fn owner_fast_paths_and_a_counter_reader_share_one_heap() {
-        const N: usize = 4;
-        let heap = Box::new(ThreadHeap::new(HeapState::Pooled));
-        // SAFETY: a fresh heap this thread owns until the scope below.
-        unsafe { heap.activate(DEFAULT_CACHE_BUDGET) };
-        let c = SizeClass(0);
-        heap.lists[0].max.set(N as u32);
-        let mut blocks = [[0u64; 4]; N];
-        let bp = SendPtr(blocks.as_mut_ptr());
-        let rounds = if cfg!(miri) { 8 } else { 10_000 };
-        let h = &*heap;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let bp = bp;
-                for _ in 0..rounds {
-                    for i in 0..N {
-                        // SAFETY: i < N, inside `blocks`.
-                        let p = unsafe { bp.0.add(i) }.cast::<u8>();
-                        // SAFETY: the heap is this thread's (the main thread only
-                        // reads atomics meanwhile); the blocks are free and ours.
-                        assert!(unsafe { h.try_push(c, p) });
-                    }
-                    for _ in 0..N {
-                        // SAFETY: as above.
-                        assert!(!unsafe { h.pop(c) }.is_null());
-                    }
-                }
-            });
-            for _ in 0..rounds {
-                let k = h.counters();
-                assert!(k.cached <= N as u64 && h.cached(c) <= N);
-                assert!(k.allocs <= (rounds * N) as u64);
-            }
-        });
-        let k = heap.counters();
-        assert_eq!(
-            (k.allocs, k.cached, k.received),
-            ((rounds * N) as u64, 0, 0)
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,246 @@
+//! The thread cache's slow paths: refill from and flush to the backend, the
+//! adaptive maxima (grow on overflow, steal under the byte budget), the double-free
+//! walk, whole-cache flush and budget changes. Called by `global` on a fast-path
+//! miss and at thread exit (through `pool`); calls only the backend's front-end
+//! interface.
+
+use super::{HeapState, PUBLISH_BYTES, ThreadHeap};
+use crate::backend::Backend;
+use crate::link::{self, FreeObj};
+use crate::os::Os;
+use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::transfer::chain_tail;
+use core::ptr;
+
+impl ThreadHeap {
+    /// Slow path of alloc on a live heap: refill class `c` from the central tier and
+    /// return one object (null if the OS refuses memory).
+    ///
+    /// # Safety
+    /// The heap is live and belongs to the calling thread.
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn alloc_slow<O: Os>(&self, c: SizeClass, be: &Backend<O>) -> *mut u8 {
+        #[cfg(strata_loom)]
+        self.touch();
+        debug_check!(
+            self.state() == HeapState::Live,
+            "slow path on a heap that is not live"
+        );
+        self.begin_move();
+        let b = be.refill(c);
+        if b.count == 0 {
+            self.end_move();
+            return ptr::null_mut();
+        }
+        self.received.add(b.count as u64);
+        let list = &self.lists[c.index()];
+        list.allocs.add(1);
+        self.note_flow((b.count * c.size_bytes()) as isize, be);
+        debug_check!(
+            list.head.get().is_null() && list.len.get() == 0,
+            "alloc_slow: refill into a list that is not empty"
+        );
+        // SAFETY: the refill gave us a chain of b.count >= 1 class-c objects.
+        list.head.set(unsafe { FreeObj::next(b.head, c) });
+        list.len.set(b.count as u32 - 1);
+        self.end_move();
+        // SAFETY: the batch's first object is ours to hand out (see `pop`).
+        unsafe { FreeObj::clear(b.head) };
+        b.head.cast()
+    }
+
+    /// Slow path of free on a live heap: the list is at its max. Grow the max if the
+    /// budget allows, else flush a batch to the central tier; then cache `p`.
+    ///
+    /// # Safety
+    /// As for `try_push`, and the heap is live (not a sentinel).
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn free_slow<O: Os>(&self, c: SizeClass, p: *mut u8, be: &Backend<O>) {
+        #[cfg(strata_loom)]
+        self.touch();
+        debug_check!(
+            self.state() == HeapState::Live,
+            "slow path on a heap that is not live"
+        );
+        let ci = c.index();
+        let list = &self.lists[ci];
+        // SAFETY: the caller gives up `p`, a class-c block of ours.
+        if unsafe { FreeObj::looks_free(p.cast(), self.link_key.get()) } {
+            // Already cached here? Then it is a double free; if not, the program's
+            // data happened to decode as a link (or the block sits in another cache,
+            // which this cannot see), and it goes straight to the central tier below.
+            if let Some(depth) = self.position_in_list(ci, p.cast()) {
+                link::double_free(p, c, depth);
+            }
+        }
+        let (size, batch, cap) = (
+            CLASS_SIZE[ci] as usize,
+            CLASS_BATCH[ci] as u32,
+            CLASS_CAP[ci] as u32,
+        );
+        let max = list.max.get();
+        if max < cap {
+            let grown = (max + batch).min(cap);
+            let extra = (grown - max) as usize * size;
+            if self.max_bytes.get() + extra > self.budget_bytes.get() {
+                self.steal(extra, ci, be);
+            }
+            if self.max_bytes.get() + extra <= self.budget_bytes.get() {
+                list.max.set(grown);
+                self.max_bytes.set(self.max_bytes.get() + extra);
+            }
+        }
+        let len = list.len.get();
+        let max = list.max.get();
+        if len >= max {
+            // Flush at least a batch, and enough to get back under max (a refill can
+            // leave the list above a max that was since lowered).
+            let n = (len + 1 - max.min(len + 1)).max(batch).min(len);
+            if n > 0 {
+                // SAFETY: the list holds len >= n objects (invariant 1).
+                unsafe { self.flush_front(ci, n as usize, be) };
+            }
+        }
+        // SAFETY: forwarded contract; the list now has room or max is 0.
+        unsafe {
+            if !self.try_push(c, p) {
+                // Nothing may be cached (budget exhausted, max 0): straight back.
+                FreeObj::set_next(p.cast(), ptr::null_mut());
+                self.begin_move();
+                self.returned.add(1);
+                self.note_flow(-(size as isize), be);
+                be.flush(c, p.cast(), 1);
+                self.end_move();
+            }
+        }
+    }
+
+    /// Where `obj` is in list `ci`, counted from the head; None if it is not there.
+    /// A walk of at most `len` links (each checked), on the free slow path only.
+    fn position_in_list(&self, ci: usize, obj: *mut FreeObj) -> Option<usize> {
+        let list = &self.lists[ci];
+        let mut o = list.head.get();
+        for depth in 0..list.len.get() as usize {
+            if o.is_null() {
+                break;
+            }
+            if o == obj {
+                return Some(depth);
+            }
+            // SAFETY: a cached object of the class (invariant 1) whose link is
+            // followed as `pop` would.
+            o = unsafe { FreeObj::next(o, SizeClass(ci as u8)) };
+        }
+        None
+    }
+
+    /// Lowers other classes' max (round robin, a batch at a time) until `need` more
+    /// bytes fit the budget or every class was tried once (owner only, as the
+    /// callers' contracts say).
+    fn steal<O: Os>(&self, need: usize, keep: usize, be: &Backend<O>) {
+        for _ in 0..NUM_CLASSES {
+            if self.max_bytes.get() + need <= self.budget_bytes.get() {
+                return;
+            }
+            let v = self.steal_next.get() as usize;
+            self.steal_next.set(((v + 1) % NUM_CLASSES) as u8);
+            let list = &self.lists[v];
+            if v == keep || list.max.get() == 0 {
+                continue;
+            }
+            let cut = (CLASS_BATCH[v] as u32).min(list.max.get());
+            list.max.set(list.max.get() - cut);
+            self.max_bytes
+                .set(self.max_bytes.get() - cut as usize * CLASS_SIZE[v] as usize);
+            let excess = list.len.get().saturating_sub(list.max.get());
+            if excess > 0 {
+                // SAFETY: the list holds len > excess objects.
+                unsafe { self.flush_front(v, excess as usize, be) };
+            }
+        }
+    }
+
+    /// Hands the first `n` objects of list `ci` to the central tier.
+    ///
+    /// # Safety
+    /// `1 <= n <= lists[ci].len`; the calling thread owns the heap.
+    unsafe fn flush_front<O: Os>(&self, ci: usize, n: usize, be: &Backend<O>) {
+        self.begin_move();
+        let list = &self.lists[ci];
+        let head = list.head.get();
+        let c = SizeClass(ci as u8);
+        // SAFETY: the list has at least n class-ci objects (contract and invariant 1).
+        unsafe {
+            let tail = chain_tail(head, n, c);
+            list.head.set(FreeObj::next(tail, c));
+            FreeObj::set_next(tail, ptr::null_mut());
+        }
+        list.len.sub(n as u32);
+        self.returned.add(n as u64);
+        self.note_flow(-((n * CLASS_SIZE[ci] as usize) as isize), be);
+        // SAFETY: the chain holds n class-ci objects nobody uses.
+        unsafe { be.flush(c, head, n) };
+        self.end_move();
+    }
+
+    /// Returns every cached object to the central tier and resets the adaptive maxima.
+    ///
+    /// # Safety
+    /// The calling thread owns the heap; it is not a sentinel.
+    pub unsafe fn flush_all<O: Os>(&self, be: &Backend<O>) {
+        #[cfg(strata_loom)]
+        self.touch();
+        for (ci, &batch) in CLASS_BATCH.iter().enumerate() {
+            let list = &self.lists[ci];
+            while list.len.get() > 0 {
+                let n = (batch as u32).min(list.len.get());
+                // SAFETY: 1 <= n <= len; the contract.
+                unsafe { self.flush_front(ci, n as usize, be) };
+            }
+            list.max.set(0);
+        }
+        self.max_bytes.set(0);
+        be.note_flow(self.unpublished.get());
+        self.unpublished.set(0);
+    }
+
+    /// Sets the byte budget; shrinks maxima now if it dropped.
+    ///
+    /// # Safety
+    /// The calling thread owns the heap; it is not a sentinel.
+    pub unsafe fn set_budget<O: Os>(&self, budget_bytes: usize, be: &Backend<O>) {
+        #[cfg(strata_loom)]
+        self.touch();
+        self.budget_bytes.set(budget_bytes);
+        if self.max_bytes.get() > budget_bytes {
+            self.steal(0, NUM_CLASSES, be);
+        }
+    }
+
+    /// Counts a reallocation (owner only; not on a sentinel).
+    pub fn note_realloc(&self, in_place: bool) {
+        debug_check!(
+            self.state() == HeapState::Live,
+            "note_realloc on a heap that is not live"
+        );
+        self.reallocs.add(1);
+        if in_place {
+            self.reallocs_in_place.add(1);
+        }
+    }
+
+    /// Adds `delta` bytes of flow from the central tier; publishes past the threshold
+    /// (owner only, as the callers' contracts say).
+    #[inline]
+    fn note_flow<O: Os>(&self, delta: isize, be: &Backend<O>) {
+        let unpublished = self.unpublished.get() + delta;
+        if unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
+            be.note_flow(unpublished);
+            self.unpublished.set(0);
+        } else {
+            self.unpublished.set(unpublished);
+        }
+    }
+}

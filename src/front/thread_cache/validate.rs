@@ -1,0 +1,102 @@
+//! `ThreadHeap::validate`: the heap's numbered invariants, checked by its owner
+//! (or under the pool lock for a pooled heap).
+
+use super::{HeapState, ThreadHeap};
+use crate::Violation;
+use crate::backend::Backend;
+use crate::check::check;
+use crate::link::{FreeObj, LinkKey};
+use crate::os::Os;
+use crate::size_class::CLASS_SIZE;
+use core::ptr;
+
+impl ThreadHeap {
+    /// Checks invariants 1, 3, 4, 5, 6 and 7: list lengths match their chains,
+    /// objects are ours and their links decode, the budget and the counters add up,
+    /// a live heap has the process's link key, no move is open (the heap is its
+    /// caller's or pooled, so none can be), and a sentinel is still empty.
+    ///
+    /// # Safety
+    /// The calling thread owns the heap (or holds it pooled under the pool lock), or
+    /// it is a sentinel: the plain fields are read.
+    pub unsafe fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
+        let sentinel = matches!(self.state(), HeapState::Empty | HeapState::Dead);
+        check(
+            !sentinel || (self.is_empty() && self.max_bytes.get() == 0),
+            "ThreadHeap",
+            7,
+            "a sentinel heap was written",
+            self as *const ThreadHeap as usize,
+        )?;
+        let seq = self.move_seq_again();
+        check(
+            seq % 2 == 0,
+            "ThreadHeap",
+            6,
+            "a move is still open",
+            seq as usize,
+        )?;
+        check(
+            self.state() != HeapState::Live || self.link_key.get() == LinkKey::current(),
+            "ThreadHeap",
+            5,
+            "link key differs from the process's",
+            0,
+        )?;
+        let mut max_bytes = 0;
+        for (ci, l) in self.lists.iter().enumerate() {
+            max_bytes += l.max.get() as usize * CLASS_SIZE[ci] as usize;
+            let mut n = 0u32;
+            let mut o = l.head.get();
+            while !o.is_null() {
+                check(
+                    be.owns(o.cast()),
+                    "FreeList",
+                    1,
+                    "cached object not in our chunks",
+                    o as usize,
+                )?;
+                check(
+                    n < l.len.get(),
+                    "FreeList",
+                    1,
+                    "chain longer than len",
+                    o as usize,
+                )?;
+                n += 1;
+                // SAFETY: a cached object in our chunk; its first word is the link.
+                let next = unsafe { FreeObj::try_next(o) };
+                check(
+                    next.is_some(),
+                    "FreeList",
+                    1,
+                    "link does not decode (overwritten)",
+                    o as usize,
+                )?;
+                o = next.unwrap_or(ptr::null_mut());
+            }
+            check(
+                n == l.len.get(),
+                "FreeList",
+                1,
+                "chain shorter than len",
+                ci,
+            )?;
+        }
+        check(
+            max_bytes == self.max_bytes.get(),
+            "ThreadHeap",
+            3,
+            "max_bytes differs from the lists",
+            0,
+        )?;
+        let k = self.counters();
+        check(
+            k.allocs + k.returned + k.cached >= k.received,
+            "ThreadHeap",
+            4,
+            "more objects received than handed out, returned and cached",
+            k.received as usize,
+        )
+    }
+}
