@@ -112,10 +112,7 @@ pub(crate) use loom::cell::UnsafeCell;
 #[inline]
 pub(crate) fn yield_thread() {
     #[cfg(not(strata_loom))]
-    // SAFETY: sched_yield has no preconditions.
-    unsafe {
-        libc::sched_yield();
-    }
+    crate::platform::yield_now();
     #[cfg(strata_loom)]
     loom::thread::yield_now();
 }
@@ -265,33 +262,9 @@ impl RawLock {
     }
 }
 
+// The OS's futex (a spurious return is fine: the lock's callers loop).
 #[cfg(not(strata_loom))]
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference; a spurious
-    // return is fine because the caller loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            core::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-#[cfg(not(strata_loom))]
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only uses the address as a key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
-}
+use crate::platform::{futex_wait, futex_wake_one as futex_wake};
 
 /// Loom: a futex for one lock word, as a loom mutex and condition variable, so that
 /// a waiting thread blocks (loom cannot finish a model in which two threads spin on
