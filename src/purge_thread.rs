@@ -102,6 +102,7 @@ pub fn start() -> bool {
 /// Asks the thread to stop; it exits at its next wake-up (within
 /// `MAX_INTERVAL_MS`). Returns whether one was running.
 pub fn stop() -> bool {
+    add_fork_locks();
     let _g = LOCK.guard();
     // Relaxed: under LOCK, as in `start`.
     let was = PID.load(Ordering::Relaxed) == this_pid();

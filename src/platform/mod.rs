@@ -138,8 +138,8 @@ static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// The OS's page size in bytes: a power of two, at least [`OS_PAGE`]. Read from
 /// the OS on the first call (Linux: the auxiliary vector's `AT_PAGESZ`) and cached;
-/// every later call is one load. In unit tests, [`override_page_size`] can make the
-/// calling thread see another size.
+/// every later call is one load. In the crate's unit tests, `override_page_size`
+/// can make the calling thread see another size.
 #[inline]
 pub fn page_size() -> usize {
     #[cfg(test)]
