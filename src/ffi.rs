@@ -13,12 +13,12 @@
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
 //!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
 //!   without allocating, registers the fork handlers (unless the first thread heap
-//!   did already: once per process, see `global.rs`) and, on request, the exit
+//!   did already: once per process, see `global/fork.rs`) and, on request, the exit
 //!   report (`STRATA_SHOW_STATS`) and the heap map written at exit (`STRATA_HEAP_MAP`).
 //! - Fork: the prepare handler takes every allocator lock (in the lock order), the
 //!   parent handler releases them, and the child releases them too, so a child
 //!   forked while other threads allocate can allocate and exit. The handlers live in
-//!   `global.rs`: a Rust program without this feature registers them too.
+//!   `global/fork.rs`: a Rust program without this feature registers them too.
 
 use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global;
@@ -43,7 +43,7 @@ fn set_errno(e: c_int) {
     platform::set_errno(e);
 }
 
-/// `errno = ENOMEM` if `p` is null (the one in global.rs, typed for C).
+/// `errno = ENOMEM` if `p` is null (the one in `global`, typed for C).
 #[inline(always)]
 fn enomem_if_null(p: *mut u8) -> *mut c_void {
     global::enomem_if_null(p).cast()

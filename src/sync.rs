@@ -15,7 +15,7 @@ pub(crate) use loom::sync::atomic::{
 
 mod rank;
 pub(crate) use rank::LockRank;
-#[allow(unused_imports)] // used by global.rs, which loom builds leave out
+#[allow(unused_imports)] // used by global/fork.rs, which loom builds leave out
 pub(crate) use rank::assert_none_held;
 
 /// Declares a constructor that is `const fn` normally and a plain `fn` under loom

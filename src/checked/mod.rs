@@ -3,7 +3,7 @@
 //! written, freed blocks wait in a quarantine filled with a pattern, and any misuse
 //! aborts with one line on stderr naming the pointer, its size class and what was
 //! wrong. Without the feature none of this is compiled: the plain fast paths in
-//! `global.rs` are untouched.
+//! `global` are untouched.
 //!
 //! # Block layout
 //! A request of `n` bytes is served as `n + 9` bytes (route and class chosen for the
@@ -214,7 +214,6 @@ fn check_canary(b: Block, n: usize, verb: Verb) {
 
 #[inline]
 fn enomem() -> *mut u8 {
-    // SAFETY: __errno_location returns this thread's errno slot.
     crate::platform::set_errno(crate::platform::ENOMEM);
     ptr::null_mut()
 }
