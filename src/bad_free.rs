@@ -22,7 +22,7 @@
 
 use crate::global;
 use crate::report::Stderr;
-use core::ffi::{c_char, c_void};
+use core::ffi::c_char;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
@@ -133,53 +133,10 @@ fn classify(p: *const u8) -> Kind {
     }
 }
 
-unsafe extern "C" {
-    /// The top of the main thread's stack (the dynamic loader's, glibc >= 2.1).
-    static __libc_stack_end: *const c_void;
-}
-
-/// Whether `a` lies in the calling thread's stack: the main thread's from its top
-/// (`__libc_stack_end`) down by the stack limit; another thread's from
-/// `pthread_getattr_np`, which for a thread other than the main one reads its
-/// descriptor and does not allocate.
+/// Whether `a` lies in the calling thread's stack (as far as the platform can tell
+/// without allocating; false if it cannot).
 fn on_own_stack(a: usize) -> bool {
-    // SAFETY: getpid and gettid have no preconditions.
-    let main = unsafe { libc::getpid() == libc::gettid() };
-    let (lo, hi) = if main {
-        // SAFETY: a plain read of the loader's exported variable.
-        let top = unsafe { __libc_stack_end } as usize;
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes the struct we pass.
-        let size = if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) } == 0
-            && rl.rlim_cur != libc::RLIM_INFINITY
-        {
-            rl.rlim_cur as usize
-        } else {
-            8 << 20
-        };
-        (top.saturating_sub(size), top)
-    } else {
-        let mut attr = core::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
-        // SAFETY: pthread_getattr_np initialises `attr` on success; on a thread that
-        // is not the main one it copies the stack bounds from the thread's
-        // descriptor (no allocation, no /proc read).
-        unsafe {
-            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
-                return false;
-            }
-            let (mut addr, mut size) = (core::ptr::null_mut::<c_void>(), 0usize);
-            let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
-            libc::pthread_attr_destroy(attr.as_mut_ptr());
-            if !ok {
-                return false;
-            }
-            (addr as usize, addr as usize + size)
-        }
-    };
-    lo <= a && a < hi
+    crate::platform::current_stack().is_some_and(|(lo, hi)| lo <= a && a < hi)
 }
 
 /// `STRATA_BAD_FREE` from the environment block (for `ffi::configure`).

@@ -13,15 +13,16 @@
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
 //!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
 //!   without allocating, registers the fork handlers (unless the first thread heap
-//!   did already: once per process, see `global.rs`) and, on request, the exit
+//!   did already: once per process, see `global/fork.rs`) and, on request, the exit
 //!   report (`STRATA_SHOW_STATS`) and the heap map written at exit (`STRATA_HEAP_MAP`).
 //! - Fork: the prepare handler takes every allocator lock (in the lock order), the
 //!   parent handler releases them, and the child releases them too, so a child
 //!   forked while other threads allocate can allocate and exit. The handlers live in
-//!   `global.rs`: a Rust program without this feature registers them too.
+//!   `global/fork.rs`: a Rust program without this feature registers them too.
 
 use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global;
+use crate::platform::{self, EINVAL, EIO, ENOMEM};
 // The allocation entry points behind the C functions: the plain ones, or, with the
 // `checked` feature, `checked`'s, which validate every pointer (aborting with a
 // report) and wrap every block in a canary and a trailer.
@@ -39,11 +40,10 @@ const C_ALIGN: usize = 16;
 
 #[inline(always)]
 fn set_errno(e: c_int) {
-    // SAFETY: __errno_location returns this thread's errno slot.
-    unsafe { *libc::__errno_location() = e };
+    platform::set_errno(e);
 }
 
-/// `errno = ENOMEM` if `p` is null (the one in global.rs, typed for C).
+/// `errno = ENOMEM` if `p` is null (the one in `global`, typed for C).
 #[inline(always)]
 fn enomem_if_null(p: *mut u8) -> *mut c_void {
     global::enomem_if_null(p).cast()
@@ -142,11 +142,11 @@ pub unsafe extern "C" fn posix_memalign(
     size: usize,
 ) -> c_int {
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
-        return libc::EINVAL;
+        return EINVAL;
     }
     let p = alloc_aligned(align, size);
     if p.is_null() {
-        return libc::ENOMEM;
+        return ENOMEM;
     }
     // SAFETY: the caller gives a writable `memptr`.
     unsafe { *memptr = p.cast() };
@@ -174,7 +174,7 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     match glibc_alignment(align) {
         Some(a) => enomem_if_null(alloc_aligned(a, size)),
         None => {
-            set_errno(libc::EINVAL);
+            set_errno(EINVAL);
             ptr::null_mut()
         }
     }
@@ -191,8 +191,9 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
     unsafe { memalign(align, size) }
 }
 
+/// The OS page size (`valloc` and `pvalloc` align to it, as glibc's do).
 fn os_page() -> usize {
-    crate::os::OS_PAGE
+    platform::page_size()
 }
 
 /// C `valloc`: page-aligned `malloc`.
@@ -322,7 +323,7 @@ pub unsafe extern "C" fn strata_leak_report() -> usize {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn strata_heap_map_write(path: *const c_char) -> c_int {
     if path.is_null() {
-        set_errno(libc::EINVAL);
+        set_errno(EINVAL);
         return -1;
     }
     // SAFETY: a NUL-terminated string (contract).
@@ -330,7 +331,7 @@ pub unsafe extern "C" fn strata_heap_map_write(path: *const c_char) -> c_int {
     match crate::heap_map::write_file(bytes) {
         Ok(()) => 0,
         Err(e) => {
-            set_errno(e.raw_os_error().unwrap_or(libc::EIO));
+            set_errno(e.raw_os_error().unwrap_or(EIO));
             -1
         }
     }
@@ -476,8 +477,8 @@ unsafe fn configure(envp: *const *const c_char) {
     if CONFIGURED.swap(true, Ordering::AcqRel) {
         return;
     }
-    // SAFETY: the contract forwards to getenv_raw; atexit gets plain extern "C"
-    // functions and may allocate, which works: every static is already initialised.
+    // SAFETY: the contract forwards to getenv_raw. at_exit may allocate, which
+    // works: every static is already initialised.
     unsafe {
         if let Some(ms) = getenv_raw(envp, b"STRATA_PURGE_DELAY_MS").and_then(parse_size) {
             crate::set_purge_delay_ms(ms);
@@ -496,27 +497,31 @@ unsafe fn configure(envp: *const *const c_char) {
             crate::start_background_purge();
         }
         if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
-            libc::atexit(print_stats_at_exit);
+            at_exit_or_warn(print_stats_at_exit);
         }
         // The environment string itself is kept (NUL-terminated where getenv_raw's
         // slice ends), so nothing is copied or allocated here.
         if let Some(path) = getenv_raw(envp, b"STRATA_HEAP_MAP").filter(|p| !p.is_empty()) {
             // Release: pairs with the Acquire in write_heap_map_at_exit().
             HEAP_MAP_PATH.store(path.as_ptr().cast_mut().cast(), Ordering::Release);
-            libc::atexit(write_heap_map_at_exit);
+            at_exit_or_warn(write_heap_map_at_exit);
         }
     }
 }
 
-/// Load-time constructor: glibc passes `(argc, argv, envp)` to `.init_array` entries.
-extern "C" fn strata_init(_argc: c_int, _argv: *const *const c_char, envp: *const *const c_char) {
-    // SAFETY: glibc passes the process's environment block.
-    unsafe { configure(envp) };
+/// Registers an exit handler; if the C library cannot record it, says so on stderr
+/// (the report it would have written at exit is then missing).
+fn at_exit_or_warn(f: extern "C" fn()) {
+    if platform::at_exit(f).is_err() {
+        crate::report::write_all(
+            platform::STDERR,
+            b"strata: atexit failed; a report asked for at exit will not be written\n",
+        );
+    }
 }
 
-#[used]
-#[unsafe(link_section = ".init_array")]
-static STRATA_INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) = strata_init;
+// Load-time constructor: reads the environment and installs the hooks.
+platform::load_time_constructor!(configure);
 
 #[cfg(test)]
 mod tests {

@@ -145,6 +145,7 @@ mod link;
 mod meta;
 mod os;
 mod page_heap;
+mod platform;
 mod size_class;
 mod stats;
 mod transfer;
@@ -168,6 +169,7 @@ pub mod internals {
     pub use crate::meta::MetaArena;
     pub use crate::os::{OS_PAGE, Os, OsError, SysOs};
     pub use crate::page_heap::{CHUNK_RESERVE, DEFAULT_PURGE_DELAY_MS, PageHeap, PageHeapStats};
+    pub use crate::platform::page_size;
     pub use crate::size_class::*;
     pub use crate::transfer::{BatchDesc, DescPool, NIL, TransferStack};
 }
@@ -276,6 +278,8 @@ mod api {
     /// spans, purges every free page and unmaps every wholly free chunk, now.
     /// Returns the bytes purged or unmapped. Other threads' caches are untouched.
     pub fn release_memory() -> usize {
+        #[cfg(feature = "checked")]
+        checked::drain_quarantine();
         global::release_memory()
     }
 
@@ -290,7 +294,10 @@ mod api {
     /// quarantined block's free pattern (structure `"Block"`, invariants 1 and 2);
     /// those reads are exact when no other thread frees or reallocates meanwhile.
     pub fn validate_heap() -> Result<(), Violation> {
-        global::validate_heap()
+        global::validate_heap()?;
+        #[cfg(feature = "checked")]
+        checked::validate_blocks()?;
+        Ok(())
     }
 
     /// Sets the byte budget of thread caches: now for the calling thread, and for
@@ -341,6 +348,9 @@ mod api {
     /// In checked mode: exactly the size that was requested, read from the block's
     /// trailer (only for a pointer that lies in our memory).
     pub fn usable_size(p: *const u8) -> Option<usize> {
+        #[cfg(feature = "checked")]
+        return checked::usable_size(p);
+        #[cfg(not(feature = "checked"))]
         global::usable_size(p)
     }
 
@@ -360,7 +370,13 @@ mod api {
     /// one instant: exact when the program is quiescent. Never allocates.
     /// In checked mode `requested_bytes` is exact (one more walk of live blocks).
     pub fn stats() -> Stats {
-        global::stats()
+        #[allow(unused_mut)]
+        let mut s = global::stats();
+        #[cfg(feature = "checked")]
+        {
+            s.requested_bytes = Some(checked::leak_report().total().bytes as u64);
+        }
+        s
     }
 
     /// A snapshot of every chunk, page by page: header, free (resident or purged),

@@ -159,7 +159,7 @@ pub unsafe extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
 
 /// A C `FILE *`, written with `fwrite`; remembers a short write.
 struct File {
-    fp: *mut libc::FILE,
+    fp: *mut c_void,
     failed: bool,
 }
 
@@ -168,8 +168,8 @@ impl Sink for File {
         if bytes.is_empty() {
             return;
         }
-        // SAFETY: `fp` is the caller's open stream; `bytes` are initialised.
-        let n = unsafe { libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), self.fp) };
+        // SAFETY: `fp` is the caller's open stream (malloc_info's contract).
+        let n = unsafe { crate::platform::file_write(self.fp, bytes) };
         self.failed |= n != bytes.len();
     }
 }
@@ -236,17 +236,14 @@ fn write_info(w: &mut impl Write, s: &Stats) -> fmt::Result {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut c_void) -> c_int {
     if options != 0 || fp.is_null() {
-        return libc::EINVAL;
+        return crate::platform::EINVAL;
     }
     let s = crate::stats();
-    let mut out = Buffered::to(File {
-        fp: fp.cast(),
-        failed: false,
-    });
+    let mut out = Buffered::to(File { fp, failed: false });
     let r = write_info(&mut out, &s);
     out.flush();
     if r.is_err() || out.sink.failed {
-        libc::EIO
+        crate::platform::EIO
     } else {
         0
     }

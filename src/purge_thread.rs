@@ -22,7 +22,7 @@
 //! it was started for is current, so `stop` (or a `start` in a forked child) retires
 //! the old one without waiting for it, and it exits at its next wake-up.
 
-use crate::global::BACKEND;
+use crate::global::{self, BACKEND, ForkLocks, Upper};
 use crate::size_class::NUM_CLASSES;
 use crate::sync::{AtomicU64, LockRank, Ordering, RawLock};
 use std::time::Duration;
@@ -58,8 +58,18 @@ pub struct BackgroundPurge {
 }
 
 fn this_pid() -> u64 {
-    // SAFETY: getpid has no preconditions.
-    (unsafe { libc::getpid() }) as u64
+    u64::from(crate::platform::process_id())
+}
+
+/// `LOCK` for the fork handlers (see `lock_for_fork`).
+static FORK_LOCKS: ForkLocks = ForkLocks {
+    lock: lock_for_fork,
+    unlock: unlock_after_fork,
+};
+
+/// Has every fork hold `LOCK`: called before each use of it.
+fn add_fork_locks() {
+    global::add_fork_locks(Upper::PurgeControl, &FORK_LOCKS);
 }
 
 /// Starts the thread unless one runs in this process already. Returns whether one
@@ -68,7 +78,8 @@ pub fn start() -> bool {
     // Spawning allocates, maybe a first thread heap, which registers the fork
     // handlers; that must not happen under LOCK (fork holds libc's fork lock while
     // its prepare handler waits for LOCK), so register first.
-    crate::global::register_fork_handlers();
+    global::register_fork_handlers();
+    add_fork_locks();
     let _g = LOCK.guard();
     let pid = this_pid();
     // Relaxed: PID and GENERATION are only written under LOCK, which we hold.
@@ -91,6 +102,7 @@ pub fn start() -> bool {
 /// Asks the thread to stop; it exits at its next wake-up (within
 /// `MAX_INTERVAL_MS`). Returns whether one was running.
 pub fn stop() -> bool {
+    add_fork_locks();
     let _g = LOCK.guard();
     // Relaxed: under LOCK, as in `start`.
     let was = PID.load(Ordering::Relaxed) == this_pid();
@@ -101,12 +113,12 @@ pub fn stop() -> bool {
 
 /// Fork prepare: holds `LOCK` (lowest in the lock order), so that a child never
 /// inherits it held by a thread in `start` or `stop`.
-pub(crate) fn lock_for_fork() {
+fn lock_for_fork() {
     LOCK.lock();
 }
 
 /// Fork parent and child: releases what `lock_for_fork` took.
-pub(crate) fn unlock_after_fork() {
+fn unlock_after_fork() {
     LOCK.unlock();
 }
 

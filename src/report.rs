@@ -3,19 +3,18 @@
 //! prints one `strata: ` line and aborts. Used by the link checks (`link`), checked
 //! mode and the C ABI's statistics table.
 
+use crate::platform;
 use core::fmt::{self, Write};
 
-/// Writes all of `bytes` to `fd` with `write(2)`, retrying short writes; gives up
-/// silently on an error (there is nowhere left to report it).
-pub fn write_all(fd: libc::c_int, bytes: &[u8]) {
+/// Writes all of `bytes` to `fd`, retrying short writes; gives up silently on an
+/// error (there is nowhere left to report it).
+pub fn write_all(fd: i32, bytes: &[u8]) {
     let mut done = 0;
     while done < bytes.len() {
-        // SAFETY: writes initialised bytes of the caller's slice.
-        let r = unsafe { libc::write(fd, bytes[done..].as_ptr().cast(), bytes.len() - done) };
-        if r <= 0 {
-            break;
+        match platform::write_fd(fd, &bytes[done..]) {
+            Ok(n) if n > 0 => done += n,
+            _ => break,
         }
-        done += r as usize;
     }
 }
 
@@ -26,7 +25,7 @@ pub trait Sink {
 }
 
 /// A file descriptor, written with [`write_all`].
-pub struct Fd(pub libc::c_int);
+pub struct Fd(pub i32);
 
 impl Sink for Fd {
     fn put(&mut self, bytes: &[u8]) {
@@ -47,7 +46,7 @@ pub type Stderr = Buffered<Fd>;
 
 impl Stderr {
     pub fn new() -> Stderr {
-        Buffered::to(Fd(2))
+        Buffered::to(Fd(platform::STDERR))
     }
 }
 
@@ -89,8 +88,7 @@ pub fn die(args: fmt::Arguments<'_>) -> ! {
     let _ = w.write_fmt(args);
     let _ = w.write_str("\n");
     w.flush();
-    // SAFETY: abort raises SIGABRT and does not return.
-    unsafe { libc::abort() }
+    platform::abort()
 }
 
 /// Writes `strata: internal error: <what> (<file>:<line>)` to stderr and aborts:
@@ -120,8 +118,7 @@ pub fn internal_error(what: &str, file: &str, line: u32) -> ! {
     let _ = w.write_str(core::str::from_utf8(&digits[i..]).unwrap_or("?"));
     let _ = w.write_str(")\n");
     w.flush();
-    // SAFETY: abort raises SIGABRT and does not return.
-    unsafe { libc::abort() }
+    platform::abort()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub(crate) const LOOM: bool = cfg!(strata_loom);
 
 mod rank;
 pub(crate) use rank::LockRank;
-#[allow(unused_imports)] // used by global.rs, which loom builds leave out
+#[allow(unused_imports)] // used by global/fork.rs, which loom builds leave out
 pub(crate) use rank::assert_none_held;
 
 /// Declares a constructor that is `const fn` normally and a plain `fn` under loom
@@ -118,10 +118,7 @@ pub(crate) use loom::cell::UnsafeCell;
 #[inline]
 pub(crate) fn yield_thread() {
     #[cfg(not(strata_loom))]
-    // SAFETY: sched_yield has no preconditions.
-    unsafe {
-        libc::sched_yield();
-    }
+    crate::platform::yield_now();
     #[cfg(strata_loom)]
     loom::thread::yield_now();
 }
@@ -271,33 +268,9 @@ impl RawLock {
     }
 }
 
+// The OS's futex (a spurious return is fine: the lock's callers loop).
 #[cfg(not(strata_loom))]
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT reads the aligned u32 behind a live reference; a spurious
-    // return is fine because the caller loops.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            core::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-#[cfg(not(strata_loom))]
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE only uses the address as a key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
-}
+use crate::platform::{futex_wait, futex_wake_one as futex_wake};
 
 /// Loom: a futex for one lock word, as a loom mutex and condition variable, so that
 /// a waiting thread blocks (loom cannot finish a model in which two threads spin on

@@ -14,7 +14,7 @@ pub(crate) fn run(name: &str, env: &str, action: &str) -> (bool, String) {
         .output()
         .unwrap();
     (
-        out.status.signal() == Some(libc::SIGABRT),
+        out.status.signal() == Some(crate::platform::SIGABRT),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

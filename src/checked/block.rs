@@ -22,7 +22,7 @@ pub(super) fn secret() -> u64 {
 
 #[cold]
 fn init_secret() -> u64 {
-    let s = crate::os::random_u64() | 1;
+    let s = crate::platform::entropy_u64() | 1;
     match SECRET.compare_exchange(0, s, Ordering::Relaxed, Ordering::Relaxed) {
         Ok(_) => s,
         Err(first) => first,

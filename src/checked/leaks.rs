@@ -12,7 +12,7 @@ use crate::global::BACKEND;
 use crate::report::Stderr;
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU8, Ordering};
-use core::ffi::{c_char, c_int};
+use core::ffi::c_char;
 use core::fmt::{self, Write};
 use core::sync::atomic::fence;
 
@@ -239,20 +239,16 @@ unsafe fn configure(envp: *const *const c_char) {
     }
     let on = leak.is_some_and(truthy);
     if on && LEAK_AT_EXIT.swap(1, Ordering::Relaxed) == 0 {
-        // SAFETY: registers a plain extern "C" function; atexit may allocate, which
-        // works (every static is initialised).
-        unsafe { libc::atexit(print_leak_report_at_exit) };
+        // at_exit may allocate, which works (every static is initialised). If the
+        // C library cannot record it, say so: the report would silently be missing.
+        if crate::platform::at_exit(print_leak_report_at_exit).is_err() {
+            crate::report::write_all(
+                crate::platform::STDERR,
+                b"strata: atexit failed; no leak report will be written at exit\n",
+            );
+        }
     }
 }
 
-/// Load-time constructor (executables and the C library alike): glibc passes
-/// `(argc, argv, envp)` to `.init_array` entries.
-extern "C" fn checked_init(_argc: c_int, _argv: *const *const c_char, envp: *const *const c_char) {
-    // SAFETY: glibc passes the process's environment block.
-    unsafe { configure(envp) };
-}
-
-#[used]
-#[unsafe(link_section = ".init_array")]
-static CHECKED_INIT: extern "C" fn(c_int, *const *const c_char, *const *const c_char) =
-    checked_init;
+// Load-time constructor (executables and the C library alike).
+crate::platform::load_time_constructor!(configure);

@@ -3,7 +3,7 @@
 //! written, freed blocks wait in a quarantine filled with a pattern, and any misuse
 //! aborts with one line on stderr naming the pointer, its size class and what was
 //! wrong. Without the feature none of this is compiled: the plain fast paths in
-//! `global.rs` are untouched.
+//! `global` are untouched.
 //!
 //! # Block layout
 //! A request of `n` bytes is served as `n + 9` bytes (route and class chosen for the
@@ -76,7 +76,6 @@ mod quarantine;
 pub use leaks::{LeakCount, LeakReport};
 pub(crate) use leaks::{leak_report, print_leak_report, validate_blocks};
 pub(crate) use quarantine::drain_quarantine;
-pub(crate) use quarantine::{lock_all, unlock_all};
 
 use crate::Strata;
 use crate::backend::{Route, route};
@@ -215,8 +214,7 @@ fn check_canary(b: Block, n: usize, verb: Verb) {
 
 #[inline]
 fn enomem() -> *mut u8 {
-    // SAFETY: __errno_location returns this thread's errno slot.
-    unsafe { *libc::__errno_location() = libc::ENOMEM };
+    crate::platform::set_errno(crate::platform::ENOMEM);
     ptr::null_mut()
 }
 

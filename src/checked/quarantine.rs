@@ -3,7 +3,7 @@
 use super::block::{Block, Desc, Found, Kind, find, first_not, freed_word, mix};
 use super::{DEFAULT_QUARANTINE_BYTES, FREE_FILL};
 use crate::Violation;
-use crate::global::{self, BACKEND};
+use crate::global::{self, BACKEND, ForkLocks, Upper};
 use crate::report::die;
 use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
@@ -62,6 +62,9 @@ impl Shard {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Ring) -> R) -> R {
+        // Every shard lock is taken here (but by the fork handlers): have forks
+        // hold them from the first use on.
+        global::add_fork_locks(Upper::Quarantine, &FORK_LOCKS);
         let _g = self.lock.guard();
         // SAFETY: lock held; every access to `ring` goes through here, so this is
         // the only reference to it while it lives.
@@ -113,8 +116,7 @@ static QUARANTINE: [CachePadded<Shard>; SHARDS] =
 
 /// The calling thread's shard.
 fn my_shard() -> &'static Shard {
-    // SAFETY: pthread_self has no preconditions (it reads the thread pointer).
-    let me = unsafe { libc::pthread_self() } as u64;
+    let me = crate::platform::thread_token() as u64;
     &QUARANTINE[(mix(me) >> 61) as usize % SHARDS]
 }
 
@@ -233,16 +235,22 @@ pub(crate) fn drain_quarantine() {
     }
 }
 
+/// The quarantine's locks for the fork handlers.
+static FORK_LOCKS: ForkLocks = ForkLocks {
+    lock: lock_all,
+    unlock: unlock_all,
+};
+
 /// Fork prepare: holds every quarantine lock (before the backend's locks; shards in
 /// index order, which is address order, as the lock order wants for one rank).
-pub(crate) fn lock_all() {
+fn lock_all() {
     for s in &QUARANTINE {
         s.lock.lock();
     }
 }
 
 /// Fork parent/child: releases what `lock_all` took.
-pub(crate) fn unlock_all() {
+fn unlock_all() {
     for s in QUARANTINE.iter().rev() {
         s.lock.unlock();
     }

@@ -1,0 +1,87 @@
+//! The process-wide operations behind the public API that reach the thread's heap
+//! and the shared tiers: flush, release, validate, setters, counters. What checked
+//! mode adds to them is composed above, in the public functions of `lib.rs`, so
+//! that nothing here names `checked` (which sits above this module).
+
+use super::{BACKEND, heap};
+use crate::Violation;
+use crate::front::FrontEnd;
+use crate::front::thread_cache::HeapState;
+
+/// See [`crate::flush_thread_cache`].
+pub(crate) fn flush_thread_cache() {
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel; only a live heap is written.
+    unsafe {
+        if (*h).state() == HeapState::Live {
+            BACKEND.threads.flush(&*h, &BACKEND);
+        }
+    }
+}
+
+/// See [`crate::release_memory`].
+pub(crate) fn release_memory() -> usize {
+    flush_thread_cache();
+    BACKEND.release_shared()
+}
+
+/// See [`crate::validate_heap`].
+pub(crate) fn validate_heap() -> Result<(), Violation> {
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel, only read.
+    unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
+    BACKEND.validate()
+}
+
+/// See [`crate::set_thread_cache_budget`].
+pub(crate) fn set_thread_cache_budget(bytes: usize) {
+    BACKEND.set_cache_budget(bytes);
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel; only a live heap is written.
+    unsafe {
+        if (*h).state() == HeapState::Live {
+            BACKEND.threads.set_budget(&*h, bytes, &BACKEND);
+        }
+    }
+}
+
+/// See [`crate::set_purge_delay_ms`].
+pub(crate) fn set_purge_delay_ms(ms: u64) {
+    BACKEND.page_heap.set_purge_delay_ms(ms);
+}
+
+/// See [`crate::set_huge_cache_bytes`].
+pub(crate) fn set_huge_cache_bytes(bytes: usize) {
+    BACKEND.set_huge_cache_budget(bytes);
+}
+
+/// See [`crate::usable_size`] (the plain build's: checked mode has its own).
+#[cfg(not(feature = "checked"))]
+pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
+    BACKEND.usable_size(p)
+}
+
+/// See [`crate::heap_counts`].
+pub(crate) fn heap_counts() -> crate::HeapCounts {
+    let ph = BACKEND.page_heap.stats();
+    let (huge_blocks, huge_bytes, huge_cached) = BACKEND.huge.totals();
+    let (threads_live, threads_created) = BACKEND.thread_heaps();
+    crate::HeapCounts {
+        chunks: ph.chunks,
+        mapped_bytes: ph.mapped_bytes + huge_bytes + huge_cached,
+        free_page_bytes: ph.free_bytes,
+        free_zeroed_bytes: ph.free_zeroed_bytes,
+        purged_bytes_total: ph.purged_bytes_total,
+        unmapped_bytes_total: ph.unmapped_bytes_total,
+        huge_blocks,
+        huge_bytes,
+        metadata_bytes: BACKEND.meta.mapped_bytes(),
+        thread_heaps_live: threads_live,
+        thread_heaps_created: threads_created,
+    }
+}
+
+/// See [`crate::stats`].
+pub(crate) fn stats() -> crate::Stats {
+    BACKEND.stats()
+}

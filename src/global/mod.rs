@@ -1,0 +1,451 @@
+//! The process-wide allocator: the one [`Backend`], the thread's heap slot, thread
+//! set-up and tear-down, the small-object fast paths, and `impl GlobalAlloc for
+//! Strata`.
+//!
+//! TLS: one slot per thread (`platform::thread_slot!`), no registration, no
+//! allocation. It starts pointing at the `EMPTY` sentinel, whose lists are empty
+//! with `max == 0`, so a thread's first alloc or free misses the fast path and the
+//! slow path sets up a real heap. Tear-down runs from the platform's thread-exit
+//! key (after every `thread_local!` destructor); it flushes the heap, pools it, and
+//! points the thread at `DEAD`, whose slow paths go straight to the central tier,
+//! so frees that glibc makes afterwards still work.
+//!
+//! Files: this one (statics, TLS, fast and slow paths, `GlobalAlloc`); `by_address`
+//! (the C ABI's and checked mode's `free`/`realloc` by address); `fork` (the fork
+//! handlers); `api` (what the public API's setters and reports reach). Checked mode
+//! and the background purge thread sit above: this module names neither.
+
+mod api;
+#[cfg(any(feature = "c-abi", feature = "checked"))]
+mod by_address;
+mod fork;
+// Checked builds route `Strata` through `checked`, not the thread heaps.
+#[cfg(all(test, not(feature = "checked")))]
+mod tests;
+
+pub(crate) use api::*;
+#[cfg(any(feature = "c-abi", feature = "checked"))]
+pub(crate) use by_address::*;
+pub(crate) use fork::{ForkLocks, Upper, add_fork_locks, register_fork_handlers};
+
+use crate::backend::{Route, route};
+use crate::front::Allocator as Backend;
+use crate::front::FrontEnd;
+use crate::front::thread_cache::{HeapState, ThreadHeap};
+use crate::platform::{self, SysOs, ThreadKey};
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+use crate::size_class::{C_TABLE_MAX, class_for_c, class_for_c_table};
+use crate::size_class::{SizeClass, class_for};
+// The plain `GlobalAlloc` impl's (`checked` has its own).
+#[cfg(not(feature = "checked"))]
+use crate::{Strata, platform::OS_PAGE};
+#[cfg(not(feature = "checked"))]
+use core::alloc::{GlobalAlloc, Layout};
+use core::ffi::c_void;
+use core::ptr;
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+
+/// The front end that serves the process's small objects (static dispatch through
+/// [`FrontEnd`]; its per-thread `Cache` is what the TLS slot points at).
+pub(crate) type Front = crate::front::thread_cache::ThreadCaches;
+
+/// The shared tiers of the process.
+pub(crate) static BACKEND: Backend<SysOs> = Backend::new(SysOs);
+
+/// The sentinel heaps, shared by every thread at once: only ever read, through
+/// `&ThreadHeap` (ThreadHeap invariant 7: both fast paths miss on them before any
+/// write, and the slow paths check `state()` before writing).
+static EMPTY: ThreadHeap = ThreadHeap::new(HeapState::Empty);
+static DEAD: ThreadHeap = ThreadHeap::new(HeapState::Dead);
+
+/// A sentinel as the TLS slot holds it. The `*mut` is never written through
+/// (invariant 7); every use makes a `&ThreadHeap`.
+const fn sentinel(s: &'static ThreadHeap) -> *mut ThreadHeap {
+    s as *const ThreadHeap as *mut ThreadHeap
+}
+
+// The thread's heap pointer: the platform's one thread slot (on x86-64 Linux an
+// initial-exec TLS symbol: two loads; see `platform::thread_slot!`). It starts as
+// the address of EMPTY in every thread, with no code run at thread start.
+platform::thread_slot!(mod tls: *mut ThreadHeap = EMPTY;);
+
+/// The calling thread's heap: one TLS load.
+#[inline(always)]
+fn heap() -> *mut ThreadHeap {
+    tls::get()
+}
+
+const KEY_NONE: u8 = 0;
+const KEY_BUSY: u8 = 1;
+const KEY_READY: u8 = 2;
+const KEY_FAILED: u8 = 3;
+static KEY_STATE: AtomicU8 = AtomicU8::new(KEY_NONE);
+static KEY: AtomicU32 = AtomicU32::new(0);
+
+/// The thread-exit key whose destructor tears thread heaps down; None if it could
+/// not be created (threads then keep their caches until exit; nothing is lost but
+/// the cached objects).
+fn thread_key() -> Option<ThreadKey> {
+    loop {
+        // Acquire: pairs with the Release below; KEY is visible once READY is.
+        match KEY_STATE.load(Ordering::Acquire) {
+            KEY_READY => return Some(ThreadKey::from_bits(KEY.load(Ordering::Relaxed))),
+            KEY_FAILED => return None,
+            KEY_NONE => {
+                if KEY_STATE
+                    .compare_exchange(KEY_NONE, KEY_BUSY, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+                {
+                    let key = platform::thread_key_create(on_thread_exit);
+                    if let Ok(k) = key {
+                        KEY.store(k.to_bits(), Ordering::Relaxed);
+                    }
+                    // Release: publishes KEY to readers of READY.
+                    KEY_STATE.store(
+                        if key.is_ok() { KEY_READY } else { KEY_FAILED },
+                        Ordering::Release,
+                    );
+                }
+            }
+            _ => core::hint::spin_loop(),
+        }
+    }
+}
+
+/// Fork child: a key creation that another thread had under way at the fork would
+/// stay busy forever; it goes back to none (that thread's key may exist in the
+/// parent's copy: a key is lost, no more).
+fn reset_thread_key_after_fork() {
+    // Relaxed: the child has one thread.
+    let _ = KEY_STATE.compare_exchange(KEY_BUSY, KEY_NONE, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// Gives the calling thread a live heap; null if the OS refuses memory.
+#[cold]
+fn init_thread() -> *mut ThreadHeap {
+    let key = thread_key();
+    let h = BACKEND.threads.attach(&BACKEND);
+    if h.is_null() {
+        return h;
+    }
+    // Point TLS at the heap *before* setting the key's value: for keys >= 32 glibc
+    // callocs there, and that calloc must find a live heap, not recurse into here.
+    tls::set(h);
+    // If the value cannot be set (ENOMEM), the thread keeps its cache until exit,
+    // as without a key: nothing is lost but the cached objects.
+    if let Some(key) = key {
+        let _ = platform::thread_key_set(key, h.cast_const().cast());
+    }
+    // After the heap is live, for the same reason (pthread_atfork may allocate).
+    register_fork_handlers();
+    h
+}
+
+/// Thread-exit key destructor: the thread is exiting.
+extern "C" fn on_thread_exit(h: *mut c_void) {
+    let h = h.cast::<ThreadHeap>();
+    tls::set(sentinel(&DEAD));
+    // SAFETY: `h` is this thread's live heap (we set it as the key's value) and the
+    // thread will not touch it again: TLS now points at DEAD.
+    unsafe { BACKEND.threads.detach(h, &BACKEND) };
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
+    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
+    // as other threads may read it (statistics, or everyone for a sentinel).
+    let heap = unsafe { &*h };
+    debug_check!(
+        heap.state() == HeapState::Live || heap.is_empty(),
+        "a sentinel or pooled heap holds objects"
+    );
+    let p = match heap.state() {
+        // SAFETY: a live heap is the calling thread's own.
+        HeapState::Live => unsafe { BACKEND.threads.alloc_slow(heap, c, &BACKEND) },
+        HeapState::Empty => {
+            let nh = init_thread();
+            if nh.is_null() {
+                BACKEND.alloc_small_direct(c)
+            } else {
+                // SAFETY: a fresh live heap of this thread.
+                unsafe { BACKEND.threads.alloc_slow(&*nh, c, &BACKEND) }
+            }
+        }
+        HeapState::Dead | HeapState::Pooled => BACKEND.alloc_small_direct(c),
+    };
+    enomem_if_null(p)
+}
+
+/// Sets `errno = ENOMEM` when an allocation fails. Done here, in the slow paths,
+/// rather than in the C entry points, so that `malloc`'s fast path can tail-call the
+/// slow path and keep no stack frame. Harmless for Rust callers.
+#[inline(always)]
+pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
+    if p.is_null() {
+        platform::set_errno(platform::ENOMEM);
+    }
+    p
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
+    // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
+    // as other threads may read it (statistics, or everyone for a sentinel).
+    let heap = unsafe { &*h };
+    debug_check!(
+        heap.state() == HeapState::Live || heap.is_empty(),
+        "a sentinel or pooled heap holds objects"
+    );
+    let live = match heap.state() {
+        HeapState::Live => h,
+        HeapState::Empty => init_thread(),
+        HeapState::Dead | HeapState::Pooled => ptr::null_mut(),
+    };
+    // SAFETY: the caller gives up `p`, a class-c block of ours; `live` is null or
+    // this thread's live heap.
+    unsafe {
+        if live.is_null() {
+            BACKEND.free_small_direct(c, p)
+        } else {
+            BACKEND.threads.free_slow(&*live, c, p, &BACKEND)
+        }
+    }
+}
+
+/// Small-object alloc: TLS load, pop, one branch (budget ~16 instructions; with
+/// `harden`, 5 more: the decode and check of the popped object's link, and the
+/// store that clears it).
+#[inline(always)]
+fn alloc_small(c: SizeClass) -> *mut u8 {
+    let h = heap();
+    // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
+    let p = unsafe { Front::alloc_fast(&*h, c) };
+    if p.is_null() {
+        alloc_small_slow(h, c)
+    } else {
+        p
+    }
+}
+
+/// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
+/// `harden`, 8 more: the key load and two XORs encoding the link, and the test of
+/// the block's own first word that catches a double free of a cached block).
+///
+/// # Safety
+/// `p` is a live class-`c` block of ours that the caller gives up.
+#[inline(always)]
+unsafe fn free_small(c: SizeClass, p: *mut u8) {
+    let h = heap();
+    // SAFETY: `h` is this thread's heap or a sentinel; the caller's contract.
+    unsafe {
+        if !Front::free_fast(&*h, c, p) {
+            free_small_slow(p, c, h);
+        }
+    }
+}
+
+/// Everything that is not a small request with a non-zero size.
+#[cold]
+#[inline(never)]
+fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let p = match route(size, align) {
+        Route::Small(c) => {
+            let p = alloc_small(c);
+            if zero && !p.is_null() {
+                // SAFETY: a fresh block of at least the class size >= size.
+                unsafe { ptr::write_bytes(p, 0, c.size_bytes()) };
+            }
+            p
+        }
+        // A program whose first blocks are large has no thread heap yet.
+        Route::Large => {
+            register_fork_handlers();
+            BACKEND.alloc_large(size, align, zero)
+        }
+        Route::Huge => {
+            register_fork_handlers();
+            BACKEND.alloc_huge(size, align, zero)
+        }
+    };
+    enomem_if_null(p)
+}
+
+/// # Safety
+/// `p` was allocated with `size`/`align` and is given up.
+#[cfg(not(feature = "checked"))]
+#[cold]
+#[inline(never)]
+unsafe fn free_other(p: *mut u8, size: usize, align: usize) {
+    // SAFETY: per the contract; the route is the one alloc took.
+    unsafe {
+        match route(size, align) {
+            Route::Small(c) => free_small(c, p),
+            Route::Large => BACKEND.free_large(p),
+            Route::Huge => BACKEND.free_huge(p),
+        }
+    }
+}
+
+// SAFETY: blocks are at least `layout.size()` bytes, aligned to `layout.align()`
+// (size classes are multiples of the alignment and spans page aligned; large spans
+// and huge mappings are trimmed to it); a block is never handed out twice before it
+// is freed; failures return null; nothing here panics or unwinds.
+// With the `checked` feature, `checked` implements it instead, on top of the by-address
+// paths below.
+#[cfg(not(feature = "checked"))]
+unsafe impl GlobalAlloc for Strata {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match class_for(layout.size(), layout.align()) {
+            Some(c) => alloc_small(c),
+            None => alloc_other(layout.size(), layout.align(), false),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: the GlobalAlloc contract: `p` came from us with this layout.
+        unsafe {
+            match class_for(layout.size(), layout.align()) {
+                Some(c) => free_small(c, p),
+                None => free_other(p, layout.size(), layout.align()),
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match class_for(layout.size(), layout.align()) {
+            Some(c) => {
+                let p = alloc_small(c);
+                if !p.is_null() {
+                    // SAFETY: a fresh block of at least layout.size() bytes.
+                    unsafe { ptr::write_bytes(p, 0, layout.size()) };
+                }
+                p
+            }
+            None => alloc_other(layout.size(), layout.align(), true),
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        let q = unsafe { realloc_layout(p, layout, new_size) };
+        count_realloc(p, q);
+        q
+    }
+}
+
+/// `GlobalAlloc::realloc` without the statistics.
+///
+/// # Safety
+/// As for `GlobalAlloc::realloc`.
+#[cfg(not(feature = "checked"))]
+#[inline(always)]
+unsafe fn realloc_layout(p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    let align = layout.align();
+    match (route(layout.size(), align), route(new_size, align)) {
+        (Route::Small(a), Route::Small(b)) if a == b => return p,
+        (Route::Large, Route::Large) => {
+            // SAFETY: the GlobalAlloc contract: `p` is a live Large block of ours.
+            let in_place = unsafe { BACKEND.resize_large_in_place(p, new_size) };
+            if in_place {
+                return p;
+            }
+        }
+        (Route::Huge, Route::Huge) if align <= OS_PAGE => {
+            // SAFETY: `p` is a live huge block aligned to at most a page; on
+            // failure it stays intact and we return null, as realloc must.
+            return unsafe { BACKEND.realloc_huge(p, new_size) };
+        }
+        _ => {}
+    }
+    // SAFETY: align is the live layout's, a power of two; new_size is valid for it.
+    let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, align) };
+    // SAFETY: as in alloc.
+    let q = unsafe { Strata.alloc(new_layout) };
+    if !q.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least min(old, new) long.
+        unsafe {
+            ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+            Strata.dealloc(p, layout);
+        }
+    }
+    q
+}
+
+/// Counts a reallocation of `p` that returned `q` (in place when they are equal) in
+/// the calling thread's heap, or in the backend's counters if it has none.
+#[inline]
+pub(crate) fn count_realloc(p: *mut u8, q: *mut u8) {
+    if q.is_null() {
+        return;
+    }
+    let in_place = p == q;
+    let h = heap();
+    // SAFETY: this thread's heap or a sentinel; only a live heap is written, by its
+    // owner (us).
+    unsafe {
+        if (*h).state() == HeapState::Live {
+            (*h).note_realloc(in_place);
+        } else {
+            let c = &BACKEND.counters;
+            crate::stats::Counters::bump(&c.reallocs);
+            if in_place {
+                crate::stats::Counters::bump(&c.reallocs_in_place);
+            }
+        }
+    }
+}
+
+/// Allocates `size` bytes at `align` (zeroed if `zero`): the entry for callers that
+/// have no `Layout` (the C ABI). Null on failure.
+#[cfg(any(feature = "c-abi", feature = "checked"))]
+#[inline(always)]
+pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
+    match class_for(size, align) {
+        Some(c) => {
+            let p = alloc_small(c);
+            if zero && !p.is_null() {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { ptr::write_bytes(p, 0, size) };
+            }
+            p
+        }
+        None => alloc_other(size, align, zero),
+    }
+}
+
+/// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
+/// Budget: 17 instructions up to 1 KiB on a hit (callgrind and `objdump -d` of
+/// `malloc` in the `c-abi` build): class table 6, TLS 2, pop 9, two branches. A
+/// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
+/// that only `size` has to stay live across the fast path (keeping the class for
+/// `alloc_small_slow` would cost three moves).
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+#[inline(always)]
+pub(crate) fn alloc_c(size: usize) -> *mut u8 {
+    if size <= C_TABLE_MAX {
+        let c = class_for_c_table(size);
+        let h = heap();
+        // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
+        let p = unsafe { Front::alloc_fast(&*h, c) };
+        if !p.is_null() {
+            return p;
+        }
+    }
+    alloc_c_slow(size)
+}
+
+/// `alloc_c` for a miss or a size above 1 KiB (not cold: sizes up to 256 KiB are
+/// still small and served from the thread cache here).
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+#[inline(never)]
+fn alloc_c_slow(size: usize) -> *mut u8 {
+    match class_for_c(size) {
+        Some(c) => alloc_small(c),
+        None => alloc_other(size, 16, false),
+    }
+}
