@@ -20,7 +20,6 @@
 //! silent. At most [`MAX_WARNINGS`] lines are printed, then one saying that further
 //! ones are suppressed.
 
-use crate::global;
 use crate::report::Stderr;
 use core::ffi::c_char;
 use core::fmt::Write;
@@ -77,16 +76,17 @@ pub fn configure(value: Option<&[u8]>) {
 }
 
 /// `p` (not null) was given to `op` and is not the start of a live block of ours:
-/// reports it as the mode says, and aborts if it says so.
+/// reports it as the mode says, and aborts if it says so. `in_heap`: whether `p`
+/// lies inside one of strata's chunks (the caller, which owns the heap, asks it).
 #[cold]
 #[inline(never)]
-pub fn report(op: Op, p: *const u8) {
+pub fn report(op: Op, p: *const u8, in_heap: bool) {
     // Relaxed: a setting.
     let mode = MODE.load(Ordering::Relaxed);
     if mode == IGNORE {
         return;
     }
-    let kind = classify(p);
+    let kind = classify(p, in_heap);
     if mode == DEFAULT && kind == Kind::Foreign {
         return;
     }
@@ -123,8 +123,8 @@ pub fn report(op: Op, p: *const u8) {
     w.flush();
 }
 
-fn classify(p: *const u8) -> Kind {
-    if global::BACKEND.page_heap.owns(p) {
+fn classify(p: *const u8, in_heap: bool) -> Kind {
+    if in_heap {
         Kind::InHeap
     } else if on_own_stack(p as usize) {
         Kind::OnStack

@@ -83,7 +83,7 @@
 
 /// `debug_assert!` for code that runs under `malloc`/`free`: in debug builds, a
 /// false condition reports the message (a string literal: nothing is formatted)
-/// through `report::internal_error` and aborts; release builds check nothing.
+/// through `platform::internal_error` and aborts; release builds check nothing.
 /// It never panics, so nothing unwinds out of `GlobalAlloc` or the C entry
 /// points. Under loom (no stderr reporter) it fails the model with a panic.
 /// Defined before the modules so that all of them see it.
@@ -92,7 +92,7 @@ macro_rules! debug_check {
         #[cfg(not(strata_loom))]
         {
             if cfg!(debug_assertions) && !$cond {
-                $crate::report::internal_error($what, file!(), line!());
+                $crate::platform::internal_error($what, file!(), line!());
             }
         }
         #[cfg(strata_loom)]
@@ -106,13 +106,13 @@ macro_rules! debug_check {
 }
 
 /// A broken internal invariant found on a path that must not panic: reports it
-/// (a string literal: nothing is formatted) through `report::internal_error` and
+/// (a string literal: nothing is formatted) through `platform::internal_error` and
 /// aborts, in every build. Under loom it fails the model with a panic.
 macro_rules! fatal {
     ($what:literal $(,)?) => {{
         #[cfg(not(strata_loom))]
         {
-            $crate::report::internal_error($what, file!(), line!())
+            $crate::platform::internal_error($what, file!(), line!())
         }
         #[cfg(strata_loom)]
         {

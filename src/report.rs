@@ -91,36 +91,6 @@ pub fn die(args: fmt::Arguments<'_>) -> ! {
     platform::abort()
 }
 
-/// Writes `strata: internal error: <what> (<file>:<line>)` to stderr and aborts:
-/// the end of a broken internal invariant found by [`debug_check!`], without
-/// formatting machinery or allocation (it runs inside `malloc`/`free`, where a
-/// panic would unwind out of `GlobalAlloc` or `extern "C"` code).
-#[cold]
-#[inline(never)]
-pub fn internal_error(what: &str, file: &str, line: u32) -> ! {
-    let mut w = Stderr::new();
-    let _ = w.write_str("strata: internal error: ");
-    let _ = w.write_str(what);
-    let _ = w.write_str(" (");
-    let _ = w.write_str(file);
-    let _ = w.write_str(":");
-    let mut digits = [0u8; 10];
-    let mut n = line;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let _ = w.write_str(core::str::from_utf8(&digits[i..]).unwrap_or("?"));
-    let _ = w.write_str(")\n");
-    w.flush();
-    platform::abort()
-}
-
 #[cfg(test)]
 mod tests {
     const CHILD_ENV: &str = "STRATA_REPORT_CHILD";

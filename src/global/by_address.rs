@@ -3,12 +3,12 @@
 //! pointer that is not the start of a block of ours is never read through.
 
 use super::{BACKEND, Front, free_small, heap};
-use crate::front::FrontEnd;
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use super::{alloc_bytes, count_realloc};
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use crate::backend::{Route, route};
 use crate::chunk::{ChunkHeader, SpanKind, small_object};
+use crate::front::FrontEnd;
 use crate::size_class::SizeClass;
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use crate::size_class::class_for;
@@ -115,7 +115,7 @@ unsafe fn free_by_address_slow(p: *mut u8) -> bool {
             Owner::Huge(_) => BACKEND.free_huge(p),
             Owner::Foreign => {
                 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
-                crate::bad_free::report(crate::bad_free::Op::Free, p);
+                crate::bad_free::report(crate::bad_free::Op::Free, p, BACKEND.page_heap.owns(p));
                 return false;
             }
         }
@@ -170,7 +170,7 @@ unsafe fn realloc_by_address_uncounted(p: *mut u8, new_size: usize, align: usize
             len
         }
         Owner::Foreign => {
-            crate::bad_free::report(crate::bad_free::Op::Realloc, p);
+            crate::bad_free::report(crate::bad_free::Op::Realloc, p, BACKEND.page_heap.owns(p));
             return ptr::null_mut();
         }
     };

@@ -392,9 +392,9 @@ pub(crate) fn count_realloc(p: *mut u8, q: *mut u8) {
             (*h).note_realloc(in_place);
         } else {
             let c = &BACKEND.counters;
-            crate::stats::Counters::bump(&c.reallocs);
+            crate::backend::Counters::bump(&c.reallocs);
             if in_place {
-                crate::stats::Counters::bump(&c.reallocs_in_place);
+                crate::backend::Counters::bump(&c.reallocs_in_place);
             }
         }
     }

@@ -402,6 +402,55 @@ pub(crate) fn abort() -> ! {
     sys::abort()
 }
 
+/// Writes `strata: internal error: <what> (<file>:<line>)` to stderr in one write
+/// and aborts: the end of a broken internal invariant found by `debug_check!` or
+/// `fatal!`. It lives here, at the bottom, so that every tier (this one included)
+/// may use those macros without importing anything above it; nothing is formatted
+/// or allocated (it runs inside `malloc`/`free`, where a panic would unwind out of
+/// `GlobalAlloc` or `extern "C"` code). Text longer than the 512-byte line is cut.
+#[cold]
+#[inline(never)]
+pub fn internal_error(what: &str, file: &str, line: u32) -> ! {
+    let mut buf = [0u8; 512];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        for &b in bytes {
+            if n < buf.len() - 1 {
+                buf[n] = b;
+                n += 1;
+            }
+        }
+    };
+    put(b"strata: internal error: ");
+    put(what.as_bytes());
+    put(b" (");
+    put(file.as_bytes());
+    put(b":");
+    let mut digits = [0u8; 10];
+    let mut rest = line;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b")");
+    buf[n] = b'\n';
+    n += 1;
+    let mut done = 0;
+    while done < n {
+        match write_fd(2, &buf[done..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => done += k,
+        }
+    }
+    abort()
+}
+
 // ---- entropy ---------------------------------------------------------------------
 
 /// 64 random bits for per-process secrets, without allocating or blocking; if the
