@@ -38,7 +38,8 @@
 //! so that a disassembler decodes the bytes as an instruction, as glibc's and
 //! librseq's x86 sections do.
 //!
-//! Cost: pop is 12 instructions, push 13, with two branches each that the caller
+//! Cost: pop is 14 instructions, push 15 (from storing the descriptor to the
+//! commit), with two branches each that the caller
 //! should see as likely not taken (plus the caller's load of the area and slab).
 
 use core::arch::asm;
