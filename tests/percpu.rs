@@ -290,7 +290,7 @@ fn objects_conserved_while_non_owners_drain_and_resize() {
     churn(Churn {
         threads: 16,
         objects_per_thread: 40,
-        rounds: 50_000,
+        rounds: 200_000,
         classes: 3,
         migrate_every: 100,
         signals: false,
