@@ -25,7 +25,7 @@
 //! push: check `current < end`, store the object to `slot[current]`, commit by
 //! storing `current + 1`. The commit is each section's last instruction; the
 //! descriptor lives in `__rseq_cs`; the abort handler, behind the signature
-//! `0x53053053`, counts the abort ([`aborts`]) and restarts the section. Both
+//! `0x53053053`, counts the abort ([`aborts`](crate::percpu::aborts)) and restarts the section. Both
 //! fail (caller takes the slow path) on an empty/full stack, on a header locked by
 //! a non-owner, and on a thread whose area is not registered (`cpu_id < 0`).
 //!
@@ -43,11 +43,11 @@
 //! there now fails), then `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
 //! MEMBARRIER_CMD_FLAG_CPU, cpu)`: when it returns, no section on that CPU is in
 //! flight any more and `current` is stable; read the slots, write the header,
-//! unlock with a CAS ([`Slab::drain`], [`Slab::drain_cpu`],
-//! [`Slab::set_capacity`]). Without the membarrier command (kernel < 5.10, or
+//! unlock with a CAS ([`Slab::drain`](crate::percpu::Slab::drain), [`Slab::drain_cpu`](crate::percpu::Slab::drain_cpu),
+//! [`Slab::set_capacity`](crate::percpu::Slab::set_capacity)). Without the membarrier command (kernel < 5.10, or
 //! forbidden) non-owners cannot work, and objects cached on a CPU could be
 //! stranded there: a front end should then not use the slab at all
-//! ([`Slab::can_fence`]).
+//! ([`Slab::can_fence`](crate::percpu::Slab::can_fence)).
 //!
 //! # Left for wiring it in as a front end
 //! - The glue in the front-end interface: size class → slab class; on pop failure

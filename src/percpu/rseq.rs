@@ -31,7 +31,7 @@ use super::sys;
 /// Invariants:
 /// 1. 32-byte aligned and 32 bytes long (the kernel refuses anything else).
 /// 2. While registered for a thread, `cpu_id` is the CPU the thread runs on (≥ 0,
-///    below [`sys::possible_cpus`]) whenever the thread runs user code.
+///    below [`possible_cpus`]) whenever the thread runs user code.
 /// 3. `rseq_cs` is 0 or the address of a critical-section descriptor in the
 ///    `__rseq_cs` section.
 #[repr(C, align(32))]
