@@ -59,15 +59,23 @@ pub(crate) fn thread_pointer() -> usize {
 /// 2.35, another C library).
 ///
 /// The symbols are referenced *weakly*, from inside the asm that loads them: a weak
-/// undefined symbol resolves to address 0 instead of failing the load, so the
-/// library still loads on an older glibc. (`#[linkage = "extern_weak"]` would say
-/// the same, but is unstable.) The `.weak` directive sits in the same asm block as
-/// the only references to each symbol, so no strong reference to them exists in
-/// any object file (a single strong reference would make the symbol strong at link
-/// time). The address goes through the GOT (`@GOTPCREL`), which works in a PIE, a
-/// non-PIE executable and a shared library alike. Both symbols are `const` in
-/// glibc (written once by the dynamic linker before any user code runs), so
-/// reading them any number of times is fine.
+/// undefined symbol resolves to address 0 instead of failing the load.
+/// (`#[linkage = "extern_weak"]` would say the same, but is unstable.) The `.weak`
+/// directive sits in the same asm block as the only references to each symbol, so
+/// no strong reference to them exists in any object file (a single strong
+/// reference would make the symbol strong at link time). The address goes through
+/// the GOT (`@GOTPCREL`), which works in a PIE, a non-PIE executable and a shared
+/// library alike. Both symbols are `const` in glibc (written once by the dynamic
+/// linker before any user code runs), so reading them any number of times is fine.
+///
+/// Limit: built against glibc < 2.35 the reference stays unversioned and the
+/// binary loads on any glibc. Built against glibc >= 2.35, both LLD and GNU ld
+/// (binutils 2.40) bind the symbols to `GLIBC_2.35` and record that version need
+/// *without* `VER_FLG_WEAK`, so the binary then needs glibc >= 2.35 to load (a
+/// build against glibc >= 2.34 already needs 2.34 for `pthread_key_create`). A
+/// lookup that records no version need would walk the dynamic linker's `.dynsym`
+/// through `dl_iterate_phdr` and its GNU hash table instead (not `dlsym`, which
+/// may allocate).
 pub(crate) fn glibc_rseq() -> Option<(isize, u32)> {
     let off_addr: *const isize;
     let size_addr: *const u32;
