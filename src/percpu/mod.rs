@@ -33,9 +33,10 @@
 //! 1. `STRATA_PERCPU=0` → off.
 //! 2. glibc ≥ 2.35 registered one per thread (`__rseq_size >= 20`: recent glibc
 //!    reports the feature size, 20, not the area's 32): use it, at
-//!    `fs:0 + __rseq_offset`. The two symbols are weak references (a build against
-//!    an older glibc loads everywhere; a build against glibc >= 2.35 records a
-//!    version need for 2.35: see `sys::glibc_rseq`).
+//!    `fs:0 + __rseq_offset`. The two symbols are looked up in the loaded
+//!    modules' GNU hash tables (`dl_iterate_phdr`, no allocation), not linked: a
+//!    link-time reference, even weak, would make a build against glibc >= 2.35
+//!    fail to load on an older one.
 //! 3. Otherwise register our own per thread, in TLS, on first use (same signature
 //!    as glibc's); `ENOSYS` (old kernel, valgrind) → off.
 //!

@@ -1,6 +1,6 @@
 //! Everything the per-CPU front end asks of Linux and glibc, in one file so that it
 //! can move into the platform layer as a whole: the thread pointer, glibc's rseq
-//! registration symbols (weak), the `rseq` and `membarrier` system calls, the
+//! registration symbols (looked up without a link-time reference), the `rseq` and `membarrier` system calls, the
 //! possible-CPU count and the environment block. Nothing here allocates.
 
 use core::arch::asm;
@@ -55,49 +55,162 @@ pub(crate) fn thread_pointer() -> usize {
 }
 
 /// glibc's rseq registration as the dynamic linker published it: `(__rseq_offset,
-/// __rseq_size)`, or `None` where the C library has no such symbols (glibc before
+/// __rseq_size)`, or `None` where no loaded module defines them (glibc before
 /// 2.35, another C library).
 ///
-/// The symbols are referenced *weakly*, from inside the asm that loads them: a weak
-/// undefined symbol resolves to address 0 instead of failing the load.
-/// (`#[linkage = "extern_weak"]` would say the same, but is unstable.) The `.weak`
-/// directive sits in the same asm block as the only references to each symbol, so
-/// no strong reference to them exists in any object file (a single strong
-/// reference would make the symbol strong at link time). The address goes through
-/// the GOT (`@GOTPCREL`), which works in a PIE, a non-PIE executable and a shared
-/// library alike. Both symbols are `const` in glibc (written once by the dynamic
-/// linker before any user code runs), so reading them any number of times is fine.
-///
-/// Limit: built against glibc < 2.35 the reference stays unversioned and the
-/// binary loads on any glibc. Built against glibc >= 2.35, both LLD and GNU ld
-/// (binutils 2.40) bind the symbols to `GLIBC_2.35` and record that version need
-/// *without* `VER_FLG_WEAK`, so the binary then needs glibc >= 2.35 to load (a
-/// build against glibc >= 2.34 already needs 2.34 for `pthread_key_create`). A
-/// lookup that records no version need would walk the dynamic linker's `.dynsym`
-/// through `dl_iterate_phdr` and its GNU hash table instead (not `dlsym`, which
-/// may allocate).
+/// The two symbols are looked up at run time in the loaded modules' dynamic symbol
+/// tables ([`find_dynamic_symbol`]), not referenced at link time: a link-time
+/// reference, even a weak one, makes both LLD and GNU ld (binutils 2.40) record a
+/// non-weak need for `GLIBC_2.35`, and the binary would then fail to load on an
+/// older glibc. `dlsym` would also do, but may allocate (its error path), and this
+/// runs under `malloc`. Both symbols are `const` in glibc (written once by the
+/// dynamic linker before any user code runs), so reading them is fine.
 pub(crate) fn glibc_rseq() -> Option<(isize, u32)> {
-    let off_addr: *const isize;
-    let size_addr: *const u32;
-    // SAFETY: two GOT loads; the asm touches nothing else. `.weak` only changes how
-    // the linker resolves the two names.
-    unsafe {
-        asm!(
-            ".weak __rseq_offset",
-            ".weak __rseq_size",
-            "mov {o}, qword ptr [rip + __rseq_offset@GOTPCREL]",
-            "mov {s}, qword ptr [rip + __rseq_size@GOTPCREL]",
-            o = out(reg) off_addr,
-            s = out(reg) size_addr,
-            options(nostack, readonly, preserves_flags),
-        );
+    let off = find_dynamic_symbol(b"__rseq_offset")? as *const isize;
+    let size = find_dynamic_symbol(b"__rseq_size")? as *const u32;
+    // SAFETY: the addresses of glibc's two read-only objects (a defined dynamic
+    // symbol of a loaded module), initialised by the dynamic linker before any user
+    // code ran and never unmapped (the dynamic linker is never unloaded).
+    unsafe { Some((off.read(), size.read())) }
+}
+
+/// `DT_*` tags of the dynamic section (elf.h).
+const DT_NULL: u64 = 0;
+const DT_STRTAB: u64 = 5;
+const DT_SYMTAB: u64 = 6;
+const DT_GNU_HASH: u64 = 0x6fff_fef5;
+
+/// An entry of a module's dynamic section (`Elf64_Dyn`).
+#[repr(C)]
+struct Dyn {
+    tag: u64,
+    val: u64,
+}
+
+/// The search state handed through `dl_iterate_phdr`.
+struct Lookup<'a> {
+    name: &'a [u8],
+    found: usize,
+}
+
+/// The address of the defined dynamic symbol `name` in the first loaded module that
+/// has one, found without allocating: `dl_iterate_phdr` (which takes the loader's
+/// module-list lock, recursive, and allocates nothing) lists the modules, and each
+/// module's `DT_GNU_HASH` table answers whether it defines `name`. Modules without a
+/// GNU hash table (rare since 2010s toolchains) are skipped.
+pub(crate) fn find_dynamic_symbol(name: &[u8]) -> Option<usize> {
+    let mut l = Lookup { name, found: 0 };
+    // SAFETY: the callback only reads the module data the loader hands it; `l`
+    // outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit_module), (&raw mut l).cast()) };
+    (l.found != 0).then_some(l.found)
+}
+
+/// `dl_iterate_phdr` callback: looks the name up in one module; 1 stops the walk.
+unsafe extern "C" fn visit_module(
+    info: *mut libc::dl_phdr_info,
+    _size: usize,
+    data: *mut core::ffi::c_void,
+) -> core::ffi::c_int {
+    // SAFETY: `data` is the Lookup passed by find_dynamic_symbol; `info` describes a
+    // loaded module and is valid during the callback.
+    let (l, info) = unsafe { (&mut *data.cast::<Lookup<'_>>(), &*info) };
+    // SAFETY: as above: the module's program headers, mapped while it is loaded.
+    match unsafe { lookup_in_module(info, l.name) } {
+        Some(addr) => {
+            l.found = addr;
+            1
+        }
+        None => 0,
     }
-    if off_addr.is_null() || size_addr.is_null() {
+}
+
+/// The GNU symbol hash (the `DT_GNU_HASH` function).
+pub(crate) fn gnu_hash(name: &[u8]) -> u32 {
+    name.iter()
+        .fold(5381u32, |h, &c| h.wrapping_mul(33).wrapping_add(c as u32))
+}
+
+/// Looks `name` up in one module's dynamic symbol table through its GNU hash table.
+///
+/// # Safety
+/// `info` describes a module that stays loaded during the call (the loader holds
+/// its list lock while it runs the `dl_iterate_phdr` callback).
+unsafe fn lookup_in_module(info: &libc::dl_phdr_info, name: &[u8]) -> Option<usize> {
+    let base = info.dlpi_addr as usize;
+    if info.dlpi_phdr.is_null() {
         return None;
     }
-    // SAFETY: non-null GOT entries are the addresses of glibc's two read-only
-    // objects, initialised by the dynamic linker before any user code ran.
-    unsafe { Some((off_addr.read(), size_addr.read())) }
+    // SAFETY: the loader's program headers of a loaded module: dlpi_phnum entries.
+    let phdrs = unsafe { core::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+    let dynamic = phdrs.iter().find(|p| p.p_type == libc::PT_DYNAMIC)?;
+    // glibc relocates the address entries of a module's dynamic section in place;
+    // the vDSO's are left as link-time offsets. An address below the load base is an
+    // offset.
+    let fix = |v: u64| {
+        if (v as usize) < base {
+            base + v as usize
+        } else {
+            v as usize
+        }
+    };
+    let (mut strtab, mut symtab, mut gnu) = (0usize, 0usize, 0usize);
+    let mut d = (base + dynamic.p_vaddr as usize) as *const Dyn;
+    // SAFETY: the module's mapped dynamic section, terminated by DT_NULL.
+    unsafe {
+        while (*d).tag != DT_NULL {
+            match (*d).tag {
+                DT_STRTAB => strtab = fix((*d).val),
+                DT_SYMTAB => symtab = fix((*d).val),
+                DT_GNU_HASH => gnu = fix((*d).val),
+                _ => {}
+            }
+            d = d.add(1);
+        }
+    }
+    if strtab == 0 || symtab == 0 || gnu == 0 {
+        return None;
+    }
+    let h = gnu_hash(name);
+    // SAFETY: the GNU hash table layout (4 words, then the Bloom filter of
+    // `bloom_size` u64, `nbuckets` u32 buckets, then the chain array for symbols
+    // from `symoffset` on); every index below stays within it for a well-formed
+    // module, which the loader has already used to bind symbols.
+    unsafe {
+        let hdr = gnu as *const u32;
+        let (nbuckets, symoffset, bloom_size, shift) =
+            (*hdr, *hdr.add(1), *hdr.add(2), *hdr.add(3));
+        if nbuckets == 0 || bloom_size == 0 {
+            return None;
+        }
+        let bloom = hdr.add(4).cast::<u64>();
+        let word = *bloom.add(((h / 64) % bloom_size) as usize);
+        let mask = (1u64 << (h % 64)) | (1u64 << ((h >> shift) % 64));
+        if word & mask != mask {
+            return None;
+        }
+        let buckets = bloom.add(bloom_size as usize).cast::<u32>();
+        let chain = buckets.add(nbuckets as usize);
+        let mut sym = *buckets.add((h % nbuckets) as usize);
+        if sym < symoffset {
+            return None;
+        }
+        loop {
+            let h2 = *chain.add((sym - symoffset) as usize);
+            if (h | 1) == (h2 | 1) {
+                let s = &*(symtab as *const libc::Elf64_Sym).add(sym as usize);
+                let sname =
+                    core::ffi::CStr::from_ptr((strtab + s.st_name as usize) as *const c_char);
+                if sname.to_bytes() == name && s.st_shndx != 0 && s.st_value != 0 {
+                    return Some(base + s.st_value as usize);
+                }
+            }
+            if h2 & 1 != 0 {
+                return None;
+            }
+            sym += 1;
+        }
+    }
 }
 
 /// Registers `area` (`RSEQ_ORIG_SIZE` bytes, 32-byte aligned) as the calling

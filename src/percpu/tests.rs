@@ -49,6 +49,23 @@ fn cpu_lists_parse_to_their_highest_cpu() {
 }
 
 #[test]
+fn dynamic_symbols_are_found_as_dlsym_finds_them() {
+    assert_eq!(sys::gnu_hash(b""), 5381);
+    assert_eq!(sys::gnu_hash(b"printf"), 0x156b_2bb8);
+    for name in [&b"__rseq_offset"[..], b"__rseq_size", b"pthread_key_create"] {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the global scope.
+        let d = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) } as usize;
+        assert_ne!(d, 0);
+        assert_eq!(sys::find_dynamic_symbol(name), Some(d), "{c:?}");
+    }
+    assert_eq!(
+        sys::find_dynamic_symbol(b"strata_no_such_symbol_anywhere"),
+        None
+    );
+}
+
+#[test]
 fn glibc_symbols_resolve_on_this_glibc() {
     // glibc >= 2.35 defines both; the size is 0 only when its registration is off.
     let (_, size) = sys::glibc_rseq().expect("glibc 2.35+ exports __rseq_offset");
