@@ -178,7 +178,15 @@ pub mod internals {
 mod bad_free;
 #[cfg(all(feature = "checked", not(strata_loom)))]
 mod checked;
-#[cfg(all(any(feature = "c-abi", feature = "checked"), not(strata_loom)))]
+#[cfg(all(
+    any(
+        feature = "c-abi",
+        feature = "checked",
+        all(target_os = "linux", target_arch = "x86_64")
+    ),
+    not(strata_loom)
+))]
+#[cfg_attr(not(any(feature = "c-abi", feature = "checked")), allow(dead_code))]
 mod env;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod ffi;
@@ -188,6 +196,11 @@ mod global;
 mod heap_map;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod mallinfo;
+/// The per-CPU (rseq) front end's machinery, not yet wired in; public for tests
+/// and benchmarks only. Not a stable API.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+#[doc(hidden)]
+pub mod percpu;
 #[cfg(not(strata_loom))]
 mod purge_thread;
 #[cfg(not(strata_loom))]

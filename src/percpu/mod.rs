@@ -1,0 +1,78 @@
+//! The per-CPU front end's machinery (Linux, x86-64): per CPU and size class, a
+//! bounded stack of free objects, popped and pushed inside restartable sequences
+//! (rseq). Not yet wired in as a front end: this module is self-contained and
+//! tested on its own (`tests.rs`, `tests/percpu.rs`).
+//!
+//! # Why
+//! A cache per thread grows with the thread count; a cache per CPU is bounded by
+//! the CPU count, and a thread that sleeps holds nothing. The price is that a CPU's
+//! stack is shared by every thread that runs there, so each operation must be
+//! atomic with respect to preemption — which rseq gives without atomic
+//! instructions: the kernel restarts a critical section that was preempted,
+//! migrated or signalled.
+//!
+//! # Layout (`slab.rs`)
+//! One mapping from the OS, `ncpu` regions of `1 << shift` bytes. Each region
+//! starts with one 8-byte header per class (`current`, `end`, `begin`, `end_copy`,
+//! 16-bit indices of 8-byte units within the region), followed by each class's
+//! slot array of `max_cap` pointers. The cached objects are the slots `[begin,
+//! current)`; `end` is the capacity in force, which a non-owner can change within
+//! `max_cap` without moving anything.
+//!
+//! # The critical sections (`cs.rs`)
+//! pop: read `cpu_id` from the thread's rseq area, find the header, check
+//! `current > begin`, load `slot[current - 1]`, commit by storing `current - 1`.
+//! push: check `current < end`, store the object to `slot[current]`, commit by
+//! storing `current + 1`. The commit is each section's last instruction; the
+//! descriptor lives in `__rseq_cs`; the abort handler, behind the signature
+//! `0x53053053`, counts the abort ([`aborts`](crate::percpu::aborts)) and restarts the section. Both
+//! fail (caller takes the slow path) on an empty/full stack, on a header locked by
+//! a non-owner, and on a thread whose area is not registered (`cpu_id < 0`).
+//!
+//! # Finding the rseq area (`rseq.rs`), in order
+//! 1. `STRATA_PERCPU=0` → off.
+//! 2. glibc ≥ 2.35 registered one per thread (`__rseq_size >= 20`: recent glibc
+//!    reports the feature size, 20, not the area's 32): use it, at
+//!    `fs:0 + __rseq_offset`. The two symbols are looked up in the loaded
+//!    modules' GNU hash tables (`dl_iterate_phdr`, no allocation), not linked: a
+//!    link-time reference, even weak, would make a build against glibc >= 2.35
+//!    fail to load on an older one.
+//! 3. Otherwise register our own per thread, in TLS, on first use (same signature
+//!    as glibc's); `ENOSYS` (old kernel, valgrind) → off.
+//!
+//! # Non-owners: drain and resize
+//! Lock the CPU's headers with a CAS (`begin = 0xffff`, `end = 0`: every section
+//! there now fails), then `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+//! MEMBARRIER_CMD_FLAG_CPU, cpu)`: when it returns, no section on that CPU is in
+//! flight any more and `current` is stable; read the slots, write the header,
+//! unlock with a CAS ([`Slab::drain`](crate::percpu::Slab::drain), [`Slab::drain_cpu`](crate::percpu::Slab::drain_cpu),
+//! [`Slab::set_capacity`](crate::percpu::Slab::set_capacity)). Without the membarrier command (kernel < 5.10, or
+//! forbidden) non-owners cannot work, and objects cached on a CPU could be
+//! stranded there: a front end should then not use the slab at all
+//! ([`Slab::can_fence`](crate::percpu::Slab::can_fence)).
+//!
+//! # Left for wiring it in as a front end
+//! - The glue in the front-end interface: size class → slab class; on pop failure
+//!   refill a batch from the central tier (pushing it inside one section per
+//!   object, or a batch push section); on push failure flush a batch.
+//! - Capacity that follows demand: per CPU, grow a class's `end` on misses
+//!   (stealing capacity from cold classes, within a per-CPU byte budget) and
+//!   shrink idle ones — `set_capacity` is the mechanism, the policy is missing.
+//! - The slab's bytes in the allocator's `stats()` budget: cached objects count as
+//!   free-but-cached per CPU, plus `map_bytes` of metadata.
+//! - Idle drain: a background pass (the purge thread) that drains CPUs whose
+//!   stacks have not been touched for a while, and a drain of all CPUs on
+//!   `release`/trim.
+//! - A fork handler is not needed (the child keeps its registration and the slab).
+
+mod cs;
+mod rseq;
+mod slab;
+mod sys;
+
+#[cfg(test)]
+mod tests;
+
+pub use cs::aborts;
+pub use rseq::{Mode, RseqArea, current, mode, possible_cpus, release_current_thread};
+pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};

@@ -1,0 +1,238 @@
+//! Finding the calling thread's rseq area: glibc's registration where there is one,
+//! else one of our own, else none.
+//!
+//! Order (decided once per process by [`mode`]):
+//! 1. `STRATA_PERCPU=0` (or `false`, `no`): [`Mode::Off`].
+//! 2. glibc ≥ 2.35 registered an area for every thread (`__rseq_size >= 20`; see
+//!    `sys::RSEQ_MIN_FEATURE_SIZE` for why not 32): it
+//!    lives at `thread_pointer + __rseq_offset` in each thread ([`Mode::Glibc`]).
+//!    We never register a second area over it (the kernel allows one per thread).
+//! 3. Otherwise (older glibc, or `GLIBC_TUNABLES=glibc.pthread.rseq=0`): each
+//!    thread registers an area in its own TLS on first use ([`Mode::Own`]); if the
+//!    kernel has no rseq (`ENOSYS`, also under valgrind), [`Mode::Off`].
+//!
+//! Either way, an area is usable by a thread only while its `cpu_id` is ≥ 0 (the
+//! kernel writes -1 before and after a registration, glibc -2 where its
+//! registration failed); the critical sections check that themselves, so a stale
+//! or unregistered area makes them fail, never corrupt a slab.
+
+use core::cell::{Cell, UnsafeCell};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use super::sys;
+
+/// The kernel's `struct rseq` (include/uapi/linux/rseq.h), the original 32 bytes.
+/// The kernel writes `cpu_id_start`, `cpu_id` (and on newer kernels `node_id`,
+/// `mm_cid`) whenever the thread returns to user space, and reads and clears
+/// `rseq_cs`; so every field is an atomic: Rust code sees kernel writes as it
+/// would a signal handler's.
+///
+/// Invariants:
+/// 1. 32-byte aligned and 32 bytes long (the kernel refuses anything else).
+/// 2. While registered for a thread, `cpu_id` is the CPU the thread runs on (≥ 0,
+///    below [`possible_cpus`]) whenever the thread runs user code.
+/// 3. `rseq_cs` is 0 or the address of a critical-section descriptor in the
+///    `__rseq_cs` section.
+#[repr(C, align(32))]
+#[derive(Debug)]
+pub struct RseqArea {
+    /// The current CPU, always a valid CPU number (0 when not registered).
+    pub cpu_id_start: AtomicU32,
+    /// The current CPU; -1 (uninitialised) or -2 (glibc: registration failed) when
+    /// not registered.
+    pub cpu_id: AtomicI32,
+    /// The descriptor of the critical section the thread is in (or was last in).
+    pub rseq_cs: AtomicU64,
+    /// Flags (deprecated by the kernel; 0).
+    pub flags: AtomicU32,
+    /// The NUMA node (kernel ≥ 6.3).
+    pub node_id: AtomicU32,
+    /// The concurrency id (kernel ≥ 6.3).
+    pub mm_cid: AtomicU32,
+    _pad: u32,
+}
+const_assert!(core::mem::size_of::<RseqArea>() == sys::RSEQ_ORIG_SIZE as usize);
+const_assert!(core::mem::align_of::<RseqArea>() == 32);
+
+/// Byte offset of `cpu_id` in [`RseqArea`], for the critical sections.
+pub(crate) const CPU_ID_OFFSET: usize = 4;
+/// Byte offset of `rseq_cs` in [`RseqArea`], for the critical sections.
+pub(crate) const RSEQ_CS_OFFSET: usize = 8;
+const_assert!(core::mem::offset_of!(RseqArea, cpu_id) == CPU_ID_OFFSET);
+const_assert!(core::mem::offset_of!(RseqArea, rseq_cs) == RSEQ_CS_OFFSET);
+
+impl RseqArea {
+    /// A fresh area, as the kernel leaves one that is not registered.
+    const fn unregistered() -> RseqArea {
+        RseqArea {
+            cpu_id_start: AtomicU32::new(0),
+            cpu_id: AtomicI32::new(-1),
+            rseq_cs: AtomicU64::new(0),
+            flags: AtomicU32::new(0),
+            node_id: AtomicU32::new(0),
+            mm_cid: AtomicU32::new(0),
+            _pad: 0,
+        }
+    }
+
+    /// The CPU the thread runs on, if the area is registered (by invariant 2 it is
+    /// current at the moment of the load, and may be stale right after).
+    pub fn cpu(&self) -> Option<u32> {
+        // Relaxed: the kernel writes this on the same thread between user
+        // instructions; there is no other memory to order with it.
+        let c = self.cpu_id.load(Ordering::Relaxed);
+        if c >= 0 { Some(c as u32) } else { None }
+    }
+}
+
+/// How the process finds rseq areas (see the module docs for the order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// glibc registered an area per thread at `thread_pointer + offset`.
+    Glibc,
+    /// Each thread registers an area of its own in TLS on first use.
+    Own,
+    /// No per-CPU front end: disabled by `STRATA_PERCPU=0`, or no rseq in the kernel.
+    Off,
+}
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_GLIBC: u8 = 1;
+const MODE_OWN: u8 = 2;
+const MODE_OFF: u8 = 3;
+
+/// The process-wide [`Mode`], decided by the first call of [`mode`].
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+/// `__rseq_offset` when the mode is [`Mode::Glibc`].
+static GLIBC_OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+/// Per-thread state of an own registration.
+const OWN_UNTRIED: u8 = 0;
+const OWN_REGISTERED: u8 = 1;
+const OWN_REFUSED: u8 = 2;
+
+std::thread_local! {
+    // Both are const-initialised and have no destructor: bare TLS slots, with no
+    // destructor registration (which would call calloc) and no lazy init.
+    //
+    // The area lives in the thread's TLS block, which glibc frees (or hands to a
+    // new thread) only after the kernel has reported the thread gone (it reuses a
+    // stack once the kernel cleared its tid): the kernel never writes an area of a
+    // thread that no longer runs, so no unregistration is needed at thread exit.
+    static OWN_AREA: UnsafeCell<RseqArea> = const { UnsafeCell::new(RseqArea::unregistered()) };
+    static OWN_STATE: Cell<u8> = const { Cell::new(OWN_UNTRIED) };
+}
+
+/// The process's [`Mode`], deciding it on the first call (see the module docs).
+/// Concurrent first calls compute the same answer, so a plain store is enough.
+pub fn mode() -> Mode {
+    // Acquire: pairs with the Release store in `decide`; a thread that sees
+    // MODE_GLIBC sees GLIBC_OFFSET.
+    match MODE.load(Ordering::Acquire) {
+        MODE_GLIBC => Mode::Glibc,
+        MODE_OWN => Mode::Own,
+        MODE_OFF => Mode::Off,
+        _ => decide(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn decide() -> Mode {
+    let env = sys::environment();
+    // SAFETY: `environment` returns null or the C library's environment block.
+    let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
+    let m = if setting.is_some_and(|v| !crate::env::truthy(v)) {
+        Mode::Off
+    } else {
+        match sys::glibc_rseq() {
+            Some((off, size)) if size >= sys::RSEQ_MIN_FEATURE_SIZE => {
+                // Relaxed: published by the Release store of MODE below.
+                GLIBC_OFFSET.store(off, Ordering::Relaxed);
+                Mode::Glibc
+            }
+            // No glibc registration: try our own for this thread; ENOSYS means
+            // no thread ever will get one.
+            _ => match register_own() {
+                Err(libc::ENOSYS) => Mode::Off,
+                _ => Mode::Own,
+            },
+        }
+    };
+    let v = match m {
+        Mode::Glibc => MODE_GLIBC,
+        Mode::Own => MODE_OWN,
+        Mode::Off => MODE_OFF,
+    };
+    // Release: publishes GLIBC_OFFSET to readers of MODE (Acquire in `mode`).
+    MODE.store(v, Ordering::Release);
+    m
+}
+
+/// Registers the calling thread's TLS area (at most once per thread).
+fn register_own() -> Result<(), i32> {
+    let state = OWN_STATE.with(|s| s.get());
+    match state {
+        OWN_REGISTERED => return Ok(()),
+        OWN_REFUSED => return Err(libc::EBUSY),
+        _ => {}
+    }
+    let area = OWN_AREA.with(|a| a.get());
+    // SAFETY: the area is this thread's TLS slot, 32-byte aligned and 32 bytes
+    // (RseqArea invariant 1), never used for anything else and alive until the
+    // thread has exited (see OWN_AREA).
+    let r = unsafe { sys::rseq_register(area.cast()) };
+    OWN_STATE.with(|s| {
+        s.set(if r.is_ok() {
+            OWN_REGISTERED
+        } else {
+            OWN_REFUSED
+        })
+    });
+    r
+}
+
+/// The calling thread's rseq area, if it has a usable one (registering it first in
+/// [`Mode::Own`]). The pointer is valid for as long as the thread runs.
+#[inline]
+pub fn current() -> Option<NonNull<RseqArea>> {
+    let area = match mode() {
+        Mode::Glibc => {
+            // Relaxed: `mode` loaded MODE with Acquire after the offset was stored.
+            let off = GLIBC_OFFSET.load(Ordering::Relaxed);
+            sys::thread_pointer().wrapping_add_signed(off) as *mut RseqArea
+        }
+        Mode::Own => {
+            register_own().ok()?;
+            OWN_AREA.with(|a| a.get())
+        }
+        Mode::Off => return None,
+    };
+    let area = NonNull::new(area)?;
+    // SAFETY: in Glibc mode the address is glibc's area in this thread's TCB; in Own
+    // mode our TLS slot; both live as long as the thread, and every field is atomic.
+    let registered = unsafe { area.as_ref() }.cpu().is_some();
+    registered.then_some(area)
+}
+
+/// Ends the calling thread's own registration (a no-op in other modes or if this
+/// thread has none); a later [`current`] registers again. For a thread that is
+/// about to make its TLS area unreachable in some way the thread-exit argument
+/// does not cover; also lets tests cover both edges.
+pub fn release_current_thread() -> Result<(), i32> {
+    if mode() != Mode::Own || OWN_STATE.with(|s| s.get()) != OWN_REGISTERED {
+        return Ok(());
+    }
+    let area = OWN_AREA.with(|a| a.get());
+    // SAFETY: this thread registered exactly this area (OWN_STATE says so).
+    unsafe { sys::rseq_unregister(area.cast()) }?;
+    OWN_STATE.with(|s| s.set(OWN_UNTRIED));
+    Ok(())
+}
+
+/// The number of possible CPU ids (every `cpu_id` is below it), or `None` if it
+/// cannot be read.
+pub fn possible_cpus() -> Option<u32> {
+    sys::possible_cpus()
+}

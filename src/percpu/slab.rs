@@ -1,0 +1,557 @@
+//! The per-CPU slab: for every possible CPU, one region holding a header per size
+//! class followed by the classes' arrays of object pointers.
+//!
+//! ```text
+//!  base + (cpu << shift):
+//!  unit:  0        1        ..  n-1      begin[0] ...           begin[1] ...
+//!        [hdr 0 ][hdr 1 ] .. [hdr n-1][slots of class 0     ][slots of class 1 ] ..
+//!                                      ^begin   ^current  ^end ^ begin + max_cap
+//! ```
+//! A unit is 8 bytes; a header is one unit holding four `u16` unit indices
+//! (little-endian: `current`, `end`, `begin`, `end_copy`). The objects of class
+//! `k` cached on a CPU are the slots `[begin, current)`; `end - begin` is the
+//! class's capacity there, at most its `max_cap`, and can change at run time
+//! ([`Slab::set_capacity`]) without moving anything.
+//!
+//! # Non-owners
+//! Only a critical section running on a CPU may change that CPU's stacks (header
+//! invariant 4). Anyone else (a thread draining an idle CPU, resizing a class)
+//! first *locks* the header: one CAS sets `begin = 0xffff` and `end = 0`, keeping
+//! `current` and the real end (`end_copy`); every pop then sees `current <= begin`
+//! and every push `current >= end`, and both fail. A section that read the header
+//! before the CAS may still be running, so the non-owner then *fences*:
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` on that CPU returns only
+//! once any section running there has been aborted or has committed, with a full
+//! barrier on that CPU. After it, `current` is stable and the slots readable. The
+//! non-owner does its work and unlocks with a CAS that restores `begin` and `end`.
+//! The lock is a try-lock: a second non-owner finds the header locked and gets
+//! [`DrainError::Busy`] (never waits), so it needs no lock rank.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::cs;
+use super::rseq::RseqArea;
+use super::sys;
+use crate::Violation;
+use crate::os::{OS_PAGE, Os, SysOs};
+
+/// The most size classes a slab serves.
+pub const MAX_CLASSES: usize = 64;
+/// `begin` of a locked header: no `current` (a `u16`) is above it.
+const LOCKED_BEGIN: u16 = 0xffff;
+/// The most units a region may hold: every unit index must stay below
+/// `LOCKED_BEGIN`, so that a locked header fails every pop.
+const MAX_UNITS: usize = 0xff00;
+const UNIT: usize = 8;
+
+/// A header, unpacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Hdr {
+    current: u16,
+    end: u16,
+    begin: u16,
+    end_copy: u16,
+}
+
+impl Hdr {
+    fn unpack(w: u64) -> Hdr {
+        Hdr {
+            current: w as u16,
+            end: (w >> 16) as u16,
+            begin: (w >> 32) as u16,
+            end_copy: (w >> 48) as u16,
+        }
+    }
+    fn pack(self) -> u64 {
+        self.current as u64
+            | (self.end as u64) << 16
+            | (self.begin as u64) << 32
+            | (self.end_copy as u64) << 48
+    }
+    fn locked(self) -> bool {
+        self.begin == LOCKED_BEGIN
+    }
+}
+
+/// Why a slab could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlabError {
+    /// More than [`MAX_CLASSES`] classes, or capacity lists of different lengths,
+    /// or an initial capacity above its maximum, or no CPU.
+    BadShape,
+    /// The slots of one CPU would not fit the 16-bit unit indices.
+    TooBig,
+    /// The OS refused the memory.
+    NoMemory,
+    /// Fewer CPUs than the kernel's possible CPUs (or those could not be read):
+    /// some `cpu_id` would index past the slab.
+    TooFewCpus,
+}
+
+/// Why a non-owner could not work on a CPU's stacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainError {
+    /// Another non-owner holds the header lock; try later.
+    Busy,
+    /// No CPU or class of that number.
+    OutOfRange,
+    /// The kernel refused the fence (its errno), or the process could not register
+    /// for it: nothing was touched.
+    NoFence(i32),
+}
+
+/// The per-CPU slab (see the module docs for the layout).
+///
+/// Invariants:
+/// 1. CPU `c`'s region is `[base + (c << shift), base + ((c + 1) << shift))`,
+///    `shift >= 12`, all `ncpu` regions in one mapping of `map_bytes` bytes owned
+///    by the slab; `ncpu` is at least the number of possible CPUs when the slab is
+///    used with the kernel's `cpu_id` (checked by [`Slab::new`]).
+/// 2. Every region has the same layout: class `k`'s header is unit `k`, its slots
+///    the units `[begin[k], begin[k] + max_cap[k])`; `begin[0] = nclasses`,
+///    `begin[k + 1] = begin[k] + max_cap[k]`, and the last slot's unit is below
+///    `MAX_UNITS < 0xffff` and inside the region. So headers and the classes' slot
+///    ranges never overlap.
+///
+/// Header invariants (each CPU, each class `k`, as read in one 8-byte load):
+/// 1. Unlocked: `begin == begin[k] <= current <= end == end_copy <= begin[k] +
+///    max_cap[k]`.
+/// 2. Locked (held by exactly one non-owner): `begin == 0xffff`, `end == 0`, and
+///    `begin[k] <= current <= end_copy <= begin[k] + max_cap[k]`.
+/// 3. The slots `[begin[k], current)` hold that CPU's cached objects of class `k`,
+///    none null; each object is in at most one slot of the whole slab.
+/// 4. `current` is written only by a critical section running on that CPU, or by
+///    the non-owner holding the lock after its fence.
+#[derive(Debug)]
+pub struct Slab {
+    base: *mut u8,
+    map_bytes: usize,
+    ncpu: u32,
+    shift: u32,
+    nclasses: usize,
+    begin: [u16; MAX_CLASSES],
+    max_cap: [u16; MAX_CLASSES],
+    /// Whether this process may fence (membarrier registered): `Err(errno)` if not.
+    fence: Result<(), i32>,
+}
+
+// SAFETY: the slab is shared between threads by design: headers and slots are only
+// accessed as atomics from Rust, and from the critical sections under the rseq
+// argument (cs.rs); the fields outside the mapping never change after `new`.
+unsafe impl Send for Slab {}
+// SAFETY: as for Send.
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    /// A slab for `ncpu` CPUs with `max_caps.len()` classes; class `k` can hold up to
+    /// `max_caps[k]` objects per CPU and starts with capacity `init_caps[k]`.
+    /// Memory comes straight from the OS (`ncpu` regions of the same power-of-two
+    /// size, at least a page each), zero-filled, so untouched CPUs cost no RSS.
+    pub fn new(ncpu: u32, max_caps: &[u16], init_caps: &[u16]) -> Result<Slab, SlabError> {
+        let n = max_caps.len();
+        if n == 0 || n > MAX_CLASSES || init_caps.len() != n || ncpu == 0 {
+            return Err(SlabError::BadShape);
+        }
+        if sys::possible_cpus().is_none_or(|p| ncpu < p) {
+            return Err(SlabError::TooFewCpus);
+        }
+        let mut begin = [0u16; MAX_CLASSES];
+        let mut max_cap = [0u16; MAX_CLASSES];
+        let mut unit = n;
+        for k in 0..n {
+            if init_caps[k] > max_caps[k] {
+                return Err(SlabError::BadShape);
+            }
+            begin[k] = unit as u16;
+            max_cap[k] = max_caps[k];
+            unit += max_caps[k] as usize;
+            if unit > MAX_UNITS {
+                return Err(SlabError::TooBig);
+            }
+        }
+        let shift = (unit * UNIT)
+            .next_power_of_two()
+            .max(OS_PAGE)
+            .trailing_zeros();
+        let Some(map_bytes) = (ncpu as usize).checked_mul(1 << shift) else {
+            return Err(SlabError::TooBig);
+        };
+        let base = SysOs.map(map_bytes, OS_PAGE);
+        if base.is_null() {
+            return Err(SlabError::NoMemory);
+        }
+        let slab = Slab {
+            base,
+            map_bytes,
+            ncpu,
+            shift,
+            nclasses: n,
+            begin,
+            max_cap,
+            fence: sys::membarrier_register_rseq(),
+        };
+        for cpu in 0..ncpu {
+            for k in 0..n {
+                let h = Hdr {
+                    current: begin[k],
+                    end: begin[k] + init_caps[k],
+                    begin: begin[k],
+                    end_copy: begin[k] + init_caps[k],
+                };
+                // Relaxed: the slab is not shared yet; whoever receives it gets it
+                // through a synchronising handoff.
+                slab.header(cpu, k).store(h.pack(), Ordering::Relaxed);
+            }
+        }
+        Ok(slab)
+    }
+
+    /// The number of CPUs the slab has regions for.
+    pub fn ncpu(&self) -> u32 {
+        self.ncpu
+    }
+
+    /// The number of size classes.
+    pub fn nclasses(&self) -> usize {
+        self.nclasses
+    }
+
+    /// The bytes of address space the slab maps.
+    pub fn map_bytes(&self) -> usize {
+        self.map_bytes
+    }
+
+    /// Whether non-owners can work on CPUs' stacks here (`Err(errno)` if the kernel
+    /// refused the membarrier registration: drains and resizes then fail).
+    pub fn can_fence(&self) -> Result<(), i32> {
+        self.fence
+    }
+
+    fn header(&self, cpu: u32, class: usize) -> &AtomicU64 {
+        debug_check!(
+            cpu < self.ncpu && class < self.nclasses,
+            "Slab::header: out of range"
+        );
+        let p = self
+            .base
+            .wrapping_add(((cpu as usize) << self.shift) + class * UNIT);
+        // SAFETY: by slab invariants 1 and 2 the header lies inside the mapping, which
+        // lives as long as `self`; it is 8-byte aligned (regions are page aligned) and
+        // accessed from Rust only as an atomic.
+        unsafe { &*p.cast::<AtomicU64>() }
+    }
+
+    fn slot(&self, cpu: u32, unit: u16) -> &AtomicUsize {
+        debug_check!(
+            cpu < self.ncpu && (unit as usize) < (1usize << self.shift) / UNIT,
+            "Slab::slot: out of range"
+        );
+        let p = self
+            .base
+            .wrapping_add(((cpu as usize) << self.shift) + unit as usize * UNIT);
+        // SAFETY: as in `header`: inside the mapping, aligned, atomic from Rust.
+        unsafe { &*p.cast::<AtomicUsize>() }
+    }
+
+    /// Pops an object of `class` from the calling thread's CPU; `None` if that stack
+    /// is empty, locked by a non-owner, or `area` is not registered.
+    ///
+    /// # Safety
+    /// `area` is the calling thread's rseq area ([`super::rseq::current`]);
+    /// `class < self.nclasses()`; `self.ncpu()` covers every possible CPU.
+    #[inline(always)]
+    pub unsafe fn pop(&self, area: NonNull<RseqArea>, class: usize) -> Option<NonNull<u8>> {
+        debug_check!(class < self.nclasses, "Slab::pop: class out of range");
+        // SAFETY: the caller's contract gives cs::pop's; the slab invariants give its
+        // layout requirements.
+        NonNull::new(unsafe { cs::pop(area.as_ptr(), self.base, self.shift, class) })
+    }
+
+    /// Pushes `p` (an object of `class`) onto the calling thread's CPU's stack;
+    /// false if that stack is full, locked by a non-owner, or `area` is not
+    /// registered: the object is then still the caller's.
+    ///
+    /// # Safety
+    /// As for [`Slab::pop`]; and `p` is in no slot of the slab (header invariant 3).
+    #[inline(always)]
+    pub unsafe fn push(&self, area: NonNull<RseqArea>, class: usize, p: NonNull<u8>) -> bool {
+        debug_check!(class < self.nclasses, "Slab::push: class out of range");
+        // SAFETY: as in `pop`.
+        unsafe { cs::push(area.as_ptr(), self.base, self.shift, class, p.as_ptr()) }
+    }
+
+    /// How many objects of `class` CPU `cpu` holds (a snapshot), and its capacity.
+    pub fn len_and_capacity(&self, cpu: u32, class: usize) -> Option<(usize, usize)> {
+        if cpu >= self.ncpu || class >= self.nclasses {
+            return None;
+        }
+        // Relaxed: a snapshot for statistics and tests.
+        let h = Hdr::unpack(self.header(cpu, class).load(Ordering::Relaxed));
+        let b = self.begin[class];
+        Some(((h.current - b) as usize, (h.end_copy - b) as usize))
+    }
+
+    /// Locks the headers of `classes` on `cpu` and fences, runs `work` on each
+    /// (class, unpacked header with `current` stable), stores the header `work`
+    /// returns (with begin and end restored), and unlocks.
+    fn with_locked(
+        &self,
+        cpu: u32,
+        classes: core::ops::Range<usize>,
+        mut work: impl FnMut(usize, Hdr) -> Hdr,
+    ) -> Result<(), DrainError> {
+        if cpu >= self.ncpu || classes.end > self.nclasses {
+            return Err(DrainError::OutOfRange);
+        }
+        self.fence.map_err(DrainError::NoFence)?;
+        for k in classes.clone() {
+            if !self.lock(cpu, k) {
+                for j in classes.start..k {
+                    self.unlock(cpu, j, None);
+                }
+                return Err(DrainError::Busy);
+            }
+        }
+        if let Err(e) = sys::rseq_fence(cpu) {
+            for k in classes {
+                self.unlock(cpu, k, None);
+            }
+            return Err(DrainError::NoFence(e));
+        }
+        for k in classes {
+            // Acquire: pairs with the fence's barrier on `cpu`; the slots below
+            // `current` were written before the commit that set it.
+            let h = Hdr::unpack(self.header(cpu, k).load(Ordering::Acquire));
+            let new = work(k, h);
+            self.unlock(cpu, k, Some(new));
+        }
+        Ok(())
+    }
+
+    /// Header lock (module docs): false if another non-owner holds it.
+    fn lock(&self, cpu: u32, class: usize) -> bool {
+        let hdr = self.header(cpu, class);
+        // Relaxed: the CAS below decides.
+        let mut w = hdr.load(Ordering::Relaxed);
+        loop {
+            let h = Hdr::unpack(w);
+            if h.locked() {
+                return false;
+            }
+            let l = Hdr {
+                end: 0,
+                begin: LOCKED_BEGIN,
+                ..h
+            };
+            // SeqCst: the lock must be visible before the fence asks the CPU to
+            // restart; the fence itself is a full barrier there. A commit of a section
+            // racing with us changes `current` and fails this CAS: retry.
+            match hdr.compare_exchange_weak(w, l.pack(), Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Unlocks: with `Some(h)`, stores `h.current` and `h.end_copy` (the fence ran,
+    /// nothing else writes the header); with `None` (no fence), restores only begin
+    /// and end, keeping whatever `current` a late commit left.
+    fn unlock(&self, cpu: u32, class: usize, new: Option<Hdr>) {
+        let hdr = self.header(cpu, class);
+        let b = self.begin[class];
+        // Relaxed: the CAS below decides.
+        let mut w = hdr.load(Ordering::Relaxed);
+        loop {
+            let h = Hdr::unpack(w);
+            debug_check!(h.locked(), "Slab::unlock: header not locked");
+            let (current, end) = match new {
+                Some(n) => (n.current, n.end_copy),
+                None => (h.current, h.end_copy),
+            };
+            let u = Hdr {
+                current,
+                end,
+                begin: b,
+                end_copy: end,
+            };
+            // Release: publishes the drained or resized state (and the slots the
+            // non-owner wrote, if any) to the next critical section on that CPU.
+            match hdr.compare_exchange_weak(w, u.pack(), Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Empties `class` on CPU `cpu` from any thread, handing each object to `f`
+    /// (top of the stack first); returns how many. See "Non-owners".
+    pub fn drain(
+        &self,
+        cpu: u32,
+        class: usize,
+        mut f: impl FnMut(NonNull<u8>),
+    ) -> Result<usize, DrainError> {
+        let mut n = 0;
+        self.with_locked(cpu, class..class + 1, |k, h| {
+            n += self.take_above(cpu, k, h.current, self.begin[k], &mut |_, p| f(p));
+            Hdr {
+                current: self.begin[k],
+                ..h
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// Empties every class on CPU `cpu` (one fence for all), handing `(class,
+    /// object)` to `f`; returns how many objects.
+    pub fn drain_cpu(
+        &self,
+        cpu: u32,
+        mut f: impl FnMut(usize, NonNull<u8>),
+    ) -> Result<usize, DrainError> {
+        let mut n = 0;
+        self.with_locked(cpu, 0..self.nclasses, |k, h| {
+            n += self.take_above(cpu, k, h.current, self.begin[k], &mut f);
+            Hdr {
+                current: self.begin[k],
+                ..h
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// Sets the capacity of `class` on CPU `cpu` (at most its `max_cap`), handing the
+    /// objects above a lowered capacity to `f`; returns how many it handed over.
+    pub fn set_capacity(
+        &self,
+        cpu: u32,
+        class: usize,
+        cap: u16,
+        mut f: impl FnMut(NonNull<u8>),
+    ) -> Result<usize, DrainError> {
+        if class >= self.nclasses || cap > self.max_cap[class] {
+            return Err(DrainError::OutOfRange);
+        }
+        let mut n = 0;
+        self.with_locked(cpu, class..class + 1, |k, h| {
+            let new_end = self.begin[k] + cap;
+            let keep = h.current.min(new_end);
+            n += self.take_above(cpu, k, h.current, keep, &mut |_, p| f(p));
+            Hdr {
+                current: keep,
+                end_copy: new_end,
+                ..h
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// Hands the objects in slots `[to, from)` of `class` on `cpu` to `f`, top first.
+    fn take_above(
+        &self,
+        cpu: u32,
+        class: usize,
+        from: u16,
+        to: u16,
+        f: &mut impl FnMut(usize, NonNull<u8>),
+    ) -> usize {
+        let mut n = 0;
+        let mut u = from;
+        while u > to {
+            u -= 1;
+            // Relaxed: ordered by the Acquire load of the header after the fence.
+            let p = self.slot(cpu, u).load(Ordering::Relaxed) as *mut u8;
+            match NonNull::new(p) {
+                Some(p) => {
+                    f(class, p);
+                    n += 1;
+                }
+                None => {
+                    debug_check!(false, "Slab: null object in a slot (header invariant 3)");
+                }
+            }
+        }
+        n
+    }
+
+    /// Checks the slab invariant 2 and header invariants 1–3 (all but the "at most
+    /// one slot" half of 3, which needs a set) on a snapshot of each header; a
+    /// broken header invariant `n` is reported as invariant `100 + n`.
+    pub fn validate(&self) -> Result<(), Violation> {
+        let v = |invariant, what, addr| {
+            Err(Violation {
+                structure: "percpu::Slab",
+                invariant,
+                what,
+                addr,
+            })
+        };
+        let region_units = (1usize << self.shift) / UNIT;
+        let mut unit = self.nclasses;
+        for k in 0..self.nclasses {
+            if self.begin[k] as usize != unit {
+                return v(2, "class slots not packed after the headers", k);
+            }
+            unit += self.max_cap[k] as usize;
+        }
+        if unit > MAX_UNITS || unit > region_units || self.shift < 12 {
+            return v(2, "slots exceed the region or the 16-bit indices", unit);
+        }
+        for cpu in 0..self.ncpu {
+            for k in 0..self.nclasses {
+                // Relaxed: a snapshot; one 8-byte load sees a whole header.
+                let h = Hdr::unpack(self.header(cpu, k).load(Ordering::Relaxed));
+                let (b, top) = (self.begin[k], self.begin[k] + self.max_cap[k]);
+                let addr = cpu as usize * self.nclasses + k;
+                if h.locked() {
+                    if h.end != 0
+                        || !(b <= h.current && h.current <= h.end_copy && h.end_copy <= top)
+                    {
+                        return v(
+                            102,
+                            "locked header out of bounds (header invariant 2)",
+                            addr,
+                        );
+                    }
+                } else if !(h.begin == b
+                    && b <= h.current
+                    && h.current <= h.end
+                    && h.end == h.end_copy
+                    && h.end <= top)
+                {
+                    return v(101, "header out of bounds (header invariant 1)", addr);
+                }
+                for u in b..h.current {
+                    // Relaxed: a snapshot for checking.
+                    if self.slot(cpu, u).load(Ordering::Relaxed) == 0 {
+                        return v(103, "null object in a slot (header invariant 3)", addr);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Slab {
+    pub(crate) fn test_lock(&self, cpu: u32, class: usize) -> bool {
+        self.lock(cpu, class)
+    }
+    pub(crate) fn test_unlock(&self, cpu: u32, class: usize) {
+        self.unlock(cpu, class, None)
+    }
+    pub(crate) fn test_header(&self, cpu: u32, class: usize) -> &AtomicU64 {
+        self.header(cpu, class)
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        // SAFETY: by slab invariant 1 the mapping is the slab's own; `&mut self` means
+        // no thread holds a reference through which a critical section could run.
+        // A failed unmap leaves address space reserved: nothing to do about it here.
+        let _ = unsafe { SysOs.unmap(self.base, self.map_bytes) };
+    }
+}

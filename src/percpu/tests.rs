@@ -1,0 +1,186 @@
+//! White-box tests of the per-CPU pieces: the CPU list parser, the header packing,
+//! the validator, and the header lock as seen by the critical sections.
+
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+
+use super::slab::Slab;
+use super::*;
+
+fn obj(i: usize) -> NonNull<u8> {
+    NonNull::new(((i + 1) * 16) as *mut u8).unwrap()
+}
+
+fn slab(caps: &[u16]) -> Slab {
+    Slab::new(possible_cpus().unwrap(), caps, caps).unwrap()
+}
+
+/// Runs `f` pinned to the CPU the thread is on now (so that all its sections see
+/// one CPU), returning that CPU.
+fn pinned<R>(f: impl FnOnce(u32) -> R) -> R {
+    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t calls only touch the
+    // local sets.
+    // SAFETY: as above: this thread's area, class in range, each object once.
+    unsafe {
+        let mut old: libc::cpu_set_t = core::mem::zeroed();
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
+        let cpu = libc::sched_getcpu() as usize;
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+        let r = f(cpu as u32);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &old);
+        r
+    }
+}
+
+#[test]
+fn cpu_lists_parse_to_their_highest_cpu() {
+    assert_eq!(sys::parse_cpu_list(b"0-15\n"), Some(15));
+    assert_eq!(sys::parse_cpu_list(b"0\n"), Some(0));
+    assert_eq!(sys::parse_cpu_list(b"0,2-3,8\n"), Some(8));
+    assert_eq!(sys::parse_cpu_list(b"0-3,5"), Some(5));
+    assert_eq!(sys::parse_cpu_list(b""), None);
+    assert_eq!(sys::parse_cpu_list(b"x"), None);
+    assert!(possible_cpus().is_some_and(|n| n >= 1));
+}
+
+#[test]
+fn dynamic_symbols_are_found_as_dlsym_finds_them() {
+    assert_eq!(sys::gnu_hash(b""), 5381);
+    assert_eq!(sys::gnu_hash(b"printf"), 0x156b_2bb8);
+    for name in [&b"__rseq_offset"[..], b"__rseq_size", b"pthread_key_create"] {
+        let c = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the global scope.
+        let d = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) } as usize;
+        assert_ne!(d, 0);
+        assert_eq!(sys::find_dynamic_symbol(name), Some(d), "{c:?}");
+    }
+    assert_eq!(
+        sys::find_dynamic_symbol(b"strata_no_such_symbol_anywhere"),
+        None
+    );
+}
+
+#[test]
+fn glibc_symbols_resolve_on_this_glibc() {
+    // glibc >= 2.35 defines both; the size is 0 only when its registration is off.
+    let (_, size) = sys::glibc_rseq().expect("glibc 2.35+ exports __rseq_offset");
+    let off = std::env::var("GLIBC_TUNABLES").is_ok_and(|v| v.contains("rseq=0"));
+    assert_eq!(size == 0, off);
+}
+
+#[test]
+fn slab_shape_is_checked() {
+    let n = possible_cpus().unwrap();
+    assert_eq!(Slab::new(n, &[], &[]).err(), Some(SlabError::BadShape));
+    assert_eq!(Slab::new(n, &[4], &[5]).err(), Some(SlabError::BadShape));
+    assert_eq!(Slab::new(n, &[4, 4], &[4]).err(), Some(SlabError::BadShape));
+    assert_eq!(
+        Slab::new(n, &[40_000, 40_000], &[1, 1]).err(),
+        Some(SlabError::TooBig)
+    );
+    if n > 0 {
+        assert_eq!(
+            Slab::new(n - 1, &[4], &[4]).err(),
+            Some(SlabError::TooFewCpus)
+        );
+    }
+    let s = slab(&[4, 0, 7]);
+    assert_eq!(s.map_bytes(), n as usize * 4096);
+    s.validate().unwrap();
+    assert_eq!(s.len_and_capacity(0, 2), Some((0, 7)));
+    assert_eq!(s.len_and_capacity(0, 3), None);
+}
+
+#[test]
+fn drain_returns_what_was_pushed_top_first() {
+    let s = slab(&[8, 8]);
+    let area = current().unwrap();
+    let cpu = pinned(|cpu| {
+        for i in 0..5 {
+            // SAFETY: this thread's area, class 1 < 2, each object once.
+            assert!(unsafe { s.push(area, 1, obj(i)) });
+        }
+        cpu
+    });
+    let mut got = Vec::new();
+    assert_eq!(s.drain(cpu, 1, |p| got.push(p)), Ok(5));
+    assert_eq!(got, (0..5).rev().map(obj).collect::<Vec<_>>());
+    assert_eq!(s.len_and_capacity(cpu, 1), Some((0, 8)));
+    assert_eq!(s.drain(cpu, 2, |_| ()), Err(DrainError::OutOfRange));
+    assert_eq!(s.drain(s.ncpu(), 0, |_| ()), Err(DrainError::OutOfRange));
+    s.validate().unwrap();
+}
+
+#[test]
+fn capacity_shrinks_and_grows_on_one_cpu() {
+    let s = slab(&[8]);
+    let area = current().unwrap();
+    pinned(|cpu| {
+        for i in 0..6 {
+            // SAFETY: this thread's area, class 0, each object once.
+            assert!(unsafe { s.push(area, 0, obj(i)) });
+        }
+        let mut surplus = Vec::new();
+        assert_eq!(s.set_capacity(cpu, 0, 2, |p| surplus.push(p)), Ok(4));
+        assert_eq!(surplus, vec![obj(5), obj(4), obj(3), obj(2)]);
+        assert_eq!(s.len_and_capacity(cpu, 0), Some((2, 2)));
+        // SAFETY: as above.
+        assert!(
+            // SAFETY: as above: this thread's area, class in range, each object once.
+            !unsafe { s.push(area, 0, obj(9)) },
+            "push over the lowered capacity"
+        );
+        assert_eq!(
+            s.set_capacity(cpu, 0, 9, |_| ()),
+            Err(DrainError::OutOfRange)
+        );
+        assert_eq!(s.set_capacity(cpu, 0, 8, |_| ()), Ok(0));
+        // SAFETY: as above.
+        assert!(unsafe { s.push(area, 0, obj(9)) });
+        // SAFETY: as above.
+        assert_eq!(unsafe { s.pop(area, 0) }, Some(obj(9)));
+        s.validate().unwrap();
+    });
+}
+
+#[test]
+fn locked_header_fails_both_sections_and_a_second_locker() {
+    let s = slab(&[4]);
+    let area = current().unwrap();
+    pinned(|cpu| {
+        // SAFETY: this thread's area, class 0.
+        assert!(unsafe { s.push(area, 0, obj(0)) });
+        assert!(s.test_lock(cpu, 0));
+        s.validate().unwrap();
+        assert!(!s.test_lock(cpu, 0), "a second non-owner got the lock");
+        assert_eq!(s.drain(cpu, 0, |_| ()), Err(DrainError::Busy));
+        // SAFETY: as above.
+        assert_eq!(unsafe { s.pop(area, 0) }, None, "pop through a lock");
+        // SAFETY: as above.
+        assert!(!unsafe { s.push(area, 0, obj(1)) }, "push through a lock");
+        s.test_unlock(cpu, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { s.pop(area, 0) }, Some(obj(0)));
+    });
+}
+
+#[test]
+fn validate_reports_a_broken_header() {
+    let s = slab(&[4, 4]);
+    // current below begin
+    s.test_header(0, 1).store(0, Ordering::Relaxed);
+    let v = s.validate().unwrap_err();
+    assert_eq!((v.structure, v.invariant), ("percpu::Slab", 101));
+}
+
+#[test]
+fn abort_counter_is_readable() {
+    // The counter only grows; tests/percpu.rs forces aborts with signals.
+    let a = aborts();
+    assert!(aborts() >= a);
+}
