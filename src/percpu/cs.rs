@@ -55,7 +55,7 @@ pub(crate) static ABORTS: AtomicU64 = AtomicU64::new(0);
 // The asm hard-codes the rseq area offsets and the header layout.
 const_assert!(super::rseq::CPU_ID_OFFSET == 4);
 const_assert!(super::rseq::RSEQ_CS_OFFSET == 8);
-const_assert!(super::sys::RSEQ_SIG == 0x5305_3053);
+const_assert!(crate::platform::rseq::RSEQ_SIG == 0x5305_3053);
 
 /// Pops the top object of `class` on the CPU the thread runs on; null if that
 /// stack is empty, locked by a non-owner, or the thread's area is not registered.

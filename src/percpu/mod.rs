@@ -68,7 +68,6 @@
 mod cs;
 mod rseq;
 mod slab;
-mod sys;
 
 #[cfg(test)]
 mod tests;

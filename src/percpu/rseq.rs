@@ -20,7 +20,7 @@ use core::cell::{Cell, UnsafeCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
-use super::sys;
+use crate::platform::rseq as sys;
 
 /// The kernel's `struct rseq` (include/uapi/linux/rseq.h), the original 32 bytes.
 /// The kernel writes `cpu_id_start`, `cpu_id` (and on newer kernels `node_id`,
@@ -155,7 +155,7 @@ fn decide() -> Mode {
             // No glibc registration: try our own for this thread; ENOSYS means
             // no thread ever will get one.
             _ => match register_own() {
-                Err(libc::ENOSYS) => Mode::Off,
+                Err(sys::ENOSYS) => Mode::Off,
                 _ => Mode::Own,
             },
         }
@@ -175,7 +175,7 @@ fn register_own() -> Result<(), i32> {
     let state = OWN_STATE.with(|s| s.get());
     match state {
         OWN_REGISTERED => return Ok(()),
-        OWN_REFUSED => return Err(libc::EBUSY),
+        OWN_REFUSED => return Err(sys::EBUSY),
         _ => {}
     }
     let area = OWN_AREA.with(|a| a.get());

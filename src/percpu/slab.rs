@@ -32,9 +32,9 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::cs;
 use super::rseq::RseqArea;
-use super::sys;
 use crate::Violation;
 use crate::os::{OS_PAGE, Os, SysOs};
+use crate::platform::rseq as sys;
 
 /// The most size classes a slab serves.
 pub const MAX_CLASSES: usize = 64;

@@ -6,6 +6,7 @@ use core::sync::atomic::Ordering;
 
 use super::slab::Slab;
 use super::*;
+use crate::platform::rseq::{self as sys, pinned};
 
 fn obj(i: usize) -> NonNull<u8> {
     NonNull::new(((i + 1) * 16) as *mut u8).unwrap()
@@ -13,28 +14,6 @@ fn obj(i: usize) -> NonNull<u8> {
 
 fn slab(caps: &[u16]) -> Slab {
     Slab::new(possible_cpus().unwrap(), caps, caps).unwrap()
-}
-
-/// Runs `f` pinned to the CPU the thread is on now (so that all its sections see
-/// one CPU), returning that CPU.
-fn pinned<R>(f: impl FnOnce(u32) -> R) -> R {
-    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t calls only touch the
-    // local sets.
-    // SAFETY: as above: this thread's area, class in range, each object once.
-    unsafe {
-        let mut old: libc::cpu_set_t = core::mem::zeroed();
-        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
-        let cpu = libc::sched_getcpu() as usize;
-        let mut set: libc::cpu_set_t = core::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-        let r = f(cpu as u32);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &old);
-        r
-    }
 }
 
 #[test]
@@ -54,8 +33,7 @@ fn dynamic_symbols_are_found_as_dlsym_finds_them() {
     assert_eq!(sys::gnu_hash(b"printf"), 0x156b_2bb8);
     for name in [&b"__rseq_offset"[..], b"__rseq_size", b"pthread_key_create"] {
         let c = std::ffi::CString::new(name).unwrap();
-        // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the global scope.
-        let d = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) } as usize;
+        let d = sys::dlsym_default(&c);
         assert_ne!(d, 0);
         assert_eq!(sys::find_dynamic_symbol(name), Some(d), "{c:?}");
     }

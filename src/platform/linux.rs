@@ -6,6 +6,8 @@ use core::ffi::{c_int, c_void};
 use core::ptr;
 use core::sync::atomic::AtomicU32;
 
+#[cfg(all(target_arch = "x86_64", not(strata_loom)))]
+pub(crate) mod rseq_x86_64;
 #[cfg(all(target_arch = "x86_64", not(strata_portable_tls)))]
 mod tls_x86_64;
 #[cfg(all(target_arch = "x86_64", not(strata_portable_tls)))]

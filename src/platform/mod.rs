@@ -36,6 +36,9 @@
 mod linux;
 #[cfg(target_os = "linux")]
 use linux as sys;
+/// Restartable sequences, membarrier and the CPU count, for the per-CPU front end.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub(crate) use linux::rseq_x86_64 as rseq;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -1,10 +1,15 @@
-//! Everything the per-CPU front end asks of Linux and glibc, in one file so that it
-//! can move into the platform layer as a whole: the thread pointer, glibc's rseq
+//! Everything the per-CPU front end (`crate::percpu`) asks of Linux and glibc on
+//! x86-64, reached as `platform::rseq`: the thread pointer, glibc's rseq
 //! registration symbols (looked up without a link-time reference), the `rseq` and `membarrier` system calls, the
 //! possible-CPU count and the environment block. Nothing here allocates.
 
 use core::arch::asm;
 use core::ffi::c_char;
+
+/// `rseq` or `membarrier` is not available (old kernel, seccomp).
+pub(crate) const ENOSYS: i32 = libc::ENOSYS;
+/// The thread already has an rseq area registered (glibc's, or ours).
+pub(crate) const EBUSY: i32 = libc::EBUSY;
 
 /// The signature the kernel checks in the 4 bytes before every abort handler, and
 /// that a registration names. glibc registers with this value on x86-64 (its
@@ -348,4 +353,34 @@ pub(crate) fn environment() -> *const *const c_char {
     // SAFETY: reading the C library's `environ` variable; an aligned pointer-sized
     // read, written by glibc only under `setenv`/`putenv`.
     unsafe { core::ptr::addr_of!(environ).read_volatile() }
+}
+
+/// Runs `f` pinned to the CPU the thread is on now (so that all its critical
+/// sections see one CPU), passing that CPU; the old affinity is restored after.
+#[cfg(test)]
+pub(crate) fn pinned<R>(f: impl FnOnce(u32) -> R) -> R {
+    // SAFETY: sched_getcpu has no preconditions; the cpu_set_t calls only read and
+    // write the local sets.
+    unsafe {
+        let mut old: libc::cpu_set_t = core::mem::zeroed();
+        libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old);
+        let cpu = libc::sched_getcpu() as usize;
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+        let r = f(cpu as u32);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &old);
+        r
+    }
+}
+
+/// `dlsym(RTLD_DEFAULT, name)` as an address, 0 if not found (tests only: it may
+/// allocate).
+#[cfg(test)]
+pub(crate) fn dlsym_default(name: &core::ffi::CStr) -> usize {
+    // SAFETY: a NUL-terminated name; RTLD_DEFAULT searches the global scope.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
 }
