@@ -40,8 +40,8 @@
 //!
 //! Linux only. Tested on x86-64 Linux with glibc. aarch64 Linux and x86-64 Linux
 //! with musl should build (they use a portable thread-local slot) but are not
-//! tested. Other operating systems are not supported: the build fails on
-//! Linux-only calls.
+//! tested. Other operating systems are not supported: the build stops with a
+//! `compile_error!` naming what a platform file must define.
 //!
 //! # Main functions
 //!

@@ -10,7 +10,7 @@
 //! |------|------|-------|-------------------------------|
 //! | 0 | [`PurgeControl`](LockRank::PurgeControl) | `purge_thread::LOCK` | spawns a thread: allocates (→ everything) |
 //! | 1 | [`Quarantine`](LockRank::Quarantine) (8 shards) | `checked::quarantine` | ring memory (→ metadata arena) |
-//! | 2 | [`HeapPool`](LockRank::HeapPool) | `Backend::pool_lock` | new heap (→ metadata arena) |
+//! | 2 | [`HeapPool`](LockRank::HeapPool) | `ThreadCaches::pool_lock` (`front::thread_cache::pool`) | new heap (→ metadata arena) |
 //! | 3 | [`CentralClass`](LockRank::CentralClass) (one per class) | `CentralClass::lock` | new span, span freed (→ page heap) |
 //! | 4 | [`PageHeap`](LockRank::PageHeap) | `PageHeap::lock` | nothing |
 //! | 5 | [`DescGrowth`](LockRank::DescGrowth) | `DescPool::grow_lock` | new descriptor block (→ metadata arena) |
@@ -24,13 +24,13 @@
 //!
 //! Outside the order, because they are not locks one holds while taking another:
 //! the once-states `KEY_STATE` (the thread-exit key) and `FORK_STATE` (the fork
-//! handlers) in `global.rs`. The thread that wins one makes one libc call
+//! handlers) in `global/mod.rs` and `global/fork.rs`. The thread that wins one makes one OS call
 //! (`pthread_key_create`, `pthread_atfork`) holding no lock (debug builds check it
 //! with [`assert_none_held`]); a fork child resets a once-state that a vanished
 //! thread left busy.
 //!
 //! Walks over many locks (statistics, validation, heap map, checked-mode walks, the
-//! fork handlers) take the low ranks they need together through `Backend::lock_set`
+//! fork handlers) take the low ranks they need together through `Allocator::lock_set`
 //! and then call code that takes higher ranks one at a time (the page heap in
 //! `for_each_span`, the huge registry in `validate`), which the order allows.
 //!
