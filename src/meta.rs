@@ -48,8 +48,9 @@ impl MetaArena {
             let s = unsafe { &mut *s };
             let mut start = (s.cur + align - 1) & !(align - 1);
             if s.cur == 0 || start + size > s.end {
-                let len = size.max(BLOCK).next_multiple_of(OS_PAGE);
-                let p = os.map(len, OS_PAGE);
+                let os_page = os.page_size();
+                let len = size.max(BLOCK).next_multiple_of(os_page);
+                let p = os.map(len, os_page);
                 if p.is_null() {
                     return ptr::null_mut();
                 }

@@ -20,13 +20,18 @@ impl<O: Os> Backend<O> {
     /// resident, so a memset costs less than the page faults of a fresh one). An
     /// over-page-aligned request always gets a fresh mapping.
     pub fn alloc_huge(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
-        let Some(len) = size.max(1).checked_next_multiple_of(OS_PAGE) else {
+        // Lengths are whole OS pages (the page size read at start-up), so that every
+        // mapping, split and purge of a huge block is page aligned on any kernel.
+        let os_page = self.os().page_size();
+        let Some(len) = size.max(1).checked_next_multiple_of(os_page) else {
             return ptr::null_mut();
         };
         if len > isize::MAX as usize {
             return ptr::null_mut();
         }
         let (mut p, mut got) = (ptr::null_mut(), len);
+        // A cached mapping may have come from `mremap`, which aligns to the OS page
+        // only: reuse one for alignments every mapping has (`OS_PAGE`).
         if align <= OS_PAGE {
             let dirty;
             (p, got, dirty) = self.take_cached_huge(len);
@@ -37,7 +42,7 @@ impl<O: Os> Backend<O> {
             }
         }
         if p.is_null() {
-            p = self.os().map(len, align.max(OS_PAGE));
+            p = self.os().map(len, align.max(os_page));
             if p.is_null() {
                 return p;
             }
@@ -86,7 +91,7 @@ impl<O: Os> Backend<O> {
         if qlen > len {
             let tail = qlen - len;
             // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave
-            // us; `len` and `qlen` are multiples of OS_PAGE, `len < qlen`.
+            // us; `len` and `qlen` are multiples of the OS page, `len < qlen`.
             unsafe { self.os().split(q, qlen, len) };
             let t = q as usize + len;
             let budget = self.huge_cache_budget.load(Ordering::Relaxed);
@@ -181,7 +186,7 @@ impl<O: Os> Backend<O> {
     /// # Safety
     /// `p` is a live huge block.
     pub unsafe fn realloc_huge(&self, p: *mut u8, new_size: usize) -> *mut u8 {
-        let Some(new_len) = new_size.checked_next_multiple_of(OS_PAGE) else {
+        let Some(new_len) = new_size.checked_next_multiple_of(self.os().page_size()) else {
             return ptr::null_mut();
         };
         if new_len > isize::MAX as usize {

@@ -118,7 +118,8 @@ impl<O: Os> PageHeap<O> {
         unmapped
     }
 
-    /// Purges every dirty free span for which `due` holds; returns the bytes purged.
+    /// Purges every dirty free span for which `due` holds; returns the bytes purged
+    /// (whole spans, and the whole OS pages inside spans that are not all whole pages).
     ///
     /// Only a purge the OS confirms marks a span zeroed and counts: a failed one
     /// leaves its span dirty (so `alloc_zeroed` clears it) and restamps it as freed
@@ -134,22 +135,49 @@ impl<O: Os> PageHeap<O> {
         mut due: impl FnMut(&Span) -> bool,
     ) -> usize {
         let mut purged = 0;
+        let mut partial = 0;
         let mut failures = 0;
         let os = &self.os;
+        // The OS purges whole OS pages only; they may be larger than ours (16 or
+        // 64 KiB kernels): a span purges the OS pages wholly inside it, and is
+        // "zeroed" only if that is all of it.
+        let os_page = os.page_size();
         for_each_free_span(h, |s| {
             if failures < max_failures && s.flags() & SPAN_ZEROED == 0 && due(s) {
-                // SAFETY: a Free span's pages hold nothing anyone needs; the lock keeps
-                // it from being handed out while we purge (no purge/reuse race).
-                let r = unsafe { os.purge(s.base(), s.bytes()) };
+                let start = s.base() as usize;
+                let end = start + s.bytes();
+                let lo = start.next_multiple_of(os_page);
+                let hi = end & !(os_page - 1);
+                if lo >= hi {
+                    // No whole OS page inside: nothing to give back until the span
+                    // coalesces with a neighbour. Restamped, so that passes skip it
+                    // for another delay.
+                    // SAFETY: a binned Free span, ours under the page-heap lock
+                    // (invariant 3).
+                    unsafe { s.set_free_since_ms(self.now_ms()) };
+                    return;
+                }
+                // SAFETY: a Free span's pages hold nothing anyone needs, and
+                // `[lo, hi)` lies inside it; the lock keeps it from being handed out
+                // while we purge (no purge/reuse race).
+                let r = unsafe { os.purge(lo as *mut u8, hi - lo) };
                 // Mutant: the result dropped, as before OS calls reported failure.
                 #[cfg(strata_mutant = "purge_ignores_refusal")]
                 let r: Result<(), crate::os::OsError> = r.or(Ok(()));
                 match r {
-                    Ok(()) => {
+                    Ok(()) if lo == start && hi == end => {
                         // SAFETY: a binned Free span, ours under the page-heap lock
                         // (invariant 3).
                         unsafe { s.set_flags(s.flags() | SPAN_ZEROED) };
                         purged += s.bytes();
+                    }
+                    Ok(()) => {
+                        // Its edges are still dirty: not zeroed, and counted as
+                        // resident (an over-estimate); retried after another delay,
+                        // or whole once it coalesces.
+                        // SAFETY: as above.
+                        unsafe { s.set_free_since_ms(self.now_ms()) };
+                        partial += hi - lo;
                     }
                     Err(_) => {
                         // SAFETY: as above.
@@ -159,13 +187,13 @@ impl<O: Os> PageHeap<O> {
                 }
             }
         });
-        h.purged_total += purged as u64;
+        h.purged_total += (purged + partial) as u64;
         h.purge_failures += failures as u64;
         // The purged spans stay binned, now zeroed (invariant 4).
         h.zeroed_pages += purged / PAGE_SIZE;
         if purged > 0 {
             self.note_resident(h);
         }
-        purged
+        purged + partial
     }
 }

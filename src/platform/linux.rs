@@ -57,6 +57,21 @@ pub(super) fn page_size_from_os() -> usize {
     }
 }
 
+/// The value of the environment variable `name`, if set (`getenv`: a scan of the
+/// environment block, no allocation).
+pub(super) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a pointer into the
+    // environment block, which lives as long as the process (strata never calls
+    // setenv, and the variables it reads are read once).
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    if v.is_null() {
+        None
+    } else {
+        // SAFETY: a NUL-terminated string in the environment block (above).
+        Some(unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes())
+    }
+}
+
 /// `sysconf(_SC_PAGESIZE)`, 0 on failure.
 pub(super) fn page_size_sysconf() -> usize {
     // SAFETY: sysconf has no preconditions.

@@ -99,8 +99,8 @@ impl OsError {
 /// afterwards must yield zeros; an `unmap` that returns `Err` must leave the range
 /// mapped and its contents as they were.
 pub unsafe trait Os {
-    /// Maps `size` bytes (a multiple of [`OS_PAGE`]) aligned to `align` (a power of
-    /// two); null if the OS refuses.
+    /// Maps `size` bytes (a multiple of [`Os::page_size`]) aligned to `align` (a
+    /// power of two); null if the OS refuses.
     fn map(&self, size: usize, align: usize) -> *mut u8;
     /// Returns a mapping (or a page-aligned part of one) to the OS. On `Err` (Linux:
     /// `ENOMEM` when splitting a mapping would pass `vm.max_map_count`) the range is
@@ -109,7 +109,9 @@ pub unsafe trait Os {
     /// # Safety
     /// `[p, p+size)` was mapped by `map`, is not used afterwards (if it is unmapped).
     unsafe fn unmap(&self, p: *mut u8, size: usize) -> Result<(), OsError>;
-    /// Drops the contents of `[p, p+size)` (page aligned) but keeps the range mapped;
+    /// Drops the contents of `[p, p+size)` (both ends multiples of
+    /// [`Os::page_size`]: Linux refuses a start that is not, and rounds a length up,
+    /// over whatever follows) but keeps the range mapped;
     /// on `Ok` it reads as zeros afterwards and costs no resident memory until
     /// touched. On `Err` (Linux: `EINVAL` for locked pages, e.g. under `mlockall`)
     /// the contents may be intact: nothing may be assumed zero.
@@ -132,6 +134,13 @@ pub unsafe trait Os {
     unsafe fn split(&self, p: *mut u8, size: usize, at: usize);
     /// A monotonic clock in milliseconds, for purge delays; `Err` if it cannot be read.
     fn now_ms(&self) -> Result<u64, OsError>;
+    /// The granule of `map`, `purge`, `unmap` and `split`: the OS page, at least
+    /// [`OS_PAGE`], a power of two ([`page_size`], read at start-up, by default).
+    /// Callers round mapping lengths up to it and purge only whole pages of it.
+    #[inline]
+    fn page_size(&self) -> usize {
+        page_size()
+    }
 }
 
 // ---- page size -------------------------------------------------------------------
@@ -159,7 +168,15 @@ pub fn page_size() -> usize {
 #[cold]
 #[inline(never)]
 fn page_size_slow() -> usize {
-    let p = sys::page_size_from_os();
+    let mut p = sys::page_size_from_os();
+    // A testing aid: pretend the OS page is larger, to run the suite as on a
+    // 16 KiB or 64 KiB kernel. Only a larger power of two (up to 1 MiB) is taken:
+    // whole pages of it are whole pages of the real one, so every call stays valid.
+    if let Some(forced) = sys::getenv(c"STRATA_TEST_PAGE_SIZE").and_then(parse_page_size) {
+        if forced.is_power_of_two() && forced > p && forced <= 1 << 20 {
+            p = forced;
+        }
+    }
     // A page size that is not a power of two of at least 4 KiB would break every
     // alignment computation built on it: refuse to go on rather than corrupt the heap.
     if !p.is_power_of_two() || p < OS_PAGE {
@@ -167,6 +184,25 @@ fn page_size_slow() -> usize {
     }
     PAGE_SIZE.store(p, Ordering::Relaxed);
     p
+}
+
+/// `STRATA_TEST_PAGE_SIZE`'s value: decimal bytes, or with a `k` suffix.
+fn parse_page_size(v: &[u8]) -> Option<usize> {
+    let (digits, unit) = match v.split_last() {
+        Some((b'k' | b'K', rest)) => (rest, 1024),
+        _ => (v, 1),
+    };
+    if digits.is_empty() || digits.len() > 9 {
+        return None;
+    }
+    let mut n = 0usize;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (d - b'0') as usize;
+    }
+    Some(n * unit)
 }
 
 /// Makes [`page_size`] return `size` on the calling thread until the guard is
@@ -477,7 +513,22 @@ mod tests {
 
     #[test]
     fn page_size_is_what_sysconf_says() {
-        assert_eq!(page_size(), linux::page_size_sysconf());
+        if std::env::var_os("STRATA_TEST_PAGE_SIZE").is_some() {
+            // Forced larger for the run: still a multiple of the real page.
+            assert_eq!(page_size() % linux::page_size_sysconf(), 0);
+        } else {
+            assert_eq!(page_size(), linux::page_size_sysconf());
+        }
+    }
+
+    #[test]
+    fn the_forced_page_size_parses_bytes_and_kib() {
+        assert_eq!(parse_page_size(b"65536"), Some(65536));
+        assert_eq!(parse_page_size(b"16k"), Some(16384));
+        assert_eq!(parse_page_size(b""), None);
+        assert_eq!(parse_page_size(b"k"), None);
+        assert_eq!(parse_page_size(b"64x"), None);
+        assert_eq!(parse_page_size(b"9999999999999"), None);
     }
 
     #[test]
