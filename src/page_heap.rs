@@ -585,4 +585,6 @@ mod validate;
 use bins::{bin_insert, bin_remove, find_bin, for_each_free_span, split};
 
 #[cfg(all(test, not(strata_loom)))]
+mod big_page_tests;
+#[cfg(all(test, not(strata_loom)))]
 mod tests;
