@@ -175,7 +175,7 @@ fn is_chunk(m: &Mapping) -> bool {
 unsafe impl Os for FakeOs {
     fn map(&self, size: usize, align: usize) -> *mut u8 {
         assert!(
-            size.is_multiple_of(OS_PAGE) && size > 0,
+            size.is_multiple_of(self.page_size()) && size > 0,
             "map of {size} bytes"
         );
         let align = align.max(OS_PAGE);
@@ -267,7 +267,7 @@ unsafe impl Os for FakeOs {
 
     unsafe fn split(&self, p: *mut u8, size: usize, at: usize) {
         assert!(
-            at.is_multiple_of(OS_PAGE) && 0 < at && at < size,
+            at.is_multiple_of(self.page_size()) && 0 < at && at < size,
             "split of {size} bytes at {at}"
         );
         let mut s = self.state();
@@ -282,6 +282,12 @@ unsafe impl Os for FakeOs {
 
     fn now_ms(&self) -> Result<u64, OsError> {
         Ok(self.now_ms.load(Ordering::Relaxed))
+    }
+
+    /// The fake's granule is the (tiny) geometry's page, so that the page heap
+    /// purges the models' small spans as it purges real ones on a 4 KiB kernel.
+    fn page_size(&self) -> usize {
+        PAGE_SIZE
     }
 }
 

@@ -134,8 +134,9 @@ pub unsafe trait Os {
     unsafe fn split(&self, p: *mut u8, size: usize, at: usize);
     /// A monotonic clock in milliseconds, for purge delays; `Err` if it cannot be read.
     fn now_ms(&self) -> Result<u64, OsError>;
-    /// The granule of `map`, `purge`, `unmap` and `split`: the OS page, at least
-    /// [`OS_PAGE`], a power of two ([`page_size`], read at start-up, by default).
+    /// The granule of `map`, `purge`, `unmap` and `split`, a power of two: the OS
+    /// page ([`page_size`], read at start-up, at least [`OS_PAGE`]) by default; a
+    /// test double may use a smaller one.
     /// Callers round mapping lengths up to it and purge only whole pages of it.
     #[inline]
     fn page_size(&self) -> usize {
