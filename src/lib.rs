@@ -178,15 +178,7 @@ pub mod internals {
 mod bad_free;
 #[cfg(all(feature = "checked", not(strata_loom)))]
 mod checked;
-#[cfg(all(
-    any(
-        feature = "c-abi",
-        feature = "checked",
-        all(target_os = "linux", target_arch = "x86_64")
-    ),
-    not(strata_loom)
-))]
-#[cfg_attr(not(any(feature = "c-abi", feature = "checked")), allow(dead_code))]
+#[cfg(not(strata_loom))]
 mod env;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod ffi;
@@ -205,6 +197,8 @@ pub mod percpu;
 mod purge_thread;
 #[cfg(not(strata_loom))]
 mod report;
+#[cfg(not(strata_loom))]
+mod settings;
 #[cfg(all(test, not(strata_loom)))]
 mod test_child;
 

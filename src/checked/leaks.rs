@@ -7,7 +7,7 @@ use super::quarantine::{QUARANTINE_BYTES, validate_quarantine};
 use crate::Violation;
 use crate::backend::Locks;
 use crate::chunk::SpanKind;
-use crate::env::{getenv_raw, parse_size, truthy};
+use crate::env::{parse_size, truthy};
 use crate::global::BACKEND;
 use crate::report::Stderr;
 use crate::size_class::{NUM_CLASSES, SizeClass};
@@ -221,17 +221,18 @@ extern "C" fn print_leak_report_at_exit() {
 
 static LEAK_AT_EXIT: AtomicU8 = AtomicU8::new(0);
 
-/// Reads `STRATA_LEAK_REPORT` and `STRATA_QUARANTINE_BYTES`.
+/// Reads `STRATA_LEAK_REPORT` and `STRATA_QUARANTINE_BYTES` (or their build-time
+/// defaults); called once, by the load-time constructor in `settings.rs`.
 ///
 /// # Safety
 /// `envp` is null or the process's environment block.
-unsafe fn configure(envp: *const *const c_char) {
+pub(crate) unsafe fn configure(envp: *const *const c_char) {
     let _ = secret();
     // SAFETY: forwarded contract.
     let (q, leak) = unsafe {
         (
-            getenv_raw(envp, b"STRATA_QUARANTINE_BYTES"),
-            getenv_raw(envp, b"STRATA_LEAK_REPORT"),
+            crate::settings::setting!(envp, "QUARANTINE_BYTES"),
+            crate::settings::setting!(envp, "LEAK_REPORT"),
         )
     };
     if let Some(bytes) = q.and_then(parse_size) {
@@ -249,6 +250,3 @@ unsafe fn configure(envp: *const *const c_char) {
         }
     }
 }
-
-// Load-time constructor (executables and the C library alike).
-crate::platform::load_time_constructor!(configure);

@@ -74,7 +74,7 @@ mod leaks;
 mod quarantine;
 
 pub use leaks::{LeakCount, LeakReport};
-pub(crate) use leaks::{leak_report, print_leak_report, validate_blocks};
+pub(crate) use leaks::{configure, leak_report, print_leak_report, validate_blocks};
 pub(crate) use quarantine::drain_quarantine;
 
 use crate::Strata;
