@@ -16,11 +16,13 @@
 //!   (`option_env!`; cargo rebuilds the crate when it changes). The run-time
 //!   environment wins over it, and a call such as `strata::set_purge_delay_ms`
 //!   wins over both (it comes later).
-//! - Where it does not act: a process in which strata is linked but not the
-//!   allocator still reads the settings (they configure strata's heap, which is
-//!   then unused); a proc-macro crate runs inside the compiler, whose allocator is
-//!   its own, so nothing of strata runs; a Rust `cdylib` loaded by another program
-//!   runs the constructor at `dlopen` (glibc passes `envp` there too).
+//! - Where it acts (README, "Where they act"): a process in which strata is linked
+//!   but is not the allocator still reads the settings (they configure strata's
+//!   heap, which is then unused); a Rust `cdylib` runs the constructor when it is
+//!   loaded, at start-up or at `dlopen` (glibc passes `envp` there too); a
+//!   proc-macro runs inside the compiler, so a program's settings never reach it.
+//! - musl passes no `envp` to `.init_array` entries (null): only the build-time
+//!   defaults apply there.
 
 use crate::env::{parse_size, truthy};
 use crate::platform;

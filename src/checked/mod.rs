@@ -15,11 +15,13 @@
 //!  p                       p+n                      p+slot-8     p+slot
 //!  | caller's n bytes       | canary 0xCA ...        | trailer    |
 //! ```
-//! - live: `((n << 16) | check16(n)) ^ key(p)`; freed: `FREED ^ key(p)`, where
+//! - live: `((v << 16) | check16(v)) ^ key(p)` with `v = generation << 40 | n` (the
+//!   leak generation, bumped by `leak_mark`, and the requested size, below 2^40);
+//!   freed: `FREED ^ key(p)`, where
 //!   `key(p) = secret ^ mix(p)` binds the word to the block's address and to a
 //!   per-process random secret, so stale or random bytes (a never-allocated object, a
 //!   copy of another block's trailer, a write past the end) do not decode as a live
-//!   block, except with probability about 2^-16 × slot / 2^48.
+//!   block, except with probability about 2^-16 × slot / 2^40.
 //! - Because `p` is in the key, a trailer left behind in memory that is later reused
 //!   with another geometry never reads as the trailer of the new block.
 //!
