@@ -11,18 +11,19 @@
 //!   feature `free` and `realloc` abort with a report instead (see `checked`).
 //! - Nothing here needs initialising: the statics are built at compile time and the
 //!   first call from any thread (even from inside `dlsym` or `pthread_create`) takes
-//!   the ordinary slow path. A load-time constructor reads `STRATA_*` from `envp`
-//!   without allocating, registers the fork handlers (unless the first thread heap
-//!   did already: once per process, see `global/fork.rs`) and, on request, the exit
-//!   report (`STRATA_SHOW_STATS`) and the heap map written at exit (`STRATA_HEAP_MAP`).
+//!   the ordinary slow path. The library's load-time constructor (`settings.rs`, the
+//!   same one a Rust program runs) reads `STRATA_*` from `envp` without allocating,
+//!   and in this build also registers the fork handlers (unless the first thread
+//!   heap did already: once per process, see `global/fork.rs`) and reads
+//!   `STRATA_BAD_FREE`.
 //! - Fork: the prepare handler takes every allocator lock (in the lock order), the
 //!   parent handler releases them, and the child releases them too, so a child
 //!   forked while other threads allocate can allocate and exit. The handlers live in
 //!   `global/fork.rs`: a Rust program without this feature registers them too.
 
-use crate::env::{getenv_raw, parse_size, truthy};
 use crate::global;
 use crate::platform::{self, EINVAL, EIO, ENOMEM};
+use crate::settings::print_stats;
 // The allocation entry points behind the C functions: the plain ones, or, with the
 // `checked` feature, `checked`'s, which validate every pointer (aborting with a
 // report) and wrap every block in a canary and a trailer.
@@ -33,7 +34,6 @@ use crate::global as entry;
 use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write;
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 /// glibc's `malloc` alignment on x86-64 and aarch64.
 const C_ALIGN: usize = 16;
@@ -337,63 +337,6 @@ pub unsafe extern "C" fn strata_heap_map_write(path: *const c_char) -> c_int {
     }
 }
 
-/// A `fmt::Write` to a file descriptor through a fixed buffer (no allocation), that
-/// starts every line with `strata: ` so that the report is easy to pick out of a
-/// program's own stderr.
-struct FdLines {
-    fd: c_int,
-    buf: [u8; 1024],
-    len: usize,
-    at_line_start: bool,
-}
-
-impl FdLines {
-    fn new(fd: c_int) -> FdLines {
-        FdLines {
-            fd,
-            buf: [0; 1024],
-            len: 0,
-            at_line_start: true,
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.len == self.buf.len() {
-                self.flush();
-            }
-            self.buf[self.len] = b;
-            self.len += 1;
-        }
-    }
-
-    fn flush(&mut self) {
-        crate::report::write_all(self.fd, &self.buf[..self.len]);
-        self.len = 0;
-    }
-}
-
-impl Write for FdLines {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for line in s.split_inclusive('\n') {
-            if self.at_line_start {
-                self.push(b"strata: ");
-            }
-            self.push(line.as_bytes());
-            self.at_line_start = line.ends_with('\n');
-        }
-        Ok(())
-    }
-}
-
-/// Writes [`crate::Stats`]'s table to stderr, each line prefixed `strata: `.
-fn print_stats() {
-    let stats = crate::stats();
-    let mut out = FdLines::new(2);
-    let _ = write!(out, "{stats}");
-    out.flush();
-}
-
 /// A `fmt::Write` into a caller's buffer that counts what did not fit, like
 /// `snprintf`.
 struct CBuf {
@@ -438,90 +381,6 @@ pub unsafe extern "C" fn strata_stats_json(buf: *mut c_char, len: usize) -> usiz
     }
     w.len
 }
-
-extern "C" fn print_stats_at_exit() {
-    print_stats();
-}
-
-/// `STRATA_HEAP_MAP`: the path to write the heap map to at exit, a string of the
-/// environment block (which lives as long as the process); null if not set.
-static HEAP_MAP_PATH: AtomicPtr<c_char> = AtomicPtr::new(ptr::null_mut());
-
-/// Writes the heap map to `STRATA_HEAP_MAP` (at exit, when no allocator lock is
-/// held, so writing the SVG may allocate); reports a failure on stderr.
-extern "C" fn write_heap_map_at_exit() {
-    // Acquire: pairs with the Release in configure().
-    let path = HEAP_MAP_PATH.load(Ordering::Acquire);
-    // SAFETY: null or a C string of the environment block.
-    if path.is_null() || unsafe { strata_heap_map_write(path) } == 0 {
-        return;
-    }
-    let err = std::io::Error::last_os_error();
-    let mut out = FdLines::new(2);
-    // SAFETY: a C string of the environment block.
-    let name = unsafe { core::ffi::CStr::from_ptr(path) }.to_string_lossy();
-    let _ = writeln!(out, "STRATA_HEAP_MAP: cannot write {name}: {err}");
-    out.flush();
-}
-
-// ---- configuration ----------------------------------------------------------------
-
-static CONFIGURED: AtomicBool = AtomicBool::new(false);
-
-/// Reads `STRATA_*` from `envp` (once) and installs the fork (if not yet) and exit
-/// handlers.
-///
-/// # Safety
-/// `envp` is null or a valid environment block.
-unsafe fn configure(envp: *const *const c_char) {
-    if CONFIGURED.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    // SAFETY: the contract forwards to getenv_raw. at_exit may allocate, which
-    // works: every static is already initialised.
-    unsafe {
-        if let Some(ms) = getenv_raw(envp, b"STRATA_PURGE_DELAY_MS").and_then(parse_size) {
-            crate::set_purge_delay_ms(ms);
-        }
-        if let Some(bytes) = getenv_raw(envp, b"STRATA_THREAD_CACHE_BYTES").and_then(parse_size) {
-            crate::set_thread_cache_budget(bytes as usize);
-        }
-        if let Some(bytes) = getenv_raw(envp, b"STRATA_HUGE_CACHE_BYTES").and_then(parse_size) {
-            crate::set_huge_cache_bytes(bytes as usize);
-        }
-        // Once per process: whichever comes first, this or the first thread heap.
-        global::register_fork_handlers();
-        #[cfg(not(feature = "checked"))]
-        crate::bad_free::configure_from(envp);
-        if getenv_raw(envp, b"STRATA_BACKGROUND_PURGE").is_some_and(truthy) {
-            crate::start_background_purge();
-        }
-        if getenv_raw(envp, b"STRATA_SHOW_STATS").is_some_and(truthy) {
-            at_exit_or_warn(print_stats_at_exit);
-        }
-        // The environment string itself is kept (NUL-terminated where getenv_raw's
-        // slice ends), so nothing is copied or allocated here.
-        if let Some(path) = getenv_raw(envp, b"STRATA_HEAP_MAP").filter(|p| !p.is_empty()) {
-            // Release: pairs with the Acquire in write_heap_map_at_exit().
-            HEAP_MAP_PATH.store(path.as_ptr().cast_mut().cast(), Ordering::Release);
-            at_exit_or_warn(write_heap_map_at_exit);
-        }
-    }
-}
-
-/// Registers an exit handler; if the C library cannot record it, says so on stderr
-/// (the report it would have written at exit is then missing).
-fn at_exit_or_warn(f: extern "C" fn()) {
-    if platform::at_exit(f).is_err() {
-        crate::report::write_all(
-            platform::STDERR,
-            b"strata: atexit failed; a report asked for at exit will not be written\n",
-        );
-    }
-}
-
-// Load-time constructor: reads the environment and installs the hooks.
-platform::load_time_constructor!(configure);
 
 #[cfg(test)]
 mod tests {

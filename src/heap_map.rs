@@ -214,8 +214,7 @@ impl HeapMap {
 }
 
 /// Writes the process's heap map as SVG to a new file at `path` (a Unix path's
-/// bytes): `strata_heap_map_write` and `STRATA_HEAP_MAP` of the C library.
-#[cfg(feature = "c-abi")]
+/// bytes): `strata_heap_map_write` of the C library and `STRATA_HEAP_MAP`.
 pub(crate) fn write_file(path: &[u8]) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let mut f = std::fs::File::create(std::ffi::OsStr::from_bytes(path))?;

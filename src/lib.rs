@@ -178,15 +178,7 @@ pub mod internals {
 mod bad_free;
 #[cfg(all(feature = "checked", not(strata_loom)))]
 mod checked;
-#[cfg(all(
-    any(
-        feature = "c-abi",
-        feature = "checked",
-        all(target_os = "linux", target_arch = "x86_64")
-    ),
-    not(strata_loom)
-))]
-#[cfg_attr(not(any(feature = "c-abi", feature = "checked")), allow(dead_code))]
+#[cfg(not(strata_loom))]
 mod env;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod ffi;
@@ -205,6 +197,8 @@ pub mod percpu;
 mod purge_thread;
 #[cfg(not(strata_loom))]
 mod report;
+#[cfg(not(strata_loom))]
+mod settings;
 #[cfg(all(test, not(strata_loom)))]
 mod test_child;
 
@@ -276,7 +270,7 @@ pub use api::*;
 pub use stats::{ClassStats, Stats};
 
 #[cfg(all(feature = "checked", not(strata_loom)))]
-pub use checked::{LeakCount, LeakReport};
+pub use checked::{LeakCount, LeakMark, LeakReport};
 
 #[cfg(not(strata_loom))]
 pub use heap_map::{HeapMap, HeapMapChunk, HeapMapClass, HeapMapSpan, HeapMapSummary, PageState};
@@ -417,6 +411,23 @@ mod api {
     #[cfg(feature = "checked")]
     pub fn leak_report() -> LeakReport {
         checked::leak_report()
+    }
+
+    /// Checked mode: marks this point of the run for [`leak_report_since`]. Blocks
+    /// allocated or reallocated from now on carry the new mark's generation (8
+    /// bits: up to 255 later marks can be told apart from it).
+    #[cfg(feature = "checked")]
+    pub fn leak_mark() -> LeakMark {
+        checked::leak_mark()
+    }
+
+    /// Checked mode: the blocks allocated (or reallocated) since `mark` that are
+    /// still live, by size class: what a phase of the program left behind, without
+    /// the blocks the runtime or earlier phases keep. Exact if fewer than 256 marks
+    /// were taken after `mark`.
+    #[cfg(feature = "checked")]
+    pub fn leak_report_since(mark: LeakMark) -> LeakReport {
+        checked::leak_report_since(mark)
     }
 
     /// Checked mode: writes [`leak_report`] to stderr without allocating (what

@@ -5,7 +5,7 @@ use super::{FREED, TRAILER};
 use crate::chunk::{ChunkHeader, SpanKind};
 use crate::global::{self, BACKEND, Owner};
 use crate::size_class::{PAGE_SIZE, SizeClass};
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use core::fmt;
 
 // ---- the trailer -------------------------------------------------------------------
@@ -46,10 +46,39 @@ fn check16(n: u64, key: u64) -> u64 {
     (n ^ key).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 48
 }
 
+/// Bits of the requested size in a live trailer (the rest of the 48 bits above the
+/// check is the generation).
+pub(super) const SIZE_BITS: u32 = 40;
+const SIZE_MASK: u64 = (1 << SIZE_BITS) - 1;
+
+/// The leak generation new blocks are stamped with: bumped by `leak_mark` (8 bits,
+/// wrapping).
+static GENERATION: AtomicU8 = AtomicU8::new(0);
+
+/// The generation blocks allocated now get.
+#[inline]
+pub(super) fn generation() -> u8 {
+    // Relaxed: a label; a block allocated concurrently with a mark may get either.
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// Starts a new generation and returns it.
+pub(super) fn next_generation() -> u8 {
+    GENERATION.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+}
+
+/// The live trailer of a block at `p` of `n` requested bytes (`n < 2^SIZE_BITS`),
+/// stamped with the current generation.
 #[inline]
 pub(super) fn live_word(p: *const u8, n: usize) -> u64 {
+    live_word_in(p, n, generation())
+}
+
+#[inline]
+fn live_word_in(p: *const u8, n: usize, generation: u8) -> u64 {
     let k = key(p);
-    (((n as u64) << 16) | check16(n as u64, k)) ^ k
+    let v = ((generation as u64) << SIZE_BITS) | (n as u64 & SIZE_MASK);
+    ((v << 16) | check16(v, k)) ^ k
 }
 
 #[inline]
@@ -70,16 +99,26 @@ pub(super) enum Trailer {
 
 #[inline]
 pub(super) fn decode(p: *const u8, word: u64) -> Trailer {
+    match decode_live(p, word) {
+        Some((n, _)) => Trailer::Live(n),
+        None if word ^ key(p) == FREED => Trailer::Freed,
+        None => Trailer::Damaged,
+    }
+}
+
+/// A live trailer's requested size and generation; None for any other word.
+#[inline]
+pub(super) fn decode_live(p: *const u8, word: u64) -> Option<(usize, u8)> {
     let k = key(p);
     let x = word ^ k;
     if x == FREED {
-        return Trailer::Freed;
+        return None;
     }
-    let n = x >> 16;
-    if x & 0xFFFF == check16(n, k) {
-        Trailer::Live(n as usize)
+    let v = x >> 16;
+    if x & 0xFFFF == check16(v, k) {
+        Some(((v & SIZE_MASK) as usize, (v >> SIZE_BITS) as u8))
     } else {
-        Trailer::Damaged
+        None
     }
 }
 
@@ -120,6 +159,15 @@ impl Block {
     #[inline]
     pub(super) fn state(&self) -> Trailer {
         decode(self.p, self.trailer().load(Ordering::Relaxed))
+    }
+
+    /// The requested size and generation of a live block whose trailer is sane.
+    #[inline]
+    pub(super) fn live_size_and_generation(&self) -> Option<(usize, u8)> {
+        match decode_live(self.p, self.trailer().load(Ordering::Relaxed)) {
+            Some((n, g)) if n <= self.capacity() => Some((n, g)),
+            _ => None,
+        }
     }
 
     /// The requested size of a live block whose trailer is sane.
@@ -337,6 +385,13 @@ mod tests {
         assert_eq!(decode(p, freed_word(p)), Trailer::Freed);
         assert_ne!(decode(p.wrapping_add(16), freed_word(p)), Trailer::Freed);
         assert_eq!(decode(p, 0), Trailer::Damaged);
+        // Every generation round-trips, and stays bound to the size.
+        for g in [0u8, 1, 200, 255] {
+            let w = live_word_in(p, 12345, g);
+            assert_eq!(decode_live(p, w), Some((12345, g)));
+            assert_eq!(decode(p, w), Trailer::Live(12345));
+            assert_ne!(decode_live(p, w ^ (1 << 60)), Some((12345, g ^ 16)));
+        }
         // One byte of a write past the end changes the check.
         let w = live_word(p, 40);
         for i in 0..8 {

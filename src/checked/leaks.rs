@@ -2,12 +2,12 @@
 //! report) and the configuration read at load time.
 
 use super::CANARY;
-use super::block::{Block, Kind, Trailer, decode, first_not, secret};
+use super::block::{Block, Kind, Trailer, decode, first_not, generation, next_generation, secret};
 use super::quarantine::{QUARANTINE_BYTES, validate_quarantine};
 use crate::Violation;
 use crate::backend::Locks;
 use crate::chunk::SpanKind;
-use crate::env::{getenv_raw, parse_size, truthy};
+use crate::env::{parse_size, truthy};
 use crate::global::BACKEND;
 use crate::report::Stderr;
 use crate::size_class::{NUM_CLASSES, SizeClass};
@@ -185,15 +185,38 @@ impl fmt::Display for LeakReport {
     }
 }
 
-/// See [`crate::leak_report`].
-pub(crate) fn leak_report() -> LeakReport {
+/// A point in the program's run, from [`crate::leak_mark`]: a later
+/// [`crate::leak_report_since`] counts only the blocks allocated (or reallocated)
+/// after it that are still live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakMark {
+    generation: u8,
+}
+
+/// Whether another mark was taken since the process started (the exit report then
+/// also counts the blocks allocated since the last one).
+static MARKED: AtomicU8 = AtomicU8::new(0);
+
+/// See [`crate::leak_mark`].
+pub(crate) fn leak_mark() -> LeakMark {
+    MARKED.store(1, Ordering::Relaxed);
+    LeakMark {
+        generation: next_generation(),
+    }
+}
+
+/// The live blocks whose generation passes `keep`.
+fn live_blocks(keep: impl Fn(u8) -> bool) -> LeakReport {
     let mut r = LeakReport {
         small: [LeakCount::default(); NUM_CLASSES],
         large: LeakCount::default(),
         huge: LeakCount::default(),
     };
     for_each_block(|b| {
-        if let Some(n) = b.live_size() {
+        if let Some((n, g)) = b.live_size_and_generation() {
+            if !keep(g) {
+                return;
+            }
             match b.kind {
                 Kind::Small(c) => r.small[c.index()].add(n),
                 Kind::Large => r.large.add(n),
@@ -202,6 +225,18 @@ pub(crate) fn leak_report() -> LeakReport {
         }
     });
     r
+}
+
+/// See [`crate::leak_report`].
+pub(crate) fn leak_report() -> LeakReport {
+    live_blocks(|_| true)
+}
+
+/// See [`crate::leak_report_since`]: generations from the mark's to the current
+/// one, counted modulo 256.
+pub(crate) fn leak_report_since(mark: LeakMark) -> LeakReport {
+    let span = generation().wrapping_sub(mark.generation);
+    live_blocks(|g| g.wrapping_sub(mark.generation) <= span)
 }
 
 /// See [`crate::print_leak_report`]: the report on stderr, without allocating.
@@ -213,25 +248,52 @@ pub(crate) fn print_leak_report() -> LeakReport {
     r
 }
 
+/// The report at exit (`STRATA_LEAK_REPORT`): every live block, a reminder of what
+/// that includes, and, if the program took a [`LeakMark`], the blocks allocated
+/// since the last one.
 extern "C" fn print_leak_report_at_exit() {
-    print_leak_report();
+    let all = print_leak_report();
+    let mut w = Stderr::new();
+    if all.total().blocks > 0 {
+        let _ = writeln!(
+            w,
+            "strata: (live at exit is not leaked: the Rust runtime, the C library and a test \
+             harness keep some blocks reachable until exit; strata::leak_mark() and \
+             leak_report_since() count only what a part of the program left behind)"
+        );
+    }
+    if MARKED.load(Ordering::Relaxed) != 0 {
+        let since = leak_report_since(LeakMark {
+            generation: generation(),
+        })
+        .total();
+        let _ = writeln!(
+            w,
+            "strata: of those, allocated since the last leak_mark(): {} block{}, {} bytes",
+            since.blocks,
+            plural(since.blocks),
+            since.bytes
+        );
+    }
+    w.flush();
 }
 
 // ---- configuration -----------------------------------------------------------------
 
 static LEAK_AT_EXIT: AtomicU8 = AtomicU8::new(0);
 
-/// Reads `STRATA_LEAK_REPORT` and `STRATA_QUARANTINE_BYTES`.
+/// Reads `STRATA_LEAK_REPORT` and `STRATA_QUARANTINE_BYTES` (or their build-time
+/// defaults); called once, by the load-time constructor in `settings.rs`.
 ///
 /// # Safety
 /// `envp` is null or the process's environment block.
-unsafe fn configure(envp: *const *const c_char) {
+pub(crate) unsafe fn configure(envp: *const *const c_char) {
     let _ = secret();
     // SAFETY: forwarded contract.
     let (q, leak) = unsafe {
         (
-            getenv_raw(envp, b"STRATA_QUARANTINE_BYTES"),
-            getenv_raw(envp, b"STRATA_LEAK_REPORT"),
+            crate::settings::setting!(envp, "QUARANTINE_BYTES"),
+            crate::settings::setting!(envp, "LEAK_REPORT"),
         )
     };
     if let Some(bytes) = q.and_then(parse_size) {
@@ -249,6 +311,3 @@ unsafe fn configure(envp: *const *const c_char) {
         }
     }
 }
-
-// Load-time constructor (executables and the C library alike).
-crate::platform::load_time_constructor!(configure);

@@ -15,11 +15,13 @@
 //!  p                       p+n                      p+slot-8     p+slot
 //!  | caller's n bytes       | canary 0xCA ...        | trailer    |
 //! ```
-//! - live: `((n << 16) | check16(n)) ^ key(p)`; freed: `FREED ^ key(p)`, where
+//! - live: `((v << 16) | check16(v)) ^ key(p)` with `v = generation << 40 | n` (the
+//!   leak generation, bumped by `leak_mark`, and the requested size, below 2^40);
+//!   freed: `FREED ^ key(p)`, where
 //!   `key(p) = secret ^ mix(p)` binds the word to the block's address and to a
 //!   per-process random secret, so stale or random bytes (a never-allocated object, a
 //!   copy of another block's trailer, a write past the end) do not decode as a live
-//!   block, except with probability about 2^-16 × slot / 2^48.
+//!   block, except with probability about 2^-16 × slot / 2^40.
 //! - Because `p` is in the key, a trailer left behind in memory that is later reused
 //!   with another geometry never reads as the trailer of the new block.
 //!
@@ -73,8 +75,10 @@ mod block;
 mod leaks;
 mod quarantine;
 
-pub use leaks::{LeakCount, LeakReport};
-pub(crate) use leaks::{leak_report, print_leak_report, validate_blocks};
+pub use leaks::{LeakCount, LeakMark, LeakReport};
+pub(crate) use leaks::{
+    configure, leak_mark, leak_report, leak_report_since, print_leak_report, validate_blocks,
+};
 pub(crate) use quarantine::drain_quarantine;
 
 use crate::Strata;
@@ -107,8 +111,10 @@ const FREE_FILL: u8 = 0xDF;
 /// The decoded trailer of a freed block (no live size encodes to it: sizes are
 /// below `MAX_REQUEST`).
 const FREED: u64 = u64::MAX;
-/// Requests from here on are refused: the trailer keeps 48 bits of size.
-const MAX_REQUEST: usize = 1 << 47;
+/// Requests from here on are refused: the trailer keeps 40 bits of size (the other
+/// 8 of its 48 are the leak generation), and the all-ones size is never used, so no
+/// live word equals `FREED`.
+const MAX_REQUEST: usize = (1 << block::SIZE_BITS) - 1;
 /// Default quarantine size, all shards together (each gets an eighth).
 pub(crate) const DEFAULT_QUARANTINE_BYTES: usize = 32 << 20;
 
@@ -234,15 +240,14 @@ fn arm(b: Block, n: usize) {
 /// `b` is a live block of ours (checked by `live_block`) that the caller gives up.
 unsafe fn retire(b: Block, n: usize) {
     // A CAS, not a store: of two threads freeing the same block at once, one sees
-    // the other's mark.
-    if b.trailer()
-        .compare_exchange(
-            live_word(b.p, n),
-            freed_word(b.p),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        )
-        .is_err()
+    // the other's mark. The expected word is the live trailer as read (its
+    // generation is whatever the block was stamped with); a word that no longer
+    // says live with `n` bytes was changed by a concurrent free.
+    let word = b.trailer().load(Ordering::Relaxed);
+    if decode(b.p, word) != Trailer::Live(n)
+        || b.trailer()
+            .compare_exchange(word, freed_word(b.p), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
     {
         die(format_args!(
             "double free of {:#x} ({}): freed by two threads at once",
@@ -356,7 +361,7 @@ unsafe fn resize(b: Block, n: usize, new_size: usize, align: usize) -> *mut u8 {
                 // Clear the old trailer first: after a shrink its word lies in pages
                 // that go back to the page heap, and a live-looking word must not
                 // outlive its block there.
-                b.trailer().store(0, Ordering::Relaxed);
+                let old = b.trailer().swap(0, Ordering::Relaxed);
                 // SAFETY: `b` is a live Large block (checked by address and trailer).
                 if unsafe { BACKEND.resize_large_in_place(b.p, total) } {
                     match find(b.p) {
@@ -368,7 +373,8 @@ unsafe fn resize(b: Block, n: usize, new_size: usize, align: usize) -> *mut u8 {
                     }
                     return b.p;
                 }
-                b.trailer().store(live_word(b.p, n), Ordering::Relaxed);
+                // Not resized: the block keeps its trailer, generation included.
+                b.trailer().store(old, Ordering::Relaxed);
             }
         }
         Kind::Huge => {

@@ -366,7 +366,6 @@ pub(super) fn register_fork_hooks(
     if rc == 0 { Ok(()) } else { Err(OsError(rc)) }
 }
 
-#[cfg(any(feature = "c-abi", feature = "checked"))]
 pub(super) fn at_exit(f: extern "C" fn()) -> Result<(), OsError> {
     // SAFETY: a plain function that lives as long as the process.
     if unsafe { libc::atexit(f) } == 0 {
@@ -379,7 +378,6 @@ pub(super) fn at_exit(f: extern "C" fn()) -> Result<(), OsError> {
 
 /// Linux: an `.init_array` entry. glibc passes `(argc, argv, envp)` to them (the
 /// ELF gABI promises no arguments, so this is glibc's extension, also musl's).
-#[cfg(any(feature = "c-abi", feature = "checked"))]
 macro_rules! load_time_constructor {
     ($f:path) => {
         const _: () = {
@@ -402,7 +400,6 @@ macro_rules! load_time_constructor {
         };
     };
 }
-#[cfg(any(feature = "c-abi", feature = "checked"))]
 pub(crate) use load_time_constructor;
 
 // ---- output and abort ------------------------------------------------------------

@@ -401,7 +401,6 @@ pub(crate) fn register_fork_hooks(
 
 /// Runs `f` at normal process exit (`exit`, return from `main`). `Err` if it could
 /// not be recorded. May allocate.
-#[cfg(any(feature = "c-abi", feature = "checked"))]
 #[inline]
 pub(crate) fn at_exit(f: extern "C" fn()) -> Result<(), OsError> {
     sys::at_exit(f)
@@ -410,7 +409,6 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> Result<(), OsError> {
 /// `load_time_constructor!(f)`: runs `unsafe fn f(envp: *const *const c_char)` when
 /// the library is loaded, before `main`, with the process's environment block (or
 /// null if the OS does not pass one); `f` must accept a null `envp`.
-#[cfg(any(feature = "c-abi", feature = "checked"))]
 pub(crate) use linux::load_time_constructor;
 
 // ---- output and abort ------------------------------------------------------------
