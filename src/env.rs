@@ -56,6 +56,30 @@ pub(crate) fn truthy(v: &[u8]) -> bool {
         || v.eq_ignore_ascii_case(b"no"))
 }
 
+/// `setting!(envp, "X")`: the value in effect of `STRATA_X` as raw bytes: the
+/// environment's (`envp`, read without allocating), else the build-time default
+/// `STRATA_DEFAULT_X`, else None. An unsafe call: `envp` must be null or the
+/// process's environment block.
+macro_rules! setting {
+    ($envp:expr, $name:literal) => {
+        $crate::env::pick(
+            $crate::env::getenv_raw($envp, concat!("STRATA_", $name).as_bytes()),
+            option_env!(concat!("STRATA_DEFAULT_", $name)),
+        )
+    };
+}
+// Used by `settings` and, in checked builds, by `checked`.
+pub(crate) use setting;
+
+/// The run-time value if there is one, else the build-time default.
+#[inline]
+pub(crate) fn pick(
+    run_time: Option<&'static [u8]>,
+    built_in: Option<&'static str>,
+) -> Option<&'static [u8]> {
+    run_time.or(built_in.map(str::as_bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,30 +31,7 @@ use core::fmt::Write;
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
-/// `setting!(envp, "X")`: the value in effect of `STRATA_X` as raw bytes: the
-/// environment's (`envp`, read without allocating), else the build-time default
-/// `STRATA_DEFAULT_X`, else None. An unsafe call: `envp` must be null or the
-/// process's environment block.
-macro_rules! setting {
-    ($envp:expr, $name:literal) => {
-        $crate::settings::pick(
-            $crate::env::getenv_raw($envp, concat!("STRATA_", $name).as_bytes()),
-            option_env!(concat!("STRATA_DEFAULT_", $name)),
-        )
-    };
-}
-// Used by `checked` (its own settings) in checked builds.
-#[allow(unused_imports)]
-pub(crate) use setting;
-
-/// The run-time value if there is one, else the build-time default.
-#[inline]
-pub(crate) fn pick(
-    run_time: Option<&'static [u8]>,
-    built_in: Option<&'static str>,
-) -> Option<&'static [u8]> {
-    run_time.or(built_in.map(str::as_bytes))
-}
+use crate::env::setting;
 
 /// `STRATA_HEAP_MAP`: the path to write the heap map to at exit, bytes of the
 /// environment block or of the binary (both live as long as the process), and
@@ -216,6 +193,7 @@ pub(crate) fn print_stats() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::pick;
 
     #[test]
     fn run_time_value_wins_over_the_built_in_default() {

@@ -292,8 +292,8 @@ pub(crate) unsafe fn configure(envp: *const *const c_char) {
     // SAFETY: forwarded contract.
     let (q, leak) = unsafe {
         (
-            crate::settings::setting!(envp, "QUARANTINE_BYTES"),
-            crate::settings::setting!(envp, "LEAK_REPORT"),
+            crate::env::setting!(envp, "QUARANTINE_BYTES"),
+            crate::env::setting!(envp, "LEAK_REPORT"),
         )
     };
     if let Some(bytes) = q.and_then(parse_size) {
