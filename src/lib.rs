@@ -262,12 +262,22 @@ mod api {
     use super::*;
 
     /// Flushes the calling thread's cache, moves every central batch back to its
-    /// spans, purges every free page and unmaps every wholly free chunk, now.
-    /// Returns the bytes purged or unmapped. Other threads' caches are untouched.
+    /// spans, purges every free page, unmaps every wholly free chunk and every
+    /// cached huge mapping, now. Other threads' caches are untouched.
+    ///
+    /// Returns the bytes given back to the OS: the fall of [`Gauges::resident_bytes`]
+    /// (less the metadata arena, which is never returned) across the call. So every
+    /// purge and unmap counts, the ones that the flush and drain trigger on their
+    /// own included, and each page once (a page purged before and purged again, or
+    /// unmapped with its chunk, does not count twice). Exact when no other thread
+    /// allocates or frees meanwhile; otherwise their changes to the resident bytes
+    /// count too (never below zero).
     pub fn release_memory() -> usize {
+        let before = global::resident_bytes();
         #[cfg(feature = "checked")]
         checked::drain_quarantine();
-        global::release_memory()
+        global::release_memory();
+        before.saturating_sub(global::resident_bytes())
     }
 
     /// Returns the calling thread's cached objects to the central tier.

@@ -19,10 +19,15 @@ pub(crate) fn flush_thread_cache() {
     }
 }
 
-/// See [`crate::release_memory`].
-pub(crate) fn release_memory() -> usize {
+/// See [`crate::release_memory`] (which measures what it gave back around this).
+pub(crate) fn release_memory() {
     flush_thread_cache();
-    BACKEND.release_shared()
+    BACKEND.release_shared();
+}
+
+/// The bytes that may be resident now, without a lock (`Backend::resident_bytes`).
+pub(crate) fn resident_bytes() -> usize {
+    BACKEND.resident_bytes()
 }
 
 /// See [`crate::validate_heap`].
