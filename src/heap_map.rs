@@ -135,11 +135,11 @@ pub struct HeapMapSummary {
 }
 
 impl HeapMapSummary {
-    /// Bytes in free spans (`HeapCounts::free_page_bytes` of the same moment).
+    /// Bytes in free spans (`Stats::page_free_bytes` of the same moment).
     pub fn free_bytes(&self) -> usize {
         (self.free_resident_pages + self.free_purged_pages) * PAGE_SIZE
     }
-    /// Bytes in free spans that are purged or untouched (`HeapCounts::free_zeroed_bytes`).
+    /// Bytes in free spans that are purged or untouched (`Stats::page_purged_bytes`).
     pub fn free_purged_bytes(&self) -> usize {
         self.free_purged_pages * PAGE_SIZE
     }

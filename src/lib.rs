@@ -45,7 +45,8 @@
 //!
 //! # Main functions
 //!
-//! - [`stats`]: a snapshot of the heap ([`Stats`], printable as a table or JSON).
+//! - [`stats`]: a snapshot of the heap ([`Stats`], printable as a table or JSON);
+//!   [`gauges`]: its main byte figures without a lock, for metrics ([`Gauges`]).
 //! - [`release_memory`]: flush the calling thread's cache and return every free page
 //!   to the OS now; [`flush_thread_cache`] only flushes the cache.
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
@@ -238,36 +239,9 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Counters of the process-wide heap (a first cut of statistics).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HeapCounts {
-    /// Chunks mapped.
-    pub chunks: usize,
-    /// Bytes mapped for chunks, huge blocks and cached huge mappings.
-    pub mapped_bytes: usize,
-    /// Bytes in free spans of the page heap.
-    pub free_page_bytes: usize,
-    /// Of those, bytes purged or never touched (not resident).
-    pub free_zeroed_bytes: usize,
-    /// Bytes ever purged with `MADV_DONTNEED`.
-    pub purged_bytes_total: u64,
-    /// Bytes of chunks ever unmapped.
-    pub unmapped_bytes_total: u64,
-    /// Live huge blocks.
-    pub huge_blocks: usize,
-    /// Bytes mapped for huge blocks.
-    pub huge_bytes: usize,
-    /// Bytes of the allocator's own metadata arena.
-    pub metadata_bytes: usize,
-    /// Thread heaps in use.
-    pub thread_heaps_live: usize,
-    /// Thread heaps ever created (reused through a pool).
-    pub thread_heaps_created: usize,
-}
-
 #[cfg(not(strata_loom))]
 pub use api::*;
-pub use stats::{ClassStats, Stats};
+pub use stats::{ClassStats, Gauges, Stats};
 
 #[cfg(all(feature = "checked", not(strata_loom)))]
 pub use checked::{LeakCount, LeakMark, LeakReport};
@@ -282,12 +256,22 @@ mod api {
     use super::*;
 
     /// Flushes the calling thread's cache, moves every central batch back to its
-    /// spans, purges every free page and unmaps every wholly free chunk, now.
-    /// Returns the bytes purged or unmapped. Other threads' caches are untouched.
+    /// spans, purges every free page, unmaps every wholly free chunk and every
+    /// cached huge mapping, now. Other threads' caches are untouched.
+    ///
+    /// Returns the bytes given back to the OS: the fall of [`Gauges::resident_bytes`]
+    /// (less the metadata arena, which is never returned) across the call. So every
+    /// purge and unmap counts, the ones that the flush and drain trigger on their
+    /// own included, and each page once (a page purged before and purged again, or
+    /// unmapped with its chunk, does not count twice). Exact when no other thread
+    /// allocates or frees meanwhile; otherwise their changes to the resident bytes
+    /// count too (never below zero).
     pub fn release_memory() -> usize {
+        let before = global::resident_bytes();
         #[cfg(feature = "checked")]
         checked::drain_quarantine();
-        global::release_memory()
+        global::release_memory();
+        before.saturating_sub(global::resident_bytes())
     }
 
     /// Returns the calling thread's cached objects to the central tier.
@@ -361,9 +345,15 @@ mod api {
         global::usable_size(p)
     }
 
-    /// Counters of the process-wide heap.
-    pub fn heap_counts() -> HeapCounts {
-        global::heap_counts()
+    /// The heap's main byte figures (allocated, resident, mapped, their peaks) in a
+    /// few relaxed loads: no lock, no walk, no allocation, so that a metrics
+    /// endpoint may read them as often as it likes (jemalloc's `stats.allocated`
+    /// and `stats.resident` without the `epoch` refresh). Called gauges, as a
+    /// metrics system would: levels that rise and fall, read as they are now, where
+    /// [`stats`] is the full, consistent snapshot. See [`Gauges`] for how each
+    /// figure relates to [`Stats`].
+    pub fn gauges() -> Gauges {
+        global::gauges()
     }
 
     /// A snapshot of the heap: bytes by state (allocated, active, resident, mapped,

@@ -5,7 +5,7 @@
 
 use crate::os::{OS_PAGE, Os};
 use crate::size_class::GEOMETRY;
-use crate::sync::{LockRank, RawLock, UnsafeCell};
+use crate::sync::{AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 
 /// Bytes taken from the OS at a time (the geometry's: small under loom, so a model
@@ -17,15 +17,18 @@ const_assert!(BLOCK % OS_PAGE == 0);
 ///
 /// Invariants: 1. `cur <= end`; `[cur, end)` is unused zeroed memory of one block.
 /// 2. Nothing handed out is ever unmapped.
+/// 3. `mapped` is the total length of the blocks taken from the OS.
 pub struct MetaArena {
     lock: RawLock,
     state: UnsafeCell<Bump>,
+    /// Bytes taken from the OS so far (only grows; written under `lock`, read
+    /// without it, so that `strata::gauges` takes no lock).
+    mapped: AtomicUsize,
 }
 
 struct Bump {
     cur: usize,
     end: usize,
-    total: usize,
 }
 
 // SAFETY: `state` is only touched with `lock` held.
@@ -35,7 +38,11 @@ impl MetaArena {
     crate::sync::loom_const_fn! {
         /// An arena that has mapped nothing yet.
         pub fn new() -> MetaArena {
-            MetaArena { lock: RawLock::new(LockRank::MetaArena), state: UnsafeCell::new(Bump { cur: 0, end: 0, total: 0 }) }
+            MetaArena {
+                lock: RawLock::new(LockRank::MetaArena),
+                state: UnsafeCell::new(Bump { cur: 0, end: 0 }),
+                mapped: AtomicUsize::new(0),
+            }
         }
     }
 
@@ -54,7 +61,8 @@ impl MetaArena {
                 if p.is_null() {
                     return ptr::null_mut();
                 }
-                s.total += len;
+                // Relaxed: statistics; nothing is published with it.
+                self.mapped.fetch_add(len, Ordering::Relaxed);
                 s.cur = p as usize;
                 s.end = p as usize + len;
                 start = s.cur;
@@ -64,11 +72,9 @@ impl MetaArena {
         })
     }
 
-    /// Bytes taken from the OS so far.
+    /// Bytes taken from the OS so far (no lock: one recent value).
     pub fn mapped_bytes(&self) -> usize {
-        let _g = self.lock.guard();
-        // SAFETY: lock held.
-        self.state.with(|s| unsafe { (*s).total })
+        self.mapped.load(Ordering::Relaxed)
     }
 
     /// Holds the lock (for fork handlers).

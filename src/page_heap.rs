@@ -90,6 +90,9 @@ pub struct PageHeap<O: Os> {
     extra_resident: AtomicUsize,
     /// Chunk resident bytes as of the last change under the lock (invariant 4).
     chunk_resident: AtomicUsize,
+    /// `nchunks × CHUNK_SIZE` as of the last change under the lock, for lock-free
+    /// readers (`Backend::gauges`).
+    chunk_mapped: AtomicUsize,
     /// High-water mark of `chunk_resident + extra_resident`.
     peak_resident: AtomicUsize,
 }
@@ -140,6 +143,7 @@ impl<O: Os> PageHeap<O> {
                 purge_delay_ms: AtomicU64::new(DEFAULT_PURGE_DELAY_MS),
                 extra_resident: AtomicUsize::new(0),
                 chunk_resident: AtomicUsize::new(0),
+                chunk_mapped: AtomicUsize::new(0),
                 peak_resident: AtomicUsize::new(0),
             }
         }
@@ -195,11 +199,29 @@ impl<O: Os> PageHeap<O> {
         self.peak_resident.load(Ordering::Relaxed)
     }
 
+    /// The bytes that may be resident now, read without the lock: chunks as of the
+    /// last change under the lock (minus free pages known purged or untouched) plus
+    /// huge blocks, live and cached. What `stats` derives from its walk, in O(1).
+    pub fn resident_bytes(&self) -> usize {
+        // Relaxed: statistics; each figure is one recent value.
+        self.chunk_resident.load(Ordering::Relaxed) + self.extra_resident.load(Ordering::Relaxed)
+    }
+
+    /// The bytes mapped now, read without the lock: chunks as of the last change
+    /// under the lock plus huge blocks, live and cached (every huge byte is counted
+    /// resident, so the huge share is `extra_resident`).
+    pub fn mapped_bytes(&self) -> usize {
+        // Relaxed: as above.
+        self.chunk_mapped.load(Ordering::Relaxed) + self.extra_resident.load(Ordering::Relaxed)
+    }
+
     /// Records the chunk resident bytes after a change (lock held via `h`).
     fn note_resident(&self, h: &Inner) {
         let now = h.nchunks * CHUNK_SIZE - h.zeroed_pages * PAGE_SIZE;
         // Relaxed: statistics, written under the lock, read by anyone.
         self.chunk_resident.store(now, Ordering::Relaxed);
+        self.chunk_mapped
+            .store(h.nchunks * CHUNK_SIZE, Ordering::Relaxed);
         let total = now + self.extra_resident.load(Ordering::Relaxed);
         self.peak_resident.fetch_max(total, Ordering::Relaxed);
     }

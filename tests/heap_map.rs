@@ -6,10 +6,10 @@ use common::{KIB, MIB, Rng};
 
 // The heap map (`strata::heap_map`, `write_heap_map`): the SVG is a well-formed
 // document, and what it draws adds up to the heap's own counters
-// (`strata::heap_counts`) and to what the test allocated.
+// (`strata::stats`) and to what the test allocated.
 //
 // The counters are only comparable with a quiet heap, so the tests of this binary
-// run one at a time (SERIAL) and compare against `heap_counts()` taken just before
+// run one at a time (SERIAL) and compare against `stats()` taken just before
 // and just after the map, retrying while those two differ (the test harness's own
 // threads may still allocate now and then).
 
@@ -220,12 +220,34 @@ fn read_svg(svg: &str) -> Drawn {
     d
 }
 
-/// A map, its SVG, and `heap_counts()` of the same moment.
-fn quiet_map() -> (strata::HeapMap, String, strata::HeapCounts) {
+/// The page-level figures of a `stats()` snapshot that a map draws (operation
+/// counts left out: the map itself allocates, before and after its copy).
+#[derive(Debug, PartialEq, Eq)]
+struct Counts {
+    chunks: usize,
+    free_page_bytes: usize,
+    free_zeroed_bytes: usize,
+    huge_blocks: usize,
+    huge_bytes: usize,
+}
+
+fn counts() -> Counts {
+    let s = strata::stats();
+    Counts {
+        chunks: s.chunks as usize,
+        free_page_bytes: s.page_free_bytes as usize,
+        free_zeroed_bytes: s.page_purged_bytes as usize,
+        huge_blocks: s.huge_blocks as usize,
+        huge_bytes: s.huge_bytes as usize,
+    }
+}
+
+/// A map, its SVG, and the page figures of `stats()` of the same moment.
+fn quiet_map() -> (strata::HeapMap, String, Counts) {
     for _ in 0..20 {
-        let before = strata::heap_counts();
+        let before = counts();
         let map = strata::heap_map();
-        let after = strata::heap_counts();
+        let after = counts();
         if before == after {
             let mut svg = Vec::new();
             map.write_svg(&mut svg).expect("write to a Vec");

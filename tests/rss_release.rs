@@ -2,17 +2,24 @@
 static GLOBAL: strata::Strata = strata::Strata;
 
 mod common;
-use common::{MIB, Rng, mib, pattern, rss};
+use common::{KIB, MIB, Rng, mib, pattern, rss};
 
 // After 512 MiB of small objects, allocated on 4 threads and freed on other
 // threads, `strata::release_memory()` must give (almost) all of it back to the
-// OS. This binary holds a single test so that nothing else in the process
-// perturbs the RSS measurements.
+// OS; and what it says it gave back must be what the resident bytes fell by. The
+// tests of this binary run one at a time (SERIAL) so that nothing else in the
+// process perturbs the RSS measurements.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::panic;
-use std::sync::{Barrier, Mutex};
+use std::sync::{Barrier, Mutex, MutexGuard};
 use std::thread;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 const THREADS: usize = 4;
 const BYTES_PER_THREAD: usize = 512 * MIB / THREADS;
@@ -66,6 +73,7 @@ fn free_all(thread: usize, ptrs: Vec<usize>) {
 
 #[test]
 fn release_memory_returns_freed_small_objects_to_the_os() {
+    let _serial = serial();
     let before = rss();
     let lists: Mutex<Vec<Option<Vec<usize>>>> = Mutex::new(vec![None; THREADS]);
     let allocated = Barrier::new(THREADS + 1);
@@ -121,4 +129,64 @@ fn release_memory_returns_freed_small_objects_to_the_os() {
         mib(dropped),
         mib(grown)
     );
+}
+
+/// Allocates about 64 MiB of small, Large and huge blocks, writing every byte,
+/// and frees them all.
+fn allocate_and_free_mixed(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(100_000);
+    let mut fill = |lo: usize, spread: usize, total: usize| {
+        let mut sum = 0;
+        while sum < total {
+            let size = lo + rng.below(spread);
+            blocks.push(vec![0xA5; size]);
+            sum += size;
+        }
+    };
+    fill(16, 1009, 24 * MIB); // small objects
+    fill(16 * KIB, 1008 * KIB, 24 * MIB); // Large blocks (whole pages, up to 1 MiB)
+    fill(2 * MIB, 3 * MIB, 16 * MIB); // huge blocks (own mappings, kept in the cache)
+    drop(blocks);
+}
+
+#[test]
+fn release_memory_returns_what_the_resident_bytes_fell_by() {
+    let _serial = serial();
+    // With the default delay the freed pages wait for release_memory; with none,
+    // the frees that its flush and drain cause purge and unmap on their own (what
+    // the count used to miss).
+    for (delay, seed) in [(strata::internals::DEFAULT_PURGE_DELAY_MS, 1), (0, 2)] {
+        strata::release_memory();
+        strata::set_purge_delay_ms(delay);
+        allocate_and_free_mixed(seed);
+        let (s0, rss0) = (strata::stats(), rss());
+        let given = strata::release_memory() as u64;
+        let (s1, rss1) = (strata::stats(), rss());
+        strata::set_purge_delay_ms(strata::internals::DEFAULT_PURGE_DELAY_MS);
+        let fell = s0.resident_bytes.saturating_sub(s1.resident_bytes);
+        let rss_fell = rss0.saturating_sub(rss1) as u64;
+        eprintln!(
+            "purge delay {delay} ms: release_memory() = {:.2} MiB; resident_bytes fell \
+             {:.2} MiB, RSS fell {:.2} MiB",
+            mib(given as isize),
+            mib(fell as isize),
+            mib(rss_fell as isize)
+        );
+        // The test harness's threads may allocate or free a little meanwhile.
+        assert!(
+            given.abs_diff(fell) <= 256 * KIB as u64,
+            "release_memory() said {given} bytes, resident_bytes fell {fell}"
+        );
+        // RSS may fall by less (pages never touched count as resident until
+        // purged), not by more: allow for the harness and the kernel's own pages.
+        assert!(
+            given + 2 * MIB as u64 >= rss_fell,
+            "release_memory() said {given} bytes, RSS fell {rss_fell}"
+        );
+        if delay > 0 {
+            // The cached huge mappings alone are 16 MiB.
+            assert!(given >= 8 * MIB as u64, "release_memory() said {given}");
+        }
+    }
 }

@@ -329,6 +329,52 @@ fn display_and_json_cover_every_figure() {
     );
 }
 
+/// The cheap figures against a snapshot of a quiescent heap, as `Gauges` documents:
+/// resident, mapped and the peaks equal; allocated (which counts thread-cached
+/// objects) within 256 KiB per live thread heap of live + thread-cached.
+fn gauges_agree(g: &strata::Gauges, s: &Stats, heaps: u64) {
+    assert_eq!(g.resident_bytes, s.resident_bytes, "{g:?}\n{s}");
+    assert_eq!(g.mapped_bytes, s.mapped_bytes, "{g:?}\n{s}");
+    assert_eq!(g.peak_resident_bytes, s.peak_resident_bytes, "{g:?}\n{s}");
+    let out = s.allocated_bytes + s.thread_cached_bytes;
+    assert!(
+        g.allocated_bytes.abs_diff(out) < heaps * (256 << 10),
+        "allocated {} vs live + thread-cached {out}\n{s}",
+        g.allocated_bytes
+    );
+    // Both peaks are the same high-water mark, each raised to its own current
+    // figure (stats' counts cached objects exactly, not in 256 KiB steps).
+    assert!(g.peak_allocated_bytes + heaps * (256 << 10) >= s.peak_allocated_bytes);
+    assert!(g.peak_allocated_bytes >= g.allocated_bytes);
+}
+
+#[test]
+fn gauges_agree_with_a_quiescent_snapshot_of_the_global_heap() {
+    let _serial = serial();
+    let small: Vec<Box<[u8; 300]>> = (0..20_000).map(|i| Box::new([i as u8; 300])).collect();
+    let large = vec![3u8; 700 << 10];
+    let huge = vec![4u8; 5 * MIB];
+    strata::flush_thread_cache();
+    // The harness's threads may allocate now and then: retry until the gauges
+    // read the same before and after the snapshot.
+    let (g, s) = (0..50)
+        .find_map(|_| {
+            let g = strata::gauges();
+            let s = strata::stats();
+            if strata::gauges() == g {
+                return Some((g, s));
+            }
+            thread::sleep(std::time::Duration::from_millis(5));
+            None
+        })
+        .expect("the heap never held still");
+    gauges_agree(&g, &s, s.thread_heaps_live);
+    let kept = (small.len() * 300 + large.len() + huge.len()) as u64;
+    assert!(g.allocated_bytes >= kept, "{g:?}");
+    assert!(g.resident_bytes >= kept && g.mapped_bytes >= g.resident_bytes);
+    black_box((small, large, huge));
+}
+
 /// A private backend and heap: nothing else allocates in it, so "all freed" is exact.
 #[test]
 fn after_everything_is_freed_and_released_allocated_is_zero_and_resident_falls() {
@@ -356,6 +402,7 @@ fn after_everything_is_freed_and_released_allocated_is_zero_and_resident_falls()
     let huge = be.alloc_huge(3 * MIB, 8, false);
     let full = be.stats();
     check_identities(&full);
+    gauges_agree(&be.gauges(), &full, 1);
     let expect: u64 = live.iter().map(|(c, _)| c.size_bytes() as u64).sum();
     assert_eq!(
         full.allocated_bytes,
@@ -383,6 +430,7 @@ fn after_everything_is_freed_and_released_allocated_is_zero_and_resident_falls()
     be.release_shared();
     let empty = be.stats();
     check_identities(&empty);
+    gauges_agree(&be.gauges(), &empty, 1);
     assert_eq!(empty.allocated_bytes, 0, "{empty}");
     assert_eq!(empty.frees, 50_002, "{empty}");
     assert_eq!(empty.thread_cached_bytes + empty.central_cached_bytes, 0);

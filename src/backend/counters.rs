@@ -66,6 +66,14 @@ impl Counters {
         }
     }
 
+    /// The bytes handed out of the shared tiers now (live plus thread-cached, to
+    /// within `PUBLISH_BYTES` per thread; Relaxed: statistics). Clamped at zero: the
+    /// unpublished flows of several threads may briefly make the sum negative.
+    pub(crate) fn out_bytes(&self) -> u64 {
+        let v = Self::get(&self.out_bytes);
+        if (v as i64) < 0 { 0 } else { v }
+    }
+
     /// The high-water mark of the bytes handed out (Relaxed: statistics).
     pub(crate) fn peak_out_bytes(&self) -> u64 {
         Self::get(&self.peak_out_bytes)

@@ -70,12 +70,29 @@ impl<O: Os> Backend<O> {
     // ---- release and validation ---------------------------------------------------
 
     /// Moves central batches back to spans and returns every free page to the OS.
-    /// Returns the bytes purged or unmapped.
+    /// Returns the bytes given back: the fall of [`Backend::resident_bytes`] across
+    /// the call (see there), so that the purges and unmaps the drain itself
+    /// triggers count too.
     pub fn release_shared(&self) -> usize {
+        let before = self.resident_bytes();
         for c in 0..NUM_CLASSES {
             self.central.drain(SizeClass(c as u8), &self.page_heap);
         }
-        self.unmap_evicted(&self.huge.drain_cache()) + self.page_heap.release_all()
+        self.unmap_evicted(&self.huge.drain_cache());
+        self.page_heap.release_all();
+        before.saturating_sub(self.resident_bytes())
+    }
+
+    /// The bytes of chunks and huge mappings that may be resident now, without a
+    /// lock (`PageHeap::resident_bytes`). The fall of this figure across a release
+    /// is what the release gave back to the OS: every purge and unmap on the way
+    /// counts, whoever triggered it (frees of spans that the drain empties purge
+    /// and unmap on their own), and a page counts once, even where it is purged
+    /// again inside a coalesced span or unmapped with an already purged chunk
+    /// (which the `purged`/`unmapped` totals count again). Other threads'
+    /// allocations and frees meanwhile move it too.
+    pub fn resident_bytes(&self) -> usize {
+        self.page_heap.resident_bytes()
     }
 
     /// Returns to the OS what has been free for longer than the purge delay: dirty

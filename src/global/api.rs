@@ -19,10 +19,15 @@ pub(crate) fn flush_thread_cache() {
     }
 }
 
-/// See [`crate::release_memory`].
-pub(crate) fn release_memory() -> usize {
+/// See [`crate::release_memory`] (which measures what it gave back around this).
+pub(crate) fn release_memory() {
     flush_thread_cache();
-    BACKEND.release_shared()
+    BACKEND.release_shared();
+}
+
+/// The bytes that may be resident now, without a lock (`Backend::resident_bytes`).
+pub(crate) fn resident_bytes() -> usize {
+    BACKEND.resident_bytes()
 }
 
 /// See [`crate::validate_heap`].
@@ -61,24 +66,9 @@ pub(crate) fn usable_size(p: *const u8) -> Option<usize> {
     BACKEND.usable_size(p)
 }
 
-/// See [`crate::heap_counts`].
-pub(crate) fn heap_counts() -> crate::HeapCounts {
-    let ph = BACKEND.page_heap.stats();
-    let (huge_blocks, huge_bytes, huge_cached) = BACKEND.huge.totals();
-    let (threads_live, threads_created) = BACKEND.thread_heaps();
-    crate::HeapCounts {
-        chunks: ph.chunks,
-        mapped_bytes: ph.mapped_bytes + huge_bytes + huge_cached,
-        free_page_bytes: ph.free_bytes,
-        free_zeroed_bytes: ph.free_zeroed_bytes,
-        purged_bytes_total: ph.purged_bytes_total,
-        unmapped_bytes_total: ph.unmapped_bytes_total,
-        huge_blocks,
-        huge_bytes,
-        metadata_bytes: BACKEND.meta.mapped_bytes(),
-        thread_heaps_live: threads_live,
-        thread_heaps_created: threads_created,
-    }
+/// See [`crate::gauges`].
+pub(crate) fn gauges() -> crate::Gauges {
+    BACKEND.gauges()
 }
 
 /// See [`crate::stats`].
