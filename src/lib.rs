@@ -367,6 +367,14 @@ mod api {
         global::usable_size(p)
     }
 
+    /// The per-CPU front end's counters (`STRATA_PERCPU=1`); None while it does
+    /// not serve this process. Not a stable API.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    #[doc(hidden)]
+    pub fn percpu_front_counters() -> Option<percpu::FrontCounters> {
+        global::percpu_front_counters()
+    }
+
     /// Counters of the process-wide heap.
     pub fn heap_counts() -> HeapCounts {
         global::heap_counts()

@@ -17,6 +17,8 @@
 //! through it unchanged; its own `lock_set`, `with_locked` and `validate` add the
 //! front end's pool lock (ranked first) to the backend's.
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub mod percpu;
 pub mod thread_cache;
 
 use crate::Violation;

@@ -17,6 +17,12 @@ pub(crate) fn flush_thread_cache() {
             BACKEND.threads.flush(&*h, &BACKEND);
         }
     }
+    // Per-CPU caches are not the thread's: all CPUs are drained.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    // SAFETY: the per-CPU front end's slab holds objects of BACKEND's only.
+    unsafe {
+        super::CPU.drain_all(&BACKEND.backend);
+    }
 }
 
 /// See [`crate::release_memory`].
@@ -30,6 +36,8 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
     let h = heap();
     // SAFETY: this thread's heap or a sentinel, only read.
     unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    super::CPU.validate()?;
     BACKEND.validate()
 }
 
@@ -84,4 +92,10 @@ pub(crate) fn heap_counts() -> crate::HeapCounts {
 /// See [`crate::stats`].
 pub(crate) fn stats() -> crate::Stats {
     BACKEND.stats()
+}
+
+/// See [`crate::percpu_front_counters`].
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub(crate) fn percpu_front_counters() -> Option<crate::percpu::FrontCounters> {
+    super::CPU.counters()
 }

@@ -1,7 +1,8 @@
 //! The per-CPU front end's machinery (Linux, x86-64): per CPU and size class, a
 //! bounded stack of free objects, popped and pushed inside restartable sequences
-//! (rseq). Not yet wired in as a front end: this module is self-contained and
-//! tested on its own (`tests.rs`, `tests/percpu.rs`).
+//! (rseq). The front end built on it is `front::percpu`, opt-in with
+//! `STRATA_PERCPU=1`; this module is self-contained and tested on its own
+//! (`tests.rs`, `tests/percpu.rs`).
 //!
 //! # Why
 //! A cache per thread grows with the thread count; a cache per CPU is bounded by
@@ -75,3 +76,20 @@ mod tests;
 pub use cs::aborts;
 pub use rseq::{Mode, RseqArea, current, mode, possible_cpus, release_current_thread};
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
+
+/// What the per-CPU front end (`STRATA_PERCPU=1`) reports about itself: counters of
+/// its slow paths (only misses touch them, never a hit) and a snapshot of the bytes
+/// cached on CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontCounters {
+    /// Bytes cached on all CPUs (a snapshot).
+    pub cached_bytes: u64,
+    /// Batches taken from the central tier on an empty stack.
+    pub refills: u64,
+    /// Objects of those batches pushed onto a CPU's stack (served later by hits).
+    pub refilled_objects: u64,
+    /// Batches flushed to the central tier on a full stack.
+    pub flushes: u64,
+    /// Whole-slab drains (`flush_thread_cache`, `release_memory`).
+    pub drains: u64,
+}
