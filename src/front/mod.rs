@@ -190,6 +190,10 @@ impl FrontEnd for ThreadCaches {
 pub struct Allocator<O: Os> {
     /// The front end's pool of thread heaps.
     pub threads: ThreadCaches,
+    /// The per-CPU front end (used only by the process's instance in `global`, and
+    /// there only with `STRATA_PERCPU=1`; undecided and empty in every other).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    pub cpus: percpu::CpuCaches,
     /// The shared tiers.
     pub backend: Backend<O>,
 }
@@ -208,6 +212,8 @@ impl<O: Os> Allocator<O> {
         pub fn new(os: O) -> Allocator<O> {
             Allocator {
                 threads: ThreadCaches::new(),
+                #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+                cpus: percpu::CpuCaches::new(),
                 backend: Backend::new(os),
             }
         }
@@ -226,6 +232,19 @@ impl<O: Os> Allocator<O> {
     pub unsafe fn retire_thread_heap(&self, h: *mut ThreadHeap) {
         // SAFETY: forwarded contract.
         unsafe { self.threads.retire_thread_heap(h, &self.backend) }
+    }
+
+    /// Objects of class `c` handed out, freed and cached now by the per-CPU front
+    /// end (zeros when it is off: `front::percpu::CpuCaches::class_counts`).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    pub fn cpu_class_counts(&self, c: SizeClass) -> (u64, u64, u64) {
+        self.cpus.class_counts(c)
+    }
+
+    /// As above, where there is no per-CPU front end.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64", not(strata_loom))))]
+    pub fn cpu_class_counts(&self, _c: SizeClass) -> (u64, u64, u64) {
+        (0, 0, 0)
     }
 
     /// Thread heaps in use, and ever created.

@@ -18,7 +18,11 @@
 //! enter, so nothing encoded leaks to the program); they are linked again only when
 //! they leave for the central tier. Statistics: the objects count in the backend's
 //! flow (handed out of the shared tiers) from their refill to their flush, like a
-//! thread cache's; [`CpuCaches::cached_bytes`] reports what the CPUs hold.
+//! thread cache's; `stats()` counts the objects the CPUs hold as cached in front-end
+//! caches (with the thread heaps', `thread_cached`), not as live, and each hit in
+//! `allocs` (one relaxed atomic add on a per-CPU stripe: the one cost the per-CPU
+//! fast path has beyond its critical section); frees are derived
+//! ([`CpuCaches::class_counts`]).
 //!
 //! Not done here (yet): double-free detection on this path (a block freed twice
 //! while cached may be handed out twice), capacity that follows demand (each
@@ -40,6 +44,13 @@ const_assert!(NUM_CLASSES <= MAX_CLASSES);
 /// The most bytes one CPU caches of one class (at least one object; at most the
 /// thread cache's cap for the class).
 const CLASS_BYTES: usize = 64 << 10;
+
+/// Stripes of the hit counters: CPU `n` counts in stripe `n % STRIPES`.
+const STRIPES: usize = 64;
+
+/// One stripe of per-class counters, on cache lines of its own.
+#[repr(align(128))]
+struct Stripe([AtomicU64; NUM_CLASSES]);
 
 const UNDECIDED: u8 = 0;
 const BUSY: u8 = 1;
@@ -75,6 +86,13 @@ pub struct CpuCaches {
     refilled_objects: AtomicU64,
     flushes: AtomicU64,
     drains: AtomicU64,
+    /// Per class: objects handed out from a CPU's stack or a refill (statistics,
+    /// striped by CPU so that hits on different CPUs touch different lines).
+    allocs: [Stripe; STRIPES],
+    /// Per class: objects received from the central tier.
+    received: [AtomicU64; NUM_CLASSES],
+    /// Per class: objects returned to the central tier.
+    returned: [AtomicU64; NUM_CLASSES],
 }
 
 // SAFETY: `slab` is written once before being published (invariant 2) and is
@@ -97,6 +115,55 @@ impl CpuCaches {
             refilled_objects: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             drains: AtomicU64::new(0),
+            allocs: [const { Stripe([const { AtomicU64::new(0) }; NUM_CLASSES]) }; STRIPES],
+            received: [const { AtomicU64::new(0) }; NUM_CLASSES],
+            returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
+        }
+    }
+
+    /// Counts one object of class `ci` handed out on the thread's CPU.
+    #[inline(always)]
+    fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
+        // SAFETY: the calling thread's area, alive while it runs; atomics only.
+        let cpu = unsafe { area.as_ref() }.cpu().unwrap_or(0) as usize;
+        if let Some(a) = self.allocs[cpu % STRIPES].0.get(ci) {
+            // Relaxed: statistics.
+            a.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Objects of class `c` handed out, freed (derived: every object received plus
+    /// every free is handed out, returned or cached) and cached now, by this front
+    /// end; zeros when off. Snapshots, each exact only when nothing moves.
+    pub fn class_counts(&self, c: SizeClass) -> (u64, u64, u64) {
+        let ci = c.index();
+        let Some(slab) = self.slab_if_on() else {
+            return (0, 0, 0);
+        };
+        // Relaxed: statistics.
+        let allocs: u64 = self
+            .allocs
+            .iter()
+            .map(|s| s.0[ci].load(Ordering::Relaxed))
+            .sum();
+        let mut cached = 0u64;
+        for cpu in 0..slab.ncpu() {
+            if let Some((n, _)) = slab.len_and_capacity(cpu, ci) {
+                cached += n as u64;
+            }
+        }
+        // Relaxed: statistics.
+        let received = self.received[ci].load(Ordering::Relaxed);
+        let returned = self.returned[ci].load(Ordering::Relaxed);
+        let frees = (allocs + returned + cached).saturating_sub(received);
+        (allocs, frees, cached)
+    }
+
+    /// Counts `n` class-`ci` objects returned to the central tier.
+    fn count_returned(&self, ci: usize, n: usize) {
+        if let Some(r) = self.returned.get(ci) {
+            // Relaxed: statistics.
+            r.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -185,6 +252,7 @@ impl CpuCaches {
         // SAFETY: c.index() < NUM_CLASSES = the slab's class count (`build`); the
         // slab covers every possible CPU (Slab::new checked it).
         if let Some(p) = unsafe { slab.pop(area, c.index()) } {
+            self.count_alloc(area, c.index());
             return p.as_ptr();
         }
         // SAFETY: forwarded contract.
@@ -210,6 +278,11 @@ impl CpuCaches {
         be.note_flow((b.count * size) as isize);
         // Relaxed: statistics.
         self.refills.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = self.received.get(c.index()) {
+            // Relaxed: statistics.
+            r.fetch_add(b.count as u64, Ordering::Relaxed);
+        }
+        self.count_alloc(area, c.index());
         let first = b.head;
         let mut o = if b.count > 1 {
             // SAFETY: the batch is a chain of b.count class-c objects, ours now.
@@ -242,6 +315,7 @@ impl CpuCaches {
                     be.flush(c, o, rest);
                 }
                 be.note_flow(-((rest * size) as isize));
+                self.count_returned(c.index(), rest);
                 break;
             }
             pushed += 1;
@@ -319,6 +393,7 @@ impl CpuCaches {
             // of `be` that nobody uses.
             unsafe { be.flush(c, head, n) };
             be.note_flow(-((n * c.size_bytes()) as isize));
+            self.count_returned(ci, n);
             // Relaxed: statistics.
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
@@ -361,6 +436,7 @@ impl CpuCaches {
                 // taken out of the slab, that nobody uses.
                 unsafe { be.flush(c, head, n) };
                 be.note_flow(-((n * c.size_bytes()) as isize));
+                self.count_returned(k, n);
                 total += n;
             }
         }

@@ -21,7 +21,7 @@ pub(crate) fn flush_thread_cache() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     // SAFETY: the per-CPU front end's slab holds objects of BACKEND's only.
     unsafe {
-        super::CPU.drain_all(&BACKEND.backend);
+        BACKEND.cpus.drain_all(&BACKEND.backend);
     }
 }
 
@@ -37,7 +37,7 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
     // SAFETY: this thread's heap or a sentinel, only read.
     unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    super::CPU.validate()?;
+    BACKEND.cpus.validate()?;
     BACKEND.validate()
 }
 
@@ -97,5 +97,5 @@ pub(crate) fn stats() -> crate::Stats {
 /// See [`crate::percpu_front_counters`].
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 pub(crate) fn percpu_front_counters() -> Option<crate::percpu::FrontCounters> {
-    super::CPU.counters()
+    BACKEND.cpus.counters()
 }

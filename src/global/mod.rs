@@ -60,13 +60,9 @@ static DEAD: ThreadHeap = ThreadHeap::new(HeapState::Dead);
 /// The sentinel of threads served by the per-CPU front end (`STRATA_PERCPU=1`):
 /// like `EMPTY`, its fast paths always miss, so the thread-cache fast path stays
 /// the same code whichever front end serves; the slow paths recognise it by
-/// address and go to [`CPU`].
+/// address and go to `BACKEND.cpus`.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 static VIA_CPU: ThreadHeap = ThreadHeap::new(HeapState::Empty);
-
-/// The per-CPU front end (off unless `STRATA_PERCPU=1`; see `front::percpu`).
-#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-pub(crate) static CPU: crate::front::percpu::CpuCaches = crate::front::percpu::CpuCaches::new();
 
 /// A sentinel as the TLS slot holds it. The `*mut` is never written through
 /// (invariant 7); every use makes a `&ThreadHeap`.
@@ -177,7 +173,7 @@ fn via_cpu(
     if !fresh && h != sentinel(&VIA_CPU) {
         return None;
     }
-    let slab = CPU.slab()?;
+    let slab = BACKEND.cpus.slab()?;
     match crate::percpu::current() {
         Some(area) => {
             if fresh {
@@ -203,7 +199,7 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     if let Some((slab, area)) = via_cpu(h) {
         // SAFETY: the front end's slab and this thread's usable area; the slab holds
         // objects of BACKEND's only.
-        return enomem_if_null(unsafe { CPU.alloc(slab, area, c, &BACKEND.backend) });
+        return enomem_if_null(unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) });
     }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
@@ -247,7 +243,7 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
     if let (Some((slab, area)), Some(obj)) = (via_cpu(h), ptr::NonNull::new(p)) {
         // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
         // class-c block of BACKEND's.
-        unsafe { CPU.free(slab, area, c, obj, &BACKEND.backend) };
+        unsafe { BACKEND.cpus.free(slab, area, c, obj, &BACKEND.backend) };
         return;
     }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
