@@ -196,8 +196,8 @@ mod global;
 mod heap_map;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod mallinfo;
-/// The per-CPU (rseq) front end's machinery, not yet wired in; public for tests
-/// and benchmarks only. Not a stable API.
+/// The per-CPU (rseq) front end's machinery (the front end itself is opt-in,
+/// `STRATA_PERCPU=1`); public for tests and benchmarks only. Not a stable API.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 #[doc(hidden)]
 pub mod percpu;

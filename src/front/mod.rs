@@ -2,7 +2,9 @@
 //! backend, and the one interface through which the global allocator reaches it.
 //!
 //! Tier order (each uses only those below it; nothing below imports this module):
-//! `global` → **front** ([`FrontEnd`]; today the thread cache, `thread_cache`) →
+//! `global` → **front** ([`FrontEnd`]: the thread cache, `thread_cache`; and,
+//! opt-in with `STRATA_PERCPU=1`, per-CPU caches, `percpu`, which `global` calls
+//! from its slow paths, keeping the thread cache's fast path unchanged) →
 //! `backend` (central tier, page heap, huge blocks) → platform. A front end reaches
 //! the backend through a narrow interface: `Backend::refill` and `Backend::flush`
 //! (batches to and from the central tier), `Backend::note_flow` (statistics),

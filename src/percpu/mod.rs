@@ -52,19 +52,23 @@
 //! stranded there: a front end should then not use the slab at all
 //! ([`Slab::can_fence`](crate::percpu::Slab::can_fence)).
 //!
-//! # Left for wiring it in as a front end
-//! - The glue in the front-end interface: size class → slab class; on pop failure
-//!   refill a batch from the central tier (pushing it inside one section per
-//!   object, or a batch push section); on push failure flush a batch.
+//! # The front end on top (`front::percpu`)
+//! Done: size class `k` is slab class `k`; a pop miss refills a batch from the
+//! central tier (one push section per object, the rest flushed back if the stack
+//! fills); a push miss flushes a batch; `flush_thread_cache`/`release_memory` drain
+//! every CPU; `stats()` counts CPU-cached objects as front-end-cached and hits in
+//! `allocs`. A fork handler is not needed (the child keeps its registration and
+//! the slab).
+//!
+//! Still missing:
 //! - Capacity that follows demand: per CPU, grow a class's `end` on misses
 //!   (stealing capacity from cold classes, within a per-CPU byte budget) and
-//!   shrink idle ones — `set_capacity` is the mechanism, the policy is missing.
-//! - The slab's bytes in the allocator's `stats()` budget: cached objects count as
-//!   free-but-cached per CPU, plus `map_bytes` of metadata.
+//!   shrink idle ones — `set_capacity` is the mechanism, the policy is missing
+//!   (capacities are fixed at start-up).
+//! - The slab mapping (`map_bytes`) is not in `stats()`'s mapped or metadata bytes.
 //! - Idle drain: a background pass (the purge thread) that drains CPUs whose
-//!   stacks have not been touched for a while, and a drain of all CPUs on
-//!   `release`/trim.
-//! - A fork handler is not needed (the child keeps its registration and the slab).
+//!   stacks have not been touched for a while.
+//! - A batch push section (refill pushes one object per section).
 
 mod cs;
 mod rseq;
