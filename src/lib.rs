@@ -189,8 +189,8 @@ mod global;
 mod heap_map;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod mallinfo;
-/// The per-CPU (rseq) front end's machinery, not yet wired in; public for tests
-/// and benchmarks only. Not a stable API.
+/// The per-CPU (rseq) front end's machinery (the front end itself is opt-in,
+/// `STRATA_PERCPU=1`); public for tests and benchmarks only. Not a stable API.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 #[doc(hidden)]
 pub mod percpu;
@@ -343,6 +343,14 @@ mod api {
         return checked::usable_size(p);
         #[cfg(not(feature = "checked"))]
         global::usable_size(p)
+    }
+
+    /// The per-CPU front end's counters (`STRATA_PERCPU=1`); None while it does
+    /// not serve this process. Not a stable API.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    #[doc(hidden)]
+    pub fn percpu_front_counters() -> Option<percpu::FrontCounters> {
+        global::percpu_front_counters()
     }
 
     /// The heap's main byte figures (allocated, resident, mapped, their peaks) in a

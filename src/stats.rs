@@ -244,6 +244,14 @@ impl<O: Os> Allocator<O> {
                         c.allocs += h.class_allocs(SizeClass(ci as u8));
                     }
                 }
+                // The per-CPU front end's caches count as front-end caches too.
+                for (ci, c) in classes.iter_mut().enumerate() {
+                    let (allocs, cpu_frees, cached) = self.cpu_class_counts(SizeClass(ci as u8));
+                    heaps.allocs += allocs;
+                    frees += cpu_frees;
+                    c.allocs += allocs;
+                    c.thread_cached += cached;
+                }
                 self.page_heap.for_each_span(|s| {
                     if s.start() as usize == HEADER_PAGES {
                         chunks += 1;

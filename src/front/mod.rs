@@ -2,7 +2,9 @@
 //! backend, and the one interface through which the global allocator reaches it.
 //!
 //! Tier order (each uses only those below it; nothing below imports this module):
-//! `global` → **front** ([`FrontEnd`]; today the thread cache, `thread_cache`) →
+//! `global` → **front** ([`FrontEnd`]: the thread cache, `thread_cache`; and,
+//! opt-in with `STRATA_PERCPU=1`, per-CPU caches, `percpu`, which `global` calls
+//! from its slow paths, keeping the thread cache's fast path unchanged) →
 //! `backend` (central tier, page heap, huge blocks) → platform. A front end reaches
 //! the backend through a narrow interface: `Backend::refill` and `Backend::flush`
 //! (batches to and from the central tier), `Backend::note_flow` (statistics),
@@ -17,6 +19,8 @@
 //! through it unchanged; its own `lock_set`, `with_locked` and `validate` add the
 //! front end's pool lock (ranked first) to the backend's.
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub mod percpu;
 pub mod thread_cache;
 
 use crate::Violation;
@@ -188,6 +192,10 @@ impl FrontEnd for ThreadCaches {
 pub struct Allocator<O: Os> {
     /// The front end's pool of thread heaps.
     pub threads: ThreadCaches,
+    /// The per-CPU front end (used only by the process's instance in `global`, and
+    /// there only with `STRATA_PERCPU=1`; undecided and empty in every other).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    pub cpus: percpu::CpuCaches,
     /// The shared tiers.
     pub backend: Backend<O>,
 }
@@ -206,6 +214,8 @@ impl<O: Os> Allocator<O> {
         pub fn new(os: O) -> Allocator<O> {
             Allocator {
                 threads: ThreadCaches::new(),
+                #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+                cpus: percpu::CpuCaches::new(),
                 backend: Backend::new(os),
             }
         }
@@ -224,6 +234,19 @@ impl<O: Os> Allocator<O> {
     pub unsafe fn retire_thread_heap(&self, h: *mut ThreadHeap) {
         // SAFETY: forwarded contract.
         unsafe { self.threads.retire_thread_heap(h, &self.backend) }
+    }
+
+    /// Objects of class `c` handed out, freed and cached now by the per-CPU front
+    /// end (zeros when it is off: `front::percpu::CpuCaches::class_counts`).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    pub fn cpu_class_counts(&self, c: SizeClass) -> (u64, u64, u64) {
+        self.cpus.class_counts(c)
+    }
+
+    /// As above, where there is no per-CPU front end.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64", not(strata_loom))))]
+    pub fn cpu_class_counts(&self, _c: SizeClass) -> (u64, u64, u64) {
+        (0, 0, 0)
     }
 
     /// Thread heaps in use, and ever created.

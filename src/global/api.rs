@@ -17,6 +17,12 @@ pub(crate) fn flush_thread_cache() {
             BACKEND.threads.flush(&*h, &BACKEND);
         }
     }
+    // Per-CPU caches are not the thread's: all CPUs are drained.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    // SAFETY: the per-CPU front end's slab holds objects of BACKEND's only.
+    unsafe {
+        BACKEND.cpus.drain_all(&BACKEND.backend);
+    }
 }
 
 /// See [`crate::release_memory`] (which measures what it gave back around this).
@@ -35,6 +41,8 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
     let h = heap();
     // SAFETY: this thread's heap or a sentinel, only read.
     unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    BACKEND.cpus.validate()?;
     BACKEND.validate()
 }
 
@@ -74,4 +82,10 @@ pub(crate) fn gauges() -> crate::Gauges {
 /// See [`crate::stats`].
 pub(crate) fn stats() -> crate::Stats {
     BACKEND.stats()
+}
+
+/// See [`crate::percpu_front_counters`].
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub(crate) fn percpu_front_counters() -> Option<crate::percpu::FrontCounters> {
+    BACKEND.cpus.counters()
 }

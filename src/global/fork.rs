@@ -169,6 +169,8 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     unlock_all_after_fork();
     reset_thread_key_after_fork();
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    BACKEND.cpus.after_fork();
     // Relaxed: the child has one thread.
     FORK_STATE.store(FORK_DONE, Ordering::Relaxed);
 }

@@ -57,6 +57,12 @@ pub(crate) static BACKEND: Backend<SysOs> = Backend::new(SysOs);
 /// write, and the slow paths check `state()` before writing).
 static EMPTY: ThreadHeap = ThreadHeap::new(HeapState::Empty);
 static DEAD: ThreadHeap = ThreadHeap::new(HeapState::Dead);
+/// The sentinel of threads served by the per-CPU front end (`STRATA_PERCPU=1`):
+/// like `EMPTY`, its fast paths always miss, so the thread-cache fast path stays
+/// the same code whichever front end serves; the slow paths recognise it by
+/// address and go to `BACKEND.cpus`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+static VIA_CPU: ThreadHeap = ThreadHeap::new(HeapState::Empty);
 
 /// A sentinel as the TLS slot holds it. The `*mut` is never written through
 /// (invariant 7); every use makes a `&ThreadHeap`.
@@ -150,9 +156,51 @@ extern "C" fn on_thread_exit(h: *mut c_void) {
     unsafe { BACKEND.threads.detach(h, &BACKEND) };
 }
 
+/// The per-CPU front end's slab and the calling thread's rseq area, if the thread
+/// is served per CPU: its slot holds `VIA_CPU`, or `EMPTY` (a fresh thread) and
+/// the front end is on, in which case the slot moves to `VIA_CPU`. A thread whose
+/// rseq area is not usable goes back to `EMPTY`, and the caller gives it a thread
+/// heap as when the front end is off.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+#[inline(always)]
+fn via_cpu(
+    h: *mut ThreadHeap,
+) -> Option<(
+    &'static crate::percpu::Slab,
+    ptr::NonNull<crate::percpu::RseqArea>,
+)> {
+    let fresh = h == sentinel(&EMPTY);
+    if !fresh && h != sentinel(&VIA_CPU) {
+        return None;
+    }
+    let slab = BACKEND.cpus.slab()?;
+    match crate::percpu::current() {
+        Some(area) => {
+            if fresh {
+                tls::set(sentinel(&VIA_CPU));
+                // After the slot is set, as in `init_thread`.
+                register_fork_handlers();
+            }
+            Some((slab, area))
+        }
+        None => {
+            if !fresh {
+                tls::set(sentinel(&EMPTY));
+            }
+            None
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    if let Some((slab, area)) = via_cpu(h) {
+        // SAFETY: the front end's slab and this thread's usable area; the slab holds
+        // objects of BACKEND's only.
+        return enomem_if_null(unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) });
+    }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
     let heap = unsafe { &*h };
@@ -191,6 +239,13 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    if let (Some((slab, area)), Some(obj)) = (via_cpu(h), ptr::NonNull::new(p)) {
+        // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
+        // class-c block of BACKEND's.
+        unsafe { BACKEND.cpus.free(slab, area, c, obj, &BACKEND.backend) };
+        return;
+    }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
     let heap = unsafe { &*h };

@@ -1,7 +1,8 @@
 //! The per-CPU front end's machinery (Linux, x86-64): per CPU and size class, a
 //! bounded stack of free objects, popped and pushed inside restartable sequences
-//! (rseq). Not yet wired in as a front end: this module is self-contained and
-//! tested on its own (`tests.rs`, `tests/percpu.rs`).
+//! (rseq). The front end built on it is `front::percpu`, opt-in with
+//! `STRATA_PERCPU=1`; this module is self-contained and tested on its own
+//! (`tests.rs`, `tests/percpu.rs`).
 //!
 //! # Why
 //! A cache per thread grows with the thread count; a cache per CPU is bounded by
@@ -51,19 +52,23 @@
 //! stranded there: a front end should then not use the slab at all
 //! ([`Slab::can_fence`](crate::percpu::Slab::can_fence)).
 //!
-//! # Left for wiring it in as a front end
-//! - The glue in the front-end interface: size class → slab class; on pop failure
-//!   refill a batch from the central tier (pushing it inside one section per
-//!   object, or a batch push section); on push failure flush a batch.
+//! # The front end on top (`front::percpu`)
+//! Done: size class `k` is slab class `k`; a pop miss refills a batch from the
+//! central tier (one push section per object, the rest flushed back if the stack
+//! fills); a push miss flushes a batch; `flush_thread_cache`/`release_memory` drain
+//! every CPU; `stats()` counts CPU-cached objects as front-end-cached and hits in
+//! `allocs`. A fork handler is not needed (the child keeps its registration and
+//! the slab).
+//!
+//! Still missing:
 //! - Capacity that follows demand: per CPU, grow a class's `end` on misses
 //!   (stealing capacity from cold classes, within a per-CPU byte budget) and
-//!   shrink idle ones — `set_capacity` is the mechanism, the policy is missing.
-//! - The slab's bytes in the allocator's `stats()` budget: cached objects count as
-//!   free-but-cached per CPU, plus `map_bytes` of metadata.
+//!   shrink idle ones — `set_capacity` is the mechanism, the policy is missing
+//!   (capacities are fixed at start-up).
+//! - The slab mapping (`map_bytes`) is not in `stats()`'s mapped or metadata bytes.
 //! - Idle drain: a background pass (the purge thread) that drains CPUs whose
-//!   stacks have not been touched for a while, and a drain of all CPUs on
-//!   `release`/trim.
-//! - A fork handler is not needed (the child keeps its registration and the slab).
+//!   stacks have not been touched for a while.
+//! - A batch push section (refill pushes one object per section).
 
 mod cs;
 mod rseq;
@@ -75,3 +80,20 @@ mod tests;
 pub use cs::aborts;
 pub use rseq::{Mode, RseqArea, current, mode, possible_cpus, release_current_thread};
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
+
+/// What the per-CPU front end (`STRATA_PERCPU=1`) reports about itself: counters of
+/// its slow paths (only misses touch them, never a hit) and a snapshot of the bytes
+/// cached on CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontCounters {
+    /// Bytes cached on all CPUs (a snapshot).
+    pub cached_bytes: u64,
+    /// Batches taken from the central tier on an empty stack.
+    pub refills: u64,
+    /// Objects of those batches pushed onto a CPU's stack (served later by hits).
+    pub refilled_objects: u64,
+    /// Batches flushed to the central tier on a full stack.
+    pub flushes: u64,
+    /// Whole-slab drains (`flush_thread_cache`, `release_memory`).
+    pub drains: u64,
+}

@@ -1,0 +1,506 @@
+//! The per-CPU front end: small objects cached per CPU and size class in the rseq
+//! slab of [`crate::percpu`], refilled from and flushed to the central tier in
+//! batches (`Backend::refill`, `Backend::flush`). Memory cached here is bounded by
+//! the CPU count, not the thread count: a thread that sleeps holds nothing.
+//!
+//! Opt-in: off unless the environment has `STRATA_PERCPU` set to a true value
+//! (`1`), read once, without allocating, by the first thread that misses its fast
+//! path; also off when the kernel has no rseq, when the process cannot fence
+//! (membarrier: non-owners could then not drain CPUs), or when the slab cannot be
+//! built. When on, `global` points every thread whose rseq area is usable at a
+//! sentinel thread heap whose fast paths always miss, so the thread-cache fast
+//! path is the same code as when off (the per-CPU test costs nothing there), and
+//! the miss lands in `global`'s slow path, which calls [`CpuCaches::alloc`] /
+//! [`CpuCaches::free`]. A thread whose area is not usable gets a thread heap, as
+//! when the front end is off.
+//!
+//! Objects in a CPU's stack carry no link (their first word is cleared when they
+//! enter, so nothing encoded leaks to the program); they are linked again only when
+//! they leave for the central tier. Statistics: the objects count in the backend's
+//! flow (handed out of the shared tiers) from their refill to their flush, like a
+//! thread cache's; `stats()` counts the objects the CPUs hold as cached in front-end
+//! caches (with the thread heaps', `thread_cached`), not as live, and each hit in
+//! `allocs` (a relaxed load and store on a per-CPU stripe, which can lose a count
+//! when a thread is preempted between the two: the one cost the per-CPU path has
+//! beyond its critical section); frees are derived ([`CpuCaches::class_counts`]).
+//!
+//! Not done here (yet): double-free detection on this path (a block freed twice
+//! while cached may be handed out twice), capacity that follows demand (each
+//! class's capacity is fixed at start-up, [`cap_for`]), an idle drain.
+
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use crate::backend::Backend;
+use crate::link::{FreeObj, ensure_key};
+use crate::os::Os;
+use crate::percpu::{FrontCounters, MAX_CLASSES, Mode, RseqArea, Slab};
+use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
+
+const_assert!(NUM_CLASSES <= MAX_CLASSES);
+
+/// The most bytes one CPU caches of one class (at least one object; at most the
+/// thread cache's cap for the class).
+const CLASS_BYTES: usize = 64 << 10;
+
+/// Stripes of the hit counters: CPU `n` counts in stripe `n % STRIPES`.
+const STRIPES: usize = 64;
+
+/// One stripe of per-class counters, on cache lines of its own.
+#[repr(align(128))]
+struct Stripe([AtomicU64; NUM_CLASSES]);
+
+const UNDECIDED: u8 = 0;
+const BUSY: u8 = 1;
+const ON: u8 = 2;
+const OFF: u8 = 3;
+
+/// The capacity, in objects, of class `ci` on each CPU.
+pub const fn cap_for(ci: usize) -> u16 {
+    let by_bytes = CLASS_BYTES / CLASS_SIZE[ci] as usize;
+    let cap = if by_bytes < CLASS_CAP[ci] as usize {
+        by_bytes
+    } else {
+        CLASS_CAP[ci] as usize
+    };
+    if cap == 0 { 1 } else { cap as u16 }
+}
+
+/// The per-CPU front end's shared state: the decision, and the slab once on.
+///
+/// Invariants:
+/// 1. `state` goes `UNDECIDED → BUSY → ON | OFF` once (back to `UNDECIDED` only
+///    in a fork child whose parent was in the middle, [`CpuCaches::after_fork`]).
+/// 2. `slab` is initialised exactly when `state == ON`, written only by the thread
+///    that moved `state` to `BUSY`, before its Release store of `ON`; never
+///    written or dropped afterwards.
+/// 3. Every object in the slab is a class-`k` block of the process's backend
+///    (slab class `k` is size class `k`), counted in the backend's flow, with its
+///    link word cleared.
+pub struct CpuCaches {
+    state: AtomicU8,
+    slab: UnsafeCell<MaybeUninit<Slab>>,
+    refills: AtomicU64,
+    refilled_objects: AtomicU64,
+    flushes: AtomicU64,
+    drains: AtomicU64,
+    /// Per class: objects handed out from a CPU's stack or a refill (statistics,
+    /// striped by CPU so that hits on different CPUs touch different lines).
+    allocs: [Stripe; STRIPES],
+    /// Per class: objects received from the central tier.
+    received: [AtomicU64; NUM_CLASSES],
+    /// Per class: objects returned to the central tier.
+    returned: [AtomicU64; NUM_CLASSES],
+}
+
+// SAFETY: `slab` is written once before being published (invariant 2) and is
+// itself Sync; everything else is atomic.
+unsafe impl Sync for CpuCaches {}
+
+impl Default for CpuCaches {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuCaches {
+    /// Undecided: the first call of [`CpuCaches::slab`] decides.
+    pub const fn new() -> CpuCaches {
+        CpuCaches {
+            state: AtomicU8::new(UNDECIDED),
+            slab: UnsafeCell::new(MaybeUninit::uninit()),
+            refills: AtomicU64::new(0),
+            refilled_objects: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            drains: AtomicU64::new(0),
+            allocs: [const { Stripe([const { AtomicU64::new(0) }; NUM_CLASSES]) }; STRIPES],
+            received: [const { AtomicU64::new(0) }; NUM_CLASSES],
+            returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
+        }
+    }
+
+    /// Counts one object of class `ci` handed out on the thread's CPU.
+    #[inline(always)]
+    fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
+        // SAFETY: the calling thread's area, alive while it runs; atomics only.
+        let cpu = unsafe { area.as_ref() }.cpu().unwrap_or(0) as usize;
+        if let Some(a) = self.allocs[cpu % STRIPES].0.get(ci) {
+            // Relaxed load and store, not a locked add (about 20 cycles, on every
+            // hit): a stripe is written by the threads running on its CPU, one at a
+            // time, so an update is lost only if its thread is preempted or
+            // migrated between these two instructions: statistics, within a few.
+            a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Objects of class `c` handed out, freed (derived: every object received plus
+    /// every free is handed out, returned or cached) and cached now, by this front
+    /// end; zeros when off. Snapshots, each exact only when nothing moves.
+    pub fn class_counts(&self, c: SizeClass) -> (u64, u64, u64) {
+        let ci = c.index();
+        let Some(slab) = self.slab_if_on() else {
+            return (0, 0, 0);
+        };
+        // Relaxed: statistics.
+        let allocs: u64 = self
+            .allocs
+            .iter()
+            .map(|s| s.0[ci].load(Ordering::Relaxed))
+            .sum();
+        let mut cached = 0u64;
+        for cpu in 0..slab.ncpu() {
+            if let Some((n, _)) = slab.len_and_capacity(cpu, ci) {
+                cached += n as u64;
+            }
+        }
+        // Relaxed: statistics.
+        let received = self.received[ci].load(Ordering::Relaxed);
+        let returned = self.returned[ci].load(Ordering::Relaxed);
+        let frees = (allocs + returned + cached).saturating_sub(received);
+        (allocs, frees, cached)
+    }
+
+    /// Counts `n` class-`ci` objects returned to the central tier.
+    fn count_returned(&self, ci: usize, n: usize) {
+        if let Some(r) = self.returned.get(ci) {
+            // Relaxed: statistics.
+            r.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The slab if the front end is on (deciding on the first call).
+    #[inline]
+    pub fn slab(&self) -> Option<&Slab> {
+        // Acquire: pairs with the Release store of ON; the slab is initialised.
+        match self.state.load(Ordering::Acquire) {
+            ON => Some(self.slab_on()),
+            OFF => None,
+            _ => self.decide(),
+        }
+    }
+
+    /// The slab, if the decision was already made and is on (never decides).
+    pub fn slab_if_on(&self) -> Option<&Slab> {
+        // Acquire: as in `slab`.
+        (self.state.load(Ordering::Acquire) == ON).then(|| self.slab_on())
+    }
+
+    fn slab_on(&self) -> &Slab {
+        // SAFETY: callers saw ON with Acquire: the slab is initialised and never
+        // written again (invariant 2).
+        unsafe { (*self.slab.get()).assume_init_ref() }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn decide(&self) -> Option<&Slab> {
+        loop {
+            // Acquire: pairs with the Release store of the decision.
+            match self.state.load(Ordering::Acquire) {
+                ON => return Some(self.slab_on()),
+                OFF => return None,
+                UNDECIDED => {
+                    if self
+                        .state
+                        .compare_exchange(UNDECIDED, BUSY, Ordering::Acquire, Ordering::Acquire)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let v = match build() {
+                        Some(s) => {
+                            // SAFETY: we moved the state to BUSY: no one else writes
+                            // or reads the slab until the Release store below
+                            // (invariant 2).
+                            unsafe { (*self.slab.get()).write(s) };
+                            ON
+                        }
+                        None => OFF,
+                    };
+                    // Release: publishes the slab to readers of ON.
+                    self.state.store(v, Ordering::Release);
+                }
+                _ => core::hint::spin_loop(),
+            }
+        }
+    }
+
+    /// Fork child: a decision another thread had under way at the fork would stay
+    /// busy forever; it is taken again (the half-built slab's mapping, if any, is
+    /// lost).
+    pub fn after_fork(&self) {
+        // Relaxed: the child has one thread.
+        let _ = self
+            .state
+            .compare_exchange(BUSY, UNDECIDED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// One class-`c` object for the calling thread: from its CPU's stack, or (on a
+    /// miss) from a batch refilled from the central tier, the rest of which goes
+    /// onto the stack. Null if the OS refuses memory.
+    ///
+    /// # Safety
+    /// `slab` is this front end's; `area` the calling thread's usable rseq area;
+    /// `be` the backend whose objects the slab holds (invariant 3).
+    #[inline]
+    pub unsafe fn alloc<O: Os>(
+        &self,
+        slab: &Slab,
+        area: NonNull<RseqArea>,
+        c: SizeClass,
+        be: &Backend<O>,
+    ) -> *mut u8 {
+        // SAFETY: c.index() < NUM_CLASSES = the slab's class count (`build`); the
+        // slab covers every possible CPU (Slab::new checked it).
+        if let Some(p) = unsafe { slab.pop(area, c.index()) } {
+            self.count_alloc(area, c.index());
+            return p.as_ptr();
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.refill(slab, area, c, be) }
+    }
+
+    /// # Safety
+    /// As for `alloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn refill<O: Os>(
+        &self,
+        slab: &Slab,
+        area: NonNull<RseqArea>,
+        c: SizeClass,
+        be: &Backend<O>,
+    ) -> *mut u8 {
+        let b = be.refill(c);
+        if b.count == 0 {
+            return ptr::null_mut();
+        }
+        let size = c.size_bytes();
+        be.note_flow((b.count * size) as isize);
+        // Relaxed: statistics.
+        self.refills.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = self.received.get(c.index()) {
+            // Relaxed: statistics.
+            r.fetch_add(b.count as u64, Ordering::Relaxed);
+        }
+        self.count_alloc(area, c.index());
+        let first = b.head;
+        let mut o = if b.count > 1 {
+            // SAFETY: the batch is a chain of b.count class-c objects, ours now.
+            unsafe { FreeObj::next(first, c) }
+        } else {
+            ptr::null_mut()
+        };
+        let mut pushed = 0u64;
+        for i in 1..b.count {
+            let next = if i + 1 < b.count {
+                // SAFETY: `o` is the batch's i-th object, linked to the rest.
+                unsafe { FreeObj::next(o, c) }
+            } else {
+                ptr::null_mut()
+            };
+            // SAFETY: `o` is ours (the batch), not in the slab; its link is spent.
+            unsafe { FreeObj::clear(o) };
+            let Some(obj) = NonNull::new(o.cast::<u8>()) else {
+                break;
+            };
+            // SAFETY: the caller's contract; `obj` is in no slot (it came from the
+            // central tier), class c (invariant 3).
+            if !unsafe { slab.push(area, c.index(), obj) } {
+                // Full (or locked, or migrated to a full CPU): the rest goes back.
+                let rest = b.count - i;
+                // SAFETY: `o` and the objects after it form a null-terminated chain
+                // of `rest` class-c objects of ours that nobody uses (`o` relinked).
+                unsafe {
+                    FreeObj::set_next(o, next);
+                    be.flush(c, o, rest);
+                }
+                be.note_flow(-((rest * size) as isize));
+                self.count_returned(c.index(), rest);
+                break;
+            }
+            pushed += 1;
+            o = next;
+        }
+        // Relaxed: statistics.
+        self.refilled_objects.fetch_add(pushed, Ordering::Relaxed);
+        // SAFETY: the batch's first object is ours to hand out; its link is spent.
+        unsafe { FreeObj::clear(first) };
+        first.cast()
+    }
+
+    /// Caches `p` on the calling thread's CPU; on a full stack, flushes a batch
+    /// from it to the central tier first.
+    ///
+    /// # Safety
+    /// As for `alloc`, and `p` is a live class-`c` block of `be` that the caller
+    /// gives up.
+    #[inline]
+    pub unsafe fn free<O: Os>(
+        &self,
+        slab: &Slab,
+        area: NonNull<RseqArea>,
+        c: SizeClass,
+        p: NonNull<u8>,
+        be: &Backend<O>,
+    ) {
+        // SAFETY: as in `alloc`; `p` is live, so in no slot (invariant 3 holds for
+        // every object in the slab, none of which is live).
+        if unsafe { slab.push(area, c.index(), p) } {
+            return;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.free_full(slab, area, c, p, be) }
+    }
+
+    /// # Safety
+    /// As for `free`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_full<O: Os>(
+        &self,
+        slab: &Slab,
+        area: NonNull<RseqArea>,
+        c: SizeClass,
+        p: NonNull<u8>,
+        be: &Backend<O>,
+    ) {
+        ensure_key();
+        let ci = c.index();
+        let want = (CLASS_BATCH[ci] as usize).min(cap_for(ci) as usize);
+        let mut head: *mut FreeObj = ptr::null_mut();
+        let mut n = 0usize;
+        while n < want {
+            // SAFETY: as in `alloc`.
+            let Some(q) = (unsafe { slab.pop(area, ci) }) else {
+                break;
+            };
+            let q = q.as_ptr().cast::<FreeObj>();
+            // SAFETY: popped: ours, cached, unused by anyone (invariant 3).
+            unsafe { FreeObj::set_next(q, head) };
+            head = q;
+            n += 1;
+        }
+        // SAFETY: per the contract `p` is given up and in no slot.
+        if !unsafe { slab.push(area, ci, p) } {
+            let q = p.as_ptr().cast::<FreeObj>();
+            // SAFETY: the caller gives `p` up: ours to link.
+            unsafe { FreeObj::set_next(q, head) };
+            head = q;
+            n += 1;
+        }
+        if n > 0 {
+            // SAFETY: `head` starts a null-terminated chain of `n` class-c objects
+            // of `be` that nobody uses.
+            unsafe { be.flush(c, head, n) };
+            be.note_flow(-((n * c.size_bytes()) as isize));
+            self.count_returned(ci, n);
+            // Relaxed: statistics.
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns every object cached on every CPU to the central tier; how many. A CPU
+    /// another non-owner is working on (or that cannot be fenced) is skipped.
+    ///
+    /// # Safety
+    /// `be` is the backend whose objects the slab holds (invariant 3).
+    pub unsafe fn drain_all<O: Os>(&self, be: &Backend<O>) -> usize {
+        let Some(slab) = self.slab_if_on() else {
+            return 0;
+        };
+        ensure_key();
+        // Relaxed: statistics.
+        self.drains.fetch_add(1, Ordering::Relaxed);
+        let mut total = 0;
+        for cpu in 0..slab.ncpu() {
+            let any =
+                (0..NUM_CLASSES).any(|k| slab.len_and_capacity(cpu, k).is_some_and(|(n, _)| n > 0));
+            if !any {
+                continue;
+            }
+            let mut chains = [(ptr::null_mut::<FreeObj>(), 0usize); NUM_CLASSES];
+            let _ = slab.drain_cpu(cpu, |k, p| {
+                let q = p.as_ptr().cast::<FreeObj>();
+                if let Some(ch) = chains.get_mut(k) {
+                    // SAFETY: drained: ours, unused by anyone (invariant 3).
+                    unsafe { FreeObj::set_next(q, ch.0) };
+                    *ch = (q, ch.1 + 1);
+                }
+            });
+            for (k, &(head, n)) in chains.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                let c = SizeClass(k as u8);
+                // SAFETY: a null-terminated chain of `n` class-k objects of `be`,
+                // taken out of the slab, that nobody uses.
+                unsafe { be.flush(c, head, n) };
+                be.note_flow(-((n * c.size_bytes()) as isize));
+                self.count_returned(k, n);
+                total += n;
+            }
+        }
+        total
+    }
+
+    /// Bytes cached on all CPUs (a snapshot); 0 when off.
+    pub fn cached_bytes(&self) -> usize {
+        let Some(slab) = self.slab_if_on() else {
+            return 0;
+        };
+        let mut total = 0;
+        for cpu in 0..slab.ncpu() {
+            for (k, &size) in CLASS_SIZE.iter().enumerate() {
+                if let Some((n, _)) = slab.len_and_capacity(cpu, k) {
+                    total += n * size as usize;
+                }
+            }
+        }
+        total
+    }
+
+    /// Checks the slab's invariants (nothing to check when off).
+    pub fn validate(&self) -> Result<(), crate::Violation> {
+        match self.slab_if_on() {
+            Some(s) => s.validate(),
+            None => Ok(()),
+        }
+    }
+
+    /// The slow paths' counters and the bytes cached now; None when off.
+    pub fn counters(&self) -> Option<FrontCounters> {
+        self.slab_if_on()?;
+        // Relaxed: statistics.
+        Some(FrontCounters {
+            cached_bytes: self.cached_bytes() as u64,
+            refills: self.refills.load(Ordering::Relaxed),
+            refilled_objects: self.refilled_objects.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            drains: self.drains.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The slab, if the environment asks for the front end and the machine allows it.
+fn build() -> Option<Slab> {
+    let env = crate::platform::rseq::environment();
+    // SAFETY: `environment` returns null or the C library's environment block.
+    let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
+    if !setting.is_some_and(crate::env::truthy) {
+        return None;
+    }
+    if crate::percpu::mode() == Mode::Off {
+        return None;
+    }
+    let ncpu = crate::percpu::possible_cpus()?;
+    let mut caps = [0u16; NUM_CLASSES];
+    for (k, cap) in caps.iter_mut().enumerate() {
+        *cap = cap_for(k);
+    }
+    let slab = Slab::new(ncpu, &caps, &caps).ok()?;
+    slab.can_fence().ok()?;
+    Some(slab)
+}

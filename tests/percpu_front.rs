@@ -1,0 +1,167 @@
+//! The per-CPU front end wired into the global allocator (`STRATA_PERCPU=1`): a
+//! multi-threaded, content-checked churn with it on, in a child process (the
+//! setting is read once, at the first allocation), checking through its counters
+//! that it really served; and that it stays off without the setting.
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+use std::process::Command;
+use std::sync::mpsc;
+
+use strata::Strata;
+use strata::percpu::{self, Mode, Slab};
+
+#[global_allocator]
+static A: Strata = Strata;
+
+fn child(test: &str, percpu_setting: Option<&str>) -> String {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        test,
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ]);
+    cmd.env_remove("STRATA_PERCPU");
+    if let Some(v) = percpu_setting {
+        cmd.env("STRATA_PERCPU", v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child {test} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Whether this machine can run the per-CPU front end (rseq, and membarrier for
+/// non-owners): if so, `STRATA_PERCPU=1` must turn it on.
+fn machine_allows_it() -> bool {
+    if percpu::mode() == Mode::Off {
+        return false;
+    }
+    let Some(ncpu) = percpu::possible_cpus() else {
+        return false;
+    };
+    Slab::new(ncpu, &[1], &[1]).is_ok_and(|s| s.can_fence().is_ok())
+}
+
+/// A block of `len` bytes whose every byte says who wrote it.
+fn filled(len: usize, tag: u8) -> Vec<u8> {
+    vec![tag; len]
+}
+
+fn check(v: &[u8], tag: u8) {
+    assert!(v.iter().all(|&b| b == tag), "a block's content changed");
+}
+
+/// Each thread keeps a window of live blocks of mixed small sizes, checks and frees
+/// the oldest, and hands every seventh to its neighbour to free (cross-thread).
+fn churn(threads: usize, rounds: usize) {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| mpsc::channel::<(Vec<u8>, u8)>())
+        .unzip();
+    let handles: Vec<_> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(t, rx)| {
+            let next = txs[(t + 1) % threads].clone();
+            std::thread::spawn(move || {
+                let mut live: std::collections::VecDeque<(Vec<u8>, u8)> =
+                    std::collections::VecDeque::new();
+                let mut x = t as u64 * 0x9e37_79b9 + 1;
+                for i in 0..rounds {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let len = 1 + (x % 2048) as usize;
+                    let tag = (x >> 32) as u8;
+                    live.push_back((filled(len, tag), tag));
+                    if live.len() > 64 {
+                        let (v, tag) = live.pop_front().unwrap();
+                        check(&v, tag);
+                        if i % 7 == 0 {
+                            let _ = next.send((v, tag));
+                        }
+                    }
+                    while let Ok((v, tag)) = rx.try_recv() {
+                        check(&v, tag);
+                    }
+                }
+                for (v, tag) in live {
+                    check(&v, tag);
+                }
+                drop(next);
+                rx
+            })
+        })
+        .collect();
+    drop(txs);
+    let rxs: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for rx in rxs {
+        while let Ok((v, tag)) = rx.try_recv() {
+            check(&v, tag);
+        }
+    }
+}
+
+#[test]
+fn percpu_front_serves_when_enabled() {
+    let out = child("child_percpu_on", Some("1"));
+    assert!(
+        out.contains("percpu front: on") || out.contains("percpu front: unavailable"),
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "run by percpu_front_serves_when_enabled in a child process"]
+fn child_percpu_on() {
+    // The first allocation decides; make one, then look.
+    drop(Box::new(1u64));
+    let Some(before) = strata::percpu_front_counters() else {
+        assert!(
+            !machine_allows_it(),
+            "STRATA_PERCPU=1 and rseq + membarrier work here, but the front end is off"
+        );
+        println!("percpu front: unavailable on this machine");
+        return;
+    };
+    churn(4, 100_000);
+    let after = strata::percpu_front_counters().unwrap();
+    // Refills are misses; every refilled object pushed onto a CPU's stack is later
+    // a hit (or drained), so many refilled objects mean the per-CPU path served.
+    assert!(after.refills > before.refills, "{after:?}");
+    assert!(
+        after.refilled_objects > before.refilled_objects + 1000,
+        "{after:?}"
+    );
+    strata::validate_heap().unwrap();
+    strata::flush_thread_cache();
+    let drained = strata::percpu_front_counters().unwrap();
+    assert_eq!(drained.cached_bytes, 0, "{drained:?}");
+    assert!(drained.drains > after.drains);
+    strata::validate_heap().unwrap();
+    // Still serving after the drain.
+    churn(2, 10_000);
+    strata::release_memory();
+    strata::validate_heap().unwrap();
+    println!("percpu front: on ({after:?})");
+}
+
+#[test]
+fn percpu_front_is_off_by_default() {
+    child("child_percpu_default", None);
+    child("child_percpu_default", Some("0"));
+}
+
+#[test]
+#[ignore = "run by percpu_front_is_off_by_default in a child process"]
+fn child_percpu_default() {
+    churn(2, 10_000);
+    assert_eq!(strata::percpu_front_counters(), None);
+    strata::validate_heap().unwrap();
+}
