@@ -486,7 +486,7 @@ impl CpuCaches {
 
 /// The slab, if the environment asks for the front end and the machine allows it.
 fn build() -> Option<Slab> {
-    let env = crate::platform::rseq::environment();
+    let env = crate::platform::environment();
     // SAFETY: `environment` returns null or the C library's environment block.
     let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
     if !setting.is_some_and(crate::env::truthy) {

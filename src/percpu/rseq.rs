@@ -140,7 +140,7 @@ pub fn mode() -> Mode {
 #[cold]
 #[inline(never)]
 fn decide() -> Mode {
-    let env = sys::environment();
+    let env = crate::platform::environment();
     // SAFETY: `environment` returns null or the C library's environment block.
     let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
     let m = if setting.is_some_and(|v| !crate::env::truthy(v)) {

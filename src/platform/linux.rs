@@ -2,6 +2,7 @@
 //! contract written on its namesake in `platform/mod.rs`.
 
 use super::{OS_PAGE, Os, OsError};
+use core::ffi::c_char;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 use core::sync::atomic::AtomicU32;
@@ -57,19 +58,18 @@ pub(super) fn page_size_from_os() -> usize {
     }
 }
 
-/// The value of the environment variable `name`, if set (`getenv`: a scan of the
-/// environment block, no allocation).
-pub(super) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-    // SAFETY: `name` is NUL-terminated; getenv returns null or a pointer into the
-    // environment block, which lives as long as the process (strata never calls
-    // setenv, and the variables it reads are read once).
-    let v = unsafe { libc::getenv(name.as_ptr()) };
-    if v.is_null() {
-        None
-    } else {
-        // SAFETY: a NUL-terminated string in the environment block (above).
-        Some(unsafe { core::ffi::CStr::from_ptr(v) }.to_bytes())
-    }
+unsafe extern "C" {
+    /// The C library's environment block (POSIX `environ`).
+    static environ: *const *const c_char;
+}
+
+/// The process's environment block, for `env::getenv_raw`; null if there is none.
+/// Read once at set-up, with the same caveat as `getenv`: a `setenv` running at the
+/// same time in another thread may reallocate the block under the reader.
+pub(super) fn environment() -> *const *const c_char {
+    // SAFETY: reading the C library's `environ` variable; an aligned pointer-sized
+    // read, written by glibc only under `setenv`/`putenv`.
+    unsafe { core::ptr::addr_of!(environ).read_volatile() }
 }
 
 /// `sysconf(_SC_PAGESIZE)`, 0 on failure.

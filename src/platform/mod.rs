@@ -173,9 +173,11 @@ fn page_size_slow() -> usize {
     // A testing aid: pretend the OS page is larger, to run the suite as on a
     // 16 KiB or 64 KiB kernel. Only a larger power of two (up to 1 MiB) is taken:
     // whole pages of it are whole pages of the real one, so every call stays valid.
-    if let Some(forced) = sys::getenv(c"STRATA_TEST_PAGE_SIZE").and_then(parse_page_size) {
-        if forced.is_power_of_two() && forced > p && forced <= 1 << 20 {
-            p = forced;
+    // SAFETY: `environment()` is null or the process's environment block.
+    let forced = unsafe { crate::env::getenv_raw(environment(), b"STRATA_TEST_PAGE_SIZE") };
+    if let Some(forced) = forced.and_then(crate::env::parse_size) {
+        if forced.is_power_of_two() && forced > p as u64 && forced <= 1 << 20 {
+            p = forced as usize;
         }
     }
     // A page size that is not a power of two of at least 4 KiB would break every
@@ -187,23 +189,12 @@ fn page_size_slow() -> usize {
     p
 }
 
-/// `STRATA_TEST_PAGE_SIZE`'s value: decimal bytes, or with a `k` suffix.
-fn parse_page_size(v: &[u8]) -> Option<usize> {
-    let (digits, unit) = match v.split_last() {
-        Some((b'k' | b'K', rest)) => (rest, 1024),
-        _ => (v, 1),
-    };
-    if digits.is_empty() || digits.len() > 9 {
-        return None;
-    }
-    let mut n = 0usize;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + (d - b'0') as usize;
-    }
-    Some(n * unit)
+/// The process's environment block (null if there is none), for
+/// `env::getenv_raw`: what code that runs before `main` or inside `malloc` reads
+/// its settings from, without allocating.
+#[inline]
+pub(crate) fn environment() -> *const *const core::ffi::c_char {
+    sys::environment()
 }
 
 /// Makes [`page_size`] return `size` on the calling thread until the guard is
@@ -512,22 +503,14 @@ mod tests {
 
     #[test]
     fn page_size_is_what_sysconf_says() {
-        if std::env::var_os("STRATA_TEST_PAGE_SIZE").is_some() {
-            // Forced larger for the run: still a multiple of the real page.
-            assert_eq!(page_size() % linux::page_size_sysconf(), 0);
+        if let Some(v) = std::env::var_os("STRATA_TEST_PAGE_SIZE") {
+            // Forced larger for the run (as CI does): exactly the forced size.
+            let forced = crate::env::parse_size(v.as_encoded_bytes()).unwrap() as usize;
+            assert!(forced > linux::page_size_sysconf());
+            assert_eq!(page_size(), forced);
         } else {
             assert_eq!(page_size(), linux::page_size_sysconf());
         }
-    }
-
-    #[test]
-    fn the_forced_page_size_parses_bytes_and_kib() {
-        assert_eq!(parse_page_size(b"65536"), Some(65536));
-        assert_eq!(parse_page_size(b"16k"), Some(16384));
-        assert_eq!(parse_page_size(b""), None);
-        assert_eq!(parse_page_size(b"k"), None);
-        assert_eq!(parse_page_size(b"64x"), None);
-        assert_eq!(parse_page_size(b"9999999999999"), None);
     }
 
     #[test]

@@ -341,20 +341,6 @@ pub(crate) fn parse_cpu_list(s: &[u8]) -> Option<u32> {
     max
 }
 
-unsafe extern "C" {
-    /// The C library's environment block (POSIX `environ`).
-    static environ: *const *const c_char;
-}
-
-/// The process's environment block, for `env::getenv_raw`; null if there is none.
-/// Read once at set-up, with the same caveat as `getenv`: a `setenv` running at the
-/// same time in another thread may reallocate the block under the reader.
-pub(crate) fn environment() -> *const *const c_char {
-    // SAFETY: reading the C library's `environ` variable; an aligned pointer-sized
-    // read, written by glibc only under `setenv`/`putenv`.
-    unsafe { core::ptr::addr_of!(environ).read_volatile() }
-}
-
 /// Runs `f` pinned to the CPU the thread is on now (so that all its critical
 /// sections see one CPU), passing that CPU; the old affinity is restored after.
 #[cfg(test)]
