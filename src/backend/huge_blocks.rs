@@ -104,7 +104,8 @@ impl<O: Os> Backend<O> {
         // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave us.
         let r = unsafe { self.os().remap(q, qlen, len) };
         if r.is_null() {
-            // SAFETY: as above; nothing else names it.
+            // SAFETY: the remap failed, so `q` is still the whole `qlen`-byte mapping
+            // the cache gave us, and nothing else names it.
             unsafe { self.unmap_huge(q, qlen) };
             return (ptr::null_mut(), len, 0);
         }

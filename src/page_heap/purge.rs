@@ -175,12 +175,14 @@ impl<O: Os> PageHeap<O> {
                         // Its edges are still dirty: not zeroed, and counted as
                         // resident (an over-estimate); retried after another delay,
                         // or whole once it coalesces.
-                        // SAFETY: as above.
+                        // SAFETY: a binned Free span, ours under the page-heap lock
+                        // (invariant 3).
                         unsafe { s.set_free_since_ms(self.now_ms()) };
                         partial += hi - lo;
                     }
                     Err(_) => {
-                        // SAFETY: as above.
+                        // SAFETY: a binned Free span, ours under the page-heap lock
+                        // (invariant 3).
                         unsafe { s.set_free_since_ms(self.now_ms()) };
                         failures += 1;
                     }

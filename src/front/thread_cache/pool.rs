@@ -37,7 +37,9 @@ pub struct ThreadCaches {
 // SAFETY: `pool` is only touched under `pool_lock` (HeapPool invariants); the heaps
 // it links are reached by `&ThreadHeap` only, which is Sync.
 unsafe impl Sync for ThreadCaches {}
-// SAFETY: as above; the raw pointers name arena memory that is never freed.
+// SAFETY: `pool` is only touched under `pool_lock` (HeapPool invariants), from
+// whichever thread holds it; its raw pointers name metadata-arena memory, which is
+// never freed (MetaArena invariant 2), so they stay valid on any thread.
 unsafe impl Send for ThreadCaches {}
 
 /// Every heap ever created, from the pool's `all` list (invariant 2: heaps are never

@@ -120,7 +120,8 @@ unsafe extern "C" fn visit_module(
     // SAFETY: `data` is the Lookup passed by find_dynamic_symbol; `info` describes a
     // loaded module and is valid during the callback.
     let (l, info) = unsafe { (&mut *data.cast::<Lookup<'_>>(), &*info) };
-    // SAFETY: as above: the module's program headers, mapped while it is loaded.
+    // SAFETY: `info` describes a module loaded for the whole callback (dl_iterate_phdr
+    // holds the loader lock), so its program headers and dynamic section are mapped.
     match unsafe { lookup_in_module(info, l.name) } {
         Some(addr) => {
             l.found = addr;
