@@ -74,8 +74,15 @@ unsafe fn configure(envp: *const *const c_char) {
         }
         #[cfg(feature = "checked")]
         crate::checked::configure(envp);
-        if setting!(envp, "BACKGROUND_PURGE").is_some_and(truthy) {
-            crate::start_background_purge();
+        // Unset or `auto`: the thread starts once the heap grows past
+        // `AUTO_START_BYTES`; true: now; anything else (0, off): never.
+        match setting!(envp, "BACKGROUND_PURGE") {
+            None => crate::purge_thread::arm_auto_start(),
+            Some(v) if v.eq_ignore_ascii_case(b"auto") => crate::purge_thread::arm_auto_start(),
+            Some(v) if truthy(v) => {
+                crate::start_background_purge();
+            }
+            Some(_) => {}
         }
         if setting!(envp, "SHOW_STATS").is_some_and(truthy) {
             at_exit_or_warn(print_stats_at_exit);

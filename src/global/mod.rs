@@ -19,6 +19,7 @@ mod api;
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 mod by_address;
 mod fork;
+mod growth;
 // Checked builds route `Strata` through `checked`, not the thread heaps.
 #[cfg(all(test, not(feature = "checked")))]
 mod tests;
@@ -27,6 +28,7 @@ pub(crate) use api::*;
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 pub(crate) use by_address::*;
 pub(crate) use fork::{ForkLocks, Upper, add_fork_locks, register_fork_handlers};
+pub(crate) use growth::{GrowthHook, set_growth_hook};
 
 use crate::backend::{Route, route};
 use crate::front::Allocator as Backend;
@@ -199,7 +201,9 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     if let Some((slab, area)) = via_cpu(h) {
         // SAFETY: the front end's slab and this thread's usable area; the slab holds
         // objects of BACKEND's only.
-        return enomem_if_null(unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) });
+        let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
+        growth::on_slow_path();
+        return enomem_if_null(p);
     }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
@@ -222,6 +226,7 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
         }
         HeapState::Dead | HeapState::Pooled => BACKEND.alloc_small_direct(c),
     };
+    growth::on_slow_path();
     enomem_if_null(p)
 }
 
@@ -324,6 +329,7 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
             BACKEND.alloc_huge(size, align, zero)
         }
     };
+    growth::on_slow_path();
     enomem_if_null(p)
 }
 
