@@ -52,7 +52,8 @@
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
 //!   tune the cache budget, the purge delay and the cache of freed huge blocks.
 //! - [`start_background_purge`], [`stop_background_purge`], [`background_purge`]: a
-//!   thread that returns idle memory while the program sleeps (off by default).
+//!   thread that returns idle memory while the program sleeps (starts on its own once
+//!   the heap reaches 64 MiB).
 //! - [`heap_map`], [`write_heap_map`]: every chunk page by page, drawn as SVG.
 //! - [`validate_heap`]: check every invariant of the heap.
 //! - [`usable_size`]: the usable size of a block, found by address.
@@ -309,17 +310,19 @@ mod api {
     /// every half purge delay (10 ms to 1 s) it purges free pages, unmaps wholly
     /// free chunks beyond a reserve of one and expires cached huge blocks, of what
     /// has been free for longer than the purge delay, and moves the central batches
-    /// of size classes that no thread touched since its last pass back to their
-    /// spans, so that a program that goes idle gives that memory back without
-    /// calling [`release_memory`]. It never touches a thread's cache. Off by
-    /// default; a forked child starts without it. Returns whether it runs (false
-    /// only if the OS refused a thread).
+    /// of size classes and the per-CPU caches of CPUs that no thread touched since
+    /// its last pass back to their spans, so that a program that goes idle gives
+    /// that memory back without calling [`release_memory`]. It never touches a
+    /// thread's cache. Without this call it starts on its own the first time the
+    /// heap's mapped bytes reach 64 MiB (unless `STRATA_BACKGROUND_PURGE=0` or
+    /// [`stop_background_purge`] said no); a forked child starts without it.
+    /// Returns whether it runs (false only if the OS refused a thread).
     pub fn start_background_purge() -> bool {
         purge_thread::start()
     }
 
-    /// Stops the background purge thread (it exits within a second). Returns
-    /// whether it was running.
+    /// Stops the background purge thread (it exits within a second), and keeps it
+    /// from starting on its own later. Returns whether it was running.
     pub fn stop_background_purge() -> bool {
         purge_thread::stop()
     }

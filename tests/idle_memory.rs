@@ -85,6 +85,20 @@ fn wait_resident_below(limit: u64) -> u64 {
     }
 }
 
+/// Polls `f` every 20 ms until it returns something or `PATIENCE` runs out.
+fn wait_until<T>(f: impl Fn() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > PATIENCE {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What a child does; a plain test run (no `STRATA_IDLE_MEMORY_CHILD`) does nothing.
 #[test]
 fn child() {
@@ -153,6 +167,20 @@ fn child() {
         after <= limit,
         "idle memory was not given back: resident {after} > {limit} after {PATIENCE:?}; {status:?}"
     );
+    if action == "idle" {
+        // What the sleeping threads' CPUs held went back too (their caches, not
+        // only the pages behind the central tier): at most what the polling main
+        // thread itself uses on its CPU.
+        let cached = wait_until(|| {
+            let f = strata::percpu_front_counters().expect("the per-CPU front end is on");
+            (f.cached_bytes <= 64 << 10).then_some(f.cached_bytes)
+        });
+        assert!(
+            cached.is_some(),
+            "idle CPUs were not drained: {:?}",
+            strata::percpu_front_counters()
+        );
+    }
     if !exit_threads {
         go.wait();
         for h in handles {
