@@ -126,7 +126,7 @@ impl CpuCaches {
 
     /// Counts one object of class `ci` handed out on the thread's CPU.
     #[inline(always)]
-    fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
+    pub(crate) fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
         // SAFETY: the calling thread's area, alive while it runs; atomics only.
         let cpu = unsafe { area.as_ref() }.cpu().unwrap_or(0) as usize;
         if let Some(a) = self.allocs[cpu % STRIPES].0.get(ci) {
@@ -269,7 +269,7 @@ impl CpuCaches {
     /// As for `alloc`.
     #[cold]
     #[inline(never)]
-    unsafe fn refill<O: Os>(
+    pub(crate) unsafe fn refill<O: Os>(
         &self,
         slab: &Slab,
         area: NonNull<RseqArea>,
@@ -289,49 +289,45 @@ impl CpuCaches {
             r.fetch_add(b.count as u64, Ordering::Relaxed);
         }
         self.count_alloc(area, c.index());
-        let first = b.head;
-        let mut o = if b.count > 1 {
-            // SAFETY: the batch is a chain of b.count class-c objects, ours now.
-            unsafe { FreeObj::next(first, c) }
-        } else {
-            ptr::null_mut()
-        };
-        let mut pushed = 0u64;
-        for i in 1..b.count {
-            let next = if i + 1 < b.count {
-                // SAFETY: `o` is the batch's i-th object, linked to the rest.
+        // The batch's objects into an array (links cleared: nothing encoded stays
+        // in a cached object), the first for the caller, the rest onto the CPU's
+        // stack in one critical section.
+        let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
+        let mut n = 0;
+        let mut o = b.head;
+        while !o.is_null() && n < MAX_BATCH && n < b.count {
+            let next = if n + 1 < b.count {
+                // SAFETY: `o` is one of the batch's b.count class-c objects, ours
+                // now, linked to the rest.
                 unsafe { FreeObj::next(o, c) }
             } else {
                 ptr::null_mut()
             };
-            // SAFETY: `o` is ours (the batch), not in the slab; its link is spent.
+            // SAFETY: ours (the batch); its link is spent once `next` is read.
             unsafe { FreeObj::clear(o) };
-            let Some(obj) = NonNull::new(o.cast::<u8>()) else {
-                break;
-            };
-            // SAFETY: the caller's contract; `obj` is in no slot (it came from the
-            // central tier), class c (invariant 3).
-            if !unsafe { slab.push(area, c.index(), obj) } {
-                // Full (or locked, or migrated to a full CPU): the rest goes back.
-                let rest = b.count - i;
-                // SAFETY: `o` and the objects after it form a null-terminated chain
-                // of `rest` class-c objects of ours that nobody uses (`o` relinked).
-                unsafe {
-                    FreeObj::set_next(o, next);
-                    be.flush(c, o, rest);
-                }
-                be.note_flow(-((rest * size) as isize));
-                self.count_returned(c.index(), rest);
-                break;
-            }
-            pushed += 1;
+            objs[n] = o.cast();
+            n += 1;
             o = next;
         }
+        debug_check!(
+            n == b.count && o.is_null(),
+            "CpuCaches::refill: a batch longer than MAX_BATCH"
+        );
+        let first = objs[0];
+        // SAFETY: the caller's contract; objs[1..n] came from the central tier, so
+        // they are in no slot, distinct, non-null, class c (invariant 3).
+        let pushed = unsafe { slab.push_batch(area, c.index(), &objs[1..n]) };
+        let rest = &objs[1 + pushed..n];
+        if !rest.is_empty() {
+            // Full (or locked, or migrated to a full CPU): the rest goes back.
+            // SAFETY: objects of ours that nobody uses, not in the slab.
+            unsafe { flush_array(be, c, rest) };
+            self.count_returned(c.index(), rest.len());
+        }
         // Relaxed: statistics.
-        self.refilled_objects.fetch_add(pushed, Ordering::Relaxed);
-        // SAFETY: the batch's first object is ours to hand out; its link is spent.
-        unsafe { FreeObj::clear(first) };
-        first.cast()
+        self.refilled_objects
+            .fetch_add(pushed as u64, Ordering::Relaxed);
+        first
     }
 
     /// Caches `p` on the calling thread's CPU; on a full stack, flushes a batch
@@ -362,7 +358,7 @@ impl CpuCaches {
     /// As for `free`.
     #[cold]
     #[inline(never)]
-    unsafe fn free_full<O: Os>(
+    pub(crate) unsafe fn free_full<O: Os>(
         &self,
         slab: &Slab,
         area: NonNull<RseqArea>,
@@ -370,35 +366,22 @@ impl CpuCaches {
         p: NonNull<u8>,
         be: &Backend<O>,
     ) {
-        ensure_key();
         let ci = c.index();
-        let want = (CLASS_BATCH[ci] as usize).min(cap_for(ci) as usize);
-        let mut head: *mut FreeObj = ptr::null_mut();
-        let mut n = 0usize;
-        while n < want {
-            // SAFETY: as in `alloc`.
-            let Some(q) = (unsafe { slab.pop(area, ci) }) else {
-                break;
-            };
-            let q = q.as_ptr().cast::<FreeObj>();
-            // SAFETY: popped: ours, cached, unused by anyone (invariant 3).
-            unsafe { FreeObj::set_next(q, head) };
-            head = q;
-            n += 1;
-        }
+        let want = (CLASS_BATCH[ci] as usize)
+            .min(cap_for(ci) as usize)
+            .min(MAX_BATCH - 1);
+        let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
+        // SAFETY: as in `alloc`.
+        let mut n = unsafe { slab.pop_batch(area, ci, &mut objs[..want]) };
         // SAFETY: per the contract `p` is given up and in no slot.
         if !unsafe { slab.push(area, ci, p) } {
-            let q = p.as_ptr().cast::<FreeObj>();
-            // SAFETY: the caller gives `p` up: ours to link.
-            unsafe { FreeObj::set_next(q, head) };
-            head = q;
+            objs[n] = p.as_ptr();
             n += 1;
         }
         if n > 0 {
-            // SAFETY: `head` starts a null-terminated chain of `n` class-c objects
-            // of `be` that nobody uses.
-            unsafe { be.flush(c, head, n) };
-            be.note_flow(-((n * c.size_bytes()) as isize));
+            // SAFETY: popped from the slab (ours, cached, unused by anyone:
+            // invariant 3) or given up by the caller.
+            unsafe { flush_array(be, c, &objs[..n]) };
             self.count_returned(ci, n);
             // Relaxed: statistics.
             self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -543,6 +526,38 @@ impl CpuCaches {
             drains: self.drains.load(Ordering::Relaxed),
         })
     }
+}
+
+/// The most objects a refill or flush moves at once (at least every class's batch).
+const MAX_BATCH: usize = 64;
+const_assert!({
+    let mut ok = true;
+    let mut k = 0;
+    while k < NUM_CLASSES {
+        ok &= (CLASS_BATCH[k] as usize) < MAX_BATCH;
+        k += 1;
+    }
+    ok
+});
+
+/// Links `objs` into a chain and returns it to the central tier.
+///
+/// # Safety
+/// `objs` are distinct class-`c` objects of `be`'s that nobody uses and that are in
+/// no slot of the slab.
+unsafe fn flush_array<O: Os>(be: &Backend<O>, c: SizeClass, objs: &[*mut u8]) {
+    ensure_key();
+    let mut head: *mut FreeObj = ptr::null_mut();
+    for &o in objs {
+        let q = o.cast::<FreeObj>();
+        // SAFETY: ours by the contract; its first word is free to hold the link.
+        unsafe { FreeObj::set_next(q, head) };
+        head = q;
+    }
+    // SAFETY: `head` starts a null-terminated chain of `objs.len()` class-c objects
+    // of `be` that nobody uses.
+    unsafe { be.flush(c, head, objs.len()) };
+    be.note_flow(-((objs.len() * c.size_bytes()) as isize));
 }
 
 /// The slab, if the environment asks for the front end and the machine allows it.

@@ -198,12 +198,29 @@ fn via_cpu(
 #[inline(never)]
 fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    if let Some((slab, area)) = via_cpu(h) {
-        // SAFETY: the front end's slab and this thread's usable area; the slab holds
-        // objects of BACKEND's only.
-        let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
-        growth::on_slow_path();
-        return enomem_if_null(p);
+    {
+        // The per-CPU hit first, with nothing else checked: a thread whose slot
+        // holds VIA_CPU found the front end on (and its area usable) before.
+        if h == sentinel(&VIA_CPU) {
+            if let (Some(slab), Some(area)) = (
+                BACKEND.cpus.slab_if_on(),
+                crate::percpu::current_for_section(),
+            ) {
+                // SAFETY: the front end's slab; this thread's area (a section on
+                // one not registered fails); c < NUM_CLASSES = the slab's classes.
+                if let Some(p) = unsafe { slab.pop(area, c.index()) } {
+                    BACKEND.cpus.count_alloc(area, c.index());
+                    return p.as_ptr();
+                }
+            }
+        }
+        if let Some((slab, area)) = via_cpu(h) {
+            // SAFETY: the front end's slab and this thread's usable area; the slab
+            // holds objects of BACKEND's only.
+            let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
+            growth::on_slow_path();
+            return enomem_if_null(p);
+        }
     }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
@@ -244,6 +261,21 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    if h == sentinel(&VIA_CPU) {
+        // The per-CPU hit first, as in `alloc_small_slow`.
+        if let (Some(slab), Some(area), Some(obj)) = (
+            BACKEND.cpus.slab_if_on(),
+            crate::percpu::current_for_section(),
+            ptr::NonNull::new(p),
+        ) {
+            // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
+            // class-c block of BACKEND's, so it is in no slot.
+            if unsafe { slab.push(area, c.index(), obj) } {
+                return;
+            }
+        }
+    }
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     if let (Some((slab, area)), Some(obj)) = (via_cpu(h), ptr::NonNull::new(p)) {
         // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live

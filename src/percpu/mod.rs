@@ -78,7 +78,9 @@ mod slab;
 mod tests;
 
 pub use cs::aborts;
-pub use rseq::{Mode, RseqArea, current, mode, possible_cpus, release_current_thread};
+pub use rseq::{
+    Mode, RseqArea, current, current_for_section, mode, possible_cpus, release_current_thread,
+};
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
 
 /// What the per-CPU front end (`STRATA_PERCPU=1`) reports about itself: counters of

@@ -281,6 +281,66 @@ impl Slab {
         unsafe { cs::push(area.as_ptr(), self.base, self.shift, class, p.as_ptr()) }
     }
 
+    /// Pops up to `out.len()` objects of `class` from the calling thread's CPU in one
+    /// critical section into `out[..k]`; returns `k` (0 if that stack is empty,
+    /// locked by a non-owner, or `area` is not registered).
+    ///
+    /// # Safety
+    /// As for [`Slab::pop`].
+    #[inline]
+    pub unsafe fn pop_batch(
+        &self,
+        area: NonNull<RseqArea>,
+        class: usize,
+        out: &mut [*mut u8],
+    ) -> usize {
+        debug_check!(class < self.nclasses, "Slab::pop_batch: class out of range");
+        // SAFETY: the caller's contract gives cs::pop_batch's; `out` is ours, valid
+        // for `out.len()` writes; the slab invariants give its layout requirements.
+        unsafe {
+            cs::pop_batch(
+                area.as_ptr(),
+                self.base,
+                self.shift,
+                class,
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+
+    /// Pushes as many of `objs` (objects of `class`, from the front) as fit onto the
+    /// calling thread's CPU's stack in one critical section; returns how many
+    /// (`objs[k..]` are still the caller's).
+    ///
+    /// # Safety
+    /// As for [`Slab::push`], for every object of `objs` (none null, none in a slot,
+    /// no two the same).
+    #[inline]
+    pub unsafe fn push_batch(
+        &self,
+        area: NonNull<RseqArea>,
+        class: usize,
+        objs: &[*mut u8],
+    ) -> usize {
+        debug_check!(
+            class < self.nclasses,
+            "Slab::push_batch: class out of range"
+        );
+        // SAFETY: the caller's contract gives cs::push_batch's; `objs` is valid for
+        // `objs.len()` reads.
+        unsafe {
+            cs::push_batch(
+                area.as_ptr(),
+                self.base,
+                self.shift,
+                class,
+                objs.as_ptr(),
+                objs.len(),
+            )
+        }
+    }
+
     /// How many objects of `class` CPU `cpu` holds (a snapshot), and its capacity.
     pub fn len_and_capacity(&self, cpu: u32, class: usize) -> Option<(usize, usize)> {
         if cpu >= self.ncpu || class >= self.nclasses {

@@ -162,3 +162,51 @@ fn abort_counter_is_readable() {
     let a = aborts();
     assert!(aborts() >= a);
 }
+
+#[test]
+fn batches_move_many_objects_in_one_section_within_the_bounds() {
+    let s = slab(&[6, 4]);
+    let area = current().unwrap();
+    pinned(|cpu| {
+        let objs: Vec<*mut u8> = (0..9).map(|i| obj(i).as_ptr()).collect();
+        // SAFETY: this thread's area, class 0 < 2, distinct objects in no slot.
+        assert_eq!(unsafe { s.push_batch(area, 0, &objs) }, 6, "capacity 6");
+        assert_eq!(s.len_and_capacity(cpu, 0), Some((6, 6)));
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.push_batch(area, 0, &objs[6..]) }, 0);
+        let mut out = [core::ptr::null_mut(); 4];
+        // SAFETY: this thread's area, class 0.
+        assert_eq!(unsafe { s.pop_batch(area, 0, &mut out) }, 4);
+        // The top four, deepest first.
+        assert_eq!(out.to_vec(), objs[2..6].to_vec());
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.pop_batch(area, 0, &mut out) }, 2);
+        assert_eq!(out[..2].to_vec(), objs[..2].to_vec());
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.pop_batch(area, 0, &mut out) }, 0);
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.push_batch(area, 1, &[]) }, 0);
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.push_batch(area, 1, &objs[..3]) }, 3);
+        assert!(s.test_lock(cpu, 1));
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        let popped = unsafe { s.pop_batch(area, 1, &mut out) };
+        assert_eq!(popped, 0, "pop through a lock");
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        let pushed = unsafe { s.push_batch(area, 1, &objs[3..4]) };
+        assert_eq!(pushed, 0, "push through a lock");
+        s.test_unlock(cpu, 1);
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.pop_batch(area, 1, &mut out[..1]) }, 1);
+        assert_eq!(out[0], objs[2]);
+        s.validate().unwrap();
+    });
+}
