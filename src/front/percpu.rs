@@ -506,12 +506,42 @@ impl CpuCaches {
         total
     }
 
-    /// Checks the slab's invariants (nothing to check when off).
-    pub fn validate(&self) -> Result<(), crate::Violation> {
-        match self.slab_if_on() {
-            Some(s) => s.validate(),
-            None => Ok(()),
+    /// Checks the slab's invariants and invariant 3 (nothing to check when off):
+    /// every cached object is the start of a class-`k` object of a Small span of
+    /// `be`'s (looked up in its chunk map), each CPU inspected with its headers
+    /// locked and fenced ([`Slab::inspect_cpu`]). A CPU another non-owner holds is
+    /// skipped. Not checked: that no object sits in two slots (that needs a set,
+    /// and this runs without allocating).
+    pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), crate::Violation> {
+        let Some(slab) = self.slab_if_on() else {
+            return Ok(());
+        };
+        slab.validate()?;
+        for cpu in 0..slab.ncpu() {
+            let r = slab.inspect_cpu(cpu, |k, p| {
+                let a = p.as_ptr() as usize;
+                // SAFETY: `small_object` reads the header of a chunk the chunk map
+                // says is mapped (`owns` checked it first).
+                let class = be
+                    .owns(p.as_ptr())
+                    .then(|| unsafe { crate::chunk::small_object(a) })
+                    .flatten();
+                if class == Some(SizeClass(k as u8)) {
+                    Ok(())
+                } else {
+                    Err(crate::Violation {
+                        structure: "front::percpu::CpuCaches",
+                        invariant: 3,
+                        what: "a cached object is not a class-k object of the backend",
+                        addr: a,
+                    })
+                }
+            });
+            if let Ok(r) = r {
+                r?;
+            }
         }
+        Ok(())
     }
 
     /// The slow paths' counters and the bytes cached now; None when off.

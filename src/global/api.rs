@@ -42,7 +42,7 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
     // SAFETY: this thread's heap or a sentinel, only read.
     unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    BACKEND.cpus.validate()?;
+    BACKEND.cpus.validate(&BACKEND.backend)?;
     BACKEND.validate()
 }
 

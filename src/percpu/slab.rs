@@ -463,6 +463,29 @@ impl Slab {
         }
     }
 
+    /// Hands every object cached on CPU `cpu` to `f` as `(class, object)`, top of
+    /// each stack first, leaving them cached: the headers are locked and the CPU
+    /// fenced meanwhile ("Non-owners"), so no section on it pushes or pops while `f`
+    /// looks. Stops at the first `Err` of `f` and returns it (after unlocking).
+    pub fn inspect_cpu<E>(
+        &self,
+        cpu: u32,
+        mut f: impl FnMut(usize, NonNull<u8>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, DrainError> {
+        let mut res = Ok(());
+        self.with_locked(cpu, 0..self.nclasses, |k, h| {
+            if res.is_ok() {
+                self.take_above(cpu, k, h.current, self.begin[k], &mut |k, p| {
+                    if res.is_ok() {
+                        res = f(k, p);
+                    }
+                });
+            }
+            h
+        })?;
+        Ok(res)
+    }
+
     /// Empties `class` on CPU `cpu` from any thread, handing each object to `f`
     /// (top of the stack first); returns how many. See "Non-owners".
     pub fn drain(
