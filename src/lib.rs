@@ -350,6 +350,17 @@ mod api {
         global::usable_size(p)
     }
 
+    /// Sets the budget of the per-CPU front end (`STRATA_PERCPU=1`): the bytes its
+    /// caches may hold on all CPUs together (0: the default, 2 MiB a CPU). Each
+    /// class's capacity on each CPU grows with that CPU's misses while its share
+    /// allows, and the background purge thread narrows classes that stopped moving
+    /// (and, after a lower budget, every class over it). Also `STRATA_PERCPU_CACHE_BYTES`.
+    /// No effect with the thread-cache front end ([`set_thread_cache_budget`]).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    pub fn set_percpu_cache_bytes(bytes: usize) {
+        global::set_percpu_cache_bytes(bytes)
+    }
+
     /// The per-CPU front end's counters (`STRATA_PERCPU=1`); None while it does
     /// not serve this process. Not a stable API.
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]

@@ -188,7 +188,7 @@ fn run(generation: u64) {
     // Per CPU, the fingerprint of its caches at the last pass (this thread is not
     // under malloc: it may allocate; empty while the per-CPU front end is off).
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    let mut cpu_seen: Vec<u64> = Vec::new();
+    let (mut cpu_seen, mut class_seen): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     loop {
         let pause = interval_ms(BACKEND.page_heap.purge_delay_ms());
         std::thread::sleep(Duration::from_millis(pause));
@@ -202,8 +202,14 @@ fn run(generation: u64) {
             if cpu_seen.is_empty() {
                 if let Some(slab) = BACKEND.cpus.slab_if_on() {
                     cpu_seen = vec![u64::MAX; slab.ncpu() as usize];
+                    class_seen = vec![u64::MAX; slab.ncpu() as usize * NUM_CLASSES];
                 }
             }
+            // Narrow the classes that stopped moving on busy CPUs (and every CPU
+            // over its share of a lowered budget).
+            // SAFETY: the front end's slab holds objects of BACKEND's only
+            // (CpuCaches invariant 3).
+            drained += unsafe { BACKEND.cpus.shrink_idle(&BACKEND.backend, &mut class_seen) };
             // CPUs first: what they give back reaches the central stacks, which
             // the next pass drains once they stay idle.
             // SAFETY: the front end's slab holds objects of BACKEND's only

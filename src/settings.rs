@@ -63,6 +63,10 @@ unsafe fn configure(envp: *const *const c_char) {
         if let Some(bytes) = setting!(envp, "HUGE_CACHE_BYTES").and_then(parse_size) {
             crate::set_huge_cache_bytes(bytes as usize);
         }
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        if let Some(bytes) = setting!(envp, "PERCPU_CACHE_BYTES").and_then(parse_size) {
+            crate::set_percpu_cache_bytes(bytes as usize);
+        }
         #[cfg(feature = "c-abi")]
         {
             // Once per process: whichever comes first, this or the first thread

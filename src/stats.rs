@@ -177,6 +177,12 @@ pub struct Stats {
     pub huge_bytes: u64,
     /// Freed huge mappings kept resident for reuse (up to `set_huge_cache_bytes`).
     pub huge_cached_bytes: u64,
+    /// The per-CPU front end's capacities, all CPUs together (the most its caches
+    /// can hold now); 0 while it does not serve (`STRATA_PERCPU=1`).
+    pub percpu_capacity_bytes: u64,
+    /// The budget those capacities keep to (`set_percpu_cache_bytes`); 0 while the
+    /// per-CPU front end does not serve.
+    pub percpu_budget_bytes: u64,
     /// Per size class, smallest first.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -361,8 +367,24 @@ impl<O: Os> Allocator<O> {
             huge_blocks,
             huge_bytes,
             huge_cached_bytes: huge_cached,
+            percpu_capacity_bytes: self.percpu_bytes().0,
+            percpu_budget_bytes: self.percpu_bytes().1,
             classes,
         }
+    }
+}
+
+impl<O: Os> Allocator<O> {
+    /// The per-CPU front end's capacities and budget, bytes (zeros while off).
+    fn percpu_bytes(&self) -> (u64, u64) {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+        if self.cpus.slab_if_on().is_some() {
+            return (
+                self.cpus.capacity_bytes() as u64,
+                self.cpus.budget_bytes() as u64,
+            );
+        }
+        (0, 0)
     }
 }
 
@@ -511,6 +533,14 @@ impl fmt::Display for Stats {
             self.thread_heaps_live,
             self.thread_heaps_created
         )?;
+        if self.percpu_budget_bytes > 0 {
+            writeln!(
+                f,
+                "  per-CPU caches: capacity {} of a budget of {}",
+                b(self.percpu_capacity_bytes),
+                b(self.percpu_budget_bytes)
+            )?;
+        }
         writeln!(
             f,
             "  {:>7} {:>10} {:>7} {:>11} {:>11} {:>11} {:>11}",
@@ -539,7 +569,7 @@ impl Stats {
     /// `classes` lists every class, smallest first.
     pub fn write_json(&self, w: &mut impl fmt::Write) -> fmt::Result {
         w.write_char('{')?;
-        let fields: [(&str, u64); 27] = [
+        let fields: [(&str, u64); 29] = [
             ("allocated_bytes", self.allocated_bytes),
             ("active_bytes", self.active_bytes),
             ("resident_bytes", self.resident_bytes),
@@ -566,6 +596,8 @@ impl Stats {
             ("huge_blocks", self.huge_blocks),
             ("huge_bytes", self.huge_bytes),
             ("huge_cached_bytes", self.huge_cached_bytes),
+            ("percpu_capacity_bytes", self.percpu_capacity_bytes),
+            ("percpu_budget_bytes", self.percpu_budget_bytes),
             (
                 "classes_in_use",
                 self.classes.iter().filter(|c| c.spans > 0).count() as u64,

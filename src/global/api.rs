@@ -89,3 +89,9 @@ pub(crate) fn stats() -> crate::Stats {
 pub(crate) fn percpu_front_counters() -> Option<crate::percpu::FrontCounters> {
     BACKEND.cpus.counters()
 }
+
+/// See [`crate::set_percpu_cache_bytes`].
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub(crate) fn set_percpu_cache_bytes(bytes: usize) {
+    BACKEND.cpus.set_budget_bytes(bytes)
+}

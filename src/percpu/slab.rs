@@ -549,6 +549,93 @@ impl Slab {
         Ok(n)
     }
 
+    /// Raises the capacity of `class` on CPU `cpu` to `cap` (at most the class's
+    /// `max_cap`) from any thread, without the lock or a fence; returns whether it
+    /// did (false when the header is locked by a non-owner or its capacity is
+    /// already `cap` or more).
+    ///
+    /// Widening is safe beside the critical sections: one CAS swaps `end` and
+    /// `end_copy` in the header word, and fails (to be retried) if a section
+    /// committed a new `current` since the word was read; a section that read the
+    /// old word checks against the old, lower bound, which is still inside the
+    /// class's slots (header invariant 1 holds before and after). Lowering it
+    /// would not be: a push that read the old bound could fill a slot above the new
+    /// one, so [`Slab::set_capacities`] locks and fences.
+    pub fn grow_capacity(&self, cpu: u32, class: usize, cap: u16) -> bool {
+        if cpu >= self.ncpu || class >= self.nclasses {
+            return false;
+        }
+        let cap = cap.min(self.max_cap[class]);
+        let new_end = self.begin[class] + cap;
+        let hdr = self.header(cpu, class);
+        // Relaxed: the CAS below decides.
+        let mut w = hdr.load(Ordering::Relaxed);
+        loop {
+            let h = Hdr::unpack(w);
+            if h.locked() || h.end >= new_end {
+                return false;
+            }
+            let u = Hdr {
+                end: new_end,
+                end_copy: new_end,
+                ..h
+            };
+            // Relaxed: the new bound publishes no memory (slots above `current`
+            // are written by the section that fills them, before its commit).
+            match hdr.compare_exchange_weak(w, u.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Sets the capacity of every class on CPU `cpu` at once, class `k` to
+    /// `caps[k]` (clamped to its `max_cap`; classes beyond `caps.len()` keep
+    /// theirs), with one lock-and-fence for all ("Non-owners"); objects above a
+    /// lowered capacity are handed to `f` as `(class, object)`, top first. Returns
+    /// how many it handed over.
+    pub fn set_capacities(
+        &self,
+        cpu: u32,
+        caps: &[u16],
+        mut f: impl FnMut(usize, NonNull<u8>),
+    ) -> Result<usize, DrainError> {
+        let mut n = 0;
+        self.with_locked(cpu, 0..self.nclasses.min(caps.len()), |k, h| {
+            let new_end = self.begin[k] + caps[k].min(self.max_cap[k]);
+            let keep = h.current.min(new_end);
+            n += self.take_above(cpu, k, h.current, keep, &mut f);
+            Hdr {
+                current: keep,
+                end_copy: new_end,
+                ..h
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// The capacity, in bytes, of every class on CPU `cpu` together, for objects of
+    /// `sizes[k]` bytes in class `k` (a snapshot; 0 for a CPU out of range).
+    pub fn capacity_bytes(&self, cpu: u32, sizes: &[u32]) -> usize {
+        let mut total = 0;
+        for (k, &size) in sizes.iter().enumerate().take(self.nclasses) {
+            if let Some((_, cap)) = self.len_and_capacity(cpu, k) {
+                total += cap * size as usize;
+            }
+        }
+        total
+    }
+
+    /// The header word of `class` on CPU `cpu` (a snapshot): what changes at every
+    /// push and pop there; 0 when out of range.
+    pub fn header_word(&self, cpu: u32, class: usize) -> u64 {
+        if cpu >= self.ncpu || class >= self.nclasses {
+            return 0;
+        }
+        // Relaxed: a snapshot; no other memory is read on its strength.
+        self.header(cpu, class).load(Ordering::Relaxed)
+    }
+
     /// Hands the objects in slots `[to, from)` of `class` on `cpu` to `f`, top first.
     fn take_above(
         &self,

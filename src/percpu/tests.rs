@@ -210,3 +210,38 @@ fn batches_move_many_objects_in_one_section_within_the_bounds() {
         s.validate().unwrap();
     });
 }
+
+#[test]
+fn capacities_widen_without_a_lock_and_narrow_with_one() {
+    let s = slab(&[8, 8]);
+    let area = current().unwrap();
+    let n = possible_cpus().unwrap();
+    // Slab::new(ncpu, max, init) with the initial capacities below the maximum.
+    let s2 = Slab::new(n, &[8, 8], &[2, 2]).unwrap();
+    drop(s);
+    pinned(|cpu| {
+        assert_eq!(s2.len_and_capacity(cpu, 0), Some((0, 2)));
+        assert!(s2.grow_capacity(cpu, 0, 5));
+        assert!(!s2.grow_capacity(cpu, 0, 4), "narrowing through grow");
+        assert!(s2.grow_capacity(cpu, 0, 100), "clamped to the maximum");
+        assert_eq!(s2.len_and_capacity(cpu, 0), Some((0, 8)));
+        for i in 0..8 {
+            // SAFETY: this thread's area (`current`), class 0 of 2, each object of
+            // `obj` once, so in at most one slot.
+            assert!(unsafe { s2.push(area, 0, obj(i)) });
+        }
+        assert!(s2.test_lock(cpu, 1));
+        assert!(!s2.grow_capacity(cpu, 1, 4), "grew a locked header");
+        s2.test_unlock(cpu, 1);
+        let mut back = Vec::new();
+        assert_eq!(
+            s2.set_capacities(cpu, &[3, 1], |k, p| back.push((k, p))),
+            Ok(5)
+        );
+        assert_eq!(back, (3..8).rev().map(|i| (0, obj(i))).collect::<Vec<_>>());
+        assert_eq!(s2.len_and_capacity(cpu, 0), Some((3, 3)));
+        assert_eq!(s2.len_and_capacity(cpu, 1), Some((0, 1)));
+        assert_eq!(s2.capacity_bytes(cpu, &[16, 32]), 3 * 16 + 32);
+        s2.validate().unwrap();
+    });
+}

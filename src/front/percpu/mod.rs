@@ -27,14 +27,19 @@
 //! Idle CPUs: the background purge thread drains a CPU whose stacks did not change
 //! for a whole pause ([`CpuCaches::drain_idle`]).
 //!
+//! Capacities follow demand within a budget (`capacity.rs`): a miss widens its
+//! class on its CPU, the background purge thread narrows what stopped moving.
+//!
 //! Not done here (yet): double-free detection on this path (a block freed twice
-//! while cached may be handed out twice), capacity that follows demand (each
-//! class's capacity is fixed at start-up, [`cap_for`]).
+//! while cached may be handed out twice).
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+mod capacity;
+mod drain;
 
 use crate::backend::Backend;
 use crate::link::{FreeObj, ensure_key};
@@ -89,6 +94,11 @@ pub struct CpuCaches {
     refilled_objects: AtomicU64,
     flushes: AtomicU64,
     drains: AtomicU64,
+    /// Widenings on a miss and narrowing passes (`capacity.rs`).
+    grows: AtomicU64,
+    shrinks: AtomicU64,
+    /// The budget for all CPUs' capacities, bytes; 0: the default (`capacity.rs`).
+    budget: AtomicUsize,
     /// Per class: objects handed out from a CPU's stack or a refill (statistics,
     /// striped by CPU so that hits on different CPUs touch different lines).
     allocs: [Stripe; STRIPES],
@@ -118,6 +128,9 @@ impl CpuCaches {
             refilled_objects: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             drains: AtomicU64::new(0),
+            grows: AtomicU64::new(0),
+            shrinks: AtomicU64::new(0),
+            budget: AtomicUsize::new(0),
             allocs: [const { Stripe([const { AtomicU64::new(0) }; NUM_CLASSES]) }; STRIPES],
             received: [const { AtomicU64::new(0) }; NUM_CLASSES],
             returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
@@ -280,6 +293,8 @@ impl CpuCaches {
         if b.count == 0 {
             return ptr::null_mut();
         }
+        // An empty stack: room for more next time, if the budget allows.
+        self.grow_on_miss(slab, area, c.index());
         let size = c.size_bytes();
         be.note_flow((b.count * size) as isize);
         // Relaxed: statistics.
@@ -367,6 +382,11 @@ impl CpuCaches {
         be: &Backend<O>,
     ) {
         let ci = c.index();
+        // A full stack: widen it if the budget allows, and the object fits.
+        // SAFETY: as in `alloc`; `p` is given up and in no slot.
+        if self.grow_on_miss(slab, area, ci) && unsafe { slab.push(area, ci, p) } {
+            return;
+        }
         let want = (CLASS_BATCH[ci] as usize)
             .min(cap_for(ci) as usize)
             .min(MAX_BATCH - 1);
@@ -386,108 +406,6 @@ impl CpuCaches {
             // Relaxed: statistics.
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Returns every object cached on every CPU to the central tier; how many. A CPU
-    /// another non-owner is working on (or that cannot be fenced) is skipped.
-    ///
-    /// # Safety
-    /// `be` is the backend whose objects the slab holds (invariant 3).
-    pub unsafe fn drain_all<O: Os>(&self, be: &Backend<O>) -> usize {
-        let Some(slab) = self.slab_if_on() else {
-            return 0;
-        };
-        ensure_key();
-        // Relaxed: statistics.
-        self.drains.fetch_add(1, Ordering::Relaxed);
-        let mut total = 0;
-        for cpu in 0..slab.ncpu() {
-            // SAFETY: forwarded contract.
-            total += unsafe { self.drain_one(slab, cpu, be) };
-        }
-        total
-    }
-
-    /// Drains the CPUs that stayed idle since the last call: `seen[cpu]` holds the
-    /// CPU's [`Slab::fingerprint`] then (anything for never), and is updated. A CPU
-    /// whose fingerprint did not change for a whole pause of the caller, and that
-    /// holds objects, has its objects returned to the central tier, by the caller,
-    /// a non-owner: safely, because a drain locks the CPU's headers and fences its
-    /// critical sections first (`Slab::drain_cpu`, "Non-owners" in `slab.rs`), so
-    /// no thread on that CPU can push or pop meanwhile. Returns the bytes drained.
-    /// CPUs beyond `seen.len()` are left alone.
-    ///
-    /// # Safety
-    /// `be` is the backend whose objects the slab holds (invariant 3).
-    pub unsafe fn drain_idle<O: Os>(&self, be: &Backend<O>, seen: &mut [u64]) -> usize {
-        let Some(slab) = self.slab_if_on() else {
-            return 0;
-        };
-        let mut bytes = 0;
-        for (cpu, last) in (0..slab.ncpu()).zip(seen.iter_mut()) {
-            let now = slab.fingerprint(cpu);
-            let idle = now == *last;
-            *last = now;
-            if !idle {
-                continue;
-            }
-            let held: usize = (0..NUM_CLASSES)
-                .map(|k| {
-                    slab.len_and_capacity(cpu, k).map_or(0, |(n, _)| n) * CLASS_SIZE[k] as usize
-                })
-                .sum();
-            if held == 0 {
-                continue;
-            }
-            ensure_key();
-            // SAFETY: forwarded contract.
-            if unsafe { self.drain_one(slab, cpu, be) } > 0 {
-                bytes += held;
-                // Relaxed: statistics.
-                self.drains.fetch_add(1, Ordering::Relaxed);
-            }
-            // The drain emptied the headers: read the fingerprint the next call
-            // compares with afresh.
-            *last = slab.fingerprint(cpu);
-        }
-        bytes
-    }
-
-    /// Returns every object cached on `cpu` to the central tier; how many (0 if
-    /// another non-owner holds the CPU or it cannot be fenced).
-    ///
-    /// # Safety
-    /// `slab` is this front end's; `be` the backend whose objects it holds
-    /// (invariant 3).
-    unsafe fn drain_one<O: Os>(&self, slab: &Slab, cpu: u32, be: &Backend<O>) -> usize {
-        let any =
-            (0..NUM_CLASSES).any(|k| slab.len_and_capacity(cpu, k).is_some_and(|(n, _)| n > 0));
-        if !any {
-            return 0;
-        }
-        let mut chains = [(ptr::null_mut::<FreeObj>(), 0usize); NUM_CLASSES];
-        let _ = slab.drain_cpu(cpu, |k, p| {
-            let q = p.as_ptr().cast::<FreeObj>();
-            if let Some(ch) = chains.get_mut(k) {
-                // SAFETY: drained: ours, unused by anyone (invariant 3).
-                unsafe { FreeObj::set_next(q, ch.0) };
-                *ch = (q, ch.1 + 1);
-            }
-        });
-        let mut total = 0;
-        for (k, &(head, n)) in chains.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let c = SizeClass(k as u8);
-            // SAFETY: a null-terminated chain of `n` class-k objects of `be`, taken
-            // out of the slab, that nobody uses.
-            unsafe { be.flush(c, head, n) };
-            be.note_flow(-((n * c.size_bytes()) as isize));
-            self.count_returned(k, n);
-            total += n;
-        }
-        total
     }
 
     /// Bytes cached on all CPUs (a snapshot); 0 when off.
@@ -554,6 +472,10 @@ impl CpuCaches {
             refilled_objects: self.refilled_objects.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             drains: self.drains.load(Ordering::Relaxed),
+            capacity_bytes: self.capacity_bytes() as u64,
+            budget_bytes: self.budget_bytes() as u64,
+            grows: self.grows.load(Ordering::Relaxed),
+            shrinks: self.shrinks.load(Ordering::Relaxed),
         })
     }
 }
@@ -602,11 +524,13 @@ fn build() -> Option<Slab> {
         return None;
     }
     let ncpu = crate::percpu::possible_cpus()?;
-    let mut caps = [0u16; NUM_CLASSES];
-    for (k, cap) in caps.iter_mut().enumerate() {
-        *cap = cap_for(k);
+    let mut max = [0u16; NUM_CLASSES];
+    let mut init = [0u16; NUM_CLASSES];
+    for k in 0..NUM_CLASSES {
+        max[k] = cap_for(k);
+        init[k] = capacity::initial_cap(k);
     }
-    let slab = Slab::new(ncpu, &caps, &caps).ok()?;
+    let slab = Slab::new(ncpu, &max, &init).ok()?;
     slab.can_fence().ok()?;
     Some(slab)
 }
