@@ -5,6 +5,8 @@
 # packages are installed (libmimalloc2.0, libjemalloc2, libgoogle-perftools4).
 # For each thread count: the median over REPS runs (allocators interleaved) of the
 # churn time, throughput, and resident MiB while idle and after every thread exited.
+# Then a Markdown table of the medians, and three SVG charts with the raw runs in
+# benches/results/ (idle-threads-*.svg, idle-threads.txt).
 # Usage: benches/idle_threads/run.sh [REPS] [THREAD COUNTS...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,3 +48,6 @@ print(f"{sys.argv[2]:<14} {sys.argv[3]:>7} {med(2):9.1f} {med(3):8.2f} {med(4):1
 PY
     done
 done
+mkdir -p benches/results
+cp "$OUT/raw" benches/results/idle-threads.txt
+python3 benches/idle_threads/plot.py benches/results/idle-threads.txt benches/results
