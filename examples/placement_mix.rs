@@ -27,6 +27,7 @@
 #[global_allocator]
 static GLOBAL: strata::Strata = strata::Strata;
 
+use std::alloc::Layout;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,34 +91,60 @@ fn size(rng: &mut Rng) -> usize {
     }
 }
 
-/// A block with one byte per 4 KiB written, derived from `tag`, and its last byte
-/// (`tag`, written last).
-fn make(n: usize, tag: u8) -> Vec<u8> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: capacity `n`; every byte is written before it is read (below).
-    unsafe { v.set_len(n) };
-    for i in (0..n).step_by(4096) {
-        v[i] = tag.wrapping_add((i >> 12) as u8);
-    }
-    v[n - 1] = tag;
-    v
+/// A block from the global allocator (strata) with one byte per 4 KiB written,
+/// derived from its tag, and its last byte (the tag, written last); checked and
+/// freed on drop.
+struct Block {
+    p: *mut u8,
+    n: usize,
+    tag: u8,
 }
 
-fn check(v: &[u8], tag: u8) {
-    let n = v.len();
-    let ok = (0..n)
-        .step_by(4096)
-        .all(|i| i == n - 1 || v[i] == tag.wrapping_add((i >> 12) as u8))
-        && v[n - 1] == tag;
-    if !ok {
-        FAILURES.fetch_add(1, Ordering::Relaxed);
-        eprintln!("placement_mix: a block's content changed");
+// SAFETY: the block is owned by whoever holds it; nothing else refers to it.
+unsafe impl Send for Block {}
+
+impl Block {
+    fn layout(n: usize) -> Layout {
+        Layout::from_size_align(n, 1).expect("layout")
+    }
+
+    fn new(n: usize, tag: u8) -> Block {
+        // SAFETY: `n > 0`.
+        let p = unsafe { std::alloc::alloc(Block::layout(n)) };
+        assert!(!p.is_null(), "out of memory");
+        for i in (0..n).step_by(4096) {
+            // SAFETY: `i < n`, inside the block.
+            unsafe { p.add(i).write(tag.wrapping_add((i >> 12) as u8)) };
+        }
+        // SAFETY: the last byte of the block.
+        unsafe { p.add(n - 1).write(tag) };
+        Block { p, n, tag }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let (p, n, tag) = (self.p, self.n, self.tag);
+        // SAFETY: every byte read was written by `new` (the stride and the last
+        // byte); the block is live until the dealloc below.
+        let ok = unsafe {
+            (0..n)
+                .step_by(4096)
+                .all(|i| i == n - 1 || *p.add(i) == tag.wrapping_add((i >> 12) as u8))
+                && *p.add(n - 1) == tag
+        };
+        if !ok {
+            FAILURES.fetch_add(1, Ordering::Relaxed);
+            eprintln!("placement_mix: a block's content changed");
+        }
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(p, Block::layout(n)) };
     }
 }
 
 fn worker(seed: u64) {
     let mut rng = Rng(seed);
-    let mut live: Vec<(Vec<u8>, u8)> = Vec::with_capacity(MAX_LIVE + 1);
+    let mut live: Vec<Block> = Vec::with_capacity(MAX_LIVE + 1);
     let mut ops = 0u64;
     while !STOP.load(Ordering::Relaxed) {
         for _ in 0..256 {
@@ -125,18 +152,15 @@ fn worker(seed: u64) {
             let target = (MAX_LIVE as f64 * (0.55 + 0.45 * phase.sin())) as usize;
             if live.len() < target || live.is_empty() {
                 let tag = rng.next() as u8;
-                live.push((make(size(&mut rng), tag), tag));
+                live.push(Block::new(size(&mut rng), tag));
             } else {
-                let (v, tag) = live.swap_remove(rng.below(live.len()));
-                check(&v, tag);
+                drop(live.swap_remove(rng.below(live.len())));
             }
             ops += 1;
         }
         OPS.fetch_add(256, Ordering::Relaxed);
     }
-    for (v, tag) in live {
-        check(&v, tag);
-    }
+    drop(live);
 }
 
 fn rss_kib() -> u64 {
