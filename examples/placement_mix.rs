@@ -14,6 +14,10 @@
 //! one byte per page written (so its pages are resident) and checked before it is
 //! freed.
 //!
+//! `--ops N` stops each worker after N operations (rounded up to 256), so that a
+//! fixed amount of work can be compared (`valgrind --tool=callgrind`); the run
+//! still ends at `--seconds`.
+//!
 //! With `--heap-map`, `DIR/heap-map.svg` is the heap map at the end of the run,
 //! taken while the workers still run (before they free their pools).
 //!
@@ -40,6 +44,8 @@ use rng::Rng;
 static OPS: AtomicU64 = AtomicU64::new(0);
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Workers that have done their `--ops`.
+static DONE: AtomicU64 = AtomicU64::new(0);
 
 /// Live blocks per thread at the crest of a wave.
 const MAX_LIVE: usize = 1_000;
@@ -52,6 +58,7 @@ struct Opts {
     interval_ms: u64,
     out: PathBuf,
     heap_map: bool,
+    ops: u64,
 }
 
 fn opts() -> Result<Opts, String> {
@@ -61,6 +68,7 @@ fn opts() -> Result<Opts, String> {
         interval_ms: 50,
         out: PathBuf::from("target/placement_mix"),
         heap_map: false,
+        ops: u64::MAX,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,10 +80,11 @@ fn opts() -> Result<Opts, String> {
             "--interval-ms" => o.interval_ms = val()?.parse().map_err(|e| format!("{e}"))?,
             "--out" => o.out = PathBuf::from(val()?),
             "--heap-map" => o.heap_map = true,
+            "--ops" => o.ops = val()?.parse().map_err(|e| format!("{e}"))?,
             _ => {
                 return Err(format!(
                     "unknown argument {a}; usage: placement_mix [--quick] [--seconds N] \
-                     [--threads N] [--interval-ms N] [--out DIR] [--heap-map]"
+                     [--threads N] [--interval-ms N] [--out DIR] [--heap-map] [--ops N]"
                 ));
             }
         }
@@ -142,11 +151,11 @@ impl Drop for Block {
     }
 }
 
-fn worker(seed: u64) {
+fn worker(seed: u64, max_ops: u64) {
     let mut rng = Rng(seed);
     let mut live: Vec<Block> = Vec::with_capacity(MAX_LIVE + 1);
     let mut ops = 0u64;
-    while !STOP.load(Ordering::Relaxed) {
+    while !STOP.load(Ordering::Relaxed) && ops < max_ops {
         for _ in 0..256 {
             let phase = (ops as f64 / WAVE_OPS) * std::f64::consts::TAU;
             let target = (MAX_LIVE as f64 * (0.55 + 0.45 * phase.sin())) as usize;
@@ -161,6 +170,7 @@ fn worker(seed: u64) {
         OPS.fetch_add(256, Ordering::Relaxed);
     }
     drop(live);
+    DONE.fetch_add(1, Ordering::Relaxed);
 }
 
 fn rss_kib() -> u64 {
@@ -196,12 +206,22 @@ fn main() -> std::process::ExitCode {
     );
     let start = Instant::now();
     let workers: Vec<_> = (0..o.threads)
-        .map(|i| std::thread::spawn(move || worker(0x5eed_0000 + i as u64 * 7919)))
+        .map(|i| {
+            let ops = o.ops;
+            std::thread::spawn(move || worker(0x5eed_0000 + i as u64 * 7919, ops))
+        })
         .collect();
     let (mut ratio_sum, mut ratio_n) = (0.0, 0u64);
     let end = start + Duration::from_secs_f64(o.seconds);
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(o.interval_ms));
+    let interval = Duration::from_millis(o.interval_ms);
+    let mut next_sample = start + interval;
+    while Instant::now() < end && DONE.load(Ordering::Relaxed) < o.threads as u64 {
+        // Short naps, so that a run of `--ops` ends soon after its workers.
+        std::thread::sleep(Duration::from_millis(5).min(interval));
+        if Instant::now() < next_sample {
+            continue;
+        }
+        next_sample += interval;
         let s = strata::stats();
         let t = start.elapsed().as_secs_f64();
         if s.allocated_bytes > 0 {
