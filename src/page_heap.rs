@@ -15,9 +15,9 @@
 //! Who calls whom: the central tier (spans for a class), the backend (Large blocks,
 //! purge, release, validation) and, from above, `stats` and `heap_map` (walks) call
 //! in; it calls `chunk` and the OS only. Files: this one (the state, span
-//! allocation and free with coalescing, in-place resize, walks), `bins` (best fit
-//! and the bin lists), `placement` (the policies), `purge` (purge and unmap),
-//! `validate`.
+//! allocation and free with coalescing, walks), `resize` (in-place resize of Large
+//! spans), `bins` (best fit and the bin lists), `placement` (the policies), `purge`
+//! (purge and unmap), `validate`.
 
 use crate::Violation;
 use crate::check::check;
@@ -62,14 +62,14 @@ pub struct PageHeapStats {
     pub unmapped_bytes_total: u64,
     /// Purges the OS refused, ever (their spans stayed dirty).
     pub purge_failures: u64,
+    /// Chunk unmaps the OS refused, ever (their chunks stayed mapped and filed).
+    pub unmap_failures: u64,
     /// Free spans (runs of free pages; each is as long as it can be, coalescing
     /// sees to that).
     pub free_spans: usize,
     /// Bytes of the largest free span: the largest Large block served without
     /// mapping a chunk (alignment aside).
     pub largest_free_span_bytes: usize,
-    /// Chunk unmaps the OS refused, ever (their chunks stayed mapped and filed).
-    pub unmap_failures: u64,
 }
 
 /// The page heap.

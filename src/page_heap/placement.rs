@@ -13,14 +13,14 @@
 //!   address; the same scan. The rover is an address only: nothing reads through
 //!   it, so a chunk unmapped under it does no harm.
 //!
-//! There is no buddy policy: see `docs/DESIGN.md`, "Placement policies", for why it
-//! does not fit the chunk layout without a second page map.
+//! There is no buddy policy: `docs/DESIGN.md`, "Placement policies", says why it
+//! would change how this page heap frees and coalesces, not only where it places.
 
 use super::*;
 
 /// How the page heap picks the free pages for a new span (a Small span for a size
 /// class, or a Large block). Chosen at start-up with `STRATA_PLACEMENT=best|first|next`
-/// or with [`crate::set_placement`] before the first allocation. The thread caches
+/// or with [`crate::set_placement`] early in `main`. The thread caches
 /// and the size-class tiers are the same under every policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Placement {
@@ -112,8 +112,8 @@ impl<O: Os> PageHeap<O> {
     }
 }
 
-/// A free span of at least `need` pages under `policy`, out of its bin's list but
-/// still counted binned; null if none fits.
+/// A free span of at least `need` pages under `policy`, left in its bin (the
+/// caller unlinks it); null if none fits.
 pub(super) fn find_free(h: &Inner, need: usize, policy: Placement) -> *mut Span {
     match policy {
         Placement::Best => match find_bin(h, need) {
