@@ -51,6 +51,8 @@
 //!   to the OS now; [`flush_thread_cache`] only flushes the cache.
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
 //!   tune the cache budget, the purge delay and the cache of freed huge blocks.
+//! - [`set_placement`], [`placement`]: the page heap's placement policy (best, first
+//!   or next fit; [`Placement`]).
 //! - [`start_background_purge`], [`stop_background_purge`], [`background_purge`]: a
 //!   thread that returns idle memory while the program sleeps (starts on its own once
 //!   the heap reaches 64 MiB).
@@ -244,6 +246,7 @@ impl fmt::Display for Violation {
 
 #[cfg(not(strata_loom))]
 pub use api::*;
+pub use page_heap::{Placement, PlacementError};
 pub use stats::{ClassStats, Gauges, Stats};
 
 #[cfg(all(feature = "checked", not(strata_loom)))]
@@ -337,6 +340,21 @@ mod api {
     /// block at free, as before the cache).
     pub fn set_huge_cache_bytes(bytes: usize) {
         global::set_huge_cache_bytes(bytes)
+    }
+
+    /// Chooses the page heap's placement policy (which free pages a new span takes;
+    /// see [`Placement`]), as `STRATA_PLACEMENT` does at start-up. Call it early in
+    /// `main`: once the heap is in use (it has freed pages or mapped a second
+    /// chunk, so that its layout may show the policy in force) the policy stays and
+    /// this returns an error; choosing the policy in force is never one. The Rust
+    /// runtime's few allocations before `main` leave the heap as every policy would.
+    pub fn set_placement(p: Placement) -> Result<(), PlacementError> {
+        global::set_placement(p)
+    }
+
+    /// The page heap's placement policy in force.
+    pub fn placement() -> Placement {
+        global::placement()
     }
 
     /// The usable size of a block that strata handed out, found by address; None if

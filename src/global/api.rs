@@ -95,3 +95,19 @@ pub(crate) fn percpu_front_counters() -> Option<crate::percpu::FrontCounters> {
 pub(crate) fn set_percpu_cache_bytes(bytes: usize) {
     BACKEND.cpus.set_budget_bytes(bytes)
 }
+
+/// See [`crate::set_placement`].
+pub(crate) fn set_placement(p: crate::Placement) -> Result<(), crate::PlacementError> {
+    BACKEND.page_heap.set_placement(p)
+}
+
+/// See [`crate::placement`].
+pub(crate) fn placement() -> crate::Placement {
+    BACKEND.page_heap.placement()
+}
+
+/// `STRATA_PLACEMENT` at start-up (`settings`): whatever the C runtime allocated
+/// before the constructor ran.
+pub(crate) fn force_placement(p: crate::Placement) {
+    BACKEND.page_heap.force_placement(p)
+}
