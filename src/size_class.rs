@@ -153,6 +153,23 @@ impl Geometry {
             b
         }
     }
+    /// Objects in a thread cache's first refill of class `c` that carves from spans:
+    /// what fits in [`FIRST_REFILL_BYTES`], at least one and at most a batch. Each
+    /// later refill of the list doubles it, up to the batch (`thread_cache::slow`),
+    /// so a small program's first use of a class touches a page or so of it, not
+    /// the 64 KiB of a full batch of 2-4 KiB objects (whose links are written as
+    /// they are carved).
+    pub const fn first_refill(&self, c: usize) -> usize {
+        let n = FIRST_REFILL_BYTES / self.class_size(c);
+        let batch = self.batch(c);
+        if n < 1 {
+            1
+        } else if n > batch {
+            batch
+        } else {
+            n
+        }
+    }
     /// The longest a thread cache's list of class `c` may grow.
     pub const fn max_cached(&self, c: usize) -> usize {
         let size = self.class_size(c);
@@ -199,6 +216,10 @@ pub const CHUNK_SHIFT: usize = GEOMETRY.chunk_shift;
 pub const NUM_CLASSES: usize = GEOMETRY.num_classes;
 /// The largest small request (bytes); larger ones take whole pages.
 pub const MAX_SMALL: usize = GEOMETRY.max_small;
+
+/// Bytes a thread cache's first refill of a class asks for (one OS page): see
+/// [`Geometry::first_refill`].
+pub const FIRST_REFILL_BYTES: usize = 4096;
 
 /// A page: the unit spans are made of (8 KiB).
 pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
@@ -381,6 +402,8 @@ pub static CLASS_SIZE: [u32; NUM_CLASSES] = class_table!(u32, size_for);
 pub static CLASS_PAGES: [u16; NUM_CLASSES] = class_table!(u16, pages_for);
 /// Objects per batch, by class.
 pub static CLASS_BATCH: [u16; NUM_CLASSES] = class_table!(u16, batch_for);
+/// Objects in a list's first carving refill, by class ([`Geometry::first_refill`]).
+pub static CLASS_FIRST_REFILL: [u16; NUM_CLASSES] = class_table!(u16, first_refill_for);
 /// Longest thread-cache list, by class.
 pub static CLASS_CAP: [u16; NUM_CLASSES] = class_table!(u16, cap_for);
 
@@ -392,6 +415,9 @@ const fn pages_for(c: usize) -> usize {
 }
 const fn batch_for(c: usize) -> usize {
     GEOMETRY.batch(c)
+}
+const fn first_refill_for(c: usize) -> usize {
+    GEOMETRY.first_refill(c)
 }
 const fn cap_for(c: usize) -> usize {
     GEOMETRY.max_cached(c)

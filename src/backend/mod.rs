@@ -137,6 +137,14 @@ impl<O: Os> Backend<O> {
         self.central.refill(c, &self.page_heap)
     }
 
+    /// A batch from the transfer stack, or at most `want` (`1..=batch`) objects
+    /// carved from spans (`Central::refill_up_to`); `count == 0` if the OS refuses
+    /// memory.
+    #[inline]
+    pub fn refill_up_to(&self, c: SizeClass, want: usize) -> Batch {
+        self.central.refill_up_to(c, &self.page_heap, want)
+    }
+
     /// Hands a chain of `n` class-`c` objects to the central tier.
     ///
     /// # Safety
