@@ -2,8 +2,10 @@
  * after a small program's worth of work, whatever malloc is preloaded.
  *
  *   footprint first    one malloc(16)
- *   footprint small    ~300 KiB live of 8 B - 2 KiB blocks with varying lifetimes,
- *                      one thread (espresso-like), 200k allocations
+ *   footprint small    ~240 KiB live of 8 B - 2 KiB blocks with varying lifetimes,
+ *                      one thread (espresso-like), 200k allocations (or the
+ *                      second argument's count: `footprint small 20000000` times
+ *                      the allocator rather than the start-up)
  *   footprint threads  the same work split over 4 short-lived threads, two at a
  *                      time (glibc-thread-like)
  *
@@ -59,9 +61,10 @@ static uint64_t rng(uint64_t *s) {
 
 /* Keeps ~SLOTS live blocks of 8 B - 2 KiB (small ones far more often, as in
  * espresso), replacing a random one each step; touches every block. */
+static long steps = 200000;
+
 static void *work(void *arg) {
     uint64_t s = (uint64_t)(uintptr_t)arg * 0x9E3779B97F4A7C15ull + 1;
-    long steps = 200000;
     void **slot = calloc(SLOTS, sizeof(void *));
     for (long i = 0; i < steps; i++) {
         uint64_t r = rng(&s);
@@ -80,6 +83,7 @@ static void *work(void *arg) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "first";
+    if (argc > 2) steps = atol(argv[2]);
     if (strcmp(mode, "first") == 0) {
         void *volatile p = malloc(16);
         (void)p;
