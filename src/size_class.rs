@@ -5,7 +5,7 @@
 //! [`MAX_SMALL`] (44 classes): between 2^e and 2^(e+1) the classes are
 //! 2^e + k·2^(e-2), k = 1..=4. The worst internal waste is just under 20 % of the
 //! class (a request of 2^e + 1 gets 2^e + 2^(e-2)); on a uniform mix it averages
-//! about 10 %. Size → class is one table load on `size - 1` below 1 KiB and a few bit
+//! about 10 %. Size → class is one table load on `size - 1` below 8 KiB and a few bit
 //! operations above, see [`class_for`].
 //!
 //! Why 256 KiB is the small-object limit: below it a request is served from a thread
@@ -282,14 +282,19 @@ const fn class_of_m_arith(m: usize) -> SizeClass {
     }
 }
 
-/// The class of `m = size - 1` for `m < 1024`, indexed by `m >> 3`: one load instead
-/// of ~10 instructions of bit arithmetic. Every class boundary below 1 KiB is a
-/// multiple of 8, so `m >> 3` determines the class (checked as the table is built).
+/// `m = size - 1` below this takes [`SMALL_CLASS`] (8 KiB: Rust's `Vec`s and
+/// `String`s of a few KiB too).
+const SMALL_TABLE_M: usize = 8192;
+
+/// The class of `m = size - 1` for `m < SMALL_TABLE_M`, indexed by `m >> 3`: one
+/// load instead of ~10 instructions of bit arithmetic. Every class boundary below
+/// 8 KiB is a multiple of 8, so `m >> 3` determines the class (checked as the table
+/// is built). 1 KiB; a program touches the lines of the sizes it asks for.
 #[allow(clippy::disallowed_macros)] // evaluated by the compiler
-static SMALL_CLASS: [u8; 128] = {
-    let mut t = [0u8; 128];
+static SMALL_CLASS: [u8; SMALL_TABLE_M / 8] = {
+    let mut t = [0u8; SMALL_TABLE_M / 8];
     let mut i = 0;
-    while i < 128 {
+    while i < SMALL_TABLE_M / 8 {
         t[i] = class_of_m_arith(i * 8).0;
         assert!(class_of_m_arith(i * 8 + 7).0 == t[i]);
         i += 1;
@@ -319,8 +324,9 @@ pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     };
     // Working on s - 1 sends a zero size around to usize::MAX: the slow path.
     let m = s.wrapping_sub(1);
-    if m < 1024 {
-        // m < 1024 implies align <= 1024 (s is a multiple of align when align > 8).
+    if m < SMALL_TABLE_M {
+        // m < 8 KiB implies align <= 8 KiB = PAGE_SIZE (s is a multiple of align when
+        // align > 8), so the request is small.
         return Some(SizeClass(SMALL_CLASS[m >> 3]));
     }
     // One compare checks m < MAX_SMALL and align <= PAGE_SIZE together:
@@ -507,6 +513,11 @@ pub static OBJECT_CHECKS: ObjectChecks = ObjectChecks::new(&GEOMETRY);
 const_assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
 
 const_assert!(GEOMETRY.class_size(NUM_CLASSES - 1) == MAX_SMALL);
+// `class_for`'s table: every m below it is a small request at any alignment it allows.
+const_assert!(
+    !matches!(GEOMETRY.classes, ClassScheme::Quarters)
+        || (SMALL_TABLE_M <= PAGE_SIZE && SMALL_TABLE_M <= MAX_SMALL)
+);
 // The tables of `class_for` and `class_for_c` and its one-compare range check are
 // the shipped geometry's.
 const_assert!(
