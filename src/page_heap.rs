@@ -163,7 +163,7 @@ impl<O: Os> PageHeap<O> {
                 }),
                 os,
                 chunk_map: ChunkMap::new(),
-                purge_delay_ms: AtomicU64::new(DEFAULT_PURGE_DELAY_MS),
+                purge_delay_ms: AtomicU64::new(0),
                 extra_resident: AtomicUsize::new(0),
                 chunk_resident: AtomicUsize::new(0),
                 chunk_mapped: AtomicUsize::new(0),
@@ -197,12 +197,15 @@ impl<O: Os> PageHeap<O> {
     /// Sets how long a free span stays resident before it is purged.
     pub fn set_purge_delay_ms(&self, ms: u64) {
         // Relaxed: a setting; nothing is published with it.
-        self.purge_delay_ms.store(ms, Ordering::Relaxed);
+        // Stored XOR the default, so that the default is zero bytes and the
+        // process's statics stay all zero (in `.bss`: TransferStack invariant 1).
+        self.purge_delay_ms
+            .store(ms ^ DEFAULT_PURGE_DELAY_MS, Ordering::Relaxed);
     }
 
     /// The purge delay.
     pub fn purge_delay_ms(&self) -> u64 {
-        self.purge_delay_ms.load(Ordering::Relaxed)
+        self.purge_delay_ms.load(Ordering::Relaxed) ^ DEFAULT_PURGE_DELAY_MS
     }
 
     /// Adds `delta` bytes resident outside the chunks (huge blocks mapped or unmapped)

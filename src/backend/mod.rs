@@ -68,8 +68,35 @@ pub struct Backend<O: Os> {
     /// Blocks with mappings of their own, and the cache of freed ones.
     pub huge: HugeRegistry,
     /// Byte budget of the cache of freed huge mappings (`huge`, "The cache").
-    huge_cache_budget: AtomicUsize,
+    huge_cache_budget: HugeBudget,
     pub(crate) counters: Counters,
+}
+
+/// The huge-cache budget, stored XOR its default so that the default is zero bytes
+/// and the process's statics stay all zero (in `.bss`: TransferStack invariant 1);
+/// `load` and `store` as an `AtomicUsize`'s. Checked builds unmap huge blocks at
+/// free (so that a late access faults): their default is 0.
+struct HugeBudget(AtomicUsize);
+
+impl HugeBudget {
+    const DEFAULT: usize = if cfg!(feature = "checked") {
+        0
+    } else {
+        huge::DEFAULT_CACHE_BYTES
+    };
+    crate::sync::loom_const_fn! {
+        fn new() -> HugeBudget {
+            HugeBudget(AtomicUsize::new(0))
+        }
+    }
+    #[inline]
+    fn load(&self, o: Ordering) -> usize {
+        self.0.load(o) ^ Self::DEFAULT
+    }
+    #[inline]
+    fn store(&self, bytes: usize, o: Ordering) {
+        self.0.store(bytes ^ Self::DEFAULT, o)
+    }
 }
 
 /// A set of the backend's locks for [`Backend::lock_set`] and
@@ -114,11 +141,7 @@ impl<O: Os> Backend<O> {
                 meta: MetaArena::new(),
                 huge: HugeRegistry::new(),
                 // Checked builds unmap huge blocks at free, so a late access faults.
-                huge_cache_budget: AtomicUsize::new(if cfg!(feature = "checked") {
-                    0
-                } else {
-                    huge::DEFAULT_CACHE_BYTES
-                }),
+                huge_cache_budget: HugeBudget::new(),
                 counters: Counters::new(),
             }
         }
@@ -135,6 +158,14 @@ impl<O: Os> Backend<O> {
     #[inline]
     pub fn refill(&self, c: SizeClass) -> Batch {
         self.central.refill(c, &self.page_heap)
+    }
+
+    /// A batch from the transfer stack, or at most `want` (`1..=batch`) objects
+    /// carved from spans (`Central::refill_up_to`); `count == 0` if the OS refuses
+    /// memory.
+    #[inline]
+    pub fn refill_up_to(&self, c: SizeClass, want: usize) -> Batch {
+        self.central.refill_up_to(c, &self.page_heap, want)
     }
 
     /// Hands a chain of `n` class-`c` objects to the central tier.

@@ -512,7 +512,7 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 17 instructions up to 1 KiB on a hit (callgrind and `objdump -d` of
+/// Budget: 17 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit (callgrind and `objdump -d` of
 /// `malloc` in the `c-abi` build): class table 6, TLS 2, pop 9, two branches. A
 /// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
 /// that only `size` has to stay live across the fast path (keeping the class for
@@ -532,7 +532,7 @@ pub(crate) fn alloc_c(size: usize) -> *mut u8 {
     alloc_c_slow(size)
 }
 
-/// `alloc_c` for a miss or a size above 1 KiB (not cold: sizes up to 256 KiB are
+/// `alloc_c` for a miss or a size above 8 KiB (not cold: sizes up to 256 KiB are
 /// still small and served from the thread cache here).
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 #[inline(never)]
