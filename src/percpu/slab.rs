@@ -23,7 +23,12 @@
 //! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` on that CPU returns only
 //! once any section running there has been aborted or has committed, with a full
 //! barrier on that CPU. After it, `current` is stable and the slots readable. The
-//! non-owner does its work and unlocks with a CAS that restores `begin` and `end`.
+//! non-owner does its work and stores the new `current` with the header still
+//! locked, then fences a second time, and only then unlocks with a CAS that
+//! restores `begin` and `end`. The second fence is needed because a section reads
+//! `current` and its bound in two loads: one that started during the locked window
+//! may have read the old `current` and, had the bounds come back before it read its
+//! bound, would commit a stack top computed from the old `current` over the new one.
 //! The lock is a try-lock: a second non-owner finds the header locked and gets
 //! [`DrainError::Busy`] (never waits), so it needs no lock rank.
 
@@ -398,14 +403,59 @@ impl Slab {
             }
             return Err(DrainError::NoFence(e));
         }
-        for k in classes {
+        for k in classes.clone() {
             // Acquire: pairs with the fence's barrier on `cpu`; the slots below
             // `current` were written before the commit that set it.
             let h = Hdr::unpack(self.header(cpu, k).load(Ordering::Acquire));
             let new = work(k, h);
-            self.unlock(cpu, k, Some(new));
+            self.set_locked(cpu, k, new);
+        }
+        // A section that started while the headers were locked read `current`
+        // and then its bound in two loads: had it read the old `current` and we
+        // unlocked before it read the bound, it would pass the check and commit
+        // a stack top computed from the old `current` over the new one (objects
+        // this non-owner took would come back: seen as duplicates). So the new
+        // `current` goes in while still locked, and a second fence makes every
+        // section that may have read the old one restart before the bounds
+        // come back. Without that fence the headers stay locked (safe: every
+        // section on them fails, and the slow paths go to the central tier).
+        let mut fenced = sys::rseq_fence(cpu);
+        for _ in 0..3 {
+            if fenced.is_ok() {
+                break;
+            }
+            fenced = sys::rseq_fence(cpu);
+        }
+        if let Err(e) = fenced {
+            return Err(DrainError::NoFence(e));
+        }
+        for k in classes {
+            self.unlock(cpu, k, None);
         }
         Ok(())
+    }
+
+    /// Stores `new.current` and `new.end_copy` into the locked header of `class`
+    /// on `cpu`, keeping it locked (after the fence: nothing else writes it).
+    fn set_locked(&self, cpu: u32, class: usize, new: Hdr) {
+        let hdr = self.header(cpu, class);
+        // Relaxed: the CAS below decides.
+        let mut w = hdr.load(Ordering::Relaxed);
+        loop {
+            let h = Hdr::unpack(w);
+            debug_check!(h.locked(), "Slab::set_locked: header not locked");
+            let l = Hdr {
+                current: new.current,
+                end_copy: new.end_copy,
+                ..h
+            };
+            // Release: the slots this non-owner wrote (none today) before the
+            // `current` that covers them; the unlock publishes the rest.
+            match hdr.compare_exchange_weak(w, l.pack(), Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => w = now,
+            }
+        }
     }
 
     /// Header lock (module docs): false if another non-owner holds it.
@@ -433,9 +483,11 @@ impl Slab {
         }
     }
 
-    /// Unlocks: with `Some(h)`, stores `h.current` and `h.end_copy` (the fence ran,
-    /// nothing else writes the header); with `None` (no fence), restores only begin
-    /// and end, keeping whatever `current` a late commit left.
+    /// Unlocks: restores begin and end (from `end_copy`), keeping `current` as it
+    /// is: the one [`Slab::set_locked`] stored before the second fence, or, after
+    /// a failed lock or fence (`new` is `None` then), whatever a late commit left.
+    /// `Some(h)` also stores `h.current` and `h.end_copy` (tests only: the caller
+    /// must have fenced after every section could have read the old `current`).
     fn unlock(&self, cpu: u32, class: usize, new: Option<Hdr>) {
         let hdr = self.header(cpu, class);
         let b = self.begin[class];
