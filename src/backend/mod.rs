@@ -69,6 +69,9 @@ pub struct Backend<O: Os> {
     pub huge: HugeRegistry,
     /// Byte budget of the cache of freed huge mappings (`huge`, "The cache").
     huge_cache_budget: AtomicUsize,
+    /// Whether huge blocks may be built from several cached mappings: 1, or 0 once
+    /// the OS refused a move (`huge_blocks`, `build_huge`).
+    huge_moves: AtomicUsize,
     pub(crate) counters: Counters,
 }
 
@@ -119,6 +122,7 @@ impl<O: Os> Backend<O> {
                 } else {
                     huge::DEFAULT_CACHE_BYTES
                 }),
+                huge_moves: AtomicUsize::new(1),
                 counters: Counters::new(),
             }
         }
