@@ -227,3 +227,53 @@ fn zeroed_huge_allocations_after_dirty_frees_are_zero() {
     }
     strata::validate_heap().unwrap();
 }
+
+#[test]
+fn threads_building_blocks_from_the_cache_keep_every_block_intact() {
+    let be = backend();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            s.spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15 ^ (t + 1);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let mut live: Vec<(usize, usize, u8)> = Vec::new();
+                for i in 0..200 {
+                    let len = MIB + (next() as usize % (7 * MIB));
+                    let tag = (t as u8) << 5 | (i % 31) as u8;
+                    let p = be.alloc_huge(len, 8, i % 3 == 0);
+                    assert!(!p.is_null());
+                    fill(p, len, tag);
+                    live.push((p as usize, len, tag));
+                    if live.len() > 4 {
+                        let (q, qlen, qtag) = live.swap_remove(next() as usize % live.len());
+                        assert!(all(q as *const u8, qlen, qtag), "thread {t}: block changed");
+                        if i % 5 == 0 {
+                            let nlen = qlen + MIB;
+                            // SAFETY: a live huge block of this backend.
+                            let r = unsafe { be.realloc_huge(q as *mut u8, nlen) };
+                            assert!(!r.is_null());
+                            assert!(all(r, qlen, qtag), "thread {t}: realloc lost bytes");
+                            // SAFETY: live, given up.
+                            unsafe { be.free_huge(r) };
+                        } else {
+                            // SAFETY: live, given up.
+                            unsafe { be.free_huge(q as *mut u8) };
+                        }
+                    }
+                }
+                for (q, qlen, qtag) in live {
+                    assert!(all(q as *const u8, qlen, qtag), "thread {t}: block changed");
+                    // SAFETY: live, given up.
+                    unsafe { be.free_huge(q as *mut u8) };
+                }
+            });
+        }
+    });
+    let (count, bytes, _) = totals(be);
+    assert_eq!((count, bytes), (0, 0));
+}
