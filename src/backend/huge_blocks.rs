@@ -66,8 +66,9 @@ impl<O: Os> Backend<O> {
     /// used whole; from a longer one the block is split off, and the tail goes back
     /// to the cache, still resident, if it is at least [`HUGE_THRESHOLD`] and fits
     /// without pushing anything out (else it is unmapped). If none is long enough,
-    /// the largest is grown by `remap` (which keeps its resident pages) and the next
-    /// largest are moved into the new part ([`Backend::build_huge`]).
+    /// the largest are moved into a fresh mapping ([`Backend::build_huge`]); a
+    /// single one that is a single OS mapping is grown by `remap` instead (which
+    /// keeps its resident pages too).
     ///
     /// Keeping tails: on `malloc-large` (20 blocks of 5-25 MiB replaced at random)
     /// every page a grow adds is a fault, and a model of the cache put them at 825
@@ -142,10 +143,10 @@ impl<O: Os> Backend<O> {
     /// third of the live bytes, 8 cached mappings of which the largest was grown
     /// faulted in 463,000 pages in 1,000 replacements, 32 built from up to four
     /// 403,000 (5,000 replacements: 1.97 M, against 2.50 M with the 64 MiB cache of
-    /// 8 mappings before). A part of less
-    /// than [`HUGE_THRESHOLD`] is left to fresh pages rather than moved, so that
-    /// every mapping a block adds is at least that long; the block's `vmas` is the
-    /// sum of its pieces', plus one for fresh pages at its end.
+    /// 8 mappings before). A part of less than [`HUGE_THRESHOLD`] is left to fresh
+    /// pages rather than moved, so that every mapping a block adds is at least that
+    /// long; the block's `vmas` is the sum of its pieces', plus one for fresh pages
+    /// at its end.
     ///
     /// # Safety
     /// `[r, r+len)` is a fresh mapping of ours that nobody else uses; `pieces` are
