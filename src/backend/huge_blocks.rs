@@ -76,7 +76,7 @@ impl<O: Os> Backend<O> {
     /// resident memory.
     fn take_cached_huge(&self, len: usize) -> (*mut u8, usize, usize, u32) {
         let now = self.page_heap.now_ms();
-        let build = self.os().can_move() && self.huge_moves.load(Ordering::Relaxed) != 0;
+        let build = self.os().can_move() && self.huge_moves_refused.load(Ordering::Relaxed) == 0;
         let (got, ev) = self
             .huge
             .take_cached(len, now, self.page_heap.purge_delay_ms(), build);
@@ -178,7 +178,7 @@ impl<O: Os> Backend<O> {
             // SAFETY: per the above.
             if unsafe { self.os().move_to(p, m, dst) }.is_err() {
                 // Relaxed: a hint; a build racing with this one fails the same way.
-                self.huge_moves.store(0, Ordering::Relaxed);
+                self.huge_moves_refused.store(1, Ordering::Relaxed);
                 // The destination may have been unmapped and taken by another
                 // thread's mapping meanwhile: leave it alone (and uncounted), give
                 // back the rest of the block, the piece and the pieces not used.

@@ -69,9 +69,10 @@ pub struct Backend<O: Os> {
     pub huge: HugeRegistry,
     /// Byte budget of the cache of freed huge mappings (`huge`, "The cache").
     huge_cache_budget: AtomicUsize,
-    /// Whether huge blocks may be built from several cached mappings: 1, or 0 once
-    /// the OS refused a move (`huge_blocks`, `build_huge`).
-    huge_moves: AtomicUsize,
+    /// Whether the OS refused a move of cached mappings into a new huge block (then
+    /// no more are built: `huge_blocks`, `build_huge`): 0 while it has not, so that
+    /// the value starts all zero.
+    huge_moves_refused: AtomicUsize,
     pub(crate) counters: Counters,
 }
 
@@ -122,7 +123,7 @@ impl<O: Os> Backend<O> {
                 } else {
                     huge::DEFAULT_CACHE_BYTES
                 }),
-                huge_moves: AtomicUsize::new(1),
+                huge_moves_refused: AtomicUsize::new(0),
                 counters: Counters::new(),
             }
         }
