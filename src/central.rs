@@ -117,6 +117,18 @@ impl Central {
     /// Up to one batch of class `c` objects for a thread cache; an empty batch only
     /// if the OS refuses memory.
     pub fn refill<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>) -> Batch {
+        self.refill_up_to(c, ph, c.batch())
+    }
+
+    /// As [`Central::refill`], but carves at most `want` objects (`1..=batch`) when
+    /// no full batch waits on the transfer stack (a stacked batch is given whole: its
+    /// objects are already touched). A thread cache asks for few at first, so that
+    /// a class used a little touches little of its span.
+    pub fn refill_up_to<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
+        debug_check!(
+            want >= 1 && want <= c.batch(),
+            "refill_up_to: want outside 1..=batch"
+        );
         let cls = &self.classes[c.index()];
         if let Some(i) = cls.stack.pop(&self.descs) {
             let (head, count) = self.descs.get(i).get();
@@ -126,7 +138,7 @@ impl Central {
                 count: count as usize,
             };
         }
-        self.carve(c, ph, c.batch())
+        self.carve(c, ph, want)
     }
 
     /// Takes up to `want` objects from the class's spans.

@@ -51,8 +51,11 @@
 //!   to the OS now; [`flush_thread_cache`] only flushes the cache.
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
 //!   tune the cache budget, the purge delay and the cache of freed huge blocks.
+//! - [`set_placement`], [`placement`]: the page heap's placement policy (best, first
+//!   or next fit; [`Placement`]).
 //! - [`start_background_purge`], [`stop_background_purge`], [`background_purge`]: a
-//!   thread that returns idle memory while the program sleeps (off by default).
+//!   thread that returns idle memory while the program sleeps (starts on its own once
+//!   the heap reaches 64 MiB).
 //! - [`heap_map`], [`write_heap_map`]: every chunk page by page, drawn as SVG.
 //! - [`validate_heap`]: check every invariant of the heap.
 //! - [`usable_size`]: the usable size of a block, found by address.
@@ -243,6 +246,7 @@ impl fmt::Display for Violation {
 
 #[cfg(not(strata_loom))]
 pub use api::*;
+pub use page_heap::{Placement, PlacementError};
 pub use stats::{ClassStats, Gauges, Stats};
 
 #[cfg(all(feature = "checked", not(strata_loom)))]
@@ -309,17 +313,19 @@ mod api {
     /// every half purge delay (10 ms to 1 s) it purges free pages, unmaps wholly
     /// free chunks beyond a reserve of one and expires cached huge blocks, of what
     /// has been free for longer than the purge delay, and moves the central batches
-    /// of size classes that no thread touched since its last pass back to their
-    /// spans, so that a program that goes idle gives that memory back without
-    /// calling [`release_memory`]. It never touches a thread's cache. Off by
-    /// default; a forked child starts without it. Returns whether it runs (false
-    /// only if the OS refused a thread).
+    /// of size classes and the per-CPU caches of CPUs that no thread touched since
+    /// its last pass back to their spans, so that a program that goes idle gives
+    /// that memory back without calling [`release_memory`]. It never touches a
+    /// thread's cache. Without this call it starts on its own the first time the
+    /// heap's mapped bytes reach 64 MiB (unless `STRATA_BACKGROUND_PURGE=0` or
+    /// [`stop_background_purge`] said no); a forked child starts without it.
+    /// Returns whether it runs (false only if the OS refused a thread).
     pub fn start_background_purge() -> bool {
         purge_thread::start()
     }
 
-    /// Stops the background purge thread (it exits within a second). Returns
-    /// whether it was running.
+    /// Stops the background purge thread (it exits within a second), and keeps it
+    /// from starting on its own later. Returns whether it was running.
     pub fn stop_background_purge() -> bool {
         purge_thread::stop()
     }
@@ -336,6 +342,21 @@ mod api {
         global::set_huge_cache_bytes(bytes)
     }
 
+    /// Chooses the page heap's placement policy (which free pages a new span takes;
+    /// see [`Placement`]), as `STRATA_PLACEMENT` does at start-up. Call it early in
+    /// `main`: once the heap is in use (it has freed pages or mapped a second
+    /// chunk, so that its layout may show the policy in force) the policy stays and
+    /// this returns an error; choosing the policy in force is never one. The Rust
+    /// runtime's few allocations before `main` leave the heap as every policy would.
+    pub fn set_placement(p: Placement) -> Result<(), PlacementError> {
+        global::set_placement(p)
+    }
+
+    /// The page heap's placement policy in force.
+    pub fn placement() -> Placement {
+        global::placement()
+    }
+
     /// The usable size of a block that strata handed out, found by address; None if
     /// `p` is not the start of a live block of ours (it is never read through).
     /// In checked mode: exactly the size that was requested, read from the block's
@@ -345,6 +366,17 @@ mod api {
         return checked::usable_size(p);
         #[cfg(not(feature = "checked"))]
         global::usable_size(p)
+    }
+
+    /// Sets the budget of the per-CPU front end (`STRATA_PERCPU=1`): the bytes its
+    /// caches may hold on all CPUs together (0: the default, 2 MiB a CPU). Each
+    /// class's capacity on each CPU grows with that CPU's misses while its share
+    /// allows, and the background purge thread narrows classes that stopped moving
+    /// (and, after a lower budget, every class over it). Also `STRATA_PERCPU_CACHE_BYTES`.
+    /// No effect with the thread-cache front end ([`set_thread_cache_budget`]).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    pub fn set_percpu_cache_bytes(bytes: usize) {
+        global::set_percpu_cache_bytes(bytes)
     }
 
     /// The per-CPU front end's counters (`STRATA_PERCPU=1`); None while it does

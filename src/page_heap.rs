@@ -1,6 +1,7 @@
 //! The page heap: spans of pages inside aligned chunks.
 //!
-//! Best fit over free spans (a bin per page count, a bitmap of non-empty bins),
+//! Best fit over free spans (a bin per page count, a bitmap of non-empty bins) by
+//! default, or first or next fit (`placement`, chosen at start-up),
 //! coalescing with both neighbours on free, purge (`MADV_DONTNEED`) of spans free for
 //! longer than the purge delay, and unmapping of chunks that have been wholly free
 //! for longer than the delay, beyond a reserve of [`CHUNK_RESERVE`] (a churn of
@@ -14,8 +15,9 @@
 //! Who calls whom: the central tier (spans for a class), the backend (Large blocks,
 //! purge, release, validation) and, from above, `stats` and `heap_map` (walks) call
 //! in; it calls `chunk` and the OS only. Files: this one (the state, span
-//! allocation and free with coalescing, in-place resize, walks), `bins` (best fit
-//! and the bin lists), `purge` (purge and unmap), `validate`.
+//! allocation and free with coalescing, walks), `resize` (in-place resize of Large
+//! spans), `bins` (best fit and the bin lists), `placement` (the policies), `purge`
+//! (purge and unmap), `validate`.
 
 use crate::Violation;
 use crate::check::check;
@@ -68,6 +70,12 @@ pub struct PageHeapStats {
     pub purge_failures: u64,
     /// Chunk unmaps the OS refused, ever (their chunks stayed mapped and filed).
     pub unmap_failures: u64,
+    /// Free spans (runs of free pages; each is as long as it can be, coalescing
+    /// sees to that).
+    pub free_spans: usize,
+    /// Bytes of the largest free span: the largest Large block served without
+    /// mapping a chunk (alignment aside).
+    pub largest_free_span_bytes: usize,
 }
 
 /// The page heap.
@@ -83,6 +91,9 @@ pub struct PageHeapStats {
 /// 3. every mapped chunk is in the chunk list and in the chunk map.
 /// 4. `zeroed_pages` is the sum of the sizes of the binned spans with `SPAN_ZEROED`,
 ///    so `nchunks × CHUNK_SIZE - zeroed_pages × PAGE_SIZE` bounds the resident bytes.
+///
+/// The placement policy (`placement`) only picks which fitting free span
+/// `alloc_span` cuts; every invariant above holds under each.
 ///
 /// Model-checked by `loom-tests/tests/coalescing.rs` (neighbours freed at once) and
 /// `purge.rs` (purge racing reuse, "known zero" claims).
@@ -116,6 +127,15 @@ struct Inner {
     unmapped_total: u64,
     purge_failures: u64,
     unmap_failures: u64,
+    /// The placement policy; changed only while `committed` is false.
+    placement: Placement,
+    /// Whether the layout may show the policy's choices: set once a span has been
+    /// freed, an alignment has left free pages before a span, or a second chunk
+    /// has been mapped. Until then there is one chunk, used from its start up with
+    /// one free span after, and every policy would have made the same choices.
+    committed: bool,
+    /// Next fit's roving address: the end of the span handed out last.
+    rover: usize,
 }
 
 // SAFETY: `inner` and every span and chunk header it reaches are only touched with
@@ -143,10 +163,13 @@ impl<O: Os> PageHeap<O> {
                     unmapped_total: 0,
                     purge_failures: 0,
                     unmap_failures: 0,
+                    placement: Placement::Best,
+                    committed: false,
+                    rover: 0,
                 }),
                 os,
                 chunk_map: ChunkMap::new(),
-                purge_delay_ms: AtomicU64::new(DEFAULT_PURGE_DELAY_MS),
+                purge_delay_ms: AtomicU64::new(0),
                 extra_resident: AtomicUsize::new(0),
                 chunk_resident: AtomicUsize::new(0),
                 chunk_mapped: AtomicUsize::new(0),
@@ -180,12 +203,15 @@ impl<O: Os> PageHeap<O> {
     /// Sets how long a free span stays resident before it is purged.
     pub fn set_purge_delay_ms(&self, ms: u64) {
         // Relaxed: a setting; nothing is published with it.
-        self.purge_delay_ms.store(ms, Ordering::Relaxed);
+        // Stored XOR the default, so that the default is zero bytes and the
+        // process's statics stay all zero (in `.bss`: TransferStack invariant 1).
+        self.purge_delay_ms
+            .store(ms ^ DEFAULT_PURGE_DELAY_MS, Ordering::Relaxed);
     }
 
     /// The purge delay.
     pub fn purge_delay_ms(&self) -> u64 {
-        self.purge_delay_ms.load(Ordering::Relaxed)
+        self.purge_delay_ms.load(Ordering::Relaxed) ^ DEFAULT_PURGE_DELAY_MS
     }
 
     /// Adds `delta` bytes resident outside the chunks (huge blocks mapped or unmapped)
@@ -260,20 +286,17 @@ impl<O: Os> PageHeap<O> {
             return ptr::null_mut();
         }
         self.with_inner(|h| {
-            let b = match find_bin(h, need) {
-                Some(b) => b,
-                None => {
-                    if !self.grow(h) {
-                        return ptr::null_mut();
-                    }
-                    match find_bin(h, need) {
-                        Some(found) => found,
-                        // A fresh chunk holds any span that fits USABLE_PAGES.
-                        None => fatal!("alloc_span: a fresh chunk has no fitting free span"),
-                    }
+            let mut span = find_free(h, need, h.placement);
+            if span.is_null() {
+                if !self.grow(h) {
+                    return ptr::null_mut();
                 }
-            };
-            let mut span = h.bins[b];
+                span = find_free(h, need, h.placement);
+                if span.is_null() {
+                    // A fresh chunk holds any span that fits USABLE_PAGES.
+                    fatal!("alloc_span: a fresh chunk has no fitting free span");
+                }
+            }
             // SAFETY: spans in bins are Free descriptors in mapped chunks, owned by us
             // under the lock (Span invariant 3).
             unsafe {
@@ -285,6 +308,7 @@ impl<O: Os> PageHeap<O> {
                 let base = (*span).base() as usize;
                 let front = (base.next_multiple_of(align_bytes) - base) / PAGE_SIZE;
                 if front > 0 {
+                    h.committed = true;
                     let rest = split(span, front);
                     bin_insert(h, span);
                     span = rest;
@@ -295,6 +319,7 @@ impl<O: Os> PageHeap<O> {
                 }
                 h.free_pages -= npages;
                 let s = &*span;
+                h.rover = s.base() as usize + s.bytes();
                 s.set_class(class);
                 s.set_kind(kind);
                 s.set_flags(s.flags() & SPAN_ZEROED);
@@ -360,69 +385,6 @@ impl<O: Os> PageHeap<O> {
         self.inner.with_mut(|i| f(unsafe { &mut *i }))
     }
 
-    /// Tries to grow the Large span `span` in place to `npages` by taking free pages
-    /// on its right.
-    ///
-    /// # Safety
-    /// `span` is a live Large span of this heap owned by the caller.
-    pub unsafe fn grow_in_place(&self, span: *mut Span, npages: usize) -> bool {
-        self.with_inner(|h| {
-            // SAFETY: the caller owns `span`; its right neighbour is in the same
-            // mapped chunk and is ours under the lock (shared references only: other
-            // threads read the chunk's page entries and span kinds meanwhile).
-            unsafe {
-                let s = &*span;
-                let extra = npages.saturating_sub(s.npages() as usize);
-                let r = (s.start() + s.npages()) as usize;
-                if extra == 0 || r >= PAGES_PER_CHUNK {
-                    return extra == 0;
-                }
-                let chunk = &*s.chunk();
-                let right = ChunkHeader::span_ptr(s.chunk(), r);
-                if (*right).kind() != SpanKind::Free || ((*right).npages() as usize) < extra {
-                    return false;
-                }
-                bin_remove(h, right);
-                if (*right).npages() as usize > extra {
-                    let rest = split(right, extra);
-                    bin_insert(h, rest);
-                }
-                (*right).set_kind(SpanKind::None);
-                h.free_pages -= extra;
-                chunk.set_first(r + extra - 1, s.start() as usize);
-                s.set_npages(s.npages() + extra as u32);
-                self.note_resident(h);
-                true
-            }
-        })
-    }
-
-    /// Shrinks the Large span `span` in place to `npages`, freeing its tail.
-    ///
-    /// # Safety
-    /// `span` is a live Large span of this heap owned by the caller, and nothing
-    /// beyond its first `npages` pages is in use.
-    pub unsafe fn shrink_in_place(&self, span: *mut Span, npages: usize) {
-        let now = self.now_ms();
-        self.with_inner(|h| {
-            // SAFETY: the caller owns the span and gives up its tail.
-            unsafe {
-                if npages >= (*span).npages() as usize {
-                    return;
-                }
-                let tail = split(span, npages);
-                let chunk = &*(*span).chunk();
-                chunk.set_first(
-                    (*span).start() as usize + npages - 1,
-                    (*span).start() as usize,
-                );
-                (*tail).set_kind(SpanKind::Large);
-                self.free_locked(h, tail, now);
-                self.note_resident(h);
-            }
-        });
-    }
-
     /// Purges every free span now and unmaps every wholly free chunk (no reserve).
     /// Returns the bytes purged or unmapped.
     pub fn release_all(&self) -> usize {
@@ -443,10 +405,13 @@ impl<O: Os> PageHeap<O> {
     pub fn stats(&self) -> PageHeapStats {
         self.with_inner(|h| {
             let mut zeroed = 0;
+            let (mut free_spans, mut largest) = (0, 0);
             for_each_free_span(h, |s| {
                 if s.flags() & SPAN_ZEROED != 0 {
                     zeroed += s.bytes();
                 }
+                free_spans += 1;
+                largest = largest.max(s.bytes());
             });
             PageHeapStats {
                 chunks: h.nchunks,
@@ -457,6 +422,8 @@ impl<O: Os> PageHeap<O> {
                 unmapped_bytes_total: h.unmapped_total,
                 purge_failures: h.purge_failures,
                 unmap_failures: h.unmap_failures,
+                free_spans,
+                largest_free_span_bytes: largest,
             }
         })
     }
@@ -495,6 +462,7 @@ impl<O: Os> PageHeap<O> {
         if base.is_null() {
             return false;
         }
+        h.committed |= h.nchunks > 0;
         // SAFETY: a fresh, zeroed, chunk-aligned mapping; a zeroed header is valid
         // (null links, kind None everywhere) except under loom, whose atomics are
         // built in place first. No other thread can reach it until the chunk map
@@ -555,6 +523,7 @@ impl<O: Os> PageHeap<O> {
                 }
             }
             h.free_pages += (*span).npages() as usize;
+            h.committed = true;
             (*span).set_kind(SpanKind::Free);
             (*span).set_flags(0);
             let start = (*span).start() as usize;
@@ -607,12 +576,48 @@ impl<O: Os> PageHeap<O> {
 }
 
 mod bins;
+mod placement;
 mod purge;
+mod resize;
 mod validate;
 
 use bins::{bin_insert, bin_remove, find_bin, for_each_free_span, split};
+use placement::find_free;
+pub use placement::{Placement, PlacementError};
+
+/// Runs each named test, a `fn(Placement)` of the module, under every placement
+/// policy: one `#[test]` per policy, in modules `best`, `first` and `next` (so
+/// `cargo test --lib page_heap::tests::first::` runs one policy's).
+#[cfg(all(test, not(strata_loom)))]
+macro_rules! under_every_placement {
+    ($($name:ident),* $(,)?) => {
+        under_every_placement!(@one best Best $($name),*);
+        under_every_placement!(@one first First $($name),*);
+        under_every_placement!(@one next Next $($name),*);
+    };
+    (@one $m:ident $p:ident $($name:ident),*) => {
+        mod $m {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::page_heap::Placement::$p)
+                }
+            )*
+        }
+    };
+}
+
+/// A page heap over `os` under placement policy `p`.
+#[cfg(all(test, not(strata_loom)))]
+fn placed<O: Os>(p: Placement, os: O) -> PageHeap<O> {
+    let ph = PageHeap::new(os);
+    ph.set_placement(p).unwrap();
+    ph
+}
 
 #[cfg(all(test, not(strata_loom)))]
 mod big_page_tests;
+#[cfg(all(test, not(strata_loom)))]
+mod placement_tests;
 #[cfg(all(test, not(strata_loom)))]
 mod tests;

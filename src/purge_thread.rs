@@ -1,4 +1,4 @@
-//! The background purge thread (opt-in).
+//! The background purge thread: on by default once the heap is big.
 //!
 //! Without it, free pages are purged, wholly free chunks unmapped and cached huge
 //! mappings expired only when the page heap or the huge registry is used: a program
@@ -6,23 +6,34 @@
 //! again. The thread does the same pass (`Backend::purge_due`: only what has been
 //! free for longer than the purge delay) every half delay, clamped to
 //! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. Before that it
-//! drains the central batches of every class whose transfer stack no thread touched
-//! since the last pass (`Backend::drain_idle_central`), so that spans they kept in
-//! use can empty and be purged later; a busy class is left alone. It never touches
-//! a thread's cache (other threads own those).
+//! drains the per-CPU caches of every CPU whose stacks did not change since the last
+//! pass (`CpuCaches::drain_idle`: a non-owner drain, which locks the CPU's headers
+//! and fences its critical sections first), and the central batches of every class
+//! whose transfer stack no thread touched since the last pass
+//! (`Backend::drain_idle_central`), so that spans they kept in use can empty and be
+//! purged later; a busy CPU or class is left alone. It never touches a thread's
+//! cache: those are owned by their threads, without a lock (a thread that exits
+//! returns its cache; one that sleeps keeps it).
 //!
-//! Off by default, as jemalloc's `background_thread`: a thread the program did not
-//! ask for surprises tools and sandboxes. Started by [`start`]
-//! (`strata::start_background_purge`, C `strata_background_purge(1)`, or
-//! `STRATA_BACKGROUND_PURGE=1` under `LD_PRELOAD`), stopped by [`stop`]. A forked
-//! child has no such thread (only the forking thread survives a fork) and starts it
-//! again only when asked.
+//! When it runs: by default it starts the first time the heap's mapped bytes reach
+//! [`AUTO_START_BYTES`] (64 MiB), from a `malloc` slow path with no allocator lock
+//! held ([`arm_auto_start`]). A program that stays small (a shell, a compiler, a
+//! test runner) never gets it, so it never surprises a small tool or a sandbox that
+//! must stay single-threaded (`unshare(CLONE_NEWUSER)` refuses a process with two
+//! threads); a server, whose idle memory is what matters, does. Its cost, measured
+//! with a 200 MiB heap at the default 1 s delay: about 40 µs of CPU a pass, two
+//! passes a second (0.008 % of a core), and a 64 KiB stack. `STRATA_BACKGROUND_PURGE=0`
+//! (or [`stop`], `strata::stop_background_purge`, C `strata_background_purge(0)`)
+//! keeps it off; `=1` (or [`start`]) starts it at once. A forked child has no such
+//! thread (only the forking thread survives a fork) and gets one only when asked or
+//! when its own heap first reaches the size (a child of a big parent inherits a
+//! spent hook: only explicitly).
 //!
 //! State: `GENERATION` names the wanted thread; a thread runs while the generation
 //! it was started for is current, so `stop` (or a `start` in a forked child) retires
 //! the old one without waiting for it, and it exits at its next wake-up.
 
-use crate::global::{self, BACKEND, ForkLocks, Upper};
+use crate::global::{self, BACKEND, ForkLocks, GrowthHook, Upper};
 use crate::size_class::NUM_CLASSES;
 use crate::sync::{AtomicU64, LockRank, Ordering, RawLock};
 use std::time::Duration;
@@ -43,9 +54,12 @@ static PID: AtomicU64 = AtomicU64::new(0);
 static PASSES: AtomicU64 = AtomicU64::new(0);
 static RELEASED: AtomicU64 = AtomicU64::new(0);
 static DRAINED: AtomicU64 = AtomicU64::new(0);
+/// Times the thread was started by the heap's growth ([`arm_auto_start`]).
+static AUTO_STARTS: AtomicU64 = AtomicU64::new(0);
 
 /// What the background purge thread has done (see `strata::background_purge`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BackgroundPurge {
     /// Whether a thread is meant to run in this process (started and not stopped).
     pub running: bool,
@@ -53,8 +67,12 @@ pub struct BackgroundPurge {
     pub passes: u64,
     /// Bytes they purged or unmapped.
     pub released_bytes: u64,
-    /// Bytes of idle central batches they moved back to their spans.
+    /// Bytes of idle central batches and idle CPU caches they moved back to
+    /// their spans and the central tier.
     pub drained_bytes: u64,
+    /// Whether the thread was started by the heap's growth rather than asked for
+    /// (it then counts as started: this stays true after it stops).
+    pub auto_started: bool,
 }
 
 fn this_pid() -> u64 {
@@ -72,9 +90,31 @@ fn add_fork_locks() {
     global::add_fork_locks(Upper::PurgeControl, &FORK_LOCKS);
 }
 
+/// The heap size (mapped bytes of chunks and huge blocks) at which the thread
+/// starts on its own ([`arm_auto_start`]): four times what a small program (a
+/// shell, a compiler pass, a test runner) maps, a sixteenth of a small server's.
+pub const AUTO_START_BYTES: usize = 64 << 20;
+
+/// Starts the thread when the heap first reaches [`AUTO_START_BYTES`], unless it
+/// was started or stopped before (the default, armed at load time unless
+/// `STRATA_BACKGROUND_PURGE` says otherwise). It runs from a slow path of
+/// `malloc` with no allocator lock held (`global::set_growth_hook`).
+pub fn arm_auto_start() {
+    static HOOK: GrowthHook = GrowthHook { run: auto_start };
+    global::set_growth_hook(Some(&HOOK), AUTO_START_BYTES);
+}
+
+fn auto_start() {
+    // Relaxed: a statistic.
+    AUTO_STARTS.fetch_add(1, Ordering::Relaxed);
+    start();
+}
+
 /// Starts the thread unless one runs in this process already. Returns whether one
 /// runs after the call (false only if the OS refused a thread).
 pub fn start() -> bool {
+    // Started by hand or by growth: the automatic start has nothing left to do.
+    global::set_growth_hook(None, usize::MAX);
     // Spawning allocates, maybe a first thread heap, which registers the fork
     // handlers; that must not happen under LOCK (fork holds libc's fork lock while
     // its prepare handler waits for LOCK), so register first.
@@ -102,6 +142,8 @@ pub fn start() -> bool {
 /// Asks the thread to stop; it exits at its next wake-up (within
 /// `MAX_INTERVAL_MS`). Returns whether one was running.
 pub fn stop() -> bool {
+    // Stopped means stopped: growth does not start it again.
+    global::set_growth_hook(None, usize::MAX);
     add_fork_locks();
     let _g = LOCK.guard();
     // Relaxed: under LOCK, as in `start`.
@@ -130,6 +172,7 @@ pub fn status() -> BackgroundPurge {
         passes: PASSES.load(Ordering::Relaxed),
         released_bytes: RELEASED.load(Ordering::Relaxed),
         drained_bytes: DRAINED.load(Ordering::Relaxed),
+        auto_started: AUTO_STARTS.load(Ordering::Relaxed) > 0,
     }
 }
 
@@ -142,6 +185,10 @@ fn interval_ms(delay_ms: u64) -> u64 {
 /// batches and purge what is due.
 fn run(generation: u64) {
     let mut seen = [u64::MAX; NUM_CLASSES];
+    // Per CPU, the fingerprint of its caches at the last pass (this thread is not
+    // under malloc: it may allocate; empty while the per-CPU front end is off).
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    let (mut cpu_seen, mut class_seen): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
     loop {
         let pause = interval_ms(BACKEND.page_heap.purge_delay_ms());
         std::thread::sleep(Duration::from_millis(pause));
@@ -149,7 +196,27 @@ fn run(generation: u64) {
         if GENERATION.load(Ordering::Acquire) != generation {
             return;
         }
-        let drained = BACKEND.drain_idle_central(&mut seen);
+        let mut drained = 0;
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        {
+            if cpu_seen.is_empty() {
+                if let Some(slab) = BACKEND.cpus.slab_if_on() {
+                    cpu_seen = vec![u64::MAX; slab.ncpu() as usize];
+                    class_seen = vec![u64::MAX; slab.ncpu() as usize * NUM_CLASSES];
+                }
+            }
+            // Narrow the classes that stopped moving on busy CPUs (and every CPU
+            // over its share of a lowered budget).
+            // SAFETY: the front end's slab holds objects of BACKEND's only
+            // (CpuCaches invariant 3).
+            drained += unsafe { BACKEND.cpus.shrink_idle(&BACKEND.backend, &mut class_seen) };
+            // CPUs first: what they give back reaches the central stacks, which
+            // the next pass drains once they stay idle.
+            // SAFETY: the front end's slab holds objects of BACKEND's only
+            // (CpuCaches invariant 3).
+            drained += unsafe { BACKEND.cpus.drain_idle(&BACKEND.backend, &mut cpu_seen) };
+        }
+        drained += BACKEND.drain_idle_central(&mut seen);
         let released = BACKEND.purge_due();
         // Relaxed: statistics.
         DRAINED.fetch_add(drained as u64, Ordering::Relaxed);

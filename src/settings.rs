@@ -63,6 +63,13 @@ unsafe fn configure(envp: *const *const c_char) {
         if let Some(bytes) = setting!(envp, "HUGE_CACHE_BYTES").and_then(parse_size) {
             crate::set_huge_cache_bytes(bytes as usize);
         }
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        if let Some(bytes) = setting!(envp, "PERCPU_CACHE_BYTES").and_then(parse_size) {
+            crate::set_percpu_cache_bytes(bytes as usize);
+        }
+        if let Some(name) = setting!(envp, "PLACEMENT") {
+            configure_placement(name);
+        }
         #[cfg(feature = "c-abi")]
         {
             // Once per process: whichever comes first, this or the first thread
@@ -74,8 +81,15 @@ unsafe fn configure(envp: *const *const c_char) {
         }
         #[cfg(feature = "checked")]
         crate::checked::configure(envp);
-        if setting!(envp, "BACKGROUND_PURGE").is_some_and(truthy) {
-            crate::start_background_purge();
+        // Unset or `auto`: the thread starts once the heap grows past
+        // `AUTO_START_BYTES`; true: now; anything else (0, off): never.
+        match setting!(envp, "BACKGROUND_PURGE") {
+            None => crate::purge_thread::arm_auto_start(),
+            Some(v) if v.eq_ignore_ascii_case(b"auto") => crate::purge_thread::arm_auto_start(),
+            Some(v) if truthy(v) => {
+                crate::start_background_purge();
+            }
+            Some(_) => {}
         }
         if setting!(envp, "SHOW_STATS").is_some_and(truthy) {
             at_exit_or_warn(print_stats_at_exit);
@@ -89,6 +103,25 @@ unsafe fn configure(envp: *const *const c_char) {
             HEAP_MAP_PATH.store(path.as_ptr().cast_mut(), Ordering::Release);
             at_exit_or_warn(write_heap_map_at_exit);
         }
+    }
+}
+
+/// Applies `STRATA_PLACEMENT`. An unknown value leaves the default (best fit) and
+/// says so in one stderr line; nothing is formatted or allocated. The policy is
+/// forced: the C runtime may have allocated before this constructor ran, and a
+/// start-up setting must act all the same (every policy keeps every invariant of
+/// the layout it starts from).
+fn configure_placement(name: &[u8]) {
+    match crate::Placement::from_name(name) {
+        Some(p) => crate::global::force_placement(p),
+        None if name.eq_ignore_ascii_case(b"buddy") => crate::report::write_all(
+            platform::STDERR,
+            b"strata: STRATA_PLACEMENT=buddy: no buddy policy (see README, Placement policies); using best\n",
+        ),
+        None => crate::report::write_all(
+            platform::STDERR,
+            b"strata: STRATA_PLACEMENT: unknown policy (best, first or next); using best\n",
+        ),
     }
 }
 

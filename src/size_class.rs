@@ -5,7 +5,7 @@
 //! [`MAX_SMALL`] (44 classes): between 2^e and 2^(e+1) the classes are
 //! 2^e + k·2^(e-2), k = 1..=4. The worst internal waste is just under 20 % of the
 //! class (a request of 2^e + 1 gets 2^e + 2^(e-2)); on a uniform mix it averages
-//! about 10 %. Size → class is one table load on `size - 1` below 1 KiB and a few bit
+//! about 10 %. Size → class is one table load on `size - 1` below 8 KiB and a few bit
 //! operations above, see [`class_for`].
 //!
 //! Why 256 KiB is the small-object limit: below it a request is served from a thread
@@ -153,6 +153,23 @@ impl Geometry {
             b
         }
     }
+    /// Objects in a thread cache's first refill of class `c` that carves from spans:
+    /// what fits in [`FIRST_REFILL_BYTES`], at least one and at most a batch. Each
+    /// later refill of the list doubles it, up to the batch (`thread_cache::slow`),
+    /// so a small program's first use of a class touches a page or so of it, not
+    /// the 64 KiB of a full batch of 2-4 KiB objects (whose links are written as
+    /// they are carved).
+    pub const fn first_refill(&self, c: usize) -> usize {
+        let n = FIRST_REFILL_BYTES / self.class_size(c);
+        let batch = self.batch(c);
+        if n < 1 {
+            1
+        } else if n > batch {
+            batch
+        } else {
+            n
+        }
+    }
     /// The longest a thread cache's list of class `c` may grow.
     pub const fn max_cached(&self, c: usize) -> usize {
         let size = self.class_size(c);
@@ -199,6 +216,10 @@ pub const CHUNK_SHIFT: usize = GEOMETRY.chunk_shift;
 pub const NUM_CLASSES: usize = GEOMETRY.num_classes;
 /// The largest small request (bytes); larger ones take whole pages.
 pub const MAX_SMALL: usize = GEOMETRY.max_small;
+
+/// Bytes a thread cache's first refill of a class asks for (one OS page): see
+/// [`Geometry::first_refill`].
+pub const FIRST_REFILL_BYTES: usize = 4096;
 
 /// A page: the unit spans are made of (8 KiB).
 pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
@@ -261,14 +282,19 @@ const fn class_of_m_arith(m: usize) -> SizeClass {
     }
 }
 
-/// The class of `m = size - 1` for `m < 1024`, indexed by `m >> 3`: one load instead
-/// of ~10 instructions of bit arithmetic. Every class boundary below 1 KiB is a
-/// multiple of 8, so `m >> 3` determines the class (checked as the table is built).
+/// `m = size - 1` below this takes [`SMALL_CLASS`] (8 KiB: Rust's `Vec`s and
+/// `String`s of a few KiB too).
+const SMALL_TABLE_M: usize = 8192;
+
+/// The class of `m = size - 1` for `m < SMALL_TABLE_M`, indexed by `m >> 3`: one
+/// load instead of ~10 instructions of bit arithmetic. Every class boundary below
+/// 8 KiB is a multiple of 8, so `m >> 3` determines the class (checked as the table
+/// is built). 1 KiB; a program touches the lines of the sizes it asks for.
 #[allow(clippy::disallowed_macros)] // evaluated by the compiler
-static SMALL_CLASS: [u8; 128] = {
-    let mut t = [0u8; 128];
+static SMALL_CLASS: [u8; SMALL_TABLE_M / 8] = {
+    let mut t = [0u8; SMALL_TABLE_M / 8];
     let mut i = 0;
-    while i < 128 {
+    while i < SMALL_TABLE_M / 8 {
         t[i] = class_of_m_arith(i * 8).0;
         assert!(class_of_m_arith(i * 8 + 7).0 == t[i]);
         i += 1;
@@ -298,8 +324,9 @@ pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     };
     // Working on s - 1 sends a zero size around to usize::MAX: the slow path.
     let m = s.wrapping_sub(1);
-    if m < 1024 {
-        // m < 1024 implies align <= 1024 (s is a multiple of align when align > 8).
+    if m < SMALL_TABLE_M {
+        // m < 8 KiB implies align <= 8 KiB = PAGE_SIZE (s is a multiple of align when
+        // align > 8), so the request is small.
         return Some(SizeClass(SMALL_CLASS[m >> 3]));
     }
     // One compare checks m < MAX_SMALL and align <= PAGE_SIZE together:
@@ -311,12 +338,18 @@ pub const fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     }
 }
 
-/// The class of `n` 16-byte units for `n <= 64`, by `n` (0 gets the class of 16;
-/// the shipped geometry's classes).
-static C_CLASS: [u8; 128] = {
-    let mut t = [0u8; 128];
+/// Entries of [`C_CLASS`]: a power of two, so that masking the index keeps it in
+/// bounds without a check.
+const C_TABLE_LEN: usize = 1024;
+
+/// The class of `n` 16-byte units for `n <= C_TABLE_MAX / 16`, by `n` (0 gets the
+/// class of 16; the shipped geometry's classes): `class_for(size, 16)` rounds the
+/// size up to its 16-byte units first, so they determine the class. 513 bytes are
+/// used; a program touches the lines of the sizes it asks for.
+static C_CLASS: [u8; C_TABLE_LEN] = {
+    let mut t = [0u8; C_TABLE_LEN];
     let mut n = 0;
-    while n <= 64 {
+    while n <= C_TABLE_MAX / 16 {
         let size = if n == 0 { 16 } else { 16 * n };
         t[n] = class_of_m_arith(size - 1).0;
         n += 1;
@@ -328,8 +361,9 @@ static C_CLASS: [u8; 128] = {
 /// `None` when the request is not small. Size 0 gets the smallest 16-byte class, as
 /// glibc gives `malloc(0)` a minimum-size block.
 ///
-/// Up to 1 KiB: a compare, an add, a shift and a load, by 16-byte units, where
-/// `class_for(size, 16)` rounds, subtracts and shifts first.
+/// Up to [`C_TABLE_MAX`] (8 KiB): a compare, an add, a shift and a load, by 16-byte
+/// units, where `class_for(size, 16)` rounds, subtracts and shifts first (and above
+/// 1 KiB takes ten instructions of bit arithmetic).
 #[inline(always)]
 pub fn class_for_c(size: usize) -> Option<SizeClass> {
     if size <= C_TABLE_MAX && matches!(GEOMETRY.classes, ClassScheme::Quarters) {
@@ -339,8 +373,11 @@ pub fn class_for_c(size: usize) -> Option<SizeClass> {
     }
 }
 
-/// The largest size [`class_for_c_table`] takes.
-pub const C_TABLE_MAX: usize = 1024;
+/// The largest size [`class_for_c_table`] takes: 8 KiB, so that the sizes C
+/// programs ask for most (espresso's, glibc's thread benchmark's) take `malloc`'s
+/// fast path rather than its out-of-line lookup.
+pub const C_TABLE_MAX: usize = 8192;
+const_assert!(C_TABLE_MAX / 16 < C_TABLE_LEN);
 
 /// [`class_for_c`] for `size <= C_TABLE_MAX`: an add, a shift and a load.
 #[inline(always)]
@@ -349,8 +386,9 @@ pub fn class_for_c_table(size: usize) -> SizeClass {
         size <= C_TABLE_MAX,
         "class_for_c_table: size above the table"
     );
-    // Masking instead of a bounds check: for size <= 1024 the index is at most 64.
-    SizeClass(C_CLASS[((size + 15) >> 4) & 127])
+    // Masking instead of a bounds check: for size <= C_TABLE_MAX the index is at
+    // most C_TABLE_MAX / 16.
+    SizeClass(C_CLASS[((size + 15) >> 4) & (C_TABLE_LEN - 1)])
 }
 
 /// `align << SMALL_ALIGN_SHIFT < MAX_SMALL` iff `align <= PAGE_SIZE`: see `class_for`.
@@ -381,6 +419,8 @@ pub static CLASS_SIZE: [u32; NUM_CLASSES] = class_table!(u32, size_for);
 pub static CLASS_PAGES: [u16; NUM_CLASSES] = class_table!(u16, pages_for);
 /// Objects per batch, by class.
 pub static CLASS_BATCH: [u16; NUM_CLASSES] = class_table!(u16, batch_for);
+/// Objects in a list's first carving refill, by class ([`Geometry::first_refill`]).
+pub static CLASS_FIRST_REFILL: [u16; NUM_CLASSES] = class_table!(u16, first_refill_for);
 /// Longest thread-cache list, by class.
 pub static CLASS_CAP: [u16; NUM_CLASSES] = class_table!(u16, cap_for);
 
@@ -392,6 +432,9 @@ const fn pages_for(c: usize) -> usize {
 }
 const fn batch_for(c: usize) -> usize {
     GEOMETRY.batch(c)
+}
+const fn first_refill_for(c: usize) -> usize {
+    GEOMETRY.first_refill(c)
 }
 const fn cap_for(c: usize) -> usize {
     GEOMETRY.max_cached(c)
@@ -470,6 +513,11 @@ pub static OBJECT_CHECKS: ObjectChecks = ObjectChecks::new(&GEOMETRY);
 const_assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
 
 const_assert!(GEOMETRY.class_size(NUM_CLASSES - 1) == MAX_SMALL);
+// `class_for`'s table: every m below it is a small request at any alignment it allows.
+const_assert!(
+    !matches!(GEOMETRY.classes, ClassScheme::Quarters)
+        || (SMALL_TABLE_M <= PAGE_SIZE && SMALL_TABLE_M <= MAX_SMALL)
+);
 // The tables of `class_for` and `class_for_c` and its one-compare range check are
 // the shipped geometry's.
 const_assert!(

@@ -142,6 +142,12 @@ pub struct Stats {
     pub page_free_bytes: u64,
     /// The free pages that are purged or were never touched (cost no RSS), bytes.
     pub page_purged_bytes: u64,
+    /// Free spans in the page heap: runs of free pages between spans in use (the
+    /// more for the same `page_free_bytes`, the more fragmented).
+    pub free_spans: u64,
+    /// The largest free span, bytes: the largest Large block the page heap can
+    /// serve without mapping a chunk.
+    pub largest_free_span_bytes: u64,
     /// Bytes returned with `MADV_DONTNEED` since start.
     pub purged_bytes_total: u64,
     /// Bytes of chunks unmapped since start.
@@ -177,6 +183,12 @@ pub struct Stats {
     pub huge_bytes: u64,
     /// Freed huge mappings kept resident for reuse (up to `set_huge_cache_bytes`).
     pub huge_cached_bytes: u64,
+    /// The per-CPU front end's capacities, all CPUs together (the most its caches
+    /// can hold now); 0 while it does not serve (`STRATA_PERCPU=1`).
+    pub percpu_capacity_bytes: u64,
+    /// The budget those capacities keep to (`set_percpu_cache_bytes`); 0 while the
+    /// per-CPU front end does not serve.
+    pub percpu_budget_bytes: u64,
     /// Per size class, smallest first.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -196,6 +208,7 @@ impl<O: Os> Allocator<O> {
         // Chunk and free-page figures come from the same walk as the spans, so they
         // add up even while other threads allocate.
         let (mut chunks, mut free, mut zeroed) = (0usize, 0usize, 0usize);
+        let (mut free_spans, mut largest_free) = (0usize, 0usize);
         let (mut live_heaps, mut created) = (0, 0);
         // Objects move between a thread heap and the central tier in two steps (out
         // of one, into the other), and a mover may wait for a class lock in between:
@@ -259,6 +272,8 @@ impl<O: Os> Allocator<O> {
                     match s.kind() {
                         SpanKind::Free => {
                             free += s.bytes();
+                            free_spans += 1;
+                            largest_free = largest_free.max(s.bytes());
                             if s.flags() & SPAN_ZEROED != 0 {
                                 zeroed += s.bytes();
                             }
@@ -342,6 +357,8 @@ impl<O: Os> Allocator<O> {
             span_free_bytes: span_free,
             page_free_bytes: free as u64,
             page_purged_bytes: zeroed as u64,
+            free_spans: free_spans as u64,
+            largest_free_span_bytes: largest_free as u64,
             purged_bytes_total: ph.purged_bytes_total,
             unmapped_bytes_total: ph.unmapped_bytes_total,
             peak_resident_bytes: (self.page_heap.peak_resident_bytes() as u64 + meta).max(resident),
@@ -361,8 +378,24 @@ impl<O: Os> Allocator<O> {
             huge_blocks,
             huge_bytes,
             huge_cached_bytes: huge_cached,
+            percpu_capacity_bytes: self.percpu_bytes().0,
+            percpu_budget_bytes: self.percpu_bytes().1,
             classes,
         }
+    }
+}
+
+impl<O: Os> Allocator<O> {
+    /// The per-CPU front end's capacities and budget, bytes (zeros while off).
+    fn percpu_bytes(&self) -> (u64, u64) {
+        #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+        if self.cpus.slab_if_on().is_some() {
+            return (
+                self.cpus.capacity_bytes() as u64,
+                self.cpus.budget_bytes() as u64,
+            );
+        }
+        (0, 0)
     }
 }
 
@@ -496,6 +529,12 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
+            "  free spans {}, the largest {}",
+            self.free_spans,
+            b(self.largest_free_span_bytes)
+        )?;
+        writeln!(
+            f,
             "  allocs {}  frees {}  reallocs {} ({} in place)",
             self.allocs, self.frees, self.reallocs, self.reallocs_in_place
         )?;
@@ -511,6 +550,14 @@ impl fmt::Display for Stats {
             self.thread_heaps_live,
             self.thread_heaps_created
         )?;
+        if self.percpu_budget_bytes > 0 {
+            writeln!(
+                f,
+                "  per-CPU caches: capacity {} of a budget of {}",
+                b(self.percpu_capacity_bytes),
+                b(self.percpu_budget_bytes)
+            )?;
+        }
         writeln!(
             f,
             "  {:>7} {:>10} {:>7} {:>11} {:>11} {:>11} {:>11}",
@@ -539,7 +586,7 @@ impl Stats {
     /// `classes` lists every class, smallest first.
     pub fn write_json(&self, w: &mut impl fmt::Write) -> fmt::Result {
         w.write_char('{')?;
-        let fields: [(&str, u64); 27] = [
+        let fields: [(&str, u64); 31] = [
             ("allocated_bytes", self.allocated_bytes),
             ("active_bytes", self.active_bytes),
             ("resident_bytes", self.resident_bytes),
@@ -550,6 +597,8 @@ impl Stats {
             ("span_free_bytes", self.span_free_bytes),
             ("page_free_bytes", self.page_free_bytes),
             ("page_purged_bytes", self.page_purged_bytes),
+            ("free_spans", self.free_spans),
+            ("largest_free_span_bytes", self.largest_free_span_bytes),
             ("purged_bytes_total", self.purged_bytes_total),
             ("unmapped_bytes_total", self.unmapped_bytes_total),
             ("peak_resident_bytes", self.peak_resident_bytes),
@@ -566,6 +615,8 @@ impl Stats {
             ("huge_blocks", self.huge_blocks),
             ("huge_bytes", self.huge_bytes),
             ("huge_cached_bytes", self.huge_cached_bytes),
+            ("percpu_capacity_bytes", self.percpu_capacity_bytes),
+            ("percpu_budget_bytes", self.percpu_budget_bytes),
             (
                 "classes_in_use",
                 self.classes.iter().filter(|c| c.spans > 0).count() as u64,

@@ -189,7 +189,10 @@ fn init_block(block: *mut BatchDesc) {
 
 /// A Treiber stack of descriptor indices with a tagged head.
 ///
-/// Invariants: 1. `head` packs `(tag << 32) | index`; every successful CAS adds 1 to
+/// Invariants: 1. `head` packs `(tag << 32) | !index` (the index complemented, so
+/// that an empty stack's head, NIL, is 0 and the process's statics, which hold a
+/// transfer stack per class, are all zero and live in `.bss`: no page of them is
+/// resident, or read from the library's file, until used); every successful CAS adds 1 to
 /// the tag, so a head value is never reinstalled by the same CAS twice within 2^32
 /// operations. 2. following `next` from the head's index reaches NIL after `len`
 /// steps when no push or pop is in flight.
@@ -211,7 +214,7 @@ impl TransferStack {
     crate::sync::loom_const_fn! {
         /// An empty stack.
         pub fn new() -> TransferStack {
-            TransferStack { head: AtomicU64::new(NIL as u64), len: AtomicU32::new(0) }
+            TransferStack { head: AtomicU64::new(0), len: AtomicU32::new(0) }
         }
     }
 
@@ -222,7 +225,7 @@ impl TransferStack {
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
             // Relaxed: published by the Release of the CAS below.
-            d.next.store(h as u32, Ordering::Relaxed);
+            d.next.store(head_index(h), Ordering::Relaxed);
             let new = next_head(h, i);
             // Release: pairs with the Acquire in pop(); publishes `d.next` and the
             // batch the caller wrote into `d` (and the objects' links).
@@ -245,7 +248,7 @@ impl TransferStack {
         // and contents are visible.
         let mut h = self.head.load(POP_ORDER);
         loop {
-            let i = h as u32;
+            let i = head_index(h);
             if i == NIL {
                 return None;
             }
@@ -300,7 +303,7 @@ impl TransferStack {
     pub fn count_if_stable(&self, pool: &DescPool) -> Option<usize> {
         let h = self.version();
         let mut n = 0;
-        let mut i = h as u32;
+        let mut i = head_index(h);
         while i != NIL && i < pool.created() {
             n += 1;
             // Relaxed: ordered by the Acquire in version() when the result is kept.
@@ -313,18 +316,26 @@ impl TransferStack {
     }
 }
 
+/// The index on top of a stack whose head word is `h` (NIL if empty): invariant 1
+/// stores it complemented.
+#[inline(always)]
+fn head_index(h: u64) -> u32 {
+    !(h as u32)
+}
+const_assert!(!NIL == 0);
+
 /// The head that replaces `h` when `index` becomes the top: the tag goes up by one
 /// (invariant 1), so a stale CAS that read `h` before an intervening pop and push
 /// fails even if the same index is on top again.
 #[inline(always)]
 fn next_head(h: u64, index: u32) -> u64 {
     #[cfg(not(strata_mutant = "transfer_no_tag"))]
-    return (h & !0xFFFF_FFFF).wrapping_add(1 << 32) | index as u64;
+    return (h & !0xFFFF_FFFF).wrapping_add(1 << 32) | !index as u64;
     // Mutant: no tag, so the ABA interleaving goes through.
     #[cfg(strata_mutant = "transfer_no_tag")]
     return {
         let _ = h;
-        index as u64
+        !index as u64
     };
 }
 

@@ -137,7 +137,34 @@ fn churn(c: Churn) {
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 let class = (rng % c.classes as u64) as usize;
-                if rng & 0x100 == 0 {
+                if rng & 0x300 == 0x200 {
+                    // A batch push: up to 8 of this thread's objects of the class.
+                    let mut batch: Vec<*mut u8> = Vec::new();
+                    let mut i = 0;
+                    while i < mine.len() && batch.len() < 8 {
+                        if mine[i].0 == class {
+                            batch.push(mine.swap_remove(i).1.as_ptr());
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    // SAFETY: this thread's area; class in range; every object is
+                    // held by this thread only (in no slot), none twice, none null.
+                    let k = unsafe { s.push_batch(area, class, &batch) };
+                    for &p in &batch[k..] {
+                        mine.push((class, NonNull::new(p).unwrap()));
+                    }
+                } else if rng & 0x300 == 0x300 {
+                    // A batch pop of up to 1 + (rng % 8) objects.
+                    let mut out = [std::ptr::null_mut(); 8];
+                    let n = 1 + (rng >> 20) as usize % 8;
+                    // SAFETY: this thread's area; class in range.
+                    let k = unsafe { s.pop_batch(area, class, &mut out[..n]) };
+                    assert!(k <= n);
+                    for &p in &out[..k] {
+                        mine.push((class, NonNull::new(p).expect("a popped slot is null")));
+                    }
+                } else if rng & 0x100 == 0 {
                     if let Some(i) = mine.iter().position(|&(k, _)| k == class) {
                         let (_, p) = mine.swap_remove(i);
                         // SAFETY: this thread's area; class in range; p is held by

@@ -165,3 +165,61 @@ fn child_percpu_default() {
     assert_eq!(strata::percpu_front_counters(), None);
     strata::validate_heap().unwrap();
 }
+
+#[test]
+fn capacities_follow_demand_within_the_budget() {
+    let out = child("child_capacities", Some("1"));
+    assert!(
+        out.contains("capacities: ok") || out.contains("percpu front: unavailable"),
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "run by capacities_follow_demand_within_the_budget in a child process"]
+fn child_capacities() {
+    drop(Box::new(1u64));
+    let Some(start) = strata::percpu_front_counters() else {
+        assert!(!machine_allows_it(), "the front end is off");
+        println!("percpu front: unavailable on this machine");
+        return;
+    };
+    let ncpu = percpu::possible_cpus().unwrap() as u64;
+    assert_eq!(start.budget_bytes, ncpu * (2 << 20), "{start:?}");
+    // The capacities start at 8 KiB a class at most; churning many blocks of a few
+    // classes makes those classes miss, and each miss widens them.
+    churn(4, 100_000);
+    let grown = strata::percpu_front_counters().unwrap();
+    assert!(grown.grows > start.grows, "no class widened: {grown:?}");
+    assert!(grown.capacity_bytes <= grown.budget_bytes, "{grown:?}");
+    let s = strata::stats();
+    assert_eq!(s.percpu_budget_bytes, grown.budget_bytes);
+    assert!(s.percpu_capacity_bytes > 0 && s.to_string().contains("per-CPU caches"));
+    // A budget below what they hold now: the background purge thread narrows
+    // every CPU over its share, within a few passes, down to the initial
+    // capacities at most (what fits in 8 KiB for each class up to 8 KiB: under
+    // 512 KiB a CPU).
+    strata::set_purge_delay_ms(20);
+    assert!(strata::start_background_purge());
+    let budget: u64 = 64 << 10;
+    strata::set_percpu_cache_bytes(budget as usize);
+    let floor = ncpu * (512 << 10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let narrowed = loop {
+        let f = strata::percpu_front_counters().unwrap();
+        if f.capacity_bytes <= floor || std::time::Instant::now() > deadline {
+            break f;
+        }
+        // Keep a CPU busy, so that it is narrowed for the budget, not only
+        // drained as idle.
+        churn(1, 2_000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        narrowed.capacity_bytes <= floor && narrowed.capacity_bytes < grown.capacity_bytes,
+        "capacities stayed over the budget: {grown:?} -> {narrowed:?} (floor {floor})"
+    );
+    assert!(narrowed.shrinks > grown.shrinks, "{narrowed:?}");
+    strata::validate_heap().unwrap();
+    println!("capacities: ok ({start:?} -> {grown:?} -> {narrowed:?})");
+}

@@ -321,6 +321,8 @@ fn display_and_json_cover_every_figure() {
         "purged_bytes_total",
         "unmapped_bytes_total",
         "huge_cached_bytes",
+        "percpu_capacity_bytes",
+        "percpu_budget_bytes",
         "peak_resident_bytes",
         "peak_allocated_bytes",
         "allocs",

@@ -68,12 +68,39 @@ pub struct Backend<O: Os> {
     /// Blocks with mappings of their own, and the cache of freed ones.
     pub huge: HugeRegistry,
     /// Byte budget of the cache of freed huge mappings (`huge`, "The cache").
-    huge_cache_budget: AtomicUsize,
+    huge_cache_budget: HugeBudget,
     /// Whether the OS refused a move of cached mappings into a new huge block (then
     /// no more are built: `huge_blocks`, `build_huge`): 0 while it has not, so that
     /// the value starts all zero.
     huge_moves_refused: AtomicUsize,
     pub(crate) counters: Counters,
+}
+
+/// The huge-cache budget, stored XOR its default so that the default is zero bytes
+/// and the process's statics stay all zero (in `.bss`: TransferStack invariant 1);
+/// `load` and `store` as an `AtomicUsize`'s. Checked builds unmap huge blocks at
+/// free (so that a late access faults): their default is 0.
+struct HugeBudget(AtomicUsize);
+
+impl HugeBudget {
+    const DEFAULT: usize = if cfg!(feature = "checked") {
+        0
+    } else {
+        huge::DEFAULT_CACHE_BYTES
+    };
+    crate::sync::loom_const_fn! {
+        fn new() -> HugeBudget {
+            HugeBudget(AtomicUsize::new(0))
+        }
+    }
+    #[inline]
+    fn load(&self, o: Ordering) -> usize {
+        self.0.load(o) ^ Self::DEFAULT
+    }
+    #[inline]
+    fn store(&self, bytes: usize, o: Ordering) {
+        self.0.store(bytes ^ Self::DEFAULT, o)
+    }
 }
 
 /// A set of the backend's locks for [`Backend::lock_set`] and
@@ -118,11 +145,7 @@ impl<O: Os> Backend<O> {
                 meta: MetaArena::new(),
                 huge: HugeRegistry::new(),
                 // Checked builds unmap huge blocks at free, so a late access faults.
-                huge_cache_budget: AtomicUsize::new(if cfg!(feature = "checked") {
-                    0
-                } else {
-                    huge::DEFAULT_CACHE_BYTES
-                }),
+                huge_cache_budget: HugeBudget::new(),
                 huge_moves_refused: AtomicUsize::new(0),
                 counters: Counters::new(),
             }
@@ -140,6 +163,14 @@ impl<O: Os> Backend<O> {
     #[inline]
     pub fn refill(&self, c: SizeClass) -> Batch {
         self.central.refill(c, &self.page_heap)
+    }
+
+    /// A batch from the transfer stack, or at most `want` (`1..=batch`) objects
+    /// carved from spans (`Central::refill_up_to`); `count == 0` if the OS refuses
+    /// memory.
+    #[inline]
+    pub fn refill_up_to(&self, c: SizeClass, want: usize) -> Batch {
+        self.central.refill_up_to(c, &self.page_heap, want)
     }
 
     /// Hands a chain of `n` class-`c` objects to the central tier.

@@ -42,7 +42,7 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
     // SAFETY: this thread's heap or a sentinel, only read.
     unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    BACKEND.cpus.validate()?;
+    BACKEND.cpus.validate(&BACKEND.backend)?;
     BACKEND.validate()
 }
 
@@ -88,4 +88,26 @@ pub(crate) fn stats() -> crate::Stats {
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 pub(crate) fn percpu_front_counters() -> Option<crate::percpu::FrontCounters> {
     BACKEND.cpus.counters()
+}
+
+/// See [`crate::set_percpu_cache_bytes`].
+#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+pub(crate) fn set_percpu_cache_bytes(bytes: usize) {
+    BACKEND.cpus.set_budget_bytes(bytes)
+}
+
+/// See [`crate::set_placement`].
+pub(crate) fn set_placement(p: crate::Placement) -> Result<(), crate::PlacementError> {
+    BACKEND.page_heap.set_placement(p)
+}
+
+/// See [`crate::placement`].
+pub(crate) fn placement() -> crate::Placement {
+    BACKEND.page_heap.placement()
+}
+
+/// `STRATA_PLACEMENT` at start-up (`settings`): whatever the C runtime allocated
+/// before the constructor ran.
+pub(crate) fn force_placement(p: crate::Placement) {
+    BACKEND.page_heap.force_placement(p)
 }

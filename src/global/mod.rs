@@ -19,6 +19,7 @@ mod api;
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 mod by_address;
 mod fork;
+mod growth;
 // Checked builds route `Strata` through `checked`, not the thread heaps.
 #[cfg(all(test, not(feature = "checked")))]
 mod tests;
@@ -27,6 +28,7 @@ pub(crate) use api::*;
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 pub(crate) use by_address::*;
 pub(crate) use fork::{ForkLocks, Upper, add_fork_locks, register_fork_handlers};
+pub(crate) use growth::{GrowthHook, set_growth_hook};
 
 use crate::backend::{Route, route};
 use crate::front::Allocator as Backend;
@@ -196,10 +198,29 @@ fn via_cpu(
 #[inline(never)]
 fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    if let Some((slab, area)) = via_cpu(h) {
-        // SAFETY: the front end's slab and this thread's usable area; the slab holds
-        // objects of BACKEND's only.
-        return enomem_if_null(unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) });
+    {
+        // The per-CPU hit first, with nothing else checked: a thread whose slot
+        // holds VIA_CPU found the front end on (and its area usable) before.
+        if h == sentinel(&VIA_CPU) {
+            if let (Some(slab), Some(area)) = (
+                BACKEND.cpus.slab_if_on(),
+                crate::percpu::current_for_section(),
+            ) {
+                // SAFETY: the front end's slab; this thread's area (a section on
+                // one not registered fails); c < NUM_CLASSES = the slab's classes.
+                if let Some(p) = unsafe { slab.pop(area, c.index()) } {
+                    BACKEND.cpus.count_alloc(area, c.index());
+                    return p.as_ptr();
+                }
+            }
+        }
+        if let Some((slab, area)) = via_cpu(h) {
+            // SAFETY: the front end's slab and this thread's usable area; the slab
+            // holds objects of BACKEND's only.
+            let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
+            growth::on_slow_path();
+            return enomem_if_null(p);
+        }
     }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
@@ -222,6 +243,7 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
         }
         HeapState::Dead | HeapState::Pooled => BACKEND.alloc_small_direct(c),
     };
+    growth::on_slow_path();
     enomem_if_null(p)
 }
 
@@ -239,6 +261,21 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+    if h == sentinel(&VIA_CPU) {
+        // The per-CPU hit first, as in `alloc_small_slow`.
+        if let (Some(slab), Some(area), Some(obj)) = (
+            BACKEND.cpus.slab_if_on(),
+            crate::percpu::current_for_section(),
+            ptr::NonNull::new(p),
+        ) {
+            // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
+            // class-c block of BACKEND's, so it is in no slot.
+            if unsafe { slab.push(area, c.index(), obj) } {
+                return;
+            }
+        }
+    }
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     if let (Some((slab, area)), Some(obj)) = (via_cpu(h), ptr::NonNull::new(p)) {
         // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
@@ -324,6 +361,7 @@ fn alloc_other(size: usize, align: usize, zero: bool) -> *mut u8 {
             BACKEND.alloc_huge(size, align, zero)
         }
     };
+    growth::on_slow_path();
     enomem_if_null(p)
 }
 
@@ -474,7 +512,7 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 17 instructions up to 1 KiB on a hit (callgrind and `objdump -d` of
+/// Budget: 17 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit (callgrind and `objdump -d` of
 /// `malloc` in the `c-abi` build): class table 6, TLS 2, pop 9, two branches. A
 /// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
 /// that only `size` has to stay live across the fast path (keeping the class for
@@ -494,7 +532,7 @@ pub(crate) fn alloc_c(size: usize) -> *mut u8 {
     alloc_c_slow(size)
 }
 
-/// `alloc_c` for a miss or a size above 1 KiB (not cold: sizes up to 256 KiB are
+/// `alloc_c` for a miss or a size above 8 KiB (not cold: sizes up to 256 KiB are
 /// still small and served from the thread cache here).
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 #[inline(never)]

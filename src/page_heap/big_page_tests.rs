@@ -52,11 +52,13 @@ unsafe impl Os for BigPageOs {
 /// gives back only the OS pages wholly inside it: its neighbours' bytes survive the
 /// purge, a span with no whole OS page is left alone, and only a span purged whole
 /// counts as zeroed; once everything coalesces, the chunk is purged whole.
-#[test]
-fn with_os_pages_larger_than_ours_a_purge_takes_only_whole_os_pages() {
-    let ph = PageHeap::new(BigPageOs {
-        purged: Default::default(),
-    });
+fn with_os_pages_larger_than_ours_a_purge_takes_only_whole_os_pages(p: Placement) {
+    let ph = placed(
+        p,
+        BigPageOs {
+            purged: Default::default(),
+        },
+    );
     ph.set_purge_delay_ms(0);
     let per = BIG_PAGE / PAGE_SIZE;
     // Spans of 1, per + 3 and 2 * per pages between live guards, each filled.
@@ -128,3 +130,5 @@ fn with_os_pages_larger_than_ours_a_purge_takes_only_whole_os_pages() {
         st.free_bytes
     );
 }
+
+under_every_placement!(with_os_pages_larger_than_ours_a_purge_takes_only_whole_os_pages,);

@@ -27,6 +27,17 @@ fn units<O: Os>(ph: &PageHeap<O>, n: usize) -> *mut Span {
     s
 }
 
+/// `units(ph, n)` at the lowest address that fits, whatever the heap's policy:
+/// for tests of what happens to pages freed just before (next fit would rove past
+/// them).
+fn lowest_units<O: Os>(ph: &PageHeap<O>, n: usize) -> *mut Span {
+    let p = ph.placement();
+    ph.force_placement(Placement::First);
+    let s = units(ph, n);
+    ph.force_placement(p);
+    s
+}
+
 /// The bytes of `[base, base + len)` in whole OS pages: what a purge gives back.
 fn whole_os_pages<O: Os>(ph: &PageHeap<O>, base: *const u8, len: usize) -> usize {
     let ps = ph.os().page_size();
@@ -35,9 +46,8 @@ fn whole_os_pages<O: Os>(ph: &PageHeap<O>, base: *const u8, len: usize) -> usize
     hi.saturating_sub(lo)
 }
 
-#[test]
-fn freeing_in_any_order_coalesces_back_to_one_free_chunk() {
-    let ph = PageHeap::new(SysOs);
+fn freeing_in_any_order_coalesces_back_to_one_free_chunk(p: Placement) {
+    let ph = placed(p, SysOs);
     for order in 0..3 {
         let spans: Vec<_> = (1..=20).map(|n| large(&ph, n)).collect();
         ph.validate().unwrap();
@@ -98,10 +108,11 @@ fn best_fit_prefers_the_smallest_hole_and_aligned_spans_are_aligned() {
     ph.validate().unwrap();
 }
 
-#[test]
-fn wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest() {
+fn wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest(
+    p: Placement,
+) {
     // Delay 0: a wholly free chunk beyond the reserve goes at the next free.
-    let ph = PageHeap::new(SysOs);
+    let ph = placed(p, SysOs);
     ph.set_purge_delay_ms(0);
     let spans: Vec<_> = (0..3).map(|_| large(&ph, USABLE_PAGES)).collect();
     assert_eq!(ph.stats().chunks, 3);
@@ -116,9 +127,8 @@ fn wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the
     ph.validate().unwrap();
 }
 
-#[test]
-fn at_most_max_free_chunks_wait_for_the_delay() {
-    let ph = PageHeap::new(SysOs);
+fn at_most_max_free_chunks_wait_for_the_delay(p: Placement) {
+    let ph = placed(p, SysOs);
     ph.set_purge_delay_ms(60_000);
     let spans: Vec<_> = (0..MAX_FREE_CHUNKS + 3)
         .map(|_| large(&ph, USABLE_PAGES))
@@ -132,9 +142,8 @@ fn at_most_max_free_chunks_wait_for_the_delay() {
     assert_eq!(ph.release_all(), MAX_FREE_CHUNKS * CHUNK_SIZE);
 }
 
-#[test]
-fn wholly_free_chunks_stay_mapped_for_the_purge_delay_and_are_reused() {
-    let ph = PageHeap::new(SysOs);
+fn wholly_free_chunks_stay_mapped_for_the_purge_delay_and_are_reused(p: Placement) {
+    let ph = placed(p, SysOs);
     ph.set_purge_delay_ms(60_000);
     let spans: Vec<_> = (0..3).map(|_| large(&ph, USABLE_PAGES)).collect();
     // SAFETY: live spans of this heap.
@@ -165,9 +174,8 @@ fn wholly_free_chunks_stay_mapped_for_the_purge_delay_and_are_reused() {
     assert_eq!(ph.stats().chunks, CHUNK_RESERVE);
 }
 
-#[test]
-fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero() {
-    let ph = PageHeap::new(SysOs);
+fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero(p: Placement) {
+    let ph = placed(p, SysOs);
     ph.set_purge_delay_ms(0);
     let keep = units(&ph, 1);
     let len = 4 * unit(&ph) * PAGE_SIZE;
@@ -191,9 +199,8 @@ fn purge_after_the_delay_marks_pages_zero_and_they_read_as_zero() {
     ph.validate().unwrap();
 }
 
-#[test]
-fn grow_and_shrink_in_place_keep_the_invariants() {
-    let ph = PageHeap::new(SysOs);
+fn grow_and_shrink_in_place_keep_the_invariants(p: Placement) {
+    let ph = placed(p, SysOs);
     let s = large(&ph, 4);
     let _fence = ph.alloc_span(1, 1, SpanKind::Large, SizeClass(0));
     // SAFETY: `s` is a live Large span.
@@ -207,10 +214,9 @@ fn grow_and_shrink_in_place_keep_the_invariants() {
     }
 }
 
-#[test]
-fn page_entries_accept_object_starts_only_and_leave_with_the_small_span() {
+fn page_entries_accept_object_starts_only_and_leave_with_the_small_span(p: Placement) {
     use crate::chunk::small_object;
-    let ph = PageHeap::new(SysOs);
+    let ph = placed(p, SysOs);
     // 14,336-byte objects on 8-page spans: 4 objects and a whole page of tail,
     // where offset 4 × 14,336 is a multiple of the size but no object.
     let c = SizeClass(42);
@@ -253,9 +259,8 @@ fn page_entries_accept_object_starts_only_and_leave_with_the_small_span() {
     }
 }
 
-#[test]
-fn the_chunk_map_knows_our_chunks_and_nothing_else() {
-    let ph = PageHeap::new(SysOs);
+fn the_chunk_map_knows_our_chunks_and_nothing_else(p: Placement) {
+    let ph = placed(p, SysOs);
     let s = large(&ph, 1);
     // SAFETY: a live span.
     let base = unsafe { (*s).base() };
@@ -266,9 +271,8 @@ fn the_chunk_map_knows_our_chunks_and_nothing_else() {
     assert!(!ph.owns(usize::MAX as *const u8));
 }
 
-#[test]
-fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
-    let ph = PageHeap::new(FlakyOs::default());
+fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing(p: Placement) {
+    let ph = placed(p, FlakyOs::default());
     let len = 4 * unit(&ph) * PAGE_SIZE;
     let s = units(&ph, 4);
     let fence = units(&ph, 1);
@@ -292,7 +296,7 @@ fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
             "the refused purge left the data"
         );
         if unit(&ph) == 1 {
-            let again = units(&ph, 4);
+            let again = lowest_units(&ph, 4);
             assert_eq!((*again).base(), base);
             assert_eq!(
                 (*again).flags() & SPAN_ZEROED,
@@ -309,7 +313,7 @@ fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
         assert!(bytes.iter().all(|&b| b == 0), "purged pages read as zero");
         if unit(&ph) == 1 {
             assert_eq!(released, len);
-            let again = units(&ph, 4);
+            let again = lowest_units(&ph, 4);
             assert!((*again).flags() & SPAN_ZEROED != 0);
             ph.free_span(again);
         }
@@ -318,9 +322,8 @@ fn a_refused_purge_leaves_the_span_dirty_and_counts_nothing() {
     ph.validate().unwrap();
 }
 
-#[test]
-fn a_purge_pass_gives_up_after_a_few_refusals_and_release_all_tries_each_span_once() {
-    let ph = PageHeap::new(FlakyOs::default());
+fn a_purge_pass_gives_up_after_a_few_refusals_and_release_all_tries_each_span_once(p: Placement) {
+    let ph = placed(p, FlakyOs::default());
     ph.set_purge_delay_ms(0);
     ph.os().refuse_purges(true);
     let u = unit(&ph);
@@ -367,9 +370,8 @@ fn a_purge_pass_gives_up_after_a_few_refusals_and_release_all_tries_each_span_on
     ph.validate().unwrap();
 }
 
-#[test]
-fn a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted() {
-    let ph = PageHeap::new(FlakyOs::default());
+fn a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted(p: Placement) {
+    let ph = placed(p, FlakyOs::default());
     let s = large(&ph, USABLE_PAGES);
     // SAFETY: a whole-chunk span of ours, dirtied and freed once; then reused.
     unsafe {
@@ -407,9 +409,8 @@ fn a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted() {
     ph.validate().unwrap();
 }
 
-#[test]
-fn a_chunk_whose_unmap_is_refused_at_free_stays_filed_beyond_max_free_chunks() {
-    let ph = PageHeap::new(FlakyOs::default());
+fn a_chunk_whose_unmap_is_refused_at_free_stays_filed_beyond_max_free_chunks(p: Placement) {
+    let ph = placed(p, FlakyOs::default());
     let spans: Vec<_> = (0..=MAX_FREE_CHUNKS)
         .map(|_| large(&ph, USABLE_PAGES))
         .collect();
@@ -483,9 +484,8 @@ unsafe impl Os for HeapOs {
 /// lookups_by_address`) the data-race detector also checks that no plain field is
 /// read without the lock; the allocator's integer-to-pointer casts leave Miri's
 /// aliasing model little to check here (wildcard provenance).
-#[test]
-fn lookups_by_address_run_beside_coalescing_in_the_same_chunk() {
-    let ph = PageHeap::new(HeapOs);
+fn lookups_by_address_run_beside_coalescing_in_the_same_chunk(p: Placement) {
+    let ph = placed(p, HeapOs);
     let mine = large(&ph, 2);
     // SAFETY: a live span of ours.
     let p = unsafe { (*mine).base() };
@@ -520,3 +520,19 @@ fn lookups_by_address_run_beside_coalescing_in_the_same_chunk() {
     ph.release_all();
     assert_eq!(ph.stats().chunks, 0);
 }
+
+under_every_placement!(
+    freeing_in_any_order_coalesces_back_to_one_free_chunk,
+    wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest,
+    at_most_max_free_chunks_wait_for_the_delay,
+    wholly_free_chunks_stay_mapped_for_the_purge_delay_and_are_reused,
+    purge_after_the_delay_marks_pages_zero_and_they_read_as_zero,
+    grow_and_shrink_in_place_keep_the_invariants,
+    page_entries_accept_object_starts_only_and_leave_with_the_small_span,
+    the_chunk_map_knows_our_chunks_and_nothing_else,
+    a_refused_purge_leaves_the_span_dirty_and_counts_nothing,
+    a_purge_pass_gives_up_after_a_few_refusals_and_release_all_tries_each_span_once,
+    a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted,
+    a_chunk_whose_unmap_is_refused_at_free_stays_filed_beyond_max_free_chunks,
+    lookups_by_address_run_beside_coalescing_in_the_same_chunk,
+);

@@ -188,6 +188,190 @@ pub(crate) unsafe fn push(
     ok != 0
 }
 
+/// Pops up to `n` objects of `class` from the CPU the thread runs on into
+/// `out[0..k]` in one critical section, and returns `k`: 0 if that stack is empty,
+/// locked by a non-owner, or the thread's area is not registered. `out[k - 1]` was
+/// the top of the stack.
+///
+/// The section copies the slots `[current - k, current)` into `out` and commits
+/// `current - k` with its last store, as [`pop`] does for one: an aborted copy has
+/// written only `out`, which the restart writes again.
+///
+/// # Safety
+/// As for [`pop`]; and `out` is valid for writes of `n` pointers, and no other
+/// thread reads or writes it meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn pop_batch(
+    area: *mut RseqArea,
+    base: *mut u8,
+    shift: u32,
+    class: usize,
+    out: *mut *mut u8,
+    n: usize,
+) -> usize {
+    let k: usize;
+    // SAFETY: as in `pop`; by header invariant 1, `begin < current` and
+    // `k <= current - begin` keep every slot read in `[begin, current)`, inside the
+    // class's slots in this CPU's region; `out` has room for `k <= n` pointers by the
+    // caller's contract; the commit is the last instruction of [4, 5); a locked
+    // header (begin = 0xffff) fails the bound check (`current <= begin`).
+    unsafe {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4f, (5f - 4f), 6f",
+            ".popsection",
+            ".pushsection .text.unlikely, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "6:",
+            "lock inc qword ptr [rip + {aborts}]",
+            "jmp 2f",
+            ".popsection",
+            "2:",
+            "lea {t}, [rip + 3b]",
+            "mov qword ptr [{area} + 8], {t}",
+            "4:",
+            "xor {k:e}, {k:e}",
+            "movsxd {t}, dword ptr [{area} + 4]",
+            "test {t}, {t}",
+            "js 5f",
+            "shl {t}, cl",
+            "add {t}, {base}",
+            "movzx {cur:e}, word ptr [{t} + {class} * 8]",
+            "movzx {tmp:e}, word ptr [{t} + {class} * 8 + 4]",
+            "cmp {cur}, {tmp}",
+            "jbe 5f",
+            "mov {k}, {cur}",
+            "sub {k}, {tmp}",
+            "cmp {k}, {n}",
+            "cmova {k}, {n}",
+            "sub {cur}, {k}",
+            "lea {src}, [{t} + {cur} * 8]",
+            "xor {i:e}, {i:e}",
+            "7:",
+            "cmp {i}, {k}",
+            "jae 8f",
+            "mov {tmp}, qword ptr [{src} + {i} * 8]",
+            "mov qword ptr [{out} + {i} * 8], {tmp}",
+            "inc {i}",
+            "jmp 7b",
+            "8:",
+            "mov word ptr [{t} + {class} * 8], {cur:x}",
+            "5:",
+            aborts = sym ABORTS,
+            area = in(reg) area,
+            base = in(reg) base,
+            class = in(reg) class,
+            out = in(reg) out,
+            n = in(reg) n,
+            in("cl") shift as u8,
+            t = out(reg) _,
+            cur = out(reg) _,
+            tmp = out(reg) _,
+            src = out(reg) _,
+            i = out(reg) _,
+            k = out(reg) k,
+            options(nostack),
+        );
+    }
+    k
+}
+
+/// Pushes `src[0..k]` onto the stack of `class` on the CPU the thread runs on in one
+/// critical section, for the largest `k <= n` that fits, and returns `k`: 0 if that
+/// stack is full, locked by a non-owner, or the thread's area is not registered.
+/// `src[k..n]` are still the caller's.
+///
+/// The section copies into the free slots `[current, current + k)` and commits
+/// `current + k` with its last store, as [`push`] does for one: an aborted copy has
+/// written only slots above `current`, which no one reads.
+///
+/// # Safety
+/// As for [`push`], for each of `src[0..n]`; and `src` is valid for reads of `n`
+/// pointers that no other thread writes meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn push_batch(
+    area: *mut RseqArea,
+    base: *mut u8,
+    shift: u32,
+    class: usize,
+    src: *const *mut u8,
+    n: usize,
+) -> usize {
+    let k: usize;
+    // SAFETY: as in `push`; by header invariant 1, `current < end` and
+    // `k <= end - current` keep every slot written in `[current, end)`, inside the
+    // class's slots in this CPU's region and above the stack top, so an aborted
+    // section leaves nothing behind; `src` holds `n >= k` pointers by the caller's
+    // contract; a locked header (end = 0) fails the bound check.
+    unsafe {
+        asm!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4f, (5f - 4f), 6f",
+            ".popsection",
+            ".pushsection .text.unlikely, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "6:",
+            "lock inc qword ptr [rip + {aborts}]",
+            "jmp 2f",
+            ".popsection",
+            "2:",
+            "lea {t}, [rip + 3b]",
+            "mov qword ptr [{area} + 8], {t}",
+            "4:",
+            "xor {k:e}, {k:e}",
+            "movsxd {t}, dword ptr [{area} + 4]",
+            "test {t}, {t}",
+            "js 5f",
+            "shl {t}, cl",
+            "add {t}, {base}",
+            "movzx {cur:e}, word ptr [{t} + {class} * 8]",
+            "movzx {tmp:e}, word ptr [{t} + {class} * 8 + 2]",
+            "cmp {cur}, {tmp}",
+            "jae 5f",
+            "mov {k}, {tmp}",
+            "sub {k}, {cur}",
+            "cmp {k}, {n}",
+            "cmova {k}, {n}",
+            "lea {dst}, [{t} + {cur} * 8]",
+            "xor {i:e}, {i:e}",
+            "7:",
+            "cmp {i}, {k}",
+            "jae 8f",
+            "mov {tmp}, qword ptr [{src} + {i} * 8]",
+            "mov qword ptr [{dst} + {i} * 8], {tmp}",
+            "inc {i}",
+            "jmp 7b",
+            "8:",
+            "add {cur}, {k}",
+            "mov word ptr [{t} + {class} * 8], {cur:x}",
+            "5:",
+            aborts = sym ABORTS,
+            area = in(reg) area,
+            base = in(reg) base,
+            class = in(reg) class,
+            src = in(reg) src,
+            n = in(reg) n,
+            in("cl") shift as u8,
+            t = out(reg) _,
+            cur = out(reg) _,
+            tmp = out(reg) _,
+            dst = out(reg) _,
+            i = out(reg) _,
+            k = out(reg) k,
+            options(nostack),
+        );
+    }
+    k
+}
+
 /// The process-wide count of aborted critical sections (for tests and statistics).
 pub fn aborts() -> u64 {
     // Relaxed: a statistic; no other memory is read on its strength.

@@ -78,7 +78,9 @@ mod slab;
 mod tests;
 
 pub use cs::aborts;
-pub use rseq::{Mode, RseqArea, current, mode, possible_cpus, release_current_thread};
+pub use rseq::{
+    Mode, RseqArea, current, current_for_section, mode, possible_cpus, release_current_thread,
+};
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
 
 /// What the per-CPU front end (`STRATA_PERCPU=1`) reports about itself: counters of
@@ -94,6 +96,16 @@ pub struct FrontCounters {
     pub refilled_objects: u64,
     /// Batches flushed to the central tier on a full stack.
     pub flushes: u64,
-    /// Whole-slab drains (`flush_thread_cache`, `release_memory`).
+    /// Whole-slab drains (`flush_thread_cache`, `release_memory`) and drains of
+    /// idle CPUs by the background purge thread.
     pub drains: u64,
+    /// The capacities of every CPU together, bytes (a snapshot): the most the CPUs
+    /// can hold now.
+    pub capacity_bytes: u64,
+    /// The budget the capacities keep to, bytes (`strata::set_percpu_cache_bytes`).
+    pub budget_bytes: u64,
+    /// Classes widened on a miss.
+    pub grows: u64,
+    /// CPUs whose capacities the background purge thread narrowed.
+    pub shrinks: u64,
 }

@@ -216,6 +216,22 @@ pub fn current() -> Option<NonNull<RseqArea>> {
     registered.then_some(area)
 }
 
+/// The calling thread's rseq area for a critical section, without checking that it
+/// is registered: in [`Mode::Glibc`] the address in the thread's TCB (two loads
+/// and an add), else as [`current`]. A section run on an area that is not
+/// registered fails at its `cpu_id` check (it reads a negative id), so the caller
+/// then takes the path through [`current`], which finds out.
+#[inline(always)]
+pub fn current_for_section() -> Option<NonNull<RseqArea>> {
+    if mode() == Mode::Glibc {
+        // Relaxed: `mode` loaded MODE with Acquire after the offset was stored.
+        let off = GLIBC_OFFSET.load(Ordering::Relaxed);
+        NonNull::new(sys::thread_pointer().wrapping_add_signed(off) as *mut RseqArea)
+    } else {
+        current()
+    }
+}
+
 /// Ends the calling thread's own registration (a no-op in other modes or if this
 /// thread has none); a later [`current`] registers again. For a thread that is
 /// about to make its TLS area unreachable in some way the thread-exit argument

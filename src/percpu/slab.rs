@@ -281,6 +281,66 @@ impl Slab {
         unsafe { cs::push(area.as_ptr(), self.base, self.shift, class, p.as_ptr()) }
     }
 
+    /// Pops up to `out.len()` objects of `class` from the calling thread's CPU in one
+    /// critical section into `out[..k]`; returns `k` (0 if that stack is empty,
+    /// locked by a non-owner, or `area` is not registered).
+    ///
+    /// # Safety
+    /// As for [`Slab::pop`].
+    #[inline]
+    pub unsafe fn pop_batch(
+        &self,
+        area: NonNull<RseqArea>,
+        class: usize,
+        out: &mut [*mut u8],
+    ) -> usize {
+        debug_check!(class < self.nclasses, "Slab::pop_batch: class out of range");
+        // SAFETY: the caller's contract gives cs::pop_batch's; `out` is ours, valid
+        // for `out.len()` writes; the slab invariants give its layout requirements.
+        unsafe {
+            cs::pop_batch(
+                area.as_ptr(),
+                self.base,
+                self.shift,
+                class,
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+
+    /// Pushes as many of `objs` (objects of `class`, from the front) as fit onto the
+    /// calling thread's CPU's stack in one critical section; returns how many
+    /// (`objs[k..]` are still the caller's).
+    ///
+    /// # Safety
+    /// As for [`Slab::push`], for every object of `objs` (none null, none in a slot,
+    /// no two the same).
+    #[inline]
+    pub unsafe fn push_batch(
+        &self,
+        area: NonNull<RseqArea>,
+        class: usize,
+        objs: &[*mut u8],
+    ) -> usize {
+        debug_check!(
+            class < self.nclasses,
+            "Slab::push_batch: class out of range"
+        );
+        // SAFETY: the caller's contract gives cs::push_batch's; `objs` is valid for
+        // `objs.len()` reads.
+        unsafe {
+            cs::push_batch(
+                area.as_ptr(),
+                self.base,
+                self.shift,
+                class,
+                objs.as_ptr(),
+                objs.len(),
+            )
+        }
+    }
+
     /// How many objects of `class` CPU `cpu` holds (a snapshot), and its capacity.
     pub fn len_and_capacity(&self, cpu: u32, class: usize) -> Option<(usize, usize)> {
         if cpu >= self.ncpu || class >= self.nclasses {
@@ -290,6 +350,25 @@ impl Slab {
         let h = Hdr::unpack(self.header(cpu, class).load(Ordering::Relaxed));
         let b = self.begin[class];
         Some(((h.current - b) as usize, (h.end_copy - b) as usize))
+    }
+
+    /// A fingerprint of every header of CPU `cpu` (a snapshot, read without the
+    /// lock): it changes whenever a critical section on that CPU commits a push or
+    /// a pop, except when pushes and pops since the last reading cancel out
+    /// exactly. The background purge thread compares two readings a pause apart
+    /// to tell an idle CPU, whose objects it may then drain; a busy CPU mistaken
+    /// for idle only loses its cache, which refills. 0 for a CPU out of range.
+    pub fn fingerprint(&self, cpu: u32) -> u64 {
+        if cpu >= self.ncpu {
+            return 0;
+        }
+        let mut f = 0u64;
+        for k in 0..self.nclasses {
+            // Relaxed: a snapshot; no other memory is read on its strength.
+            let w = self.header(cpu, k).load(Ordering::Relaxed);
+            f = (f.rotate_left(17) ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        f
     }
 
     /// Locks the headers of `classes` on `cpu` and fences, runs `work` on each
@@ -384,6 +463,29 @@ impl Slab {
         }
     }
 
+    /// Hands every object cached on CPU `cpu` to `f` as `(class, object)`, top of
+    /// each stack first, leaving them cached: the headers are locked and the CPU
+    /// fenced meanwhile ("Non-owners"), so no section on it pushes or pops while `f`
+    /// looks. Stops at the first `Err` of `f` and returns it (after unlocking).
+    pub fn inspect_cpu<E>(
+        &self,
+        cpu: u32,
+        mut f: impl FnMut(usize, NonNull<u8>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, DrainError> {
+        let mut res = Ok(());
+        self.with_locked(cpu, 0..self.nclasses, |k, h| {
+            if res.is_ok() {
+                self.take_above(cpu, k, h.current, self.begin[k], &mut |k, p| {
+                    if res.is_ok() {
+                        res = f(k, p);
+                    }
+                });
+            }
+            h
+        })?;
+        Ok(res)
+    }
+
     /// Empties `class` on CPU `cpu` from any thread, handing each object to `f`
     /// (top of the stack first); returns how many. See "Non-owners".
     pub fn drain(
@@ -445,6 +547,93 @@ impl Slab {
             }
         })?;
         Ok(n)
+    }
+
+    /// Raises the capacity of `class` on CPU `cpu` to `cap` (at most the class's
+    /// `max_cap`) from any thread, without the lock or a fence; returns whether it
+    /// did (false when the header is locked by a non-owner or its capacity is
+    /// already `cap` or more).
+    ///
+    /// Widening is safe beside the critical sections: one CAS swaps `end` and
+    /// `end_copy` in the header word, and fails (to be retried) if a section
+    /// committed a new `current` since the word was read; a section that read the
+    /// old word checks against the old, lower bound, which is still inside the
+    /// class's slots (header invariant 1 holds before and after). Lowering it
+    /// would not be: a push that read the old bound could fill a slot above the new
+    /// one, so [`Slab::set_capacities`] locks and fences.
+    pub fn grow_capacity(&self, cpu: u32, class: usize, cap: u16) -> bool {
+        if cpu >= self.ncpu || class >= self.nclasses {
+            return false;
+        }
+        let cap = cap.min(self.max_cap[class]);
+        let new_end = self.begin[class] + cap;
+        let hdr = self.header(cpu, class);
+        // Relaxed: the CAS below decides.
+        let mut w = hdr.load(Ordering::Relaxed);
+        loop {
+            let h = Hdr::unpack(w);
+            if h.locked() || h.end >= new_end {
+                return false;
+            }
+            let u = Hdr {
+                end: new_end,
+                end_copy: new_end,
+                ..h
+            };
+            // Relaxed: the new bound publishes no memory (slots above `current`
+            // are written by the section that fills them, before its commit).
+            match hdr.compare_exchange_weak(w, u.pack(), Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Sets the capacity of every class on CPU `cpu` at once, class `k` to
+    /// `caps[k]` (clamped to its `max_cap`; classes beyond `caps.len()` keep
+    /// theirs), with one lock-and-fence for all ("Non-owners"); objects above a
+    /// lowered capacity are handed to `f` as `(class, object)`, top first. Returns
+    /// how many it handed over.
+    pub fn set_capacities(
+        &self,
+        cpu: u32,
+        caps: &[u16],
+        mut f: impl FnMut(usize, NonNull<u8>),
+    ) -> Result<usize, DrainError> {
+        let mut n = 0;
+        self.with_locked(cpu, 0..self.nclasses.min(caps.len()), |k, h| {
+            let new_end = self.begin[k] + caps[k].min(self.max_cap[k]);
+            let keep = h.current.min(new_end);
+            n += self.take_above(cpu, k, h.current, keep, &mut f);
+            Hdr {
+                current: keep,
+                end_copy: new_end,
+                ..h
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// The capacity, in bytes, of every class on CPU `cpu` together, for objects of
+    /// `sizes[k]` bytes in class `k` (a snapshot; 0 for a CPU out of range).
+    pub fn capacity_bytes(&self, cpu: u32, sizes: &[u32]) -> usize {
+        let mut total = 0;
+        for (k, &size) in sizes.iter().enumerate().take(self.nclasses) {
+            if let Some((_, cap)) = self.len_and_capacity(cpu, k) {
+                total += cap * size as usize;
+            }
+        }
+        total
+    }
+
+    /// The header word of `class` on CPU `cpu` (a snapshot): what changes at every
+    /// push and pop there; 0 when out of range.
+    pub fn header_word(&self, cpu: u32, class: usize) -> u64 {
+        if cpu >= self.ncpu || class >= self.nclasses {
+            return 0;
+        }
+        // Relaxed: a snapshot; no other memory is read on its strength.
+        self.header(cpu, class).load(Ordering::Relaxed)
     }
 
     /// Hands the objects in slots `[to, from)` of `class` on `cpu` to `f`, top first.

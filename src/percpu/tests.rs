@@ -162,3 +162,86 @@ fn abort_counter_is_readable() {
     let a = aborts();
     assert!(aborts() >= a);
 }
+
+#[test]
+fn batches_move_many_objects_in_one_section_within_the_bounds() {
+    let s = slab(&[6, 4]);
+    let area = current().unwrap();
+    pinned(|cpu| {
+        let objs: Vec<*mut u8> = (0..9).map(|i| obj(i).as_ptr()).collect();
+        // SAFETY: this thread's area, class 0 < 2, distinct objects in no slot.
+        assert_eq!(unsafe { s.push_batch(area, 0, &objs) }, 6, "capacity 6");
+        assert_eq!(s.len_and_capacity(cpu, 0), Some((6, 6)));
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.push_batch(area, 0, &objs[6..]) }, 0);
+        let mut out = [core::ptr::null_mut(); 4];
+        // SAFETY: this thread's area, class 0.
+        assert_eq!(unsafe { s.pop_batch(area, 0, &mut out) }, 4);
+        // The top four, deepest first.
+        assert_eq!(out.to_vec(), objs[2..6].to_vec());
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.pop_batch(area, 0, &mut out) }, 2);
+        assert_eq!(out[..2].to_vec(), objs[..2].to_vec());
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.pop_batch(area, 0, &mut out) }, 0);
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.push_batch(area, 1, &[]) }, 0);
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.push_batch(area, 1, &objs[..3]) }, 3);
+        assert!(s.test_lock(cpu, 1));
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        let popped = unsafe { s.pop_batch(area, 1, &mut out) };
+        assert_eq!(popped, 0, "pop through a lock");
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        let pushed = unsafe { s.push_batch(area, 1, &objs[3..4]) };
+        assert_eq!(pushed, 0, "push through a lock");
+        s.test_unlock(cpu, 1);
+        // SAFETY: this thread's area (`current`), a class of the slab, and only objects
+        // of `objs`, each in at most one slot (what was pushed is popped first).
+        assert_eq!(unsafe { s.pop_batch(area, 1, &mut out[..1]) }, 1);
+        assert_eq!(out[0], objs[2]);
+        s.validate().unwrap();
+    });
+}
+
+#[test]
+fn capacities_widen_without_a_lock_and_narrow_with_one() {
+    let s = slab(&[8, 8]);
+    let area = current().unwrap();
+    let n = possible_cpus().unwrap();
+    // Slab::new(ncpu, max, init) with the initial capacities below the maximum.
+    let s2 = Slab::new(n, &[8, 8], &[2, 2]).unwrap();
+    drop(s);
+    pinned(|cpu| {
+        assert_eq!(s2.len_and_capacity(cpu, 0), Some((0, 2)));
+        assert!(s2.grow_capacity(cpu, 0, 5));
+        assert!(!s2.grow_capacity(cpu, 0, 4), "narrowing through grow");
+        assert!(s2.grow_capacity(cpu, 0, 100), "clamped to the maximum");
+        assert_eq!(s2.len_and_capacity(cpu, 0), Some((0, 8)));
+        for i in 0..8 {
+            // SAFETY: this thread's area (`current`), class 0 of 2, each object of
+            // `obj` once, so in at most one slot.
+            assert!(unsafe { s2.push(area, 0, obj(i)) });
+        }
+        assert!(s2.test_lock(cpu, 1));
+        assert!(!s2.grow_capacity(cpu, 1, 4), "grew a locked header");
+        s2.test_unlock(cpu, 1);
+        let mut back = Vec::new();
+        assert_eq!(
+            s2.set_capacities(cpu, &[3, 1], |k, p| back.push((k, p))),
+            Ok(5)
+        );
+        assert_eq!(back, (3..8).rev().map(|i| (0, obj(i))).collect::<Vec<_>>());
+        assert_eq!(s2.len_and_capacity(cpu, 0), Some((3, 3)));
+        assert_eq!(s2.len_and_capacity(cpu, 1), Some((0, 1)));
+        assert_eq!(s2.capacity_bytes(cpu, &[16, 32]), 3 * 16 + 32);
+        s2.validate().unwrap();
+    });
+}

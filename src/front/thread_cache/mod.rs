@@ -121,6 +121,10 @@ pub struct FreeList {
     head: OwnerCell<*mut FreeObj>,
     len: OwnedU32,
     max: OwnerCell<u32>,
+    /// Objects the next refill asks for (0: the class's first refill size). Starts
+    /// small and doubles with every refill up to the batch (slow start, as `max`),
+    /// so that a class a program uses a little costs it a little resident memory.
+    refill_want: OwnerCell<u32>,
     /// Objects of this class handed to the program by this heap, ever.
     allocs: OwnedU64,
 }
@@ -135,6 +139,7 @@ impl FreeList {
                 head: OwnerCell::new(ptr::null_mut()),
                 len: OwnedU32::new(0),
                 max: OwnerCell::new(0),
+                refill_want: OwnerCell::new(0),
                 allocs: OwnedU64::new(0),
             }
         }

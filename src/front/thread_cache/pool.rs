@@ -31,6 +31,9 @@ struct HeapPool {
 pub struct ThreadCaches {
     pool_lock: RawLock,
     pool: UnsafeCell<HeapPool>,
+    /// The budget of new heaps XOR [`DEFAULT_CACHE_BUDGET`], so that the default is
+    /// zero bytes and the process's statics stay all zero (in `.bss`, see
+    /// `TransferStack`'s invariant 1).
     cache_budget: AtomicUsize,
 }
 
@@ -83,7 +86,7 @@ impl ThreadCaches {
                     live: 0,
                     created: 0,
                 }),
-                cache_budget: AtomicUsize::new(DEFAULT_CACHE_BUDGET),
+                cache_budget: AtomicUsize::new(0),
             }
         }
     }
@@ -118,7 +121,7 @@ impl ThreadCaches {
         pool.live += 1;
         // SAFETY: `h` is a flushed heap that no thread uses (fresh, or just taken off
         // the pool under its lock); the caller becomes its owner.
-        unsafe { (*h).activate(self.cache_budget.load(Ordering::Relaxed)) };
+        unsafe { (*h).activate(self.cache_budget.load(Ordering::Relaxed) ^ DEFAULT_CACHE_BUDGET) };
         h
     }
 
@@ -186,7 +189,8 @@ impl ThreadCaches {
     /// The byte budget given to thread caches created from now on.
     pub fn set_cache_budget(&self, bytes: usize) {
         // Relaxed: a setting read when a heap starts; nothing is published with it.
-        self.cache_budget.store(bytes, Ordering::Relaxed);
+        self.cache_budget
+            .store(bytes ^ DEFAULT_CACHE_BUDGET, Ordering::Relaxed);
     }
 
     /// Takes the pool lock (the fork handlers and multi-lock walks, through

@@ -8,7 +8,9 @@ use super::{HeapState, PUBLISH_BYTES, ThreadHeap};
 use crate::backend::Backend;
 use crate::link::{self, FreeObj};
 use crate::os::Os;
-use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::size_class::{
+    CLASS_BATCH, CLASS_CAP, CLASS_FIRST_REFILL, CLASS_SIZE, NUM_CLASSES, SizeClass,
+};
 use crate::transfer::chain_tail;
 use core::ptr;
 
@@ -27,14 +29,23 @@ impl ThreadHeap {
             self.state() == HeapState::Live,
             "slow path on a heap that is not live"
         );
+        let list = &self.lists[c.index()];
+        // Slow start of the refill size (FreeList::refill_want): the first refill of
+        // a class carves what fits in a page, each later one twice as many, up to
+        // the batch.
+        let ci = c.index();
+        let want = match list.refill_want.get() {
+            0 => CLASS_FIRST_REFILL[ci] as u32,
+            w => w,
+        };
+        list.refill_want.set((want * 2).min(CLASS_BATCH[ci] as u32));
         self.begin_move();
-        let b = be.refill(c);
+        let b = be.refill_up_to(c, want as usize);
         if b.count == 0 {
             self.end_move();
             return ptr::null_mut();
         }
         self.received.add(b.count as u64);
-        let list = &self.lists[c.index()];
         list.allocs.add(1);
         self.note_flow((b.count * c.size_bytes()) as isize, be);
         debug_check!(
@@ -200,6 +211,7 @@ impl ThreadHeap {
                 unsafe { self.flush_front(ci, n as usize, be) };
             }
             list.max.set(0);
+            list.refill_want.set(0);
         }
         self.max_bytes.set(0);
         be.note_flow(self.unpublished.get());

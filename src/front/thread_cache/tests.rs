@@ -89,3 +89,44 @@ fn owner_fast_paths_and_a_counter_reader_share_one_heap() {
         ((rounds * N) as u64, 0, 0)
     );
 }
+
+/// Slow start of refills (`FreeList::refill_want`): a heap's first refill of a class
+/// of 2 KiB objects carves what fits in `FIRST_REFILL_BYTES` (two objects, not the
+/// batch of 32), and each later refill twice as many, up to the batch; a flushed
+/// heap starts small again.
+#[test]
+fn first_refills_are_small_and_double_up_to_the_batch() {
+    use crate::backend::Backend;
+    use crate::os::SysOs;
+    use crate::size_class::{FIRST_REFILL_BYTES, class_for};
+    let be: &'static Backend<SysOs> = Box::leak(Box::new(Backend::new(SysOs)));
+    let heap = Box::new(ThreadHeap::new(HeapState::Pooled));
+    // SAFETY: a fresh heap this thread owns.
+    unsafe { heap.activate(DEFAULT_CACHE_BUDGET) };
+    let c = class_for(2048, 8).unwrap();
+    let ci = c.index();
+    assert_eq!(c.size_bytes(), 2048);
+    let mut want = FIRST_REFILL_BYTES / 2048;
+    let mut held = Vec::new();
+    for _ in 0..7 {
+        // SAFETY: a live heap this thread owns, its class-c list empty.
+        let p = unsafe { heap.alloc_slow(c, be) };
+        assert!(!p.is_null());
+        held.push(p);
+        assert_eq!(heap.cached(c), want - 1, "refill of {want} objects");
+        // Take the rest, so that the next call refills again.
+        for _ in 1..want {
+            // SAFETY: as above; the list holds objects.
+            held.push(unsafe { heap.pop(c) });
+        }
+        want = (want * 2).min(c.batch());
+    }
+    assert_eq!(heap.lists[ci].refill_want.get() as usize, c.batch());
+    for p in held {
+        // SAFETY: blocks of class c this heap handed out, given back once.
+        unsafe { heap.free_slow(c, p, be) };
+    }
+    // SAFETY: the heap is this thread's.
+    unsafe { heap.flush_all(be) };
+    assert_eq!(heap.lists[ci].refill_want.get(), 0);
+}

@@ -24,14 +24,22 @@
 //! when a thread is preempted between the two: the one cost the per-CPU path has
 //! beyond its critical section); frees are derived ([`CpuCaches::class_counts`]).
 //!
+//! Idle CPUs: the background purge thread drains a CPU whose stacks did not change
+//! for a whole pause ([`CpuCaches::drain_idle`]).
+//!
+//! Capacities follow demand within a budget (`capacity.rs`): a miss widens its
+//! class on its CPU, the background purge thread narrows what stopped moving.
+//!
 //! Not done here (yet): double-free detection on this path (a block freed twice
-//! while cached may be handed out twice), capacity that follows demand (each
-//! class's capacity is fixed at start-up, [`cap_for`]), an idle drain.
+//! while cached may be handed out twice).
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+mod capacity;
+mod drain;
 
 use crate::backend::Backend;
 use crate::link::{FreeObj, ensure_key};
@@ -86,6 +94,11 @@ pub struct CpuCaches {
     refilled_objects: AtomicU64,
     flushes: AtomicU64,
     drains: AtomicU64,
+    /// Widenings on a miss and narrowing passes (`capacity.rs`).
+    grows: AtomicU64,
+    shrinks: AtomicU64,
+    /// The budget for all CPUs' capacities, bytes; 0: the default (`capacity.rs`).
+    budget: AtomicUsize,
     /// Per class: objects handed out from a CPU's stack or a refill (statistics,
     /// striped by CPU so that hits on different CPUs touch different lines).
     allocs: [Stripe; STRIPES],
@@ -115,6 +128,9 @@ impl CpuCaches {
             refilled_objects: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             drains: AtomicU64::new(0),
+            grows: AtomicU64::new(0),
+            shrinks: AtomicU64::new(0),
+            budget: AtomicUsize::new(0),
             allocs: [const { Stripe([const { AtomicU64::new(0) }; NUM_CLASSES]) }; STRIPES],
             received: [const { AtomicU64::new(0) }; NUM_CLASSES],
             returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
@@ -123,7 +139,7 @@ impl CpuCaches {
 
     /// Counts one object of class `ci` handed out on the thread's CPU.
     #[inline(always)]
-    fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
+    pub(crate) fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
         // SAFETY: the calling thread's area, alive while it runs; atomics only.
         let cpu = unsafe { area.as_ref() }.cpu().unwrap_or(0) as usize;
         if let Some(a) = self.allocs[cpu % STRIPES].0.get(ci) {
@@ -266,7 +282,7 @@ impl CpuCaches {
     /// As for `alloc`.
     #[cold]
     #[inline(never)]
-    unsafe fn refill<O: Os>(
+    pub(crate) unsafe fn refill<O: Os>(
         &self,
         slab: &Slab,
         area: NonNull<RseqArea>,
@@ -277,6 +293,8 @@ impl CpuCaches {
         if b.count == 0 {
             return ptr::null_mut();
         }
+        // An empty stack: room for more next time, if the budget allows.
+        self.grow_on_miss(slab, area, c.index());
         let size = c.size_bytes();
         be.note_flow((b.count * size) as isize);
         // Relaxed: statistics.
@@ -286,49 +304,45 @@ impl CpuCaches {
             r.fetch_add(b.count as u64, Ordering::Relaxed);
         }
         self.count_alloc(area, c.index());
-        let first = b.head;
-        let mut o = if b.count > 1 {
-            // SAFETY: the batch is a chain of b.count class-c objects, ours now.
-            unsafe { FreeObj::next(first, c) }
-        } else {
-            ptr::null_mut()
-        };
-        let mut pushed = 0u64;
-        for i in 1..b.count {
-            let next = if i + 1 < b.count {
-                // SAFETY: `o` is the batch's i-th object, linked to the rest.
+        // The batch's objects into an array (links cleared: nothing encoded stays
+        // in a cached object), the first for the caller, the rest onto the CPU's
+        // stack in one critical section.
+        let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
+        let mut n = 0;
+        let mut o = b.head;
+        while !o.is_null() && n < MAX_BATCH && n < b.count {
+            let next = if n + 1 < b.count {
+                // SAFETY: `o` is one of the batch's b.count class-c objects, ours
+                // now, linked to the rest.
                 unsafe { FreeObj::next(o, c) }
             } else {
                 ptr::null_mut()
             };
-            // SAFETY: `o` is ours (the batch), not in the slab; its link is spent.
+            // SAFETY: ours (the batch); its link is spent once `next` is read.
             unsafe { FreeObj::clear(o) };
-            let Some(obj) = NonNull::new(o.cast::<u8>()) else {
-                break;
-            };
-            // SAFETY: the caller's contract; `obj` is in no slot (it came from the
-            // central tier), class c (invariant 3).
-            if !unsafe { slab.push(area, c.index(), obj) } {
-                // Full (or locked, or migrated to a full CPU): the rest goes back.
-                let rest = b.count - i;
-                // SAFETY: `o` and the objects after it form a null-terminated chain
-                // of `rest` class-c objects of ours that nobody uses (`o` relinked).
-                unsafe {
-                    FreeObj::set_next(o, next);
-                    be.flush(c, o, rest);
-                }
-                be.note_flow(-((rest * size) as isize));
-                self.count_returned(c.index(), rest);
-                break;
-            }
-            pushed += 1;
+            objs[n] = o.cast();
+            n += 1;
             o = next;
         }
+        debug_check!(
+            n == b.count && o.is_null(),
+            "CpuCaches::refill: a batch longer than MAX_BATCH"
+        );
+        let first = objs[0];
+        // SAFETY: the caller's contract; objs[1..n] came from the central tier, so
+        // they are in no slot, distinct, non-null, class c (invariant 3).
+        let pushed = unsafe { slab.push_batch(area, c.index(), &objs[1..n]) };
+        let rest = &objs[1 + pushed..n];
+        if !rest.is_empty() {
+            // Full (or locked, or migrated to a full CPU): the rest goes back.
+            // SAFETY: objects of ours that nobody uses, not in the slab.
+            unsafe { flush_array(be, c, rest) };
+            self.count_returned(c.index(), rest.len());
+        }
         // Relaxed: statistics.
-        self.refilled_objects.fetch_add(pushed, Ordering::Relaxed);
-        // SAFETY: the batch's first object is ours to hand out; its link is spent.
-        unsafe { FreeObj::clear(first) };
-        first.cast()
+        self.refilled_objects
+            .fetch_add(pushed as u64, Ordering::Relaxed);
+        first
     }
 
     /// Caches `p` on the calling thread's CPU; on a full stack, flushes a batch
@@ -359,7 +373,7 @@ impl CpuCaches {
     /// As for `free`.
     #[cold]
     #[inline(never)]
-    unsafe fn free_full<O: Os>(
+    pub(crate) unsafe fn free_full<O: Os>(
         &self,
         slab: &Slab,
         area: NonNull<RseqArea>,
@@ -367,83 +381,31 @@ impl CpuCaches {
         p: NonNull<u8>,
         be: &Backend<O>,
     ) {
-        ensure_key();
         let ci = c.index();
-        let want = (CLASS_BATCH[ci] as usize).min(cap_for(ci) as usize);
-        let mut head: *mut FreeObj = ptr::null_mut();
-        let mut n = 0usize;
-        while n < want {
-            // SAFETY: as in `alloc`.
-            let Some(q) = (unsafe { slab.pop(area, ci) }) else {
-                break;
-            };
-            let q = q.as_ptr().cast::<FreeObj>();
-            // SAFETY: popped: ours, cached, unused by anyone (invariant 3).
-            unsafe { FreeObj::set_next(q, head) };
-            head = q;
-            n += 1;
+        // A full stack: widen it if the budget allows, and the object fits.
+        // SAFETY: as in `alloc`; `p` is given up and in no slot.
+        if self.grow_on_miss(slab, area, ci) && unsafe { slab.push(area, ci, p) } {
+            return;
         }
+        let want = (CLASS_BATCH[ci] as usize)
+            .min(cap_for(ci) as usize)
+            .min(MAX_BATCH - 1);
+        let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
+        // SAFETY: as in `alloc`.
+        let mut n = unsafe { slab.pop_batch(area, ci, &mut objs[..want]) };
         // SAFETY: per the contract `p` is given up and in no slot.
         if !unsafe { slab.push(area, ci, p) } {
-            let q = p.as_ptr().cast::<FreeObj>();
-            // SAFETY: the caller gives `p` up: ours to link.
-            unsafe { FreeObj::set_next(q, head) };
-            head = q;
+            objs[n] = p.as_ptr();
             n += 1;
         }
         if n > 0 {
-            // SAFETY: `head` starts a null-terminated chain of `n` class-c objects
-            // of `be` that nobody uses.
-            unsafe { be.flush(c, head, n) };
-            be.note_flow(-((n * c.size_bytes()) as isize));
+            // SAFETY: popped from the slab (ours, cached, unused by anyone:
+            // invariant 3) or given up by the caller.
+            unsafe { flush_array(be, c, &objs[..n]) };
             self.count_returned(ci, n);
             // Relaxed: statistics.
             self.flushes.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Returns every object cached on every CPU to the central tier; how many. A CPU
-    /// another non-owner is working on (or that cannot be fenced) is skipped.
-    ///
-    /// # Safety
-    /// `be` is the backend whose objects the slab holds (invariant 3).
-    pub unsafe fn drain_all<O: Os>(&self, be: &Backend<O>) -> usize {
-        let Some(slab) = self.slab_if_on() else {
-            return 0;
-        };
-        ensure_key();
-        // Relaxed: statistics.
-        self.drains.fetch_add(1, Ordering::Relaxed);
-        let mut total = 0;
-        for cpu in 0..slab.ncpu() {
-            let any =
-                (0..NUM_CLASSES).any(|k| slab.len_and_capacity(cpu, k).is_some_and(|(n, _)| n > 0));
-            if !any {
-                continue;
-            }
-            let mut chains = [(ptr::null_mut::<FreeObj>(), 0usize); NUM_CLASSES];
-            let _ = slab.drain_cpu(cpu, |k, p| {
-                let q = p.as_ptr().cast::<FreeObj>();
-                if let Some(ch) = chains.get_mut(k) {
-                    // SAFETY: drained: ours, unused by anyone (invariant 3).
-                    unsafe { FreeObj::set_next(q, ch.0) };
-                    *ch = (q, ch.1 + 1);
-                }
-            });
-            for (k, &(head, n)) in chains.iter().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                let c = SizeClass(k as u8);
-                // SAFETY: a null-terminated chain of `n` class-k objects of `be`,
-                // taken out of the slab, that nobody uses.
-                unsafe { be.flush(c, head, n) };
-                be.note_flow(-((n * c.size_bytes()) as isize));
-                self.count_returned(k, n);
-                total += n;
-            }
-        }
-        total
     }
 
     /// Bytes cached on all CPUs (a snapshot); 0 when off.
@@ -462,12 +424,42 @@ impl CpuCaches {
         total
     }
 
-    /// Checks the slab's invariants (nothing to check when off).
-    pub fn validate(&self) -> Result<(), crate::Violation> {
-        match self.slab_if_on() {
-            Some(s) => s.validate(),
-            None => Ok(()),
+    /// Checks the slab's invariants and invariant 3 (nothing to check when off):
+    /// every cached object is the start of a class-`k` object of a Small span of
+    /// `be`'s (looked up in its chunk map), each CPU inspected with its headers
+    /// locked and fenced ([`Slab::inspect_cpu`]). A CPU another non-owner holds is
+    /// skipped. Not checked: that no object sits in two slots (that needs a set,
+    /// and this runs without allocating).
+    pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), crate::Violation> {
+        let Some(slab) = self.slab_if_on() else {
+            return Ok(());
+        };
+        slab.validate()?;
+        for cpu in 0..slab.ncpu() {
+            let r = slab.inspect_cpu(cpu, |k, p| {
+                let a = p.as_ptr() as usize;
+                // SAFETY: `small_object` reads the header of a chunk the chunk map
+                // says is mapped (`owns` checked it first).
+                let class = be
+                    .owns(p.as_ptr())
+                    .then(|| unsafe { crate::chunk::small_object(a) })
+                    .flatten();
+                if class == Some(SizeClass(k as u8)) {
+                    Ok(())
+                } else {
+                    Err(crate::Violation {
+                        structure: "front::percpu::CpuCaches",
+                        invariant: 3,
+                        what: "a cached object is not a class-k object of the backend",
+                        addr: a,
+                    })
+                }
+            });
+            if let Ok(r) = r {
+                r?;
+            }
         }
+        Ok(())
     }
 
     /// The slow paths' counters and the bytes cached now; None when off.
@@ -480,8 +472,44 @@ impl CpuCaches {
             refilled_objects: self.refilled_objects.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             drains: self.drains.load(Ordering::Relaxed),
+            capacity_bytes: self.capacity_bytes() as u64,
+            budget_bytes: self.budget_bytes() as u64,
+            grows: self.grows.load(Ordering::Relaxed),
+            shrinks: self.shrinks.load(Ordering::Relaxed),
         })
     }
+}
+
+/// The most objects a refill or flush moves at once (at least every class's batch).
+const MAX_BATCH: usize = 64;
+const_assert!({
+    let mut ok = true;
+    let mut k = 0;
+    while k < NUM_CLASSES {
+        ok &= (CLASS_BATCH[k] as usize) < MAX_BATCH;
+        k += 1;
+    }
+    ok
+});
+
+/// Links `objs` into a chain and returns it to the central tier.
+///
+/// # Safety
+/// `objs` are distinct class-`c` objects of `be`'s that nobody uses and that are in
+/// no slot of the slab.
+unsafe fn flush_array<O: Os>(be: &Backend<O>, c: SizeClass, objs: &[*mut u8]) {
+    ensure_key();
+    let mut head: *mut FreeObj = ptr::null_mut();
+    for &o in objs {
+        let q = o.cast::<FreeObj>();
+        // SAFETY: ours by the contract; its first word is free to hold the link.
+        unsafe { FreeObj::set_next(q, head) };
+        head = q;
+    }
+    // SAFETY: `head` starts a null-terminated chain of `objs.len()` class-c objects
+    // of `be` that nobody uses.
+    unsafe { be.flush(c, head, objs.len()) };
+    be.note_flow(-((objs.len() * c.size_bytes()) as isize));
 }
 
 /// The slab, if the environment asks for the front end and the machine allows it.
@@ -496,11 +524,13 @@ fn build() -> Option<Slab> {
         return None;
     }
     let ncpu = crate::percpu::possible_cpus()?;
-    let mut caps = [0u16; NUM_CLASSES];
-    for (k, cap) in caps.iter_mut().enumerate() {
-        *cap = cap_for(k);
+    let mut max = [0u16; NUM_CLASSES];
+    let mut init = [0u16; NUM_CLASSES];
+    for k in 0..NUM_CLASSES {
+        max[k] = cap_for(k);
+        init[k] = capacity::initial_cap(k);
     }
-    let slab = Slab::new(ncpu, &caps, &caps).ok()?;
+    let slab = Slab::new(ncpu, &max, &init).ok()?;
     slab.can_fence().ok()?;
     Some(slab)
 }
