@@ -168,7 +168,7 @@ pub mod internals {
     pub use crate::front::Allocator as Backend;
     pub use crate::front::thread_cache::{DEFAULT_CACHE_BUDGET, HeapState, ThreadHeap};
     pub use crate::front::{Allocator, FrontEnd};
-    pub use crate::huge::HugeRegistry;
+    pub use crate::huge::{CACHE_SLOTS, HugeRegistry};
     pub use crate::link::FreeObj;
     pub use crate::meta::MetaArena;
     pub use crate::os::{OS_PAGE, Os, OsError, SysOs};

@@ -86,6 +86,15 @@ pub(crate) mod flaky {
             unsafe { SysOs.split(p, size, at) }
         }
 
+        fn can_move(&self) -> bool {
+            SysOs.can_move()
+        }
+
+        unsafe fn move_to(&self, p: *mut u8, size: usize, dst: *mut u8) -> Result<(), OsError> {
+            // SAFETY: forwarded contract.
+            unsafe { SysOs.move_to(p, size, dst) }
+        }
+
         fn now_ms(&self) -> Result<u64, OsError> {
             SysOs.now_ms()
         }

@@ -9,7 +9,7 @@ use common::MIB;
 // never see old bytes; old, excess and oversized mappings are unmapped; release empties it. The
 // exact checks run on private backends (nothing else allocates huge blocks there).
 
-use strata::internals::{Backend, SysOs};
+use strata::internals::{Backend, CACHE_SLOTS, SysOs};
 
 /// A private backend with the default 64 MiB cache (checked builds default to none).
 fn backend() -> &'static Backend<SysOs> {
@@ -81,21 +81,24 @@ fn a_freed_huge_block_is_reused_whole_shrunk_or_grown() {
         be.free_huge(t);
     }
 
-    // Larger than anything cached: the largest mapping is grown.
+    // Larger than anything cached: built from the cached mappings, moved with their
+    // pages (old bytes first), and fresh pages after them.
     let q = be.alloc_huge(6 * MIB, 8, false);
     assert!(!q.is_null());
     assert_eq!(be.usable_size(q), Some(6 * MIB));
-    assert_eq!(totals(be), (1, 6 * MIB, half));
+    assert_eq!(totals(be), (1, 6 * MIB, 0));
+    assert!(all(q, 3 * MIB, 0xAB), "the cached pages were not moved in");
+    assert!(
+        all(q.wrapping_add(3 * MIB), 3 * MIB, 0),
+        "fresh pages not zero"
+    );
     fill(q, 6 * MIB, 0xCD);
     // SAFETY: live, given up.
     unsafe { be.free_huge(q) };
 
-    // Zeroed requests take cached mappings too, and get zeros: whole, grown (the
+    // Zeroed requests take cached mappings too, and get zeros: whole, built on (the
     // new pages are fresh) and split (8 MiB of the 10 go back to the cache).
-    for (i, (mib, cached)) in [(6, half), (10, half), (2, half + 8 * MIB)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, (mib, cached)) in [(6, 0), (10, 0), (2, 8 * MIB)].into_iter().enumerate() {
         let z = be.alloc_huge(mib * MIB, 8, true);
         assert!(!z.is_null());
         assert!(
@@ -114,12 +117,50 @@ fn a_freed_huge_block_is_reused_whole_shrunk_or_grown() {
 
     // Release empties the cache.
     let before = be.stats();
-    let cached = half + 8 * MIB + 2 * MIB;
+    let cached = 8 * MIB + 2 * MIB;
     assert_eq!(before.huge_cached_bytes, cached as u64);
     assert!(be.release_shared() >= cached);
     assert_eq!(totals(be), (0, 0, 0));
     let after = be.stats();
     assert_eq!(after.mapped_bytes + cached as u64, before.mapped_bytes);
+}
+
+#[test]
+fn a_block_built_from_cached_mappings_can_be_reallocated() {
+    let be = backend();
+    // Two 4 MiB mappings far apart (a 2 MiB block between them stays live), so
+    // that the 8 MiB block built from them spans several OS mappings.
+    let (a, keep, b) = (
+        be.alloc_huge(4 * MIB, 8, false),
+        be.alloc_huge(2 * MIB, 8, false),
+        be.alloc_huge(4 * MIB, 8, false),
+    );
+    fill(a, 4 * MIB, 1);
+    fill(b, 4 * MIB, 2);
+    // SAFETY: live, given up.
+    unsafe {
+        be.free_huge(a);
+        be.free_huge(b);
+    }
+    let mut q = be.alloc_huge(9 * MIB, 8, false);
+    assert_eq!(totals(be), (2, 11 * MIB, 0), "not built from both");
+    assert!(all(q, 4 * MIB, 2) && all(q.wrapping_add(4 * MIB), 4 * MIB, 1));
+    fill(q, 9 * MIB, 3);
+    // Grown and shrunk: by mremap where the OS allows, else moved to a new block.
+    for mib in [20, 12, 5] {
+        // SAFETY: `q` is a live huge block of this backend.
+        let r = unsafe { be.realloc_huge(q, mib * MIB) };
+        assert!(!r.is_null(), "realloc to {mib} MiB failed");
+        assert!(all(r, 5 * MIB, 3), "realloc to {mib} MiB lost the contents");
+        assert_eq!(be.usable_size(r), Some(mib * MIB));
+        q = r;
+    }
+    // SAFETY: live, given up.
+    unsafe {
+        be.free_huge(q);
+        be.free_huge(keep);
+    }
+    totals(be);
 }
 
 #[test]
@@ -129,10 +170,12 @@ fn the_cache_keeps_to_its_budget_its_slots_and_its_largest_block() {
         // SAFETY: live blocks of this backend, given up once.
         unsafe { be.free_huge(p) }
     };
-    // Nine 2 MiB blocks: eight slots, the oldest one unmapped.
-    let blocks: Vec<*mut u8> = (0..9).map(|_| be.alloc_huge(2 * MIB, 8, false)).collect();
+    // One 1 MiB block more than the slots: the oldest one unmapped.
+    let blocks: Vec<*mut u8> = (0..=CACHE_SLOTS)
+        .map(|_| be.alloc_huge(MIB, 8, false))
+        .collect();
     blocks.iter().copied().for_each(free);
-    assert_eq!(totals(be), (0, 0, 16 * MIB));
+    assert_eq!(totals(be), (0, 0, CACHE_SLOTS * MIB));
 
     // A 20 MiB block pushes out the oldest until it fits the 64 MiB budget...
     let big: Vec<*mut u8> = (0..3).map(|_| be.alloc_huge(20 * MIB, 8, false)).collect();
@@ -183,4 +226,54 @@ fn zeroed_huge_allocations_after_dirty_frees_are_zero() {
         assert!(v[5 * MIB..].iter().all(|&b| b == 7));
     }
     strata::validate_heap().unwrap();
+}
+
+#[test]
+fn threads_building_blocks_from_the_cache_keep_every_block_intact() {
+    let be = backend();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            s.spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15 ^ (t + 1);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let mut live: Vec<(usize, usize, u8)> = Vec::new();
+                for i in 0..200 {
+                    let len = MIB + (next() as usize % (7 * MIB));
+                    let tag = (t as u8) << 5 | (i % 31) as u8;
+                    let p = be.alloc_huge(len, 8, i % 3 == 0);
+                    assert!(!p.is_null());
+                    fill(p, len, tag);
+                    live.push((p as usize, len, tag));
+                    if live.len() > 4 {
+                        let (q, qlen, qtag) = live.swap_remove(next() as usize % live.len());
+                        assert!(all(q as *const u8, qlen, qtag), "thread {t}: block changed");
+                        if i % 5 == 0 {
+                            let nlen = qlen + MIB;
+                            // SAFETY: a live huge block of this backend.
+                            let r = unsafe { be.realloc_huge(q as *mut u8, nlen) };
+                            assert!(!r.is_null());
+                            assert!(all(r, qlen, qtag), "thread {t}: realloc lost bytes");
+                            // SAFETY: live, given up.
+                            unsafe { be.free_huge(r) };
+                        } else {
+                            // SAFETY: live, given up.
+                            unsafe { be.free_huge(q as *mut u8) };
+                        }
+                    }
+                }
+                for (q, qlen, qtag) in live {
+                    assert!(all(q as *const u8, qlen, qtag), "thread {t}: block changed");
+                    // SAFETY: live, given up.
+                    unsafe { be.free_huge(q as *mut u8) };
+                }
+            });
+        }
+    });
+    let (count, bytes, _) = totals(be);
+    assert_eq!((count, bytes), (0, 0));
 }

@@ -69,6 +69,10 @@ pub struct Backend<O: Os> {
     pub huge: HugeRegistry,
     /// Byte budget of the cache of freed huge mappings (`huge`, "The cache").
     huge_cache_budget: HugeBudget,
+    /// Whether the OS refused a move of cached mappings into a new huge block (then
+    /// no more are built: `huge_blocks`, `build_huge`): 0 while it has not, so that
+    /// the value starts all zero.
+    huge_moves_refused: AtomicUsize,
     pub(crate) counters: Counters,
 }
 
@@ -142,6 +146,7 @@ impl<O: Os> Backend<O> {
                 huge: HugeRegistry::new(),
                 // Checked builds unmap huge blocks at free, so a late access faults.
                 huge_cache_budget: HugeBudget::new(),
+                huge_moves_refused: AtomicUsize::new(0),
                 counters: Counters::new(),
             }
         }

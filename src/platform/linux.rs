@@ -163,6 +163,29 @@ unsafe impl Os for SysOs {
         );
     }
 
+    fn can_move(&self) -> bool {
+        true
+    }
+
+    unsafe fn move_to(&self, p: *mut u8, size: usize, dst: *mut u8) -> Result<(), OsError> {
+        // SAFETY: per the contract both ranges are ours and disjoint; MREMAP_FIXED
+        // replaces the destination, and a failure leaves the source as it was.
+        let r = unsafe {
+            libc::mremap(
+                p.cast(),
+                size,
+                size,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                dst.cast::<libc::c_void>(),
+            )
+        };
+        if r == libc::MAP_FAILED {
+            Err(OsError::last())
+        } else {
+            Ok(())
+        }
+    }
+
     fn now_ms(&self) -> Result<u64, OsError> {
         let mut ts = libc::timespec {
             tv_sec: 0,

@@ -132,6 +132,26 @@ pub unsafe trait Os {
     /// `[p, p+size)` is a whole mapping obtained from `map` with `align <= OS_PAGE`
     /// (or from `remap` or `split`); `at` is a multiple of [`OS_PAGE`] in `(0, size)`.
     unsafe fn split(&self, p: *mut u8, size: usize, at: usize);
+    /// Whether [`Os::move_to`] can work (false: the caller never calls it).
+    #[inline]
+    fn can_move(&self) -> bool {
+        false
+    }
+    /// Moves the pages of `[p, p+size)` (contents and residency, no copy) to
+    /// `[dst, dst+size)`, which they replace; `[p, p+size)` is no longer mapped
+    /// afterwards. On `Err` the source is untouched and still the caller's, but the
+    /// destination may have been unmapped already (Linux before 6.17 checks a source
+    /// that spans several mappings only after that): it is no longer the caller's
+    /// and must not be touched or unmapped. The default refuses (`can_move` false).
+    ///
+    /// # Safety
+    /// `[p, p+size)` and `[dst, dst+size)` are disjoint ranges of whole OS pages of
+    /// live mappings of the caller's from `map`, `remap` or `split` (each may span
+    /// several of them), that nobody else uses.
+    unsafe fn move_to(&self, p: *mut u8, size: usize, dst: *mut u8) -> Result<(), OsError> {
+        let _ = (p, size, dst);
+        Err(OsError(0))
+    }
     /// A monotonic clock in milliseconds, for purge delays; `Err` if it cannot be read.
     fn now_ms(&self) -> Result<u64, OsError>;
     /// The granule of `map`, `purge`, `unmap` and `split`, a power of two: the OS
