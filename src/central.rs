@@ -22,6 +22,8 @@ use core::ptr;
 use crossbeam_utils::CachePadded;
 
 mod carve;
+#[cfg(all(test, not(strata_loom)))]
+mod tests;
 
 /// Bytes of full batches a class's transfer stack may hold before flushes go to the
 /// spans (so that a burst of frees in one class cannot pin unbounded memory).
