@@ -2,8 +2,8 @@
 //! and behind it the spans of that class under a per-class lock.
 //!
 //! Refill (a thread cache ran dry): pop a batch (one CAS); if none, carve a batch
-//! from the class's partial spans under the class lock, taking a new span from the
-//! page heap when none has room. Flush (a thread cache overflowed): push the batch
+//! from the class's partial spans, taking a new span from the page heap when none
+//! has room (the class lock held for the bookkeeping only, `carve.rs`). Flush (a thread cache overflowed): push the batch
 //! (one CAS) unless the stack already holds enough; then return the objects to their
 //! spans under the class lock; a span whose `live` count reaches 0 goes back to the
 //! page heap.
@@ -11,7 +11,7 @@
 use crate::Violation;
 use crate::check::check;
 use crate::chunk::{ChunkHeader, SPAN_LISTED, Span, SpanKind};
-use crate::link::{FreeObj, ensure_key};
+use crate::link::FreeObj;
 use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::page_heap::PageHeap;
@@ -20,6 +20,10 @@ use crate::sync::{LockRank, RawLock, UnsafeCell};
 use crate::transfer::{DescPool, TransferStack};
 use core::ptr;
 use crossbeam_utils::CachePadded;
+
+mod carve;
+#[cfg(all(test, not(strata_loom)))]
+mod tests;
 
 /// Bytes of full batches a class's transfer stack may hold before flushes go to the
 /// spans (so that a burst of frees in one class cannot pin unbounded memory).
@@ -139,61 +143,6 @@ impl Central {
             };
         }
         self.carve(c, ph, want)
-    }
-
-    /// Takes up to `want` objects from the class's spans.
-    fn carve<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
-        // Every object we link was carved here first (or handed to a live heap):
-        // the link key must be set before the first one is linked.
-        ensure_key();
-        let size = c.size_bytes();
-        self.classes[c.index()].with_spans(|cs| {
-            let mut head: *mut FreeObj = ptr::null_mut();
-            let mut count = 0;
-            while count < want {
-                let mut span = cs.partial;
-                if span.is_null() {
-                    span = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
-                    if span.is_null() {
-                        break;
-                    }
-                    // SAFETY: a fresh Small span for this class, ours under the lock.
-                    unsafe {
-                        let s = &*span;
-                        s.set_free(ptr::null_mut());
-                        s.set_carved(0);
-                        s.set_live(0);
-                        s.set_capacity(c.objects_per_span() as u32);
-                        list_push(&mut cs.partial, span);
-                    }
-                    cs.nspans += 1;
-                }
-                // SAFETY: spans on the partial list are Small spans of this class,
-                // ours under the lock; their free objects belong to no one else.
-                unsafe {
-                    let s = &*span;
-                    while count < want && s.has_free_object() {
-                        let obj = if s.free().is_null() {
-                            let o = s.base().add(s.carved() as usize * size).cast::<FreeObj>();
-                            s.set_carved(s.carved() + 1);
-                            o
-                        } else {
-                            let o = s.free();
-                            s.set_free(FreeObj::next(o, c));
-                            o
-                        };
-                        FreeObj::set_next(obj, head);
-                        head = obj;
-                        count += 1;
-                        s.set_live(s.live() + 1);
-                    }
-                    if !s.has_free_object() {
-                        list_remove(&mut cs.partial, span);
-                    }
-                }
-            }
-            Batch { head, count }
-        })
     }
 
     /// Takes back a chain of `count` class `c` objects from a thread cache.

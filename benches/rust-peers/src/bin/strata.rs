@@ -1,0 +1,6 @@
+#[global_allocator]
+static A: strata::Strata = strata::Strata;
+
+fn main() {
+    rust_peers::main()
+}

@@ -1,0 +1,197 @@
+//! Carving a batch from a class's spans: the class lock is held for the
+//! bookkeeping only, the objects are walked and linked after it is dropped.
+
+use super::{Batch, Central, list_push, list_remove};
+use crate::chunk::{SPAN_LISTED, Span, SpanKind};
+use crate::link::{FreeObj, ensure_key};
+use crate::os::Os;
+use crate::page_heap::PageHeap;
+use crate::size_class::SizeClass;
+use core::ptr;
+
+impl Central {
+    /// Takes up to `want` objects from the class's spans.
+    ///
+    /// The class lock is held only for bookkeeping: no object's memory is read or
+    /// written under it. A span's free list is detached whole (its length is
+    /// `carved - live`, Span invariant 4) and never-carved objects at a span's tail
+    /// are reserved as a run; both count as `live` at once, so no other thread
+    /// reaches them and the span cannot go back to the page heap meanwhile. The
+    /// pieces are walked and linked after the lock is dropped: a free list's objects
+    /// are often cold (a cache miss each) and fresh ones often untouched (a page
+    /// fault every few objects of the larger classes), and a thread refilling the
+    /// same class no longer waits for either. A detached list longer than needed is
+    /// cut outside the lock and its rest given back under the lock again.
+    pub(super) fn carve<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
+        // Every object we link was carved here first (or handed to a live heap):
+        // the link key must be set before the first one is linked.
+        ensure_key();
+        let size = c.size_bytes();
+        let cls = &self.classes[c.index()];
+        let mut pieces = [Piece::EMPTY; MAX_PIECES];
+        let (count, npieces) = cls.with_spans(|cs| {
+            let mut count = 0;
+            let mut npieces = 0;
+            // Each span adds at most two pieces (its list, its tail).
+            while count < want && npieces + 2 <= MAX_PIECES {
+                let mut span = cs.partial;
+                if span.is_null() {
+                    span = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
+                    if span.is_null() {
+                        break;
+                    }
+                    // SAFETY: a fresh Small span for this class, ours under the lock.
+                    unsafe {
+                        let s = &*span;
+                        s.set_free(ptr::null_mut());
+                        s.set_carved(0);
+                        s.set_live(0);
+                        s.set_capacity(c.objects_per_span() as u32);
+                        list_push(&mut cs.partial, span);
+                    }
+                    cs.nspans += 1;
+                }
+                // SAFETY: spans on the partial list are Small spans of this class,
+                // ours under the lock; their free objects belong to no one else.
+                unsafe {
+                    let s = &*span;
+                    let nfree = (s.carved() - s.live()) as usize;
+                    if nfree > 0 {
+                        // Detach the whole list; all of it counts as live until a
+                        // longer-than-needed rest is given back (below).
+                        let take = nfree.min(want - count);
+                        pieces[npieces] = Piece {
+                            obj: s.free().cast(),
+                            n: take,
+                            run: false,
+                            span,
+                            rest: nfree - take,
+                        };
+                        npieces += 1;
+                        s.set_free(ptr::null_mut());
+                        s.set_live(s.carved());
+                        count += take;
+                    }
+                    // Then a run of never-carved objects at the tail.
+                    let n = (want - count).min((s.capacity() - s.carved()) as usize);
+                    if n > 0 {
+                        pieces[npieces] = Piece {
+                            obj: s.base().add(s.carved() as usize * size),
+                            n,
+                            run: true,
+                            span,
+                            rest: 0,
+                        };
+                        npieces += 1;
+                        s.set_carved(s.carved() + n as u32);
+                        s.set_live(s.live() + n as u32);
+                        count += n;
+                    }
+                    if !s.has_free_object() {
+                        list_remove(&mut cs.partial, span);
+                    }
+                }
+            }
+            (count, npieces)
+        });
+        // Link the pieces, each in its own order, into one chain.
+        let mut head: *mut FreeObj = ptr::null_mut();
+        for p in pieces[..npieces].iter().rev() {
+            if p.run {
+                for i in (0..p.n).rev() {
+                    // SAFETY: object i of the run lies inside its span (the run was
+                    // cut from `capacity - carved`); it was reserved under the class
+                    // lock (counted in `carved` and `live`), so it is ours alone.
+                    unsafe {
+                        let o = p.obj.add(i * size).cast::<FreeObj>();
+                        FreeObj::set_next(o, head);
+                        head = o;
+                    }
+                }
+            } else {
+                let first = p.obj.cast::<FreeObj>();
+                let mut tail = first;
+                // SAFETY: the piece is the first `n` objects of a free list detached
+                // under the class lock and counted live there, so ours alone; the
+                // list holds at least `n` objects (its length was `carved - live`).
+                unsafe {
+                    for _ in 1..p.n {
+                        tail = FreeObj::next(tail, c);
+                    }
+                    if p.rest > 0 {
+                        // The `rest` objects of the detached list after the `n` we
+                        // keep, still counted live in the piece's span.
+                        let rest = FreeObj::next(tail, c);
+                        self.give_back_rest(c, p.span, rest, p.rest);
+                    }
+                    FreeObj::set_next(tail, head);
+                }
+                head = first;
+            }
+        }
+        Batch { head, count }
+    }
+
+    /// Puts back the part of a span's detached free list that a carve did not keep.
+    ///
+    /// # Safety
+    /// `rest` starts a chain of `n` free objects of Small span `span` of class `c`,
+    /// detached by `carve` and still counted in the span's `live`, that nobody uses.
+    unsafe fn give_back_rest(&self, c: SizeClass, span: *mut Span, rest: *mut FreeObj, n: usize) {
+        self.classes[c.index()].with_spans(|cs| {
+            // SAFETY: `span` is a Small span of class c that stays one (the carve
+            // keeps at least one of its objects, counted live); its fields are ours
+            // under the class lock, and so are the objects freed to it since the
+            // detach (its list now, `carved - live` of them: the rest still counts
+            // as live). The rest is put in front of them when there are none, the
+            // common case, and else behind them: their chain was written since the
+            // detach and is short, while the rest may be long and cold.
+            unsafe {
+                let s = &*span;
+                let newer = (s.carved() - s.live()) as usize;
+                if newer == 0 {
+                    s.set_free(rest);
+                } else {
+                    let mut tail = s.free();
+                    for _ in 1..newer {
+                        tail = FreeObj::next(tail, c);
+                    }
+                    FreeObj::set_next(tail, rest);
+                }
+                s.set_live(s.live() - n as u32);
+                if s.flags() & SPAN_LISTED == 0 {
+                    list_push(&mut cs.partial, span);
+                }
+            }
+        });
+    }
+}
+
+/// Pieces one carve may take: a span's detached free list or a run of its
+/// never-carved objects, two at most a span. A batch is never larger than a span's
+/// objects, so a batch takes two or three pieces in practice; a carve that fills
+/// them all returns a shorter batch, which `refill` allows.
+const MAX_PIECES: usize = 8;
+
+/// Objects a carve took from `span` under the class lock, linked after it is
+/// dropped: `n` objects from `obj`, either a run of never-carved objects (`run`) or
+/// the head of a detached free list, followed there by `rest` more objects to give
+/// back.
+#[derive(Clone, Copy)]
+struct Piece {
+    obj: *mut u8,
+    n: usize,
+    run: bool,
+    span: *mut Span,
+    rest: usize,
+}
+
+impl Piece {
+    const EMPTY: Piece = Piece {
+        obj: ptr::null_mut(),
+        n: 0,
+        run: true,
+        span: ptr::null_mut(),
+        rest: 0,
+    };
+}

@@ -1,0 +1,99 @@
+//! Unit tests of `carve`: a span's detached free list cut to a batch and the rest
+//! given back, alone and with another thread returning objects meanwhile.
+
+use super::*;
+use crate::backend::Backend;
+use crate::os::SysOs;
+use crate::size_class::class_for;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+fn class() -> SizeClass {
+    let c = class_for(32, 8).expect("a small class");
+    assert!(
+        c.objects_per_span() > 2 * c.batch(),
+        "a span must hold several batches"
+    );
+    c
+}
+
+fn refill(b: &Backend<SysOs>, c: SizeClass) -> Vec<usize> {
+    let batch = b.central.refill(c, &b.page_heap);
+    let mut v = Vec::with_capacity(batch.count);
+    let mut o = batch.head;
+    for _ in 0..batch.count {
+        v.push(o as usize);
+        // SAFETY: the refill gave us a chain of `batch.count` objects.
+        o = unsafe { FreeObj::next(o, c) };
+    }
+    assert!(o.is_null(), "the chain ends after `count` objects");
+    v
+}
+
+fn give_back(b: &Backend<SysOs>, c: SizeClass, objs: &[usize]) {
+    for &o in objs {
+        // SAFETY: a class-c object we own and give up.
+        unsafe { b.free_small_direct(c, o as *mut u8) };
+    }
+}
+
+#[test]
+fn a_long_free_list_is_cut_to_a_batch_and_the_rest_stays_with_its_span() {
+    let b: Backend<SysOs> = Backend::new(SysOs);
+    let c = class();
+    let mut held = Vec::new();
+    while held.len() < 2 * c.objects_per_span() {
+        held.extend(refill(&b, c));
+    }
+    // Everything back to the spans but one object each of the first and last
+    // batch: the spans keep long free lists and stay live.
+    let (keep_a, keep_b) = (held[0], held[held.len() - 1]);
+    give_back(&b, c, &held[1..held.len() - 1]);
+    b.validate().unwrap();
+    let mut seen = HashSet::from([keep_a, keep_b]);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let batch = refill(&b, c);
+        assert_eq!(batch.len(), c.batch());
+        for &o in &batch {
+            assert!(seen.insert(o), "object {o:#x} handed out twice");
+        }
+        got.extend(batch);
+        b.validate().unwrap();
+    }
+    give_back(&b, c, &got);
+    give_back(&b, c, &[keep_a, keep_b]);
+    b.validate().unwrap();
+}
+
+#[test]
+fn carving_while_another_thread_returns_objects_keeps_every_span_consistent() {
+    let b: Arc<Backend<SysOs>> = Arc::new(Backend::new(SysOs));
+    let c = class();
+    let workers: Vec<_> = (0..2usize)
+        .map(|t| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let mut kept: Vec<usize> = Vec::new();
+                for i in 0..2000usize {
+                    let batch = refill(&b, c);
+                    assert!(!batch.is_empty());
+                    // Keep a few for a while (spans stay live with long free lists),
+                    // give the rest back at once.
+                    let k = (i * 7 + t) % batch.len();
+                    kept.extend_from_slice(&batch[..k.min(3)]);
+                    give_back(&b, c, &batch[k.min(3)..]);
+                    if kept.len() > 200 {
+                        give_back(&b, c, &kept);
+                        kept.clear();
+                    }
+                }
+                give_back(&b, c, &kept);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    b.validate().unwrap();
+}
