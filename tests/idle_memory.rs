@@ -50,7 +50,7 @@ fn run_child(action: &str, vars: &[(&str, &str)]) -> String {
 /// measurement), frees it all, and then waits at `idle` until told to go on.
 fn churn(seed: usize) {
     let mut ring: Vec<Vec<u8>> = Vec::with_capacity(512);
-    let mut x = seed as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+    let mut x = (seed as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for i in 0..20_000usize {
         x ^= x << 13;
         x ^= x >> 7;
