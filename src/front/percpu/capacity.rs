@@ -16,15 +16,15 @@
 //! front end holds at most the budget (plus, per CPU, what the initial capacities
 //! reserve, whatever the budget).
 
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
+use super::drain::Chains;
 use super::{CpuCaches, cap_for};
 use crate::backend::Backend;
-use crate::link::FreeObj;
 use crate::os::Os;
 use crate::percpu::{RseqArea, Slab};
-use crate::size_class::{CLASS_BATCH, CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::size_class::{CLASS_BATCH, CLASS_SIZE, NUM_CLASSES};
 
 /// The default budget per CPU: what one thread cache may hold, so that a process
 /// with as many busy threads as CPUs caches about as much with either front end.
@@ -150,33 +150,17 @@ impl CpuCaches {
             if !change || !(busy || over) {
                 continue;
             }
-            let mut chains = [(ptr::null_mut::<FreeObj>(), 0usize); NUM_CLASSES];
-            let r = slab.set_capacities(cpu, &caps, |k, p| {
-                if let Some(ch) = chains.get_mut(k) {
-                    let q = p.as_ptr().cast::<FreeObj>();
-                    // SAFETY: taken out of the slab: ours, unused by anyone
-                    // (invariant 3); its first word is free for the link.
-                    unsafe { FreeObj::set_next(q, ch.0) };
-                    *ch = (q, ch.1 + 1);
-                }
-            });
+            let mut chains = Chains::new();
+            // SAFETY: objects above a lowered capacity, taken out of the slab: ours,
+            // unused by anyone (invariant 3).
+            let r = slab.set_capacities(cpu, &caps, |k, p| unsafe { chains.add(k, p) });
             if r.is_err() {
                 continue;
             }
             // Relaxed: statistics.
             self.shrinks.fetch_add(1, Ordering::Relaxed);
-            for (k, &(head, n)) in chains.iter().enumerate() {
-                if n == 0 {
-                    continue;
-                }
-                let c = SizeClass(k as u8);
-                // SAFETY: a null-terminated chain of `n` class-k objects of `be`,
-                // taken out of the slab, that nobody uses.
-                unsafe { be.flush(c, head, n) };
-                be.note_flow(-((n * c.size_bytes()) as isize));
-                self.count_returned(k, n);
-                bytes += n * c.size_bytes();
-            }
+            // SAFETY: the chains hold objects of `be`'s taken out of the slab.
+            bytes += unsafe { chains.flush(self, be) }.1;
             // The narrowing rewrote the headers: compare the next pass with them.
             for (k, l) in last.iter_mut().enumerate() {
                 *l = slab.header_word(cpu, k);

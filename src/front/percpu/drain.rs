@@ -3,7 +3,7 @@
 //! thread). Each CPU is drained with its headers locked and fenced
 //! (`Slab::drain_cpu`), so no critical section on it moves an object meanwhile.
 
-use core::ptr;
+use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
 use super::CpuCaches;
@@ -91,28 +91,64 @@ impl CpuCaches {
         if !any {
             return 0;
         }
-        let mut chains = [(ptr::null_mut::<FreeObj>(), 0usize); NUM_CLASSES];
-        let _ = slab.drain_cpu(cpu, |k, p| {
+        let mut chains = Chains::new();
+        // SAFETY: drained objects are ours and unused by anyone (invariant 3).
+        let _ = slab.drain_cpu(cpu, |k, p| unsafe { chains.add(k, p) });
+        // SAFETY: the chains hold objects of `be`'s taken out of the slab.
+        let (total, _) = unsafe { chains.flush(self, be) };
+        total
+    }
+}
+
+/// Objects a non-owner took out of the slab, linked into one chain per class, to
+/// go back to the central tier together.
+pub(super) struct Chains([(*mut FreeObj, usize); NUM_CLASSES]);
+
+impl Chains {
+    pub(super) fn new() -> Chains {
+        // The links are encoded with the process's key: make sure it is set.
+        ensure_key();
+        Chains([(ptr::null_mut(), 0); NUM_CLASSES])
+    }
+
+    /// Links `p` into class `k`'s chain.
+    ///
+    /// # Safety
+    /// `p` is a class-`k` object of the backend's, taken out of the slab, that
+    /// nobody uses: its first word is free for the link.
+    pub(super) unsafe fn add(&mut self, k: usize, p: NonNull<u8>) {
+        if let Some(ch) = self.0.get_mut(k) {
             let q = p.as_ptr().cast::<FreeObj>();
-            if let Some(ch) = chains.get_mut(k) {
-                // SAFETY: drained: ours, unused by anyone (invariant 3).
-                unsafe { FreeObj::set_next(q, ch.0) };
-                *ch = (q, ch.1 + 1);
-            }
-        });
-        let mut total = 0;
-        for (k, &(head, n)) in chains.iter().enumerate() {
+            // SAFETY: per the contract the object is ours and unused.
+            unsafe { FreeObj::set_next(q, ch.0) };
+            *ch = (q, ch.1 + 1);
+        }
+    }
+
+    /// Returns every chain to the central tier (counted as returned by `caches`);
+    /// the objects and the bytes.
+    ///
+    /// # Safety
+    /// Every object added is of `be`'s (the backend of the slab it came from).
+    pub(super) unsafe fn flush<O: Os>(
+        &self,
+        caches: &CpuCaches,
+        be: &Backend<O>,
+    ) -> (usize, usize) {
+        let (mut objects, mut bytes) = (0, 0);
+        for (k, &(head, n)) in self.0.iter().enumerate() {
             if n == 0 {
                 continue;
             }
             let c = SizeClass(k as u8);
             // SAFETY: a null-terminated chain of `n` class-k objects of `be`, taken
-            // out of the slab, that nobody uses.
+            // out of the slab, that nobody uses (`add`'s contract).
             unsafe { be.flush(c, head, n) };
             be.note_flow(-((n * c.size_bytes()) as isize));
-            self.count_returned(k, n);
-            total += n;
+            caches.count_returned(k, n);
+            objects += n;
+            bytes += n * c.size_bytes();
         }
-        total
+        (objects, bytes)
     }
 }
