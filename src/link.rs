@@ -311,6 +311,17 @@ pub fn double_free(p: *mut u8, c: SizeClass, depth: usize) -> ! {
     ))
 }
 
+/// Reports a double free found in a per-CPU cache (`STRATA_PERCPU=1`) and stops
+/// the process.
+pub fn double_free_percpu(p: *mut u8, c: SizeClass) -> ! {
+    let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
+    report::die(format_args!(
+        "double free of {:#x} (class {}, {} B): it is already in a per-CPU cache of its \
+         size class",
+        p as usize, c.0, size
+    ))
+}
+
 #[cfg(not(strata_loom))]
 use crate::report;
 

@@ -223,3 +223,48 @@ fn child_capacities() {
     strata::validate_heap().unwrap();
     println!("capacities: ok ({start:?} -> {grown:?} -> {narrowed:?})");
 }
+
+#[test]
+fn a_double_free_of_a_block_in_a_cpu_cache_stops_the_process_naming_it() {
+    if !machine_allows_it() || !cfg!(feature = "harden") {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_double_free",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
+        .env("STRATA_PERCPU", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the double free went unnoticed: {stderr}"
+    );
+    assert!(
+        stderr.contains("double free of 0x") && stderr.contains("per-CPU cache"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "run by a_double_free_of_a_block_in_a_cpu_cache_stops_the_process_naming_it in a child process"]
+fn child_double_free() {
+    use std::alloc::{GlobalAlloc, Layout};
+    drop(Box::new(1u64));
+    assert!(strata::percpu_front_counters().is_some(), "front end off");
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a deliberate double free, which the allocator must catch before the
+    // block could be handed out twice; the process is expected to stop.
+    unsafe {
+        let p = A.alloc(layout);
+        assert!(!p.is_null());
+        A.dealloc(p, layout);
+        A.dealloc(p, layout);
+    }
+    println!("not caught");
+}

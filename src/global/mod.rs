@@ -207,9 +207,8 @@ fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
                 crate::percpu::current_for_section(),
             ) {
                 // SAFETY: the front end's slab; this thread's area (a section on
-                // one not registered fails); c < NUM_CLASSES = the slab's classes.
-                if let Some(p) = unsafe { slab.pop(area, c.index()) } {
-                    BACKEND.cpus.count_alloc(area, c.index());
+                // one not registered fails).
+                if let Some(p) = unsafe { BACKEND.cpus.pop_hit(slab, area, c) } {
                     return p.as_ptr();
                 }
             }
@@ -269,11 +268,11 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
             crate::percpu::current_for_section(),
             ptr::NonNull::new(p),
         ) {
-            // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
-            // class-c block of BACKEND's, so it is in no slot.
-            if unsafe { slab.push(area, c.index(), obj) } {
-                return;
-            }
+            // SAFETY: as in `alloc_small_slow` (a push on an area not registered
+            // fails, and `free` then returns the block to the central tier); the
+            // caller gives up `obj`, a live class-c block of BACKEND's.
+            unsafe { BACKEND.cpus.free(slab, area, c, obj, &BACKEND.backend) };
+            return;
         }
     }
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
