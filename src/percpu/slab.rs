@@ -443,7 +443,7 @@ impl Slab {
         self.lock(cpu, class)
     }
     pub(crate) fn test_unlock(&self, cpu: u32, class: usize) {
-        self.unlock(cpu, class, None)
+        self.unlock(cpu, class)
     }
     pub(crate) fn test_header(&self, cpu: u32, class: usize) -> &AtomicU64 {
         self.header(cpu, class)

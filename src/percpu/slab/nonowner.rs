@@ -27,14 +27,14 @@ impl Slab {
         for k in classes.clone() {
             if !self.lock(cpu, k) {
                 for j in classes.start..k {
-                    self.unlock(cpu, j, None);
+                    self.unlock(cpu, j);
                 }
                 return Err(DrainError::Busy);
             }
         }
         if let Err(e) = sys::rseq_fence(cpu) {
             for k in classes {
-                self.unlock(cpu, k, None);
+                self.unlock(cpu, k);
             }
             return Err(DrainError::NoFence(e));
         }
@@ -65,7 +65,7 @@ impl Slab {
             return Err(DrainError::NoFence(e));
         }
         for k in classes {
-            self.unlock(cpu, k, None);
+            self.unlock(cpu, k);
         }
         Ok(())
     }
@@ -120,10 +120,8 @@ impl Slab {
 
     /// Unlocks: restores begin and end (from `end_copy`), keeping `current` as it
     /// is: the one [`Slab::set_locked`] stored before the second fence, or, after
-    /// a failed lock or fence (`new` is `None` then), whatever a late commit left.
-    /// `Some(h)` also stores `h.current` and `h.end_copy` (tests only: the caller
-    /// must have fenced after every section could have read the old `current`).
-    pub(super) fn unlock(&self, cpu: u32, class: usize, new: Option<Hdr>) {
+    /// a failed lock or fence, whatever a late commit left.
+    pub(super) fn unlock(&self, cpu: u32, class: usize) {
         let hdr = self.header(cpu, class);
         let b = self.begin[class];
         // Relaxed: the CAS below decides.
@@ -131,15 +129,10 @@ impl Slab {
         loop {
             let h = Hdr::unpack(w);
             debug_check!(h.locked(), "Slab::unlock: header not locked");
-            let (current, end) = match new {
-                Some(n) => (n.current, n.end_copy),
-                None => (h.current, h.end_copy),
-            };
             let u = Hdr {
-                current,
-                end,
+                end: h.end_copy,
                 begin: b,
-                end_copy: end,
+                ..h
             };
             // Release: publishes the drained or resized state (and the slots the
             // non-owner wrote, if any) to the next critical section on that CPU.
