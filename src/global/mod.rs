@@ -160,8 +160,8 @@ extern "C" fn on_thread_exit(h: *mut c_void) {
 
 /// The per-CPU front end's slab and the calling thread's rseq area, if the thread
 /// is served per CPU: its slot holds `VIA_CPU`, or `EMPTY` (a fresh thread) and
-/// the front end is on, in which case the slot moves to `VIA_CPU`. A thread whose
-/// rseq area is not usable goes back to `EMPTY`, and the caller gives it a thread
+/// the front end is on, in which case the slot moves to `VIA_CPU`. A fresh thread
+/// whose rseq area is not usable stays `EMPTY`, and the caller gives it a thread
 /// heap as when the front end is off.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 #[inline(always)]
@@ -171,55 +171,37 @@ fn via_cpu(
     &'static crate::percpu::Slab,
     ptr::NonNull<crate::percpu::RseqArea>,
 )> {
-    let fresh = h == sentinel(&EMPTY);
-    if !fresh && h != sentinel(&VIA_CPU) {
+    if h == sentinel(&VIA_CPU) {
+        // Found on, with a usable area, before: no decision to take, and the area
+        // is not checked again (a section on one no longer registered fails, and
+        // the slow paths then use the central tier; in `Own` mode
+        // `current_for_section` registers again, or the thread gets a heap).
+        return Some((
+            BACKEND.cpus.slab_if_on()?,
+            crate::percpu::current_for_section()?,
+        ));
+    }
+    if h != sentinel(&EMPTY) {
         return None;
     }
     let slab = BACKEND.cpus.slab()?;
-    match crate::percpu::current() {
-        Some(area) => {
-            if fresh {
-                tls::set(sentinel(&VIA_CPU));
-                // After the slot is set, as in `init_thread`.
-                register_fork_handlers();
-            }
-            Some((slab, area))
-        }
-        None => {
-            if !fresh {
-                tls::set(sentinel(&EMPTY));
-            }
-            None
-        }
-    }
+    let area = crate::percpu::current()?;
+    tls::set(sentinel(&VIA_CPU));
+    // After the slot is set, as in `init_thread`.
+    register_fork_handlers();
+    Some((slab, area))
 }
 
 #[cold]
 #[inline(never)]
 fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    {
-        // The per-CPU hit first, with nothing else checked: a thread whose slot
-        // holds VIA_CPU found the front end on (and its area usable) before.
-        if h == sentinel(&VIA_CPU) {
-            if let (Some(slab), Some(area)) = (
-                BACKEND.cpus.slab_if_on(),
-                crate::percpu::current_for_section(),
-            ) {
-                // SAFETY: the front end's slab; this thread's area (a section on
-                // one not registered fails).
-                if let Some(p) = unsafe { BACKEND.cpus.pop_hit(slab, area, c) } {
-                    return p.as_ptr();
-                }
-            }
-        }
-        if let Some((slab, area)) = via_cpu(h) {
-            // SAFETY: the front end's slab and this thread's usable area; the slab
-            // holds objects of BACKEND's only.
-            let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
-            growth::on_slow_path();
-            return enomem_if_null(p);
-        }
+    if let Some((slab, area)) = via_cpu(h) {
+        // SAFETY: the front end's slab and this thread's usable area; the slab
+        // holds objects of BACKEND's only.
+        let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
+        growth::on_slow_path();
+        return enomem_if_null(p);
     }
     // SAFETY: `h` is the calling thread's heap pointer (live or a sentinel); shared,
     // as other threads may read it (statistics, or everyone for a sentinel).
@@ -260,21 +242,6 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
-    #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    if h == sentinel(&VIA_CPU) {
-        // The per-CPU hit first, as in `alloc_small_slow`.
-        if let (Some(slab), Some(area), Some(obj)) = (
-            BACKEND.cpus.slab_if_on(),
-            crate::percpu::current_for_section(),
-            ptr::NonNull::new(p),
-        ) {
-            // SAFETY: as in `alloc_small_slow` (a push on an area not registered
-            // fails, and `free` then returns the block to the central tier); the
-            // caller gives up `obj`, a live class-c block of BACKEND's.
-            unsafe { BACKEND.cpus.free(slab, area, c, obj, &BACKEND.backend) };
-            return;
-        }
-    }
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     if let (Some((slab, area)), Some(obj)) = (via_cpu(h), ptr::NonNull::new(p)) {
         // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live

@@ -289,7 +289,7 @@ impl CpuCaches {
     /// `slab` is this front end's; `area` the calling thread's rseq area (a
     /// section on one not registered fails).
     #[inline(always)]
-    pub unsafe fn pop_hit(
+    unsafe fn pop_hit(
         &self,
         slab: &Slab,
         area: NonNull<RseqArea>,
