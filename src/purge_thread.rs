@@ -7,7 +7,7 @@
 //! free for longer than the purge delay) every half delay, clamped to
 //! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. Before that it
 //! drains the per-CPU caches of every CPU whose stacks did not change since the last
-//! pass (`CpuCaches::drain_idle`: a non-owner drain, which locks the CPU's headers
+//! pass (`CpuCaches::idle_pass`: a non-owner drain, which locks the CPU's headers
 //! and fences its critical sections first), and the central batches of every class
 //! whose transfer stack no thread touched since the last pass
 //! (`Backend::drain_idle_central`), so that spans they kept in use can empty and be
@@ -185,10 +185,10 @@ fn interval_ms(delay_ms: u64) -> u64 {
 /// batches and purge what is due.
 fn run(generation: u64) {
     let mut seen = [u64::MAX; NUM_CLASSES];
-    // Per CPU, the fingerprint of its caches at the last pass (this thread is not
+    // Per CPU and class, the header word at the last pass (this thread is not
     // under malloc: it may allocate; empty while the per-CPU front end is off).
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    let (mut cpu_seen, mut class_seen): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+    let mut class_seen: Vec<u64> = Vec::new();
     loop {
         let pause = interval_ms(BACKEND.page_heap.purge_delay_ms());
         std::thread::sleep(Duration::from_millis(pause));
@@ -199,22 +199,17 @@ fn run(generation: u64) {
         let mut drained = 0;
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
-            if cpu_seen.is_empty() {
+            if class_seen.is_empty() {
                 if let Some(slab) = BACKEND.cpus.slab_if_on() {
-                    cpu_seen = vec![u64::MAX; slab.ncpu() as usize];
                     class_seen = vec![u64::MAX; slab.ncpu() as usize * NUM_CLASSES];
                 }
             }
-            // Narrow the classes that stopped moving on busy CPUs (and every CPU
-            // over its share of a lowered budget).
+            // CPUs first (idle ones drained, classes that stopped moving narrowed):
+            // what they give back reaches the central stacks, which the next pass
+            // drains once they stay idle.
             // SAFETY: the front end's slab holds objects of BACKEND's only
             // (CpuCaches invariant 3).
-            drained += unsafe { BACKEND.cpus.shrink_idle(&BACKEND.backend, &mut class_seen) };
-            // CPUs first: what they give back reaches the central stacks, which
-            // the next pass drains once they stay idle.
-            // SAFETY: the front end's slab holds objects of BACKEND's only
-            // (CpuCaches invariant 3).
-            drained += unsafe { BACKEND.cpus.drain_idle(&BACKEND.backend, &mut cpu_seen) };
+            drained += unsafe { BACKEND.cpus.idle_pass(&BACKEND.backend, &mut class_seen) };
         }
         drained += BACKEND.drain_idle_central(&mut seen);
         let released = BACKEND.purge_due();

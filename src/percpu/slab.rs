@@ -359,25 +359,6 @@ impl Slab {
         Some(((h.current - b) as usize, (h.end_copy - b) as usize))
     }
 
-    /// A fingerprint of every header of CPU `cpu` (a snapshot, read without the
-    /// lock): it changes whenever a critical section on that CPU commits a push or
-    /// a pop, except when pushes and pops since the last reading cancel out
-    /// exactly. The background purge thread compares two readings a pause apart
-    /// to tell an idle CPU, whose objects it may then drain; a busy CPU mistaken
-    /// for idle only loses its cache, which refills. 0 for a CPU out of range.
-    pub fn fingerprint(&self, cpu: u32) -> u64 {
-        if cpu >= self.ncpu {
-            return 0;
-        }
-        let mut f = 0u64;
-        for k in 0..self.nclasses {
-            // Relaxed: a snapshot; no other memory is read on its strength.
-            let w = self.header(cpu, k).load(Ordering::Relaxed);
-            f = (f.rotate_left(17) ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-        f
-    }
-
     /// Checks the slab invariant 2 and header invariants 1–3 (all but the "at most
     /// one slot" half of 3, which needs a set) on a snapshot of each header; a
     /// broken header invariant `n` is reported as invariant `100 + n`.

@@ -7,7 +7,8 @@
 //! one batch, up to the class's maximum ([`super::cap_for`]), as long as the CPU's
 //! capacities together stay within its share of the budget (the budget divided by
 //! the CPU count). Widening needs no lock: `Slab::grow_capacity` only raises a
-//! bound. The background purge thread narrows: each pass, on a CPU that is in use,
+//! bound. The background purge thread narrows ([`CpuCaches::idle_pass`], which
+//! also drains a CPU where nothing moved): each pass, on a CPU that is in use,
 //! a class whose header did not change since the last pass (no push, no pop) is
 //! halved towards its initial capacity, and a CPU over its share (after a lower
 //! budget was set) has every class halved; both with one lock and fence per CPU
@@ -111,14 +112,19 @@ impl CpuCaches {
         grown
     }
 
-    /// The background purge thread's narrowing pass (see the module docs): `seen`
-    /// holds each (CPU, class) header word at the last pass, `NUM_CLASSES` a CPU
-    /// (anything for never), and is updated. Returns the bytes given back to the
-    /// central tier.
+    /// The background purge thread's pass over the CPUs: `seen` holds each (CPU,
+    /// class) header word at the last pass, `NUM_CLASSES` a CPU (anything for
+    /// never), and is updated. A CPU none of whose headers changed for a whole
+    /// pause is idle: its objects go back to the central tier (`drain_one`). On a
+    /// CPU in use, the classes that stopped moving are narrowed (see the module
+    /// docs), and every class of a CPU over its share of the budget. Both are
+    /// non-owner work on the CPU, safe because its headers are locked and its
+    /// sections fenced meanwhile ("Non-owners" in `percpu/slab.rs`). Returns the
+    /// bytes given back to the central tier.
     ///
     /// # Safety
     /// `be` is the backend whose objects the slab holds (invariant 3).
-    pub unsafe fn shrink_idle<O: Os>(&self, be: &Backend<O>, seen: &mut [u64]) -> usize {
+    pub unsafe fn idle_pass<O: Os>(&self, be: &Backend<O>, seen: &mut [u64]) -> usize {
         let Some(slab) = self.slab_if_on() else {
             return 0;
         };
@@ -145,9 +151,21 @@ impl CpuCaches {
                     change = true;
                 }
             }
-            // A CPU where nothing moved is the idle drain's (`drain_idle`); its
-            // capacities hold no memory once it is drained.
-            if !change || !(busy || over) {
+            if !busy {
+                // Idle: drained whole (its capacities hold no memory then).
+                // SAFETY: forwarded contract.
+                let (objects, b) = unsafe { self.drain_one(slab, cpu, be) };
+                if objects > 0 {
+                    bytes += b;
+                    // Relaxed: statistics.
+                    self.drains.fetch_add(1, Ordering::Relaxed);
+                }
+                for (k, l) in last.iter_mut().enumerate() {
+                    *l = slab.header_word(cpu, k);
+                }
+                continue;
+            }
+            if !change {
                 continue;
             }
             let mut chains = Chains::new();

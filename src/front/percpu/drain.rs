@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::link::{FreeObj, ensure_key};
 use crate::os::Os;
 use crate::percpu::Slab;
-use crate::size_class::{CLASS_SIZE, NUM_CLASSES, SizeClass};
+use crate::size_class::{NUM_CLASSES, SizeClass};
 
 impl CpuCaches {
     /// Returns every object cached on every CPU to the central tier; how many. A CPU
@@ -29,74 +29,34 @@ impl CpuCaches {
         let mut total = 0;
         for cpu in 0..slab.ncpu() {
             // SAFETY: forwarded contract.
-            total += unsafe { self.drain_one(slab, cpu, be) };
+            total += unsafe { self.drain_one(slab, cpu, be) }.0;
         }
         total
     }
 
-    /// Drains the CPUs that stayed idle since the last call: `seen[cpu]` holds the
-    /// CPU's [`Slab::fingerprint`] then (anything for never), and is updated. A CPU
-    /// whose fingerprint did not change for a whole pause of the caller, and that
-    /// holds objects, has its objects returned to the central tier, by the caller,
-    /// a non-owner: safely, because a drain locks the CPU's headers and fences its
-    /// critical sections first (`Slab::drain_cpu`, "Non-owners" in `slab.rs`), so
-    /// no thread on that CPU can push or pop meanwhile. Returns the bytes drained.
-    /// CPUs beyond `seen.len()` are left alone.
-    ///
-    /// # Safety
-    /// `be` is the backend whose objects the slab holds (invariant 3).
-    pub unsafe fn drain_idle<O: Os>(&self, be: &Backend<O>, seen: &mut [u64]) -> usize {
-        let Some(slab) = self.slab_if_on() else {
-            return 0;
-        };
-        let mut bytes = 0;
-        for (cpu, last) in (0..slab.ncpu()).zip(seen.iter_mut()) {
-            let now = slab.fingerprint(cpu);
-            let idle = now == *last;
-            *last = now;
-            if !idle {
-                continue;
-            }
-            let held: usize = (0..NUM_CLASSES)
-                .map(|k| {
-                    slab.len_and_capacity(cpu, k).map_or(0, |(n, _)| n) * CLASS_SIZE[k] as usize
-                })
-                .sum();
-            if held == 0 {
-                continue;
-            }
-            ensure_key();
-            // SAFETY: forwarded contract.
-            if unsafe { self.drain_one(slab, cpu, be) } > 0 {
-                bytes += held;
-                // Relaxed: statistics.
-                self.drains.fetch_add(1, Ordering::Relaxed);
-            }
-            // The drain emptied the headers: read the fingerprint the next call
-            // compares with afresh.
-            *last = slab.fingerprint(cpu);
-        }
-        bytes
-    }
-
-    /// Returns every object cached on `cpu` to the central tier; how many (0 if
-    /// another non-owner holds the CPU or it cannot be fenced).
+    /// Returns every object cached on `cpu` to the central tier: how many, and
+    /// their bytes ((0, 0) if it held none, or another non-owner holds the CPU, or
+    /// it cannot be fenced).
     ///
     /// # Safety
     /// `slab` is this front end's; `be` the backend whose objects it holds
     /// (invariant 3).
-    unsafe fn drain_one<O: Os>(&self, slab: &Slab, cpu: u32, be: &Backend<O>) -> usize {
+    pub(super) unsafe fn drain_one<O: Os>(
+        &self,
+        slab: &Slab,
+        cpu: u32,
+        be: &Backend<O>,
+    ) -> (usize, usize) {
         let any =
             (0..NUM_CLASSES).any(|k| slab.len_and_capacity(cpu, k).is_some_and(|(n, _)| n > 0));
         if !any {
-            return 0;
+            return (0, 0);
         }
         let mut chains = Chains::new();
         // SAFETY: drained objects are ours and unused by anyone (invariant 3).
         let _ = slab.drain_cpu(cpu, |k, p| unsafe { chains.add(k, p) });
         // SAFETY: the chains hold objects of `be`'s taken out of the slab.
-        let (total, _) = unsafe { chains.flush(self, be) };
-        total
+        unsafe { chains.flush(self, be) }
     }
 }
 

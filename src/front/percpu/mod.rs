@@ -29,7 +29,7 @@
 //! beyond its critical section); frees are derived ([`CpuCaches::class_counts`]).
 //!
 //! Idle CPUs: the background purge thread drains a CPU whose stacks did not change
-//! for a whole pause ([`CpuCaches::drain_idle`]).
+//! for a whole pause ([`CpuCaches::idle_pass`]).
 //!
 //! Capacities follow demand within a budget (`capacity.rs`): a miss widens its
 //! class on its CPU, the background purge thread narrows what stopped moving.
