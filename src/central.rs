@@ -58,7 +58,8 @@ pub struct Central {
 
 // SAFETY: `spans` is only touched under `lock`; everything else is atomics.
 unsafe impl Sync for CentralClass {}
-// SAFETY: as above.
+// SAFETY: the raw span pointers in `spans` name process-wide mappings, not
+// thread-local memory, and are only touched under `lock`, whichever thread holds it.
 unsafe impl Send for CentralClass {}
 
 impl CentralClass {

@@ -225,7 +225,8 @@ pub struct HugeRegistry {
 
 // SAFETY: `inner` is only touched with `lock` held.
 unsafe impl Sync for HugeRegistry {}
-// SAFETY: as above.
+// SAFETY: `inner`'s records and cached mappings are process-wide memory, only
+// touched with `lock` held, whichever thread holds it.
 unsafe impl Send for HugeRegistry {}
 
 fn hash(p: usize) -> usize {

@@ -141,7 +141,8 @@ struct Inner {
 // SAFETY: `inner` and every span and chunk header it reaches are only touched with
 // `lock` held (Span invariant 3); the rest is atomics.
 unsafe impl<O: Os + Sync> Sync for PageHeap<O> {}
-// SAFETY: as above; raw pointers in `inner` refer to process-wide mappings.
+// SAFETY: the raw pointers in `inner` refer to process-wide mappings, touched
+// only with `lock` held (Span invariant 3), by whichever thread holds it.
 unsafe impl<O: Os + Send> Send for PageHeap<O> {}
 
 impl<O: Os> PageHeap<O> {

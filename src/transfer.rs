@@ -39,14 +39,14 @@ impl BatchDesc {
     pub fn set(&self, head: *mut FreeObj, count: u32) {
         // SAFETY: only the owning thread touches these cells (invariant above).
         self.head.with_mut(|h| unsafe { *h = head });
-        // SAFETY: as above.
+        // SAFETY: only the owning thread touches these cells (invariant above).
         self.count.with_mut(|c| unsafe { *c = count });
     }
     /// Reads the batch (owner only).
     pub fn get(&self) -> (*mut FreeObj, u32) {
         // SAFETY: only the owning thread touches these cells (invariant above).
         let h = self.head.with(|h| unsafe { *h });
-        // SAFETY: as above.
+        // SAFETY: only the owning thread touches these cells (invariant above).
         let c = self.count.with(|c| unsafe { *c });
         (h, c)
     }
@@ -69,7 +69,8 @@ pub struct DescPool {
 
 // SAFETY: all shared state is atomics; descriptor contents obey BatchDesc's invariant.
 unsafe impl Sync for DescPool {}
-// SAFETY: as above.
+// SAFETY: the directory's blocks are process-wide and never freed (invariant 1),
+// so the pool may move between threads; the rest is atomics.
 unsafe impl Send for DescPool {}
 
 impl DescPool {

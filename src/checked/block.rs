@@ -407,7 +407,7 @@ mod tests {
         assert_eq!(unsafe { first_not(buf.as_ptr().add(3), 50, 0xCA) }, None);
         for k in 0..50 {
             buf[3 + k] = 0;
-            // SAFETY: as above.
+            // SAFETY: [3, 53) lies inside `buf`.
             assert_eq!(unsafe { first_not(buf.as_ptr().add(3), 50, 0xCA) }, Some(k));
             buf[3 + k] = 0xCA;
         }

@@ -58,11 +58,12 @@ fn small_object_finds_the_class_of_every_object_start_and_nothing_else() {
             let got = unsafe { small_object(a) };
             assert_eq!(got, Some(cls), "class {c} object {k}");
             if size > 8 {
-                // SAFETY: as above.
+                // SAFETY: inside the test chunk, whose header is readable.
                 assert_eq!(unsafe { small_object(a + 8) }, None, "interior");
             }
         }
-        // SAFETY: as above (the header's first page; the page before the span).
+        // SAFETY: inside the test chunk, whose header is readable (the header's
+        // first page; the page before the span).
         unsafe {
             assert_eq!(small_object(h.base() as usize), None, "header page");
             assert_eq!(small_object(base - PAGE_SIZE), None, "page before the span");
@@ -70,7 +71,7 @@ fn small_object_finds_the_class_of_every_object_start_and_nothing_else() {
         for p in base_page..base_page + npages {
             h.clear_small(p);
         }
-        // SAFETY: as above.
+        // SAFETY: inside the test chunk, whose header is readable.
         assert_eq!(unsafe { small_object(base) }, None, "cleared span");
     }
 }

@@ -107,9 +107,9 @@ fn capacity_shrinks_and_grows_on_one_cpu() {
         assert_eq!(s.set_capacity(cpu, 0, 2, |p| surplus.push(p)), Ok(4));
         assert_eq!(surplus, vec![obj(5), obj(4), obj(3), obj(2)]);
         assert_eq!(s.len_and_capacity(cpu, 0), Some((2, 2)));
-        // SAFETY: as above.
         assert!(
-            // SAFETY: as above: this thread's area, class in range, each object once.
+            // SAFETY: this thread's area (`current`), class 0 of the slab, and objects of
+            // `obj` each in at most one slot (obj(9) is pushed only after it left).
             !unsafe { s.push(area, 0, obj(9)) },
             "push over the lowered capacity"
         );
@@ -118,9 +118,11 @@ fn capacity_shrinks_and_grows_on_one_cpu() {
             Err(DrainError::OutOfRange)
         );
         assert_eq!(s.set_capacity(cpu, 0, 8, |_| ()), Ok(0));
-        // SAFETY: as above.
+        // SAFETY: this thread's area (`current`), class 0 of the slab, and objects of
+        // `obj` each in at most one slot (obj(9) is pushed only after it left).
         assert!(unsafe { s.push(area, 0, obj(9)) });
-        // SAFETY: as above.
+        // SAFETY: this thread's area (`current`), class 0 of the slab, and objects of
+        // `obj` each in at most one slot (obj(9) is pushed only after it left).
         assert_eq!(unsafe { s.pop(area, 0) }, Some(obj(9)));
         s.validate().unwrap();
     });
@@ -137,12 +139,12 @@ fn locked_header_fails_both_sections_and_a_second_locker() {
         s.validate().unwrap();
         assert!(!s.test_lock(cpu, 0), "a second non-owner got the lock");
         assert_eq!(s.drain(cpu, 0, |_| ()), Err(DrainError::Busy));
-        // SAFETY: as above.
+        // SAFETY: this thread's area, class 0; obj(1) is in no slot, obj(0) in one.
         assert_eq!(unsafe { s.pop(area, 0) }, None, "pop through a lock");
-        // SAFETY: as above.
+        // SAFETY: this thread's area, class 0; obj(1) is in no slot, obj(0) in one.
         assert!(!unsafe { s.push(area, 0, obj(1)) }, "push through a lock");
         s.test_unlock(cpu, 0);
-        // SAFETY: as above.
+        // SAFETY: this thread's area, class 0; obj(1) is in no slot, obj(0) in one.
         assert_eq!(unsafe { s.pop(area, 0) }, Some(obj(0)));
     });
 }

@@ -72,7 +72,8 @@ fn owner_fast_paths_and_a_counter_reader_share_one_heap() {
                     assert!(unsafe { h.try_push(c, p) });
                 }
                 for _ in 0..N {
-                    // SAFETY: as above.
+                    // SAFETY: the heap is this thread's (the main thread only
+                    // reads atomics meanwhile); c is a valid class.
                     assert!(!unsafe { h.pop(c) }.is_null());
                 }
             }
@@ -116,7 +117,8 @@ fn first_refills_are_small_and_double_up_to_the_batch() {
         assert_eq!(heap.cached(c), want - 1, "refill of {want} objects");
         // Take the rest, so that the next call refills again.
         for _ in 1..want {
-            // SAFETY: as above; the list holds objects.
+            // SAFETY: the heap is this thread's and c a valid class; the list
+            // holds objects.
             held.push(unsafe { heap.pop(c) });
         }
         want = (want * 2).min(c.batch());
