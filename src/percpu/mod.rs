@@ -79,7 +79,8 @@ mod tests;
 
 pub use cs::aborts;
 pub use rseq::{
-    Mode, RseqArea, current, current_for_section, mode, possible_cpus, release_current_thread,
+    Mode, RseqArea, current, current_for_section, glibc_area, mode, possible_cpus,
+    release_current_thread,
 };
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
 

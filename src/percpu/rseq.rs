@@ -232,6 +232,27 @@ pub fn current_for_section() -> Option<NonNull<RseqArea>> {
     }
 }
 
+/// The calling thread's area in [`Mode::Glibc`], for a critical section on the
+/// hit path of a thread already served per CPU: the offset glibc published and
+/// the thread pointer (two loads and an add), with no test of the mode; None in
+/// the other modes (the caller takes the path through [`current_for_section`]).
+///
+/// Needs no Acquire: `GLIBC_OFFSET` is written once, before the mode is
+/// published, with glibc's process-wide `__rseq_offset`, which is never 0 (the
+/// thread pointer addresses glibc's own thread header, not the rseq area); a
+/// thread that reads it non-zero reads the only value it ever has. An area glibc
+/// failed to register for this thread holds a negative `cpu_id`, so a section on
+/// it fails as on an unregistered one.
+#[inline(always)]
+pub fn glibc_area() -> Option<NonNull<RseqArea>> {
+    // Relaxed: see above.
+    let off = GLIBC_OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        return None;
+    }
+    NonNull::new(sys::thread_pointer().wrapping_add_signed(off) as *mut RseqArea)
+}
+
 /// Ends the calling thread's own registration (a no-op in other modes or if this
 /// thread has none); a later [`current`] registers again. For a thread that is
 /// about to make its TLS area unreachable in some way the thread-exit argument

@@ -34,9 +34,13 @@
 //! Capacities follow demand within a budget (`capacity.rs`): a miss widens its
 //! class on its CPU, the background purge thread narrows what stopped moving.
 //!
-//! Not done here (yet): the hit paths still go through the global slow path (the
-//! thread-cache sentinel misses first), which makes a pair cost about twice the
-//! thread cache's.
+//! Hits: `global`'s miss functions (`alloc_small_miss`/`free_small_miss`, not
+//! cold) test for the sentinel and call [`CpuCaches::alloc_hit`] /
+//! [`CpuCaches::free_hit`] inline: about 35 instructions each, no test of the
+//! decision or the rseq mode (the sentinel implies both; only glibc's area is
+//! used there, an own registration goes through the slow path). A pair still
+//! costs about twice the thread cache's on one thread: the sentinel's miss
+//! first, and the two sections' loads and stores of the header word.
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
@@ -142,18 +146,26 @@ impl CpuCaches {
         }
     }
 
-    /// Counts one object of class `ci` handed out on the thread's CPU.
+    /// Counts one object of class `c` handed out on the thread's CPU.
+    ///
+    /// # Safety
+    /// `c.index() < NUM_CLASSES` (every class the size lookups return).
     #[inline(always)]
-    fn count_alloc(&self, area: NonNull<RseqArea>, ci: usize) {
+    unsafe fn count_alloc(&self, area: NonNull<RseqArea>, c: SizeClass) {
         // SAFETY: the calling thread's area, alive while it runs; atomics only.
-        let cpu = unsafe { area.as_ref() }.cpu().unwrap_or(0) as usize;
-        if let Some(a) = self.allocs[cpu % STRIPES].0.get(ci) {
-            // Relaxed load and store, not a locked add (about 20 cycles, on every
-            // hit): a stripe is written by the threads running on its CPU, one at a
-            // time, so an update is lost only if its thread is preempted or
-            // migrated between these two instructions: statistics, within a few.
-            a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
-        }
+        // `cpu_id_start` rather than `cpu_id`: always a CPU number (0 when not
+        // registered), so no test on the hit path.
+        let cpu = unsafe { area.as_ref() }
+            .cpu_id_start
+            .load(Ordering::Relaxed) as usize;
+        // Relaxed load and store, not a locked add (about 20 cycles, on every hit):
+        // a stripe is written by the threads running on its CPU, one at a time, so
+        // an update is lost only if its thread is preempted or migrated between
+        // these two instructions: statistics, within a few.
+        debug_check!(c.index() < NUM_CLASSES, "count_alloc: class out of range");
+        // SAFETY: in range by the contract.
+        let a = unsafe { self.allocs[cpu % STRIPES].0.get_unchecked(c.index()) };
+        a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Objects of class `c` handed out, freed (derived: every object received plus
@@ -282,6 +294,69 @@ impl CpuCaches {
         unsafe { self.refill(slab, area, c, be) }
     }
 
+    /// The hit path of a thread served per CPU, inlined where the thread-cache fast
+    /// path missed on the `VIA_CPU` sentinel: one class-`c` object from the calling
+    /// thread's CPU's stack, or null (an empty or locked stack, an area that is not
+    /// glibc's or not registered), and the caller takes the slow path, which
+    /// refills. No test of the decision or the mode: the caller's sentinel implies
+    /// both.
+    ///
+    /// # Safety
+    /// The calling thread saw this front end on (`slab` returned `Some`, whose
+    /// Acquire load made the slab visible to it: invariant 2), and the slab holds
+    /// objects of the process's backend.
+    #[inline(always)]
+    pub unsafe fn alloc_hit(&self, c: SizeClass) -> *mut u8 {
+        let Some(area) = crate::percpu::glibc_area() else {
+            return ptr::null_mut();
+        };
+        let slab = self.slab_on();
+        // SAFETY: the slab is this front end's (the contract); `area` the calling
+        // thread's glibc area (a section on an unregistered one fails).
+        match unsafe { self.pop_hit(slab, area, c) } {
+            Some(p) => p.as_ptr(),
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// The free hit path beside [`CpuCaches::alloc_hit`]: caches `p` on the calling
+    /// thread's CPU, flushing a batch first if the stack is full; false (nothing
+    /// done, `p` still the caller's and unmarked) if the area is not glibc's or `p`
+    /// already carries the free mark: the slow path, [`CpuCaches::free`], then
+    /// checks for a double free.
+    ///
+    /// # Safety
+    /// As for `alloc_hit`; `p` is a live class-`c` block of `be`, the backend whose
+    /// objects the slab holds, that the caller gives up (given up only if this
+    /// returns true).
+    #[inline(always)]
+    pub unsafe fn free_hit<O: Os>(&self, c: SizeClass, p: NonNull<u8>, be: &Backend<O>) -> bool {
+        let Some(area) = crate::percpu::glibc_area() else {
+            return false;
+        };
+        let slab = self.slab_on();
+        let q = p.as_ptr().cast::<FreeObj>();
+        let key = LinkKey::current();
+        // SAFETY: the caller gives `p` up, a class-c block of ours: readable, and
+        // its first word free for the mark. The key is set: `p` was handed out by
+        // the backend, whose carving links objects only after `ensure_key`, and
+        // reached this thread after that (as in `free`).
+        unsafe {
+            if FreeObj::looks_free(q, key) {
+                return false;
+            }
+            FreeObj::set_next_keyed(q, ptr::null_mut(), key);
+        }
+        // SAFETY: the slab is this front end's, `area` the thread's; `p` is live,
+        // so in no slot (invariant 3 holds for every object in the slab).
+        if unsafe { slab.push(area, c.index(), p) } {
+            return true;
+        }
+        // SAFETY: `p` is given up, marked, in no slot: what `free_full` takes.
+        unsafe { self.free_full(slab, area, c, p, be) };
+        true
+    }
+
     /// One class-`c` object from the calling thread's CPU's stack, its free mark
     /// cleared and counted; None on an empty (or locked) stack.
     ///
@@ -300,7 +375,9 @@ impl CpuCaches {
         let p = unsafe { slab.pop(area, c.index()) }?;
         // SAFETY: popped: ours to hand out; its free mark is spent.
         unsafe { FreeObj::clear(p.as_ptr().cast()) };
-        self.count_alloc(area, c.index());
+        // SAFETY: c is a class of the slab's, so below NUM_CLASSES (as above for
+        // the pop: the slab has NUM_CLASSES classes).
+        unsafe { self.count_alloc(area, c) };
         Some(p)
     }
 
@@ -329,7 +406,8 @@ impl CpuCaches {
             // Relaxed: statistics.
             r.fetch_add(b.count as u64, Ordering::Relaxed);
         }
-        self.count_alloc(area, c.index());
+        // SAFETY: the central tier refilled class c: a valid class.
+        unsafe { self.count_alloc(area, c) };
         // The batch's objects into an array (links cleared: nothing encoded stays
         // in a cached object), the first for the caller, the rest onto the CPU's
         // stack in one critical section.
