@@ -546,6 +546,9 @@ pub(crate) fn alloc_c(size: usize) -> *mut u8 {
 #[inline(never)]
 fn alloc_c_slow(size: usize) -> *mut u8 {
     match class_for_c(size) {
+        // `alloc_c` tried the thread cache and missed: straight to the per-CPU
+        // hit or the slow path (a thread served per CPU comes here on every call).
+        Some(c) if size <= C_TABLE_MAX => alloc_small_miss(heap(), c),
         Some(c) => alloc_small(c),
         None => alloc_other(size, 16, false),
     }

@@ -373,11 +373,11 @@ impl CpuCaches {
         // SAFETY: c.index() < NUM_CLASSES = the slab's class count (`build`); the
         // slab covers every possible CPU (Slab::new checked it).
         let p = unsafe { slab.pop(area, c.index()) }?;
-        // SAFETY: popped: ours to hand out; its free mark is spent.
-        unsafe { FreeObj::clear(p.as_ptr().cast()) };
         // SAFETY: c is a class of the slab's, so below NUM_CLASSES (as above for
         // the pop: the slab has NUM_CLASSES classes).
         unsafe { self.count_alloc(area, c) };
+        // SAFETY: popped: ours to hand out; its free mark is spent.
+        unsafe { FreeObj::clear(p.as_ptr().cast()) };
         Some(p)
     }
 
