@@ -10,8 +10,8 @@ static GLOBAL: strata::Strata = strata::Strata;
 
 mod common;
 use common::MIB;
+use common::child::{self, Env};
 
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,25 +25,9 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// Runs the `child` test of this binary with `action` and `vars` (and none of the
 /// parent's `STRATA_*`); panics with its output if it fails.
 fn run_child(action: &str, vars: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, action);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STRATA_") && k != CHILD_ENV {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "child {action} failed:\n{text}");
-    text
+    let mut all = vec![(CHILD_ENV, action)];
+    all.extend_from_slice(vars);
+    child::pass("child", Env::Clean, &all)
 }
 
 /// Each thread churns a ring of 512 blocks of 16-1,024 B (as in the issue's

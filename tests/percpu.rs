@@ -4,8 +4,9 @@
 //! of finding an rseq area (glibc's, our own, none).
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
+mod common;
+use common::child::{self, Env};
 use std::collections::HashSet;
-use std::process::Command;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::Barrier;
@@ -350,26 +351,9 @@ fn single_thread_stack_is_lifo_and_bounded() {
 
 /// The three modes, each in a child process with its own environment.
 fn child(test: &str, env: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        test,
-        "--nocapture",
-        "--test-threads=1",
-        "--include-ignored",
-    ]);
-    cmd.env("STRATA_PERCPU_CHILD", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child {test} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut all = vec![("STRATA_PERCPU_CHILD", "1")];
+    all.extend_from_slice(env);
+    child::pass(test, Env::Inherit, &all);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! that it really served; and that it stays off without the setting.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-use std::process::Command;
+mod common;
+use common::child::{self, Env};
 use std::sync::mpsc;
 
 use strata::Strata;
@@ -14,27 +15,12 @@ use strata::percpu::{self, Mode, Slab};
 static A: Strata = Strata;
 
 fn child(test: &str, percpu_setting: Option<&str>) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        test,
-        "--nocapture",
-        "--test-threads=1",
-        "--include-ignored",
-    ]);
-    cmd.env_remove("STRATA_PERCPU");
-    if let Some(v) = percpu_setting {
-        cmd.env("STRATA_PERCPU", v);
+    // Clean: the CI step that sets STRATA_PERCPU=1 for everything must not decide
+    // for the child that tests the default.
+    match percpu_setting {
+        Some(v) => child::pass(test, Env::Clean, &[("STRATA_PERCPU", v)]),
+        None => child::pass(test, Env::Clean, &[]),
     }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child {test} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// Whether this machine can run the per-CPU front end (rseq, and membarrier for
@@ -229,17 +215,7 @@ fn a_double_free_of_a_block_in_a_cpu_cache_stops_the_process_naming_it() {
     if !machine_allows_it() || !cfg!(feature = "harden") {
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_double_free",
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env("STRATA_PERCPU", "1")
-        .output()
-        .unwrap();
+    let out = child::run("child_double_free", Env::Clean, &[("STRATA_PERCPU", "1")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),

@@ -6,30 +6,19 @@
 #[global_allocator]
 static GLOBAL: strata::Strata = strata::Strata;
 
-use std::process::{Command, Output};
+mod common;
+use common::child::{self, Env};
+use std::process::Output;
 
 const CHILD_ENV: &str = "STRATA_SETTINGS_CHILD";
 
 /// Runs the `child` test of this binary with `vars` set (and no `STRATA_*` of the
 /// parent's environment), and returns what it did.
 fn run_child(action: &str, vars: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, action);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STRATA_") && k != CHILD_ENV {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "child {action} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut all = vec![(CHILD_ENV, action)];
+    all.extend_from_slice(vars);
+    let out = child::run("child", Env::Clean, &all);
+    child::check("child", &out);
     out
 }
 

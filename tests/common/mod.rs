@@ -2,6 +2,8 @@
 //! resident-memory readings. (`tests/common/mod.rs` is not a test binary itself.)
 #![allow(dead_code)]
 
+pub mod child;
+
 pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
 
