@@ -58,9 +58,11 @@ PEERS = {
     "jemalloc": (f"{LIBDIR}/libjemalloc.so.2", "libjemalloc2"),
     "tcmalloc": (f"{LIBDIR}/libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
 }
-ALL_ALLOCATORS = ["strata", "glibc", "mimalloc", "jemalloc", "tcmalloc"]
+# strata-percpu: the same libstrata.so with its per-CPU front end on (STRATA_PERCPU=1).
+ALL_ALLOCATORS = ["strata", "strata-percpu", "glibc", "mimalloc", "jemalloc", "tcmalloc"]
 COLORS = {
     "strata": "#d62728",
+    "strata-percpu": "#9467bd",
     "glibc": "#7f7f7f",
     "mimalloc": "#1f77b4",
     "jemalloc": "#2ca02c",
@@ -177,13 +179,17 @@ def list_workloads(runner):
 
 
 def cell_command(runner, lib, workload, threads, allocator, args):
-    cmd = [runner, "--workload", workload, "--threads", str(threads), "--expect", allocator]
+    expect = "strata" if allocator == "strata-percpu" else allocator
+    cmd = [runner, "--workload", workload, "--threads", str(threads), "--expect", expect]
     if args.quick:
         cmd.append("--quick")
     if args.seconds:
         cmd += ["--seconds", str(args.seconds)]
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    env.pop("STRATA_PERCPU", None)
+    if allocator == "strata-percpu":
+        env["STRATA_PERCPU"] = "1"
     if lib:
         env["LD_PRELOAD"] = lib
     return cmd, env
@@ -287,7 +293,9 @@ def machine_info():
 def versions(allocators):
     out = {}
     for a in allocators:
-        if a == "strata":
+        if a == "strata-percpu":
+            out[a] = "the same library with `STRATA_PERCPU=1` (per-CPU front end on)"
+        elif a == "strata":
             rev = capture(["git", "rev-parse", "--short", "HEAD"]) or "?"
             # Only the library's sources count: by now this run has rewritten the
             # tracked results files and BENCHMARKS.md itself.
@@ -348,9 +356,9 @@ def write_table(path, args, info, vers, allocators, workloads, threads_of, tp, r
     L.append("")
     L.append("  ```sh")
     for a in allocators:
-        pre = {"strata": lib_rel, "glibc": None}.get(a, PEERS.get(a, (None,))[0])
-        env = f"LD_PRELOAD={pre} " if pre else ""
-        L.append(f"  {env}{runner_rel} --workload W --threads T --expect {a}"
+        pre = {"strata": lib_rel, "strata-percpu": lib_rel, "glibc": None}.get(a, PEERS.get(a, (None,))[0])
+        env = ("STRATA_PERCPU=1 " if a == "strata-percpu" else "") + (f"LD_PRELOAD={pre} " if pre else "")
+        L.append(f"  {env}{runner_rel} --workload W --threads T --expect {a.split('-')[0]}"
                  + (" --quick" if args.quick else "") + (f" --seconds {args.seconds}" if args.seconds else ""))
     L.append("  ```")
     L.append("")
@@ -362,7 +370,8 @@ def write_table(path, args, info, vers, allocators, workloads, threads_of, tp, r
         L.append(f"  - {a}: {vers[a]}")
     L.append("")
 
-    ratios = [(a, b) for a, b in (("strata", "glibc"), ("strata", "mimalloc"))
+    pairs = (("strata", "glibc"), ("strata", "mimalloc"), ("strata-percpu", "mimalloc"))
+    ratios = [(a, b) for a, b in pairs
               if a in allocators and b in allocators]
 
     def table(title, data, is_rss):
@@ -744,7 +753,7 @@ def main():
         report_only(args)
         return
     ensure_packages(allocators)
-    runner, lib = build("strata" in allocators)
+    runner, lib = build("strata" in allocators or "strata-percpu" in allocators)
     workloads = all_workloads = list_workloads(runner)
     if args.workloads:
         names = parse_list(args.workloads, [w["name"] for w in workloads])
@@ -752,7 +761,7 @@ def main():
     out = args.out or (os.path.join(os.path.dirname(runner), "quick") if args.quick
                        else os.path.join(ROOT, "benches", "results"))
     os.makedirs(out, exist_ok=True)
-    libs = {"strata": lib, "glibc": None}
+    libs = {"strata": lib, "strata-percpu": lib, "glibc": None}
     libs.update({a: PEERS[a][0] for a in PEERS})
     threads_of = {w["name"]: (threads if w["multi"] else [1]) for w in workloads}
 
