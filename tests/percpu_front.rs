@@ -138,6 +138,67 @@ fn child_percpu_on() {
     println!("percpu front: on ({after:?})");
 }
 
+/// `STRATA_PERCPU=auto`: at most one thread heap per possible CPU is live at a
+/// time; the threads beyond those are served per CPU.
+#[test]
+fn auto_gives_thread_caches_to_the_first_threads_only() {
+    let out = child("child_percpu_auto", Some("auto"));
+    assert!(
+        out.contains("percpu auto: ok") || out.contains("percpu front: unavailable"),
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "run by auto_gives_thread_caches_to_the_first_threads_only in a child process"]
+fn child_percpu_auto() {
+    drop(Box::new(1u64));
+    let Some(before) = strata::percpu_front_counters() else {
+        assert!(
+            !machine_allows_it(),
+            "STRATA_PERCPU=auto, but the front end is off"
+        );
+        println!("percpu front: unavailable on this machine");
+        return;
+    };
+    let ncpu = percpu::possible_cpus().unwrap() as usize;
+    // More threads alive at once than there are CPUs: each allocates, then waits
+    // until all have, so their heaps (or not) coexist.
+    let threads = ncpu + 4;
+    let all_in = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let go_on = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (all_in, go_on) = (all_in.clone(), go_on.clone());
+            std::thread::spawn(move || {
+                let mut v: Vec<Vec<u8>> =
+                    (0..2_000).map(|i| filled(16 + i % 500, t as u8)).collect();
+                all_in.wait();
+                go_on.wait();
+                for (i, b) in v.iter().enumerate() {
+                    assert_eq!(b.len(), 16 + i % 500);
+                    check(b, t as u8);
+                }
+                v.clear();
+            })
+        })
+        .collect();
+    all_in.wait();
+    let live = strata::stats().thread_heaps_live as usize;
+    go_on.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(live <= ncpu, "{live} thread heaps live with {ncpu} CPUs");
+    let after = strata::percpu_front_counters().unwrap();
+    assert!(
+        after.refills > before.refills,
+        "no thread was served per CPU: {after:?}"
+    );
+    strata::validate_heap().unwrap();
+    println!("percpu auto: ok ({live} thread heaps, {after:?})");
+}
+
 #[test]
 fn percpu_front_is_off_by_default() {
     child("child_percpu_default", None);

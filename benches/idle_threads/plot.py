@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import compare  # noqa: E402  (the SVG helpers of the workload comparison)
 
 compare.COLORS.setdefault("strata-percpu", "#9467bd")
+compare.COLORS.setdefault("strata-auto", "#e377c2")
 
 
 def main():

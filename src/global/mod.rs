@@ -131,10 +131,17 @@ fn reset_thread_key_after_fork() {
 /// Gives the calling thread a live heap; null if the OS refuses memory.
 #[cold]
 fn init_thread() -> *mut ThreadHeap {
+    init_thread_within(usize::MAX).unwrap_or(ptr::null_mut())
+}
+
+/// As [`init_thread`], while fewer than `limit` thread heaps are live; None (and
+/// the thread still without a heap) otherwise.
+#[cold]
+fn init_thread_within(limit: usize) -> Option<*mut ThreadHeap> {
     let key = thread_key();
-    let h = BACKEND.threads.attach(&BACKEND);
+    let h = BACKEND.threads.new_thread_heap_within(&BACKEND, limit)?;
     if h.is_null() {
-        return h;
+        return Some(h);
     }
     // Point TLS at the heap *before* setting the key's value: for keys >= 32 glibc
     // callocs there, and that calloc must find a live heap, not recurse into here.
@@ -146,7 +153,7 @@ fn init_thread() -> *mut ThreadHeap {
     }
     // After the heap is live, for the same reason (pthread_atfork may allocate).
     register_fork_handlers();
-    h
+    Some(h)
 }
 
 /// Thread-exit key destructor: the thread is exiting.
@@ -162,16 +169,19 @@ extern "C" fn on_thread_exit(h: *mut c_void) {
 /// is served per CPU: its slot holds `VIA_CPU`, or `EMPTY` (a fresh thread) and
 /// the front end is on, in which case the slot moves to `VIA_CPU`. A fresh thread
 /// whose rseq area is not usable stays `EMPTY`, and the caller gives it a thread
-/// heap as when the front end is off.
+/// heap as when the front end is off. With `STRATA_PERCPU=auto`, a fresh thread
+/// gets a thread heap while fewer than one per CPU are live (`*h` becomes it,
+/// and the caller serves from it); only the threads after those are served per
+/// CPU, so one-thread programs keep the thread cache's fast path.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 #[inline(always)]
 fn via_cpu(
-    h: *mut ThreadHeap,
+    h: &mut *mut ThreadHeap,
 ) -> Option<(
     &'static crate::percpu::Slab,
     ptr::NonNull<crate::percpu::RseqArea>,
 )> {
-    if h == sentinel(&VIA_CPU) {
+    if *h == sentinel(&VIA_CPU) {
         // Found on, with a usable area, before: no decision to take, and the area
         // is not checked again (a section on one no longer registered fails, and
         // the slow paths then use the central tier; in `Own` mode
@@ -181,11 +191,22 @@ fn via_cpu(
             crate::percpu::current_for_section()?,
         ));
     }
-    if h != sentinel(&EMPTY) {
+    if *h != sentinel(&EMPTY) {
         return None;
     }
     let slab = BACKEND.cpus.slab()?;
     let area = crate::percpu::current()?;
+    let first = BACKEND.cpus.thread_heaps_first();
+    if first > 0 {
+        match init_thread_within(first) {
+            // A heap of its own; on no memory, per CPU after all.
+            Some(nh) if !nh.is_null() => {
+                *h = nh;
+                return None;
+            }
+            _ => {}
+        }
+    }
     tls::set(sentinel(&VIA_CPU));
     // After the slot is set, as in `init_thread`.
     register_fork_handlers();
@@ -194,9 +215,9 @@ fn via_cpu(
 
 #[cold]
 #[inline(never)]
-fn alloc_small_slow(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
+fn alloc_small_slow(mut h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    if let Some((slab, area)) = via_cpu(h) {
+    if let Some((slab, area)) = via_cpu(&mut h) {
         // SAFETY: the front end's slab and this thread's usable area; the slab
         // holds objects of BACKEND's only.
         let p = unsafe { BACKEND.cpus.alloc(slab, area, c, &BACKEND.backend) };
@@ -241,9 +262,9 @@ pub(crate) fn enomem_if_null(p: *mut u8) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_small_slow(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
+unsafe fn free_small_slow(p: *mut u8, c: SizeClass, mut h: *mut ThreadHeap) {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
-    if let (Some((slab, area)), Some(obj)) = (via_cpu(h), ptr::NonNull::new(p)) {
+    if let (Some((slab, area)), Some(obj)) = (via_cpu(&mut h), ptr::NonNull::new(p)) {
         // SAFETY: as in `alloc_small_slow`; the caller gives up `obj`, a live
         // class-c block of BACKEND's.
         unsafe { BACKEND.cpus.free(slab, area, c, obj, &BACKEND.backend) };

@@ -143,7 +143,10 @@ fn decide() -> Mode {
     let env = crate::platform::environment();
     // SAFETY: `environment` returns null or the C library's environment block.
     let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
-    let m = if setting.is_some_and(|v| !crate::env::truthy(v)) {
+    // `auto` (thread caches for the first threads, then per CPU) needs the areas
+    // like a true value.
+    let off = |v: &[u8]| !crate::env::truthy(v) && !v.eq_ignore_ascii_case(b"auto");
+    let m = if setting.is_some_and(off) {
         Mode::Off
     } else {
         match sys::glibc_rseq() {

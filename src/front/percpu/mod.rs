@@ -4,7 +4,9 @@
 //! the CPU count, not the thread count: a thread that sleeps holds nothing.
 //!
 //! Opt-in: off unless the environment has `STRATA_PERCPU` set to a true value
-//! (`1`), read once, without allocating, by the first thread that misses its fast
+//! (`1`: every thread per CPU) or to `auto` (the first threads, one per possible
+//! CPU at a time, get thread caches; the threads after them are served per CPU),
+//! read once, without allocating, by the first thread that misses its fast
 //! path; also off when the kernel has no rseq, when the process cannot fence
 //! (membarrier: non-owners could then not drain CPUs), or when the slab cannot be
 //! built. When on, `global` points every thread whose rseq area is usable at a
@@ -108,6 +110,10 @@ pub struct CpuCaches {
     shrinks: AtomicU64,
     /// The budget for all CPUs' capacities, bytes; 0: the default (`capacity.rs`).
     budget: AtomicUsize,
+    /// `STRATA_PERCPU=auto`: how many threads at a time get a thread cache before
+    /// the next ones are served per CPU (the CPU count); 0: every thread is
+    /// served per CPU. Written with the slab, before ON is published.
+    first_heaps: AtomicUsize,
     /// Per class: objects handed out from a CPU's stack or a refill (statistics,
     /// striped by CPU so that hits on different CPUs touch different lines).
     allocs: [Stripe; STRIPES],
@@ -140,6 +146,7 @@ impl CpuCaches {
             grows: AtomicU64::new(0),
             shrinks: AtomicU64::new(0),
             budget: AtomicUsize::new(0),
+            first_heaps: AtomicUsize::new(0),
             allocs: [const { Stripe([const { AtomicU64::new(0) }; NUM_CLASSES]) }; STRIPES],
             received: [const { AtomicU64::new(0) }; NUM_CLASSES],
             returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
@@ -243,7 +250,9 @@ impl CpuCaches {
                         continue;
                     }
                     let v = match build() {
-                        Some(s) => {
+                        Some((s, first_heaps)) => {
+                            // Relaxed: published by the Release store of ON below.
+                            self.first_heaps.store(first_heaps, Ordering::Relaxed);
                             // SAFETY: we moved the state to BUSY: no one else writes
                             // or reads the slab until the Release store below
                             // (invariant 2).
@@ -258,6 +267,16 @@ impl CpuCaches {
                 _ => core::hint::spin_loop(),
             }
         }
+    }
+
+    /// With the front end on: how many threads at a time get a thread cache first
+    /// (`STRATA_PERCPU=auto`; 0 with `STRATA_PERCPU=1`: none). Call only after
+    /// [`CpuCaches::slab`] returned `Some` on this thread.
+    #[inline]
+    pub fn thread_heaps_first(&self) -> usize {
+        // Relaxed: written before the Release store of ON, which the caller's
+        // `slab` loaded with Acquire.
+        self.first_heaps.load(Ordering::Relaxed)
     }
 
     /// Fork child: a decision another thread had under way at the fork would stay
@@ -652,12 +671,15 @@ unsafe fn flush_array<O: Os>(be: &Backend<O>, c: SizeClass, objs: &[*mut u8]) {
     be.note_flow(-((objs.len() * c.size_bytes()) as isize));
 }
 
-/// The slab, if the environment asks for the front end and the machine allows it.
-fn build() -> Option<Slab> {
+/// The slab, if the environment asks for the front end and the machine allows
+/// it, and how many threads get a thread cache first (`auto`: one per possible
+/// CPU; a true value: none).
+fn build() -> Option<(Slab, usize)> {
     let env = crate::platform::environment();
     // SAFETY: `environment` returns null or the C library's environment block.
     let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
-    if !setting.is_some_and(crate::env::truthy) {
+    let auto = setting.is_some_and(|v| v.eq_ignore_ascii_case(b"auto"));
+    if !auto && !setting.is_some_and(crate::env::truthy) {
         return None;
     }
     if crate::percpu::mode() == Mode::Off {
@@ -672,5 +694,5 @@ fn build() -> Option<Slab> {
     }
     let slab = Slab::new(ncpu, &max, &init).ok()?;
     slab.can_fence().ok()?;
-    Some(slab)
+    Some((slab, if auto { ncpu as usize } else { 0 }))
 }

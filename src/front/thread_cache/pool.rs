@@ -94,18 +94,33 @@ impl ThreadCaches {
     /// A live thread heap (recycled from the pool when possible); null if the OS
     /// refuses memory.
     pub fn new_thread_heap<O: Os>(&self, be: &Backend<O>) -> *mut ThreadHeap {
+        self.new_thread_heap_within(be, usize::MAX)
+            .unwrap_or(ptr::null_mut())
+    }
+
+    /// As [`ThreadCaches::new_thread_heap`], but only while fewer than `limit`
+    /// heaps are live (checked and counted under the pool lock, so never more than
+    /// `limit` at once); None otherwise.
+    pub fn new_thread_heap_within<O: Os>(
+        &self,
+        be: &Backend<O>,
+        limit: usize,
+    ) -> Option<*mut ThreadHeap> {
         let _g = self.pool_lock.guard();
         // SAFETY: pool lock held, and every access to `pool` takes it: the only
         // reference to the pool while it lives (the heaps it links are reached by
         // `&ThreadHeap` only).
         let pool = self.pool.with_mut(|p| unsafe { &mut *p });
+        if pool.live >= limit {
+            return None;
+        }
         let mut h = pool.free;
         if h.is_null() {
             h = be
                 .alloc_metadata(core::mem::size_of::<ThreadHeap>(), 64)
                 .cast();
             if h.is_null() {
-                return h;
+                return Some(h);
             }
             // SAFETY: fresh arena memory sized and aligned for a ThreadHeap.
             unsafe {
@@ -122,7 +137,7 @@ impl ThreadCaches {
         // SAFETY: `h` is a flushed heap that no thread uses (fresh, or just taken off
         // the pool under its lock); the caller becomes its owner.
         unsafe { (*h).activate(self.cache_budget.load(Ordering::Relaxed) ^ DEFAULT_CACHE_BUDGET) };
-        h
+        Some(h)
     }
 
     /// Flushes a thread's heap and puts it in the pool for the next thread.
