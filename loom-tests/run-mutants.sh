@@ -49,6 +49,9 @@ MUTANTS=(
     "huge_cache_takes_short          huge_blocks     a cached huge mapping is handed out whole even when shorter than the request"
     "stats_ignore_moves              stats_merge     thread heaps do not mark their moves: a snapshot counts a batch in transit as live"
     "stats_read_owner_field          stats_merge     a snapshot reads a heap's owner-only plain field (max), racing its owner"
+    "percpu_one_fence                percpu_handoff  a non-owner unlocks a CPU's header with no second fence (the old drain bug)"
+    "percpu_no_first_fence           percpu_handoff  a non-owner works on a CPU's stack without fencing it after the lock"
+    "percpu_grow_locked              percpu_handoff  a capacity widened while a non-owner holds the header locked"
 )
 
 want=("$@")
