@@ -31,6 +31,10 @@
 //! bound, would commit a stack top computed from the old `current` over the new one.
 //! The lock is a try-lock: a second non-owner finds the header locked and gets
 //! [`DrainError::Busy`] (never waits), so it needs no lock rank.
+//!
+//! Loom checks this protocol against stand-ins for the sections and the kernel
+//! (`model.rs`, built only under `--cfg strata_loom`; the models are
+//! `loom-tests/tests/percpu_handoff.rs`).
 
 #[cfg(not(strata_loom))]
 use core::ptr::NonNull;

@@ -90,20 +90,28 @@ impl Memory {
         &self.slots[cpu as usize * self.units + unit as usize]
     }
 
+    /// CPU `cpu` (its fence count), held. A model thread that panicked while
+    /// holding it fails the model anyway: the poison is ignored.
+    fn cpu(&self, cpu: u32) -> loom::sync::MutexGuard<'_, u64> {
+        self.cpus[cpu as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The fence on `cpu` (assumption 2): every section in flight there restarts.
     pub(super) fn fence(&self, cpu: u32) -> Result<(), i32> {
-        *self.cpus[cpu as usize].lock().unwrap() += 1;
+        *self.cpu(cpu) += 1;
         Ok(())
     }
 
     /// A section starts on `cpu`: the fence count it must still see at its commit.
     fn start(&self, cpu: u32) -> u64 {
-        *self.cpus[cpu as usize].lock().unwrap()
+        *self.cpu(cpu)
     }
 
     /// Runs `commit` unless a fence came since `started` (the section was aborted).
     fn commit(&self, cpu: u32, started: u64, commit: impl FnOnce()) -> bool {
-        let fences = self.cpus[cpu as usize].lock().unwrap();
+        let fences = self.cpu(cpu);
         if *fences != started {
             return false;
         }
