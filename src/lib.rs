@@ -196,7 +196,8 @@ mod heap_map;
 mod mallinfo;
 /// The per-CPU (rseq) front end's machinery (the front end itself is opt-in,
 /// `STRATA_PERCPU=1`); public for tests and benchmarks only. Not a stable API.
-#[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
+/// Under loom, the slab alone (loom-tests/tests/percpu_handoff.rs).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[doc(hidden)]
 pub mod percpu;
 #[cfg(not(strata_loom))]

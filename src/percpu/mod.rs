@@ -70,14 +70,22 @@
 //!   stacks have not been touched for a while.
 //! - A batch push section (refill pushes one object per section).
 
+// Under loom (`--cfg strata_loom`) only the slab is built, its memory loom's atomics
+// and the kernel's part (the critical sections, the fence) modelled in
+// `slab/model.rs`: the asm and the rseq registration cannot run under loom
+// (loom-tests/tests/percpu_handoff.rs).
+#[cfg(not(strata_loom))]
 mod cs;
+#[cfg(not(strata_loom))]
 mod rseq;
 mod slab;
 
-#[cfg(test)]
+#[cfg(all(test, not(strata_loom)))]
 mod tests;
 
+#[cfg(not(strata_loom))]
 pub use cs::aborts;
+#[cfg(not(strata_loom))]
 pub use rseq::{
     Mode, RseqArea, current, current_for_section, glibc_area, mode, possible_cpus,
     release_current_thread,

@@ -31,16 +31,32 @@
 //! bound, would commit a stack top computed from the old `current` over the new one.
 //! The lock is a try-lock: a second non-owner finds the header locked and gets
 //! [`DrainError::Busy`] (never waits), so it needs no lock rank.
+//!
+//! Loom checks this protocol against stand-ins for the sections and the kernel
+//! (`model.rs`, built only under `--cfg strata_loom`; the models are
+//! `loom-tests/tests/percpu_handoff.rs`).
 
+#[cfg(not(strata_loom))]
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::cs;
-use super::rseq::RseqArea;
+// Core's atomics in every build but the loom one (`crate::sync` chooses): there the
+// headers and slots are loom's, in `model.rs`, so that loom sees every access.
+use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+
 use crate::Violation;
-use crate::os::{OS_PAGE, Os, SysOs};
+use crate::os::OS_PAGE;
+#[cfg(not(strata_loom))]
+use crate::os::{Os, SysOs};
+#[cfg(not(strata_loom))]
 use crate::platform::rseq as sys;
+#[cfg(not(strata_loom))]
+use {super::cs, super::rseq::RseqArea};
+// Under loom: the kernel's part (CPU count, fence) and the sections are the model's.
+#[cfg(strata_loom)]
+use model as sys;
 
+#[cfg(strata_loom)]
+mod model;
 mod nonowner;
 
 /// The most size classes a slab serves.
@@ -132,6 +148,8 @@ pub enum DrainError {
 ///    the non-owner holding the lock after its fence.
 #[derive(Debug)]
 pub struct Slab {
+    /// Null under loom (the memory is `mem`'s).
+    #[cfg_attr(strata_loom, allow(dead_code))]
     base: *mut u8,
     map_bytes: usize,
     ncpu: u32,
@@ -141,6 +159,10 @@ pub struct Slab {
     max_cap: [u16; MAX_CLASSES],
     /// Whether this process may fence (membarrier registered): `Err(errno)` if not.
     fence: Result<(), i32>,
+    /// Under loom: the headers and slots (loom atomics; `base` is null) and each
+    /// CPU's model of the kernel (`model.rs`).
+    #[cfg(strata_loom)]
+    mem: model::Memory,
 }
 
 // SAFETY: the slab is shared between threads by design: headers and slots are only
@@ -184,8 +206,11 @@ impl Slab {
         let Some(map_bytes) = (ncpu as usize).checked_mul(1 << shift) else {
             return Err(SlabError::TooBig);
         };
+        #[cfg(not(strata_loom))]
         let base = SysOs.map(map_bytes, OS_PAGE);
-        if base.is_null() {
+        #[cfg(strata_loom)]
+        let base = core::ptr::null_mut::<u8>();
+        if base.is_null() && !crate::sync::LOOM {
             return Err(SlabError::NoMemory);
         }
         let slab = Slab {
@@ -197,6 +222,8 @@ impl Slab {
             begin,
             max_cap,
             fence: sys::membarrier_register_rseq(),
+            #[cfg(strata_loom)]
+            mem: model::Memory::new(ncpu, n, unit),
         };
         for cpu in 0..ncpu {
             for k in 0..n {
@@ -240,13 +267,20 @@ impl Slab {
             cpu < self.ncpu && class < self.nclasses,
             "Slab::header: out of range"
         );
-        let p = self
-            .base
-            .wrapping_add(((cpu as usize) << self.shift) + class * UNIT);
-        // SAFETY: by slab invariants 1 and 2 the header lies inside the mapping, which
-        // lives as long as `self`; it is 8-byte aligned (regions are page aligned) and
-        // accessed from Rust only as an atomic.
-        unsafe { &*p.cast::<AtomicU64>() }
+        #[cfg(strata_loom)]
+        {
+            self.mem.header(cpu, class)
+        }
+        #[cfg(not(strata_loom))]
+        {
+            let p = self
+                .base
+                .wrapping_add(((cpu as usize) << self.shift) + class * UNIT);
+            // SAFETY: by slab invariants 1 and 2 the header lies inside the mapping,
+            // which lives as long as `self`; it is 8-byte aligned (regions are page
+            // aligned) and accessed from Rust only as an atomic.
+            unsafe { &*p.cast::<AtomicU64>() }
+        }
     }
 
     fn slot(&self, cpu: u32, unit: u16) -> &AtomicUsize {
@@ -254,11 +288,18 @@ impl Slab {
             cpu < self.ncpu && (unit as usize) < (1usize << self.shift) / UNIT,
             "Slab::slot: out of range"
         );
-        let p = self
-            .base
-            .wrapping_add(((cpu as usize) << self.shift) + unit as usize * UNIT);
-        // SAFETY: as in `header`: inside the mapping, aligned, atomic from Rust.
-        unsafe { &*p.cast::<AtomicUsize>() }
+        #[cfg(strata_loom)]
+        {
+            self.mem.slot(cpu, unit)
+        }
+        #[cfg(not(strata_loom))]
+        {
+            let p = self
+                .base
+                .wrapping_add(((cpu as usize) << self.shift) + unit as usize * UNIT);
+            // SAFETY: as in `header`: inside the mapping, aligned, atomic from Rust.
+            unsafe { &*p.cast::<AtomicUsize>() }
+        }
     }
 
     /// Pops an object of `class` from the calling thread's CPU; `None` if that stack
@@ -267,6 +308,7 @@ impl Slab {
     /// # Safety
     /// `area` is the calling thread's rseq area ([`super::rseq::current`]);
     /// `class < self.nclasses()`; `self.ncpu()` covers every possible CPU.
+    #[cfg(not(strata_loom))]
     #[inline(always)]
     pub unsafe fn pop(&self, area: NonNull<RseqArea>, class: usize) -> Option<NonNull<u8>> {
         debug_check!(class < self.nclasses, "Slab::pop: class out of range");
@@ -281,6 +323,7 @@ impl Slab {
     ///
     /// # Safety
     /// As for [`Slab::pop`]; and `p` is in no slot of the slab (header invariant 3).
+    #[cfg(not(strata_loom))]
     #[inline(always)]
     pub unsafe fn push(&self, area: NonNull<RseqArea>, class: usize, p: NonNull<u8>) -> bool {
         debug_check!(class < self.nclasses, "Slab::push: class out of range");
@@ -294,6 +337,7 @@ impl Slab {
     ///
     /// # Safety
     /// As for [`Slab::pop`].
+    #[cfg(not(strata_loom))]
     #[inline]
     pub unsafe fn pop_batch(
         &self,
@@ -323,6 +367,7 @@ impl Slab {
     /// # Safety
     /// As for [`Slab::push`], for every object of `objs` (none null, none in a slot,
     /// no two the same).
+    #[cfg(not(strata_loom))]
     #[inline]
     pub unsafe fn push_batch(
         &self,
@@ -416,6 +461,18 @@ impl Slab {
         }
         Ok(())
     }
+
+    /// The membarrier-RSEQ fence on `cpu` (under loom, the model's: `model.rs`).
+    fn rseq_fence(&self, cpu: u32) -> Result<(), i32> {
+        #[cfg(not(strata_loom))]
+        {
+            sys::rseq_fence(cpu)
+        }
+        #[cfg(strata_loom)]
+        {
+            self.mem.fence(cpu)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -431,6 +488,7 @@ impl Slab {
     }
 }
 
+#[cfg(not(strata_loom))]
 impl Drop for Slab {
     fn drop(&mut self) {
         // SAFETY: by slab invariant 1 the mapping is the slab's own; `&mut self` means

@@ -8,7 +8,6 @@ use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use super::{DrainError, Hdr, LOCKED_BEGIN, Slab};
-use crate::platform::rseq as sys;
 
 impl Slab {
     /// Locks the headers of `classes` on `cpu` and fences, runs `work` on each
@@ -32,7 +31,14 @@ impl Slab {
                 return Err(DrainError::Busy);
             }
         }
-        if let Err(e) = sys::rseq_fence(cpu) {
+        // (The mutant switch, for loom-tests/run-mutants.sh: no fence, so a section
+        // in flight may commit while the non-owner works.)
+        let fenced = if cfg!(strata_mutant = "percpu_no_first_fence") {
+            Ok(())
+        } else {
+            self.rseq_fence(cpu)
+        };
+        if let Err(e) = fenced {
             for k in classes {
                 self.unlock(cpu, k);
             }
@@ -54,12 +60,18 @@ impl Slab {
         // section that may have read the old one restart before the bounds
         // come back. Without that fence the headers stay locked (safe: every
         // section on them fails, and the slow paths go to the central tier).
-        let mut fenced = sys::rseq_fence(cpu);
+        // (The mutant switch is the old bug, for loom-tests/run-mutants.sh: the new
+        // `current` published by the unlock with no fence in between.)
+        let mut fenced = if cfg!(strata_mutant = "percpu_one_fence") {
+            Ok(())
+        } else {
+            self.rseq_fence(cpu)
+        };
         for _ in 0..3 {
             if fenced.is_ok() {
                 break;
             }
-            fenced = sys::rseq_fence(cpu);
+            fenced = self.rseq_fence(cpu);
         }
         if let Err(e) = fenced {
             return Err(DrainError::NoFence(e));
@@ -252,7 +264,10 @@ impl Slab {
         let mut w = hdr.load(Ordering::Relaxed);
         loop {
             let h = Hdr::unpack(w);
-            if h.locked() || h.end >= new_end {
+            // (The mutant switch, for loom-tests/run-mutants.sh: a locked header
+            // widened, which lets pushes in while a non-owner works.)
+            let locked = h.locked() && !cfg!(strata_mutant = "percpu_grow_locked");
+            if locked || h.end >= new_end {
                 return false;
             }
             let u = Hdr {
