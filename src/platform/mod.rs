@@ -40,6 +40,12 @@ use linux as sys;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 pub(crate) use linux::rseq_x86_64 as rseq;
 
+/// Threads, sleeps and files for the parts above the allocator.
+#[cfg(not(strata_loom))]
+mod services;
+#[cfg(not(strata_loom))]
+pub(crate) use services::*;
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "strata has no platform layer for this target: add src/platform/<os>.rs defining \
@@ -53,6 +59,8 @@ compile_error!(
 pub(crate) use sys::ENOMEM;
 pub use sys::SysOs;
 // Used by the C ABI and the test doubles only.
+#[cfg(not(strata_loom))]
+pub(crate) use sys::ENAMETOOLONG;
 #[allow(unused_imports)]
 pub(crate) use sys::{EINVAL, EIO};
 
@@ -372,6 +380,16 @@ pub(crate) use linux::thread_slot;
 /// See the other cfg of this item.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls))))]
 pub(crate) use portable_thread_slot as thread_slot;
+// The portable slot is std's `thread_local!` (stable Rust has no other TLS but
+// inline assembly): a build without std needs the x86-64 Linux slot.
+#[cfg(all(
+    not(any(feature = "std", test, strata_loom)),
+    not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls)))
+))]
+compile_error!(
+    "strata without its `std` feature has a thread slot only on x86-64 Linux (without \
+     --cfg strata_portable_tls): turn `std` on for this target (capi/Cargo.toml does)"
+);
 
 // ---- thread exit -----------------------------------------------------------------
 
