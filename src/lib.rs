@@ -28,6 +28,10 @@
 //!   they are followed, so a write over a free block aborts instead of steering the
 //!   allocator, and a double free of a block still in the freeing thread's cache
 //!   aborts. A few instructions per allocation; `default-features = false` drops it.
+//! - `std` (default): links std, for `write_heap_map` (to an `std::io::Write`),
+//!   the lock-order check of debug builds and the thread slot on targets other
+//!   than x86-64 Linux. Without it the crate is `no_std` (`core` and `alloc`): the
+//!   C library builds it so, which keeps std's code out of `libstrata.so`.
 //! - `c-abi`: exports `malloc`, `free` and the rest of the C allocation API. A Rust
 //!   binary built with it replaces `malloc` for the whole process; normally only the
 //!   C library turns it on.

@@ -1,4 +1,4 @@
-//! Linux (glibc): the only file of the crate that names `libc`. Each item keeps the
+//! Linux (glibc): with its submodules, the only file of the crate that names `libc`. Each item keeps the
 //! contract written on its namesake in `platform/mod.rs`.
 
 use super::{OS_PAGE, Os, OsError};

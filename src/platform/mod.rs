@@ -22,6 +22,9 @@
 //! - `ThreadKey`, `thread_key_create`, `thread_key_set`;
 //! - `register_fork_hooks`, `at_exit`, the `load_time_constructor!` macro;
 //! - `write_fd`, `file_write`, `abort`, `entropy_u64`;
+//! - in a `services` submodule: `spawn_detached`, `set_thread_name`, `sleep_ms`,
+//!   `create_file`, `close_fd`, `error_text` (see `services.rs`: what std would
+//!   give the parts above the allocator);
 //! - optionally a `thread_slot!` of its own (an initial-exec TLS sequence, as the
 //!   x86-64 Linux one); without one, the portable slot in this file is used.
 //!
@@ -52,8 +55,8 @@ compile_error!(
      SysOs, page_size_from_os, errno/set_errno, ENOMEM/EINVAL/EIO, futex_wait/\
      futex_wake_one/yield_now, process_id/thread_token/current_stack, ThreadKey/\
      thread_key_create/thread_key_set, register_fork_hooks/at_exit/\
-     load_time_constructor!, write_fd/file_write/abort and entropy_u64 \
-     (see src/platform/mod.rs), and select it there"
+     load_time_constructor!, write_fd/file_write/abort and entropy_u64, and a \
+     services module (see src/platform/mod.rs and services.rs), and select it there"
 );
 
 pub(crate) use sys::ENOMEM;
