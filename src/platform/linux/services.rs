@@ -16,6 +16,22 @@ pub(crate) fn spawn_detached(
     let stack = stack_bytes
         .max(libc::PTHREAD_STACK_MIN)
         .next_multiple_of(page);
+    match create_detached(Some(stack), body, arg) {
+        // glibc carves the static TLS out of the stack and refuses a stack too
+        // small for it: then the default size, of which only what is touched
+        // becomes resident.
+        Err(OsError(libc::EINVAL)) => create_detached(None, body, arg),
+        r => r,
+    }
+}
+
+/// `pthread_create` of a detached thread, on a stack of `stack` bytes or of the
+/// default size.
+fn create_detached(
+    stack: Option<usize>,
+    body: extern "C" fn(*mut c_void) -> *mut c_void,
+    arg: *mut c_void,
+) -> Result<(), OsError> {
     let mut attr = core::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
     // SAFETY: initialises the attribute object in `attr`.
     let r = unsafe { libc::pthread_attr_init(attr.as_mut_ptr()) };
@@ -27,7 +43,10 @@ pub(crate) fn spawn_detached(
     // plain function, `arg` is handed to it as it is; a detached thread's resources
     // go back to the C library when it returns.
     let r = unsafe {
-        let mut r = libc::pthread_attr_setstacksize(attr, stack);
+        let mut r = match stack {
+            Some(bytes) => libc::pthread_attr_setstacksize(attr, bytes),
+            None => 0,
+        };
         if r == 0 {
             r = libc::pthread_attr_setdetachstate(attr, libc::PTHREAD_CREATE_DETACHED);
         }
