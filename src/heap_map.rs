@@ -248,6 +248,7 @@ impl Sink for FileSink {
     fn put(&mut self, mut bytes: &[u8]) {
         while self.err.is_none() && !bytes.is_empty() {
             match platform::write_fd(self.fd, bytes) {
+                Ok(0) => self.err = Some(OsError(platform::EIO)),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) => self.err = Some(e),
             }
@@ -259,7 +260,6 @@ impl Sink for FileSink {
 /// platform layer (no std): `strata_heap_map_write` of the C library and
 /// `STRATA_HEAP_MAP`. The error is the first that opening, writing or closing
 /// the file met.
-#[cfg_attr(not(feature = "c-abi"), allow(dead_code))]
 pub(crate) fn write_file(path: &CStr) -> Result<(), OsError> {
     let fd = platform::create_file(path)?;
     let mut out = Buffered::to(FileSink { fd, err: None });
