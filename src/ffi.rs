@@ -22,7 +22,7 @@
 //!   `global/fork.rs`: a Rust program without this feature registers them too.
 
 use crate::global;
-use crate::platform::{self, EINVAL, EIO, ENOMEM};
+use crate::platform::{self, EINVAL, ENOMEM};
 use crate::settings::print_stats;
 // The allocation entry points behind the C functions: the plain ones, or, with the
 // `checked` feature, `checked`'s, which validate every pointer (aborting with a
@@ -327,11 +327,11 @@ pub unsafe extern "C" fn strata_heap_map_write(path: *const c_char) -> c_int {
         return -1;
     }
     // SAFETY: a NUL-terminated string (contract).
-    let bytes = unsafe { core::ffi::CStr::from_ptr(path) }.to_bytes();
-    match crate::heap_map::write_file(bytes) {
+    let path = unsafe { core::ffi::CStr::from_ptr(path) };
+    match crate::heap_map::write_file(path) {
         Ok(()) => 0,
         Err(e) => {
-            set_errno(e.raw_os_error().unwrap_or(EIO));
+            set_errno(e.0);
             -1
         }
     }

@@ -21,8 +21,11 @@
 use crate::backend::{Backend, Locks};
 use crate::chunk::{HEADER_PAGES, SPAN_ZEROED, Span, SpanKind};
 use crate::os::Os;
+use crate::platform::{self, OsError};
+use crate::report::{Buffered, Sink};
 use crate::size_class::{NUM_CLASSES, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
-use std::io::{self, Write};
+use alloc::vec::Vec;
+use core::ffi::CStr;
 
 /// What one page of a chunk holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,19 +209,69 @@ impl HeapMap {
     /// colours. For tools, every chunk is a `<g class="chunk" data-base="0x…">` and
     /// every span a `<path class="header|free|purged|small|large" data-pages="N">`
     /// (Small ones with `data-class`, `data-live` and `data-capacity`).
-    pub fn write_svg(&self, w: &mut impl Write) -> io::Result<()> {
-        let mut w = io::BufWriter::new(w);
-        svg::write(self, &mut w)?;
-        w.flush()
+    #[cfg(any(feature = "std", test))]
+    pub fn write_svg(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        use std::io::Write as _;
+        /// `fmt::Write` over a buffered `io::Write`, keeping the first error.
+        struct Io<W: std::io::Write> {
+            w: std::io::BufWriter<W>,
+            err: Option<std::io::Error>,
+        }
+        impl<W: std::io::Write> core::fmt::Write for Io<W> {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                self.w.write_all(s.as_bytes()).map_err(|e| {
+                    self.err.get_or_insert(e);
+                    core::fmt::Error
+                })
+            }
+        }
+        let mut out = Io {
+            w: std::io::BufWriter::new(w),
+            err: None,
+        };
+        if svg::write(self, &mut out).is_err() {
+            return Err(out
+                .err
+                .unwrap_or_else(|| std::io::Error::other("formatting failed")));
+        }
+        out.w.flush()
     }
 }
 
-/// Writes the process's heap map as SVG to a new file at `path` (a Unix path's
-/// bytes): `strata_heap_map_write` of the C library and `STRATA_HEAP_MAP`.
-pub(crate) fn write_file(path: &[u8]) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut f = std::fs::File::create(std::ffi::OsStr::from_bytes(path))?;
-    crate::write_heap_map(&mut f).map(|_| ())
+/// A file descriptor written to the end, which keeps the first error.
+struct FileSink {
+    fd: i32,
+    err: Option<OsError>,
+}
+
+impl Sink for FileSink {
+    fn put(&mut self, mut bytes: &[u8]) {
+        while self.err.is_none() && !bytes.is_empty() {
+            match platform::write_fd(self.fd, bytes) {
+                Ok(0) => self.err = Some(OsError(platform::EIO)),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) => self.err = Some(e),
+            }
+        }
+    }
+}
+
+/// Writes the process's heap map as SVG to a new file at `path`, through the
+/// platform layer (no std): `strata_heap_map_write` of the C library and
+/// `STRATA_HEAP_MAP`. The error is the first that opening, writing or closing
+/// the file met.
+pub(crate) fn write_file(path: &CStr) -> Result<(), OsError> {
+    let fd = platform::create_file(path)?;
+    let mut out = Buffered::to(FileSink { fd, err: None });
+    let drawn = svg::write(&crate::heap_map(), &mut out);
+    out.flush();
+    let closed = platform::close_fd(fd);
+    match out.sink.err {
+        Some(e) => Err(e),
+        // Formatting fails only where the sink did, which left its error above.
+        None if drawn.is_err() => Err(OsError(platform::EIO)),
+        None => closed,
+    }
 }
 
 /// Takes the snapshot of `b` (module docs, steps 1 to 4).

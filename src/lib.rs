@@ -28,6 +28,10 @@
 //!   they are followed, so a write over a free block aborts instead of steering the
 //!   allocator, and a double free of a block still in the freeing thread's cache
 //!   aborts. A few instructions per allocation; `default-features = false` drops it.
+//! - `std` (default): links std, for `write_heap_map` (to an `std::io::Write`),
+//!   the lock-order check of debug builds and the thread slot on targets other
+//!   than x86-64 Linux. Without it the crate is `no_std` (`core` and `alloc`): the
+//!   C library builds it so, which keeps std's code out of `libstrata.so`.
 //! - `c-abi`: exports `malloc`, `free` and the rest of the C allocation API. A Rust
 //!   binary built with it replaces `malloc` for the whole process; normally only the
 //!   C library turns it on.
@@ -69,6 +73,9 @@
 //! measurements.
 
 #![warn(missing_docs)]
+// Without the `std` feature (the C library's build) the crate uses `core` and
+// `alloc` only; tests and loom models always have std.
+#![cfg_attr(not(any(feature = "std", test, strata_loom)), no_std)]
 // Nothing under malloc/free may panic (clippy.toml bans the panicking macros;
 // these lints the panicking methods): a broken invariant goes through
 // `debug_check!` or `report::die`. Tests may panic.
@@ -137,6 +144,8 @@ macro_rules! const_assert {
     };
 }
 
+extern crate alloc;
+
 mod sync;
 
 mod backend;
@@ -204,6 +213,9 @@ pub mod percpu;
 mod purge_thread;
 #[cfg(not(strata_loom))]
 mod report;
+// The C library's build without std: panic handler and global allocator.
+#[cfg(all(feature = "c-abi", not(any(feature = "std", test, strata_loom))))]
+mod runtime;
 #[cfg(not(strata_loom))]
 mod settings;
 #[cfg(all(test, not(strata_loom)))]
@@ -432,6 +444,7 @@ mod api {
     /// Takes a [`heap_map`] and writes it to `w` as SVG; returns its totals. The C
     /// library does this at exit with `STRATA_HEAP_MAP=path.svg`, and on request
     /// with `strata_heap_map_write(path)`.
+    #[cfg(any(feature = "std", test))]
     pub fn write_heap_map(w: &mut impl std::io::Write) -> std::io::Result<HeapMapSummary> {
         let map = heap_map();
         map.write_svg(w)?;

@@ -36,7 +36,9 @@
 use crate::global::{self, BACKEND, ForkLocks, GrowthHook, Upper};
 use crate::size_class::NUM_CLASSES;
 use crate::sync::{AtomicU64, LockRank, Ordering, RawLock};
-use std::time::Duration;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ffi::c_void;
 
 /// Shortest pause between passes (a purge delay of 0 purges at free already).
 pub const MIN_INTERVAL_MS: u64 = 10;
@@ -128,11 +130,10 @@ pub fn start() -> bool {
     }
     let generation = GENERATION.load(Ordering::Relaxed) + 1;
     GENERATION.store(generation, Ordering::Release);
-    let spawned = std::thread::Builder::new()
-        .name("strata-purge".into())
-        .stack_size(64 << 10)
-        .spawn(move || run(generation));
-    if spawned.is_err() {
+    // The generation travels as the thread's argument (a pointer-sized integer;
+    // a 32-bit target compares its low half, enough to tell the last few apart).
+    let arg = generation as usize as *mut c_void;
+    if crate::platform::spawn_detached(64 << 10, thread_main, arg).is_err() {
         return false;
     }
     PID.store(pid, Ordering::Relaxed);
@@ -181,9 +182,17 @@ fn interval_ms(delay_ms: u64) -> u64 {
     (delay_ms / 2).clamp(MIN_INTERVAL_MS, MAX_INTERVAL_MS)
 }
 
-/// The thread's body: sleep, and while `generation` is current, drain idle central
-/// batches and purge what is due.
-fn run(generation: u64) {
+/// The thread's entry point (`platform::spawn_detached`): names the thread and
+/// runs [`run`] for the generation in `arg`.
+extern "C" fn thread_main(arg: *mut c_void) -> *mut c_void {
+    crate::platform::set_thread_name(c"strata-purge");
+    run(arg as usize);
+    core::ptr::null_mut()
+}
+
+/// The thread's body: sleep, and while `generation` (its low bits on a 32-bit
+/// target) is current, drain idle central batches and purge what is due.
+fn run(generation: usize) {
     let mut seen = [u64::MAX; NUM_CLASSES];
     // Per CPU and class, the header word at the last pass (this thread is not
     // under malloc: it may allocate; empty while the per-CPU front end is off).
@@ -191,9 +200,9 @@ fn run(generation: u64) {
     let mut class_seen: Vec<u64> = Vec::new();
     loop {
         let pause = interval_ms(BACKEND.page_heap.purge_delay_ms());
-        std::thread::sleep(Duration::from_millis(pause));
+        crate::platform::sleep_ms(pause);
         // Acquire: pairs with the Release bumps in `start` and `stop`.
-        if GENERATION.load(Ordering::Acquire) != generation {
+        if GENERATION.load(Ordering::Acquire) as usize != generation {
             return;
         }
         let mut drained = 0;

@@ -155,13 +155,29 @@ extern "C" fn write_heap_map_at_exit() {
     // SAFETY: `len` bytes that live as long as the process (see HEAP_MAP_PATH),
     // their length stored before the pointer was published.
     let name = unsafe { core::slice::from_raw_parts(path, len) };
-    if let Err(err) = crate::heap_map::write_file(name) {
+    // A build-time default has no NUL after it: the path is copied with one (a
+    // path the OS would refuse as too long is refused here).
+    let mut buf = [0u8; 4096];
+    let written = match buf.get_mut(..len) {
+        _ if name.contains(&0) => Err(platform::OsError(platform::EINVAL)),
+        Some(head) => {
+            head.copy_from_slice(name);
+            core::ffi::CStr::from_bytes_until_nul(&buf)
+                .map_err(|_| platform::OsError(platform::ENAMETOOLONG))
+                .and_then(crate::heap_map::write_file)
+        }
+        None => Err(platform::OsError(platform::ENAMETOOLONG)),
+    };
+    if let Err(err) = written {
         let mut out = FdLines::new(platform::STDERR);
-        let _ = writeln!(
-            out,
-            "STRATA_HEAP_MAP: cannot write {}: {err}",
-            String::from_utf8_lossy(name)
-        );
+        let _ = out.write_str("STRATA_HEAP_MAP: cannot write ");
+        for chunk in name.utf8_chunks() {
+            let _ = out.write_str(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                let _ = out.write_char(char::REPLACEMENT_CHARACTER);
+            }
+        }
+        let _ = writeln!(out, ": {err}");
         out.flush();
     }
 }

@@ -23,8 +23,9 @@
 use super::{HeapMap, HeapMapClass, HeapMapSpan, PageState};
 use crate::size_class::{NUM_CLASSES, PAGE_SIZE, PAGES_PER_CHUNK};
 use crate::stats::Bytes;
-use core::fmt;
-use std::io::{self, Write};
+use alloc::format;
+use alloc::string::String;
+use core::fmt::{self, Write};
 
 /// Pixels per page cell.
 const CELL: usize = 10;
@@ -51,7 +52,7 @@ const FREE_FILL: &str = "#bdbdbd";
 const PURGED_FILL: &str = "#f0f0f0";
 
 /// Writes the whole document.
-pub(super) fn write(map: &HeapMap, w: &mut impl Write) -> io::Result<()> {
+pub(super) fn write(map: &HeapMap, w: &mut impl Write) -> fmt::Result {
     let s = map.summary();
     let class_lines = s.classes.len().div_ceil(CLASSES_PER_LINE);
     // Title (2 lines), fixed legend (2 lines), class swatches, then the chunks.
@@ -181,7 +182,7 @@ pub(super) fn write(map: &HeapMap, w: &mut impl Write) -> io::Result<()> {
 }
 
 /// A 12 x 12 legend swatch whose text baseline is `y`.
-fn swatch(w: &mut impl Write, x: usize, y: usize, fill: &str) -> io::Result<()> {
+fn swatch(w: &mut impl Write, x: usize, y: usize, fill: &str) -> fmt::Result {
     writeln!(
         w,
         "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{fill}\" stroke=\"#888\" \
@@ -190,7 +191,7 @@ fn swatch(w: &mut impl Write, x: usize, y: usize, fill: &str) -> io::Result<()> 
     )
 }
 
-fn class_swatch(w: &mut impl Write, x: usize, y: usize, c: &HeapMapClass) -> io::Result<()> {
+fn class_swatch(w: &mut impl Write, x: usize, y: usize, c: &HeapMapClass) -> fmt::Result {
     swatch(w, x, y, &small_fill(c.class, percent(c.live, c.capacity)))?;
     writeln!(
         w,
@@ -211,7 +212,7 @@ fn write_chunk(
     y: usize,
     base: usize,
     spans: &[HeapMapSpan],
-) -> io::Result<()> {
+) -> fmt::Result {
     let used: usize = spans
         .iter()
         .filter(|s| matches!(s.state, PageState::Small { .. } | PageState::Large))

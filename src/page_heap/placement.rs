@@ -81,7 +81,7 @@ impl core::fmt::Display for PlacementError {
     }
 }
 
-impl std::error::Error for PlacementError {}
+impl core::error::Error for PlacementError {}
 
 impl<O: Os> PageHeap<O> {
     /// The placement policy in force.

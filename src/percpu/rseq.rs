@@ -16,7 +16,6 @@
 //! registration failed); the critical sections check that themselves, so a stale
 //! or unregistered area makes them fail, never corrupt a slab.
 
-use core::cell::{Cell, UnsafeCell};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
@@ -63,7 +62,9 @@ const_assert!(core::mem::offset_of!(RseqArea, cpu_id) == CPU_ID_OFFSET);
 const_assert!(core::mem::offset_of!(RseqArea, rseq_cs) == RSEQ_CS_OFFSET);
 
 impl RseqArea {
-    /// A fresh area, as the kernel leaves one that is not registered.
+    /// A fresh area, as the kernel leaves one that is not registered (what every
+    /// thread's own area holds at its start: `sys::own_tls`).
+    #[cfg(test)]
     const fn unregistered() -> RseqArea {
         RseqArea {
             cpu_id_start: AtomicU32::new(0),
@@ -112,16 +113,32 @@ const OWN_UNTRIED: u8 = 0;
 const OWN_REGISTERED: u8 = 1;
 const OWN_REFUSED: u8 = 2;
 
-std::thread_local! {
-    // Both are const-initialised and have no destructor: bare TLS slots, with no
-    // destructor registration (which would call calloc) and no lazy init.
-    //
-    // The area lives in the thread's TLS block, which glibc frees (or hands to a
-    // new thread) only after the kernel has reported the thread gone (it reuses a
-    // stack once the kernel cleared its tid): the kernel never writes an area of a
-    // thread that no longer runs, so no unregistration is needed at thread exit.
-    static OWN_AREA: UnsafeCell<RseqArea> = const { UnsafeCell::new(RseqArea::unregistered()) };
-    static OWN_STATE: Cell<u8> = const { Cell::new(OWN_UNTRIED) };
+// The own area and its state live in the platform's static TLS (`sys::own_tls`:
+// an unregistered area, then the state byte), with no destructor registration
+// (which would call calloc) and no lazy init. The area lives in the thread's TLS
+// block, which glibc frees (or hands to a new thread) only after the kernel has
+// reported the thread gone (it reuses a stack once the kernel cleared its tid):
+// the kernel never writes an area of a thread that no longer runs, so no
+// unregistration is needed at thread exit.
+const_assert!(sys::OWN_TLS_BYTES > sys::OWN_TLS_STATE);
+const_assert!(sys::OWN_TLS_STATE >= size_of::<RseqArea>());
+
+/// The calling thread's own area (32-byte aligned, 32 bytes: RseqArea invariant 1).
+fn own_area() -> *mut RseqArea {
+    sys::own_tls().cast()
+}
+
+/// The calling thread's own registration state (`OWN_*`).
+fn own_state() -> u8 {
+    // SAFETY: the state byte of this thread's own TLS (`sys::own_tls`), which no
+    // other thread and not the kernel writes.
+    unsafe { sys::own_tls().add(sys::OWN_TLS_STATE).read() }
+}
+
+/// Sets the calling thread's own registration state.
+fn set_own_state(v: u8) {
+    // SAFETY: as in `own_state`; only this thread reads or writes it.
+    unsafe { sys::own_tls().add(sys::OWN_TLS_STATE).write(v) }
 }
 
 /// The process's [`Mode`], deciding it on the first call (see the module docs).
@@ -175,23 +192,21 @@ fn decide() -> Mode {
 
 /// Registers the calling thread's TLS area (at most once per thread).
 fn register_own() -> Result<(), i32> {
-    let state = OWN_STATE.with(|s| s.get());
+    let state = own_state();
     match state {
         OWN_REGISTERED => return Ok(()),
         OWN_REFUSED => return Err(sys::EBUSY),
         _ => {}
     }
-    let area = OWN_AREA.with(|a| a.get());
+    let area = own_area();
     // SAFETY: the area is this thread's TLS slot, 32-byte aligned and 32 bytes
     // (RseqArea invariant 1), never used for anything else and alive until the
-    // thread has exited (see OWN_AREA).
+    // thread has exited (see `own_area`).
     let r = unsafe { sys::rseq_register(area.cast()) };
-    OWN_STATE.with(|s| {
-        s.set(if r.is_ok() {
-            OWN_REGISTERED
-        } else {
-            OWN_REFUSED
-        })
+    set_own_state(if r.is_ok() {
+        OWN_REGISTERED
+    } else {
+        OWN_REFUSED
     });
     r
 }
@@ -208,7 +223,7 @@ pub fn current() -> Option<NonNull<RseqArea>> {
         }
         Mode::Own => {
             register_own().ok()?;
-            OWN_AREA.with(|a| a.get())
+            own_area()
         }
         Mode::Off => return None,
     };
@@ -261,13 +276,13 @@ pub fn glibc_area() -> Option<NonNull<RseqArea>> {
 /// about to make its TLS area unreachable in some way the thread-exit argument
 /// does not cover; also lets tests cover both edges.
 pub fn release_current_thread() -> Result<(), i32> {
-    if mode() != Mode::Own || OWN_STATE.with(|s| s.get()) != OWN_REGISTERED {
+    if mode() != Mode::Own || own_state() != OWN_REGISTERED {
         return Ok(());
     }
-    let area = OWN_AREA.with(|a| a.get());
-    // SAFETY: this thread registered exactly this area (OWN_STATE says so).
+    let area = own_area();
+    // SAFETY: this thread registered exactly this area (its own state says so).
     unsafe { sys::rseq_unregister(area.cast()) }?;
-    OWN_STATE.with(|s| s.set(OWN_UNTRIED));
+    set_own_state(OWN_UNTRIED);
     Ok(())
 }
 
@@ -275,4 +290,33 @@ pub fn release_current_thread() -> Result<(), i32> {
 /// cannot be read.
 pub fn possible_cpus() -> Option<u32> {
     sys::possible_cpus()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The platform's TLS image starts every thread with an unregistered own area
+    /// (cpu_id -1, as the kernel leaves one) and an untried state, on the main
+    /// thread and on a new one, and each thread's area is its own.
+    #[test]
+    fn every_thread_starts_with_an_unregistered_own_area_of_its_own() {
+        fn fresh() -> usize {
+            let fresh = RseqArea::unregistered();
+            // SAFETY: this thread's own TLS (64 readable bytes) and a local
+            // area, compared as bytes; nothing here registers it.
+            let same = unsafe {
+                core::slice::from_raw_parts(own_area().cast::<u8>(), 32)
+                    == core::slice::from_raw_parts((&raw const fresh).cast::<u8>(), 32)
+            };
+            if own_state() == OWN_UNTRIED {
+                assert!(same, "an untried area reads as the kernel leaves one");
+            }
+            assert_eq!(own_area() as usize % 32, 0, "RseqArea invariant 1");
+            own_area() as usize
+        }
+        let here = fresh();
+        let there = std::thread::spawn(fresh).join().unwrap();
+        assert_ne!(here, there);
+    }
 }

@@ -1,4 +1,4 @@
-//! Linux (glibc): the only file of the crate that names `libc`. Each item keeps the
+//! Linux (glibc): with its submodules, the only file of the crate that names `libc`. Each item keeps the
 //! contract written on its namesake in `platform/mod.rs`.
 
 use super::{OS_PAGE, Os, OsError};
@@ -9,6 +9,8 @@ use core::sync::atomic::AtomicU32;
 
 #[cfg(all(target_arch = "x86_64", not(strata_loom)))]
 pub(crate) mod rseq_x86_64;
+#[cfg(not(strata_loom))]
+pub(super) mod services;
 #[cfg(all(target_arch = "x86_64", not(strata_portable_tls)))]
 mod tls_x86_64;
 #[cfg(all(target_arch = "x86_64", not(strata_portable_tls)))]
@@ -22,6 +24,8 @@ pub(crate) const EINVAL: i32 = libc::EINVAL;
 /// Input/output error.
 #[allow(dead_code)] // C ABI only
 pub(crate) const EIO: i32 = libc::EIO;
+/// File name too long.
+pub(crate) const ENAMETOOLONG: i32 = libc::ENAMETOOLONG;
 /// The signal `abort` raises.
 #[cfg(test)]
 pub(crate) const SIGABRT: i32 = libc::SIGABRT;

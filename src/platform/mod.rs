@@ -22,6 +22,9 @@
 //! - `ThreadKey`, `thread_key_create`, `thread_key_set`;
 //! - `register_fork_hooks`, `at_exit`, the `load_time_constructor!` macro;
 //! - `write_fd`, `file_write`, `abort`, `entropy_u64`;
+//! - in a `services` submodule: `spawn_detached`, `set_thread_name`, `sleep_ms`,
+//!   `create_file`, `close_fd`, `error_text` (see `services.rs`: what std would
+//!   give the parts above the allocator);
 //! - optionally a `thread_slot!` of its own (an initial-exec TLS sequence, as the
 //!   x86-64 Linux one); without one, the portable slot in this file is used.
 //!
@@ -40,19 +43,27 @@ use linux as sys;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 pub(crate) use linux::rseq_x86_64 as rseq;
 
+/// Threads, sleeps and files for the parts above the allocator.
+#[cfg(not(strata_loom))]
+mod services;
+#[cfg(not(strata_loom))]
+pub(crate) use services::*;
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "strata has no platform layer for this target: add src/platform/<os>.rs defining \
      SysOs, page_size_from_os, errno/set_errno, ENOMEM/EINVAL/EIO, futex_wait/\
      futex_wake_one/yield_now, process_id/thread_token/current_stack, ThreadKey/\
      thread_key_create/thread_key_set, register_fork_hooks/at_exit/\
-     load_time_constructor!, write_fd/file_write/abort and entropy_u64 \
-     (see src/platform/mod.rs), and select it there"
+     load_time_constructor!, write_fd/file_write/abort and entropy_u64, and a \
+     services module (see src/platform/mod.rs and services.rs), and select it there"
 );
 
 pub(crate) use sys::ENOMEM;
 pub use sys::SysOs;
 // Used by the C ABI and the test doubles only.
+#[cfg(not(strata_loom))]
+pub(crate) use sys::ENAMETOOLONG;
 #[allow(unused_imports)]
 pub(crate) use sys::{EINVAL, EIO};
 
@@ -372,6 +383,16 @@ pub(crate) use linux::thread_slot;
 /// See the other cfg of this item.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls))))]
 pub(crate) use portable_thread_slot as thread_slot;
+// The portable slot is std's `thread_local!` (stable Rust has no other TLS but
+// inline assembly): a build without std needs the x86-64 Linux slot.
+#[cfg(all(
+    not(any(feature = "std", test, strata_loom)),
+    not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls)))
+))]
+compile_error!(
+    "strata without its `std` feature has a thread slot only on x86-64 Linux (without \
+     --cfg strata_portable_tls): turn `std` on for this target (capi/Cargo.toml does)"
+);
 
 // ---- thread exit -----------------------------------------------------------------
 

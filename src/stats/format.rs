@@ -12,10 +12,11 @@ pub(crate) struct Bytes(pub u64);
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut v = self.0 as f64;
+        // In integers (no float formatting in the library): tenths of the unit,
+        // rounded half to even, as `{:.1}` of the quotient would print it.
+        let x = u128::from(self.0);
         let mut u = 0;
-        while v >= 1024.0 && u + 1 < UNITS.len() {
-            v /= 1024.0;
+        while u + 1 < UNITS.len() && x >> (10 * (u + 1)) > 0 {
             u += 1;
         }
         let mut s = SmallStr {
@@ -25,7 +26,12 @@ impl fmt::Display for Bytes {
         if u == 0 {
             write!(s, "{} {}", self.0, UNITS[0])?;
         } else {
-            write!(s, "{v:.1} {}", UNITS[u])?;
+            let d = 1u128 << (10 * u);
+            let (mut tenths, rest) = (x * 10 / d, x * 10 % d);
+            if rest * 2 > d || (rest * 2 == d && tenths % 2 == 1) {
+                tenths += 1;
+            }
+            write!(s, "{}.{} {}", tenths / 10, tenths % 10, UNITS[u])?;
         }
         f.pad(s.as_str())
     }
@@ -267,5 +273,22 @@ mod tests {
         assert_eq!(Bytes(96 << 10).to_string(), "96.0 KiB");
         assert_eq!(Bytes(12 << 20 | 300 << 10).to_string(), "12.3 MiB");
         assert_eq!(format!("{:>10}", Bytes(2048)), "   2.0 KiB");
+        // As `{:.1}` of the quotient: ties to even, carries into the next digit.
+        for x in [
+            1024 + 51,
+            1024 + 102,
+            1024 + 1023,
+            3 << 19,
+            (5 << 20) / 4,
+            u64::MAX,
+        ] {
+            let (mut v, mut u) = (x as f64, 0);
+            while v >= 1024.0 && u < 4 {
+                v /= 1024.0;
+                u += 1;
+            }
+            let unit = ["B", "KiB", "MiB", "GiB", "TiB"][u];
+            assert_eq!(Bytes(x).to_string(), format!("{v:.1} {unit}"), "{x}");
+        }
     }
 }

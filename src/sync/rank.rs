@@ -40,7 +40,8 @@
 //! thread's TLS) keep, per thread, which ranks it holds and the address of the last
 //! lock it took at each; [`RawLock::lock`](super::RawLock::lock) checks the new lock
 //! against them *before* it waits, so a wrong order (or a lock taken twice) aborts
-//! with both locks named instead of deadlocking later. The record is a
+//! with both locks named instead of deadlocking later (with std: a debug build of
+//! the C library, which is `no_std`, has no check). The record is a
 //! const-initialised `Cell` of a type without `Drop` (a bare TLS slot: no
 //! registration, no allocation, see ARCHITECTURE.md constraint 2); the report goes
 //! through `report::die` (no allocation). Release builds compile all of it away.
@@ -70,12 +71,12 @@ pub(crate) enum LockRank {
 }
 
 /// Number of ranks.
-#[cfg(all(debug_assertions, not(strata_loom)))]
+#[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
 const RANKS: usize = LockRank::MetaArena as usize + 1;
-#[cfg(all(debug_assertions, not(strata_loom)))]
+#[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
 const_assert!(RANKS == 8, "rank_of lists every rank");
 
-#[cfg(all(debug_assertions, not(strata_loom)))]
+#[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
 mod witness {
     use super::{LockRank, RANKS};
     use core::cell::Cell;
@@ -169,19 +170,20 @@ mod witness {
     }
 }
 
-#[cfg(all(debug_assertions, not(strata_loom)))]
+#[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
 pub(crate) use witness::{acquire, assert_none_held, release};
 
-/// Loom (debug): no check. Release builds do not call it at all.
-#[cfg(all(debug_assertions, strata_loom))]
+/// Loom, and debug builds without std (the witness's record is a std
+/// `thread_local!`): no check. Release builds do not call it at all.
+#[cfg(all(debug_assertions, any(strata_loom, not(any(feature = "std", test)))))]
 #[inline(always)]
 pub(crate) fn acquire(_rank: LockRank, _addr: usize) {}
-/// Loom (debug): no check.
-#[cfg(all(debug_assertions, strata_loom))]
+/// Loom and debug builds without std: no check.
+#[cfg(all(debug_assertions, any(strata_loom, not(any(feature = "std", test)))))]
 #[inline(always)]
 pub(crate) fn release(_rank: LockRank) {}
-/// Release builds and loom: no check.
-#[cfg(not(all(debug_assertions, not(strata_loom))))]
+/// Release builds, loom and debug builds without std: no check.
+#[cfg(not(all(debug_assertions, not(strata_loom), any(feature = "std", test))))]
 #[inline(always)]
 #[allow(dead_code)]
 pub(crate) fn assert_none_held(_what: &str) {}

@@ -44,6 +44,55 @@ fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
+// The calling thread's own rseq area and its registration state, for threads
+// that glibc registered no area for: 64 bytes of static TLS (the `.tdata` image,
+// copied for every thread, so no code runs at thread start), 32-byte aligned as
+// the kernel requires. Bytes 0..32 are an unregistered area as the kernel leaves
+// one (`cpu_id_start` 0, `cpu_id` -1, the rest 0); byte 32 the state (0: not
+// tried). A hidden symbol read with the initial-exec model, as the thread slot
+// (`tls_x86_64.rs`): where std's `thread_local!` in a cdylib would call
+// `__tls_get_addr`, and without std. It lives as long as the thread's TLS
+// block, which glibc frees or reuses only after the kernel has reported the
+// thread gone, so the kernel never writes to it for a thread that has exited.
+core::arch::global_asm!(
+    ".pushsection .tdata,\"awT\",@progbits",
+    ".p2align 5",
+    ".hidden __strata_rseq_tls",
+    ".globl __strata_rseq_tls",
+    ".type __strata_rseq_tls,@object",
+    ".size __strata_rseq_tls,64",
+    "__strata_rseq_tls:",
+    ".long 0",
+    ".long -1",
+    ".zero 56",
+    ".popsection",
+);
+
+/// Bytes of [`own_tls`] and where its state byte is.
+pub(crate) const OWN_TLS_BYTES: usize = 64;
+pub(crate) const OWN_TLS_STATE: usize = 32;
+
+/// The calling thread's 64 bytes of own rseq TLS (see above): an unregistered
+/// area at offset 0 until the thread registers it, the state byte at
+/// [`OWN_TLS_STATE`] (0 at thread start). Valid while the thread runs; no other
+/// thread reaches it but the kernel, through a registration.
+#[inline(always)]
+pub(crate) fn own_tls() -> *mut u8 {
+    let p: usize;
+    // SAFETY: the initial-exec TLS sequence for the symbol defined above: its
+    // offset from the thread pointer, plus the thread pointer (`fs:0`, see
+    // `thread_pointer`); reads no memory that could change.
+    unsafe {
+        asm!(
+            "mov {p}, qword ptr [rip + __strata_rseq_tls@GOTTPOFF]",
+            "add {p}, qword ptr fs:[0]",
+            p = out(reg) p,
+            options(nostack, readonly, pure),
+        );
+    }
+    p as *mut u8
+}
+
 /// The thread pointer: on x86-64 Linux `fs:0` holds the address of the thread
 /// control block itself (the TLS ABI's self pointer), and glibc's rseq area sits
 /// at a fixed offset from it in every thread.

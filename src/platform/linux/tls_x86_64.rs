@@ -9,8 +9,8 @@
 //! applies the relocation to the TLS image before copying it for the first thread,
 //! and copies the relocated image for every later one, so no code runs at thread
 //! start. The cost: a library using it must be loaded at start-up (`LD_PRELOAD`,
-//! `DT_NEEDED`) or fit glibc's surplus static TLS when `dlopen`ed (8 bytes here), as
-//! with mimalloc and jemalloc.
+//! `DT_NEEDED`) or fit glibc's surplus static TLS when `dlopen`ed (8 bytes here, and
+//! the 64 of the own rseq area in `rseq_x86_64.rs`), as with mimalloc and jemalloc.
 
 /// See `platform::thread_slot!`. Defines the hidden symbol `__strata_tls_slot`.
 macro_rules! thread_slot {
