@@ -58,11 +58,16 @@ PEERS = {
     "jemalloc": (f"{LIBDIR}/libjemalloc.so.2", "libjemalloc2"),
     "tcmalloc": (f"{LIBDIR}/libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
 }
-# strata-percpu: the same libstrata.so with its per-CPU front end on (STRATA_PERCPU=1).
+# strata-percpu: the same libstrata.so with its per-CPU front end on (STRATA_PERCPU=1);
+# strata-auto: thread caches for the first thread per CPU, per-CPU caches after
+# (STRATA_PERCPU=auto). Not in the default list.
+STRATA_VARIANTS = {"strata-percpu": "1", "strata-auto": "auto"}
 ALL_ALLOCATORS = ["strata", "strata-percpu", "glibc", "mimalloc", "jemalloc", "tcmalloc"]
+KNOWN_ALLOCATORS = ALL_ALLOCATORS + ["strata-auto"]
 COLORS = {
     "strata": "#d62728",
     "strata-percpu": "#9467bd",
+    "strata-auto": "#e377c2",
     "glibc": "#7f7f7f",
     "mimalloc": "#1f77b4",
     "jemalloc": "#2ca02c",
@@ -179,7 +184,7 @@ def list_workloads(runner):
 
 
 def cell_command(runner, lib, workload, threads, allocator, args):
-    expect = "strata" if allocator == "strata-percpu" else allocator
+    expect = "strata" if allocator in STRATA_VARIANTS else allocator
     cmd = [runner, "--workload", workload, "--threads", str(threads), "--expect", expect]
     if args.quick:
         cmd.append("--quick")
@@ -188,8 +193,8 @@ def cell_command(runner, lib, workload, threads, allocator, args):
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("STRATA_PERCPU", None)
-    if allocator == "strata-percpu":
-        env["STRATA_PERCPU"] = "1"
+    if allocator in STRATA_VARIANTS:
+        env["STRATA_PERCPU"] = STRATA_VARIANTS[allocator]
     if lib:
         env["LD_PRELOAD"] = lib
     return cmd, env
@@ -293,8 +298,8 @@ def machine_info():
 def versions(allocators):
     out = {}
     for a in allocators:
-        if a == "strata-percpu":
-            out[a] = "the same library with `STRATA_PERCPU=1` (per-CPU front end on)"
+        if a in STRATA_VARIANTS:
+            out[a] = f"the same library with `STRATA_PERCPU={STRATA_VARIANTS[a]}`"
         elif a == "strata":
             rev = capture(["git", "rev-parse", "--short", "HEAD"]) or "?"
             # Only the library's sources count: by now this run has rewritten the
@@ -356,8 +361,10 @@ def write_table(path, args, info, vers, allocators, workloads, threads_of, tp, r
     L.append("")
     L.append("  ```sh")
     for a in allocators:
-        pre = {"strata": lib_rel, "strata-percpu": lib_rel, "glibc": None}.get(a, PEERS.get(a, (None,))[0])
-        env = ("STRATA_PERCPU=1 " if a == "strata-percpu" else "") + (f"LD_PRELOAD={pre} " if pre else "")
+        pre = lib_rel if a == "strata" or a in STRATA_VARIANTS else (
+            None if a == "glibc" else PEERS.get(a, (None,))[0])
+        env = (f"STRATA_PERCPU={STRATA_VARIANTS[a]} " if a in STRATA_VARIANTS else "") + (
+            f"LD_PRELOAD={pre} " if pre else "")
         L.append(f"  {env}{runner_rel} --workload W --threads T --expect {a.split('-')[0]}"
                  + (" --quick" if args.quick else "") + (f" --seconds {args.seconds}" if args.seconds else ""))
     L.append("  ```")
@@ -672,7 +679,7 @@ def report(args, out, rows, runs, all_workloads, runner, lib, note):
     # What the results hold (with --merge, more than the last run measured).
     present = {(r["workload"], r["allocator"]) for r in rows}
     workloads = [w for w in all_workloads if any(p[0] == w["name"] for p in present)]
-    allocators = [a for a in ALL_ALLOCATORS if any(p[1] == a for p in present)]
+    allocators = [a for a in KNOWN_ALLOCATORS if any(p[1] == a for p in present)]
     threads_of = {w["name"]: sorted({r["threads"] for r in rows if r["workload"] == w["name"]})
                   for w in workloads}
     info = machine_info()
@@ -747,13 +754,13 @@ def main():
     threads = sorted(set(threads))
     args.reps = args.reps or (1 if args.quick else 3)
     timeout = args.timeout or (30 if args.quick else 60)
-    allocators = parse_list(args.allocators, ALL_ALLOCATORS)
+    allocators = parse_list(args.allocators, KNOWN_ALLOCATORS)
 
     if args.report:
         report_only(args)
         return
     ensure_packages(allocators)
-    runner, lib = build("strata" in allocators or "strata-percpu" in allocators)
+    runner, lib = build(any(a == "strata" or a in STRATA_VARIANTS for a in allocators))
     workloads = all_workloads = list_workloads(runner)
     if args.workloads:
         names = parse_list(args.workloads, [w["name"] for w in workloads])
@@ -761,7 +768,8 @@ def main():
     out = args.out or (os.path.join(os.path.dirname(runner), "quick") if args.quick
                        else os.path.join(ROOT, "benches", "results"))
     os.makedirs(out, exist_ok=True)
-    libs = {"strata": lib, "strata-percpu": lib, "glibc": None}
+    libs = {"strata": lib, "glibc": None}
+    libs.update({a: lib for a in STRATA_VARIANTS})
     libs.update({a: PEERS[a][0] for a in PEERS})
     threads_of = {w["name"]: (threads if w["multi"] else [1]) for w in workloads}
 
