@@ -399,4 +399,6 @@ impl<O: Os> Allocator<O> {
 }
 
 mod format;
+// The heap map uses it, which is not built under loom.
+#[cfg_attr(strata_loom, allow(unused_imports))]
 pub(crate) use format::Bytes;
