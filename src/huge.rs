@@ -53,10 +53,10 @@ pub const DEFAULT_CACHE_BYTES: usize = 16 * CHUNK_SIZE;
 /// The cache may also hold up to live huge bytes / this, when that is more than the
 /// set budget (a budget of 0 still turns the cache off): a program whose huge
 /// working set is larger replaces larger amounts at a time. On `malloc-large` (20
-/// blocks of 5-25 MiB, ~300 MiB live) 2 took peak RSS to 528 MiB, 3 to 473 MiB and
-/// 4 to 453 MiB, for 313,000, 403,000 and 477,000 page faults in 1,000
-/// replacements (64 MiB alone: 552,000 faults, 435 MiB; tcmalloc 178,000, 510 MiB;
-/// glibc 362,000, 536 MiB).
+/// blocks of 5-25 MiB, ~300 MiB live; `benches/large_ring/malloc_large.c`, 1,000
+/// replacements) 2 took peak RSS to 410 MiB, 3 to 391 MiB and 4 to 391 MiB, for
+/// 120,000, 134,000 and 175,000 page faults, of which the first 20 blocks take
+/// 77,000 (tcmalloc 178,000 faults, 510 MiB; glibc 362,000, 536 MiB).
 pub const LIVE_SHARE_DIV: usize = 3;
 /// Cached mappings one request may be built from ([`HugeRegistry::take_cached`]).
 pub const MAX_PIECES: usize = 4;
