@@ -151,12 +151,13 @@ impl<O: Os> Backend<O> {
     /// each new one allocated before the old is freed), with the cache budget at a
     /// third of the live bytes, 8 cached mappings of which the largest was grown
     /// faulted in 463,000 pages in 1,000 replacements, 32 built from up to four
-    /// 403,000 (5,000 replacements: 1.97 M, against 2.50 M with the 64 MiB cache of
-    /// 8 mappings before). A part of less than [`HUGE_THRESHOLD`] is left to fresh
-    /// pages rather than moved, so that every mapping a block adds is at least that
-    /// long; the block spans the OS mappings of the parts of its pieces that it
-    /// took, each starting one of its own, and one more for fresh pages at its end
-    /// ([`Vmas`]).
+    /// 403,000 while every split left both parts the whole count of OS mappings,
+    /// and 134,000 with each part's own ([`Vmas`]; 5,000 replacements: 386,000,
+    /// against 1.97 M, and tcmalloc's 387,000). A part of less than
+    /// [`HUGE_THRESHOLD`] is left to fresh pages rather than moved, so that every
+    /// mapping a block adds is at least that long; the block spans the OS mappings
+    /// of the parts of its pieces that it took, each starting one of its own, and
+    /// one more for fresh pages at its end.
     ///
     /// # Safety
     /// `[r, r+len)` is a fresh mapping of ours that nobody else uses; `pieces` are
