@@ -348,3 +348,42 @@ fn built_blocks_count_the_os_mappings_they_really_span() {
         unsafe { be.free_huge(p as *mut u8) };
     }
 }
+
+/// A block built from cached mappings starts with the one that has the most bytes
+/// per OS mapping, not the longest: `mremap` moves a range one OS mapping at a time.
+#[test]
+fn blocks_are_built_first_from_the_mappings_with_the_most_bytes_per_os_mapping() {
+    let be = backend();
+    let free = |p: *mut u8| {
+        // SAFETY: live blocks of this backend, given up once.
+        unsafe { be.free_huge(p) }
+    };
+    // An 8 MiB block of two OS mappings, built from two 4 MiB ones kept apart.
+    let (a, gap1, b, gap2) = (
+        be.alloc_huge(4 * MIB, 8, false),
+        be.alloc_huge(2 * MIB, 8, false),
+        be.alloc_huge(4 * MIB, 8, false),
+        be.alloc_huge(2 * MIB, 8, false),
+    );
+    free(a);
+    free(b);
+    let x = be.alloc_huge(8 * MIB, 8, false);
+    assert_eq!(be.huge.vmas_of(x), Some(2));
+    fill(x, 8 * MIB, 3);
+    // And a 6 MiB one of one OS mapping.
+    let c = be.alloc_huge(6 * MIB, 8, false);
+    assert_eq!(be.huge.vmas_of(c), Some(1));
+    fill(c, 6 * MIB, 4);
+    free(x);
+    free(c);
+    assert_eq!(totals(be), (2, 4 * MIB, 14 * MIB));
+    // Neither fits 13 MiB: the 6 MiB mapping (6 MiB per OS mapping) goes first,
+    // then 7 MiB of the 8 MiB one (4 MiB per OS mapping).
+    let q = be.alloc_huge(13 * MIB, 8, false);
+    assert!(all(q, 6 * MIB, 4) && all(q.wrapping_add(6 * MIB), 7 * MIB, 3));
+    assert_eq!(be.huge.vmas_of(q), Some(3));
+    free(q);
+    free(gap1);
+    free(gap2);
+    totals(be);
+}
