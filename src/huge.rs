@@ -430,7 +430,14 @@ impl HugeRegistry {
                         let v = vmas + h.cache[i].vmas;
                         v < MAX_VMAS && h.extra_vmas + v as usize <= MAX_EXTRA_VMAS
                     })
-                    .max_by_key(|&i| h.cache[i].len / h.cache[i].vmas as usize)
+                    .max_by_key(|&i| {
+                        let e = &h.cache[i];
+                        if build {
+                            e.len / e.vmas as usize
+                        } else {
+                            e.len
+                        }
+                    })
                 else {
                     break;
                 };
