@@ -53,10 +53,10 @@ pub const DEFAULT_CACHE_BYTES: usize = 16 * CHUNK_SIZE;
 /// The cache may also hold up to live huge bytes / this, when that is more than the
 /// set budget (a budget of 0 still turns the cache off): a program whose huge
 /// working set is larger replaces larger amounts at a time. On `malloc-large` (20
-/// blocks of 5-25 MiB, ~300 MiB live) 2 took peak RSS to 528 MiB, 3 to 473 MiB and
-/// 4 to 453 MiB, for 313,000, 403,000 and 477,000 page faults in 1,000
-/// replacements (64 MiB alone: 552,000 faults, 435 MiB; tcmalloc 178,000, 510 MiB;
-/// glibc 362,000, 536 MiB).
+/// blocks of 5-25 MiB, ~300 MiB live; `benches/large_ring/malloc_large.c`, 1,000
+/// replacements) 2 took peak RSS to 410 MiB, 3 to 391 MiB and 4 to 391 MiB, for
+/// 120,000, 134,000 and 175,000 page faults, of which the first 20 blocks take
+/// 77,000 (tcmalloc 178,000 faults, 510 MiB; glibc 362,000, 536 MiB).
 pub const LIVE_SHARE_DIV: usize = 3;
 /// Cached mappings one request may be built from ([`HugeRegistry::take_cached`]).
 pub const MAX_PIECES: usize = 4;
@@ -67,73 +67,22 @@ pub const MAX_VMAS: u32 = 64;
 /// together: the sum of `vmas - 1` over records and cached mappings stays below it.
 pub const MAX_EXTRA_VMAS: usize = 4096;
 
-/// Cached mappings taken for one request, `(address, length, vmas)`: one that fits,
-/// or the pieces to build it from, largest first.
-pub struct Pieces {
-    n: usize,
-    items: [(usize, usize, u32); MAX_PIECES],
-}
-
-impl Pieces {
-    fn push(&mut self, e: Cached) {
-        self.items[self.n] = (e.ptr, e.len, e.vmas);
-        self.n += 1;
-    }
-
-    fn bytes(&self) -> usize {
-        self.as_slice().iter().map(|e| e.1).sum()
-    }
-
-    fn vmas(&self) -> u32 {
-        self.as_slice().iter().map(|e| e.2).sum()
-    }
-
-    /// The pieces taken.
-    pub fn as_slice(&self) -> &[(usize, usize, u32)] {
-        &self.items[..self.n]
-    }
-}
-
 /// A freed mapping kept for reuse.
 #[derive(Clone, Copy)]
 struct Cached {
     ptr: usize,
     len: usize,
-    /// At most how many OS mappings the range spans (1 unless built from pieces).
+    /// At most how many OS mappings the range spans (one unless built from
+    /// pieces); where they begin is in `Inner::cache_vmas`.
     vmas: u32,
     freed_ms: u64,
-}
-
-/// Mappings the cache let go (or would not take), for the caller to unmap once the
-/// registry lock is released: nothing names them any more, so no other thread can
-/// reach them.
-pub struct Evicted {
-    n: usize,
-    items: [(usize, usize, u32); CACHE_SLOTS + 1],
-}
-
-impl Evicted {
-    const NONE: Evicted = Evicted {
-        n: 0,
-        items: [(0, 0, 0); CACHE_SLOTS + 1],
-    };
-
-    fn push(&mut self, ptr: usize, len: usize, vmas: u32) {
-        self.items[self.n] = (ptr, len, vmas);
-        self.n += 1;
-    }
-
-    /// The evicted mappings, `(address, length, vmas)`.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, usize, u32)> + '_ {
-        self.items[..self.n].iter().copied()
-    }
 }
 
 struct Record {
     ptr: usize,
     len: usize,
-    /// At most how many OS mappings the block spans.
-    vmas: u32,
+    /// The OS mappings the block spans.
+    vmas: Vmas,
     next: *mut Record,
 }
 
@@ -146,6 +95,11 @@ struct Inner {
     cache: [Cached; CACHE_SLOTS],
     cached: usize,
     cached_bytes: usize,
+    /// The OS mappings of the cached mappings, `cache_vmas[i]` for `cache[i]`: an
+    /// array of `CACHE_SLOTS` in the metadata arena, allocated with the first record
+    /// (kept out of the registry, so that a backend stays small enough to be built
+    /// on a small stack, as the loom models do).
+    cache_vmas: *mut Vmas,
     /// The sum of `vmas - 1` over records and cached mappings.
     extra_vmas: usize,
 }
@@ -161,19 +115,42 @@ impl Inner {
         }
     }
 
-    /// Removes `cache[i]`, keeping the rest in age order.
-    fn uncache(&mut self, i: usize) -> Cached {
-        let e = self.cache[i];
+    /// Whether a mapping can be cached at all: the table of where their OS mappings
+    /// begin is there.
+    fn can_cache(&self) -> bool {
+        !self.cache_vmas.is_null()
+    }
+
+    /// The OS mappings of `cache[i]`, `i < cached`.
+    fn vmas_at(&self, i: usize) -> Vmas {
+        debug_check!(i < self.cached, "HugeRegistry: a cache entry past the end");
+        // SAFETY: invariant 5: `i < cached`, so the table is there and its entry `i`
+        // was written when `cache[i]` was.
+        unsafe { *self.cache_vmas.add(i) }
+    }
+
+    /// Removes `cache[i]` (`i < cached`), keeping the rest in age order.
+    fn uncache(&mut self, i: usize) -> (Cached, Vmas) {
+        let (e, v) = (self.cache[i], self.vmas_at(i));
         self.cache.copy_within(i + 1..self.cached, i);
+        // SAFETY: invariant 5: entries `i + 1..cached` of the table are written
+        // (`i < cached`, so it is there); they move down one, within it.
+        unsafe {
+            ptr::copy(
+                self.cache_vmas.add(i + 1),
+                self.cache_vmas.add(i),
+                self.cached - i - 1,
+            )
+        };
         self.cached -= 1;
         self.cached_bytes -= e.len;
         self.extra_vmas -= e.vmas as usize - 1;
-        e
+        (e, v)
     }
 
     /// Adds a mapping as the newest entry; the caller made room (a free slot, the
-    /// budget).
-    fn append(&mut self, ptr: usize, len: usize, vmas: u32, now_ms: u64) {
+    /// budget) and checked `can_cache`.
+    fn append(&mut self, ptr: usize, len: usize, vmas: Vmas, now_ms: u64) {
         // Not older than any entry: clocks are monotonic, and a `now_ms` read before
         // another thread's later entry is clamped up to it.
         let last = if self.cached > 0 {
@@ -184,18 +161,22 @@ impl Inner {
         self.cache[self.cached] = Cached {
             ptr,
             len,
-            vmas,
+            vmas: vmas.count(),
             freed_ms: now_ms.max(last),
         };
+        debug_check!(self.can_cache(), "HugeRegistry: cached with no table");
+        // SAFETY: invariant 5: the caller checked that the table is there, and
+        // `cached < CACHE_SLOTS` (room was made), inside it.
+        unsafe { self.cache_vmas.add(self.cached).write(vmas) };
         self.cached += 1;
         self.cached_bytes += len;
-        self.extra_vmas += vmas as usize - 1;
+        self.extra_vmas += vmas.count() as usize - 1;
     }
 
     /// Moves the oldest cached mapping to `ev` while `more` holds (and one is left).
     fn evict_oldest_while(&mut self, ev: &mut Evicted, more: impl Fn(&Inner) -> bool) {
         while self.cached > 0 && more(self) {
-            let e = self.uncache(0);
+            let (e, _) = self.uncache(0);
             ev.push(e.ptr, e.len, e.vmas);
         }
     }
@@ -216,8 +197,11 @@ impl Inner {
 /// 3. `cache[..cached]` are whole mappings of ours (or blocks built of several) that
 /// no record names, each at most `MAX_CACHED_BLOCK` bytes, freed in non-decreasing
 /// `freed_ms` order, with `cached_bytes` their total length; 4. every record and
-/// cached mapping spans `1..=MAX_VMAS` OS mappings at most (`vmas`), and
-/// `extra_vmas` is the sum of `vmas - 1` over them.
+/// cached mapping spans `1..=MAX_VMAS` OS mappings at most (`vmas`, valid for its
+/// length: `Vmas` invariants 1 and 2), and `extra_vmas` is the sum of
+/// `vmas.count() - 1` over them; 5. if `cached > 0`, `cache_vmas` points at
+/// `CACHE_SLOTS` `Vmas` of the metadata arena, used by nothing else, whose first
+/// `cached` are the OS mappings of `cache[..cached]` (`cache[i].vmas` their count).
 pub struct HugeRegistry {
     lock: RawLock,
     inner: UnsafeCell<Inner>,
@@ -244,9 +228,10 @@ impl HugeRegistry {
                     spare: ptr::null_mut(),
                     count: 0,
                     bytes: 0,
-                    cache: [Cached { ptr: 0, len: 0, vmas: 0, freed_ms: 0 }; CACHE_SLOTS],
+                    cache: [Cached { ptr: 0, len: 0, vmas: 1, freed_ms: 0 }; CACHE_SLOTS],
                     cached: 0,
                     cached_bytes: 0,
+                    cache_vmas: ptr::null_mut(),
                     extra_vmas: 0,
                 }),
             }
@@ -260,17 +245,27 @@ impl HugeRegistry {
         self.inner.with_mut(|i| f(unsafe { &mut *i }))
     }
 
-    /// Records a block of `len` bytes at `p` spanning at most `vmas` OS mappings;
-    /// false if no record could be had.
+    /// Records a block of `len` bytes at `p` spanning the OS mappings `vmas`; false
+    /// if no record could be had.
     pub fn insert(
         &self,
         os: &impl Os,
         meta: &MetaArena,
         p: *mut u8,
         len: usize,
-        vmas: u32,
+        vmas: &Vmas,
     ) -> bool {
         self.with(|h| {
+            if h.cache_vmas.is_null() {
+                // Null if the arena has no room: then nothing is cached.
+                h.cache_vmas = meta
+                    .alloc(
+                        os,
+                        core::mem::size_of::<[Vmas; CACHE_SLOTS]>(),
+                        core::mem::align_of::<Vmas>(),
+                    )
+                    .cast();
+            }
             let mut r = h.spare;
             if r.is_null() {
                 r = meta.alloc(os, core::mem::size_of::<Record>(), 16).cast();
@@ -287,14 +282,14 @@ impl HugeRegistry {
                 r.write(Record {
                     ptr: p as usize,
                     len,
-                    vmas,
+                    vmas: *vmas,
                     next: h.buckets[b],
                 })
             };
             h.buckets[b] = r;
             h.count += 1;
             h.bytes += len;
-            h.extra_vmas += vmas as usize - 1;
+            h.extra_vmas += vmas.count() as usize - 1;
             true
         })
     }
@@ -340,6 +335,11 @@ impl HugeRegistry {
                     (*r).ptr = q as usize;
                     (*r).len = new_len;
                     h.bytes = h.bytes - old_len + new_len;
+                    // A shrink drops the mappings past the new end; a grow succeeds
+                    // only on a single one, which this bounds too.
+                    let old = (*r).vmas.count();
+                    (*r).vmas = (*r).vmas.split(new_len).0;
+                    h.extra_vmas -= (old - (*r).vmas.count()) as usize;
                     let nb = hash(q as usize);
                     (*r).next = h.buckets[nb];
                     h.buckets[nb] = r;
@@ -371,8 +371,8 @@ impl HugeRegistry {
             let (len, vmas) = remove_locked(h, p)?;
             h.expire(now_ms, delay_ms, &mut ev);
             let budget = h.budget(budget);
-            if len > MAX_CACHED_BLOCK || len > budget {
-                ev.push(p as usize, len, vmas);
+            if len > MAX_CACHED_BLOCK || len > budget || !h.can_cache() {
+                ev.push(p as usize, len, vmas.count());
                 return Some(len);
             }
             // Room for it (`len <= budget`, so an empty cache has room).
@@ -386,10 +386,10 @@ impl HugeRegistry {
     }
 
     /// Takes cached mappings for a new block of `len` bytes: the smallest that is
-    /// at least `len` long; else, if `build`, the largest ones (at most
-    /// [`MAX_PIECES`], spanning at most [`MAX_VMAS`] OS mappings together) until
-    /// they add up to `len`, for the caller to build the block from; else the
-    /// largest alone (to be grown). Empty if the cache holds nothing (after
+    /// at least `len` long; else, if `build`, the ones with the most bytes per OS
+    /// mapping (at most [`MAX_PIECES`], spanning at most [`MAX_VMAS`] OS mappings
+    /// together) until they add up to `len`, for the caller to build the block
+    /// from; else the largest alone (to be grown). Empty if the cache holds nothing (after
     /// expiring mappings older than `delay_ms`, which come back in `Evicted`). The
     /// mappings are the caller's: it must `insert` them, cache them again or unmap
     /// them.
@@ -401,35 +401,48 @@ impl HugeRegistry {
         build: bool,
     ) -> (Pieces, Evicted) {
         let mut ev = Evicted::NONE;
-        let mut got = Pieces {
-            n: 0,
-            items: [(0, 0, 0); MAX_PIECES],
-        };
+        let mut got = Pieces::NONE;
         self.with(|h| {
             h.expire(now_ms, delay_ms, &mut ev);
             let fit = (0..h.cached)
                 .filter(|&i| h.cache[i].len >= len)
                 .min_by_key(|&i| h.cache[i].len);
             if let Some(i) = fit {
-                got.push(h.uncache(i));
+                let (e, v) = h.uncache(i);
+                got.push(e.ptr, e.len, v);
                 return;
             }
-            // Nothing fits: the largest (to be grown), and with `build` the next
-            // largest until they add up to `len`; together below `MAX_VMAS` (and
-            // `MAX_EXTRA_VMAS` in all), which leaves room for the fresh pages that
-            // may end the block.
-            while got.n == 0 || (build && got.n < MAX_PIECES && got.bytes() < len) {
+            // Nothing fits: the largest (to be grown), or with `build` the ones with
+            // the most bytes per OS mapping until they add up to `len`; together
+            // below `MAX_VMAS` (and `MAX_EXTRA_VMAS` in all), which leaves room for
+            // the fresh pages that may end the block. `mremap` moves a range one OS
+            // mapping at a time, ~6 us each here (against ~2.4 us for the fault of
+            // a fresh page): on `malloc-large`, 5,000 replacements, the largest
+            // first faulted 386,000 pages in 1.52 s of system time, the densest
+            // first 369,000 in 1.35 s (a model of the cache: 70,000 OS mappings
+            // moved against 43,000).
+            while got.as_slice().is_empty()
+                || (build && got.as_slice().len() < MAX_PIECES && got.bytes() < len)
+            {
                 let vmas = got.vmas();
                 let Some(i) = (0..h.cached)
                     .filter(|&i| {
                         let v = vmas + h.cache[i].vmas;
                         v < MAX_VMAS && h.extra_vmas + v as usize <= MAX_EXTRA_VMAS
                     })
-                    .max_by_key(|&i| h.cache[i].len)
+                    .max_by_key(|&i| {
+                        let e = &h.cache[i];
+                        if build {
+                            e.len / e.vmas as usize
+                        } else {
+                            e.len
+                        }
+                    })
                 else {
                     break;
                 };
-                got.push(h.uncache(i));
+                let (e, v) = h.uncache(i);
+                got.push(e.ptr, e.len, v);
                 if !build {
                     break;
                 }
@@ -442,10 +455,14 @@ impl HugeRegistry {
     /// off it), in the cache if it fits without pushing anything out: a free slot,
     /// `budget` not exceeded, at most `MAX_CACHED_BLOCK`. False if it does not (the
     /// caller unmaps it). Its pages stay resident for the next request to grow.
-    pub fn keep_tail(&self, p: usize, len: usize, vmas: u32, now_ms: u64, budget: usize) -> bool {
+    pub fn keep_tail(&self, p: usize, len: usize, vmas: Vmas, now_ms: u64, budget: usize) -> bool {
         self.with(|h| {
             let budget = h.budget(budget);
-            if h.cached == CACHE_SLOTS || h.cached_bytes + len > budget || len > MAX_CACHED_BLOCK {
+            if h.cached == CACHE_SLOTS
+                || h.cached_bytes + len > budget
+                || len > MAX_CACHED_BLOCK
+                || !h.can_cache()
+            {
                 return false;
             }
             h.append(p, len, vmas, now_ms);
@@ -453,17 +470,17 @@ impl HugeRegistry {
         })
     }
 
-    /// Keeps `[p, p+len)`, a whole mapping of ours that nothing names and that the
-    /// OS refused to unmap, in the cache if a slot is free and it is at most
-    /// `MAX_CACHED_BLOCK`, whatever the byte budget: better held (resident, reused
-    /// by a later request, unmapped again when it expires) than lost. False if it
-    /// does not fit.
+    /// Keeps `[p, p+len)`, a whole mapping of ours that nothing names, spanning at
+    /// most `vmas` OS mappings, that the OS refused to unmap, in the cache if a slot
+    /// is free and it is at most `MAX_CACHED_BLOCK`, whatever the byte budget:
+    /// better held (resident, reused by a later request, unmapped again when it
+    /// expires) than lost. False if it does not fit.
     pub fn keep_refused(&self, p: usize, len: usize, vmas: u32, now_ms: u64) -> bool {
         self.with(|h| {
-            if h.cached == CACHE_SLOTS || len > MAX_CACHED_BLOCK {
+            if h.cached == CACHE_SLOTS || len > MAX_CACHED_BLOCK || !h.can_cache() {
                 return false;
             }
-            h.append(p, len, vmas, now_ms);
+            h.append(p, len, Vmas::unknown(vmas), now_ms);
             true
         })
     }
@@ -545,7 +562,7 @@ fn link_to(h: &mut Inner, p: *const u8) -> Option<*mut *mut Record> {
 }
 
 /// `HugeRegistry::remove` with the lock held; also returns the record's `vmas`.
-fn remove_locked(h: &mut Inner, p: *const u8) -> Option<(usize, u32)> {
+fn remove_locked(h: &mut Inner, p: *const u8) -> Option<(usize, Vmas)> {
     let link = link_to(h, p)?;
     // SAFETY: `link` points at `p`'s record; links and records are ours under the lock.
     unsafe {
@@ -555,12 +572,16 @@ fn remove_locked(h: &mut Inner, p: *const u8) -> Option<(usize, u32)> {
         h.spare = r;
         h.count -= 1;
         h.bytes -= (*r).len;
-        h.extra_vmas -= (*r).vmas as usize - 1;
+        h.extra_vmas -= (*r).vmas.count() as usize - 1;
         Some(((*r).len, (*r).vmas))
     }
 }
 
+mod pieces;
 mod validate;
+mod vmas;
+pub use pieces::{Evicted, Piece, Pieces};
+pub use vmas::Vmas;
 
 impl Default for HugeRegistry {
     fn default() -> Self {

@@ -277,3 +277,113 @@ fn threads_building_blocks_from_the_cache_keep_every_block_intact() {
     let (count, bytes, _) = totals(be);
     assert_eq!((count, bytes), (0, 0));
 }
+
+/// The OS mappings (`/proc/self/maps` lines) that overlap `[p, p+len)`.
+fn os_mappings_in(p: usize, len: usize) -> u32 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .filter(|&(a, b)| a < p + len && p < b)
+        .count() as u32
+}
+
+/// Blocks built from cached mappings, split and built again (malloc-large's pattern:
+/// each new block allocated before the old one is freed) keep an account of the OS
+/// mappings they span that is never below what the kernel shows, and stays close to
+/// it: counting only their number let both parts of every split keep the whole
+/// count, which reached the 64 a block may span within a few hundred replacements
+/// and then stopped every build.
+#[test]
+fn built_blocks_count_the_os_mappings_they_really_span() {
+    let be = backend();
+    be.set_huge_cache_budget(16 * MIB);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let page = strata::internals::page_size();
+    let mut slots = [(0usize, 0usize); 8];
+    for i in 0..300 {
+        let len = (MIB + next() as usize % (6 * MIB)).next_multiple_of(page);
+        let p = be.alloc_huge(len, 8, false);
+        assert!(!p.is_null());
+        fill(p, len, i as u8);
+        let k = next() as usize % slots.len();
+        let (q, _) = std::mem::replace(&mut slots[k], (p as usize, len));
+        if q != 0 {
+            // SAFETY: live, given up.
+            unsafe { be.free_huge(q as *mut u8) };
+        }
+    }
+    totals(be);
+    let (mut recorded, mut real) = (0, 0);
+    for &(p, _) in &slots {
+        let len = be.usable_size(p as *mut u8).unwrap();
+        let (r, k) = (
+            be.huge.vmas_of(p as *const u8).unwrap(),
+            os_mappings_in(p, len),
+        );
+        assert!(
+            r >= k,
+            "a block of {len} bytes counted {r} OS mappings, spans {k}"
+        );
+        (recorded, real) = (recorded + r, real + k);
+    }
+    assert!(real > slots.len() as u32, "no block was built from pieces");
+    assert!(
+        recorded <= 2 * real,
+        "{recorded} OS mappings counted for {real} in the blocks"
+    );
+    for &(p, _) in &slots {
+        // SAFETY: live, given up.
+        unsafe { be.free_huge(p as *mut u8) };
+    }
+}
+
+/// A block built from cached mappings starts with the one that has the most bytes
+/// per OS mapping, not the longest: `mremap` moves a range one OS mapping at a time.
+#[test]
+fn blocks_are_built_first_from_the_mappings_with_the_most_bytes_per_os_mapping() {
+    let be = backend();
+    let free = |p: *mut u8| {
+        // SAFETY: live blocks of this backend, given up once.
+        unsafe { be.free_huge(p) }
+    };
+    // An 8 MiB block of two OS mappings, built from two 4 MiB ones kept apart.
+    let (a, gap1, b, gap2) = (
+        be.alloc_huge(4 * MIB, 8, false),
+        be.alloc_huge(2 * MIB, 8, false),
+        be.alloc_huge(4 * MIB, 8, false),
+        be.alloc_huge(2 * MIB, 8, false),
+    );
+    free(a);
+    free(b);
+    let x = be.alloc_huge(8 * MIB, 8, false);
+    assert_eq!(be.huge.vmas_of(x), Some(2));
+    fill(x, 8 * MIB, 3);
+    // And a 6 MiB one of one OS mapping.
+    let c = be.alloc_huge(6 * MIB, 8, false);
+    assert_eq!(be.huge.vmas_of(c), Some(1));
+    fill(c, 6 * MIB, 4);
+    free(x);
+    free(c);
+    assert_eq!(totals(be), (2, 4 * MIB, 14 * MIB));
+    // Neither fits 13 MiB: the 6 MiB mapping (6 MiB per OS mapping) goes first,
+    // then 7 MiB of the 8 MiB one (4 MiB per OS mapping).
+    let q = be.alloc_huge(13 * MIB, 8, false);
+    assert!(all(q, 6 * MIB, 4) && all(q.wrapping_add(6 * MIB), 7 * MIB, 3));
+    assert_eq!(be.huge.vmas_of(q), Some(3));
+    free(q);
+    free(gap1);
+    free(gap2);
+    totals(be);
+}

@@ -7,7 +7,7 @@
 
 use super::Backend;
 use super::counters::Counters;
-use crate::huge::Evicted;
+use crate::huge::{Evicted, Piece, Vmas};
 use crate::os::{OS_PAGE, Os};
 use crate::size_class::HUGE_THRESHOLD;
 use crate::sync::Ordering;
@@ -29,7 +29,7 @@ impl<O: Os> Backend<O> {
         if len > isize::MAX as usize {
             return ptr::null_mut();
         }
-        let (mut p, mut got, mut vmas) = (ptr::null_mut(), len, 1);
+        let (mut p, mut got, mut vmas) = (ptr::null_mut(), len, Vmas::ONE);
         // A cached mapping may have come from `mremap`, which aligns to the OS page
         // only: reuse one for alignments every mapping has (`OS_PAGE`).
         if align <= OS_PAGE {
@@ -42,16 +42,16 @@ impl<O: Os> Backend<O> {
             }
         }
         if p.is_null() {
-            (got, vmas) = (len, 1);
+            (got, vmas) = (len, Vmas::ONE);
             p = self.os().map(len, align.max(os_page));
             if p.is_null() {
                 return p;
             }
             self.page_heap.note_extra_resident(len as isize);
         }
-        if !self.huge.insert(self.os(), &self.meta, p, got, vmas) {
+        if !self.huge.insert(self.os(), &self.meta, p, got, &vmas) {
             // SAFETY: the mapping was never handed out; nothing else names it.
-            unsafe { self.unmap_huge(p, got, vmas) };
+            unsafe { self.unmap_huge(p, got, vmas.count()) };
             return ptr::null_mut();
         }
         Counters::bump(&self.counters.huge_allocs);
@@ -61,7 +61,7 @@ impl<O: Os> Backend<O> {
 
     /// Cached mappings made into a block of at least `len` bytes, `(address,
     /// length, dirty, vmas)`: its first `dirty` bytes hold old data, the rest are
-    /// fresh zero pages, and it spans at most `vmas` OS mappings; null if the cache
+    /// fresh zero pages, and it spans the OS mappings `vmas`; null if the cache
     /// had none or the OS refused. A mapping up to a quarter longer than `len` is
     /// used whole; from a longer one the block is split off, and the tail goes back
     /// to the cache, still resident, if it is at least [`HUGE_THRESHOLD`] and fits
@@ -74,16 +74,25 @@ impl<O: Os> Backend<O> {
     /// every page a grow adds is a fault, and a model of the cache put them at 825
     /// pages a block when tails were unmapped and 492 when kept, for 10 % more peak
     /// resident memory.
-    fn take_cached_huge(&self, len: usize) -> (*mut u8, usize, usize, u32) {
+    fn take_cached_huge(&self, len: usize) -> (*mut u8, usize, usize, Vmas) {
         let now = self.page_heap.now_ms();
-        let build = self.os().can_move() && self.huge_moves_refused.load(Ordering::Relaxed) == 0;
+        // A block whose length in OS pages overflows a `Vmas` boundary (16 TiB) is
+        // not built.
+        let build = self.os().can_move()
+            && self.huge_moves_refused.load(Ordering::Relaxed) == 0
+            && Vmas::ONE.can_append(len, 1);
         let (got, ev) = self
             .huge
             .take_cached(len, now, self.page_heap.purge_delay_ms(), build);
         self.unmap_evicted(&ev);
         let pieces = got.as_slice();
-        let Some(&(q, qlen, qv)) = pieces.first() else {
-            return (ptr::null_mut(), len, 0, 1);
+        let Some(&Piece {
+            ptr: q,
+            len: qlen,
+            vmas: qv,
+        }) = pieces.first()
+        else {
+            return (ptr::null_mut(), len, 0, Vmas::ONE);
         };
         let q = q as *mut u8;
         #[cfg(not(strata_mutant = "huge_cache_takes_short"))]
@@ -97,22 +106,22 @@ impl<O: Os> Backend<O> {
         if qlen > len {
             // SAFETY: `q` starts a cached mapping of `qlen` bytes, ours now;
             // `len < qlen`, both multiples of the OS page.
-            unsafe { self.keep_or_unmap_tail(q, qlen, len, qv, now) };
-            return (q, len, len, qv);
+            let head = unsafe { self.keep_or_unmap_tail(q, qlen, len, &qv, now) };
+            return (q, len, len, head);
         }
-        if pieces.len() == 1 && qv == 1 {
+        if pieces.len() == 1 && qv.count() == 1 {
             // SAFETY: `q` starts a whole mapping of `qlen` bytes that the cache gave
             // us, one OS mapping (`remap` takes no other).
             let r = unsafe { self.os().remap(q, qlen, len) };
             if r.is_null() {
                 // SAFETY: the remap failed, so `q` is still the whole `qlen`-byte
                 // mapping the cache gave us, and nothing else names it.
-                unsafe { self.unmap_huge(q, qlen, qv) };
-                return (ptr::null_mut(), len, 0, 1);
+                unsafe { self.unmap_huge(q, qlen, 1) };
+                return (ptr::null_mut(), len, 0, Vmas::ONE);
             }
             self.page_heap
                 .note_extra_resident(len as isize - qlen as isize);
-            return (r, len, qlen, 1);
+            return (r, len, qlen, Vmas::ONE);
         }
         // Several pieces (or one that spans several OS mappings, which `remap`
         // refuses): a fresh mapping, and the pieces moved into it.
@@ -120,11 +129,11 @@ impl<O: Os> Backend<O> {
         if r.is_null() {
             // SAFETY: cached mappings the cache gave us, named by nothing.
             unsafe {
-                for &(p, plen, pv) in pieces {
-                    self.unmap_huge(p as *mut u8, plen, pv);
+                for e in pieces {
+                    self.unmap_huge(e.ptr as *mut u8, e.len, e.vmas.count());
                 }
             }
-            return (ptr::null_mut(), len, 0, 1);
+            return (ptr::null_mut(), len, 0, Vmas::ONE);
         }
         self.page_heap.note_extra_resident(len as isize);
         // SAFETY: `r` is a fresh mapping of `len` bytes, ours; the pieces are
@@ -142,11 +151,13 @@ impl<O: Os> Backend<O> {
     /// each new one allocated before the old is freed), with the cache budget at a
     /// third of the live bytes, 8 cached mappings of which the largest was grown
     /// faulted in 463,000 pages in 1,000 replacements, 32 built from up to four
-    /// 403,000 (5,000 replacements: 1.97 M, against 2.50 M with the 64 MiB cache of
-    /// 8 mappings before). A part of less than [`HUGE_THRESHOLD`] is left to fresh
-    /// pages rather than moved, so that every mapping a block adds is at least that
-    /// long; the block's `vmas` is the sum of its pieces', plus one for fresh pages
-    /// at its end.
+    /// 403,000 while every split left both parts the whole count of OS mappings,
+    /// and 134,000 with each part's own ([`Vmas`]; 5,000 replacements: 386,000,
+    /// against 1.97 M, and tcmalloc's 387,000). A part of less than
+    /// [`HUGE_THRESHOLD`] is left to fresh pages rather than moved, so that every
+    /// mapping a block adds is at least that long; the block spans the OS mappings
+    /// of the parts of its pieces that it took, each starting one of its own, and
+    /// one more for fresh pages at its end.
     ///
     /// # Safety
     /// `[r, r+len)` is a fresh mapping of ours that nobody else uses; `pieces` are
@@ -155,23 +166,25 @@ impl<O: Os> Backend<O> {
         &self,
         r: *mut u8,
         len: usize,
-        pieces: &[(usize, usize, u32)],
+        pieces: &[Piece],
         now: u64,
-    ) -> (*mut u8, usize, usize, u32) {
-        let (mut filled, mut vmas) = (0, 0);
-        for (i, &(p, plen, pv)) in pieces.iter().enumerate() {
-            let p = p as *mut u8;
+    ) -> (*mut u8, usize, usize, Vmas) {
+        let (mut filled, mut vmas) = (0, Vmas::ONE);
+        for (i, e) in pieces.iter().enumerate() {
+            let (p, plen) = (e.ptr as *mut u8, e.len);
             let room = len - filled;
             if room < HUGE_THRESHOLD {
                 // SAFETY: a cached mapping the cache gave us, named by nothing.
-                unsafe { self.keep_or_unmap(p, plen, pv, now) };
+                unsafe { self.keep_or_unmap(p, plen, e.vmas, now) };
                 continue;
             }
             let m = plen.min(room);
-            if m < plen {
+            let pv = if m < plen {
                 // SAFETY: `p` starts a cached mapping of `plen > m` bytes, ours.
-                unsafe { self.keep_or_unmap_tail(p, plen, m, pv, now) };
-            }
+                unsafe { self.keep_or_unmap_tail(p, plen, m, &e.vmas, now) }
+            } else {
+                e.vmas
+            };
             // SAFETY: `[p, p+m)` is a piece of ours; `[r+filled, r+filled+m)` lies
             // in the block's fresh part, ours, disjoint from every cached mapping.
             let dst = unsafe { r.add(filled) };
@@ -187,51 +200,71 @@ impl<O: Os> Backend<O> {
                 // named by nothing.
                 unsafe {
                     if filled > 0 {
-                        self.unmap_huge(r, filled, vmas);
+                        self.unmap_huge(r, filled, vmas.count());
                     }
                     if filled + m < len {
                         self.unmap_huge(dst.add(m), len - filled - m, 1);
                     }
-                    self.unmap_huge(p, m, pv);
-                    for &(o, olen, ov) in &pieces[i + 1..] {
-                        self.unmap_huge(o as *mut u8, olen, ov);
+                    self.unmap_huge(p, m, pv.count());
+                    for o in &pieces[i + 1..] {
+                        self.unmap_huge(o.ptr as *mut u8, o.len, o.vmas.count());
                     }
                 }
-                return (ptr::null_mut(), len, 0, 1);
+                return (ptr::null_mut(), len, 0, Vmas::ONE);
             }
             // The piece's pages replace fresh ones that the grow counted.
             self.page_heap.note_extra_resident(-(m as isize));
+            // The first piece starts the block; a later one starts a mapping of its
+            // own (`take_cached` kept the sum of the counts below `MAX_VMAS`, and
+            // `take_cached_huge` the length within a boundary's range).
+            if filled == 0 {
+                vmas = pv;
+            } else {
+                vmas.append(filled, &pv);
+            }
             filled += m;
-            vmas += pv;
         }
         // The fresh pages that end the block, if any, are one more OS mapping.
-        (r, len, filled, vmas + u32::from(filled < len))
+        if filled > 0 && filled < len {
+            vmas.append(filled, &Vmas::ONE);
+        }
+        (r, len, filled, vmas)
     }
 
     /// Splits the cached mapping `[p, p+plen)` at `at` and keeps the tail in the
-    /// cache if it is at least [`HUGE_THRESHOLD`] and fits, else unmaps it.
+    /// cache if it is at least [`HUGE_THRESHOLD`] and fits, else unmaps it; returns
+    /// the OS mappings of the head.
     ///
     /// # Safety
-    /// `[p, p+plen)` is a cached mapping the cache gave us, spanning at most `vmas`
-    /// OS mappings; `0 < at < plen`, multiples of the OS page.
-    unsafe fn keep_or_unmap_tail(&self, p: *mut u8, plen: usize, at: usize, vmas: u32, now: u64) {
+    /// `[p, p+plen)` is a cached mapping the cache gave us, spanning the OS mappings
+    /// `vmas`; `0 < at < plen`, multiples of the OS page.
+    unsafe fn keep_or_unmap_tail(
+        &self,
+        p: *mut u8,
+        plen: usize,
+        at: usize,
+        vmas: &Vmas,
+        now: u64,
+    ) -> Vmas {
+        let (head, tail) = vmas.split(at);
         // SAFETY: per the contract.
         unsafe { self.os().split(p, plen, at) };
         // SAFETY: the tail is ours alone now.
-        unsafe { self.keep_or_unmap(p.add(at), plen - at, vmas, now) };
+        unsafe { self.keep_or_unmap(p.add(at), plen - at, tail, now) };
+        head
     }
 
     /// Puts `[p, p+len)` back in the cache if it is at least [`HUGE_THRESHOLD`]
     /// and fits without pushing anything out, else unmaps it.
     ///
     /// # Safety
-    /// `[p, p+len)` is a mapping of ours (spanning at most `vmas` OS mappings) that
+    /// `[p, p+len)` is a mapping of ours (spanning the OS mappings `vmas`) that
     /// nothing names.
-    unsafe fn keep_or_unmap(&self, p: *mut u8, len: usize, vmas: u32, now: u64) {
+    unsafe fn keep_or_unmap(&self, p: *mut u8, len: usize, vmas: Vmas, now: u64) {
         let budget = self.huge_cache_budget.load(Ordering::Relaxed);
         if len < HUGE_THRESHOLD || !self.huge.keep_tail(p as usize, len, vmas, now, budget) {
             // SAFETY: per the contract.
-            unsafe { self.unmap_huge(p, len, vmas) };
+            unsafe { self.unmap_huge(p, len, vmas.count()) };
         }
     }
 

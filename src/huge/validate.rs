@@ -1,9 +1,9 @@
-//! The huge registry's `validate`: its invariants 1 to 4, checked under its lock.
+//! The huge registry's `validate`: its invariants 1 to 5, checked under its lock.
 
 use super::*;
 
 impl HugeRegistry {
-    /// Checks invariants 1 to 4: every record sits in bucket `hash(ptr)`, no pointer
+    /// Checks invariants 1 to 5: every record sits in bucket `hash(ptr)`, no pointer
     /// is recorded twice, `count`/`bytes` add up, the cache is in order, within its
     /// limits and disjoint from the live blocks, and the OS mappings they span are
     /// within bounds and add up to `extra_vmas`.
@@ -30,7 +30,7 @@ impl HugeRegistry {
                         rec.ptr,
                     )?;
                     check(
-                        (1..=MAX_VMAS).contains(&rec.vmas),
+                        (1..=MAX_VMAS).contains(&rec.vmas.count()) && rec.vmas.valid(rec.len),
                         "HugeRegistry",
                         4,
                         "a block spans more OS mappings than a block may",
@@ -38,7 +38,7 @@ impl HugeRegistry {
                     )?;
                     count += 1;
                     bytes += rec.len;
-                    extra += rec.vmas as usize - 1;
+                    extra += rec.vmas.count() as usize - 1;
                 }
             }
             check(
@@ -59,7 +59,9 @@ impl HugeRegistry {
                     e.ptr,
                 )?;
                 check(
-                    (1..=MAX_VMAS).contains(&e.vmas),
+                    (1..=MAX_VMAS).contains(&e.vmas)
+                        && h.vmas_at(i).count() == e.vmas
+                        && h.vmas_at(i).valid(e.len),
                     "HugeRegistry",
                     4,
                     "a cached mapping spans more OS mappings than a block may",
