@@ -36,7 +36,7 @@ use crate::front::FrontEnd;
 use crate::front::thread_cache::{HeapState, ThreadHeap};
 use crate::platform::{self, SysOs, ThreadKey};
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
-use crate::size_class::{C_TABLE_MAX, class_for_c, class_for_c_table};
+use crate::size_class::{C_TABLE_MAX, class_for_c};
 use crate::size_class::{SizeClass, class_for};
 // The plain `GlobalAlloc` impl's (`checked` has its own).
 #[cfg(not(feature = "checked"))]
@@ -487,10 +487,11 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 #[inline(always)]
 pub(crate) fn alloc_c(size: usize) -> *mut u8 {
     if size <= C_TABLE_MAX {
-        let c = class_for_c_table(size);
+        // The list straight from the size (its offset, not the class to scale).
+        let l = crate::front::thread_cache::list_for_c(size);
         let h = heap();
-        // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
-        let p = unsafe { Front::alloc_fast(&*h, c) };
+        // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
+        let p = unsafe { (*h).pop_at(l) };
         if !p.is_null() {
             return p;
         }
