@@ -288,8 +288,9 @@ fn alloc_small(c: SizeClass) -> *mut u8 {
 }
 
 /// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
-/// `harden`, 8 more: the key load and two XORs encoding the link, and the test of
-/// the block's own first word that catches a double free of a cached block).
+/// `harden`, 7 more: the key load, the block's address XORed into it once, the
+/// test of the block's own first word that catches a double free of a cached block
+/// (a load, an XOR, the mask test and a branch), and the XOR encoding the link).
 ///
 /// # Safety
 /// `p` is a live class-`c` block of ours that the caller gives up.
@@ -478,8 +479,10 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 17 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit (callgrind and `objdump -d` of
-/// `malloc` in the `c-abi` build): class table 6, TLS 2, pop 9, two branches. A
+/// Budget: 16 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit, 21 with `harden`
+/// (callgrind and `objdump -d` of `malloc` in the `c-abi` build): size check 2, list
+/// offset 4 (`list_for_c`: the table gives the list's offset, not a class to
+/// scale), TLS 2, pop 8; two branches. A
 /// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
 /// that only `size` has to stay live across the fast path (keeping the class for
 /// `alloc_small_slow` would cost three moves).

@@ -17,25 +17,30 @@
 //! free:   size→class ─ tls heap ─ try_push ── hit: one branch
 //!                                  └ full ─ free_slow(c, p) ─ grow max | Backend::flush ─ Central::flush ─ (push | spans)
 //! ```
-//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 56.5
+//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 53.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
-//! included; 43.5 without the `harden` feature (the script prints both). Through the
+//! included; 41.5 without the `harden` feature (the script prints both). Through the
 //! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 80 a pair with the benchmark's loop, 64 without
-//! `harden`; unhardened, `malloc` is 17 instructions and `free` 30 (chunk map 8, page
-//! entry and object check 10, TLS and push 12). The statistics counter
-//! `FreeList::allocs` is 1 of them. `harden` is the other 13 (16 in C): `pop` loads
-//! the key off the heap, XORs it with the object's address and the link word (the
-//! word's load folds into the XOR) and tests the result against a mask, a branch
-//! never taken in a correct program, and clears the object's link word so that a
-//! block handed out neither gives the key away nor looks free (5, plus the mask's
-//! `movabs` in the C `malloc`, where no loop hoists it); `try_push` loads the key,
-//! XORs in the object's address and the old head, and tests whether the block's
-//! own first word decodes as a link (a block already in a free list: a double free,
-//! which `free_slow` confirms by walking the list), a load, an XOR, the mask test
-//! and a branch never taken in a correct program (8, and the `movabs` in C). The
-//! double-free check of the whole cache cost 4 a pair over the head-only compare
-//! it replaced (52.5 -> 56.5; C 75 -> 80).
+//! `global::free_by_address`): 72 a pair with the benchmark's loop (16 of them), 60
+//! without `harden`; unhardened, `malloc` is 16 instructions (size check 2, list
+//! offset 4, TLS 2, pop 8) and `free` 28 (chunk map 8, page entry and object check
+//! 10, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
+//! `harden` is the other 12: `pop` loads the key off the heap, XORs it with the
+//! object's address and the link word (the word's load folds into the XOR) and
+//! tests the result against the mask (a memory operand: the heap's copy,
+//! `LinkMask`), a branch never taken in a correct program, and clears the object's
+//! link word so that a block handed out neither gives the key away nor looks free
+//! (5); `try_push` loads the key and XORs in the object's address once (the salt),
+//! tests whether the block's own first word decodes as a link (a block already in
+//! a free list: a double free, which `free_slow` confirms by walking the list): a
+//! load, an XOR with the salt, the mask test and a branch never taken in a correct
+//! program, and encodes the new link with one more XOR (7).
+//! What the check costs beyond instructions: its load of the freed block's first
+//! word is the one load of the block on the free path, and when the block is cold
+//! (a program dropping a large collection) it misses and holds up retirement, where
+//! the link's store alone would wait in the store buffer. Lists are addressed as
+//! the heap pointer plus a [`ListOffset`] (`c_lists`), which the compiler folds into
+//! each access; C `malloc` loads the offset straight from the size.
 //! Keep other statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
