@@ -9,7 +9,10 @@
 //! table instead of 1 (a program touches the lines of the sizes it asks for).
 
 use super::{FreeList, ThreadHeap};
-use crate::size_class::{C_TABLE_MAX, NUM_CLASSES, SizeClass, class_for};
+use crate::size_class::{NUM_CLASSES, SizeClass};
+// The table is the shipped geometry's: loom's (two classes) serves no C sizes.
+#[cfg(not(strata_loom))]
+use crate::size_class::{C_TABLE_MAX, class_for};
 use core::mem::{offset_of, size_of};
 
 /// The byte offset of one class's free list in a [`ThreadHeap`]
@@ -41,11 +44,14 @@ impl ListOffset {
     }
 }
 
+#[cfg(not(strata_loom))]
 /// Entries of [`C_LIST`]: a power of two, so that masking the index keeps it in
 /// bounds without a check.
 const C_LIST_LEN: usize = 1024;
+#[cfg(not(strata_loom))]
 const_assert!(C_TABLE_MAX / 16 < C_LIST_LEN);
 
+#[cfg(not(strata_loom))]
 /// The list offset of the class of `n` 16-byte units, for `n <= C_TABLE_MAX / 16`
 /// (0 gets the class of 16 bytes, as glibc gives `malloc(0)` a minimum block).
 #[allow(clippy::disallowed_macros)] // evaluated by the compiler
@@ -63,6 +69,7 @@ static C_LIST: [ListOffset; C_LIST_LEN] = {
     t
 };
 
+#[cfg(not(strata_loom))]
 /// The list serving C `malloc(size)` for `size <= C_TABLE_MAX`: an add, a shift
 /// and a load (the same class as `class_for_c_table`).
 // Only the C library's `malloc` uses it; the unit test below checks it in every build.
@@ -78,7 +85,7 @@ pub fn list_for_c(size: usize) -> ListOffset {
     C_LIST[((size + 15) >> 4) & (C_LIST_LEN - 1)]
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(strata_loom)))]
 mod tests {
     use super::*;
     use crate::size_class::class_for_c_table;

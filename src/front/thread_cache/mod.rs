@@ -565,6 +565,7 @@ mod slow;
 mod validate;
 
 pub use c_lists::ListOffset;
+#[cfg(not(strata_loom))]
 #[cfg_attr(
     not(all(feature = "c-abi", not(feature = "checked"))),
     allow(unused_imports)
