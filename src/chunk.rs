@@ -21,8 +21,8 @@ pub use map::ChunkMap;
 
 use crate::link::FreeObj;
 use crate::size_class::{
-    CHUNK_SHIFT, CHUNK_SIZE, NO_CLASS, OBJECT_CHECKS, ObjectChecks, PAGE_SHIFT, PAGE_SIZE,
-    PAGES_PER_CHUNK, SizeClass,
+    CHUNK_SHIFT, CHUNK_SIZE, CODE_STRIDE, NO_CLASS, OBJECT_CHECKS, ObjectChecks, PAGE_SHIFT,
+    PAGE_SIZE, PAGES_PER_CHUNK, SizeClass, page_code,
 };
 use crate::sync::{AtomicU8, AtomicU16, AtomicU32, LOOM, Ordering, Witness};
 use core::ptr;
@@ -268,7 +268,7 @@ pub struct PageEntry {
     /// `(-base) mod 2^32`, `base` the address of the Small span's first byte: adding
     /// a pointer's low 32 bits gives its offset into the span.
     neg_base: AtomicU32,
-    /// The Small span's class, or [`NO_CLASS`].
+    /// The Small span's class code (`page_code(class)`), or [`NO_CLASS`].
     class: AtomicU32,
 }
 
@@ -347,7 +347,7 @@ impl PageEntry {
     /// that gave it the pointer (a lock or the transfer stack), and a lookup of any
     /// other address only needs some value once written (callers check containment).
     #[inline(always)]
-    fn class(&self) -> u8 {
+    fn code(&self) -> u8 {
         let class = self.class.load(Ordering::Relaxed);
         // SAFETY: only ever written from a u8 (set_small, `empty`, or the zero of a
         // fresh chunk), and an atomic load returns a value once written. Saying so
@@ -409,10 +409,15 @@ pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
 /// checks of the geometry (`small_object` without the lookup of the entry).
 #[inline(always)]
 fn object_class(e: &PageEntry, checks: &ObjectChecks, a: usize) -> Option<SizeClass> {
-    let class = e.class();
-    checks
-        .accepts(class, e.neg_base().wrapping_add(a as u32))
-        .then_some(SizeClass(class))
+    let code = e.code();
+    if !checks.accepts(code, e.neg_base().wrapping_add(a as u32)) {
+        return None;
+    }
+    // SAFETY: the checks accept nothing for a code that is not `page_code` of a
+    // class (their limit is 0 there), and those are multiples of CODE_STRIDE. Saying
+    // so lets `free` scale the code to the class's list offset without a shift.
+    unsafe { core::hint::assert_unchecked(code as usize % CODE_STRIDE == 0) };
+    Some(SizeClass((code as usize / CODE_STRIDE) as u8))
 }
 
 impl ChunkHeader {
@@ -438,10 +443,13 @@ impl ChunkHeader {
     pub fn set_first(&self, page: usize, start: usize) {
         self.first[page].store(start as u16, Ordering::Relaxed);
     }
-    /// The class code of `page` (ChunkHeader invariant 3): a class or `NO_CLASS`.
+    /// The class of `page` (ChunkHeader invariant 3): a class or `NO_CLASS`.
     #[inline]
     pub fn page_class(&self, page: usize) -> u8 {
-        self.pages[page].class()
+        match self.pages[page].code() {
+            NO_CLASS => NO_CLASS,
+            code => (code as usize / CODE_STRIDE) as u8,
+        }
     }
     /// The base that `page`'s entry records, as `free` uses it (a 32-bit negation).
     #[inline]
@@ -452,7 +460,7 @@ impl ChunkHeader {
     /// at `base` (ChunkHeader invariant 3).
     #[inline]
     pub fn set_small(&self, page: usize, c: SizeClass, base: *const u8) {
-        self.pages[page].set_small(c.0, (base as usize as u32).wrapping_neg());
+        self.pages[page].set_small(page_code(c.index()), (base as usize as u32).wrapping_neg());
     }
     /// Records that `page` holds no small objects (ChunkHeader invariant 3).
     #[inline]

@@ -136,6 +136,25 @@ impl LinkKey {
     }
 }
 
+/// The mask of the check (`BAD_BITS`), for a fast path that keeps a copy in
+/// memory beside its [`LinkKey`] copy: the test then takes it as a memory operand
+/// off the heap pointer already in a register, where the constant costs a 10-byte
+/// `movabs` into a register first (one instruction on each of pop and push).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LinkMask(usize);
+
+impl LinkMask {
+    /// The only value: the bits a decoded link must have clear.
+    pub const BAD: LinkMask = LinkMask(BAD_BITS);
+}
+
+/// `this ^ key`: what both encoding a link into `this` and decoding the word found
+/// there XOR in. A free fast path that does both (the double-free test of the
+/// freed block's word, then the encode of its new link) computes it once: one XOR
+/// less than two full encodings.
+#[derive(Clone, Copy)]
+pub struct Salt(usize);
+
 /// Sets the link key if it is not set yet. Call on every slow path that comes before
 /// the first link a thread writes (module docs, "The key's lifetime").
 #[inline]
@@ -235,6 +254,69 @@ impl FreeObj {
         // SAFETY: per the contract `this` is readable and ours.
         let word = unsafe { (*this).link };
         (word ^ this as usize ^ key.0) & BAD_BITS == 0
+    }
+
+    /// The [`Salt`] of `this` under `key` (hardened builds; 0 otherwise).
+    #[inline(always)]
+    pub fn salt(this: *mut FreeObj, key: LinkKey) -> Salt {
+        Salt(if HARDENED { this as usize ^ key.0 } else { 0 })
+    }
+
+    /// [`FreeObj::set_next_keyed`] with the salt of `this` computed already.
+    ///
+    /// # Safety
+    /// As for `set_next`, and `salt` is `FreeObj::salt(this, key)` with the
+    /// process's key.
+    #[inline(always)]
+    pub unsafe fn set_next_salted(this: *mut FreeObj, next: *mut FreeObj, salt: Salt) {
+        let word = if HARDENED {
+            next as usize ^ salt.0
+        } else {
+            next as usize
+        };
+        // SAFETY: per the contract `this` is writable and ours.
+        unsafe { (*this).link = word };
+    }
+
+    /// [`FreeObj::looks_free`] with the salt of `this` computed already and the
+    /// mask from memory: a load, one XOR, one test (its operand the mask's copy)
+    /// and the caller's branch.
+    ///
+    /// # Safety
+    /// As for `looks_free`, and `salt` is `FreeObj::salt(this, key)` with the
+    /// process's key.
+    #[inline(always)]
+    pub unsafe fn looks_free_salted(this: *mut FreeObj, salt: Salt, mask: LinkMask) -> bool {
+        if !HARDENED {
+            return false;
+        }
+        // SAFETY: per the contract `this` is readable and ours.
+        let word = unsafe { (*this).link };
+        (word ^ salt.0) & mask.0 == 0
+    }
+
+    /// [`FreeObj::next_keyed`] testing with the mask's copy `mask` (a memory
+    /// operand, see [`LinkMask`]).
+    ///
+    /// # Safety
+    /// As for `next`, and `key` is the process's key.
+    #[inline(always)]
+    pub unsafe fn next_masked(
+        this: *mut FreeObj,
+        c: SizeClass,
+        key: LinkKey,
+        mask: LinkMask,
+    ) -> *mut FreeObj {
+        // SAFETY: per the contract `this` is readable and ours.
+        let word = unsafe { (*this).link };
+        if !HARDENED {
+            return word as *mut FreeObj;
+        }
+        let next = word ^ this as usize ^ key.0;
+        if next & mask.0 != 0 {
+            corrupt_link(this, c);
+        }
+        next as *mut FreeObj
     }
 
     /// Clears the link of `this`, a free object about to be handed to the program

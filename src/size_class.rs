@@ -441,8 +441,9 @@ const fn cap_for(c: usize) -> usize {
 }
 
 /// What `free` by address needs to know about each class to accept an offset into
-/// one of its spans, indexed by a page's class code: the class, or [`NO_CLASS`] (and
-/// every other code above the last class), which accepts nothing. 256 entries so
+/// one of its spans, indexed by a page's class code: `page_code(c)` for class `c`,
+/// or [`NO_CLASS`] (and every other code that is not a class's), which accepts
+/// nothing. 256 entries so
 /// that a `u8` code needs no bounds check or mask; two arrays of 8-byte words rather
 /// than one of pairs, so that the code indexes both with an x86 scale (there is no
 /// ×16).
@@ -487,7 +488,8 @@ impl ObjectChecks {
         };
         let mut c = 0;
         while c < g.num_classes {
-            (t.magic[c], t.limit[c]) = object_magic_and_limit(g, c);
+            let code = page_code(c) as usize;
+            (t.magic[code], t.limit[code]) = object_magic_and_limit(g, c);
             c += 1;
         }
         t
@@ -506,6 +508,20 @@ const fn object_magic_and_limit(g: &Geometry, c: usize) -> (u64, u64) {
 
 /// The class code of a page that holds no small objects (see [`OBJECT_CHECKS`]).
 pub const NO_CLASS: u8 = u8::MAX;
+
+/// Page entries hold class `c` as the code `c · CODE_STRIDE` (`page_code`), so that
+/// C `free` reaches the class's thread-cache list (32 bytes a list) from the code
+/// with an x86 scale of 8 and no shift. [`NO_CLASS`] is not a multiple of it.
+pub const CODE_STRIDE: usize = 4;
+
+/// The page-entry code of class `c` (see [`CODE_STRIDE`]).
+#[inline(always)]
+pub const fn page_code(c: usize) -> u8 {
+    (c * CODE_STRIDE) as u8
+}
+
+const_assert!(NUM_CLASSES * CODE_STRIDE <= NO_CLASS as usize);
+const_assert!(NO_CLASS as usize % CODE_STRIDE != 0);
 
 /// [`ObjectChecks`] of every class.
 pub static OBJECT_CHECKS: ObjectChecks = ObjectChecks::new(&GEOMETRY);

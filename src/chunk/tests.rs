@@ -86,7 +86,7 @@ fn tiny_geometry_page_entries_accept_exactly_the_object_starts() {
     for c in 0..g.num_classes {
         let e = PageEntry::empty();
         let base = chunk_base + 9 * g.page_size();
-        e.set_small(c as u8, (base as u32).wrapping_neg());
+        e.set_small(page_code(c), (base as u32).wrapping_neg());
         let size = g.class_size(c);
         for off in 0..2 * g.page_size() {
             let want = (off % size == 0 && off / size < g.objects_per_span(c))

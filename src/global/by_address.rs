@@ -71,11 +71,12 @@ fn small_class_of(p: *const u8) -> Option<SizeClass> {
 /// Frees a block of ours found by address; false (and nothing done) if `p` is null
 /// or not the start of a block of ours.
 ///
-/// Budget: 30 instructions for a small object whose list has room (`objdump -d` of
+/// Budget: 28 instructions for a small object whose list has room (`objdump -d` of
 /// `free` in the `c-abi` build without `harden`): chunk map 8 (`ChunkMap::contains`;
 /// null and high addresses included), page entry and object check 10
-/// (`chunk::small_object`), TLS 2 and push 10; three branches to the slow path, none
-/// taken. `harden` adds 5 to the push (see `alloc_small`/`free_small`).
+/// (`chunk::small_object`; the page's class code scales to the list's offset with
+/// no shift, `size_class::CODE_STRIDE`), TLS 2 and push 8; three branches to the
+/// slow path, none taken. `harden` adds 7 to the push (see `free_small`).
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.
@@ -103,9 +104,9 @@ pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
 /// As for `free_by_address`.
 ///
 /// A thread served per CPU comes here on every small free (its sentinel's list
-/// is always full), and goes straight on to the per-CPU hit. Cold all the same:
-/// without it the caller's fast path keeps registers for the call (the thread
-/// cache's C pair took 8 % more time).
+/// is always full), and goes straight on to the per-CPU hit. Marked cold for the
+/// thread caches, whose full lists are rare: it keeps this code out of the hot
+/// text (the per-CPU path pays a call either way).
 #[cold]
 #[inline(never)]
 unsafe fn free_by_address_slow(p: *mut u8) -> bool {

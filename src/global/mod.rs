@@ -36,7 +36,7 @@ use crate::front::FrontEnd;
 use crate::front::thread_cache::{HeapState, ThreadHeap};
 use crate::platform::{self, SysOs, ThreadKey};
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
-use crate::size_class::{C_TABLE_MAX, class_for_c, class_for_c_table};
+use crate::size_class::{C_TABLE_MAX, class_for_c};
 use crate::size_class::{SizeClass, class_for};
 // The plain `GlobalAlloc` impl's (`checked` has its own).
 #[cfg(not(feature = "checked"))]
@@ -330,8 +330,9 @@ fn alloc_small_miss(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
 }
 
 /// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
-/// `harden`, 8 more: the key load and two XORs encoding the link, and the test of
-/// the block's own first word that catches a double free of a cached block).
+/// `harden`, 7 more: the key load, the block's address XORed into it once, the
+/// test of the block's own first word that catches a double free of a cached block
+/// (a load, an XOR, the mask test and a branch), and the XOR encoding the link).
 ///
 /// # Safety
 /// `p` is a live class-`c` block of ours that the caller gives up.
@@ -541,8 +542,10 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 17 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit (callgrind and `objdump -d` of
-/// `malloc` in the `c-abi` build): class table 6, TLS 2, pop 9, two branches. A
+/// Budget: 16 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit, 21 with `harden`
+/// (callgrind and `objdump -d` of `malloc` in the `c-abi` build): size check 2, list
+/// offset 4 (`list_for_c`: the table gives the list's offset, not a class to
+/// scale), TLS 2, pop 8; two branches. A
 /// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
 /// that only `size` has to stay live across the fast path (keeping the class for
 /// `alloc_small_slow` would cost three moves).
@@ -550,10 +553,11 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 #[inline(always)]
 pub(crate) fn alloc_c(size: usize) -> *mut u8 {
     if size <= C_TABLE_MAX {
-        let c = class_for_c_table(size);
+        // The list straight from the size (its offset, not the class to scale).
+        let l = crate::front::thread_cache::list_for_c(size);
         let h = heap();
-        // SAFETY: `h` is this thread's heap or a sentinel; c is a valid class.
-        let p = unsafe { Front::alloc_fast(&*h, c) };
+        // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
+        let p = unsafe { (*h).pop_at(l) };
         if !p.is_null() {
             return p;
         }

@@ -17,25 +17,30 @@
 //! free:   size→class ─ tls heap ─ try_push ── hit: one branch
 //!                                  └ full ─ free_slow(c, p) ─ grow max | Backend::flush ─ Central::flush ─ (push | spans)
 //! ```
-//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 56.5
+//! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 53.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
-//! included; 43.5 without the `harden` feature (the script prints both). Through the
+//! included; 41.5 without the `harden` feature (the script prints both). Through the
 //! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 80 a pair with the benchmark's loop, 64 without
-//! `harden`; unhardened, `malloc` is 17 instructions and `free` 30 (chunk map 8, page
-//! entry and object check 10, TLS and push 12). The statistics counter
-//! `FreeList::allocs` is 1 of them. `harden` is the other 13 (16 in C): `pop` loads
-//! the key off the heap, XORs it with the object's address and the link word (the
-//! word's load folds into the XOR) and tests the result against a mask, a branch
-//! never taken in a correct program, and clears the object's link word so that a
-//! block handed out neither gives the key away nor looks free (5, plus the mask's
-//! `movabs` in the C `malloc`, where no loop hoists it); `try_push` loads the key,
-//! XORs in the object's address and the old head, and tests whether the block's
-//! own first word decodes as a link (a block already in a free list: a double free,
-//! which `free_slow` confirms by walking the list), a load, an XOR, the mask test
-//! and a branch never taken in a correct program (8, and the `movabs` in C). The
-//! double-free check of the whole cache cost 4 a pair over the head-only compare
-//! it replaced (52.5 -> 56.5; C 75 -> 80).
+//! `global::free_by_address`): 72 a pair with the benchmark's loop (16 of them), 60
+//! without `harden`; unhardened, `malloc` is 16 instructions (size check 2, list
+//! offset 4, TLS 2, pop 8) and `free` 28 (chunk map 8, page entry and object check
+//! 10, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
+//! `harden` is the other 12: `pop` loads the key off the heap, XORs it with the
+//! object's address and the link word (the word's load folds into the XOR) and
+//! tests the result against the mask (a memory operand: the heap's copy,
+//! `LinkMask`), a branch never taken in a correct program, and clears the object's
+//! link word so that a block handed out neither gives the key away nor looks free
+//! (5); `try_push` loads the key and XORs in the object's address once (the salt),
+//! tests whether the block's own first word decodes as a link (a block already in
+//! a free list: a double free, which `free_slow` confirms by walking the list): a
+//! load, an XOR with the salt, the mask test and a branch never taken in a correct
+//! program, and encodes the new link with one more XOR (7).
+//! What the check costs beyond instructions: its load of the freed block's first
+//! word is the one load of the block on the free path, and when the block is cold
+//! (a program dropping a large collection) it misses and holds up retirement, where
+//! the link's store alone would wait in the store buffer. Lists are addressed as
+//! the heap pointer plus a [`ListOffset`] (`c_lists`), which the compiler folds into
+//! each access; C `malloc` loads the offset straight from the size.
 //! Keep other statistics, checks and zeroing out of `pop`/`try_push`.
 //!
 //! The two sentinel heaps (`EMPTY`: thread not set up yet; `DEAD`: thread torn down)
@@ -54,7 +59,7 @@
 //! `max × size` over classes stays within the thread's byte budget; over budget, other
 //! classes' `max` are lowered (stolen from) round robin.
 
-use crate::link::{FreeObj, HARDENED, LinkKey, ensure_key};
+use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask, ensure_key};
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, UnsafeCell, fence};
 use core::ptr;
@@ -199,7 +204,8 @@ pub enum HeapState {
 ///    transiently while a smaller budget is being applied.
 /// 4. `received + frees == allocs + returned + Σ len` (see `HeapCounters`); the
 ///    counters only grow, and only the owner writes them.
-/// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`).
+/// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`);
+///    every heap's `link_mask` is `LinkMask::BAD`.
 /// 6. `move_seq` is odd exactly while the owner is moving objects between its lists
 ///    and the central tier (see [`ThreadHeap::move_seq`]); it only grows.
 /// 7. A sentinel (`HeapState::Empty` or `Dead`, the process-wide statics every
@@ -233,6 +239,10 @@ pub struct ThreadHeap {
     /// live so that `pop` and `try_push` load it off the heap pointer they already
     /// hold (the static costs a GOT load more).
     link_key: OwnerCell<LinkKey>,
+    /// The check's mask (`LinkMask::BAD`, in every heap, sentinels included), in
+    /// memory beside the key so that the fast paths test against it as a memory
+    /// operand (see [`LinkMask`]).
+    link_mask: OwnerCell<LinkMask>,
     state: OwnerCell<HeapState>,
     steal_next: OwnerCell<u8>,
     max_bytes: OwnerCell<usize>,
@@ -280,6 +290,7 @@ impl ThreadHeap {
                 move_seq: AtomicU64::new(0),
                 unpublished: OwnerCell::new(0),
                 link_key: OwnerCell::new(LinkKey::UNSET),
+                link_mask: OwnerCell::new(LinkMask::BAD),
                 state: OwnerCell::new(state),
                 steal_next: OwnerCell::new(0),
                 max_bytes: OwnerCell::new(0),
@@ -370,6 +381,25 @@ impl ThreadHeap {
         self.state.set(HeapState::Pooled);
     }
 
+    /// The list at offset `l`, addressed as the heap pointer plus the offset (the
+    /// compiler then folds the offset into each access, where an index into
+    /// `lists` is scaled into a separate list pointer first).
+    ///
+    /// # Safety
+    /// `l` is the offset of the list of a valid class (`< NUM_CLASSES`).
+    #[inline(always)]
+    unsafe fn list_at(&self, l: ListOffset) -> &FreeList {
+        // SAFETY: `l` is `c · size_of::<FreeList>()` for a class `c` (the contract),
+        // so this is `lists[c]`: `lists` is the heap's first field (`c_lists`'
+        // assertion).
+        unsafe {
+            &*ptr::from_ref(self)
+                .cast::<u8>()
+                .add(l.bytes())
+                .cast::<FreeList>()
+        }
+    }
+
     /// Fast path: an object of class `c`, or null when the list is empty.
     ///
     /// # Safety
@@ -377,10 +407,22 @@ impl ThreadHeap {
     /// or is a sentinel (which this only reads: invariant 7).
     #[inline(always)]
     pub unsafe fn pop(&self, c: SizeClass) -> *mut u8 {
+        // SAFETY: c < NUM_CLASSES by the contract.
+        unsafe { self.pop_at(ListOffset::of(c)) }
+    }
+
+    /// [`ThreadHeap::pop`] by the list's offset (C `malloc` looks it up from the
+    /// size directly: `c_lists`).
+    ///
+    /// # Safety
+    /// As for `pop`: `l` is `ListOffset::of` a valid class, or `list_for_c`'s.
+    #[inline(always)]
+    pub unsafe fn pop_at(&self, l: ListOffset) -> *mut u8 {
         #[cfg(strata_loom)]
         self.touch();
-        // SAFETY: c < NUM_CLASSES by the contract.
-        let list = unsafe { self.lists.get_unchecked(c.index()) };
+        // SAFETY: `l` is the offset of the list of a valid class (the contract).
+        let list = unsafe { self.list_at(l) };
+        let c = l.class();
         let obj = list.head.get();
         if obj.is_null() {
             return ptr::null_mut();
@@ -389,8 +431,9 @@ impl ThreadHeap {
         // SAFETY: by invariant 1 a non-null head is a free class-c object of ours
         // whose first word links the rest of the chain; a link overwritten since it
         // was pushed aborts here instead of being handed out.
-        list.head
-            .set(unsafe { FreeObj::next_keyed(obj, c, self.link_key.get()) });
+        list.head.set(unsafe {
+            FreeObj::next_masked(obj, c, self.link_key.get(), self.link_mask.get())
+        });
         // SAFETY: the object is ours to hand out now; its link is spent.
         unsafe { FreeObj::clear(obj) };
         list.len.sub(1);
@@ -419,7 +462,7 @@ impl ThreadHeap {
             LinkKey::UNSET
         };
         // SAFETY: c < NUM_CLASSES because it came from a class lookup.
-        let list = unsafe { self.lists.get_unchecked(c.index()) };
+        let list = unsafe { self.list_at(ListOffset::of(c)) };
         let obj = p.cast::<FreeObj>();
         let head = list.head.get();
         // Hardened: a block whose first word decodes as a link may already be in a
@@ -427,13 +470,19 @@ impl ThreadHeap {
         // `free_slow` looks for it and reports a double free (three instructions and
         // a branch never taken in a correct program).
         // A sentinel returns here (invariant 7: `len == max == 0`).
-        // SAFETY: the caller gives up `p`, a block of ours of at least 8 bytes.
-        if list.len.get() >= list.max.get() || unsafe { FreeObj::looks_free(obj, key) } {
+        if list.len.get() >= list.max.get() {
             return false;
         }
-        // SAFETY: the block is ours now and at least 8 bytes (the smallest class); a
+        // `p ^ key` once, for the test and the encode.
+        let salt = FreeObj::salt(obj, key);
+        // SAFETY: the caller gives up `p`, a block of ours of at least 8 bytes; a
         // list with room is a live heap's, whose key copy is set (`activate`).
-        unsafe { FreeObj::set_next_keyed(obj, head, key) };
+        if unsafe { FreeObj::looks_free_salted(obj, salt, self.link_mask.get()) } {
+            return false;
+        }
+        // SAFETY: the block is ours now and at least 8 bytes (the smallest class);
+        // the salt is of its address under the process's key (above).
+        unsafe { FreeObj::set_next_salted(obj, head, salt) };
         list.head.set(obj);
         list.len.add(1);
         true
@@ -510,10 +559,18 @@ impl ThreadHeap {
     }
 }
 
+mod c_lists;
 mod pool;
 mod slow;
 mod validate;
 
+pub use c_lists::ListOffset;
+#[cfg(not(strata_loom))]
+#[cfg_attr(
+    not(all(feature = "c-abi", not(feature = "checked"))),
+    allow(unused_imports)
+)]
+pub use c_lists::list_for_c;
 pub use pool::{AllHeaps, ThreadCaches};
 
 #[cfg(all(test, not(strata_loom)))]

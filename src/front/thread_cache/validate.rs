@@ -5,7 +5,7 @@ use super::{HeapState, ThreadHeap};
 use crate::Violation;
 use crate::backend::Backend;
 use crate::check::check;
-use crate::link::{FreeObj, LinkKey};
+use crate::link::{FreeObj, LinkKey, LinkMask};
 use crate::os::Os;
 use crate::size_class::CLASS_SIZE;
 use core::ptr;
@@ -41,6 +41,13 @@ impl ThreadHeap {
             "ThreadHeap",
             5,
             "link key differs from the process's",
+            0,
+        )?;
+        check(
+            self.link_mask.get() == LinkMask::BAD,
+            "ThreadHeap",
+            5,
+            "link mask differs from the check's",
             0,
         )?;
         let mut max_bytes = 0;
