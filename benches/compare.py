@@ -377,14 +377,20 @@ def write_table(path, args, info, vers, allocators, workloads, threads_of, tp, r
         L.append(f"  - {a}: {vers[a]}")
     L.append("")
 
-    pairs = (("strata", "glibc"), ("strata", "mimalloc"), ("strata-percpu", "mimalloc"))
+    pairs = (("strata", "glibc"), ("strata", "mimalloc"))
     ratios = [(a, b) for a, b in pairs
               if a in allocators and b in allocators]
+    # Each strata setting against the best of the peers in the same row (the
+    # highest throughput, the lowest peak RSS), and their geometric mean.
+    ours = [a for a in allocators if a == "strata" or a in STRATA_VARIANTS]
+    peers = [a for a in allocators if a not in ours]
 
     def table(title, data, is_rss):
         L.append(f"## {title}")
         L.append("")
-        head = ["workload", "threads"] + allocators + [f"{a}/{b}" for a, b in ratios]
+        head = (["workload", "threads"] + allocators + [f"{a}/{b}" for a, b in ratios]
+                + [f"{a}/best peer" for a in ours if peers])
+        logs = {a: [] for a in ours}
         L.append("| " + " | ".join(head) + " |")
         L.append("|" + "|".join([" --- ", " ---: "] + [" ---: "] * (len(head) - 2)) + "|")
         for w in workloads:
@@ -403,8 +409,22 @@ def write_table(path, args, info, vers, allocators, workloads, threads_of, tp, r
                         cells.append(f"{present[a] / present[b]:.2f}×")
                     else:
                         cells.append("-")
+                peer_vals = [present[b] for b in peers if b in present and present[b] > 0]
+                for a in ours if peers else []:
+                    if a in present and present[a] > 0 and len(peer_vals) == len(peers):
+                        r = present[a] / (min if is_rss else max)(peer_vals)
+                        logs[a].append(math.log(r))
+                        cells.append(f"{r:.2f}×")
+                    else:
+                        cells.append("-")
                 L.append("| " + " | ".join([w["name"], str(t)] + cells) + " |")
         L.append("")
+        means = [f"{a} {math.exp(sum(v) / len(v)):.2f}× over {len(v)} rows"
+                 for a, v in logs.items() if v]
+        if means:
+            L.append("Geometric mean against the best peer of each row (rows where every "
+                     "peer finished): " + "; ".join(means) + ".")
+            L.append("")
 
     L.append("## Plots")
     L.append("")
