@@ -356,12 +356,12 @@ unsafe fn free_small(c: SizeClass, p: *mut u8) {
 unsafe fn free_small_miss(p: *mut u8, c: SizeClass, h: *mut ThreadHeap) {
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     if h == sentinel(&VIA_CPU) {
-        if let Some(obj) = ptr::NonNull::new(p) {
-            // SAFETY: as in `alloc_small_miss`; the caller gives up `obj`, a live
-            // class-c block of BACKEND's.
-            if unsafe { BACKEND.cpus.free_hit(c, obj, &BACKEND.backend) } {
-                return;
-            }
+        // SAFETY: `p` is a live block (the contract), so not null.
+        let obj = unsafe { ptr::NonNull::new_unchecked(p) };
+        // SAFETY: as in `alloc_small_miss`; the caller gives up `obj`, a live
+        // class-c block of BACKEND's.
+        if unsafe { BACKEND.cpus.free_hit(c, obj, &BACKEND.backend) } {
+            return;
         }
     }
     // SAFETY: forwarded contract.

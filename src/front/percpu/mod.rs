@@ -366,14 +366,34 @@ impl CpuCaches {
             }
             FreeObj::set_next_keyed(q, ptr::null_mut(), key);
         }
-        // SAFETY: the slab is this front end's, `area` the thread's; `p` is live,
-        // so in no slot (invariant 3 holds for every object in the slab).
+        // SAFETY: the slab is this front end's, `area` the thread's; `p` is given
+        // up, marked, and live until now, so in no slot (invariant 3).
+        unsafe { self.cache_marked(slab, area, c, p, be) };
+        true
+    }
+
+    /// Pushes `p`, which carries the free mark, onto the calling thread's CPU's
+    /// stack; on a full (or locked) stack, [`CpuCaches::free_full`] makes room or
+    /// sends it to the central tier. The tail of both frees.
+    ///
+    /// # Safety
+    /// As for `free`, and `p` already carries the free mark.
+    #[inline(always)]
+    unsafe fn cache_marked<O: Os>(
+        &self,
+        slab: &Slab,
+        area: NonNull<RseqArea>,
+        c: SizeClass,
+        p: NonNull<u8>,
+        be: &Backend<O>,
+    ) {
+        // SAFETY: the slab is this front end's, `area` the thread's (contract);
+        // `p` is in no slot, so pushing it keeps header invariant 3.
         if unsafe { slab.push(area, c.index(), p) } {
-            return true;
+            return;
         }
         // SAFETY: `p` is given up, marked, in no slot: what `free_full` takes.
-        unsafe { self.free_full(slab, area, c, p, be) };
-        true
+        unsafe { self.free_full(slab, area, c, p, be) }
     }
 
     /// One class-`c` object from the calling thread's CPU's stack, its free mark
@@ -496,13 +516,9 @@ impl CpuCaches {
             }
             FreeObj::set_next(q, ptr::null_mut());
         }
-        // SAFETY: as in `alloc`; `p` is live, so in no slot (invariant 3 holds for
-        // every object in the slab, none of which is live).
-        if unsafe { slab.push(area, c.index(), p) } {
-            return;
-        }
-        // SAFETY: forwarded contract.
-        unsafe { self.free_full(slab, area, c, p, be) }
+        // SAFETY: forwarded contract; `p` now carries the mark, and is live until
+        // now, so in no slot (invariant 3 holds for every object in the slab).
+        unsafe { self.cache_marked(slab, area, c, p, be) }
     }
 
     /// A block being freed carries the free mark: if some CPU's stack of class `c`
