@@ -537,7 +537,7 @@ mod readers;
 mod resize;
 mod validate;
 
-use bins::{bin_insert, bin_remove, find_bin, for_each_free_span, split};
+use bins::{bin_insert, bin_remove, find_bin, for_each_free_span, for_each_free_span_from, split};
 use placement::find_free;
 pub use placement::{Placement, PlacementError};
 

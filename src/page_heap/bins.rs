@@ -20,22 +20,36 @@ pub(super) fn find_bin(h: &Inner, need: usize) -> Option<usize> {
     }
 }
 
-pub(super) fn for_each_free_span(h: &mut Inner, mut f: impl FnMut(&Span)) {
-    for w in 0..BIN_WORDS {
-        let mut bits = h.nonempty[w];
+/// Calls `f` on every binned free span, in bin order, smallest bin first.
+pub(super) fn for_each_free_span(h: &Inner, f: impl FnMut(&Span)) {
+    for_each_free_span_from(h, 0, f)
+}
+
+/// Calls `f` on every binned free span of at least `min_pages` pages, in bin
+/// order, smallest bin first (the walk `find_bin`'s bitmap makes cheap).
+pub(super) fn for_each_free_span_from(h: &Inner, min_pages: usize, mut f: impl FnMut(&Span)) {
+    let mut w = min_pages / 64;
+    let mut bits = h.nonempty[w] & (!0u64 << (min_pages % 64));
+    loop {
         while bits != 0 {
             let b = w * 64 + bits.trailing_zeros() as usize;
             bits &= bits - 1;
             let mut s = h.bins[b];
             while !s.is_null() {
                 // SAFETY: binned spans are Free descriptors in mapped chunks, ours
-                // under the lock held by the caller of `h` (shared: other threads may
-                // read the descriptor's kind by address meanwhile).
+                // under the lock held by the caller of `h` (Span invariant 3;
+                // shared: other threads may read the descriptor's kind by address
+                // meanwhile).
                 let sp = unsafe { &*s };
                 s = sp.next();
                 f(sp);
             }
         }
+        w += 1;
+        if w == BIN_WORDS {
+            return;
+        }
+        bits = h.nonempty[w];
     }
 }
 

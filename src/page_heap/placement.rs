@@ -136,30 +136,12 @@ pub(super) fn find_free(h: &Inner, need: usize, policy: Placement) -> *mut Span 
 fn lowest_from(h: &Inner, need: usize, from: usize) -> *mut Span {
     let mut best: *mut Span = ptr::null_mut();
     let mut best_base = usize::MAX;
-    let mut w = need / 64;
-    let mut bits = h.nonempty[w] & (!0u64 << (need % 64));
-    loop {
-        while bits != 0 {
-            let b = w * 64 + bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let mut s = h.bins[b];
-            while !s.is_null() {
-                // SAFETY: binned spans are Free descriptors in mapped chunks, ours
-                // under the lock held by the caller of `h` (Span invariant 3;
-                // shared: other threads may read the descriptor's kind meanwhile).
-                let sp = unsafe { &*s };
-                let base = sp.base() as usize;
-                if base >= from && base < best_base {
-                    best = s;
-                    best_base = base;
-                }
-                s = sp.next();
-            }
+    for_each_free_span_from(h, need, |sp| {
+        let base = sp.base() as usize;
+        if base >= from && base < best_base {
+            best = sp as *const Span as *mut Span;
+            best_base = base;
         }
-        w += 1;
-        if w == BIN_WORDS {
-            return best;
-        }
-        bits = h.nonempty[w];
-    }
+    });
+    best
 }

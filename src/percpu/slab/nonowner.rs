@@ -227,18 +227,7 @@ impl Slab {
         if class >= self.nclasses || cap > self.max_cap[class] {
             return Err(DrainError::OutOfRange);
         }
-        let mut n = 0;
-        self.with_locked(cpu, class..class + 1, |k, h| {
-            let new_end = self.begin[k] + cap;
-            let keep = h.current.min(new_end);
-            n += self.take_above(cpu, k, h.current, keep, &mut |_, p| f(p));
-            Hdr {
-                current: keep,
-                end_copy: new_end,
-                ..h
-            }
-        })?;
-        Ok(n)
+        self.set_ends(cpu, class..class + 1, |_| cap, |_, p| f(p))
     }
 
     /// Raises the capacity of `class` on CPU `cpu` to `cap` (at most the class's
@@ -293,11 +282,26 @@ impl Slab {
         &self,
         cpu: u32,
         caps: &[u16],
+        f: impl FnMut(usize, NonNull<u8>),
+    ) -> Result<usize, DrainError> {
+        let classes = 0..self.nclasses.min(caps.len());
+        self.set_ends(cpu, classes, |k| caps[k].min(self.max_cap[k]), f)
+    }
+
+    /// Sets the capacity of each class in `classes` on CPU `cpu` to `cap(k)` (at
+    /// most its `max_cap`, which the callers checked or applied) under the lock
+    /// and its fences, handing what lies above a lowered capacity to `f`; returns
+    /// how many objects that was. The body of both capacity setters.
+    fn set_ends(
+        &self,
+        cpu: u32,
+        classes: core::ops::Range<usize>,
+        cap: impl Fn(usize) -> u16,
         mut f: impl FnMut(usize, NonNull<u8>),
     ) -> Result<usize, DrainError> {
         let mut n = 0;
-        self.with_locked(cpu, 0..self.nclasses.min(caps.len()), |k, h| {
-            let new_end = self.begin[k] + caps[k].min(self.max_cap[k]);
+        self.with_locked(cpu, classes, |k, h| {
+            let new_end = self.begin[k] + cap(k);
             let keep = h.current.min(new_end);
             n += self.take_above(cpu, k, h.current, keep, &mut f);
             Hdr {
