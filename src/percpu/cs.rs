@@ -39,7 +39,7 @@
 //! librseq's x86 sections do.
 //!
 //! Cost: pop is 14 instructions, push 15 (from storing the descriptor to the
-//! commit), with two branches each that the caller
+//! commit), and pop's count after its commit, with two branches each that the caller
 //! should see as likely not taken (plus the caller's load of the area and slab).
 
 use core::arch::asm;
@@ -52,6 +52,8 @@ use super::rseq::RseqArea;
 /// path; the fast path never touches it.
 pub(crate) static ABORTS: AtomicU64 = AtomicU64::new(0);
 
+use super::slab::POPS_UNIT;
+
 // The asm hard-codes the rseq area offsets and the header layout.
 const_assert!(super::rseq::CPU_ID_OFFSET == 4);
 const_assert!(super::rseq::RSEQ_CS_OFFSET == 8);
@@ -59,12 +61,17 @@ const_assert!(crate::platform::rseq::RSEQ_SIG == 0x5305_3053);
 
 /// Pops the top object of `class` on the CPU the thread runs on; null if that
 /// stack is empty, locked by a non-owner, or the thread's area is not registered.
+/// A pop that took an object counts it in the region's pop counter of `class`,
+/// after the commit (outside the restartable range: a restart never counts twice;
+/// a thread moved to another CPU between the commit and the increment counts on
+/// the region it popped from, unlocked, and may lose a count there).
 ///
 /// # Safety
 /// `area` is the calling thread's registered (or once-registered) rseq area;
 /// `base` the start of a slab whose regions are `1 << shift` bytes, one for every
-/// possible CPU, each starting with headers for at least `class + 1` classes laid
-/// out as `slab.rs` says (header invariants 1–4 hold for every CPU).
+/// possible CPU, each starting with headers and pop counters for at least
+/// `class + 1` classes laid out as `slab.rs` says (slab invariant 2; header
+/// invariants 1–4 hold for every CPU).
 #[inline(always)]
 pub(crate) unsafe fn pop(area: *mut RseqArea, base: *mut u8, shift: u32, class: usize) -> *mut u8 {
     let ret: *mut u8;
@@ -74,7 +81,9 @@ pub(crate) unsafe fn pop(area: *mut RseqArea, base: *mut u8, shift: u32, class: 
     // slots, in the same region. The commit is the last instruction of the range
     // [4, 5), so an aborted section leaves the slab as it was; a locked header
     // (begin = 0xffff) fails the bound check. The abort handler is preceded by
-    // RSEQ_SIG, the signature both glibc and `rseq::register_own` register.
+    // RSEQ_SIG, the signature both glibc and `rseq::register_own` register. The
+    // count after the commit writes unit POPS_UNIT + class of the same region, a
+    // counter unit (slab invariant 2: inside the region, never a header or slot).
     unsafe {
         asm!(
             ".pushsection __rseq_cs, \"aw\"",
@@ -97,17 +106,20 @@ pub(crate) unsafe fn pop(area: *mut RseqArea, base: *mut u8, shift: u32, class: 
             "xor {ret:e}, {ret:e}",
             "movsxd {t}, dword ptr [{area} + 4]",
             "test {t}, {t}",
-            "js 5f",
+            "js 7f",
             "shl {t}, cl",
             "add {t}, {base}",
             "movzx {cur:e}, word ptr [{t} + {class} * 8]",
             "cmp {cur:x}, word ptr [{t} + {class} * 8 + 4]",
-            "jbe 5f",
+            "jbe 7f",
             "dec {cur:e}",
             "mov {ret}, qword ptr [{t} + {cur} * 8]",
             "mov word ptr [{t} + {class} * 8], {cur:x}",
             "5:",
+            "inc qword ptr [{t} + {class} * 8 + {pops}]",
+            "7:",
             aborts = sym ABORTS,
+            pops = const POPS_UNIT * 8,
             area = in(reg) area,
             base = in(reg) base,
             class = in(reg) class,

@@ -87,7 +87,7 @@ mod tests;
 pub use cs::aborts;
 #[cfg(not(strata_loom))]
 pub use rseq::{
-    Mode, RseqArea, current, current_for_section, glibc_area, mode, possible_cpus,
+    Mode, RseqArea, current, current_for_section, glibc_area_at, glibc_offset, mode, possible_cpus,
     release_current_thread,
 };
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};

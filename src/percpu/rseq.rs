@@ -250,28 +250,32 @@ pub fn current_for_section() -> Option<NonNull<RseqArea>> {
     }
 }
 
-/// The calling thread's area in [`Mode::Glibc`], for a critical section on the
-/// hit path of a thread already served per CPU: the offset glibc published and
-/// the thread pointer (two loads and an add), with no test of the mode; None in
-/// the other modes (the caller takes the path through [`current_for_section`]).
+/// glibc's `__rseq_offset` in [`Mode::Glibc`], 0 in every other mode or before
+/// the mode is decided: what a front end copies, once it has seen the mode, to
+/// find the calling thread's area on its hit path with [`glibc_area_at`] and no
+/// test of the mode.
 ///
 /// Needs no Acquire: `GLIBC_OFFSET` is written once, before the mode is
 /// published, with glibc's process-wide `__rseq_offset`, which is never 0 (the
 /// thread pointer addresses glibc's own thread header, not the rseq area); a
-/// thread that reads it non-zero reads the only value it ever has. An area glibc
-/// failed to register for this thread holds a negative `cpu_id`, so a section on
-/// it fails as on an unregistered one.
-#[inline(always)]
-pub fn glibc_area() -> Option<NonNull<RseqArea>> {
+/// thread that reads it non-zero reads the only value it ever has.
+pub fn glibc_offset() -> isize {
     // Relaxed: see above.
-    let off = GLIBC_OFFSET.load(Ordering::Relaxed);
-    if off == 0 {
-        return None;
-    }
-    let area = sys::thread_pointer().wrapping_add_signed(off) as *mut RseqArea;
-    // SAFETY: glibc's area lies inside this thread's TCB, a live mapping, so its
-    // address is not null (one test fewer on the hit path than `NonNull::new`).
-    Some(unsafe { NonNull::new_unchecked(area) })
+    GLIBC_OFFSET.load(Ordering::Relaxed)
+}
+
+/// The calling thread's area in [`Mode::Glibc`], from the non-zero offset
+/// [`glibc_offset`] returned: the thread pointer plus the offset (one load and an
+/// add). An area glibc failed to register for this thread holds a negative
+/// `cpu_id`, so a section on it fails as on an unregistered one.
+#[inline(always)]
+pub fn glibc_area_at(offset: isize) -> NonNull<RseqArea> {
+    debug_check!(offset != 0, "glibc_area_at: not glibc's offset");
+    let area = sys::thread_pointer().wrapping_add_signed(offset) as *mut RseqArea;
+    // SAFETY: with glibc's offset, the area lies inside this thread's TCB, a live
+    // mapping, so its address is not null (one test fewer on the hit path than
+    // `NonNull::new`).
+    unsafe { NonNull::new_unchecked(area) }
 }
 
 /// Ends the calling thread's own registration (a no-op in other modes or if this

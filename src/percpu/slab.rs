@@ -3,12 +3,15 @@
 //!
 //! ```text
 //!  base + (cpu << shift):
-//!  unit:  0        1        ..  n-1      begin[0] ...           begin[1] ...
-//!        [hdr 0 ][hdr 1 ] .. [hdr n-1][slots of class 0     ][slots of class 1 ] ..
-//!                                      ^begin   ^current  ^end ^ begin + max_cap
+//!  unit:  0          n-1   64        64+n-1  begin[0] ...           begin[1] ...
+//!        [hdr 0 ] .. [hdr n-1] .. [pops 0] .. [pops n-1][slots of class 0 ][slots of class 1] ..
+//!                                                ^begin   ^current  ^end ^ begin + max_cap
 //! ```
 //! A unit is 8 bytes; a header is one unit holding four `u16` unit indices
-//! (little-endian: `current`, `end`, `begin`, `end_copy`). The objects of class
+//! (little-endian: `current`, `end`, `begin`, `end_copy`). Unit `MAX_CLASSES + k`
+//! counts the pops of class `k` on that CPU (statistics: [`Slab::pops`]), at a
+//! fixed distance from the header so that the pop section counts with one
+//! instruction and no register of its own. The objects of class
 //! `k` cached on a CPU are the slots `[begin, current)`; `end - begin` is the
 //! class's capacity there, at most its `max_cap`, and can change at run time
 //! ([`Slab::set_capacity`]) without moving anything.
@@ -61,6 +64,8 @@ mod nonowner;
 
 /// The most size classes a slab serves.
 pub const MAX_CLASSES: usize = 64;
+/// The unit of class 0's pop counter in every region (class `k`'s is this + `k`).
+pub(crate) const POPS_UNIT: usize = MAX_CLASSES;
 /// `begin` of a locked header: no `current` (a `u16`) is above it.
 const LOCKED_BEGIN: u16 = 0xffff;
 /// The most units a region may hold: every unit index must stay below
@@ -131,11 +136,12 @@ pub enum DrainError {
 ///    `shift >= 12`, all `ncpu` regions in one mapping of `map_bytes` bytes owned
 ///    by the slab; `ncpu` is at least the number of possible CPUs when the slab is
 ///    used with the kernel's `cpu_id` (checked by [`Slab::new`]).
-/// 2. Every region has the same layout: class `k`'s header is unit `k`, its slots
-///    the units `[begin[k], begin[k] + max_cap[k])`; `begin[0] = nclasses`,
-///    `begin[k + 1] = begin[k] + max_cap[k]`, and the last slot's unit is below
-///    `MAX_UNITS < 0xffff` and inside the region. So headers and the classes' slot
-///    ranges never overlap.
+/// 2. Every region has the same layout: class `k`'s header is unit `k`, its pop
+///    counter unit `POPS_UNIT + k`, its slots the units `[begin[k], begin[k] +
+///    max_cap[k])`; `begin[0] = POPS_UNIT + nclasses`, `begin[k + 1] = begin[k] +
+///    max_cap[k]`, and the last slot's unit is below `MAX_UNITS < 0xffff` and
+///    inside the region. So headers, counters and the classes' slot ranges never
+///    overlap.
 ///
 /// Header invariants (each CPU, each class `k`, as read in one 8-byte load):
 /// 1. Unlocked: `begin == begin[k] <= current <= end == end_copy <= begin[k] +
@@ -187,7 +193,7 @@ impl Slab {
         }
         let mut begin = [0u16; MAX_CLASSES];
         let mut max_cap = [0u16; MAX_CLASSES];
-        let mut unit = n;
+        let mut unit = POPS_UNIT + n;
         for k in 0..n {
             if init_caps[k] > max_caps[k] {
                 return Err(SlabError::BadShape);
@@ -317,6 +323,25 @@ impl Slab {
         NonNull::new(unsafe { cs::pop(area.as_ptr(), self.base, self.shift, class) })
     }
 
+    /// How many objects of `class` critical sections have popped on CPU `cpu` (a
+    /// snapshot; 0 out of range). Counted after each pop's commit with a plain
+    /// increment, so a count is lost when a thread is moved off its CPU between
+    /// the two instructions and another thread counts there at the same time:
+    /// statistics, not a ledger.
+    #[cfg(not(strata_loom))]
+    pub fn pops(&self, cpu: u32, class: usize) -> u64 {
+        if cpu >= self.ncpu || class >= self.nclasses {
+            return 0;
+        }
+        let off = ((cpu as usize) << self.shift) + (POPS_UNIT + class) * UNIT;
+        // SAFETY: in range (checked above), so inside the mapping (invariant 1) at
+        // a counter unit (invariant 2), 8-byte aligned; only ever accessed as a
+        // whole aligned word, by the pop section and here.
+        let a = unsafe { &*self.base.add(off).cast::<AtomicU64>() };
+        // Relaxed: statistics.
+        a.load(Ordering::Relaxed)
+    }
+
     /// Pushes `p` (an object of `class`) onto the calling thread's CPU's stack;
     /// false if that stack is full, locked by a non-owner, or `area` is not
     /// registered: the object is then still the caller's.
@@ -417,10 +442,10 @@ impl Slab {
             })
         };
         let region_units = (1usize << self.shift) / UNIT;
-        let mut unit = self.nclasses;
+        let mut unit = POPS_UNIT + self.nclasses;
         for k in 0..self.nclasses {
             if self.begin[k] as usize != unit {
-                return v(2, "class slots not packed after the headers", k);
+                return v(2, "class slots not packed after the pop counters", k);
             }
             unit += self.max_cap[k] as usize;
         }

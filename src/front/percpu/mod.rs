@@ -26,9 +26,10 @@
 //! flow (handed out of the shared tiers) from their refill to their flush, like a
 //! thread cache's; `stats()` counts the objects the CPUs hold as cached in front-end
 //! caches (with the thread heaps', `thread_cached`), not as live, and each hit in
-//! `allocs` (a relaxed load and store on a per-CPU stripe, which can lose a count
-//! when a thread is preempted between the two: the one cost the per-CPU path has
-//! beyond its critical section); frees are derived ([`CpuCaches::class_counts`]).
+//! its CPU's pop counter in the slab (one increment after the pop's commit, which
+//! can lose a count when a thread is moved between the two: the one cost the
+//! per-CPU path has beyond its critical section); frees are derived
+//! ([`CpuCaches::class_counts`]).
 //!
 //! Idle CPUs: the background purge thread drains a CPU whose stacks did not change
 //! for a whole pause ([`CpuCaches::idle_pass`]).
@@ -38,22 +39,25 @@
 //!
 //! Hits: `global`'s miss functions (`alloc_small_miss`/`free_small_miss`, not
 //! cold) test for the sentinel and call [`CpuCaches::alloc_hit`] /
-//! [`CpuCaches::free_hit`] inline: about 35 instructions each, no test of the
+//! [`CpuCaches::free_hit`] inline: 30 and 37 instructions from the miss
+//! function's entry to its return (x86-64, `objdump -d`), no test of the
 //! decision or the rseq mode (the sentinel implies both; only glibc's area is
-//! used there, an own registration goes through the slow path). A pair still
-//! costs about twice the thread cache's on one thread: the sentinel's miss
-//! first, and the two sections' loads and stores of the header word.
+//! used there, an own registration goes through the slow path). What they read
+//! besides the slab (glibc's offset, the link key, the mask) are copies in this
+//! struct, and the hit is counted by the pop section itself (`Slab::pops`). A
+//! pair still costs more than the thread cache's on one thread: the sentinel's
+//! miss first, and the two sections' loads and stores of the header word.
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicIsize, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 mod capacity;
 mod drain;
 
 use crate::backend::Backend;
-use crate::link::{FreeObj, LinkKey, ensure_key};
+use crate::link::{FreeObj, LinkKey, LinkMask, ensure_key};
 use crate::os::Os;
 use crate::percpu::{FrontCounters, MAX_CLASSES, Mode, RseqArea, Slab};
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
@@ -63,13 +67,6 @@ const_assert!(NUM_CLASSES <= MAX_CLASSES);
 /// The most bytes one CPU caches of one class (at least one object; at most the
 /// thread cache's cap for the class).
 const CLASS_BYTES: usize = 64 << 10;
-
-/// Stripes of the hit counters: CPU `n` counts in stripe `n % STRIPES`.
-const STRIPES: usize = 64;
-
-/// One stripe of per-class counters, on cache lines of its own.
-#[repr(align(128))]
-struct Stripe([AtomicU64; NUM_CLASSES]);
 
 const UNDECIDED: u8 = 0;
 const BUSY: u8 = 1;
@@ -98,9 +95,22 @@ pub const fn cap_for(ci: usize) -> u16 {
 /// 3. Every object in the slab is a class-`k` block of the process's backend
 ///    (slab class `k` is size class `k`), counted in the backend's flow, with the
 ///    free mark in its first word (hardened builds).
+/// 4. `glibc_offset` and `key` are written like the slab (invariant 2): before
+///    the Release store of `ON`, never after. `glibc_offset` is then
+///    `percpu::glibc_offset()` (non-zero exactly in glibc's rseq mode), `key` the
+///    process's link key (set by then).
 pub struct CpuCaches {
     state: AtomicU8,
     slab: UnsafeCell<MaybeUninit<Slab>>,
+    /// Copies of process-wide values the hit paths need, kept here so that they
+    /// load them off the allocator's own static, the same base as the slab's
+    /// fields, rather than through the address table that statics of other
+    /// modules can need (one load each instead of two).
+    glibc_offset: AtomicIsize,
+    key: UnsafeCell<LinkKey>,
+    /// `LinkMask::BAD`, never written: a memory operand for the free hit's test
+    /// (in a cell so that the compiler cannot fold it into a 10-byte constant load).
+    mask: UnsafeCell<LinkMask>,
     refills: AtomicU64,
     refilled_objects: AtomicU64,
     flushes: AtomicU64,
@@ -114,17 +124,17 @@ pub struct CpuCaches {
     /// the next ones are served per CPU (the CPU count); 0: every thread is
     /// served per CPU. Written with the slab, before ON is published.
     first_heaps: AtomicUsize,
-    /// Per class: objects handed out from a CPU's stack or a refill (statistics,
-    /// striped by CPU so that hits on different CPUs touch different lines).
-    allocs: [Stripe; STRIPES],
+    /// Per class: objects handed out by a refill (statistics; those handed out
+    /// from a CPU's stack are counted in the slab, `Slab::pops`).
+    refill_allocs: [AtomicU64; NUM_CLASSES],
     /// Per class: objects received from the central tier.
     received: [AtomicU64; NUM_CLASSES],
     /// Per class: objects returned to the central tier.
     returned: [AtomicU64; NUM_CLASSES],
 }
 
-// SAFETY: `slab` is written once before being published (invariant 2) and is
-// itself Sync; everything else is atomic.
+// SAFETY: `slab` and `key` are written once before being published (invariants 2
+// and 4), the slab itself Sync and the key plain data; everything else is atomic.
 unsafe impl Sync for CpuCaches {}
 
 impl Default for CpuCaches {
@@ -139,6 +149,9 @@ impl CpuCaches {
         CpuCaches {
             state: AtomicU8::new(UNDECIDED),
             slab: UnsafeCell::new(MaybeUninit::uninit()),
+            glibc_offset: AtomicIsize::new(0),
+            key: UnsafeCell::new(LinkKey::UNSET),
+            mask: UnsafeCell::new(LinkMask::BAD),
             refills: AtomicU64::new(0),
             refilled_objects: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -147,32 +160,10 @@ impl CpuCaches {
             shrinks: AtomicU64::new(0),
             budget: AtomicUsize::new(0),
             first_heaps: AtomicUsize::new(0),
-            allocs: [const { Stripe([const { AtomicU64::new(0) }; NUM_CLASSES]) }; STRIPES],
+            refill_allocs: [const { AtomicU64::new(0) }; NUM_CLASSES],
             received: [const { AtomicU64::new(0) }; NUM_CLASSES],
             returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
         }
-    }
-
-    /// Counts one object of class `c` handed out on the thread's CPU.
-    ///
-    /// # Safety
-    /// `c.index() < NUM_CLASSES` (every class the size lookups return).
-    #[inline(always)]
-    unsafe fn count_alloc(&self, area: NonNull<RseqArea>, c: SizeClass) {
-        // SAFETY: the calling thread's area, alive while it runs; atomics only.
-        // `cpu_id_start` rather than `cpu_id`: always a CPU number (0 when not
-        // registered), so no test on the hit path.
-        let cpu = unsafe { area.as_ref() }
-            .cpu_id_start
-            .load(Ordering::Relaxed) as usize;
-        // Relaxed load and store, not a locked add (about 20 cycles, on every hit):
-        // a stripe is written by the threads running on its CPU, one at a time, so
-        // an update is lost only if its thread is preempted or migrated between
-        // these two instructions: statistics, within a few.
-        debug_check!(c.index() < NUM_CLASSES, "count_alloc: class out of range");
-        // SAFETY: in range by the contract.
-        let a = unsafe { self.allocs[cpu % STRIPES].0.get_unchecked(c.index()) };
-        a.store(a.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Objects of class `c` handed out, freed (derived: every object received plus
@@ -184,13 +175,10 @@ impl CpuCaches {
             return (0, 0, 0);
         };
         // Relaxed: statistics.
-        let allocs: u64 = self
-            .allocs
-            .iter()
-            .map(|s| s.0[ci].load(Ordering::Relaxed))
-            .sum();
+        let mut allocs = self.refill_allocs[ci].load(Ordering::Relaxed);
         let mut cached = 0u64;
         for cpu in 0..slab.ncpu() {
+            allocs += slab.pops(cpu, ci);
             if let Some((n, _)) = slab.len_and_capacity(cpu, ci) {
                 cached += n as u64;
             }
@@ -227,6 +215,16 @@ impl CpuCaches {
         (self.state.load(Ordering::Acquire) == ON).then(|| self.slab_on())
     }
 
+    /// The calling thread's glibc rseq area for a hit path, None outside glibc's
+    /// mode (the caller takes the slow path). Only for a thread that saw ON with
+    /// Acquire (the offset is written before it, invariant 4).
+    #[inline(always)]
+    fn hit_area(&self) -> Option<NonNull<RseqArea>> {
+        // Relaxed: written before ON, which the caller loaded with Acquire.
+        let off = self.glibc_offset.load(Ordering::Relaxed);
+        (off != 0).then(|| crate::percpu::glibc_area_at(off))
+    }
+
     fn slab_on(&self) -> &Slab {
         // SAFETY: callers saw ON with Acquire: the slab is initialised and never
         // written again (invariant 2).
@@ -253,10 +251,18 @@ impl CpuCaches {
                         Some((s, first_heaps)) => {
                             // Relaxed: published by the Release store of ON below.
                             self.first_heaps.store(first_heaps, Ordering::Relaxed);
+                            // Relaxed: as above (invariant 4); `build` decided the
+                            // mode, so the offset is final.
+                            self.glibc_offset
+                                .store(crate::percpu::glibc_offset(), Ordering::Relaxed);
+                            ensure_key();
                             // SAFETY: we moved the state to BUSY: no one else writes
-                            // or reads the slab until the Release store below
-                            // (invariant 2).
-                            unsafe { (*self.slab.get()).write(s) };
+                            // or reads the slab or the key until the Release store
+                            // below (invariants 2 and 4).
+                            unsafe {
+                                (*self.slab.get()).write(s);
+                                *self.key.get() = LinkKey::current();
+                            }
                             ON
                         }
                         None => OFF,
@@ -326,7 +332,7 @@ impl CpuCaches {
     /// objects of the process's backend.
     #[inline(always)]
     pub unsafe fn alloc_hit(&self, c: SizeClass) -> *mut u8 {
-        let Some(area) = crate::percpu::glibc_area() else {
+        let Some(area) = self.hit_area() else {
             return ptr::null_mut();
         };
         let slab = self.slab_on();
@@ -350,21 +356,24 @@ impl CpuCaches {
     /// returns true).
     #[inline(always)]
     pub unsafe fn free_hit<O: Os>(&self, c: SizeClass, p: NonNull<u8>, be: &Backend<O>) -> bool {
-        let Some(area) = crate::percpu::glibc_area() else {
+        let Some(area) = self.hit_area() else {
             return false;
         };
         let slab = self.slab_on();
         let q = p.as_ptr().cast::<FreeObj>();
-        let key = LinkKey::current();
+        // SAFETY: the caller saw ON with Acquire (the contract): the key was
+        // written before and never after (invariant 4); the mask is never written.
+        let (key, mask) = unsafe { (*self.key.get(), *self.mask.get()) };
+        let salt = FreeObj::salt(q, key);
         // SAFETY: the caller gives `p` up, a class-c block of ours: readable, and
         // its first word free for the mark. The key is set: `p` was handed out by
         // the backend, whose carving links objects only after `ensure_key`, and
         // reached this thread after that (as in `free`).
         unsafe {
-            if FreeObj::looks_free(q, key) {
+            if FreeObj::looks_free_salted(q, salt, mask) {
                 return false;
             }
-            FreeObj::set_next_keyed(q, ptr::null_mut(), key);
+            FreeObj::set_next_salted(q, ptr::null_mut(), salt);
         }
         // SAFETY: the slab is this front end's, `area` the thread's; `p` is given
         // up, marked, and live until now, so in no slot (invariant 3).
@@ -410,11 +419,9 @@ impl CpuCaches {
         c: SizeClass,
     ) -> Option<NonNull<u8>> {
         // SAFETY: c.index() < NUM_CLASSES = the slab's class count (`build`); the
-        // slab covers every possible CPU (Slab::new checked it).
+        // slab covers every possible CPU (Slab::new checked it). The pop counts
+        // itself in the slab.
         let p = unsafe { slab.pop(area, c.index()) }?;
-        // SAFETY: c is a class of the slab's, so below NUM_CLASSES (as above for
-        // the pop: the slab has NUM_CLASSES classes).
-        unsafe { self.count_alloc(area, c) };
         // SAFETY: popped: ours to hand out; its free mark is spent.
         unsafe { FreeObj::clear(p.as_ptr().cast()) };
         Some(p)
@@ -445,8 +452,10 @@ impl CpuCaches {
             // Relaxed: statistics.
             r.fetch_add(b.count as u64, Ordering::Relaxed);
         }
-        // SAFETY: the central tier refilled class c: a valid class.
-        unsafe { self.count_alloc(area, c) };
+        if let Some(a) = self.refill_allocs.get(c.index()) {
+            // Relaxed: statistics.
+            a.fetch_add(1, Ordering::Relaxed);
+        }
         // The batch's objects into an array (links cleared: nothing encoded stays
         // in a cached object), the first for the caller, the rest onto the CPU's
         // stack in one critical section.

@@ -58,12 +58,12 @@ pub(super) fn membarrier_register_rseq() -> Result<(), i32> {
 #[derive(Debug)]
 pub(super) struct Memory {
     nclasses: usize,
-    /// Units per CPU: the headers, then every class's slots.
+    /// Units per CPU: the headers, the pop counters, then every class's slots.
     units: usize,
     /// CPU `c`'s header of class `k` at `c * nclasses + k`.
     headers: Box<[AtomicU64]>,
-    /// CPU `c`'s unit `u` at `c * units + u` (units below `nclasses` are headers
-    /// and unused here).
+    /// CPU `c`'s unit `u` at `c * units + u` (units below `begin[0]` are headers
+    /// and pop counters, unused here).
     slots: Box<[AtomicUsize]>,
     /// Per CPU: the fences it took (module docs).
     cpus: Box<[loom::sync::Mutex<u64>]>,
