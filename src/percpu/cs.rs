@@ -38,7 +38,12 @@
 //! so that a disassembler decodes the bytes as an instruction, as glibc's and
 //! librseq's x86 sections do.
 //!
-//! Cost: pop is 14 instructions, push 15 (from storing the descriptor to the
+//! A section that fails (unregistered area, empty or full stack, locked header)
+//! leaves through a two-instruction stub in `.text.unlikely` that writes the
+//! failed result (null, 0) and jumps back to the section's end, so the hit path
+//! sets no result register in advance.
+//!
+//! Cost: pop is 13 instructions, push 13 (from storing the descriptor to the
 //! commit), and pop's count after its commit, with two branches each that the caller
 //! should see as likely not taken (plus the caller's load of the area and slab).
 
@@ -103,21 +108,25 @@ pub(crate) unsafe fn pop(area: *mut RseqArea, base: *mut u8, shift: u32, class: 
             "lea {t}, [rip + 3b]",
             "mov qword ptr [{area} + 8], {t}",
             "4:",
-            "xor {ret:e}, {ret:e}",
             "movsxd {t}, dword ptr [{area} + 4]",
             "test {t}, {t}",
-            "js 7f",
+            "js 8f",
             "shl {t}, cl",
             "add {t}, {base}",
             "movzx {cur:e}, word ptr [{t} + {class} * 8]",
             "cmp {cur:x}, word ptr [{t} + {class} * 8 + 4]",
-            "jbe 7f",
+            "jbe 8f",
             "dec {cur:e}",
             "mov {ret}, qword ptr [{t} + {cur} * 8]",
             "mov word ptr [{t} + {class} * 8], {cur:x}",
             "5:",
             "inc qword ptr [{t} + {class} * 8 + {pops}]",
             "7:",
+            ".pushsection .text.unlikely, \"ax\"",
+            "8:",
+            "xor {ret:e}, {ret:e}",
+            "jmp 7b",
+            ".popsection",
             aborts = sym ABORTS,
             pops = const POPS_UNIT * 8,
             area = in(reg) area,
@@ -147,7 +156,7 @@ pub(crate) unsafe fn push(
     class: usize,
     p: *mut u8,
 ) -> bool {
-    let ok: u32;
+    let top: u64;
     // SAFETY: as in `pop`: by header invariant 1, `current < end` implies
     // `slot[current]` lies inside the class's slots in this CPU's region, and it is
     // above the stack top, so writing it before the commit is invisible if the
@@ -171,20 +180,23 @@ pub(crate) unsafe fn push(
             "lea {t}, [rip + 3b]",
             "mov qword ptr [{area} + 8], {t}",
             "4:",
-            "xor {ok:e}, {ok:e}",
             "movsxd {t}, dword ptr [{area} + 4]",
             "test {t}, {t}",
-            "js 5f",
+            "js 8f",
             "shl {t}, cl",
             "add {t}, {base}",
             "movzx {cur:e}, word ptr [{t} + {class} * 8]",
             "cmp {cur:x}, word ptr [{t} + {class} * 8 + 2]",
-            "jae 5f",
+            "jae 8f",
             "mov qword ptr [{t} + {cur} * 8], {p}",
             "inc {cur:e}",
-            "mov {ok:e}, 1",
             "mov word ptr [{t} + {class} * 8], {cur:x}",
             "5:",
+            ".pushsection .text.unlikely, \"ax\"",
+            "8:",
+            "xor {cur:e}, {cur:e}",
+            "jmp 5b",
+            ".popsection",
             aborts = sym ABORTS,
             area = in(reg) area,
             base = in(reg) base,
@@ -192,12 +204,12 @@ pub(crate) unsafe fn push(
             p = in(reg) p,
             in("cl") shift as u8,
             t = out(reg) _,
-            cur = out(reg) _,
-            ok = out(reg) ok,
+            cur = out(reg) top,
             options(nostack),
         );
     }
-    ok != 0
+    // The new top after `inc` is at least 1; a failure leaves 0.
+    top != 0
 }
 
 /// Pops up to `n` objects of `class` from the CPU the thread runs on into
