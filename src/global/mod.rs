@@ -310,7 +310,7 @@ fn alloc_small(c: SizeClass) -> *mut u8 {
 
 /// The thread cache's fast path missed. A thread served per CPU (its slot holds
 /// `VIA_CPU`, whose fast paths always miss) is served here from its CPU's stack
-/// (30 instructions to the return: the sentinel test, the area and slab, the
+/// (29 instructions to the return: the sentinel test, the area and slab, the
 /// critical section and its count, the mark cleared); everything else goes on to the
 /// cold slow path. Not cold itself: with the per-CPU front end on, this is the
 /// fast path.

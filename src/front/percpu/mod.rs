@@ -39,7 +39,7 @@
 //!
 //! Hits: `global`'s miss functions (`alloc_small_miss`/`free_small_miss`, not
 //! cold) test for the sentinel and call [`CpuCaches::alloc_hit`] /
-//! [`CpuCaches::free_hit`] inline: 30 and 37 instructions from the miss
+//! [`CpuCaches::free_hit`] inline: 29 and 35 instructions from the miss
 //! function's entry to its return (x86-64, `objdump -d`), no test of the
 //! decision or the rseq mode (the sentinel implies both; only glibc's area is
 //! used there, an own registration goes through the slow path). What they read
