@@ -450,6 +450,17 @@ impl ThreadHeap {
     /// calling thread or is a sentinel (which this only reads: invariant 7).
     #[inline(always)]
     pub unsafe fn try_push(&self, c: SizeClass, p: *mut u8) -> bool {
+        // SAFETY: forwarded contract; the offset is class c's list.
+        unsafe { self.try_push_at(ListOffset::of(c), p) }
+    }
+
+    /// [`ThreadHeap::try_push`] to the list at offset `l` (C `free`, which knows the
+    /// page code of `p`'s class, not the class: `ListOffset::of_code`).
+    ///
+    /// # Safety
+    /// As for `try_push`: `l` is `ListOffset::of` the class of `p`.
+    #[inline(always)]
+    pub unsafe fn try_push_at(&self, l: ListOffset, p: *mut u8) -> bool {
         #[cfg(strata_loom)]
         self.touch();
         // The key is loaded first, and volatile so that it stays first: loaded after
@@ -461,8 +472,8 @@ impl ThreadHeap {
         } else {
             LinkKey::UNSET
         };
-        // SAFETY: c < NUM_CLASSES because it came from a class lookup.
-        let list = unsafe { self.list_at(ListOffset::of(c)) };
+        // SAFETY: `l` is a class's list (the contract).
+        let list = unsafe { self.list_at(l) };
         let obj = p.cast::<FreeObj>();
         let head = list.head.get();
         // Hardened: a block whose first word decodes as a link may already be in a
