@@ -107,9 +107,9 @@ impl Default for ChunkMap {
 }
 
 /// The process's map: one byte per possible chunk of the 47-bit user address space,
-/// in the static `CHUNK_MAP` (32 MiB of `.bss`: address space only, whose pages are
+/// in the static `PROCESS` (32 MiB of `.bss`: address space only, whose pages are
 /// touched only where chunks are). A lookup is `idx = p >> CHUNK_SHIFT;
-/// idx < MAP_ENTRIES && CHUNK_MAP[idx] != 0`, eight instructions in `free`: the one
+/// idx < MAP_ENTRIES && PROCESS.map[idx] != 0`, eight instructions in `free`: the one
 /// unsigned compare rejects addresses at or above 2^47, and null lands on entry 0,
 /// which is never set (nothing of ours lies at address 0), so `free` needs no null
 /// test of its own. A byte instead of a bit saves a bitmap's shift and bit test.

@@ -78,12 +78,13 @@ fn small_code_of(p: *const u8) -> Option<usize> {
 /// Frees a block of ours found by address; false (and nothing done) if `p` is null
 /// or not the start of a block of ours.
 ///
-/// Budget: 28 instructions for a small object whose list has room (`objdump -d` of
+/// Budget: 27 instructions for a small object whose list has room (`objdump -d` of
 /// `free` in the `c-abi` build without `harden`): chunk map 8 (`ChunkMap::contains`;
-/// null and high addresses included), page entry and object check 10
-/// (`chunk::small_object`; the page's class code scales to the list's offset with
-/// no shift, `size_class::CODE_STRIDE`), TLS 2 and push 8; three branches to the
-/// slow path, none taken. `harden` adds 7 to the push (see `free_small`).
+/// null and high addresses included), page entry and object check 9
+/// (`chunk::small_object_code`; the object checks sit beside the chunk map, one base
+/// register for both), TLS 2 and push 8 (to the list by the page code scaled by 8:
+/// `size_class::CODE_STRIDE`, no conversion to a class); three branches to the slow
+/// path, none taken. `harden` adds 7 to the push (see `free_small`).
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.

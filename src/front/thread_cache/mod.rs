@@ -21,10 +21,10 @@
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
 //! included; 41.5 without the `harden` feature (the script prints both). Through the
 //! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 72 a pair with the benchmark's loop (16 of them), 60
+//! `global::free_by_address`): 71 a pair with the benchmark's loop (16 of them), 59
 //! without `harden`; unhardened, `malloc` is 16 instructions (size check 2, list
-//! offset 4, TLS 2, pop 8) and `free` 28 (chunk map 8, page entry and object check
-//! 10, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
+//! offset 4, TLS 2, pop 8) and `free` 27 (chunk map 8, page entry and object check
+//! 9, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
 //! `harden` is the other 12: `pop` loads the key off the heap, XORs it with the
 //! object's address and the link word (the word's load folds into the XOR) and
 //! tests the result against the mask (a memory operand: the heap's copy,
