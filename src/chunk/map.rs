@@ -9,7 +9,6 @@
 
 use crate::size_class::CHUNK_SHIFT;
 #[cfg(not(strata_loom))]
-#[cfg(not(strata_loom))]
 use crate::size_class::ObjectChecks;
 use crate::sync::{AtomicU8, Ordering};
 
@@ -170,8 +169,9 @@ static CHECKS_STATE: AtomicU8 = AtomicU8::new(0);
 
 /// Copies `OBJECT_CHECKS` into `PROCESS` once, before the process's first chunk
 /// is marked (see [`ProcessStatic`]). A page heap that comes here while another
-/// copies (tests run several) waits for the copy: 4 KiB, once a process; no lock
-/// is held by the copier meanwhile but its own page heap's.
+/// copies (tests run several) waits for the copy: 4 KiB, once a process. A
+/// one-time initialisation, not a lock: the copier takes no lock and calls nothing
+/// while the state is 1, so the wait always ends.
 #[cfg(not(strata_loom))]
 #[cold]
 fn fill_checks() {
@@ -372,7 +372,7 @@ mod tests {
     }
 
     /// The copy of the object checks beside the map, once a chunk is set, is
-    /// `OBJECT_CHECKS` (ProcessStatic's invariant), and setting more chunks keeps it.
+    /// `OBJECT_CHECKS` (ProcessStatic's invariant).
     #[test]
     fn the_checks_beside_the_map_are_the_object_checks_once_a_chunk_is_set() {
         let map = ChunkMap::new();
