@@ -113,13 +113,14 @@ impl Central {
             }
         }
         let mut head: *mut FreeObj = ptr::null_mut();
+        let mut linked = npieces;
         if last < npieces {
-            head = pieces[last].obj.cast();
+            // The pieces' order is free: the last one takes the chosen one's place.
+            pieces.swap(last, npieces - 1);
+            head = pieces[npieces - 1].obj.cast();
+            linked -= 1;
         }
-        for (i, p) in pieces[..npieces].iter().enumerate().rev() {
-            if i == last {
-                continue;
-            }
+        for p in pieces[..linked].iter().rev() {
             if p.run {
                 for i in (0..p.n).rev() {
                     // SAFETY: object i of the run lies inside its span (the run was

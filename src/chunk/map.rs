@@ -170,8 +170,8 @@ static CHECKS_STATE: AtomicU8 = AtomicU8::new(0);
 /// Copies `OBJECT_CHECKS` into `PROCESS` once, before the process's first chunk
 /// is marked (see [`ProcessStatic`]). A page heap that comes here while another
 /// copies (tests run several) waits for the copy: 4 KiB, once a process. A
-/// one-time initialisation, not a lock: the copier takes no lock and calls nothing
-/// while the state is 1, so the wait always ends.
+/// one-time initialisation, not a lock: while the state is 1 the copier only
+/// copies (no lock taken, nothing called), so the wait always ends.
 #[cfg(not(strata_loom))]
 #[cold]
 fn fill_checks() {
