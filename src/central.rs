@@ -127,7 +127,8 @@ impl Central {
 
     /// As [`Central::refill`], but carves at most `want` objects (`1..=batch`) when
     /// no full batch waits on the transfer stack (a stacked batch is given whole: its
-    /// objects are already touched). A thread cache asks for few at first, so that
+    /// objects are already touched), or a span's whole free list up to a quarter
+    /// longer, never past the batch (also touched, and not walked to be cut). A thread cache asks for few at first, so that
     /// a class used a little touches little of its span.
     pub fn refill_up_to<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
         debug_check!(

@@ -21,8 +21,8 @@ pub use map::ChunkMap;
 
 use crate::link::FreeObj;
 use crate::size_class::{
-    CHUNK_SHIFT, CHUNK_SIZE, CODE_STRIDE, NO_CLASS, OBJECT_CHECKS, ObjectChecks, PAGE_SHIFT,
-    PAGE_SIZE, PAGES_PER_CHUNK, SizeClass, page_code,
+    CHUNK_SHIFT, CHUNK_SIZE, CODE_STRIDE, NO_CLASS, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK,
+    SizeClass, page_code,
 };
 use crate::sync::{AtomicU8, AtomicU16, AtomicU32, LOOM, Ordering, Witness};
 use core::ptr;
@@ -385,6 +385,21 @@ impl PageEntry {
 /// `a` lies in a mapped chunk (the chunk map says so), so its header is readable.
 #[inline(always)]
 pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
+    // SAFETY: forwarded contract.
+    unsafe { small_object_code(a) }.map(code_class)
+}
+
+/// [`small_object`] giving the page's class code (`page_code(class)`, a multiple of
+/// [`CODE_STRIDE`] below 256) instead of the class: `free` by address scales the
+/// code to the class's list offset in the addressing mode
+/// (`ListOffset::of_code`), where a class costs a shift back, a zero-extension and
+/// a shift up (3 instructions, `objdump -d` of `free`). The same checks accept the
+/// same objects: `small_object(a) == small_object_code(a).map(code_class)`.
+///
+/// # Safety
+/// As for `small_object`.
+#[inline(always)]
+pub unsafe fn small_object_code(a: usize) -> Option<usize> {
     // SAFETY: per the contract the header is mapped; only its witness is read (no
     // code outside loom).
     unsafe { (*ChunkHeader::of(a as *const u8)).check_published() };
@@ -402,22 +417,43 @@ pub unsafe fn small_object(a: usize) -> Option<SizeClass> {
     );
     // SAFETY: `at` is the address of a's page entry (above), in the mapped header of
     // a's chunk (the contract); entries are atomics, so a stale read is not UB.
-    object_class(unsafe { &*(at as *const PageEntry) }, &OBJECT_CHECKS, a)
+    let e = unsafe { &*(at as *const PageEntry) };
+    // SAFETY: the chunk map said `a` is ours (the contract): the checks beside it
+    // are filled.
+    object_code(e, |code, off| unsafe { map::checks_accept(code, off) }, a)
+}
+
+/// The class of a page code that [`small_object_code`] accepted.
+#[inline(always)]
+pub fn code_class(code: usize) -> SizeClass {
+    SizeClass((code / CODE_STRIDE) as u8)
+}
+
+/// The page code of the object starting at `a` by its page's entry `e` and the
+/// object checks of the geometry (`small_object_code` without the lookup of the
+/// entry).
+#[inline(always)]
+fn object_code(e: &PageEntry, accepts: impl Fn(u8, u32) -> bool, a: usize) -> Option<usize> {
+    let code = e.code();
+    if !accepts(code, e.neg_base().wrapping_add(a as u32)) {
+        return None;
+    }
+    // SAFETY: the checks accept nothing for a code that is not `page_code` of a
+    // class (their limit is 0 there), and those are multiples of CODE_STRIDE.
+    unsafe { core::hint::assert_unchecked(code as usize % CODE_STRIDE == 0) };
+    Some(code as usize)
 }
 
 /// The class of the object starting at `a` by its page's entry `e` and the object
 /// checks of the geometry (`small_object` without the lookup of the entry).
+#[cfg(test)]
 #[inline(always)]
-fn object_class(e: &PageEntry, checks: &ObjectChecks, a: usize) -> Option<SizeClass> {
-    let code = e.code();
-    if !checks.accepts(code, e.neg_base().wrapping_add(a as u32)) {
-        return None;
-    }
-    // SAFETY: the checks accept nothing for a code that is not `page_code` of a
-    // class (their limit is 0 there), and those are multiples of CODE_STRIDE. Saying
-    // so lets `free` scale the code to the class's list offset without a shift.
-    unsafe { core::hint::assert_unchecked(code as usize % CODE_STRIDE == 0) };
-    Some(SizeClass((code as usize / CODE_STRIDE) as u8))
+fn object_class(
+    e: &PageEntry,
+    checks: &crate::size_class::ObjectChecks,
+    a: usize,
+) -> Option<SizeClass> {
+    object_code(e, |code, off| checks.accepts(code, off), a).map(code_class)
 }
 
 impl ChunkHeader {

@@ -524,7 +524,10 @@ const_assert!(NUM_CLASSES * CODE_STRIDE <= NO_CLASS as usize);
 const_assert!(NO_CLASS as usize % CODE_STRIDE != 0);
 
 /// [`ObjectChecks`] of every class.
-pub static OBJECT_CHECKS: ObjectChecks = ObjectChecks::new(&GEOMETRY);
+pub static OBJECT_CHECKS: ObjectChecks = OBJECT_CHECKS_VALUE;
+/// The value of [`OBJECT_CHECKS`], which `free` reads from a copy beside the chunk
+/// map (`chunk::map`).
+pub const OBJECT_CHECKS_VALUE: ObjectChecks = ObjectChecks::new(&GEOMETRY);
 
 const_assert!(NUM_CLASSES <= 64 && CHUNK_SIZE <= 1 << 32 && NUM_CLASSES < NO_CLASS as usize);
 

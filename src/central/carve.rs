@@ -10,7 +10,8 @@ use crate::size_class::SizeClass;
 use core::ptr;
 
 impl Central {
-    /// Takes up to `want` objects from the class's spans.
+    /// Takes up to `want` objects from the class's spans (a few more, up to the
+    /// batch, where that saves cutting a free list: `whole_list`).
     ///
     /// The class lock is held only for bookkeeping: no object's memory is read or
     /// written under it. A span's free list is detached whole (its length is
@@ -58,8 +59,14 @@ impl Central {
                     let nfree = (s.carved() - s.live()) as usize;
                     if nfree > 0 {
                         // Detach the whole list; all of it counts as live until a
-                        // longer-than-needed rest is given back (below).
-                        let take = nfree.min(want - count);
+                        // longer-than-needed rest is given back (below). A list a
+                        // little longer than needed is taken whole (`whole_list`):
+                        // cutting it costs a walk to the cut.
+                        let take = if whole_list(count, nfree, want, c.batch()) {
+                            nfree
+                        } else {
+                            nfree.min(want - count)
+                        };
                         pieces[npieces] = Piece {
                             obj: s.free().cast(),
                             n: take,
@@ -73,7 +80,9 @@ impl Central {
                         count += take;
                     }
                     // Then a run of never-carved objects at the tail.
-                    let n = (want - count).min((s.capacity() - s.carved()) as usize);
+                    let n = want
+                        .saturating_sub(count)
+                        .min((s.capacity() - s.carved()) as usize);
                     if n > 0 {
                         pieces[npieces] = Piece {
                             obj: s.base().add(s.carved() as usize * size),
@@ -94,9 +103,24 @@ impl Central {
             }
             (count, npieces)
         });
-        // Link the pieces, each in its own order, into one chain.
+        // Link the pieces, each in its own order, into one chain. A piece that is
+        // a whole detached list (no rest) already ends in a null link: the longest
+        // such piece goes last, unwalked; the others are linked in front of it.
+        let mut last = npieces;
+        for (i, p) in pieces[..npieces].iter().enumerate() {
+            if !p.run && p.rest == 0 && (last == npieces || p.n > pieces[last].n) {
+                last = i;
+            }
+        }
         let mut head: *mut FreeObj = ptr::null_mut();
-        for p in pieces[..npieces].iter().rev() {
+        let mut linked = npieces;
+        if last < npieces {
+            // The pieces' order is free: the last one takes the chosen one's place.
+            pieces.swap(last, npieces - 1);
+            head = pieces[npieces - 1].obj.cast();
+            linked -= 1;
+        }
+        for p in pieces[..linked].iter().rev() {
             if p.run {
                 for i in (0..p.n).rev() {
                     // SAFETY: object i of the run lies inside its span (the run was
@@ -165,6 +189,18 @@ impl Central {
             }
         });
     }
+}
+
+/// Whether a carve that has `count` of `want` objects takes a span's whole free
+/// list of `nfree` objects rather than cutting it: when the list fits what is still
+/// wanted, or overshoots it by at most a quarter of `want` without the batch growing
+/// past `batch` (what `Central::refill` gives, so every front end takes it; the
+/// per-CPU one caps a batch at `MAX_BATCH`, above every class's batch). A whole
+/// list needs no walk: its last link is already null (see the linking in `carve`).
+#[inline]
+fn whole_list(count: usize, nfree: usize, want: usize, batch: usize) -> bool {
+    let total = count + nfree;
+    total <= want || (total <= batch && total - want <= want / 4)
 }
 
 /// Pieces one carve may take: a span's detached free list or a run of its

@@ -97,3 +97,70 @@ fn carving_while_another_thread_returns_objects_keeps_every_span_consistent() {
     }
     b.validate().unwrap();
 }
+
+/// A carve of `want` from a span whose free list holds `m` objects (and whose tail
+/// is not carved yet): the batch counts what it links, its objects are distinct,
+/// lie in the span and are none of those still held, and the span's books balance
+/// once everything is back. `m` below, at and a little and much above `want`.
+#[test]
+fn a_carve_takes_a_whole_free_list_or_cuts_it_and_the_batch_is_right() {
+    let c = class();
+    let batch = c.batch();
+    let want = batch / 2;
+    for (m, w) in [
+        (want - 4, want),
+        (want, want),
+        (want + want / 4, want),
+        (want + want / 4 + 1, want),
+        (want * 3 / 2, want),
+        (batch + 2, batch),
+        (batch, batch),
+    ] {
+        let b: Backend<SysOs> = Backend::new(SysOs);
+        // m + 1 objects carved from a fresh span; m back onto its free list, one
+        // kept so that the span stays live.
+        let first = b.central.carve(c, &b.page_heap, m + 1);
+        assert_eq!(first.count, m + 1);
+        let mut objs = Vec::new();
+        let mut o = first.head;
+        for _ in 0..first.count {
+            objs.push(o as usize);
+            // SAFETY: the carve gave us a chain of `first.count` objects.
+            o = unsafe { FreeObj::next(o, c) };
+        }
+        let kept = objs[0];
+        give_back(&b, c, &objs[1..]);
+        b.validate().unwrap();
+        // SAFETY: `kept` is a live object of ours: its chunk and span are live.
+        let span = unsafe { &*(*ChunkHeader::of(kept as *const u8)).span_of(kept as *const u8) };
+        let (lo, hi) = (
+            span.base() as usize,
+            span.base() as usize + span.capacity() as usize * c.size_bytes(),
+        );
+        let got = b.central.carve(c, &b.page_heap, w);
+        let expect = if m <= w {
+            w
+        } else if m <= batch && m - w <= w / 4 {
+            m
+        } else {
+            w
+        };
+        assert_eq!(got.count, expect, "list of {m}, want {w}");
+        let mut seen = HashSet::from([kept]);
+        let mut o = got.head;
+        for _ in 0..got.count {
+            let a = o as usize;
+            assert!(a >= lo && a < hi, "{a:#x} outside the span");
+            assert_eq!((a - lo) % c.size_bytes(), 0, "{a:#x} not an object start");
+            assert!(seen.insert(a), "{a:#x} twice (list of {m}, want {w})");
+            // SAFETY: the carve gave us a chain of `got.count` objects.
+            o = unsafe { FreeObj::next(o, c) };
+        }
+        assert!(o.is_null(), "the chain ends after `count` objects");
+        b.validate().unwrap();
+        let mut back: Vec<usize> = seen.into_iter().collect();
+        back.sort_unstable();
+        give_back(&b, c, &back);
+        b.validate().unwrap();
+    }
+}

@@ -8,6 +8,8 @@
 //! under loom and in unit tests, which run it at the tiny geometry too.
 
 use crate::size_class::CHUNK_SHIFT;
+#[cfg(not(strata_loom))]
+use crate::size_class::ObjectChecks;
 use crate::sync::{AtomicU8, Ordering};
 
 /// Where a chunk map keeps its entries: one byte per chunk index, 0 (not ours) or 1.
@@ -104,9 +106,9 @@ impl Default for ChunkMap {
 }
 
 /// The process's map: one byte per possible chunk of the 47-bit user address space,
-/// in the static `CHUNK_MAP` (32 MiB of `.bss`: address space only, whose pages are
+/// in the static `PROCESS` (32 MiB of `.bss`: address space only, whose pages are
 /// touched only where chunks are). A lookup is `idx = p >> CHUNK_SHIFT;
-/// idx < MAP_ENTRIES && CHUNK_MAP[idx] != 0`, eight instructions in `free`: the one
+/// idx < MAP_ENTRIES && PROCESS.map[idx] != 0`, eight instructions in `free`: the one
 /// unsigned compare rejects addresses at or above 2^47, and null lands on entry 0,
 /// which is never set (nothing of ours lies at address 0), so `free` needs no null
 /// test of its own. A byte instead of a bit saves a bitmap's shift and bit test.
@@ -123,9 +125,110 @@ pub struct ProcessMap;
 #[cfg(not(strata_loom))]
 const MAP_ENTRIES: usize = 1 << (crate::size_class::ADDRESS_BITS - CHUNK_SHIFT);
 
-/// The process's chunk map (see [`ProcessMap`]).
+/// The process's chunk map (see [`ProcessMap`]) after a copy of the object checks
+/// (`size_class::OBJECT_CHECKS`), in one static so that `free` reaches both from
+/// one base register: two statics cost it a second load of an address. All zero,
+/// so all in `.bss`; the checks are copied in at the first chunk (`fill_checks`).
+///
+/// Invariant: the checks are a copy of `OBJECT_CHECKS`, written once, before any
+/// map entry is set: `fill_checks` runs first in `entry_for_set` and returns only
+/// once the copy is complete (Acquire of `CHECKS_STATE`, Released by the copier);
+/// the entry's Release store follows, and `contains` loads the entry with Acquire.
+/// So a thread that found a chunk in the map reads the checks after their only
+/// write, and plain loads suffice (the multiply and compare take them as memory
+/// operands; atomic loads would cost two instructions more). Zero checks accept
+/// no object at all.
 #[cfg(not(strata_loom))]
-static CHUNK_MAP: [AtomicU8; MAP_ENTRIES] = [const { AtomicU8::new(0) }; MAP_ENTRIES];
+#[repr(C)]
+struct ProcessStatic {
+    checks: ChecksCell,
+    map: [AtomicU8; MAP_ENTRIES],
+}
+
+/// The copy of the object checks in [`ProcessStatic`].
+#[cfg(not(strata_loom))]
+struct ChecksCell(core::cell::UnsafeCell<ObjectChecks>);
+
+// SAFETY: written once by one thread before any reader can reach it, read-only
+// after (ProcessStatic's invariant).
+#[cfg(not(strata_loom))]
+unsafe impl Sync for ChecksCell {}
+
+#[cfg(not(strata_loom))]
+static PROCESS: ProcessStatic = ProcessStatic {
+    checks: ChecksCell(core::cell::UnsafeCell::new(ObjectChecks {
+        magic: [0; 256],
+        limit: [0; 256],
+    })),
+    map: [const { AtomicU8::new(0) }; MAP_ENTRIES],
+};
+
+/// The copy's state: 0 not copied, 1 being copied, 2 copied.
+#[cfg(not(strata_loom))]
+static CHECKS_STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Copies `OBJECT_CHECKS` into `PROCESS` once, before the process's first chunk
+/// is marked (see [`ProcessStatic`]). A page heap that comes here while another
+/// copies (tests run several) waits for the copy: 4 KiB, once a process. A
+/// one-time initialisation, not a lock: while the state is 1 the copier only
+/// copies (no lock taken, nothing called), so the wait always ends.
+#[cfg(not(strata_loom))]
+#[cold]
+fn fill_checks() {
+    // Acquire: pairs with the Release below; the copy is complete and visible.
+    if CHECKS_STATE.load(Ordering::Acquire) == 2 {
+        return;
+    }
+    if CHECKS_STATE
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Acquire)
+        .is_ok()
+    {
+        // SAFETY: the state went 0 -> 1 here, so this thread alone writes the copy,
+        // and no thread reads it yet: no map entry is set before the state is 2.
+        unsafe {
+            PROCESS
+                .checks
+                .0
+                .get()
+                .write(crate::size_class::OBJECT_CHECKS_VALUE)
+        };
+        CHECKS_STATE.store(2, Ordering::Release);
+        return;
+    }
+    while CHECKS_STATE.load(Ordering::Acquire) != 2 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Fills the copy of the checks as the first chunk does, for unit tests that
+/// build chunk headers by hand and ask `small_object` about them.
+#[cfg(all(test, not(strata_loom)))]
+pub(crate) fn fill_checks_for_tests() {
+    fill_checks();
+}
+
+/// `OBJECT_CHECKS.accepts(code, offset)` through the copy beside the map.
+///
+/// # Safety
+/// The chunk map said that the address is ours (so the copy is filled:
+/// [`ProcessStatic`]).
+#[cfg(not(strata_loom))]
+#[inline(always)]
+pub(crate) unsafe fn checks_accept(code: u8, offset: u32) -> bool {
+    // SAFETY: written once before any entry was set (ProcessStatic's invariant),
+    // and the caller saw an entry set (Acquire): no write races this read.
+    unsafe { (*PROCESS.checks.0.get()).accepts(code, offset) }
+}
+
+/// `OBJECT_CHECKS.accepts` (loom has no process map).
+///
+/// # Safety
+/// None needed; the same contract as outside loom.
+#[cfg(strata_loom)]
+#[inline(always)]
+pub(crate) unsafe fn checks_accept(code: u8, offset: u32) -> bool {
+    crate::size_class::OBJECT_CHECKS.accepts(code, offset)
+}
 
 #[cfg(not(strata_loom))]
 impl ProcessMap {
@@ -139,11 +242,12 @@ impl MapStore for ProcessMap {
     const CHUNK_SHIFT: usize = CHUNK_SHIFT;
     #[inline(always)]
     fn entry(&self, idx: usize) -> Option<&AtomicU8> {
-        CHUNK_MAP.get(opaque(idx))
+        PROCESS.map.get(opaque(idx))
     }
     #[inline(always)]
     fn entry_for_set(&self, idx: usize) -> Option<&AtomicU8> {
-        CHUNK_MAP.get(idx)
+        fill_checks();
+        PROCESS.map.get(idx)
     }
 }
 
@@ -265,6 +369,25 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    /// The copy of the object checks beside the map, once a chunk is set, is
+    /// `OBJECT_CHECKS` (ProcessStatic's invariant).
+    #[test]
+    fn the_checks_beside_the_map_are_the_object_checks_once_a_chunk_is_set() {
+        let map = ChunkMap::new();
+        // An address far from anything a test maps: the entry is set and cleared
+        // again, and no chunk lies there for a lookup to read.
+        let a = (1usize << (ADDRESS_BITS - 1)) + (5 << CHUNK_SHIFT);
+        map.set(a);
+        map.clear(a);
+        let t = &crate::size_class::OBJECT_CHECKS;
+        // SAFETY: an entry was set above, so the copy is complete and never written
+        // again (ProcessStatic's invariant).
+        let copy = unsafe { &*PROCESS.checks.0.get() };
+        assert_eq!(copy.magic, t.magic);
+        assert_eq!(copy.limit, t.limit);
+        assert_eq!(CHECKS_STATE.load(Ordering::Acquire), 2);
     }
 
     #[test]

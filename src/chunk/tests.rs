@@ -2,7 +2,7 @@
 //! shipped geometry and (page entries, object check) at the loom models' one.
 
 use super::*;
-use crate::size_class::{GEOMETRY, Geometry, NUM_CLASSES};
+use crate::size_class::{GEOMETRY, Geometry, NUM_CLASSES, ObjectChecks};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
 /// A zeroed, chunk-aligned header on the heap (a zeroed header is a valid one).
@@ -37,6 +37,9 @@ impl Drop for TestChunk {
 /// class, interiors, the tail, header pages and cleared pages rejected.
 #[test]
 fn small_object_finds_the_class_of_every_object_start_and_nothing_else() {
+    // The chunk is not in the process's map: fill the checks beside it as the
+    // first chunk of the process would.
+    map::fill_checks_for_tests();
     let chunk = TestChunk::new();
     let h = chunk.header();
     let base_page = HEADER_PAGES + 3;

@@ -2,13 +2,13 @@
 //! ([`owner_of`]), and `free`/`realloc` of a block known only by its address. A
 //! pointer that is not the start of a block of ours is never read through.
 
-use super::{BACKEND, Front, free_small, free_small_miss, heap};
+use super::{BACKEND, free_small, free_small_miss, heap};
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use super::{alloc_bytes, count_realloc};
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use crate::backend::{Route, route};
-use crate::chunk::{ChunkHeader, SpanKind, small_object};
-use crate::front::FrontEnd;
+use crate::chunk::{ChunkHeader, SpanKind, code_class, small_object, small_object_code};
+use crate::front::thread_cache::ListOffset;
 use crate::size_class::SizeClass;
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 use crate::size_class::class_for;
@@ -61,32 +61,44 @@ pub(crate) fn owner_of(p: *const u8) -> Owner {
 /// out overlapping memory, so `small_object` checks both, and the span's tail.
 #[inline(always)]
 fn small_class_of(p: *const u8) -> Option<SizeClass> {
+    small_code_of(p).map(code_class)
+}
+
+/// [`small_class_of`] giving the page code of the class (`chunk::small_object_code`),
+/// which scales to the class's list offset in the addressing mode.
+#[inline(always)]
+fn small_code_of(p: *const u8) -> Option<usize> {
     if !BACKEND.page_heap.owns(p) {
         return None;
     }
     // SAFETY: `p` lies in a mapped chunk (chunk map).
-    unsafe { small_object(p as usize) }
+    unsafe { small_object_code(p as usize) }
 }
 
 /// Frees a block of ours found by address; false (and nothing done) if `p` is null
 /// or not the start of a block of ours.
 ///
-/// Budget: 28 instructions for a small object whose list has room (`objdump -d` of
+/// Budget: 27 instructions for a small object whose list has room (`objdump -d` of
 /// `free` in the `c-abi` build without `harden`): chunk map 8 (`ChunkMap::contains`;
-/// null and high addresses included), page entry and object check 10
-/// (`chunk::small_object`; the page's class code scales to the list's offset with
-/// no shift, `size_class::CODE_STRIDE`), TLS 2 and push 8; three branches to the
-/// slow path, none taken. `harden` adds 7 to the push (see `free_small`).
+/// null and high addresses included), page entry and object check 9
+/// (`chunk::small_object_code`; the object checks sit beside the chunk map, one base
+/// register for both), TLS 2 and push 8 (to the list by the page code scaled by 8:
+/// `size_class::CODE_STRIDE`, no conversion to a class); three branches to the slow
+/// path, none taken. `harden` adds 7 to the push (see `free_small`).
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.
 #[inline(always)]
 pub(crate) unsafe fn free_by_address(p: *mut u8) -> bool {
-    if let Some(c) = small_class_of(p) {
+    if let Some(code) = small_code_of(p) {
         let h = heap();
-        // SAFETY: `p` is a live class-c object of ours (contract), given up; `h` is
-        // this thread's heap or a sentinel.
-        if unsafe { Front::free_fast(&*h, c, p) } {
+        // `Front::free_fast` of the thread caches (`try_push`), to the list by the
+        // page code: a class would cost `free` a shift back, a zero-extension and a
+        // shift up to the list's offset.
+        // SAFETY: `p` is a live object of ours (contract) of the class whose page
+        // code is `code` (`small_object_code`), given up; `h` is this thread's heap
+        // or a sentinel.
+        if unsafe { (*h).try_push_at(ListOffset::of_code(code), p) } {
             return true;
         }
     }

@@ -9,7 +9,7 @@
 //! table instead of 1 (a program touches the lines of the sizes it asks for).
 
 use super::{FreeList, ThreadHeap};
-use crate::size_class::{NUM_CLASSES, SizeClass};
+use crate::size_class::{CODE_STRIDE, NUM_CLASSES, SizeClass};
 // The table is the shipped geometry's: loom's (two classes) serves no C sizes.
 #[cfg(not(strata_loom))]
 use crate::size_class::{C_TABLE_MAX, class_for};
@@ -24,11 +24,21 @@ pub struct ListOffset(u16);
 const_assert!(offset_of!(ThreadHeap, lists) == 0);
 const_assert!(NUM_CLASSES * size_of::<FreeList>() <= u16::MAX as usize);
 
+// `of_code`: a class's code times this is its list's offset, exactly.
+const_assert!(size_of::<FreeList>() % CODE_STRIDE == 0);
+
 impl ListOffset {
     /// The list of class `c`.
     #[inline(always)]
     pub const fn of(c: SizeClass) -> ListOffset {
         ListOffset((c.index() * size_of::<FreeList>()) as u16)
+    }
+
+    /// The list of the class whose page code (`size_class::page_code`) is `code`,
+    /// as `chunk::small_object_code` gives it: the code times 8, an x86 scale.
+    #[inline(always)]
+    pub const fn of_code(code: usize) -> ListOffset {
+        ListOffset((code * (size_of::<FreeList>() / CODE_STRIDE)) as u16)
     }
 
     /// The class whose list this is.

@@ -21,10 +21,10 @@
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
 //! included; 41.5 without the `harden` feature (the script prints both). Through the
 //! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 72 a pair with the benchmark's loop (16 of them), 60
+//! `global::free_by_address`): 71 a pair with the benchmark's loop (16 of them), 59
 //! without `harden`; unhardened, `malloc` is 16 instructions (size check 2, list
-//! offset 4, TLS 2, pop 8) and `free` 28 (chunk map 8, page entry and object check
-//! 10, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
+//! offset 4, TLS 2, pop 8) and `free` 27 (chunk map 8, page entry and object check
+//! 9, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
 //! `harden` is the other 12: `pop` loads the key off the heap, XORs it with the
 //! object's address and the link word (the word's load folds into the XOR) and
 //! tests the result against the mask (a memory operand: the heap's copy,
@@ -450,6 +450,17 @@ impl ThreadHeap {
     /// calling thread or is a sentinel (which this only reads: invariant 7).
     #[inline(always)]
     pub unsafe fn try_push(&self, c: SizeClass, p: *mut u8) -> bool {
+        // SAFETY: forwarded contract; the offset is class c's list.
+        unsafe { self.try_push_at(ListOffset::of(c), p) }
+    }
+
+    /// [`ThreadHeap::try_push`] to the list at offset `l` (C `free`, which knows the
+    /// page code of `p`'s class, not the class: `ListOffset::of_code`).
+    ///
+    /// # Safety
+    /// As for `try_push`: `l` is `ListOffset::of` the class of `p`.
+    #[inline(always)]
+    pub unsafe fn try_push_at(&self, l: ListOffset, p: *mut u8) -> bool {
         #[cfg(strata_loom)]
         self.touch();
         // The key is loaded first, and volatile so that it stays first: loaded after
@@ -461,8 +472,8 @@ impl ThreadHeap {
         } else {
             LinkKey::UNSET
         };
-        // SAFETY: c < NUM_CLASSES because it came from a class lookup.
-        let list = unsafe { self.list_at(ListOffset::of(c)) };
+        // SAFETY: `l` is a class's list (the contract).
+        let list = unsafe { self.list_at(l) };
         let obj = p.cast::<FreeObj>();
         let head = list.head.get();
         // Hardened: a block whose first word decodes as a link may already be in a
