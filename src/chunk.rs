@@ -18,6 +18,8 @@ mod map;
 mod tests;
 
 pub use map::ChunkMap;
+#[cfg(not(strata_loom))]
+pub(crate) use map::after_fork_child;
 
 use crate::link::FreeObj;
 use crate::size_class::{

@@ -200,6 +200,17 @@ fn fill_checks() {
     }
 }
 
+/// Fork child: a copy another thread had under way at the fork would leave the
+/// state at 1 forever, and the child's first chunk would wait for it; it goes
+/// back to 0 and the next chunk copies again. (The process's page heap marks
+/// chunks under its lock, which the fork handlers hold across the fork, so this
+/// is for other page heaps only.)
+#[cfg(not(strata_loom))]
+pub(crate) fn after_fork_child() {
+    // Relaxed: the child has one thread.
+    let _ = CHECKS_STATE.compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed);
+}
+
 /// Fills the copy of the checks as the first chunk does, for unit tests that
 /// build chunk headers by hand and ask `small_object` about them.
 #[cfg(all(test, not(strata_loom)))]

@@ -163,12 +163,15 @@ extern "C" fn fork_parent() {
 /// Fork child handler. Only the forking thread exists; it took the locks, so it may
 /// release them as the parent does. A once-state another thread left busy at the
 /// fork would stay busy forever here: the thread key's goes back to none (see
-/// `reset_thread_key_after_fork`), and `FORK_STATE` to done (this handler runs, so
+/// `reset_thread_key_after_fork`), the copy of the object checks beside the chunk
+/// map to not copied (`chunk::after_fork_child`), and `FORK_STATE` to done (this handler runs, so
 /// they are registered). The background purge thread does not exist in the child;
 /// `purge_thread` knows that by the process id.
 extern "C" fn fork_child() {
     unlock_all_after_fork();
     reset_thread_key_after_fork();
+    #[cfg(not(strata_loom))]
+    crate::chunk::after_fork_child();
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     BACKEND.cpus.after_fork();
     // Relaxed: the child has one thread.
