@@ -55,6 +55,8 @@
 //!   to the OS now; [`flush_thread_cache`] only flushes the cache.
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
 //!   tune the cache budget, the purge delay and the cache of freed huge blocks.
+//! - [`set_thread_cache_pool_bytes`]: the room all thread caches together may borrow
+//!   beyond their own budgets.
 //! - [`set_placement`], [`placement`]: the page heap's placement policy (best, first
 //!   or next fit; [`Placement`]).
 //! - [`start_background_purge`], [`stop_background_purge`], [`background_purge`]: a
