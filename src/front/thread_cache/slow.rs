@@ -30,8 +30,8 @@ pub const BORROW_STEP: usize = 128 << 10;
 /// returns what it borrowed a step at a time, while one that still needs it borrows
 /// it again at the next overflow. Long, because every give-back lowers maxima and
 /// flushes: at 1,024 events a thread that needs the room kept giving it back and
-/// taking it again (rptest at 1 thread: 25M ops/s, as without borrowing, against
-/// 65M without giving back; at 65,536 the same 65M).
+/// taking it again (rptest at 1 thread: 19-28M ops/s, as without borrowing, against
+/// 55-65M with no give-back; at 65,536, 58-67M: BENCHMARKS.md).
 pub const CALM_EVENTS: u32 = 1 << 16;
 
 impl ThreadHeap {
