@@ -559,11 +559,6 @@ impl ThreadHeap {
         self.lists[c.index()].len.get() as usize
     }
 
-    /// Bytes this heap borrowed from the process-wide pool (any thread may ask).
-    pub fn borrowed_bytes(&self) -> usize {
-        self.borrowed.get() as usize
-    }
-
     /// Objects of class `c` this heap handed out, ever (any thread may ask).
     pub fn class_allocs(&self, c: SizeClass) -> u64 {
         self.lists[c.index()].allocs.get()

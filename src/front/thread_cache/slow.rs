@@ -202,6 +202,11 @@ impl ThreadHeap {
         }
     }
 
+    /// Bytes this heap borrowed from the process-wide pool (any thread may ask).
+    pub fn borrowed_bytes(&self) -> usize {
+        self.borrowed.get() as usize
+    }
+
     /// Borrows room for at least `short` more bytes of maxima from the pool, a
     /// whole number of steps, within the heap's cap (invariant 8); borrows nothing
     /// if the pool is spent (the caller then steals between its own classes).
