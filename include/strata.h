@@ -62,6 +62,9 @@ extern "C" {
 /* mallopt(STRATA_M_HUGE_CACHE_BYTES, bytes): byte budget of the cache of freed
  * huge mappings (0 turns it off). */
 #define STRATA_M_HUGE_CACHE_BYTES (-203)
+/* mallopt(STRATA_M_THREAD_CACHE_POOL_BYTES, bytes): bytes all thread caches
+ * together may borrow beyond their own budgets (0: none). */
+#define STRATA_M_THREAD_CACHE_POOL_BYTES (-204)
 
 /*
  * Returns every free page that strata holds to the operating system now

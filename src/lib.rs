@@ -55,6 +55,8 @@
 //!   to the OS now; [`flush_thread_cache`] only flushes the cache.
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
 //!   tune the cache budget, the purge delay and the cache of freed huge blocks.
+//! - [`set_thread_cache_pool_bytes`]: the room all thread caches together may borrow
+//!   beyond their own budgets.
 //! - [`set_placement`], [`placement`]: the page heap's placement policy (best, first
 //!   or next fit; [`Placement`]).
 //! - [`start_background_purge`], [`stop_background_purge`], [`background_purge`]: a
@@ -169,7 +171,7 @@ mod transfer;
 pub mod internals {
     /// The backend alone (the shared tiers below the front end).
     pub use crate::backend::Backend as SharedTiers;
-    pub use crate::backend::{Locks, Route, route};
+    pub use crate::backend::{CachePool, DEFAULT_CACHE_POOL, Locks, Route, route};
     pub use crate::central::{Batch, Central};
     pub use crate::chunk::{ChunkHeader, HEADER_PAGES, SPAN_ZEROED, Span, SpanKind, USABLE_PAGES};
     /// One allocator instance (front end over the shared tiers), under the name the
@@ -311,9 +313,18 @@ mod api {
     }
 
     /// Sets the byte budget of thread caches: now for the calling thread, and for
-    /// every thread that starts later (default 2 MiB).
+    /// every thread that starts later (default 2 MiB). It is each cache's own room; a
+    /// cache whose working set overflows it borrows more from a process-wide pool
+    /// ([`set_thread_cache_pool_bytes`]), up to 3 times this budget more.
     pub fn set_thread_cache_budget(bytes: usize) {
         global::set_thread_cache_budget(bytes)
+    }
+
+    /// Sets the bytes all thread caches together may borrow beyond their own budgets
+    /// (default 32 MiB; 0: none, each cache keeps to its own budget). Lowered below
+    /// what is lent, caches give back at their next shrink or exit.
+    pub fn set_thread_cache_pool_bytes(bytes: usize) {
+        global::set_thread_cache_pool_bytes(bytes)
     }
 
     /// Sets how long free pages stay resident before they are purged (default 1 s).

@@ -71,6 +71,9 @@ pub const STRATA_M_THREAD_CACHE_BYTES: c_int = -202;
 /// `mallopt` parameter: the byte budget of the cache of freed huge mappings
 /// (`set_huge_cache_bytes`).
 pub const STRATA_M_HUGE_CACHE_BYTES: c_int = -203;
+/// `mallopt` parameter: the bytes all thread caches together may borrow beyond
+/// their own budgets (`set_thread_cache_pool_bytes`).
+pub const STRATA_M_THREAD_CACHE_POOL_BYTES: c_int = -204;
 
 fn info_of(s: &Stats) -> MallInfo2 {
     let arena = s.chunks * crate::internals::CHUNK_SIZE as u64;
@@ -152,6 +155,7 @@ pub unsafe extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
         STRATA_M_PURGE_DELAY_MS => crate::set_purge_delay_ms(v as u64),
         STRATA_M_THREAD_CACHE_BYTES => crate::set_thread_cache_budget(v),
         STRATA_M_HUGE_CACHE_BYTES => crate::set_huge_cache_bytes(v),
+        STRATA_M_THREAD_CACHE_POOL_BYTES => crate::set_thread_cache_pool_bytes(v),
         _ => return 0,
     }
     1

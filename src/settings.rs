@@ -60,6 +60,9 @@ unsafe fn configure(envp: *const *const c_char) {
         if let Some(bytes) = setting!(envp, "THREAD_CACHE_BYTES").and_then(parse_size) {
             crate::set_thread_cache_budget(bytes as usize);
         }
+        if let Some(bytes) = setting!(envp, "THREAD_CACHE_POOL_BYTES").and_then(parse_size) {
+            crate::set_thread_cache_pool_bytes(bytes as usize);
+        }
         if let Some(bytes) = setting!(envp, "HUGE_CACHE_BYTES").and_then(parse_size) {
             crate::set_huge_cache_bytes(bytes as usize);
         }

@@ -188,6 +188,11 @@ pub struct Stats {
     /// The budget those capacities keep to (`set_percpu_cache_bytes`); 0 while the
     /// per-CPU front end does not serve.
     pub percpu_budget_bytes: u64,
+    /// The pool thread caches borrow from beyond their own budgets, all together
+    /// (`set_thread_cache_pool_bytes`).
+    pub thread_cache_pool_bytes: u64,
+    /// The bytes of that pool lent to thread caches now.
+    pub thread_cache_lent_bytes: u64,
     /// Per size class, smallest first.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -379,6 +384,8 @@ impl<O: Os> Allocator<O> {
             huge_cached_bytes: huge_cached,
             percpu_capacity_bytes: self.percpu_bytes().0,
             percpu_budget_bytes: self.percpu_bytes().1,
+            thread_cache_pool_bytes: self.cache_pool.total() as u64,
+            thread_cache_lent_bytes: self.cache_pool.lent() as u64,
             classes,
         }
     }

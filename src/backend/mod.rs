@@ -27,11 +27,13 @@ use crate::sync::{AtomicUsize, Ordering};
 
 use core::ptr;
 
+mod cache_pool;
 mod counters;
 mod huge_blocks;
 mod large;
 mod maintenance;
 
+pub use cache_pool::{CachePool, DEFAULT_CACHE_POOL};
 pub(crate) use counters::Counters;
 
 /// How a request of a given size and alignment is served.
@@ -74,6 +76,8 @@ pub struct Backend<O: Os> {
     /// the value starts all zero.
     huge_moves_refused: AtomicUsize,
     pub(crate) counters: Counters,
+    /// Room thread caches borrow beyond their own budgets (`cache_pool`).
+    pub cache_pool: CachePool,
 }
 
 /// The huge-cache budget, stored XOR its default so that the default is zero bytes
@@ -148,6 +152,7 @@ impl<O: Os> Backend<O> {
                 huge_cache_budget: HugeBudget::new(),
                 huge_moves_refused: AtomicUsize::new(0),
                 counters: Counters::new(),
+                cache_pool: CachePool::new(),
             }
         }
     }

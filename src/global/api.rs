@@ -58,6 +58,11 @@ pub(crate) fn set_thread_cache_budget(bytes: usize) {
     }
 }
 
+/// See [`crate::set_thread_cache_pool_bytes`].
+pub(crate) fn set_thread_cache_pool_bytes(bytes: usize) {
+    BACKEND.cache_pool.set_total(bytes);
+}
+
 /// See [`crate::set_purge_delay_ms`].
 pub(crate) fn set_purge_delay_ms(ms: u64) {
     BACKEND.page_heap.set_purge_delay_ms(ms);

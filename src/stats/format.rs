@@ -162,6 +162,12 @@ impl fmt::Display for Stats {
             self.thread_heaps_live,
             self.thread_heaps_created
         )?;
+        writeln!(
+            f,
+            "  thread caches: {} borrowed of a pool of {}",
+            b(self.thread_cache_lent_bytes),
+            b(self.thread_cache_pool_bytes)
+        )?;
         if self.percpu_budget_bytes > 0 {
             writeln!(
                 f,
@@ -198,7 +204,7 @@ impl Stats {
     /// `classes` lists every class, smallest first.
     pub fn write_json(&self, w: &mut impl fmt::Write) -> fmt::Result {
         w.write_char('{')?;
-        let fields: [(&str, u64); 31] = [
+        let fields: [(&str, u64); 33] = [
             ("allocated_bytes", self.allocated_bytes),
             ("active_bytes", self.active_bytes),
             ("resident_bytes", self.resident_bytes),
@@ -229,6 +235,8 @@ impl Stats {
             ("huge_cached_bytes", self.huge_cached_bytes),
             ("percpu_capacity_bytes", self.percpu_capacity_bytes),
             ("percpu_budget_bytes", self.percpu_budget_bytes),
+            ("thread_cache_pool_bytes", self.thread_cache_pool_bytes),
+            ("thread_cache_lent_bytes", self.thread_cache_lent_bytes),
             (
                 "classes_in_use",
                 self.classes.iter().filter(|c| c.spans > 0).count() as u64,

@@ -97,6 +97,7 @@ int main(int argc, char **argv) {
         REQUIRE(mallopt(STRATA_M_PURGE_DELAY_MS, 0) == 1, "mallopt(STRATA_M_PURGE_DELAY_MS)");
         REQUIRE(mallopt(STRATA_M_HUGE_CACHE_BYTES, 1 << 20) == 1, "mallopt(HUGE_CACHE)");
         REQUIRE(mallopt(STRATA_M_THREAD_CACHE_BYTES, 1 << 20) == 1, "mallopt(THREAD_CACHE)");
+        REQUIRE(mallopt(STRATA_M_THREAD_CACHE_POOL_BYTES, 16 << 20) == 1, "mallopt(THREAD_CACHE_POOL)");
         REQUIRE(mallopt(STRATA_M_PURGE_DELAY_MS, -1) == 0, "mallopt(..., -1) must fail");
         REQUIRE(mallopt(-12345, 1) == 0, "mallopt of an unknown parameter must fail");
     }

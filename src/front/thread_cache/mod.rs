@@ -56,8 +56,9 @@
 //!
 //! Each list's `max` adapts (tcmalloc's slow start): it starts at 0, grows by a batch
 //! each time a free overflows it, up to the class's cap, as long as the sum of
-//! `max × size` over classes stays within the thread's byte budget; over budget, other
-//! classes' `max` are lowered (stolen from) round robin.
+//! `max × size` over classes stays within the thread's byte budget; over budget, the
+//! heap borrows room from the process-wide pool (`slow`), else other classes' `max`
+//! are lowered (stolen from) round robin.
 
 use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask, ensure_key};
 use crate::size_class::{NUM_CLASSES, SizeClass};
@@ -107,7 +108,9 @@ impl<T: Copy> OwnerCell<T> {
     }
 }
 
-/// Default byte budget of one thread's cache (sum over classes of `max × size`).
+/// Default byte budget of one thread's cache (sum over classes of `max × size`): the
+/// room each thread has of its own; one whose working set overflows it borrows more
+/// from the process-wide `CachePool`, up to `BORROW_CAP_FACTOR` times this (`slow`).
 pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 
 /// One size class's free list.
@@ -202,6 +205,9 @@ pub enum HeapState {
 /// Invariants: those of `FreeList` for every class, and
 /// 3. `max_bytes == Σ lists[c].max × size(c)`, and `max_bytes <= budget_bytes` except
 ///    transiently while a smaller budget is being applied.
+/// 8. `budget_bytes == base_budget + borrowed`, `borrowed` is room taken from the
+///    backend's `CachePool` (invariant 1 there) and `borrowed <= BORROW_CAP_FACTOR ×
+///    base_budget`; a heap that is not live borrows nothing.
 /// 4. `received + frees == allocs + returned + Σ len` (see `HeapCounters`); the
 ///    counters only grow, and only the owner writes them.
 /// 5. a live heap's `link_key` is the process's link key (`LinkKey::current()`);
@@ -247,6 +253,13 @@ pub struct ThreadHeap {
     steal_next: OwnerCell<u8>,
     max_bytes: OwnerCell<usize>,
     budget_bytes: OwnerCell<usize>,
+    /// The thread's own budget (`set_thread_cache_budget`); `budget_bytes` adds the
+    /// room borrowed (invariant 8, `slow`).
+    base_budget: OwnerCell<usize>,
+    /// Bytes borrowed from the backend's `CachePool` (any thread may read it).
+    borrowed: OwnedU64,
+    /// Slow-path events since the budget last held a list back (`slow`, the shrink).
+    calm: OwnerCell<u32>,
     /// Link in the pool of heaps for reuse (read and written under the pool lock).
     pool_next: OwnerCell<*mut ThreadHeap>,
     /// Link in the list of every heap ever created (set once, under the pool lock,
@@ -295,6 +308,9 @@ impl ThreadHeap {
                 steal_next: OwnerCell::new(0),
                 max_bytes: OwnerCell::new(0),
                 budget_bytes: OwnerCell::new(DEFAULT_CACHE_BUDGET),
+                base_budget: OwnerCell::new(DEFAULT_CACHE_BUDGET),
+                borrowed: OwnedU64::new(0),
+                calm: OwnerCell::new(0),
                 pool_next: OwnerCell::new(ptr::null_mut()),
                 all_next: OwnerCell::new(ptr::null_mut()),
                 #[cfg(strata_loom)]
@@ -365,8 +381,11 @@ impl ThreadHeap {
         // The fast paths encode with this copy from now on.
         ensure_key();
         self.link_key.set(LinkKey::current());
+        debug_check!(self.borrowed.get() == 0, "activate: the heap still borrows");
         self.state.set(HeapState::Live);
         self.budget_bytes.set(budget_bytes);
+        self.base_budget.set(budget_bytes);
+        self.calm.set(0);
         self.max_bytes.set(0);
     }
 
@@ -584,5 +603,7 @@ pub use c_lists::ListOffset;
 pub use c_lists::list_for_c;
 pub use pool::{AllHeaps, ThreadCaches};
 
+#[cfg(all(test, not(strata_loom)))]
+mod budget_tests;
 #[cfg(all(test, not(strata_loom)))]
 mod tests;

@@ -1,6 +1,8 @@
 //! The thread cache's slow paths: refill from and flush to the backend, the
-//! adaptive maxima (grow on overflow, steal under the byte budget), the double-free
-//! walk, whole-cache flush and budget changes. Called by `global` on a fast-path
+//! adaptive maxima (grow on overflow, steal under the byte budget), the adaptive
+//! budget (borrow room from the backend's `CachePool` on overflow, give it back when
+//! calm, flushed or retired), the double-free walk, whole-cache flush and budget
+//! changes. Called by `global` on a fast-path
 //! miss and at thread exit (through `pool`); calls only the backend's front-end
 //! interface.
 
@@ -13,6 +15,24 @@ use crate::size_class::{
 };
 use crate::transfer::chain_tail;
 use core::ptr;
+
+/// The most a heap borrows, as a multiple of its own budget (2 MiB by default: a
+/// thread's cache then holds at most 8 MiB). tcmalloc caps a thread's cache at
+/// 4 MiB; rptest (BENCHMARKS.md) keeps gaining up to 8.
+pub const BORROW_CAP_FACTOR: usize = 3;
+
+/// The unit of borrowing and giving back (tcmalloc steals 64 KiB at a time; a step
+/// here covers a batch of most classes, so one overflow borrows once).
+pub const BORROW_STEP: usize = 128 << 10;
+
+/// Slow-path events (refills, and frees that flush) with room to spare in the
+/// budget after which a heap gives one step back: a thread whose working set shrank
+/// returns what it borrowed a step at a time, while one that still needs it borrows
+/// it again at the next overflow. Long, because every give-back lowers maxima and
+/// flushes: at 1,024 events a thread that needs the room kept giving it back and
+/// taking it again (rptest at 1 thread: 19-28M ops/s, as without borrowing, against
+/// 55-65M with no give-back; at 65,536, 58-67M: BENCHMARKS.md).
+pub const CALM_EVENTS: u32 = 1 << 16;
 
 impl ThreadHeap {
     /// Slow path of alloc on a live heap: refill class `c` from the central tier and
@@ -29,6 +49,7 @@ impl ThreadHeap {
             self.state() == HeapState::Live,
             "slow path on a heap that is not live"
         );
+        self.tick_calm(be);
         let list = &self.lists[c.index()];
         // Slow start of the refill size (FreeList::refill_want): the first refill of
         // a class carves what fits in a page, each later one twice as many, up to
@@ -92,9 +113,14 @@ impl ThreadHeap {
             CLASS_CAP[ci] as u32,
         );
         let max = list.max.get();
+        let mut pressed = false;
         if max < cap {
             let grown = (max + batch).min(cap);
             let extra = (grown - max) as usize * size;
+            if self.max_bytes.get() + extra > self.budget_bytes.get() {
+                pressed = true;
+                self.borrow(self.max_bytes.get() + extra - self.budget_bytes.get(), be);
+            }
             if self.max_bytes.get() + extra > self.budget_bytes.get() {
                 self.steal(extra, ci, be);
             }
@@ -102,6 +128,9 @@ impl ThreadHeap {
                 list.max.set(grown);
                 self.max_bytes.set(self.max_bytes.get() + extra);
             }
+        }
+        if !pressed {
+            self.tick_calm(be);
         }
         let len = list.len.get();
         let max = list.max.get();
@@ -173,6 +202,62 @@ impl ThreadHeap {
         }
     }
 
+    /// Bytes this heap borrowed from the process-wide pool (any thread may ask).
+    pub fn borrowed_bytes(&self) -> usize {
+        self.borrowed.get() as usize
+    }
+
+    /// Borrows room for at least `short` more bytes of maxima from the pool, a
+    /// whole number of steps, within the heap's cap (invariant 8); borrows nothing
+    /// if the pool is spent (the caller then steals between its own classes).
+    fn borrow<O: Os>(&self, short: usize, be: &Backend<O>) {
+        self.calm.set(0);
+        let borrowed = self.borrowed.get() as usize;
+        let room =
+            (self.base_budget.get().saturating_mul(BORROW_CAP_FACTOR)).saturating_sub(borrowed);
+        let step = short
+            .div_ceil(BORROW_STEP)
+            .saturating_mul(BORROW_STEP)
+            .min(room);
+        if step > 0 && be.cache_pool.borrow(step) {
+            self.borrowed.set((borrowed + step) as u64);
+            self.budget_bytes.set(self.budget_bytes.get() + step);
+        }
+    }
+
+    /// Counts a slow-path event with room to spare in the budget; after
+    /// [`CALM_EVENTS`] of them in a row, gives a step of borrowed room back, lowering
+    /// maxima (and flushing) to fit. Outside any move (`steal` flushes).
+    pub(super) fn tick_calm<O: Os>(&self, be: &Backend<O>) {
+        let borrowed = self.borrowed.get() as usize;
+        if borrowed == 0 {
+            return;
+        }
+        let calm = self.calm.get() + 1;
+        if calm < CALM_EVENTS {
+            self.calm.set(calm);
+            return;
+        }
+        self.calm.set(0);
+        let back = borrowed.min(BORROW_STEP);
+        self.borrowed.set((borrowed - back) as u64);
+        self.budget_bytes.set(self.budget_bytes.get() - back);
+        self.fit_budget(be);
+        be.cache_pool.give_back(back);
+    }
+
+    /// Lowers maxima (flushing what they no longer hold) until they fit the budget
+    /// again (invariant 3), a batch of every class a round.
+    fn fit_budget<O: Os>(&self, be: &Backend<O>) {
+        while self.max_bytes.get() > self.budget_bytes.get() {
+            let before = self.max_bytes.get();
+            self.steal(0, NUM_CLASSES, be);
+            if self.max_bytes.get() == before {
+                return;
+            }
+        }
+    }
+
     /// Hands the first `n` objects of list `ci` to the central tier.
     ///
     /// # Safety
@@ -214,6 +299,11 @@ impl ThreadHeap {
             list.refill_want.set(0);
         }
         self.max_bytes.set(0);
+        // Invariant 8: the room goes back to the pool with the objects.
+        be.cache_pool.give_back(self.borrowed.get() as usize);
+        self.borrowed.set(0);
+        self.budget_bytes.set(self.base_budget.get());
+        self.calm.set(0);
         be.note_flow(self.unpublished.get());
         self.unpublished.set(0);
     }
@@ -225,10 +315,12 @@ impl ThreadHeap {
     pub unsafe fn set_budget<O: Os>(&self, budget_bytes: usize, be: &Backend<O>) {
         #[cfg(strata_loom)]
         self.touch();
+        // What was borrowed goes back: the new budget is the heap's own.
+        be.cache_pool.give_back(self.borrowed.get() as usize);
+        self.borrowed.set(0);
+        self.base_budget.set(budget_bytes);
         self.budget_bytes.set(budget_bytes);
-        if self.max_bytes.get() > budget_bytes {
-            self.steal(0, NUM_CLASSES, be);
-        }
+        self.fit_budget(be);
     }
 
     /// Counts a reallocation (owner only; not on a sentinel).

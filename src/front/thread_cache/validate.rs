@@ -1,6 +1,7 @@
 //! `ThreadHeap::validate`: the heap's numbered invariants, checked by its owner
 //! (or under the pool lock for a pooled heap).
 
+use super::slow::BORROW_CAP_FACTOR;
 use super::{HeapState, ThreadHeap};
 use crate::Violation;
 use crate::backend::Backend;
@@ -11,8 +12,9 @@ use crate::size_class::CLASS_SIZE;
 use core::ptr;
 
 impl ThreadHeap {
-    /// Checks invariants 1, 3, 4, 5, 6 and 7: list lengths match their chains,
-    /// objects are ours and their links decode, the budget and the counters add up,
+    /// Checks invariants 1, 3, 4, 5, 6, 7 and 8: list lengths match their chains,
+    /// objects are ours and their links decode, the budget, what it borrows and the
+    /// counters add up,
     /// a live heap has the process's link key, no move is open (the heap is its
     /// caller's or pooled, so none can be), and a sentinel is still empty.
     ///
@@ -96,6 +98,23 @@ impl ThreadHeap {
             3,
             "max_bytes differs from the lists",
             0,
+        )?;
+        let borrowed = self.borrowed.get() as usize;
+        check(
+            self.budget_bytes.get() == self.base_budget.get().wrapping_add(borrowed),
+            "ThreadHeap",
+            8,
+            "budget differs from own budget plus borrowed",
+            borrowed,
+        )?;
+        check(
+            borrowed <= self.base_budget.get().saturating_mul(BORROW_CAP_FACTOR)
+                && borrowed <= be.cache_pool.lent()
+                && (borrowed == 0 || self.state() == HeapState::Live),
+            "ThreadHeap",
+            8,
+            "borrowed beyond the cap, the pool's lent bytes, or while not live",
+            borrowed,
         )?;
         let k = self.counters();
         check(

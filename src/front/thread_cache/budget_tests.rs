@@ -1,0 +1,135 @@
+//! The adaptive budget (`slow`: borrow on overflow, give back when calm, flushed or
+//! retired) against the backend's `CachePool`.
+
+use super::slow::{BORROW_CAP_FACTOR, BORROW_STEP, CALM_EVENTS};
+use super::*;
+use crate::backend::Backend;
+use crate::os::SysOs;
+use crate::size_class::class_for;
+
+/// Objects of 2 KiB: a class whose batch fits in one borrowing step, and whose
+/// list holds up to 256 KiB (`max_cached`).
+const SIZE: usize = 2048;
+
+fn backend() -> &'static Backend<SysOs> {
+    Box::leak(Box::new(Backend::new(SysOs)))
+}
+
+fn live_heap(budget: usize) -> Box<ThreadHeap> {
+    let heap = Box::new(ThreadHeap::new(HeapState::Pooled));
+    // SAFETY: a fresh heap this thread owns.
+    unsafe { heap.activate(budget) };
+    heap
+}
+
+/// Allocates `n` objects of [`SIZE`] through the heap's paths, as `global` does.
+fn take(heap: &ThreadHeap, be: &Backend<SysOs>, n: usize) -> Vec<*mut u8> {
+    let c = class_for(SIZE, 8).unwrap();
+    (0..n)
+        .map(|_| {
+            // SAFETY: a live heap this thread owns; c is a valid class.
+            let p = unsafe { heap.pop(c) };
+            let p = if p.is_null() {
+                // SAFETY: as above, and the class-c list is empty.
+                unsafe { heap.alloc_slow(c, be) }
+            } else {
+                p
+            };
+            assert!(!p.is_null());
+            p
+        })
+        .collect()
+}
+
+/// Frees `blocks` through the heap's paths, as `global` does.
+fn give(heap: &ThreadHeap, be: &Backend<SysOs>, blocks: Vec<*mut u8>) {
+    let c = class_for(SIZE, 8).unwrap();
+    for p in blocks {
+        // SAFETY: blocks of class c this heap handed out, each freed once; the heap
+        // is live and this thread's.
+        unsafe {
+            if !heap.try_push(c, p) {
+                heap.free_slow(c, p, be);
+            }
+        }
+    }
+}
+
+/// A working set (1 MiB) that overflows the heap's budget (64 KiB) borrows room
+/// from the pool: the heap then caches more than its own budget, within its cap,
+/// and a flush (as at thread exit) gives every byte back.
+#[test]
+fn an_overflowing_working_set_borrows_room_and_a_flush_gives_it_back() {
+    const BASE: usize = 64 << 10;
+    let be = backend();
+    let heap = live_heap(BASE);
+    let blocks = take(&heap, be, (1 << 20) / SIZE);
+    give(&heap, be, blocks);
+    let borrowed = heap.borrowed_bytes();
+    assert!(borrowed > 0, "no room borrowed");
+    assert_eq!(be.cache_pool.lent(), borrowed);
+    assert!(heap.max_bytes.get() > BASE && heap.budget_bytes.get() > BASE);
+    assert!(heap.cached(class_for(SIZE, 8).unwrap()) * SIZE > BASE);
+    assert_eq!(borrowed, BASE * BORROW_CAP_FACTOR, "1 MiB fills the cap");
+    // SAFETY: the heap is this thread's.
+    unsafe { heap.validate(be) }.unwrap();
+    // SAFETY: the heap is this thread's.
+    unsafe { heap.flush_all(be) };
+    assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
+    assert_eq!(heap.budget_bytes.get(), BASE);
+    // SAFETY: the heap is this thread's.
+    unsafe { heap.validate(be) }.unwrap();
+}
+
+/// Many heaps overflowing at once borrow no more than the pool's total together,
+/// and give it all back when flushed.
+#[test]
+fn many_overflowing_heaps_stay_within_the_pool() {
+    const BASE: usize = 64 << 10;
+    const TOTAL: usize = 4 * BORROW_STEP;
+    let be = backend();
+    be.cache_pool.set_total(TOTAL);
+    let heaps: Vec<_> = (0..8).map(|_| live_heap(BASE)).collect();
+    for h in &heaps {
+        let blocks = take(h, be, (1 << 20) / SIZE);
+        give(h, be, blocks);
+    }
+    let sum: usize = heaps.iter().map(|h| h.borrowed_bytes()).sum();
+    assert_eq!(sum, be.cache_pool.lent());
+    assert_eq!(sum, TOTAL, "the pool is spent, not overdrawn");
+    for h in &heaps {
+        assert!(h.max_bytes.get() <= h.budget_bytes.get());
+        // SAFETY: the heap is this thread's.
+        unsafe { h.validate(be) }.unwrap();
+        // SAFETY: the heap is this thread's.
+        unsafe { h.flush_all(be) };
+    }
+    assert_eq!(be.cache_pool.lent(), 0);
+}
+
+/// A heap whose slow paths keep finding room to spare gives a step back every
+/// `CALM_EVENTS` of them, lowering its maxima to fit; a new budget gives back the
+/// rest.
+#[test]
+fn a_calm_heap_gives_back_a_step_at_a_time() {
+    const BASE: usize = 64 << 10;
+    let be = backend();
+    let heap = live_heap(BASE);
+    let blocks = take(&heap, be, (1 << 20) / SIZE);
+    give(&heap, be, blocks);
+    let borrowed = heap.borrowed_bytes();
+    assert!(borrowed > BORROW_STEP);
+    for _ in 0..CALM_EVENTS {
+        heap.tick_calm(be);
+    }
+    assert_eq!(heap.borrowed_bytes(), borrowed - BORROW_STEP);
+    assert_eq!(be.cache_pool.lent(), borrowed - BORROW_STEP);
+    assert!(heap.max_bytes.get() <= heap.budget_bytes.get());
+    // SAFETY: the heap is this thread's.
+    unsafe { heap.validate(be) }.unwrap();
+    // SAFETY: the heap is this thread's, live.
+    unsafe { heap.set_budget(BASE, be) };
+    assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
+    // SAFETY: the heap is this thread's.
+    unsafe { heap.flush_all(be) };
+}
