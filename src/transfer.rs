@@ -7,7 +7,9 @@
 //! index. The per-CPU front end flushes and refills arrays, so neither side reads
 //! or writes the objects (each one a cache miss: it was freed on another CPU); the
 //! thread caches flush chains, and a thread cache that pops an array links it into
-//! a chain (stores, not dependent loads). Descriptors live in blocks from the metadata arena that are never
+//! a chain (stores, not dependent loads). An array batch has no link to check
+//! (`link`'s check runs where links are followed): a write after free into one of
+//! its objects is not caught while it crosses, as in a CPU's stack. Descriptors live in blocks from the metadata arena that are never
 //! unmapped (type-stable memory), so a popper that loses a race and reads the `next`
 //! of a descriptor someone else already took reads valid memory; the 32-bit tag in
 //! the head, bumped on every successful CAS, makes its CAS fail instead of installing
