@@ -7,6 +7,11 @@
 //! (one CAS) unless the stack already holds enough; then return the objects to their
 //! spans under the class lock; a span whose `live` count reaches 0 goes back to the
 //! page heap.
+//!
+//! The per-CPU front end flushes and refills arrays (`flush_array`,
+//! `refill_array`): a whole batch goes on the stack as the addresses in its
+//! descriptor, and comes off it into a CPU's stack, without an object being read or
+//! written; a thread cache that pops such a batch links it (`refill_up_to`).
 
 use crate::Violation;
 use crate::check::check;
@@ -17,7 +22,7 @@ use crate::os::Os;
 use crate::page_heap::PageHeap;
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{LockRank, RawLock, UnsafeCell};
-use crate::transfer::{DescPool, TransferStack};
+use crate::transfer::{DESC_SLOTS, DescPool, TransferStack, chain_to_array, link_array};
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
@@ -32,7 +37,8 @@ const STACK_BYTES: usize = 1 << 20;
 /// One size class of the central tier.
 ///
 /// Invariants: 1. every batch on `stack` holds exactly `class.batch()` objects of
-/// this class, linked and owned by no thread cache.
+/// this class, owned by no front end: linked (a thread cache's flush) or as an
+/// array in its descriptor (the per-CPU front end's flush; BatchDesc invariant 2).
 /// 2. `spans` (under `lock`): `partial` lists exactly the Small spans of this class
 /// that have an object to give and `live > 0`; `nspans` counts all Small spans of
 /// this class (Span invariant 4).
@@ -137,7 +143,18 @@ impl Central {
         );
         let cls = &self.classes[c.index()];
         if let Some(i) = cls.stack.pop(&self.descs) {
-            let (head, count) = self.descs.get(i).get();
+            let d = self.descs.get(i);
+            let (mut head, count) = d.get();
+            if head.is_null() {
+                // An array batch (a per-CPU flush): linked here, one store into
+                // each object; the thread cache reads each link when it hands the
+                // object out, which touches the object anyway.
+                let mut objs = [ptr::null_mut(); DESC_SLOTS];
+                let n = d.copy_array(&mut objs);
+                // SAFETY: the batch's objects are ours now (popped, invariant 1),
+                // distinct and free; they carry the free mark, so the key is set.
+                head = unsafe { link_array(&objs[..n]) };
+            }
             self.descs.free(i);
             return Batch {
                 head,
@@ -145,6 +162,49 @@ impl Central {
             };
         }
         self.carve(c, ph, want)
+    }
+
+    /// Up to one batch of class `c` objects as an array, for the per-CPU front end:
+    /// written into `out` (at least `c.batch()` long), each object with the free
+    /// mark (an encoded null link) in its first word; returns how many (0 only if
+    /// the OS refuses memory). An array batch from the transfer stack is copied
+    /// from its descriptor without touching an object; a chain is walked (a
+    /// thread cache's flush, or a carve, whose objects were just linked and are
+    /// hot in this CPU's cache).
+    pub fn refill_array<O: Os>(
+        &self,
+        c: SizeClass,
+        ph: &PageHeap<O>,
+        out: &mut [*mut u8],
+    ) -> usize {
+        debug_check!(
+            out.len() >= c.batch(),
+            "refill_array: room for less than a batch"
+        );
+        let cls = &self.classes[c.index()];
+        let (head, count) = if let Some(i) = cls.stack.pop(&self.descs) {
+            let d = self.descs.get(i);
+            let n = d.copy_array(out);
+            let (head, count) = d.get();
+            self.descs.free(i);
+            if head.is_null() {
+                debug_check!(
+                    n == c.batch() && n == count as usize,
+                    "refill_array: a stacked array batch that is not a whole batch"
+                );
+                return n;
+            }
+            (head, count as usize)
+        } else {
+            let b = self.carve(c, ph, c.batch());
+            (b.head, b.count)
+        };
+        if count == 0 {
+            return 0;
+        }
+        // SAFETY: a chain of `count` class-c objects, ours (popped: invariant 1;
+        // or just carved).
+        unsafe { chain_to_array(head, count, c, out) }
     }
 
     /// Takes back a chain of `count` class `c` objects from a thread cache.
@@ -172,6 +232,33 @@ impl Central {
         unsafe { self.release_objects(c, head, count, ph) };
     }
 
+    /// Takes back `objs`, class `c` objects from the per-CPU front end: a full batch
+    /// goes on the transfer stack as an array in its descriptor (no object read or
+    /// written: they keep the free mark they carry), anything else to the spans.
+    ///
+    /// # Safety
+    /// `objs` are distinct class `c` objects, given out by this central tier, that
+    /// nobody uses any more, each with the free mark in its first word (hardened
+    /// builds).
+    pub unsafe fn flush_array<O: Os>(
+        &self,
+        c: SizeClass,
+        objs: &[*mut u8],
+        ph: &PageHeap<O>,
+        meta: &MetaArena,
+    ) {
+        let cls = &self.classes[c.index()];
+        if objs.len() == c.batch() && cls.stack.len() < max_stacked_batches(c) {
+            if let Some(i) = self.descs.alloc(ph.os(), meta) {
+                self.descs.get(i).set_array(objs);
+                cls.stack.push(&self.descs, i);
+                return;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.release_array(c, objs, ph) };
+    }
+
     /// Returns objects to their spans; spans left with no live object go back to the
     /// page heap.
     ///
@@ -187,34 +274,26 @@ impl Central {
         self.classes[c.index()].with_spans_to_release(|cs| {
             let mut obj = head;
             for _ in 0..count {
-                // SAFETY: the chain has `count` objects (contract); each lies in a
-                // live Small span of class c (it was given out and not returned), whose
-                // descriptor the page map finds; the class lock makes the span ours.
-                unsafe {
-                    let next = FreeObj::next(obj, c);
-                    let span = (*ChunkHeader::of(obj.cast())).span_of(obj.cast());
-                    let s = &*span;
-                    debug_check!(
-                        s.kind() == SpanKind::Small && s.class() == c,
-                        "release_objects: object's span is not a Small span of its class"
-                    );
-                    FreeObj::set_next(obj, s.free());
-                    s.set_free(obj);
-                    s.set_live(s.live() - 1);
-                    if s.live() == 0 {
-                        // Unlist before the page heap takes it: a listed span is one
-                        // the class may carve from (Span invariant 4).
-                        #[cfg(not(strata_mutant = "central_empty_span_stays_listed"))]
-                        if s.flags() & SPAN_LISTED != 0 {
-                            list_remove(&mut cs.partial, span);
-                        }
-                        cs.nspans -= 1;
-                        ph.free_span(span);
-                    } else if s.flags() & SPAN_LISTED == 0 {
-                        list_push(&mut cs.partial, span);
-                    }
-                    obj = next;
-                }
+                // SAFETY: the chain has `count` objects (contract), ours.
+                let next = unsafe { FreeObj::next(obj, c) };
+                // SAFETY: a class-c object given out and not returned, and the
+                // class lock is held (we are in `with_spans_to_release`).
+                unsafe { release_one(cs, obj, c, ph) };
+                obj = next;
+            }
+        });
+    }
+
+    /// [`Central::release_objects`] for an array of objects.
+    ///
+    /// # Safety
+    /// As for [`Central::flush_array`], less the free mark.
+    pub unsafe fn release_array<O: Os>(&self, c: SizeClass, objs: &[*mut u8], ph: &PageHeap<O>) {
+        self.classes[c.index()].with_spans_to_release(|cs| {
+            for &o in objs {
+                // SAFETY: a class-c object given out and not returned (contract),
+                // and the class lock is held (we are in `with_spans_to_release`).
+                unsafe { release_one(cs, o.cast(), c, ph) };
             }
         });
     }
@@ -225,12 +304,21 @@ impl Central {
         let cls = &self.classes[c.index()];
         let mut moved = 0;
         while let Some(i) = cls.stack.pop(&self.descs) {
-            let (head, count) = self.descs.get(i).get();
+            let d = self.descs.get(i);
+            let (head, count) = d.get();
+            let mut objs = [ptr::null_mut(); DESC_SLOTS];
+            let n = d.copy_array(&mut objs);
             self.descs.free(i);
             moved += count as usize;
-            // SAFETY: by invariant 1 the batch holds `count` class-c objects that no
-            // one uses.
-            unsafe { self.release_objects(c, head, count as usize, ph) };
+            if head.is_null() {
+                // SAFETY: by invariant 1 the array holds `n` class-c objects that
+                // no one uses.
+                unsafe { self.release_array(c, &objs[..n], ph) };
+            } else {
+                // SAFETY: by invariant 1 the batch holds `count` class-c objects
+                // that no one uses.
+                unsafe { self.release_objects(c, head, count as usize, ph) };
+            }
         }
         moved
     }
@@ -394,6 +482,47 @@ pub unsafe fn validate_small_span(s: &Span) -> Result<(), Violation> {
         "partial-list membership wrong",
         at,
     )
+}
+
+/// Returns `obj` to its span's free list; a span left with no live object goes
+/// back to the page heap (unlisted first), one that had no free object is listed.
+///
+/// # Safety
+/// `obj` is a class-`c` object given out by the central tier and not returned,
+/// that nobody uses; `cs` is its class's span lists, whose lock the caller holds.
+#[inline(always)]
+unsafe fn release_one<O: Os>(
+    cs: &mut ClassSpans,
+    obj: *mut FreeObj,
+    c: SizeClass,
+    ph: &PageHeap<O>,
+) {
+    // SAFETY: `obj` lies in a live Small span of class c (it was given out and not
+    // returned), whose descriptor the page map finds; the class lock makes the span
+    // ours.
+    unsafe {
+        let span = (*ChunkHeader::of(obj.cast())).span_of(obj.cast());
+        let s = &*span;
+        debug_check!(
+            s.kind() == SpanKind::Small && s.class() == c,
+            "release_objects: object's span is not a Small span of its class"
+        );
+        FreeObj::set_next(obj, s.free());
+        s.set_free(obj);
+        s.set_live(s.live() - 1);
+        if s.live() == 0 {
+            // Unlist before the page heap takes it: a listed span is one the class
+            // may carve from (Span invariant 4).
+            #[cfg(not(strata_mutant = "central_empty_span_stays_listed"))]
+            if s.flags() & SPAN_LISTED != 0 {
+                list_remove(&mut cs.partial, span);
+            }
+            cs.nspans -= 1;
+            ph.free_span(span);
+        } else if s.flags() & SPAN_LISTED == 0 {
+            list_push(&mut cs.partial, span);
+        }
+    }
 }
 
 fn max_stacked_batches(c: SizeClass) -> usize {

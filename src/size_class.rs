@@ -72,7 +72,9 @@ impl Geometry {
         max_small: 256 << 10,
         classes: ClassScheme::Quarters,
         meta_block: 256 << 10,
-        desc_block_shift: 12,
+        // 512 descriptors of 272 bytes (transfer::DESC_SLOTS): a block fits in
+        // one metadata block.
+        desc_block_shift: 9,
         desc_dir_len: 4096,
     };
     /// The geometry of the loom models: 256 B pages, 4 KiB chunks (16 pages, of which

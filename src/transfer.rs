@@ -1,9 +1,15 @@
 //! The lock-free stack of batches between thread caches and the central tier, and
 //! the pool of type-stable batch descriptors it is built from.
 //!
-//! A *batch* is a chain of objects linked through their first word. A descriptor
-//! ([`BatchDesc`]) records a batch's head and length; stacks link descriptors by
-//! index. Descriptors live in blocks from the metadata arena that are never
+//! A *batch* is a chain of objects linked through their first word, or an array of
+//! their addresses kept in the descriptor itself. A descriptor ([`BatchDesc`])
+//! records a chain's head and length, or the array; stacks link descriptors by
+//! index. The per-CPU front end flushes and refills arrays, so neither side reads
+//! or writes the objects (each one a cache miss: it was freed on another CPU); the
+//! thread caches flush chains, and a thread cache that pops an array links it into
+//! a chain (stores, not dependent loads). An array batch has no link to check
+//! (`link`'s check runs where links are followed): a write after free into one of
+//! its objects is not caught while it crosses, as in a CPU's stack. Descriptors live in blocks from the metadata arena that are never
 //! unmapped (type-stable memory), so a popper that loses a race and reads the `next`
 //! of a descriptor someone else already took reads valid memory; the 32-bit tag in
 //! the head, bumped on every successful CAS, makes its CAS fail instead of installing
@@ -22,33 +28,84 @@ pub const NIL: u32 = u32::MAX;
 const BLOCK_SHIFT: u32 = GEOMETRY.desc_block_shift;
 const BLOCK_LEN: usize = 1 << BLOCK_SHIFT;
 const DIR_LEN: usize = GEOMETRY.desc_dir_len;
+const_assert!(BLOCK_LEN * core::mem::size_of::<BatchDesc>() <= GEOMETRY.meta_block || LOOM);
+
+/// The most objects a descriptor holds as an array: the largest batch of any class
+/// (32 in the shipped geometry, so a descriptor is 272 bytes).
+pub const DESC_SLOTS: usize = {
+    let mut m = 1;
+    let mut k = 0;
+    while k < GEOMETRY.num_classes {
+        if GEOMETRY.batch(k) > m {
+            m = GEOMETRY.batch(k);
+        }
+        k += 1;
+    }
+    m
+};
 
 /// A batch descriptor.
 ///
-/// Invariant: a descriptor is in at most one place at a time: one stack, or owned by
-/// the single thread that popped or allocated it. `head`/`count` are only written by
-/// the owner and read by the next owner, after the push/pop pair that hands it over.
+/// Invariants: 1. a descriptor is in at most one place at a time: one stack, or
+/// owned by the single thread that popped or allocated it. `head`/`count`/`objs`
+/// are only written by the owner and read by the next owner, after the push/pop
+/// pair that hands it over.
+/// 2. The batch is a chain when `head` is non-null (`count` objects linked from
+/// `head`), else an array: `objs[..count]`, `count <= DESC_SLOTS`, distinct
+/// objects whose first words the descriptor's writer left as they were (the
+/// per-CPU front end's free mark).
 pub struct BatchDesc {
     next: AtomicU32,
-    head: UnsafeCell<*mut FreeObj>,
     count: UnsafeCell<u32>,
+    head: UnsafeCell<*mut FreeObj>,
+    objs: UnsafeCell<[*mut u8; DESC_SLOTS]>,
 }
 
 impl BatchDesc {
-    /// Records the batch (owner only).
+    /// Records a chain of `count` objects from `head` (owner only).
     pub fn set(&self, head: *mut FreeObj, count: u32) {
-        // SAFETY: only the owning thread touches these cells (invariant above).
+        // SAFETY: only the owning thread touches these cells (invariant 1).
         self.head.with_mut(|h| unsafe { *h = head });
-        // SAFETY: only the owning thread touches these cells (invariant above).
+        // SAFETY: only the owning thread touches these cells (invariant 1).
         self.count.with_mut(|c| unsafe { *c = count });
     }
-    /// Reads the batch (owner only).
+    /// Reads the batch (owner only): a chain's head and length, or null and the
+    /// length of an array (invariant 2; [`BatchDesc::copy_array`] reads it).
     pub fn get(&self) -> (*mut FreeObj, u32) {
-        // SAFETY: only the owning thread touches these cells (invariant above).
+        // SAFETY: only the owning thread touches these cells (invariant 1).
         let h = self.head.with(|h| unsafe { *h });
-        // SAFETY: only the owning thread touches these cells (invariant above).
+        // SAFETY: only the owning thread touches these cells (invariant 1).
         let c = self.count.with(|c| unsafe { *c });
         (h, c)
+    }
+    /// Records `objs` (at most `DESC_SLOTS`) as an array batch (owner only): the
+    /// addresses are copied; the objects are not touched.
+    pub fn set_array(&self, objs: &[*mut u8]) {
+        let n = objs.len().min(DESC_SLOTS);
+        debug_check!(
+            n == objs.len(),
+            "BatchDesc::set_array: more objects than slots"
+        );
+        // SAFETY: only the owning thread touches these cells (invariant 1); `n`
+        // is at most the array's length.
+        self.objs
+            .with_mut(|a| unsafe { (&mut *a)[..n].copy_from_slice(&objs[..n]) });
+        self.set(ptr::null_mut(), n as u32);
+    }
+    /// Copies an array batch's objects into `out` and returns how many (owner
+    /// only; 0 for a chain, or if `out` is too short, which callers size to the
+    /// batch).
+    pub fn copy_array(&self, out: &mut [*mut u8]) -> usize {
+        let (h, n) = self.get();
+        let n = n as usize;
+        if !h.is_null() || n > out.len() || n > DESC_SLOTS {
+            return 0;
+        }
+        // SAFETY: only the owning thread touches these cells (invariant 1); `n`
+        // is at most both lengths.
+        self.objs
+            .with(|a| unsafe { out[..n].copy_from_slice(&(&*a)[..n]) });
+        n
     }
 }
 
@@ -58,6 +115,12 @@ impl BatchDesc {
 /// Invariants: 1. `dir[i]` is null or points at `BLOCK_LEN` descriptors, forever.
 /// 2. every index below `fresh` (and below the capacity) names a descriptor whose
 ///    block is published, and is in exactly one place (a stack or an owner).
+///
+/// Memory: a descriptor is `DESC_SLOTS` words of array and two of header (272
+/// bytes); a block of `BLOCK_LEN` of them is taken from the metadata arena when the
+/// pool first needs it and kept. The pool grows to the most descriptors ever held at
+/// once: the batches on the central tier's stacks (at most `max_stacked_batches`
+/// per class, 512 at most) plus one per refill or flush in flight.
 ///
 /// Model-checked by `loom-tests/tests/desc_pool.rs` (racing growth, recycling).
 pub struct DescPool {
@@ -181,8 +244,9 @@ fn init_block(block: *mut BatchDesc) {
         unsafe {
             block.add(i).write(BatchDesc {
                 next: AtomicU32::new(NIL),
-                head: UnsafeCell::new(ptr::null_mut()),
                 count: UnsafeCell::new(0),
+                head: UnsafeCell::new(ptr::null_mut()),
+                objs: UnsafeCell::new([ptr::null_mut(); DESC_SLOTS]),
             })
         };
     }
@@ -373,6 +437,56 @@ pub unsafe fn chain_tail(head: *mut FreeObj, n: usize, c: SizeClass) -> *mut Fre
     }
     debug_check!(!t.is_null(), "chain_tail: chain shorter than its count");
     t
+}
+
+/// Links `objs` into a null-terminated chain in their order and returns its head
+/// (null if there are none): one store into each object, no load of one.
+///
+/// # Safety
+/// `objs` are distinct free objects of ours, owned by the caller; the link key is
+/// set (`ensure_key`).
+pub unsafe fn link_array(objs: &[*mut u8]) -> *mut FreeObj {
+    let mut head: *mut FreeObj = ptr::null_mut();
+    for &o in objs.iter().rev() {
+        let q = o.cast::<FreeObj>();
+        // SAFETY: ours by the contract; its first word is free to hold the link.
+        unsafe { FreeObj::set_next(q, head) };
+        head = q;
+    }
+    head
+}
+
+/// Walks a chain of `n` class-`c` objects from `head` into `out` (`n <= out.len()`),
+/// leaving in each object's first word an encoded null link (the per-CPU front
+/// end's free mark) in place of the spent link; returns how many it took.
+///
+/// # Safety
+/// `head` starts a chain of at least `n` linked free class-`c` objects owned by the
+/// caller.
+pub unsafe fn chain_to_array(
+    head: *mut FreeObj,
+    n: usize,
+    c: SizeClass,
+    out: &mut [*mut u8],
+) -> usize {
+    let mut k = 0;
+    let mut o = head;
+    while !o.is_null() && k < n && k < out.len() {
+        let next = if k + 1 < n {
+            // SAFETY: `o` is one of the chain's n class-c objects, the caller's,
+            // linked to the rest.
+            unsafe { FreeObj::next(o, c) }
+        } else {
+            ptr::null_mut()
+        };
+        // SAFETY: the caller's; its link is spent once `next` is read.
+        unsafe { FreeObj::set_next(o, ptr::null_mut()) };
+        out[k] = o.cast();
+        k += 1;
+        o = next;
+    }
+    debug_check!(k == n, "chain_to_array: chain shorter than its count");
+    k
 }
 
 #[cfg(all(test, not(strata_loom)))]

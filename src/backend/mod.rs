@@ -178,6 +178,30 @@ impl<O: Os> Backend<O> {
         self.central.refill_up_to(c, &self.page_heap, want)
     }
 
+    /// A batch of class-`c` objects as an array in `out` (at least a batch long),
+    /// each with the free mark in its first word (`Central::refill_array`); how
+    /// many, 0 if the OS refuses memory.
+    #[inline]
+    pub fn refill_array(&self, c: SizeClass, out: &mut [*mut u8]) -> usize {
+        self.central.refill_array(c, &self.page_heap, out)
+    }
+
+    /// Hands `objs`, class-`c` objects of this backend that nobody uses, each with
+    /// the free mark in its first word, to the central tier without touching
+    /// them when they make a full batch (`Central::flush_array`).
+    ///
+    /// # Safety
+    /// `objs` are distinct class-`c` objects of this backend that nobody uses,
+    /// each carrying the free mark (hardened builds).
+    #[inline]
+    pub unsafe fn flush_array(&self, c: SizeClass, objs: &[*mut u8]) {
+        // SAFETY: per the contract.
+        unsafe {
+            self.central
+                .flush_array(c, objs, &self.page_heap, &self.meta)
+        }
+    }
+
     /// Hands a chain of `n` class-`c` objects to the central tier.
     ///
     /// # Safety

@@ -1,5 +1,6 @@
 //! Unit tests of `carve`: a span's detached free list cut to a batch and the rest
-//! given back, alone and with another thread returning objects meanwhile.
+//! given back, alone and with another thread returning objects meanwhile; and of
+//! array batches (the per-CPU front end's) through the transfer stack.
 
 use super::*;
 use crate::backend::Backend;
@@ -163,4 +164,69 @@ fn a_carve_takes_a_whole_free_list_or_cuts_it_and_the_batch_is_right() {
         give_back(&b, c, &back);
         b.validate().unwrap();
     }
+}
+
+/// The first words of `objs` (the free mark each carries).
+fn first_words(objs: &[*mut u8]) -> Vec<usize> {
+    // SAFETY: free class objects of ours, at least a word each.
+    objs.iter()
+        .map(|&o| unsafe { *o.cast::<usize>() })
+        .collect()
+}
+
+#[test]
+fn array_batches_cross_the_transfer_stack_untouched_and_reach_thread_caches_linked() {
+    let b: Backend<SysOs> = Backend::new(SysOs);
+    let c = class();
+    let mut out = [ptr::null_mut::<u8>(); DESC_SLOTS];
+    // A carve, as an array: every object marked.
+    let n = b.central.refill_array(c, &b.page_heap, &mut out);
+    assert_eq!(n, c.batch());
+    let objs = out[..n].to_vec();
+    let key = crate::link::LinkKey::current();
+    for &o in &objs {
+        // SAFETY: a free object of ours.
+        let marked = unsafe { FreeObj::looks_free(o.cast(), key) };
+        assert!(
+            !crate::link::HARDENED || marked,
+            "an object of an array batch without the free mark"
+        );
+    }
+    let marks = first_words(&objs);
+    // A full batch goes on the stack as an array; a per-CPU refill gets it back
+    // with every object as it was.
+    // SAFETY: the batch's objects, ours, marked, unused.
+    unsafe { b.central.flush_array(c, &objs, &b.page_heap, &b.meta) };
+    assert_eq!(b.central.stacked_batches(c), Some(1));
+    let mut again = [ptr::null_mut::<u8>(); DESC_SLOTS];
+    let m = b.central.refill_array(c, &b.page_heap, &mut again);
+    assert_eq!(&again[..m], &objs[..]);
+    assert_eq!(first_words(&objs), marks, "an array refill wrote an object");
+    // Back as an array; a thread cache's refill gets the same objects linked.
+    // SAFETY: as above.
+    unsafe { b.central.flush_array(c, &objs, &b.page_heap, &b.meta) };
+    let mut chain = refill(&b, c);
+    let mut want: Vec<usize> = objs.iter().map(|&o| o as usize).collect();
+    chain.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(chain, want);
+    // An array batch drained to the spans, and a partial one flushed straight
+    // there, leave every span consistent.
+    for &o in &objs {
+        // SAFETY: ours again (the refill above), unused: the mark replaces the link.
+        unsafe { FreeObj::set_next(o.cast(), ptr::null_mut()) };
+    }
+    // SAFETY: ours, marked, unused.
+    unsafe { b.central.flush_array(c, &objs, &b.page_heap, &b.meta) };
+    assert_eq!(b.central.drain(c, &b.page_heap), c.batch());
+    b.validate().unwrap();
+    let n = b.central.refill_array(c, &b.page_heap, &mut out);
+    // SAFETY: as above; fewer than a batch goes to the spans.
+    unsafe {
+        b.central
+            .flush_array(c, &out[..n - 1], &b.page_heap, &b.meta)
+    };
+    assert_eq!(b.central.stacked_batches(c), Some(0));
+    give_back(&b, c, &[out[n - 1] as usize]);
+    b.validate().unwrap();
 }

@@ -18,8 +18,11 @@
 //!
 //! Objects in a CPU's stack carry the free mark in their first word (in hardened
 //! builds: an encoded link to null, as `FreeObj::set_next` writes it); it is
-//! cleared when an object is handed out, so nothing encoded leaks to the program,
-//! and replaced by a real link when the object leaves for the central tier. A
+//! cleared when an object is handed out, so nothing encoded leaks to the program.
+//! Objects leave for the central tier and come back as arrays of addresses
+//! (`flush_array`, `refill`: `Backend::flush_array`/`refill_array`), so a whole
+//! batch crosses without a read or write of its objects and keeps the mark; a
+//! real link replaces it only where an object goes to a span or a thread cache. A
 //! free whose block already carries the mark is checked against every CPU's
 //! stack (`check_double_free`): a double free of a cached block stops the process
 //! with a message naming it. Statistics: the objects count in the backend's
@@ -438,49 +441,31 @@ impl CpuCaches {
         c: SizeClass,
         be: &Backend<O>,
     ) -> *mut u8 {
-        let b = be.refill(c);
-        if b.count == 0 {
+        // The batch as an array of objects that carry the free mark, copied from
+        // its descriptor when a per-CPU flush left it so: no object is read (each
+        // read a cache miss, as they were freed on another CPU); a chain (a thread
+        // cache's flush, or a carve) is walked by the central tier.
+        let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
+        let n = be.refill_array(c, &mut objs);
+        if n == 0 {
             return ptr::null_mut();
         }
         // An empty stack: room for more next time, if the budget allows.
         self.grow_on_miss(slab, area, c.index());
         let size = c.size_bytes();
-        be.note_flow((b.count * size) as isize);
+        be.note_flow((n * size) as isize);
         // Relaxed: statistics.
         self.refills.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = self.received.get(c.index()) {
             // Relaxed: statistics.
-            r.fetch_add(b.count as u64, Ordering::Relaxed);
+            r.fetch_add(n as u64, Ordering::Relaxed);
         }
         if let Some(a) = self.refill_allocs.get(c.index()) {
             // Relaxed: statistics.
             a.fetch_add(1, Ordering::Relaxed);
         }
-        // The batch's objects into an array (links cleared: nothing encoded stays
-        // in a cached object), the first for the caller, the rest onto the CPU's
-        // stack in one critical section.
-        let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
-        let mut n = 0;
-        let mut o = b.head;
-        while !o.is_null() && n < MAX_BATCH && n < b.count {
-            let next = if n + 1 < b.count {
-                // SAFETY: `o` is one of the batch's b.count class-c objects, ours
-                // now, linked to the rest.
-                unsafe { FreeObj::next(o, c) }
-            } else {
-                ptr::null_mut()
-            };
-            // SAFETY: ours (the batch); its link is spent once `next` is read, and
-            // the first word takes the free mark of an object in a CPU's stack.
-            unsafe { FreeObj::set_next(o, ptr::null_mut()) };
-            objs[n] = o.cast();
-            n += 1;
-            o = next;
-        }
-        debug_check!(
-            n == b.count && o.is_null(),
-            "CpuCaches::refill: a batch longer than MAX_BATCH"
-        );
+        // The first for the caller, the rest onto the CPU's stack in one critical
+        // section.
         let first = objs[0];
         // SAFETY: the first object goes to the caller: no free mark.
         unsafe { FreeObj::clear(first.cast()) };
@@ -676,23 +661,18 @@ const_assert!({
     ok
 });
 
-/// Links `objs` into a chain and returns it to the central tier.
+/// Returns `objs` to the central tier as an array (a full batch goes on the
+/// transfer stack in its descriptor without touching an object,
+/// `Backend::flush_array`).
 ///
 /// # Safety
-/// `objs` are distinct class-`c` objects of `be`'s that nobody uses and that are in
-/// no slot of the slab.
+/// `objs` are distinct class-`c` objects of `be`'s that nobody uses, that are in
+/// no slot of the slab, each with the free mark in its first word (invariant 3
+/// held while they were cached; the object a free gives up was marked by it).
 unsafe fn flush_array<O: Os>(be: &Backend<O>, c: SizeClass, objs: &[*mut u8]) {
     ensure_key();
-    let mut head: *mut FreeObj = ptr::null_mut();
-    for &o in objs {
-        let q = o.cast::<FreeObj>();
-        // SAFETY: ours by the contract; its first word is free to hold the link.
-        unsafe { FreeObj::set_next(q, head) };
-        head = q;
-    }
-    // SAFETY: `head` starts a null-terminated chain of `objs.len()` class-c objects
-    // of `be` that nobody uses.
-    unsafe { be.flush(c, head, objs.len()) };
+    // SAFETY: per the contract.
+    unsafe { be.flush_array(c, objs) };
     be.note_flow(-((objs.len() * c.size_bytes()) as isize));
 }
 
