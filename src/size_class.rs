@@ -292,8 +292,14 @@ const SMALL_TABLE_M: usize = 8192;
 /// load instead of ~10 instructions of bit arithmetic. Every class boundary below
 /// 8 KiB is a multiple of 8, so `m >> 3` determines the class (checked as the table
 /// is built). 1 KiB; a program touches the lines of the sizes it asks for.
+///
+/// A `const`, not a `static`: where `class_for` is inlined into another crate's
+/// code (a program's `__rust_alloc`), a static of ours is reached through the
+/// address table (rustc does not let the linker relax those loads), one more
+/// dependent load on every allocation and free; a constant is emitted beside the
+/// code that indexes it and addressed directly (`lea` off the instruction pointer).
 #[allow(clippy::disallowed_macros)] // evaluated by the compiler
-static SMALL_CLASS: [u8; SMALL_TABLE_M / 8] = {
+const SMALL_CLASS: [u8; SMALL_TABLE_M / 8] = {
     let mut t = [0u8; SMALL_TABLE_M / 8];
     let mut i = 0;
     while i < SMALL_TABLE_M / 8 {
