@@ -339,12 +339,19 @@ fn single_thread_stack_is_lifo_and_bounded() {
     assert!(!unsafe { s.push(area, 1, obj(99)) }, "push beyond capacity");
     // SAFETY: as above.
     assert_eq!(unsafe { s.pop(area, 0) }, None, "class 0 untouched");
+    assert_eq!(s.pops(0, 1), 0, "pushes are not pops");
     for i in (0..8).rev() {
         // SAFETY: as above.
         assert_eq!(unsafe { s.pop(area, 1) }, Some(obj(i)));
     }
     // SAFETY: as above.
     assert_eq!(unsafe { s.pop(area, 1) }, None);
+    // Each pop that took an object counted once, on the CPU it ran on, in its
+    // class; the failed ones did not (pinned: no migration between the two).
+    assert_eq!(s.pops(0, 1), 8);
+    assert_eq!(s.pops(0, 0), 0);
+    assert_eq!(s.pops(1, 1), 0);
+    assert_eq!(s.pops(2, 1), 0, "another CPU, or out of range");
     s.validate().unwrap();
     unpin();
 }
