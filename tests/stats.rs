@@ -242,19 +242,9 @@ fn cross_thread_frees_and_thread_exit_keep_the_counts() {
         assert!(after.frees >= before.frees + (n * per as usize) as u64);
     }
     // Threads served by the per-CPU front end (STRATA_PERCPU=1) have no heap.
-    if !percpu_front_serves() {
+    if !common::percpu_front_serves() {
         assert!(after.thread_heaps_created >= before.thread_heaps_created.max(2));
     }
-}
-
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn percpu_front_serves() -> bool {
-    strata::percpu_front_counters().is_some()
-}
-
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn percpu_front_serves() -> bool {
-    false
 }
 
 #[test]

@@ -7,10 +7,12 @@
 #[global_allocator]
 static GLOBAL: strata::Strata = strata::Strata;
 
+mod common;
+
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-const MIB: usize = 1 << 20;
+use common::MIB;
 
 /// Allocates `bytes` in blocks of 1-8 KiB (many classes, none past its own cap),
 /// writes them, and frees them all: a working set the thread cache then holds.
@@ -45,7 +47,7 @@ fn overflowing_threads_borrow_within_the_pool_and_give_back_at_exit() {
     })
     .join()
     .unwrap();
-    if percpu_front_serves() {
+    if common::percpu_front_serves() {
         // STRATA_PERCPU in the environment: threads are served per CPU (all, or
         // all but the first ones), with no thread cache to borrow for.
         eprintln!("per-CPU front end on: the thread-cache budget is not exercised");
@@ -86,14 +88,4 @@ fn overflowing_threads_borrow_within_the_pool_and_give_back_at_exit() {
     assert_eq!(strata::stats().thread_cache_lent_bytes, lent_before);
     strata::set_thread_cache_pool_bytes(32 * MIB);
     strata::validate_heap().unwrap();
-}
-
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn percpu_front_serves() -> bool {
-    strata::percpu_front_counters().is_some()
-}
-
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn percpu_front_serves() -> bool {
-    false
 }

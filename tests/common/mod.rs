@@ -140,3 +140,17 @@ pub fn rss() -> usize {
 pub fn mib(bytes: isize) -> f64 {
     bytes as f64 / MIB as f64
 }
+
+/// Whether the per-CPU front end serves this process (`STRATA_PERCPU` in the
+/// environment, and the kernel allows it): threads beyond the first ones then have
+/// no thread cache.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn percpu_front_serves() -> bool {
+    strata::percpu_front_counters().is_some()
+}
+
+/// No per-CPU front end on other platforms.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn percpu_front_serves() -> bool {
+    false
+}
