@@ -68,7 +68,7 @@ fn an_overflowing_working_set_borrows_room_and_a_flush_gives_it_back() {
     let borrowed = heap.borrowed_bytes();
     assert!(borrowed > 0, "no room borrowed");
     assert_eq!(be.cache_pool.lent(), borrowed);
-    assert!(heap.max_bytes.get() > BASE && heap.budget_bytes.get() > BASE);
+    assert!(heap.max_bytes.get() > BASE && heap.budget_bytes() > BASE);
     assert!(heap.cached(class_for(SIZE, 8).unwrap()) * SIZE > BASE);
     assert_eq!(borrowed, BASE * BORROW_CAP_FACTOR, "1 MiB fills the cap");
     // SAFETY: the heap is this thread's.
@@ -76,7 +76,7 @@ fn an_overflowing_working_set_borrows_room_and_a_flush_gives_it_back() {
     // SAFETY: the heap is this thread's.
     unsafe { heap.flush_all(be) };
     assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
-    assert_eq!(heap.budget_bytes.get(), BASE);
+    assert_eq!(heap.budget_bytes(), BASE);
     // SAFETY: the heap is this thread's.
     unsafe { heap.validate(be) }.unwrap();
 }
@@ -98,7 +98,7 @@ fn many_overflowing_heaps_stay_within_the_pool() {
     assert_eq!(sum, be.cache_pool.lent());
     assert_eq!(sum, TOTAL, "the pool is spent, not overdrawn");
     for h in &heaps {
-        assert!(h.max_bytes.get() <= h.budget_bytes.get());
+        assert!(h.max_bytes.get() <= h.budget_bytes());
         // SAFETY: the heap is this thread's.
         unsafe { h.validate(be) }.unwrap();
         // SAFETY: the heap is this thread's.
@@ -124,7 +124,7 @@ fn a_calm_heap_gives_back_a_step_at_a_time() {
     }
     assert_eq!(heap.borrowed_bytes(), borrowed - BORROW_STEP);
     assert_eq!(be.cache_pool.lent(), borrowed - BORROW_STEP);
-    assert!(heap.max_bytes.get() <= heap.budget_bytes.get());
+    assert!(heap.max_bytes.get() <= heap.budget_bytes());
     // SAFETY: the heap is this thread's.
     unsafe { heap.validate(be) }.unwrap();
     // SAFETY: the heap is this thread's, live.

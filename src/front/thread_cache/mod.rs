@@ -203,9 +203,9 @@ pub enum HeapState {
 /// A thread's cache.
 ///
 /// Invariants: those of `FreeList` for every class, and
-/// 3. `max_bytes == Σ lists[c].max × size(c)`, and `max_bytes <= budget_bytes` except
+/// 3. `max_bytes == Σ lists[c].max × size(c)`, and `max_bytes <= budget_bytes()` except
 ///    transiently while a smaller budget is being applied.
-/// 8. `budget_bytes == base_budget + borrowed`, `borrowed` is room taken from the
+/// 8. the budget (`budget_bytes()`) is `base_budget + borrowed`, `borrowed` is room taken from the
 ///    backend's `CachePool` (invariant 1 there) and `borrowed <= BORROW_CAP_FACTOR ×
 ///    base_budget`; a heap that is not live borrows nothing.
 /// 4. `received + frees == allocs + returned + Σ len` (see `HeapCounters`); the
@@ -252,9 +252,8 @@ pub struct ThreadHeap {
     state: OwnerCell<HeapState>,
     steal_next: OwnerCell<u8>,
     max_bytes: OwnerCell<usize>,
-    budget_bytes: OwnerCell<usize>,
-    /// The thread's own budget (`set_thread_cache_budget`); `budget_bytes` adds the
-    /// room borrowed (invariant 8, `slow`).
+    /// The thread's own budget (`set_thread_cache_budget`); the budget the maxima
+    /// must fit adds the room borrowed (`budget_bytes()`, invariant 8, `slow`).
     base_budget: OwnerCell<usize>,
     /// Bytes borrowed from the backend's `CachePool` (any thread may read it).
     borrowed: OwnedU64,
@@ -307,7 +306,6 @@ impl ThreadHeap {
                 state: OwnerCell::new(state),
                 steal_next: OwnerCell::new(0),
                 max_bytes: OwnerCell::new(0),
-                budget_bytes: OwnerCell::new(DEFAULT_CACHE_BUDGET),
                 base_budget: OwnerCell::new(DEFAULT_CACHE_BUDGET),
                 borrowed: OwnedU64::new(0),
                 calm: OwnerCell::new(0),
@@ -383,7 +381,6 @@ impl ThreadHeap {
         self.link_key.set(LinkKey::current());
         debug_check!(self.borrowed.get() == 0, "activate: the heap still borrows");
         self.state.set(HeapState::Live);
-        self.budget_bytes.set(budget_bytes);
         self.base_budget.set(budget_bytes);
         self.calm.set(0);
         self.max_bytes.set(0);

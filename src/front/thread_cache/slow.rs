@@ -117,14 +117,14 @@ impl ThreadHeap {
         if max < cap {
             let grown = (max + batch).min(cap);
             let extra = (grown - max) as usize * size;
-            if self.max_bytes.get() + extra > self.budget_bytes.get() {
+            if self.max_bytes.get() + extra > self.budget_bytes() {
                 pressed = true;
-                self.borrow(self.max_bytes.get() + extra - self.budget_bytes.get(), be);
+                self.borrow(self.max_bytes.get() + extra - self.budget_bytes(), be);
             }
-            if self.max_bytes.get() + extra > self.budget_bytes.get() {
+            if self.max_bytes.get() + extra > self.budget_bytes() {
                 self.steal(extra, ci, be);
             }
-            if self.max_bytes.get() + extra <= self.budget_bytes.get() {
+            if self.max_bytes.get() + extra <= self.budget_bytes() {
                 list.max.set(grown);
                 self.max_bytes.set(self.max_bytes.get() + extra);
             }
@@ -181,7 +181,7 @@ impl ThreadHeap {
     /// callers' contracts say).
     fn steal<O: Os>(&self, need: usize, keep: usize, be: &Backend<O>) {
         for _ in 0..NUM_CLASSES {
-            if self.max_bytes.get() + need <= self.budget_bytes.get() {
+            if self.max_bytes.get() + need <= self.budget_bytes() {
                 return;
             }
             let v = self.steal_next.get() as usize;
@@ -207,6 +207,12 @@ impl ThreadHeap {
         self.borrowed.get() as usize
     }
 
+    /// The budget the maxima must fit: the heap's own plus what it borrowed
+    /// (invariant 8).
+    pub(super) fn budget_bytes(&self) -> usize {
+        self.base_budget.get() + self.borrowed.get() as usize
+    }
+
     /// Borrows room for at least `short` more bytes of maxima from the pool, a
     /// whole number of steps, within the heap's cap (invariant 8); borrows nothing
     /// if the pool is spent (the caller then steals between its own classes).
@@ -221,7 +227,6 @@ impl ThreadHeap {
             .min(room);
         if step > 0 && be.cache_pool.borrow(step) {
             self.borrowed.set((borrowed + step) as u64);
-            self.budget_bytes.set(self.budget_bytes.get() + step);
         }
     }
 
@@ -241,7 +246,6 @@ impl ThreadHeap {
         self.calm.set(0);
         let back = borrowed.min(BORROW_STEP);
         self.borrowed.set((borrowed - back) as u64);
-        self.budget_bytes.set(self.budget_bytes.get() - back);
         self.fit_budget(be);
         be.cache_pool.give_back(back);
     }
@@ -249,7 +253,7 @@ impl ThreadHeap {
     /// Lowers maxima (flushing what they no longer hold) until they fit the budget
     /// again (invariant 3), a batch of every class a round.
     fn fit_budget<O: Os>(&self, be: &Backend<O>) {
-        while self.max_bytes.get() > self.budget_bytes.get() {
+        while self.max_bytes.get() > self.budget_bytes() {
             let before = self.max_bytes.get();
             self.steal(0, NUM_CLASSES, be);
             if self.max_bytes.get() == before {
@@ -302,7 +306,6 @@ impl ThreadHeap {
         // Invariant 8: the room goes back to the pool with the objects.
         be.cache_pool.give_back(self.borrowed.get() as usize);
         self.borrowed.set(0);
-        self.budget_bytes.set(self.base_budget.get());
         self.calm.set(0);
         be.note_flow(self.unpublished.get());
         self.unpublished.set(0);
@@ -319,7 +322,6 @@ impl ThreadHeap {
         be.cache_pool.give_back(self.borrowed.get() as usize);
         self.borrowed.set(0);
         self.base_budget.set(budget_bytes);
-        self.budget_bytes.set(budget_bytes);
         self.fit_budget(be);
     }
 

@@ -101,13 +101,6 @@ impl ThreadHeap {
         )?;
         let borrowed = self.borrowed.get() as usize;
         check(
-            self.budget_bytes.get() == self.base_budget.get().wrapping_add(borrowed),
-            "ThreadHeap",
-            8,
-            "budget differs from own budget plus borrowed",
-            borrowed,
-        )?;
-        check(
             borrowed <= self.base_budget.get().saturating_mul(BORROW_CAP_FACTOR)
                 && borrowed <= be.cache_pool.lent()
                 && (borrowed == 0 || self.state() == HeapState::Live),
