@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per C malloc+free pair under LD_PRELOAD, counted by callgrind:
-# ring.c frees and reallocates slots of a ring of 1,024 live blocks of 8-512 B.
+# ring.c frees and reallocates slots of a ring of 1,024 live blocks of 8-512 B
+# (its defaults; `ring N RING MIN MAX` sets the ring and the sizes).
 # Both calls of measured_loop are counted (100k warm-up + N pairs); the loop's own
 # code is about 16 instructions per pair. Usage: benches/c_ring/callgrind.sh [N]
 set -euo pipefail
