@@ -143,14 +143,13 @@ impl Central {
         );
         let cls = &self.classes[c.index()];
         if let Some(i) = cls.stack.pop(&self.descs) {
-            let d = self.descs.get(i);
-            let (mut head, count) = d.get();
-            if head.is_null() {
+            let (mut head, count) = self.descs.get(i).get();
+            if let Some(a) = self.descs.array(i) {
                 // An array batch (a per-CPU flush): linked here, one store into
                 // each object; the thread cache reads each link when it hands the
                 // object out, which touches the object anyway.
                 let mut objs = [ptr::null_mut(); DESC_SLOTS];
-                let n = d.copy_array(&mut objs);
+                let n = a.copy_array(&mut objs);
                 // SAFETY: the batch's objects are ours now (popped, invariant 1),
                 // distinct and free; they carry the free mark, so the key is set.
                 head = unsafe { link_array(&objs[..n]) };
@@ -183,17 +182,17 @@ impl Central {
         );
         let cls = &self.classes[c.index()];
         let (head, count) = if let Some(i) = cls.stack.pop(&self.descs) {
-            let d = self.descs.get(i);
-            let n = d.copy_array(out);
-            let (head, count) = d.get();
-            self.descs.free(i);
-            if head.is_null() {
+            if let Some(a) = self.descs.array(i) {
+                let n = a.copy_array(out);
+                self.descs.free(i);
                 debug_check!(
-                    n == c.batch() && n == count as usize,
+                    n == c.batch(),
                     "refill_array: a stacked array batch that is not a whole batch"
                 );
                 return n;
             }
+            let (head, count) = self.descs.get(i).get();
+            self.descs.free(i);
             (head, count as usize)
         } else {
             let b = self.carve(c, ph, c.batch());
@@ -249,8 +248,8 @@ impl Central {
     ) {
         let cls = &self.classes[c.index()];
         if objs.len() == c.batch() && cls.stack.len() < max_stacked_batches(c) {
-            if let Some(i) = self.descs.alloc(ph.os(), meta) {
-                self.descs.get(i).set_array(objs);
+            if let Some((i, a)) = self.descs.alloc_array(ph.os(), meta) {
+                a.set_array(objs);
                 cls.stack.push(&self.descs, i);
                 return;
             }
@@ -304,13 +303,12 @@ impl Central {
         let cls = &self.classes[c.index()];
         let mut moved = 0;
         while let Some(i) = cls.stack.pop(&self.descs) {
-            let d = self.descs.get(i);
-            let (head, count) = d.get();
+            let (head, count) = self.descs.get(i).get();
             let mut objs = [ptr::null_mut(); DESC_SLOTS];
-            let n = d.copy_array(&mut objs);
+            let n = self.descs.array(i).map_or(0, |a| a.copy_array(&mut objs));
             self.descs.free(i);
             moved += count as usize;
-            if head.is_null() {
+            if DescPool::is_array(i) {
                 // SAFETY: by invariant 1 the array holds `n` class-c objects that
                 // no one uses.
                 unsafe { self.release_array(c, &objs[..n], ph) };
@@ -359,7 +357,8 @@ impl Central {
 
     /// Checks invariant 2 and Span invariant 4 for every partial span, and that
     /// `nspans` matches `counted`, the Small spans per class found by a walk of the
-    /// chunks. Call with every class lock held (`Backend::lock_set`).
+    /// chunks; and the descriptor pool (`DescPool::validate`). Call with every class
+    /// lock held (`Backend::lock_set`).
     ///
     /// # Safety
     /// The caller holds every class lock.
@@ -367,6 +366,7 @@ impl Central {
         &self,
         small_spans: &[usize; NUM_CLASSES],
     ) -> Result<(), Violation> {
+        self.descs.validate()?;
         for (ci, cls) in self.classes.iter().enumerate() {
             // SAFETY: the caller holds this class's lock.
             let cs = cls.spans.with(|s| unsafe { &*s });
