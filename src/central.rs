@@ -27,6 +27,7 @@ use core::ptr;
 use crossbeam_utils::CachePadded;
 
 mod carve;
+mod carve_array;
 #[cfg(all(test, not(strata_loom)))]
 mod tests;
 
@@ -167,9 +168,9 @@ impl Central {
     /// written into `out` (at least `c.batch()` long), each object with the free
     /// mark (an encoded null link) in its first word; returns how many (0 only if
     /// the OS refuses memory). An array batch from the transfer stack is copied
-    /// from its descriptor without touching an object; a chain is walked (a
-    /// thread cache's flush, or a carve, whose objects were just linked and are
-    /// hot in this CPU's cache).
+    /// from its descriptor without touching an object; a chain (a thread cache's
+    /// flush) is walked; with neither, a batch is carved straight into `out`
+    /// (`carve_array.rs`: each object written once, no chain linked and walked).
     pub fn refill_array<O: Os>(
         &self,
         c: SizeClass,
@@ -181,29 +182,22 @@ impl Central {
             "refill_array: room for less than a batch"
         );
         let cls = &self.classes[c.index()];
-        let (head, count) = if let Some(i) = cls.stack.pop(&self.descs) {
-            if let Some(a) = self.descs.array(i) {
-                let n = a.copy_array(out);
-                self.descs.free(i);
-                debug_check!(
-                    n == c.batch(),
-                    "refill_array: a stacked array batch that is not a whole batch"
-                );
-                return n;
-            }
-            let (head, count) = self.descs.get(i).get();
-            self.descs.free(i);
-            (head, count as usize)
-        } else {
-            let b = self.carve(c, ph, c.batch());
-            (b.head, b.count)
+        let Some(i) = cls.stack.pop(&self.descs) else {
+            return self.carve_array(c, ph, out);
         };
-        if count == 0 {
-            return 0;
+        if let Some(a) = self.descs.array(i) {
+            let n = a.copy_array(out);
+            self.descs.free(i);
+            debug_check!(
+                n == c.batch(),
+                "refill_array: a stacked array batch that is not a whole batch"
+            );
+            return n;
         }
-        // SAFETY: a chain of `count` class-c objects, ours (popped: invariant 1;
-        // or just carved).
-        unsafe { chain_to_array(head, count, c, out) }
+        let (head, count) = self.descs.get(i).get();
+        self.descs.free(i);
+        // SAFETY: a chain of `count` class-c objects, ours (popped: invariant 1).
+        unsafe { chain_to_array(head, count as usize, c, out) }
     }
 
     /// Takes back a chain of `count` class `c` objects from a thread cache.
