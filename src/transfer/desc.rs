@@ -276,8 +276,8 @@ fn init_block<D: Desc>(block: *mut D, len: usize) {
 /// array descriptor 272 bytes, 64 at a time (17 KiB), from the metadata arena when
 /// the pool first needs them, and kept. Each kind grows to the most of it ever held
 /// at once: the batches on the central tier's stacks (at most
-/// `max_stacked_batches` per class, 512 at most; about 8,200 for all the classes
-/// together, 128 KiB as chains, 2.2 MiB as arrays) plus one per refill or flush in
+/// `max_stacked_batches` per class, 512 at most; 8,366 for all the classes
+/// together, 131 KiB as chains, 2.2 MiB as arrays) plus one per refill or flush in
 /// flight. A process whose front ends are thread caches has no array descriptor.
 ///
 /// Model-checked by `loom-tests/tests/desc_pool.rs` (racing growth, recycling) and
