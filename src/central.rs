@@ -27,6 +27,7 @@ use core::ptr;
 use crossbeam_utils::CachePadded;
 
 mod carve;
+mod carve_array;
 #[cfg(all(test, not(strata_loom)))]
 mod tests;
 
@@ -143,14 +144,13 @@ impl Central {
         );
         let cls = &self.classes[c.index()];
         if let Some(i) = cls.stack.pop(&self.descs) {
-            let d = self.descs.get(i);
-            let (mut head, count) = d.get();
-            if head.is_null() {
+            let (mut head, count) = self.descs.get(i).get();
+            if let Some(a) = self.descs.array(i) {
                 // An array batch (a per-CPU flush): linked here, one store into
                 // each object; the thread cache reads each link when it hands the
                 // object out, which touches the object anyway.
                 let mut objs = [ptr::null_mut(); DESC_SLOTS];
-                let n = d.copy_array(&mut objs);
+                let n = a.copy_array(&mut objs);
                 // SAFETY: the batch's objects are ours now (popped, invariant 1),
                 // distinct and free; they carry the free mark, so the key is set.
                 head = unsafe { link_array(&objs[..n]) };
@@ -168,9 +168,9 @@ impl Central {
     /// written into `out` (at least `c.batch()` long), each object with the free
     /// mark (an encoded null link) in its first word; returns how many (0 only if
     /// the OS refuses memory). An array batch from the transfer stack is copied
-    /// from its descriptor without touching an object; a chain is walked (a
-    /// thread cache's flush, or a carve, whose objects were just linked and are
-    /// hot in this CPU's cache).
+    /// from its descriptor without touching an object; a chain (a thread cache's
+    /// flush) is walked; with neither, a batch is carved straight into `out`
+    /// (`carve_array.rs`: each object written once, no chain linked and walked).
     pub fn refill_array<O: Os>(
         &self,
         c: SizeClass,
@@ -182,29 +182,22 @@ impl Central {
             "refill_array: room for less than a batch"
         );
         let cls = &self.classes[c.index()];
-        let (head, count) = if let Some(i) = cls.stack.pop(&self.descs) {
-            let d = self.descs.get(i);
-            let n = d.copy_array(out);
-            let (head, count) = d.get();
-            self.descs.free(i);
-            if head.is_null() {
-                debug_check!(
-                    n == c.batch() && n == count as usize,
-                    "refill_array: a stacked array batch that is not a whole batch"
-                );
-                return n;
-            }
-            (head, count as usize)
-        } else {
-            let b = self.carve(c, ph, c.batch());
-            (b.head, b.count)
+        let Some(i) = cls.stack.pop(&self.descs) else {
+            return self.carve_array(c, ph, out);
         };
-        if count == 0 {
-            return 0;
+        if let Some(a) = self.descs.array(i) {
+            let n = a.copy_array(out);
+            self.descs.free(i);
+            debug_check!(
+                n == c.batch(),
+                "refill_array: a stacked array batch that is not a whole batch"
+            );
+            return n;
         }
-        // SAFETY: a chain of `count` class-c objects, ours (popped: invariant 1;
-        // or just carved).
-        unsafe { chain_to_array(head, count, c, out) }
+        let (head, count) = self.descs.get(i).get();
+        self.descs.free(i);
+        // SAFETY: a chain of `count` class-c objects, ours (popped: invariant 1).
+        unsafe { chain_to_array(head, count as usize, c, out) }
     }
 
     /// Takes back a chain of `count` class `c` objects from a thread cache.
@@ -249,8 +242,8 @@ impl Central {
     ) {
         let cls = &self.classes[c.index()];
         if objs.len() == c.batch() && cls.stack.len() < max_stacked_batches(c) {
-            if let Some(i) = self.descs.alloc(ph.os(), meta) {
-                self.descs.get(i).set_array(objs);
+            if let Some((i, a)) = self.descs.alloc_array(ph.os(), meta) {
+                a.set_array(objs);
                 cls.stack.push(&self.descs, i);
                 return;
             }
@@ -304,13 +297,12 @@ impl Central {
         let cls = &self.classes[c.index()];
         let mut moved = 0;
         while let Some(i) = cls.stack.pop(&self.descs) {
-            let d = self.descs.get(i);
-            let (head, count) = d.get();
+            let (head, count) = self.descs.get(i).get();
             let mut objs = [ptr::null_mut(); DESC_SLOTS];
-            let n = d.copy_array(&mut objs);
+            let n = self.descs.array(i).map_or(0, |a| a.copy_array(&mut objs));
             self.descs.free(i);
             moved += count as usize;
-            if head.is_null() {
+            if DescPool::is_array(i) {
                 // SAFETY: by invariant 1 the array holds `n` class-c objects that
                 // no one uses.
                 unsafe { self.release_array(c, &objs[..n], ph) };
@@ -359,7 +351,8 @@ impl Central {
 
     /// Checks invariant 2 and Span invariant 4 for every partial span, and that
     /// `nspans` matches `counted`, the Small spans per class found by a walk of the
-    /// chunks. Call with every class lock held (`Backend::lock_set`).
+    /// chunks; and the descriptor pool (`DescPool::validate`). Call with every class
+    /// lock held (`Backend::lock_set`).
     ///
     /// # Safety
     /// The caller holds every class lock.
@@ -367,6 +360,7 @@ impl Central {
         &self,
         small_spans: &[usize; NUM_CLASSES],
     ) -> Result<(), Violation> {
+        self.descs.validate()?;
         for (ci, cls) in self.classes.iter().enumerate() {
             // SAFETY: the caller holds this class's lock.
             let cs = cls.spans.with(|s| unsafe { &*s });

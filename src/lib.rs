@@ -186,7 +186,7 @@ pub mod internals {
     pub use crate::page_heap::{CHUNK_RESERVE, DEFAULT_PURGE_DELAY_MS, PageHeap, PageHeapStats};
     pub use crate::platform::page_size;
     pub use crate::size_class::*;
-    pub use crate::transfer::{BatchDesc, DESC_SLOTS, DescPool, NIL, TransferStack};
+    pub use crate::transfer::{ArrayDesc, BatchDesc, DESC_SLOTS, DescPool, NIL, TransferStack};
 }
 
 #[cfg(all(feature = "c-abi", not(feature = "checked"), not(strata_loom)))]

@@ -72,8 +72,8 @@ impl Geometry {
         max_small: 256 << 10,
         classes: ClassScheme::Quarters,
         meta_block: 256 << 10,
-        // 512 descriptors of 272 bytes (transfer::DESC_SLOTS): a block fits in
-        // one metadata block.
+        // 512 chain descriptors of 16 bytes a block (array descriptors, 272
+        // bytes, come 64 a block: transfer/desc.rs).
         desc_block_shift: 9,
         desc_dir_len: 4096,
     };

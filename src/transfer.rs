@@ -2,255 +2,32 @@
 //! the pool of type-stable batch descriptors it is built from.
 //!
 //! A *batch* is a chain of objects linked through their first word, or an array of
-//! their addresses kept in the descriptor itself. A descriptor ([`BatchDesc`])
-//! records a chain's head and length, or the array; stacks link descriptors by
-//! index. The per-CPU front end flushes and refills arrays, so neither side reads
-//! or writes the objects (each one a cache miss: it was freed on another CPU); the
-//! thread caches flush chains, and a thread cache that pops an array links it into
-//! a chain (stores, not dependent loads). An array batch has no link to check
-//! (`link`'s check runs where links are followed): a write after free into one of
-//! its objects is not caught while it crosses, as in a CPU's stack. Descriptors live in blocks from the metadata arena that are never
+//! their addresses kept in the descriptor itself. A chain's descriptor
+//! ([`BatchDesc`], 16 bytes) records its head and length; an array's
+//! ([`ArrayDesc`], 272 bytes) the addresses too: the two kinds come from separate
+//! shelves of the pool (`desc.rs`), and the kind is in the index. Stacks link
+//! descriptors of both kinds by index. The per-CPU front end flushes and refills
+//! arrays, so neither side reads or writes the objects (each one a cache miss: it
+//! was freed on another CPU); the thread caches flush chains, and a thread cache
+//! that pops an array links it into a chain (stores, not dependent loads). An array
+//! batch has no link to check (`link`'s check runs where links are followed): a
+//! write after free into one of its objects is not caught while it crosses, as in a
+//! CPU's stack. Descriptors live in blocks from the metadata arena that are never
 //! unmapped (type-stable memory), so a popper that loses a race and reads the `next`
-//! of a descriptor someone else already took reads valid memory; the 32-bit tag in
-//! the head, bumped on every successful CAS, makes its CAS fail instead of installing
-//! that stale `next` (ABA).
+//! of a descriptor someone else already took reads valid memory, the header of the
+//! kind its index names; the 32-bit tag in the head, bumped on every successful
+//! CAS, makes its CAS fail instead of installing that stale `next` (ABA).
 
 use crate::link::FreeObj;
-use crate::meta::MetaArena;
-use crate::os::Os;
-use crate::size_class::{GEOMETRY, SizeClass};
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, LOOM, LockRank, Ordering, RawLock, UnsafeCell};
+use crate::size_class::SizeClass;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use core::ptr;
 
 /// "No descriptor" in a stack link.
 pub const NIL: u32 = u32::MAX;
 
-const BLOCK_SHIFT: u32 = GEOMETRY.desc_block_shift;
-const BLOCK_LEN: usize = 1 << BLOCK_SHIFT;
-const DIR_LEN: usize = GEOMETRY.desc_dir_len;
-const_assert!(BLOCK_LEN * core::mem::size_of::<BatchDesc>() <= GEOMETRY.meta_block || LOOM);
-
-/// The most objects a descriptor holds as an array: the largest batch of any class
-/// (32 in the shipped geometry, so a descriptor is 272 bytes).
-pub const DESC_SLOTS: usize = {
-    let mut m = 1;
-    let mut k = 0;
-    while k < GEOMETRY.num_classes {
-        if GEOMETRY.batch(k) > m {
-            m = GEOMETRY.batch(k);
-        }
-        k += 1;
-    }
-    m
-};
-
-/// A batch descriptor.
-///
-/// Invariants: 1. a descriptor is in at most one place at a time: one stack, or
-/// owned by the single thread that popped or allocated it. `head`/`count`/`objs`
-/// are only written by the owner and read by the next owner, after the push/pop
-/// pair that hands it over.
-/// 2. The batch is a chain when `head` is non-null (`count` objects linked from
-/// `head`), else an array: `objs[..count]`, `count <= DESC_SLOTS`, distinct
-/// objects whose first words the descriptor's writer left as they were (the
-/// per-CPU front end's free mark).
-pub struct BatchDesc {
-    next: AtomicU32,
-    count: UnsafeCell<u32>,
-    head: UnsafeCell<*mut FreeObj>,
-    objs: UnsafeCell<[*mut u8; DESC_SLOTS]>,
-}
-
-impl BatchDesc {
-    /// Records a chain of `count` objects from `head` (owner only).
-    pub fn set(&self, head: *mut FreeObj, count: u32) {
-        // SAFETY: only the owning thread touches these cells (invariant 1).
-        self.head.with_mut(|h| unsafe { *h = head });
-        // SAFETY: only the owning thread touches these cells (invariant 1).
-        self.count.with_mut(|c| unsafe { *c = count });
-    }
-    /// Reads the batch (owner only): a chain's head and length, or null and the
-    /// length of an array (invariant 2; [`BatchDesc::copy_array`] reads it).
-    pub fn get(&self) -> (*mut FreeObj, u32) {
-        // SAFETY: only the owning thread touches these cells (invariant 1).
-        let h = self.head.with(|h| unsafe { *h });
-        // SAFETY: only the owning thread touches these cells (invariant 1).
-        let c = self.count.with(|c| unsafe { *c });
-        (h, c)
-    }
-    /// Records `objs` (at most `DESC_SLOTS`) as an array batch (owner only): the
-    /// addresses are copied; the objects are not touched.
-    pub fn set_array(&self, objs: &[*mut u8]) {
-        let n = objs.len().min(DESC_SLOTS);
-        debug_check!(
-            n == objs.len(),
-            "BatchDesc::set_array: more objects than slots"
-        );
-        // SAFETY: only the owning thread touches these cells (invariant 1); `n`
-        // is at most the array's length.
-        self.objs
-            .with_mut(|a| unsafe { (&mut *a)[..n].copy_from_slice(&objs[..n]) });
-        self.set(ptr::null_mut(), n as u32);
-    }
-    /// Copies an array batch's objects into `out` and returns how many (owner
-    /// only; 0 for a chain, or if `out` is too short, which callers size to the
-    /// batch).
-    pub fn copy_array(&self, out: &mut [*mut u8]) -> usize {
-        let (h, n) = self.get();
-        let n = n as usize;
-        if !h.is_null() || n > out.len() || n > DESC_SLOTS {
-            return 0;
-        }
-        // SAFETY: only the owning thread touches these cells (invariant 1); `n`
-        // is at most both lengths.
-        self.objs
-            .with(|a| unsafe { out[..n].copy_from_slice(&(&*a)[..n]) });
-        n
-    }
-}
-
-/// Where descriptors come from: a directory of blocks, each published once and never
-/// freed, plus a free stack of recycled descriptors.
-///
-/// Invariants: 1. `dir[i]` is null or points at `BLOCK_LEN` descriptors, forever.
-/// 2. every index below `fresh` (and below the capacity) names a descriptor whose
-///    block is published, and is in exactly one place (a stack or an owner).
-///
-/// Memory: a descriptor is `DESC_SLOTS` words of array and two of header (272
-/// bytes); a block of `BLOCK_LEN` of them is taken from the metadata arena when the
-/// pool first needs it and kept. The pool grows to the most descriptors ever held at
-/// once: the batches on the central tier's stacks (at most `max_stacked_batches`
-/// per class, 512 at most) plus one per refill or flush in flight.
-///
-/// Model-checked by `loom-tests/tests/desc_pool.rs` (racing growth, recycling).
-pub struct DescPool {
-    dir: [AtomicPtr<BatchDesc>; DIR_LEN],
-    fresh: AtomicU32,
-    free: TransferStack,
-    grow_lock: RawLock,
-}
-
-// SAFETY: all shared state is atomics; descriptor contents obey BatchDesc's invariant.
-unsafe impl Sync for DescPool {}
-// SAFETY: the directory's blocks are process-wide and never freed (invariant 1),
-// so the pool may move between threads; the rest is atomics.
-unsafe impl Send for DescPool {}
-
-impl DescPool {
-    crate::sync::loom_const_fn! {
-        /// A pool with no descriptor block published yet.
-        pub fn new() -> DescPool {
-            DescPool {
-                dir: crate::sync::null_ptr_array(),
-                fresh: AtomicU32::new(0),
-                free: TransferStack::new(),
-                grow_lock: RawLock::new(LockRank::DescGrowth),
-            }
-        }
-    }
-
-    /// The descriptor with index `i`.
-    #[inline]
-    pub fn get(&self, i: u32) -> &BatchDesc {
-        // Acquire: pairs with the Release in grow(); the zeroed block is visible.
-        let block = self.dir[(i >> BLOCK_SHIFT) as usize].load(Ordering::Acquire);
-        debug_check!(
-            !block.is_null(),
-            "DescPool::get: descriptor block not published"
-        );
-        // SAFETY: by invariant 2, i's block is published; by invariant 1 it stays
-        // valid forever; the slot index is below BLOCK_LEN.
-        unsafe { &*block.add(i as usize & (BLOCK_LEN - 1)) }
-    }
-
-    /// Takes a free descriptor; None if the pool is exhausted or the OS refuses.
-    pub fn alloc(&self, os: &impl Os, meta: &MetaArena) -> Option<u32> {
-        if let Some(i) = self.free.pop(self) {
-            return Some(i);
-        }
-        // Relaxed: the RMW alone makes indices distinct; the block an index lives in
-        // is published through `dir` (Release/Acquire), not through `fresh`.
-        let i = self.fresh.fetch_add(1, Ordering::Relaxed);
-        if i as usize >= DIR_LEN * BLOCK_LEN {
-            self.fresh.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        let slot = &self.dir[(i >> BLOCK_SHIFT) as usize];
-        if slot.load(Ordering::Acquire).is_null() {
-            let _g = self.grow_lock.guard();
-            // Re-check under the lock: another thread may have published the block
-            // between our load above and taking the lock. Relaxed: the lock's Acquire
-            // orders us after that thread's publication.
-            #[cfg(not(strata_mutant = "desc_pool_no_recheck"))]
-            let vacant = slot.load(Ordering::Relaxed).is_null();
-            // Mutant: a second block replaces the first, losing its descriptors.
-            #[cfg(strata_mutant = "desc_pool_no_recheck")]
-            let vacant = true;
-            if vacant {
-                let block = meta.alloc(os, BLOCK_LEN * core::mem::size_of::<BatchDesc>(), 64);
-                if block.is_null() {
-                    // Keep invariant 2: the index was reserved; park it nowhere and
-                    // give up (the pool just has one fewer descriptor).
-                    return None;
-                }
-                init_block(block.cast());
-                // Release: pairs with the Acquire in get() and the one above;
-                // publishes the block's initialised descriptors.
-                #[cfg(not(strata_mutant = "desc_pool_publish_relaxed"))]
-                slot.store(block.cast(), Ordering::Release);
-                // Mutant: the block is published before its contents.
-                #[cfg(strata_mutant = "desc_pool_publish_relaxed")]
-                slot.store(block.cast(), Ordering::Relaxed);
-            }
-        }
-        Some(i)
-    }
-
-    /// Returns a descriptor to the pool.
-    pub fn free(&self, i: u32) {
-        self.free.push(self, i);
-    }
-
-    /// Holds the growth lock (fork handlers).
-    pub fn lock_growth(&self) {
-        self.grow_lock.lock();
-    }
-    /// Releases `lock_growth`.
-    pub fn unlock_growth(&self) {
-        self.grow_lock.unlock();
-    }
-
-    /// Descriptors ever handed out fresh (for statistics and validation).
-    pub fn created(&self) -> u32 {
-        self.fresh.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for DescPool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Makes a fresh block's descriptors valid. Outside loom zeroed memory already is a
-/// valid array of descriptors (atomics and plain data), so this does nothing; loom's
-/// atomics and cells are handles into the model's store and are built in place.
-fn init_block(block: *mut BatchDesc) {
-    if !LOOM {
-        return;
-    }
-    for i in 0..BLOCK_LEN {
-        // SAFETY: the block has room for BLOCK_LEN descriptors and is unpublished.
-        unsafe {
-            block.add(i).write(BatchDesc {
-                next: AtomicU32::new(NIL),
-                count: UnsafeCell::new(0),
-                head: UnsafeCell::new(ptr::null_mut()),
-                objs: UnsafeCell::new([ptr::null_mut(); DESC_SLOTS]),
-            })
-        };
-    }
-}
+mod desc;
+pub use desc::{ArrayDesc, BatchDesc, DESC_SLOTS, DescPool};
 
 /// A Treiber stack of descriptor indices with a tagged head.
 ///
@@ -290,7 +67,7 @@ impl TransferStack {
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
             // Relaxed: published by the Release of the CAS below.
-            d.next.store(head_index(h), Ordering::Relaxed);
+            d.next().store(head_index(h), Ordering::Relaxed);
             let new = next_head(h, i);
             // Release: pairs with the Acquire in pop(); publishes `d.next` and the
             // batch the caller wrote into `d` (and the objects' links).
@@ -318,10 +95,12 @@ impl TransferStack {
                 return None;
             }
             // The descriptor may already be popped (and reused) by another thread:
-            // it stays mapped (DescPool invariant 1) and the tagged CAS below fails
-            // if so, discarding this possibly stale `next`. Relaxed: the Acquire that
+            // it stays mapped (DescPool invariant 1), its index still names its kind
+            // (invariant 3: `get` reads the header of that kind, which both start
+            // with), and the tagged CAS below fails if so, discarding this possibly
+            // stale `next`. Relaxed: the Acquire that
             // read `h` synchronised with the push that wrote this `next`.
-            let next = pool.get(i).next.load(Ordering::Relaxed);
+            let next = pool.get(i).next().load(Ordering::Relaxed);
             let new = next_head(h, next);
             // Acquire on success: as above, for the descriptor we take. Acquire on
             // failure: the head we retry with is read like the first one.
@@ -366,18 +145,46 @@ impl TransferStack {
     /// followed links no one rewrote; descriptors stay mapped (DescPool invariant 1),
     /// so even a walk that raced is memory-safe, and its result is discarded.
     pub fn count_if_stable(&self, pool: &DescPool) -> Option<usize> {
+        let mut n = 0;
+        self.walk_if_stable(pool, |_| {
+            n += 1;
+            false
+        })
+        .map(|_| n)
+    }
+
+    /// The first index on the stack for which `bad` holds (`Some(None)` if none),
+    /// if no push or pop completed during the walk (as for `count_if_stable`), else
+    /// None; `bad` may have seen indices of a walk that raced.
+    pub fn find_if_stable(&self, pool: &DescPool, bad: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.walk_if_stable(pool, bad).flatten()
+    }
+
+    /// Walks the stack's indices until `stop` holds for one; Some(that index, or
+    /// None at the end) if the head stayed the same, else None.
+    fn walk_if_stable(
+        &self,
+        pool: &DescPool,
+        mut stop: impl FnMut(u32) -> bool,
+    ) -> Option<Option<u32>> {
         let h = self.version();
+        let bound = pool.created() as usize + pool.created_arrays() as usize;
         let mut n = 0;
         let mut i = head_index(h);
-        while i != NIL && i < pool.created() {
+        // `issued`: a walk that raced may read a link not yet written (a fresh
+        // descriptor's); it must not follow it into an unpublished block.
+        while i != NIL && pool.issued(i) {
+            if stop(i) {
+                return (self.version() == h).then_some(Some(i));
+            }
             n += 1;
             // Relaxed: ordered by the Acquire in version() when the result is kept.
-            i = pool.get(i).next.load(Ordering::Relaxed);
-            if n > pool.created() as usize {
+            i = pool.get(i).next().load(Ordering::Relaxed);
+            if n > bound {
                 return None;
             }
         }
-        (i == NIL && self.version() == h).then_some(n)
+        (i == NIL && self.version() == h).then_some(None)
     }
 }
 
@@ -492,6 +299,7 @@ pub unsafe fn chain_to_array(
 #[cfg(all(test, not(strata_loom)))]
 mod tests {
     use super::*;
+    use crate::meta::MetaArena;
     use crate::os::SysOs;
     use std::sync::Arc;
 
@@ -564,5 +372,99 @@ mod tests {
             "a descriptor was handed to two threads at once"
         );
         assert_eq!(n as u32, THREADS * PER_THREAD);
+    }
+
+    #[test]
+    fn both_kinds_share_a_stack_and_each_popper_reads_the_batch_of_its_kind() {
+        struct Shared {
+            pool: DescPool,
+            stack: TransferStack,
+            meta: MetaArena,
+        }
+        let sh = Arc::new(Shared {
+            pool: DescPool::new(),
+            stack: TransferStack::new(),
+            meta: MetaArena::new(),
+        });
+        // Batch `v` as a chain: head v*64+64, count v; as an array: v, v+1, ...
+        let fill = |sh: &Shared, v: u32| -> u32 {
+            if v % 2 == 0 {
+                let (i, a) = sh.pool.alloc_array(&SysOs, &sh.meta).unwrap();
+                let objs: Vec<*mut u8> = (0..DESC_SLOTS)
+                    .map(|k| (v as usize + k) as *mut u8)
+                    .collect();
+                a.set_array(&objs);
+                i
+            } else {
+                let i = sh.pool.alloc(&SysOs, &sh.meta).unwrap();
+                sh.pool
+                    .get(i)
+                    .set((v as usize * 64 + 64) as *mut FreeObj, v);
+                i
+            }
+        };
+        let read = |sh: &Shared, i: u32| -> u32 {
+            match sh.pool.array(i) {
+                Some(a) => {
+                    let mut out = [ptr::null_mut(); DESC_SLOTS];
+                    assert_eq!(a.copy_array(&mut out), DESC_SLOTS);
+                    let v = out[0] as u32;
+                    for (k, &o) in out.iter().enumerate() {
+                        assert_eq!(o as usize, v as usize + k, "an array batch arrived changed");
+                    }
+                    assert_eq!(v % 2, 0, "a chain descriptor read as an array");
+                    v
+                }
+                None => {
+                    let (h, v) = sh.pool.get(i).get();
+                    assert_eq!(
+                        h as usize,
+                        v as usize * 64 + 64,
+                        "a chain batch arrived changed"
+                    );
+                    assert_eq!(v % 2, 1, "an array descriptor read as a chain");
+                    v
+                }
+            }
+        };
+        let handles: Vec<_> = (0..4u32)
+            .map(|t| {
+                let sh = sh.clone();
+                std::thread::spawn(move || {
+                    let mut mine: Vec<u32> = (0..16).map(|k| fill(&sh, t * 16 + k)).collect();
+                    for _ in 0..2_000 {
+                        for &i in &mine {
+                            sh.stack.push(&sh.pool, i);
+                        }
+                        let n = mine.len();
+                        mine.clear();
+                        while mine.len() < n {
+                            if let Some(i) = sh.stack.pop(&sh.pool) {
+                                // Recycle: the value goes into a descriptor of its
+                                // kind, maybe another one.
+                                let v = read(&sh, i);
+                                sh.pool.free(i);
+                                mine.push(fill(&sh, v));
+                            }
+                        }
+                    }
+                    mine.iter().map(|&i| read(&sh, i)).collect::<Vec<u32>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u32> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..64).collect::<Vec<u32>>(),
+            "batches lost or doubled"
+        );
+        assert_eq!(sh.stack.count_if_stable(&sh.pool), Some(0));
+        assert!(sh.pool.validate().is_ok());
+        // Each kind's shelf grew only to the descriptors of that kind held at once.
+        assert!(sh.pool.created() <= 32 + 4 && sh.pool.created_arrays() <= 32 + 4);
     }
 }

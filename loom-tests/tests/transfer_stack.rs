@@ -6,7 +6,8 @@
 //! pop's Acquire); concurrent pushes and pops lose no batch and hand none out twice;
 //! and the ABA interleaving (a batch popped, reused and pushed back between another
 //! thread's read of `head->next` and its CAS) is caught by the tag; an array batch
-//! (the addresses in the descriptor) reaches its popper whole too.
+//! (the addresses in the descriptor) reaches its popper whole too, and on a stack
+//! holding both kinds of descriptor each index keeps its kind through the ABA race.
 #![cfg(strata_loom)]
 
 use loom::sync::Arc;
@@ -111,7 +112,7 @@ fn a_pushed_array_batch_reaches_its_popper_whole() {
     // of the array not ordered after its write as a race on the cell).
     model(|| {
         let sh = Shared::new();
-        let d = sh.pool.alloc(&sh.os, &sh.meta).unwrap();
+        let (d, _) = sh.pool.alloc_array(&sh.os, &sh.meta).unwrap();
         let objs: Vec<*mut u8> = (0..DESC_SLOTS)
             .map(|k| batch_head(k as u32).cast())
             .collect();
@@ -119,7 +120,7 @@ fn a_pushed_array_batch_reaches_its_popper_whole() {
             let sh = sh.clone();
             let objs = objs.clone();
             thread::spawn(move || {
-                sh.pool.get(d).set_array(&objs);
+                sh.pool.array(d).unwrap().set_array(&objs);
                 sh.stack.push(&sh.pool, d);
             })
         };
@@ -128,11 +129,12 @@ fn a_pushed_array_batch_reaches_its_popper_whole() {
             thread::spawn(move || {
                 let got = sh.stack.pop(&sh.pool);
                 if let Some(i) = got {
+                    let a = sh.pool.array(i).expect("an array index");
                     let mut out = [core::ptr::null_mut(); DESC_SLOTS];
-                    let n = sh.pool.get(i).copy_array(&mut out);
+                    let n = a.copy_array(&mut out);
                     assert_eq!(sh.pool.get(i).get(), (core::ptr::null_mut(), n as u32));
                     // Owning it means we may rewrite it (a second owner races).
-                    sh.pool.get(i).set_array(&out[..n]);
+                    a.set_array(&out[..n]);
                     out[..n].iter().map(|&p| p as usize).collect::<Vec<_>>()
                 } else {
                     Vec::new()
@@ -188,6 +190,61 @@ fn aba_pop_reuse_push_back_between_read_and_cas_hands_nothing_out_twice() {
         assert_same_set("ABA", held, vec![a, b]);
         assert_holds(&sh, a, 1);
         assert_holds(&sh, b, 2);
+    });
+}
+
+#[test]
+fn aba_across_kinds_each_popper_reads_the_descriptor_its_index_names() {
+    // A chain descriptor under an array one: the victim reads the top's `next`
+    // (from an array descriptor's header) and may lose the race to a thread that
+    // pops both, rewrites the array and pushes it back. Each index keeps its kind,
+    // so whoever ends up with a descriptor finds the batch of that kind, whole.
+    model(|| {
+        let sh = Shared::new();
+        let b = sh.desc(2);
+        let (a, ad) = sh.pool.alloc_array(&sh.os, &sh.meta).unwrap();
+        let objs: Vec<*mut u8> = (0..DESC_SLOTS)
+            .map(|k| batch_head(k as u32).cast())
+            .collect();
+        ad.set_array(&objs);
+        sh.stack.push(&sh.pool, b);
+        sh.stack.push(&sh.pool, a); // stack: a (array) -> b (chain)
+        let victim = {
+            let sh = sh.clone();
+            thread::spawn(move || sh.stack.pop(&sh.pool))
+        };
+        let reuser = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let x = sh.stack.pop(&sh.pool);
+                let y = sh.stack.pop(&sh.pool);
+                if let Some(x) = x {
+                    if let Some(xa) = sh.pool.array(x) {
+                        let mut out = [core::ptr::null_mut(); DESC_SLOTS];
+                        let n = xa.copy_array(&mut out);
+                        xa.set_array(&out[..n]);
+                    } else {
+                        let (h, n) = sh.pool.get(x).get();
+                        sh.pool.get(x).set(h, n);
+                    }
+                    sh.stack.push(&sh.pool, x);
+                }
+                y
+            })
+        };
+        let mut held: Vec<u32> = victim.join().unwrap().into_iter().collect();
+        held.extend(reuser.join().unwrap());
+        held.extend(sh.drain());
+        assert_same_set("ABA across kinds", held, vec![a, b]);
+        assert_holds(&sh, b, 2);
+        assert!(sh.pool.array(b).is_none(), "a chain index read as an array");
+        let mut out = [core::ptr::null_mut(); DESC_SLOTS];
+        let n = sh
+            .pool
+            .array(a)
+            .expect("an array index")
+            .copy_array(&mut out);
+        assert_eq!(&out[..n], &objs[..], "the array batch arrived changed");
     });
 }
 

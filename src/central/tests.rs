@@ -1,6 +1,7 @@
 //! Unit tests of `carve`: a span's detached free list cut to a batch and the rest
 //! given back, alone and with another thread returning objects meanwhile; and of
-//! array batches (the per-CPU front end's) through the transfer stack.
+//! array batches (the per-CPU front end's) through the transfer stack, and of the
+//! carve straight into an array.
 
 use super::*;
 use crate::backend::Backend;
@@ -228,5 +229,45 @@ fn array_batches_cross_the_transfer_stack_untouched_and_reach_thread_caches_link
     };
     assert_eq!(b.central.stacked_batches(c), Some(0));
     give_back(&b, c, &[out[n - 1] as usize]);
+    b.validate().unwrap();
+}
+
+#[test]
+fn an_array_carve_cuts_a_long_free_list_marks_each_object_and_gives_the_rest_back() {
+    let b: Backend<SysOs> = Backend::new(SysOs);
+    let c = class();
+    let key = crate::link::LinkKey::current();
+    let mut out = [ptr::null_mut::<u8>(); DESC_SLOTS];
+    // Fresh runs, carved straight into arrays, over more than one span.
+    let mut held = Vec::new();
+    while held.len() < 2 * c.objects_per_span() {
+        let n = b.central.refill_array(c, &b.page_heap, &mut out);
+        assert_eq!(n, c.batch());
+        held.extend(out[..n].iter().map(|&o| o as usize));
+    }
+    b.validate().unwrap();
+    // Back to the spans but one object each of the first and last batch: long
+    // free lists, which the next carves cut, giving the rest back.
+    let (keep_a, keep_b) = (held[0], held[held.len() - 1]);
+    give_back(&b, c, &held[1..held.len() - 1]);
+    b.validate().unwrap();
+    let mut seen = HashSet::from([keep_a, keep_b]);
+    for _ in 0..3 {
+        let n = b.central.refill_array(c, &b.page_heap, &mut out);
+        assert_eq!(n, c.batch());
+        for &o in &out[..n] {
+            assert!(seen.insert(o as usize), "object {o:?} handed out twice");
+            // SAFETY: a free object of ours.
+            let marked = unsafe { FreeObj::looks_free(o.cast(), key) };
+            assert!(
+                !crate::link::HARDENED || marked,
+                "a carved object without the free mark"
+            );
+        }
+        b.validate().unwrap();
+    }
+    let mut back: Vec<usize> = seen.into_iter().collect();
+    back.sort_unstable();
+    give_back(&b, c, &back);
     b.validate().unwrap();
 }

@@ -444,7 +444,8 @@ impl CpuCaches {
         // The batch as an array of objects that carry the free mark, copied from
         // its descriptor when a per-CPU flush left it so: no object is read (each
         // read a cache miss, as they were freed on another CPU); a chain (a thread
-        // cache's flush, or a carve) is walked by the central tier.
+        // cache's flush) is walked by the central tier, and a carve fills the
+        // array directly.
         let mut objs = [ptr::null_mut::<u8>(); MAX_BATCH];
         let n = be.refill_array(c, &mut objs);
         if n == 0 {
