@@ -3,7 +3,7 @@
 //! Without it, free pages are purged, wholly free chunks unmapped and cached huge
 //! mappings expired only when the page heap or the huge registry is used: a program
 //! that frees a lot and then goes idle keeps all of that resident until it allocates
-//! again. The thread does the same pass (`Backend::purge_due`: only what has been
+//! again. The thread does the same pass (`Backend::expire_huge_due` and `PageHeap::purge_due`: only what has been
 //! free for longer than the purge delay) every half delay, clamped to
 //! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. Before that it
 //! drains the per-CPU caches of every CPU whose stacks did not change since the last
@@ -67,7 +67,9 @@ pub struct BackgroundPurge {
     pub running: bool,
     /// Passes done by background threads since the process started.
     pub passes: u64,
-    /// Bytes they purged or unmapped.
+    /// Bytes they purged or unmapped: their passes' own purges and those that
+    /// the frees of their drains ran (with, rarely, a purge another thread ran
+    /// during a pass).
     pub released_bytes: u64,
     /// Bytes of idle central batches and idle CPU caches they moved back to
     /// their spans and the central tier.
@@ -205,6 +207,10 @@ fn run(generation: usize) {
         if GENERATION.load(Ordering::Acquire) as usize != generation {
             return;
         }
+        // The drains below free spans to the page heap, and a page-heap free purges
+        // what is due on its own: the pass's release is the change in the page
+        // heap's totals over the whole pass, not only what its own purge found left.
+        let page_released_before = BACKEND.page_heap.released_total();
         let mut drained = 0;
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
@@ -221,11 +227,17 @@ fn run(generation: usize) {
             drained += unsafe { BACKEND.cpus.idle_pass(&BACKEND.backend, &mut class_seen) };
         }
         drained += BACKEND.drain_idle_central(&mut seen);
-        let released = BACKEND.purge_due();
+        let huge_released = BACKEND.expire_huge_due();
+        BACKEND.page_heap.purge_due();
+        let page_released = BACKEND
+            .page_heap
+            .released_total()
+            .saturating_sub(page_released_before);
+        let released = huge_released as u64 + page_released;
         // Relaxed: statistics.
         DRAINED.fetch_add(drained as u64, Ordering::Relaxed);
         PASSES.fetch_add(1, Ordering::Relaxed);
-        RELEASED.fetch_add(released as u64, Ordering::Relaxed);
+        RELEASED.fetch_add(released, Ordering::Relaxed);
     }
 }
 

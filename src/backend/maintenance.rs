@@ -95,14 +95,13 @@ impl<O: Os> Backend<O> {
         self.page_heap.resident_bytes()
     }
 
-    /// Returns to the OS what has been free for longer than the purge delay: dirty
-    /// free pages (purged), wholly free chunks beyond the reserve and cached huge
-    /// mappings (unmapped). What a busy heap does on its own at page-heap frees and
-    /// huge operations, for the background purge thread to do while the program is
-    /// idle. Returns the bytes purged or unmapped.
-    pub fn purge_due(&self) -> usize {
+    /// Unmaps the cached huge mappings older than the purge delay (what a busy
+    /// heap does on its own at huge operations, for the background purge thread to
+    /// do while the program is idle; the page heap's half is
+    /// `PageHeap::purge_due`). Returns the bytes unmapped.
+    pub fn expire_huge_due(&self) -> usize {
         let (now, delay) = (self.page_heap.now_ms(), self.page_heap.purge_delay_ms());
-        self.unmap_evicted(&self.huge.expire_cache(now, delay)) + self.page_heap.purge_due()
+        self.unmap_evicted(&self.huge.expire_cache(now, delay))
     }
 
     /// Moves the batches of every class whose transfer stack has not changed since

@@ -7,6 +7,13 @@ use crate::os::Os;
 use crate::size_class::{CHUNK_SIZE, PAGE_SIZE, PAGES_PER_CHUNK};
 
 impl<O: Os> PageHeap<O> {
+    /// Bytes purged and unmapped by every purge so far (`stats()`'s two totals
+    /// together), read under the lock: what a caller's pass released, including the
+    /// purges that page-heap frees run on their own, is the change over the pass.
+    pub fn released_total(&self) -> u64 {
+        self.with_inner(|h| h.purged_total + h.unmapped_total)
+    }
+
     /// Counters, read under the lock.
     pub fn stats(&self) -> PageHeapStats {
         self.with_inner(|h| {
