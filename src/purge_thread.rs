@@ -3,8 +3,9 @@
 //! Without it, free pages are purged, wholly free chunks unmapped and cached huge
 //! mappings expired only when the page heap or the huge registry is used: a program
 //! that frees a lot and then goes idle keeps all of that resident until it allocates
-//! again. The thread does the same pass (`Backend::expire_huge_due` and `PageHeap::purge_due`: only what has been
-//! free for longer than the purge delay) every half delay, clamped to
+//! again. The thread does the same pass (`Backend::expire_huge_due` and
+//! `PageHeap::purge_due`: only what has been free for longer than the purge
+//! delay) every half delay, clamped to
 //! [`MIN_INTERVAL_MS`, `MAX_INTERVAL_MS`], and sleeps in between. Before that it
 //! drains the per-CPU caches of every CPU whose stacks did not change since the last
 //! pass (`CpuCaches::idle_pass`: a non-owner drain, which locks the CPU's headers
