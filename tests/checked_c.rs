@@ -82,8 +82,12 @@ fn bad() -> &'static Path {
 /// Runs `exe args` under LD_PRELOAD of `lib`; kills it after 120 s.
 fn run(lib: &Path, exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(exe);
+    // The thread cache's checks are what these tests read (the per-CPU front
+    // end's, whose caches hold addresses rather than links, are in
+    // tests/percpu_front.rs): a `STRATA_PERCPU` of the environment is not passed on.
     cmd.args(args)
         .env("LD_PRELOAD", lib)
+        .env("STRATA_PERCPU", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {

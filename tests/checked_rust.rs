@@ -256,7 +256,11 @@ fn child() {
 /// Runs the child for `action`; kills it after 60 s (a corrupted heap may hang).
 fn spawn(action: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
+    // The thread cache's checks are what these tests read (the per-CPU front
+    // end's, whose caches hold addresses rather than links, are in
+    // tests/percpu_front.rs): a `STRATA_PERCPU` of the environment is not passed on.
     cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env("STRATA_PERCPU", "0")
         .env(CHILD_ENV, action)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
