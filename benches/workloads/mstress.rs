@@ -16,6 +16,12 @@
 //! Every word of an object is written when allocated and checked before it is
 //! freed; `calloc`'s zeroing is checked on the last word (see `Items::new`).
 //! The figure is allocations per second.
+//!
+//! `MSTRESS_PHASES=N` in the environment ends the run after at most `N` phases
+//! (or the duration, whichever comes first). The phases are the same in every
+//! run (their random numbers are seeded by the phase number), so peak RSS can
+//! then be compared over the same work: a timed run's peak depends on how many
+//! phases the allocator got through.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -166,6 +172,10 @@ pub fn run(threads: usize, dur: Duration) -> (u64, Duration) {
     let mut ops = 0;
     let start = Instant::now();
     let mut phase = 0u64;
+    let max_phases = std::env::var("MSTRESS_PHASES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
     loop {
         phase += 1;
         ops += std::thread::scope(|s| {
@@ -180,7 +190,7 @@ pub fn run(threads: usize, dur: Duration) -> (u64, Duration) {
                 .map(|h| h.join().expect("mstress thread panicked"))
                 .sum::<u64>()
         });
-        let last = start.elapsed() >= dur;
+        let last = start.elapsed() >= dur || phase >= max_phases;
         for slot in &transfer {
             if last || rng.chance(50) {
                 if let Some(x) = Items::from_raw(slot.swap(std::ptr::null_mut(), Ordering::AcqRel))
