@@ -138,6 +138,19 @@ impl Central {
     /// longer, never past the batch (also touched, and not walked to be cut). A thread cache asks for few at first, so that
     /// a class used a little touches little of its span.
     pub fn refill_up_to<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
+        self.refill_within(c, ph, want, 0)
+    }
+
+    /// As [`Central::refill_up_to`], and a carve also takes a span's whole free list
+    /// when the batch stays within `room` objects (`Central::carve_within`): a
+    /// thread cache passes its list's room, so a long list is not walked to be cut.
+    pub fn refill_within<O: Os>(
+        &self,
+        c: SizeClass,
+        ph: &PageHeap<O>,
+        want: usize,
+        room: usize,
+    ) -> Batch {
         debug_check!(
             want >= 1 && want <= c.batch(),
             "refill_up_to: want outside 1..=batch"
@@ -161,7 +174,7 @@ impl Central {
                 count: count as usize,
             };
         }
-        self.carve(c, ph, want)
+        self.carve_within(c, ph, want, room)
     }
 
     /// Up to one batch of class `c` objects as an array, for the per-CPU front end:

@@ -178,6 +178,13 @@ impl<O: Os> Backend<O> {
         self.central.refill_up_to(c, &self.page_heap, want)
     }
 
+    /// As [`Backend::refill_up_to`], taking a span's whole free list when the batch
+    /// stays within `room` objects (`Central::refill_within`).
+    #[inline]
+    pub fn refill_within(&self, c: SizeClass, want: usize, room: usize) -> Batch {
+        self.central.refill_within(c, &self.page_heap, want, room)
+    }
+
     /// A batch of class-`c` objects as an array in `out` (at least a batch long),
     /// each with the free mark in its first word (`Central::refill_array`); how
     /// many, 0 if the OS refuses memory.

@@ -24,6 +24,20 @@ impl Central {
     /// same class no longer waits for either. A detached list longer than needed is
     /// cut outside the lock and its rest given back under the lock again.
     pub(super) fn carve<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
+        self.carve_within(c, ph, want, 0)
+    }
+
+    /// [`Central::carve`], where a span's whole free list is also taken when the
+    /// batch stays within `room` objects (`carve` passes 0): a thread cache whose
+    /// list has room for more than a batch takes a long list as it is, with no walk
+    /// to a cut and no second lock to give the rest back.
+    pub(super) fn carve_within<O: Os>(
+        &self,
+        c: SizeClass,
+        ph: &PageHeap<O>,
+        want: usize,
+        room: usize,
+    ) -> Batch {
         // Every object we link was carved here first (or handed to a live heap):
         // the link key must be set before the first one is linked.
         ensure_key();
@@ -62,7 +76,7 @@ impl Central {
                         // longer-than-needed rest is given back (below). A list a
                         // little longer than needed is taken whole (`whole_list`):
                         // cutting it costs a walk to the cut.
-                        let take = if whole_list(count, nfree, want, c.batch()) {
+                        let take = if whole_list(count, nfree, want, c.batch(), room) {
                             nfree
                         } else {
                             nfree.min(want - count)
@@ -193,14 +207,16 @@ impl Central {
 
 /// Whether a carve that has `count` of `want` objects takes a span's whole free
 /// list of `nfree` objects rather than cutting it: when the list fits what is still
-/// wanted, or overshoots it by at most a quarter of `want` without the batch growing
-/// past `batch` (what `Central::refill` gives, so every front end takes it; the
-/// per-CPU one caps a batch at `MAX_BATCH`, above every class's batch). A whole
-/// list needs no walk: its last link is already null (see the linking in `carve`).
+/// wanted, or the batch stays within `room` (a thread cache's list's room,
+/// `Central::refill_within`), or the list overshoots what is wanted by at most a
+/// quarter of `want` without the batch growing past `batch` (what `Central::refill`
+/// gives, so every front end takes it; the per-CPU one caps a batch at `MAX_BATCH`,
+/// above every class's batch). A whole list needs no walk: its last link is already
+/// null (see the linking in `carve`).
 #[inline]
-fn whole_list(count: usize, nfree: usize, want: usize, batch: usize) -> bool {
+fn whole_list(count: usize, nfree: usize, want: usize, batch: usize, room: usize) -> bool {
     let total = count + nfree;
-    total <= want || (total <= batch && total - want <= want / 4)
+    total <= want || total <= room || (total <= batch && total - want <= want / 4)
 }
 
 /// Pieces one carve may take: a span's detached free list or a run of its

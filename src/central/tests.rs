@@ -271,3 +271,44 @@ fn an_array_carve_cuts_a_long_free_list_marks_each_object_and_gives_the_rest_bac
     give_back(&b, c, &back);
     b.validate().unwrap();
 }
+
+/// A carve within a thread cache's room takes a span's free list whole when the
+/// batch fits the room, however much longer than the batch, and cuts it to `want`
+/// when it does not; either way the span's books balance.
+#[test]
+fn a_carve_within_room_takes_a_long_free_list_whole() {
+    let c = class();
+    let batch = c.batch();
+    let m = 3 * batch;
+    assert!(m < c.objects_per_span(), "the list fits one span");
+    for (room, expect) in [(m, m), (m + 5, m), (m - 1, batch / 2), (0, batch / 2)] {
+        let b: Backend<SysOs> = Backend::new(SysOs);
+        // m + 1 objects from a fresh span, m back onto its free list.
+        let first = b.central.carve_within(c, &b.page_heap, m + 1, m + 1);
+        assert_eq!(first.count, m + 1);
+        let mut objs = Vec::new();
+        let mut o = first.head;
+        for _ in 0..first.count {
+            objs.push(o as usize);
+            // SAFETY: the carve gave us a chain of `first.count` objects.
+            o = unsafe { FreeObj::next(o, c) };
+        }
+        let kept = objs[0];
+        give_back(&b, c, &objs[1..]);
+        b.validate().unwrap();
+        let got = b.central.carve_within(c, &b.page_heap, batch / 2, room);
+        assert_eq!(got.count, expect, "room {room}");
+        let mut seen = HashSet::from([kept]);
+        let mut o = got.head;
+        for _ in 0..got.count {
+            assert!(seen.insert(o as usize), "{o:p} twice (room {room})");
+            // SAFETY: the carve gave us a chain of `got.count` objects.
+            o = unsafe { FreeObj::next(o, c) };
+        }
+        assert!(o.is_null(), "the chain ends after `count` objects");
+        b.validate().unwrap();
+        let back: Vec<usize> = seen.into_iter().collect();
+        give_back(&b, c, &back);
+        b.validate().unwrap();
+    }
+}

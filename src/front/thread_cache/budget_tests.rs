@@ -8,7 +8,7 @@ use crate::os::SysOs;
 use crate::size_class::class_for;
 
 /// Objects of 2 KiB: a class whose batch fits in one borrowing step, and whose
-/// list holds up to 256 KiB (`max_cached`).
+/// list holds up to 1 MiB (`max_cached`).
 const SIZE: usize = 2048;
 
 fn backend() -> &'static Backend<SysOs> {

@@ -603,4 +603,6 @@ pub use pool::{AllHeaps, ThreadCaches};
 #[cfg(all(test, not(strata_loom)))]
 mod budget_tests;
 #[cfg(all(test, not(strata_loom)))]
+mod refill_tests;
+#[cfg(all(test, not(strata_loom)))]
 mod tests;

@@ -60,11 +60,29 @@ impl ThreadHeap {
             w => w,
         };
         list.refill_want.set((want * 2).min(CLASS_BATCH[ci] as u32));
+        // The list is empty: a span's whole free list is taken, not walked to be
+        // cut, when it fits the room the list's max may grow to within the budget
+        // (and the class's cap); the max then grows to hold it (tcmalloc grows a
+        // list's max on a miss too), so `len <= max` and invariant 3 hold. A thread
+        // that only allocates a class (a producer) takes a span's list in one
+        // refill instead of cutting a batch off it at a time.
+        let max = list.max.get();
+        let size = CLASS_SIZE[ci] as usize;
+        let headroom = self.budget_bytes().saturating_sub(self.max_bytes.get()) / size;
+        let room = (max as usize + headroom).min(CLASS_CAP[ci] as usize);
         self.begin_move();
-        let b = be.refill_up_to(c, want as usize);
+        let b = be.refill_within(c, want as usize, room);
         if b.count == 0 {
             self.end_move();
             return ptr::null_mut();
+        }
+        if b.count > CLASS_BATCH[ci] as usize && b.count > max as usize {
+            // A whole list longer than a batch: only `room` allows one (a stacked
+            // batch or a carve within the batch may still leave `len` above `max`,
+            // invariant 2), so it fits the budget and the cap.
+            list.max.set(b.count as u32);
+            self.max_bytes
+                .set(self.max_bytes.get() + (b.count - max as usize) * size);
         }
         self.received.add(b.count as u64);
         list.allocs.add(1);
