@@ -5,7 +5,7 @@ use super::slow::{BORROW_CAP_FACTOR, BORROW_STEP, CALM_EVENTS};
 use super::*;
 use crate::backend::Backend;
 use crate::os::SysOs;
-use crate::size_class::class_for;
+use crate::size_class::{CLASS_BATCH, class_for};
 
 /// Objects of 2 KiB: a class whose batch fits in one borrowing step, and whose
 /// list holds up to 1 MiB (`max_cached`).
@@ -132,4 +132,32 @@ fn a_calm_heap_gives_back_a_step_at_a_time() {
     assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
     // SAFETY: the heap is this thread's.
     unsafe { heap.flush_all(be) };
+}
+
+/// A heap that frees blocks another heap allocated (a consumer) keeps at most a
+/// batch of the class and borrows nothing: the rest goes to the central tier, where
+/// the allocating heap refills. Its own allocations then let the list grow again.
+#[test]
+fn a_heap_that_only_frees_a_class_keeps_a_batch_of_it() {
+    let be = backend();
+    let producer = live_heap(DEFAULT_CACHE_BUDGET);
+    let consumer = live_heap(DEFAULT_CACHE_BUDGET);
+    let c = class_for(SIZE, 8).unwrap();
+    let batch = CLASS_BATCH[c.index()] as usize;
+    let blocks = take(&producer, be, 8 * batch);
+    give(&consumer, be, blocks);
+    assert!(consumer.cached(c) <= batch, "{} cached", consumer.cached(c));
+    assert_eq!(consumer.borrowed_bytes(), 0);
+    // SAFETY: the heaps are this thread's.
+    unsafe { consumer.validate(be) }.unwrap();
+    // Once it allocates the class itself, its list may hold as much as it took.
+    let mine = take(&consumer, be, 4 * batch);
+    give(&consumer, be, mine);
+    assert!(consumer.cached(c) > batch, "{} cached", consumer.cached(c));
+    // SAFETY: the heaps are this thread's.
+    unsafe {
+        consumer.validate(be).unwrap();
+        consumer.flush_all(be);
+        producer.flush_all(be);
+    }
 }

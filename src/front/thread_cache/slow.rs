@@ -101,7 +101,8 @@ impl ThreadHeap {
     }
 
     /// Slow path of free on a live heap: the list is at its max. Grow the max if the
-    /// budget allows, else flush a batch to the central tier; then cache `p`.
+    /// budget allows (past a batch, only up to what the heap handed out of the class
+    /// ever), else flush a batch to the central tier; then cache `p`.
     ///
     /// # Safety
     /// As for `try_push`, and the heap is live (not a sentinel).
@@ -132,7 +133,12 @@ impl ThreadHeap {
         );
         let max = list.max.get();
         let mut pressed = false;
-        if max < cap {
+        // Past a batch, a list grows only while it holds no more than this heap has
+        // ever handed out of the class: a class the thread frees but does not
+        // allocate (a consumer's, blocks another thread allocated) keeps a batch to
+        // flush and no more, instead of growing, and borrowing, to the cap for
+        // objects only other threads will use.
+        if max < cap && (max < batch || list.allocs.get() >= u64::from(max)) {
             let grown = (max + batch).min(cap);
             let extra = (grown - max) as usize * size;
             if self.max_bytes.get() + extra > self.budget_bytes() {
