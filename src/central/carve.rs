@@ -45,80 +45,15 @@ impl Central {
         // the link key must be set before the first one is linked.
         ensure_key();
         let size = c.size_bytes();
-        let cls = &self.classes[c.index()];
         let mut pieces = [Piece::EMPTY; MAX_PIECES];
-        let (count, npieces) = cls.with_spans(|cs| {
-            let mut count = 0;
-            let mut npieces = 0;
-            // Each span adds at most two pieces (its list, its tail).
-            while count < want && npieces + 2 <= MAX_PIECES {
-                let mut span = cs.partial;
-                if span.is_null() {
-                    span = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
-                    if span.is_null() {
-                        break;
-                    }
-                    // SAFETY: a fresh Small span for this class, ours under the lock.
-                    unsafe {
-                        let s = &*span;
-                        s.set_free(ptr::null_mut());
-                        s.set_carved(0);
-                        s.set_live(0);
-                        s.set_capacity(c.objects_per_span() as u32);
-                        list_push(&mut cs.partial, span);
-                    }
-                    cs.nspans += 1;
-                }
-                // SAFETY: spans on the partial list are Small spans of this class,
-                // ours under the lock; their free objects belong to no one else.
-                unsafe {
-                    let s = &*span;
-                    let nfree = (s.carved() - s.live()) as usize;
-                    if nfree > 0 {
-                        // Detach the whole list; all of it counts as live until a
-                        // longer-than-needed rest is given back (below). A list a
-                        // little longer than needed is taken whole (`whole_list`):
-                        // cutting it costs a walk to the cut.
-                        let take = if whole_list(count, nfree, want, c.batch(), room) {
-                            nfree
-                        } else {
-                            nfree.min(want - count)
-                        };
-                        pieces[npieces] = Piece {
-                            obj: s.free().cast(),
-                            n: take,
-                            run: false,
-                            span,
-                            rest: nfree - take,
-                        };
-                        npieces += 1;
-                        s.set_free(ptr::null_mut());
-                        s.set_live(s.carved());
-                        count += take;
-                    }
-                    // Then a run of never-carved objects at the tail.
-                    let n = want
-                        .saturating_sub(count)
-                        .min((s.capacity() - s.carved()) as usize);
-                    if n > 0 {
-                        pieces[npieces] = Piece {
-                            obj: s.base().add(s.carved() as usize * size),
-                            n,
-                            run: true,
-                            span,
-                            rest: 0,
-                        };
-                        npieces += 1;
-                        s.set_carved(s.carved() + n as u32);
-                        s.set_live(s.live() + n as u32);
-                        count += n;
-                    }
-                    if !s.has_free_object() {
-                        list_remove(&mut cs.partial, span);
-                    }
-                }
+        // A list a little longer than needed is taken whole (`whole_list`): cutting
+        // it costs a walk to the cut.
+        let (count, npieces) = self.take_pieces(c, ph, want, &mut pieces, |count, nfree| {
+            if whole_list(count, nfree, want, c.batch(), room) {
+                nfree
+            } else {
+                nfree.min(want - count)
             }
-            (count, npieces)
         });
         // Link the pieces, each in its own order, into one chain. A piece that is
         // a whole detached list (no rest) already ends in a null link: the longest
@@ -173,12 +108,106 @@ impl Central {
         Batch { head, count }
     }
 
+    /// The bookkeeping of a carve, under the class lock: up to `want` objects (more
+    /// where `take` takes a whole free list) from the class's spans into `pieces`;
+    /// returns how many objects and pieces. For each span with free objects, `take`
+    /// says how many of its `nfree` the carve keeps (at least one, at most `nfree`)
+    /// once it has `count`; its list is detached whole and the rest recorded to
+    /// give back. Then a run of never-carved objects at the span's tail. Everything
+    /// taken counts as live at once (Span invariant 4), so no other thread reaches
+    /// it and the span cannot go back to the page heap; no object's memory is read
+    /// or written here.
+    pub(super) fn take_pieces<O: Os>(
+        &self,
+        c: SizeClass,
+        ph: &PageHeap<O>,
+        want: usize,
+        pieces: &mut [Piece; MAX_PIECES],
+        take: impl Fn(usize, usize) -> usize,
+    ) -> (usize, usize) {
+        let cls = &self.classes[c.index()];
+        cls.with_spans(|cs| {
+            let mut count = 0;
+            let mut npieces = 0;
+            // Each span adds at most two pieces (its list, its tail).
+            while count < want && npieces + 2 <= MAX_PIECES {
+                let mut span = cs.partial;
+                if span.is_null() {
+                    span = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
+                    if span.is_null() {
+                        break;
+                    }
+                    // SAFETY: a fresh Small span for this class, ours under the lock.
+                    unsafe {
+                        let s = &*span;
+                        s.set_free(ptr::null_mut());
+                        s.set_carved(0);
+                        s.set_live(0);
+                        s.set_capacity(c.objects_per_span() as u32);
+                        list_push(&mut cs.partial, span);
+                    }
+                    cs.nspans += 1;
+                }
+                // SAFETY: spans on the partial list are Small spans of this class,
+                // ours under the lock; their free objects belong to no one else.
+                unsafe {
+                    let s = &*span;
+                    let nfree = (s.carved() - s.live()) as usize;
+                    if nfree > 0 {
+                        // Detach the whole list; all of it counts as live until a
+                        // rest past what is kept is given back (`give_back_rest`).
+                        let n = take(count, nfree).clamp(1, nfree);
+                        pieces[npieces] = Piece {
+                            obj: s.free().cast(),
+                            n,
+                            run: false,
+                            span,
+                            rest: nfree - n,
+                        };
+                        npieces += 1;
+                        s.set_free(ptr::null_mut());
+                        s.set_live(s.carved());
+                        count += n;
+                    }
+                    // Then a run of never-carved objects at the tail.
+                    let n = want
+                        .saturating_sub(count)
+                        .min((s.capacity() - s.carved()) as usize);
+                    if n > 0 {
+                        pieces[npieces] = Piece {
+                            obj: s.base().add(s.carved() as usize * c.size_bytes()),
+                            n,
+                            run: true,
+                            span,
+                            rest: 0,
+                        };
+                        npieces += 1;
+                        s.set_carved(s.carved() + n as u32);
+                        s.set_live(s.live() + n as u32);
+                        count += n;
+                    }
+                    if !s.has_free_object() {
+                        list_remove(&mut cs.partial, span);
+                    }
+                }
+            }
+            (count, npieces)
+        })
+    }
+
     /// Puts back the part of a span's detached free list that a carve did not keep.
     ///
     /// # Safety
     /// `rest` starts a chain of `n` free objects of Small span `span` of class `c`,
-    /// detached by `carve` and still counted in the span's `live`, that nobody uses.
-    unsafe fn give_back_rest(&self, c: SizeClass, span: *mut Span, rest: *mut FreeObj, n: usize) {
+    /// detached by `take_pieces` and still counted in the span's `live`, that
+    /// nobody uses.
+    pub(super) unsafe fn give_back_rest(
+        &self,
+        c: SizeClass,
+        span: *mut Span,
+        rest: *mut FreeObj,
+        n: usize,
+    ) {
         self.classes[c.index()].with_spans(|cs| {
             // SAFETY: `span` is a Small span of class c that stays one (the carve
             // keeps at least one of its objects, counted live); its fields are ours
@@ -226,23 +255,23 @@ fn whole_list(count: usize, nfree: usize, want: usize, batch: usize, room: usize
 /// never-carved objects, two at most a span. A batch is never larger than a span's
 /// objects, so a batch takes two or three pieces in practice; a carve that fills
 /// them all returns a shorter batch, which `refill` allows.
-const MAX_PIECES: usize = 8;
+pub(super) const MAX_PIECES: usize = 8;
 
 /// Objects a carve took from `span` under the class lock, linked after it is
 /// dropped: `n` objects from `obj`, either a run of never-carved objects (`run`) or
 /// the head of a detached free list, followed there by `rest` more objects to give
 /// back.
 #[derive(Clone, Copy)]
-struct Piece {
-    obj: *mut u8,
-    n: usize,
-    run: bool,
-    span: *mut Span,
-    rest: usize,
+pub(super) struct Piece {
+    pub(super) obj: *mut u8,
+    pub(super) n: usize,
+    pub(super) run: bool,
+    pub(super) span: *mut Span,
+    pub(super) rest: usize,
 }
 
 impl Piece {
-    const EMPTY: Piece = Piece {
+    pub(super) const EMPTY: Piece = Piece {
         obj: ptr::null_mut(),
         n: 0,
         run: true,
