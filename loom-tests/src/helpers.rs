@@ -37,6 +37,34 @@ where
     );
 }
 
+/// The stack of a model thread started by [`spawn_big`]: loom's default (32 KiB) is
+/// too small for the backend's paths in the unoptimised builds of run-mutants.sh
+/// (each move of a backend-sized value is a copy there).
+pub const STACK: usize = 1 << 20;
+
+/// `f` on a loom thread with a stack of [`STACK`] bytes.
+pub fn spawn_big<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> loom::thread::JoinHandle<T> {
+    loom::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(f)
+        .expect("a loom thread")
+}
+
+/// [`model`], with `f` on a thread of its own with a stack of [`STACK`] bytes (the
+/// model's first thread has loom's default).
+pub fn model_big_stack<F>(f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let f = std::sync::Arc::new(f);
+    model(move || {
+        let f = f.clone();
+        spawn_big(move || f()).join().unwrap()
+    });
+}
+
 /// The objects of a chain of `count` objects starting at `head`, as addresses.
 ///
 /// # Safety

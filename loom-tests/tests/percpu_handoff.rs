@@ -30,8 +30,10 @@ use std::collections::HashSet;
 use std::ptr::{self, NonNull};
 
 use loom::sync::Arc;
-use loom::thread;
-use loom_tests::{FakeOs, assert_all_returned, assert_distinct, chain_to_vec, model, vec_to_chain};
+use loom_tests::{
+    FakeOs, assert_all_returned, assert_distinct, chain_to_vec, model_big_stack, spawn_big,
+    vec_to_chain,
+};
 use strata::internals::{Backend, SizeClass};
 use strata::percpu::Slab;
 
@@ -43,24 +45,6 @@ const K: usize = 0;
 const CPU: u32 = 0;
 /// The most objects a batch holds (the front end's array is as long).
 const MAX_BATCH: usize = 4;
-/// The stack of every model thread: loom's default (32 KiB) is too small for the
-/// backend's paths in the unoptimised builds of run-mutants.sh.
-const STACK: usize = 1 << 20;
-
-/// `f` on a loom thread with a stack of `STACK` bytes.
-fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    thread::Builder::new()
-        .stack_size(STACK)
-        .spawn(f)
-        .expect("a loom thread")
-}
-
-/// `model(f)`, with `f` on a thread of its own with a stack of `STACK` bytes (the
-/// model's first thread has loom's default).
-fn model_big_stack(f: fn()) {
-    model(move || spawn(f).join().unwrap());
-}
-
 struct World {
     /// Behind its own `Arc`: a backend is a few KiB, and loom's threads have small
     /// stacks (unoptimised, as run-mutants.sh builds, each move is a copy).
@@ -245,11 +229,11 @@ fn an_owner_allocating_while_a_non_owner_drains_its_cpu_keeps_every_object_once(
         let (w, _) = World::new(4, 2, 2, 0);
         let owner = {
             let w = w.clone();
-            spawn(move || vec![w.alloc(), w.alloc(), w.alloc()])
+            spawn_big(move || vec![w.alloc(), w.alloc(), w.alloc()])
         };
         let drainer = {
             let w = w.clone();
-            spawn(move || w.drain())
+            spawn_big(move || w.drain())
         };
         let held = owner.join().unwrap();
         drainer.join().unwrap();
@@ -266,7 +250,7 @@ fn an_owner_freeing_onto_a_full_stack_while_a_non_owner_drains_its_cpu_keeps_eve
         let (w, held) = World::new(2, 2, 2, 2);
         let owner = {
             let w = w.clone();
-            spawn(move || {
+            spawn_big(move || {
                 w.free(held[0]);
                 let a = w.alloc();
                 w.free(held[1]);
@@ -275,7 +259,7 @@ fn an_owner_freeing_onto_a_full_stack_while_a_non_owner_drains_its_cpu_keeps_eve
         };
         let drainer = {
             let w = w.clone();
-            spawn(move || w.drain())
+            spawn_big(move || w.drain())
         };
         let held = owner.join().unwrap();
         drainer.join().unwrap();
@@ -293,7 +277,7 @@ fn capacity_widened_on_misses_while_the_purge_thread_narrows_it_keeps_every_obje
         let (w, held) = World::new(4, 2, 2, 2);
         let owner = {
             let w = w.clone();
-            spawn(move || {
+            spawn_big(move || {
                 w.free(held[0]);
                 w.free(held[1]);
                 vec![w.alloc()]
@@ -301,7 +285,7 @@ fn capacity_widened_on_misses_while_the_purge_thread_narrows_it_keeps_every_obje
         };
         let narrower = {
             let w = w.clone();
-            spawn(move || w.narrow(2))
+            spawn_big(move || w.narrow(2))
         };
         let held = owner.join().unwrap();
         narrower.join().unwrap();

@@ -13,8 +13,7 @@
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, Ordering};
-use loom::thread;
-use loom_tests::{FakeOs, assert_all_returned, model};
+use loom_tests::{FakeOs, assert_all_returned, model_big_stack, spawn_big};
 use strata::Stats;
 use strata::internals::{Backend, SizeClass};
 
@@ -45,14 +44,14 @@ fn check_consistent(s: &Stats) {
 /// `budget` bytes, then exits (its heap flushed and pooled), while the model's
 /// thread takes a snapshot. Checks the snapshot, and the exact counts at the end.
 fn race_snapshot_with_worker(budget: usize) {
-    model(move || {
+    model_big_stack(move || {
         let be = Arc::new(Backend::new(FakeOs::new()));
         be.set_cache_budget(budget);
         let freed = Arc::new(AtomicBool::new(false));
         let worker = {
             let be = be.clone();
             let freed = freed.clone();
-            thread::spawn(move || {
+            spawn_big(move || {
                 let h = be.new_thread_heap();
                 // SAFETY: a live heap, this thread's alone until it retires it.
                 let heap = unsafe { &*h };
