@@ -11,7 +11,7 @@
 //! The per-CPU front end flushes and refills arrays (`flush_array`,
 //! `refill_array`): a whole batch goes on the stack as the addresses in its
 //! descriptor, and comes off it into a CPU's stack, without an object being read or
-//! written; a thread cache that pops such a batch links it (`refill_up_to`).
+//! written; a thread cache that pops such a batch links it (`refill_within`).
 
 use crate::Violation;
 use crate::check::check;
@@ -129,21 +129,16 @@ impl Central {
     /// Up to one batch of class `c` objects for a thread cache; an empty batch only
     /// if the OS refuses memory.
     pub fn refill<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>) -> Batch {
-        self.refill_up_to(c, ph, c.batch())
+        self.refill_within(c, ph, c.batch(), 0)
     }
 
     /// As [`Central::refill`], but carves at most `want` objects (`1..=batch`) when
-    /// no full batch waits on the transfer stack (a stacked batch is given whole: its
-    /// objects are already touched), or a span's whole free list up to a quarter
-    /// longer, never past the batch (also touched, and not walked to be cut). A thread cache asks for few at first, so that
-    /// a class used a little touches little of its span.
-    pub fn refill_up_to<O: Os>(&self, c: SizeClass, ph: &PageHeap<O>, want: usize) -> Batch {
-        self.refill_within(c, ph, want, 0)
-    }
-
-    /// As [`Central::refill_up_to`], and a carve also takes a span's whole free list
-    /// when the batch stays within `room` objects (`Central::carve_within`): a
-    /// thread cache passes its list's room, so a long list is not walked to be cut.
+    /// no batch waits on the transfer stack (a stacked batch is given whole: its
+    /// objects are already touched). A carve takes a span's whole free list, not
+    /// walked to be cut, when it is up to a quarter longer than `want` within the
+    /// batch, or when the batch stays within `room` objects (a thread cache passes
+    /// its list's room; 0 for none: `Central::carve_within`). A thread cache asks
+    /// for few at first, so that a class used a little touches little of its span.
     pub fn refill_within<O: Os>(
         &self,
         c: SizeClass,
@@ -153,7 +148,7 @@ impl Central {
     ) -> Batch {
         debug_check!(
             want >= 1 && want <= c.batch(),
-            "refill_up_to: want outside 1..=batch"
+            "refill_within: want outside 1..=batch"
         );
         let cls = &self.classes[c.index()];
         if let Some(i) = cls.stack.pop(&self.descs) {
@@ -311,15 +306,16 @@ impl Central {
         let mut moved = 0;
         while let Some(i) = cls.stack.pop(&self.descs) {
             let (head, count) = self.descs.get(i).get();
-            let mut objs = [ptr::null_mut(); DESC_SLOTS];
-            let n = self.descs.array(i).map_or(0, |a| a.copy_array(&mut objs));
-            self.descs.free(i);
             moved += count as usize;
-            if DescPool::is_array(i) {
+            if let Some(a) = self.descs.array(i) {
+                let mut objs = [ptr::null_mut(); DESC_SLOTS];
+                let n = a.copy_array(&mut objs);
+                self.descs.free(i);
                 // SAFETY: by invariant 1 the array holds `n` class-c objects that
                 // no one uses.
                 unsafe { self.release_array(c, &objs[..n], ph) };
             } else {
+                self.descs.free(i);
                 // SAFETY: by invariant 1 the batch holds `count` class-c objects
                 // that no one uses.
                 unsafe { self.release_objects(c, head, count as usize, ph) };

@@ -176,7 +176,8 @@ impl Geometry {
     /// up to 2 KiB, 256 KiB above, at most 2,048 objects and at least two batches.
     /// glibc-simple's rounds of 400 and 1,600 objects of 256 B to 2 KiB overflowed
     /// 256 KiB lists through the central tier every round (0.89x tcmalloc; with 1
-    /// MiB, 0.99x: BENCHMARKS.md); the byte budget bounds the whole cache either way.
+    /// MiB, 0.97x in interleaved runs: BENCHMARKS.md); the byte budget bounds the
+    /// whole cache either way.
     pub const fn max_cached(&self, c: usize) -> usize {
         let size = self.class_size(c);
         let bytes = if size <= 2048 { 1 << 20 } else { 256 << 10 };

@@ -171,15 +171,9 @@ impl<O: Os> Backend<O> {
     }
 
     /// A batch from the transfer stack, or at most `want` (`1..=batch`) objects
-    /// carved from spans (`Central::refill_up_to`); `count == 0` if the OS refuses
+    /// carved from spans, a span's whole free list where the batch stays within
+    /// `room` objects (`Central::refill_within`); `count == 0` if the OS refuses
     /// memory.
-    #[inline]
-    pub fn refill_up_to(&self, c: SizeClass, want: usize) -> Batch {
-        self.central.refill_up_to(c, &self.page_heap, want)
-    }
-
-    /// As [`Backend::refill_up_to`], taking a span's whole free list when the batch
-    /// stays within `room` objects (`Central::refill_within`).
     #[inline]
     pub fn refill_within(&self, c: SizeClass, want: usize, room: usize) -> Batch {
         self.central.refill_within(c, &self.page_heap, want, room)
