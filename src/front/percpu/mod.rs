@@ -98,10 +98,10 @@ pub const fn cap_for(ci: usize) -> u16 {
 /// 3. Every object in the slab is a class-`k` block of the process's backend
 ///    (slab class `k` is size class `k`), counted in the backend's flow, with the
 ///    free mark in its first word (hardened builds).
-/// 4. `glibc_offset` and `key` are written like the slab (invariant 2): before
-///    the Release store of `ON`, never after. `glibc_offset` is then
+/// 4. `glibc_offset`, `key` and `mask` are written like the slab (invariant 2):
+///    before the Release store of `ON`, never after. `glibc_offset` is then
 ///    `percpu::glibc_offset()` (non-zero exactly in glibc's rseq mode), `key` the
-///    process's link key (set by then).
+///    process's link key (set by then), `mask` `LinkMask::BAD`.
 pub struct CpuCaches {
     state: AtomicU8,
     slab: UnsafeCell<MaybeUninit<Slab>>,
@@ -111,9 +111,13 @@ pub struct CpuCaches {
     /// modules can need (one load each instead of two).
     glibc_offset: AtomicIsize,
     key: UnsafeCell<LinkKey>,
-    /// `LinkMask::BAD`, never written: a memory operand for the free hit's test
-    /// (in a cell so that the compiler cannot fold it into a 10-byte constant load).
-    mask: UnsafeCell<LinkMask>,
+    /// `LinkMask::BAD` once on (invariant 4): a memory operand for the free hit's
+    /// test (in a cell so that the compiler cannot fold it into a 10-byte constant
+    /// load). Uninitialised until then, not `BAD` from the start: a non-zero
+    /// initial value would put the whole allocator static in `.data`, whose pages
+    /// every process then reads from the file (52-60 KiB of resident memory in a
+    /// small C program; `benches/footprint.sh` warns of it).
+    mask: UnsafeCell<MaybeUninit<LinkMask>>,
     refills: AtomicU64,
     refilled_objects: AtomicU64,
     flushes: AtomicU64,
@@ -154,7 +158,7 @@ impl CpuCaches {
             slab: UnsafeCell::new(MaybeUninit::uninit()),
             glibc_offset: AtomicIsize::new(0),
             key: UnsafeCell::new(LinkKey::UNSET),
-            mask: UnsafeCell::new(LinkMask::BAD),
+            mask: UnsafeCell::new(MaybeUninit::uninit()),
             refills: AtomicU64::new(0),
             refilled_objects: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -260,11 +264,12 @@ impl CpuCaches {
                                 .store(crate::percpu::glibc_offset(), Ordering::Relaxed);
                             ensure_key();
                             // SAFETY: we moved the state to BUSY: no one else writes
-                            // or reads the slab or the key until the Release store
-                            // below (invariants 2 and 4).
+                            // or reads the slab, the key or the mask until the
+                            // Release store below (invariants 2 and 4).
                             unsafe {
                                 (*self.slab.get()).write(s);
                                 *self.key.get() = LinkKey::current();
+                                (*self.mask.get()).write(LinkMask::BAD);
                             }
                             ON
                         }
@@ -364,9 +369,9 @@ impl CpuCaches {
         };
         let slab = self.slab_on();
         let q = p.as_ptr().cast::<FreeObj>();
-        // SAFETY: the caller saw ON with Acquire (the contract): the key was
-        // written before and never after (invariant 4); the mask is never written.
-        let (key, mask) = unsafe { (*self.key.get(), *self.mask.get()) };
+        // SAFETY: the caller saw ON with Acquire (the contract): the key and the
+        // mask were written before and never after (invariant 4).
+        let (key, mask) = unsafe { (*self.key.get(), (*self.mask.get()).assume_init()) };
         let salt = FreeObj::salt(q, key);
         // SAFETY: the caller gives `p` up, a class-c block of ours: readable, and
         // its first word free for the mark. The key is set: `p` was handed out by
