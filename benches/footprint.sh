@@ -12,16 +12,21 @@
 # LD_PRELOAD under System).
 #
 # Usage: benches/footprint.sh            (STRATA_BASE=/path/libstrata.so adds a
-#        row for another build of the C library, e.g. an older commit's)
+#        row for another build of the C library, e.g. an older commit's;
+#        STRATA_ALT=/path/libstrata.so one more, as strata-alt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --manifest-path capi/Cargo.toml --target-dir target/c-abi >&2
 cargo build --release --example footprint >&2
 # The allocator's statics are all zero bytes, so they sit in .bss and cost no
 # resident page until used (TransferStack invariant 1 in src/transfer.rs).
+# One non-zero byte anywhere in a static moves all of it to .data, whose file
+# pages are resident (82 KiB for BACKEND): name the statics found there.
 if nm target/c-abi/release/libstrata.so | grep -q ' [dD] .*6global7BACKEND'; then
     echo "warning: the allocator's statics are in .data, not .bss: a non-zero default crept in" >&2
 fi
+nm -S -t d --size-sort -C target/c-abi/release/libstrata.so | awk '$3 ~ /^[dD]$/ && $2 + 0 >= 4096 {
+    $1 = ""; print "warning: in .data (resident file pages), bytes and static:" $0 }' >&2
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 cc -O2 -pthread -o "$OUT/footprint" benches/footprint/footprint.c
@@ -48,6 +53,7 @@ for mode in first small threads; do
     row C "$mode" glibc "" ""
     row C "$mode" strata "$PWD/target/c-abi/release/libstrata.so" ""
     [ -z "${STRATA_BASE:-}" ] || row C "$mode" strata-base "$STRATA_BASE" ""
+    [ -z "${STRATA_ALT:-}" ] || row C "$mode" strata-alt "$STRATA_ALT" ""
     row C "$mode" mimalloc "$L/libmimalloc.so.2" ""
     row C "$mode" jemalloc "$L/libjemalloc.so.2" ""
     row C "$mode" tcmalloc "$L/libtcmalloc_minimal.so.4" ""

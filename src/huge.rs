@@ -228,7 +228,10 @@ impl HugeRegistry {
                     spare: ptr::null_mut(),
                     count: 0,
                     bytes: 0,
-                    cache: [Cached { ptr: 0, len: 0, vmas: 1, freed_ms: 0 }; CACHE_SLOTS],
+                    // Slots past `cached` hold nothing (invariant 3): all zero
+                    // bytes, so that the process's statics stay in `.bss`
+                    // (TransferStack invariant 1; `benches/footprint.sh` warns).
+                    cache: [Cached { ptr: 0, len: 0, vmas: 0, freed_ms: 0 }; CACHE_SLOTS],
                     cached: 0,
                     cached_bytes: 0,
                     cache_vmas: ptr::null_mut(),

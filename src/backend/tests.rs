@@ -79,3 +79,30 @@ fn a_huge_mapping_too_big_to_cache_whose_unmap_is_refused_is_purged() {
     // SAFETY: the test gives the lost range back by hand.
     unsafe { be.os().unmap(p, len) }.unwrap();
 }
+
+/// A backend's initial value is all zero bytes, so that the process's static one
+/// lives in `.bss` (TransferStack invariant 1): one non-zero byte anywhere in it
+/// (a default such as `vmas: 1` in an empty huge-cache slot) moves the whole
+/// static, 80 KiB, to `.data`, whose file pages every process maps resident.
+/// Checked where the linker put a static backend: between `__bss_start` and `_end`
+/// (symbols both GNU ld and lld define). Release builds only: debug builds keep
+/// each lock's rank in the lock (`RawLock`), which is not zero.
+#[cfg(all(target_os = "linux", not(strata_loom), not(debug_assertions)))]
+#[test]
+fn a_static_backend_is_in_bss() {
+    use crate::os::SysOs;
+    static B: Backend<SysOs> = Backend::new(SysOs);
+    unsafe extern "C" {
+        static __bss_start: u8;
+        static _end: u8;
+    }
+    let (lo, hi) = (
+        (&raw const __bss_start) as usize,
+        (&raw const _end) as usize,
+    );
+    let at = (&raw const B) as usize;
+    assert!(
+        (lo..hi).contains(&at),
+        "a static Backend is not in .bss: a field's initial value is not all zero bytes"
+    );
+}

@@ -13,6 +13,8 @@ pub(crate) mod rseq_x86_64;
 pub(super) mod services;
 #[cfg(all(target_arch = "x86_64", not(strata_portable_tls)))]
 mod tls_x86_64;
+#[cfg(target_arch = "x86_64")]
+mod vdso_x86_64;
 #[cfg(all(target_arch = "x86_64", not(strata_portable_tls)))]
 pub(crate) use tls_x86_64::thread_slot;
 
@@ -195,11 +197,19 @@ unsafe impl Os for SysOs {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: clock_gettime writes into the timespec we pass; the coarse clock is a
-        // vDSO read with millisecond-ish resolution, enough for purge delays.
-        let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-        if r != 0 {
-            return Err(OsError::last());
+        // The coarse clock is a vDSO read with millisecond-ish resolution, enough for
+        // purge delays; on x86-64 the vDSO's function is called directly, which
+        // keeps libc's wrapper (and the 64 KiB of libc code the kernel maps around
+        // it) out of the process (`vdso_x86_64`).
+        #[cfg(target_arch = "x86_64")]
+        vdso_x86_64::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts).map_err(OsError)?;
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            // SAFETY: clock_gettime writes into the timespec we pass.
+            let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+            if r != 0 {
+                return Err(OsError::last());
+            }
         }
         Ok(ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000)
     }
@@ -387,9 +397,32 @@ pub(super) fn register_fork_hooks(
     parent: extern "C" fn(),
     child: extern "C" fn(),
 ) -> Result<(), OsError> {
-    // SAFETY: three plain functions that live as long as the process. glibc keeps
-    // the first 48 registrations in static storage; past that it may allocate.
-    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    // `pthread_atfork` is a static stub (libc_nonshared.a) linked into our own
+    // text that calls glibc's `__register_atfork` with the module's
+    // `__dso_handle` through the PLT; calling it directly does the same with
+    // neither the stub nor the PLT entry, which sit apart from the rest of the
+    // code a start-up runs (each can cost a 64 KiB window of resident text).
+    unsafe extern "C" {
+        static __dso_handle: *mut c_void;
+        fn __register_atfork(
+            prepare: Option<extern "C" fn()>,
+            parent: Option<extern "C" fn()>,
+            child: Option<extern "C" fn()>,
+            dso: *const c_void,
+        ) -> c_int;
+    }
+    // SAFETY: three plain functions that live as long as the process, and the
+    // address of this module's `__dso_handle` (defined by crtbegin, never read
+    // here), as `pthread_atfork` passes it. glibc keeps the first 48 registrations
+    // in static storage; past that it may allocate.
+    let rc = unsafe {
+        __register_atfork(
+            Some(prepare),
+            Some(parent),
+            Some(child),
+            (&raw const __dso_handle).cast(),
+        )
+    };
     if rc == 0 { Ok(()) } else { Err(OsError(rc)) }
 }
 
