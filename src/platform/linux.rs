@@ -397,32 +397,9 @@ pub(super) fn register_fork_hooks(
     parent: extern "C" fn(),
     child: extern "C" fn(),
 ) -> Result<(), OsError> {
-    // `pthread_atfork` is a static stub (libc_nonshared.a) linked into our own
-    // text that calls glibc's `__register_atfork` with the module's
-    // `__dso_handle` through the PLT; calling it directly does the same with
-    // neither the stub nor the PLT entry, which sit apart from the rest of the
-    // code a start-up runs (each can cost a 64 KiB window of resident text).
-    unsafe extern "C" {
-        static __dso_handle: *mut c_void;
-        fn __register_atfork(
-            prepare: Option<extern "C" fn()>,
-            parent: Option<extern "C" fn()>,
-            child: Option<extern "C" fn()>,
-            dso: *const c_void,
-        ) -> c_int;
-    }
-    // SAFETY: three plain functions that live as long as the process, and the
-    // address of this module's `__dso_handle` (defined by crtbegin, never read
-    // here), as `pthread_atfork` passes it. glibc keeps the first 48 registrations
-    // in static storage; past that it may allocate.
-    let rc = unsafe {
-        __register_atfork(
-            Some(prepare),
-            Some(parent),
-            Some(child),
-            (&raw const __dso_handle).cast(),
-        )
-    };
+    // SAFETY: three plain functions that live as long as the process. glibc keeps
+    // the first 48 registrations in static storage; past that it may allocate.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     if rc == 0 { Ok(()) } else { Err(OsError(rc)) }
 }
 
