@@ -491,7 +491,6 @@ impl ThreadHeap {
         // SAFETY: `l` is a class's list (the contract).
         let list = unsafe { self.list_at(l) };
         let obj = p.cast::<FreeObj>();
-        let head = list.head.get();
         // Hardened: a block whose first word decodes as a link may already be in a
         // free list, this one included (a block handed out has that word cleared):
         // `free_slow` looks for it and reports a double free (three instructions and
@@ -507,6 +506,9 @@ impl ThreadHeap {
         if unsafe { FreeObj::looks_free_salted(obj, salt, self.link_mask.get()) } {
             return false;
         }
+        // The head is loaded here, after the checks, so that the encode's XOR takes
+        // it as a memory operand (loaded before them, it costs a load of its own).
+        let head = list.head.get();
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class);
         // the salt is of its address under the process's key (above).
         unsafe { FreeObj::set_next_salted(obj, head, salt) };
