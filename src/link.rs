@@ -97,6 +97,49 @@ const KEY_FORCED: usize = (1 << 63) | 1;
 
 const_assert!(KEY_FORCED & BAD_BITS == KEY_FORCED);
 
+/// The object every free list ends at in memory, hardened (the end of a chain as a
+/// link stores it, and a thread cache's empty list as its head holds it): never
+/// handed out, never written, and its word never decodes, whatever the key (below).
+/// So the thread cache's `pop` needs no test for an empty list: it decodes the
+/// head's link as for any object, the check fails on `END`, and the branch that
+/// reports a corrupt link first looks whether the object is `END` (an empty list:
+/// a miss) instead (2 instructions fewer on `malloc`, `objdump -d`).
+///
+/// The word is `2^62`: decoded under the process's key (bit 63 forced to 1) it has
+/// bit 63 set; under a sentinel's unset key (0) bit 62; either is in `BAD_BITS`.
+/// Outside the fast paths `END` never shows: [`FreeObj::next`] and
+/// [`FreeObj::try_next`] give null for it, and [`FreeObj::set_next`] stores null
+/// as `END`. Without `harden`, links are not checked and `END` is null.
+#[cfg(feature = "harden")]
+static END_OBJ: FreeObj = FreeObj { link: 1 << 62 };
+
+const_assert!((1usize << 62) & BAD_BITS != 0 && ((1usize << 62) ^ KEY_FORCED) & BAD_BITS != 0);
+
+/// The end of a free list in memory: [`END_OBJ`]'s address hardened, else null.
+#[inline(always)]
+pub const fn end() -> *mut FreeObj {
+    #[cfg(feature = "harden")]
+    return (&raw const END_OBJ).cast_mut();
+    #[cfg(not(feature = "harden"))]
+    return core::ptr::null_mut();
+}
+
+/// `p`, with null as [`end`] (what a link or a list head stores).
+#[inline(always)]
+pub fn null_to_end(p: *mut FreeObj) -> *mut FreeObj {
+    if HARDENED && p.is_null() { end() } else { p }
+}
+
+/// `p`, with [`end`] as null (what callers outside the fast paths see).
+#[inline(always)]
+pub fn end_to_null(p: *mut FreeObj) -> *mut FreeObj {
+    if HARDENED && p == end() {
+        core::ptr::null_mut()
+    } else {
+        p
+    }
+}
+
 #[cfg(not(strata_loom))]
 static KEY: AtomicUsize = AtomicUsize::new(0);
 
@@ -195,7 +238,7 @@ impl FreeObj {
     pub unsafe fn set_next_keyed(this: *mut FreeObj, next: *mut FreeObj, key: LinkKey) {
         let word = if HARDENED {
             debug_check!(key.0 != 0, "free-list link written before ensure_key");
-            next as usize ^ this as usize ^ key.0
+            null_to_end(next) as usize ^ this as usize ^ key.0
         } else {
             next as usize
         };
@@ -232,7 +275,7 @@ impl FreeObj {
         if next & BAD_BITS != 0 {
             corrupt_link(this, c);
         }
-        next as *mut FreeObj
+        end_to_null(next as *mut FreeObj)
     }
 
     /// Whether the first word of `this`, a block being freed, decodes as a link
@@ -262,13 +305,19 @@ impl FreeObj {
         Salt(if HARDENED { this as usize ^ key.0 } else { 0 })
     }
 
-    /// [`FreeObj::set_next_keyed`] with the salt of `this` computed already.
+    /// [`FreeObj::set_next_keyed`] with the salt of `this` computed already, and
+    /// `next` as a list head stores it: [`end`] for none, never null when hardened
+    /// (the thread cache's push passes its head as it is).
     ///
     /// # Safety
     /// As for `set_next`, and `salt` is `FreeObj::salt(this, key)` with the
     /// process's key.
     #[inline(always)]
     pub unsafe fn set_next_salted(this: *mut FreeObj, next: *mut FreeObj, salt: Salt) {
+        debug_check!(
+            !HARDENED || !next.is_null(),
+            "set_next_salted: null for the end"
+        );
         let word = if HARDENED {
             next as usize ^ salt.0
         } else {
@@ -295,28 +344,41 @@ impl FreeObj {
         (word ^ salt.0) & mask.0 == 0
     }
 
-    /// [`FreeObj::next_keyed`] testing with the mask's copy `mask` (a memory
-    /// operand, see [`LinkMask`]).
+    /// The link of `this`, the head of a thread cache's list, decoded as it is
+    /// stored (the list's end as [`end`], not null) and tested with the mask's copy
+    /// `mask` (a memory operand, see [`LinkMask`]); None when `this` is [`end`]
+    /// (the list is empty: its word never decodes). Aborts with a report, as
+    /// [`FreeObj::next`], when any other object's link does not decode.
     ///
     /// # Safety
-    /// As for `next`, and `key` is the process's key.
+    /// `this` is [`end`] or a free object of class `c` that the caller owns, whose
+    /// link was written by `set_next` (or overwritten by a bug this is meant to
+    /// catch); `key` is the process's key, or 0 only if `this` is [`end`].
     #[inline(always)]
-    pub unsafe fn next_masked(
+    pub unsafe fn pop_next(
         this: *mut FreeObj,
         c: SizeClass,
         key: LinkKey,
         mask: LinkMask,
-    ) -> *mut FreeObj {
-        // SAFETY: per the contract `this` is readable and ours.
-        let word = unsafe { (*this).link };
+    ) -> Option<*mut FreeObj> {
         if !HARDENED {
-            return word as *mut FreeObj;
+            if this.is_null() {
+                return None;
+            }
+            // SAFETY: not the end (null): an object of ours, per the contract.
+            return Some(unsafe { (*this).link } as *mut FreeObj);
         }
-        let next = word ^ this as usize ^ key.0;
+        // SAFETY: per the contract `this` is readable: an object of ours, or the
+        // static END_OBJ.
+        let next = unsafe { (*this).link } ^ this as usize ^ key.0;
         if next & mask.0 != 0 {
-            corrupt_link(this, c);
+            // Taken in a correct program only at the end of a list (a miss).
+            if this != end() {
+                corrupt_link(this, c);
+            }
+            return None;
         }
-        next as *mut FreeObj
+        Some(next as *mut FreeObj)
     }
 
     /// Clears the link of `this`, a free object about to be handed to the program
@@ -349,7 +411,7 @@ impl FreeObj {
             return Some(word as *mut FreeObj);
         }
         let next = word ^ this as usize ^ key();
-        (next & BAD_BITS == 0).then_some(next as *mut FreeObj)
+        (next & BAD_BITS == 0).then_some(end_to_null(next as *mut FreeObj))
     }
 }
 

@@ -33,6 +33,8 @@ pub(crate) use growth::{GrowthHook, set_growth_hook};
 use crate::backend::{Route, route};
 use crate::front::Allocator as Backend;
 use crate::front::FrontEnd;
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+use crate::front::thread_cache::C_DIRECT_MAX;
 use crate::front::thread_cache::{HeapState, ThreadHeap};
 use crate::platform::{self, SysOs, ThreadKey};
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
@@ -542,16 +544,38 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 16 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit, 21 with `harden`
+/// Budget: 14 instructions up to 1 KiB (`C_DIRECT_MAX`) on a hit, 19 with `harden`
 /// (callgrind and `objdump -d` of `malloc` in the `c-abi` build): size check 2, list
-/// offset 4 (`list_for_c`: the table gives the list's offset, not a class to
-/// scale), TLS 2, pop 8; two branches. A
-/// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
+/// 1 (`list_direct`: the table, indexed by the size itself, gives the list's page
+/// code, which scales to the list in the addressing mode), TLS 2, pop 8 (hardened:
+/// no empty-list test, the link check finds the list's end, `link::end`); one
+/// branch not taken and one taken (hardened). Up to 8 KiB (`C_TABLE_MAX`),
+/// `alloc_c_medium` (2 more: its compare, and 16-byte units to round the size to).
+/// A miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
 /// that only `size` has to stay live across the fast path (keeping the class for
 /// `alloc_small_slow` would cost three moves).
 #[cfg(all(feature = "c-abi", not(feature = "checked")))]
 #[inline(always)]
 pub(crate) fn alloc_c(size: usize) -> *mut u8 {
+    if size > C_DIRECT_MAX {
+        return alloc_c_medium(size);
+    }
+    // The list straight from the size (its page code, not the class to scale).
+    let l = crate::front::thread_cache::list_direct(size);
+    let h = heap();
+    // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
+    let p = unsafe { (*h).pop_at(l) };
+    if !p.is_null() {
+        return p;
+    }
+    alloc_c_slow(size)
+}
+
+/// `alloc_c` above 1 KiB: up to 8 KiB the list by 16-byte units (`list_for_c`),
+/// above that `alloc_c_slow`.
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+#[inline(never)]
+fn alloc_c_medium(size: usize) -> *mut u8 {
     if size <= C_TABLE_MAX {
         // The list straight from the size (its offset, not the class to scale).
         let l = crate::front::thread_cache::list_for_c(size);

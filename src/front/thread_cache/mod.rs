@@ -60,7 +60,9 @@
 //! heap borrows room from the process-wide pool (`slow`), else other classes' `max`
 //! are lowered (stolen from) round robin.
 
-use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask, ensure_key};
+use crate::link::{
+    FreeObj, HARDENED, LinkKey, LinkMask, end, end_to_null, ensure_key, null_to_end,
+};
 use crate::size_class::{NUM_CLASSES, SizeClass};
 use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, UnsafeCell, fence};
 use core::ptr;
@@ -108,6 +110,46 @@ impl<T: Copy> OwnerCell<T> {
     }
 }
 
+/// A list's head: its first object, or the end of every list in memory
+/// (`link::end()`: hardened, a static object whose link never decodes, so that
+/// `pop` finds an empty list through the link check it runs anyway; null
+/// otherwise). `get` and `set` speak null for an empty list, as the slow paths and
+/// readers do; `raw` and `set_raw` the stored value, for the fast paths.
+#[repr(transparent)]
+struct ListHead(OwnerCell<*mut FreeObj>);
+
+impl ListHead {
+    #[cfg(not(strata_loom))]
+    const fn new() -> ListHead {
+        ListHead(OwnerCell::new(end()))
+    }
+    #[cfg(strata_loom)]
+    fn new() -> ListHead {
+        ListHead(OwnerCell::new(end()))
+    }
+    /// The first object, null for an empty list (owner only, or any thread on a
+    /// sentinel).
+    #[inline(always)]
+    fn get(&self) -> *mut FreeObj {
+        end_to_null(self.0.get())
+    }
+    /// Makes `p` (null: none) the first object (owner only, never on a sentinel).
+    #[inline(always)]
+    fn set(&self, p: *mut FreeObj) {
+        self.0.set(null_to_end(p))
+    }
+    /// The stored head: the first object or `end()`, never null when hardened.
+    #[inline(always)]
+    fn raw(&self) -> *mut FreeObj {
+        self.0.get()
+    }
+    /// Stores `p`, the first object or `end()` (as `raw` gives it).
+    #[inline(always)]
+    fn set_raw(&self, p: *mut FreeObj) {
+        self.0.set(p)
+    }
+}
+
 /// Default byte budget of one thread's cache (sum over classes of `max × size`): the
 /// room each thread has of its own; one whose working set overflows it borrows more
 /// from the process-wide `CachePool`, up to `BORROW_CAP_FACTOR` times this (`slow`).
@@ -126,7 +168,7 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 /// pop that counts it needs no second base register.
 #[repr(C, align(32))]
 pub struct FreeList {
-    head: OwnerCell<*mut FreeObj>,
+    head: ListHead,
     len: OwnedU32,
     max: OwnerCell<u32>,
     /// Objects the next refill asks for (0: the class's first refill size). Starts
@@ -144,7 +186,7 @@ impl FreeList {
     crate::sync::loom_const_fn! {
         fn new() -> FreeList {
             FreeList {
-                head: OwnerCell::new(ptr::null_mut()),
+                head: ListHead::new(),
                 len: OwnedU32::new(0),
                 max: OwnerCell::new(0),
                 refill_want: OwnerCell::new(0),
@@ -215,8 +257,9 @@ pub enum HeapState {
 /// 6. `move_seq` is odd exactly while the owner is moving objects between its lists
 ///    and the central tier (see [`ThreadHeap::move_seq`]); it only grows.
 /// 7. A sentinel (`HeapState::Empty` or `Dead`, the process-wide statics every
-///    thread's TLS starts or ends at) is never written: every list has `head` null,
-///    `len == 0` and `max == 0`, so `pop` returns after reading a null head and
+///    thread's TLS starts or ends at) is never written: every list's `head` is the
+///    end (`link::end()`, read as null), `len == 0` and `max == 0`, so `pop` returns
+///    after failing to decode the end's link (it reads only the head and the end) and
 ///    `try_push` after reading `len >= max`, before any store; every other method
 ///    that writes is called only on a live or pooled heap (`global` checks `state()`
 ///    first). Many threads read a sentinel at once, through `&ThreadHeap` only.
@@ -439,17 +482,24 @@ impl ThreadHeap {
         // SAFETY: `l` is the offset of the list of a valid class (the contract).
         let list = unsafe { self.list_at(l) };
         let c = l.class();
-        let obj = list.head.get();
-        if obj.is_null() {
+        let obj = list.head.raw();
+        // No test for an empty list: the link check of `pop_next` fails on the end
+        // (`link::end()`), and only then does it look whether `obj` is the end.
+        // SAFETY: by invariant 1 the head is the end or a free class-c object of
+        // ours whose first word links the rest of the chain; a link overwritten
+        // since it was pushed aborts here instead of being handed out. The key is
+        // the process's on a live heap (invariant 5); a sentinel's, unset, meets
+        // only the end (invariant 7).
+        let Some(next) =
+            (unsafe { FreeObj::pop_next(obj, c, self.link_key.get(), self.link_mask.get()) })
+        else {
             return ptr::null_mut();
-        }
-        // Not a sentinel from here on (invariant 7: their heads are null).
-        // SAFETY: by invariant 1 a non-null head is a free class-c object of ours
-        // whose first word links the rest of the chain; a link overwritten since it
-        // was pushed aborts here instead of being handed out.
-        list.head.set(unsafe {
-            FreeObj::next_masked(obj, c, self.link_key.get(), self.link_mask.get())
-        });
+        };
+        // Not a sentinel from here on (invariant 7: their heads are the end).
+        // SAFETY: `pop_next` gave a link, so `obj` is an object of ours, not the end
+        // (the only head that is not an object), and no object is at address 0.
+        unsafe { core::hint::assert_unchecked(!obj.is_null()) };
+        list.head.set_raw(next);
         // SAFETY: the object is ours to hand out now; its link is spent.
         unsafe { FreeObj::clear(obj) };
         list.len.sub(1);
@@ -508,11 +558,11 @@ impl ThreadHeap {
         }
         // The head is loaded here, after the checks, so that the encode's XOR takes
         // it as a memory operand (loaded before them, it costs a load of its own).
-        let head = list.head.get();
+        let head = list.head.raw();
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class);
         // the salt is of its address under the process's key (above).
         unsafe { FreeObj::set_next_salted(obj, head, salt) };
-        list.head.set(obj);
+        list.head.set_raw(obj);
         list.len.add(1);
         true
     }
@@ -599,7 +649,7 @@ pub use c_lists::ListOffset;
     not(all(feature = "c-abi", not(feature = "checked"))),
     allow(unused_imports)
 )]
-pub use c_lists::list_for_c;
+pub use c_lists::{C_DIRECT_MAX, list_direct, list_for_c};
 pub use pool::{AllHeaps, ThreadCaches};
 
 #[cfg(all(test, not(strata_loom)))]
