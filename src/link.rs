@@ -23,8 +23,8 @@
 //!   words (a pointer written over a link decodes misaligned).
 //! - `this` in the key binds the word to its slot: a link word copied or replayed
 //!   into another free object does not decode to the same target, and the end of a
-//!   list (a null link) is not stored as `KEY` itself, which a read of any list's
-//!   last object would otherwise give away. Detection does not depend on it (it
+//!   list (the `END` link, see [`end`]) is not stored as the same word in every
+//!   list's last object, which a read of one would otherwise give away. Detection does not depend on it (it
 //!   costs one XOR on each side, 2 of the 6 instructions a pair; see
 //!   `thread_heap.rs`).
 //! - XOR only: encode is two XORs on top of the plain store (`this` is in a
@@ -35,8 +35,11 @@
 //!   this is for (see limits).
 //!
 //! # The check
-//! A decoded link must be null or a plausible object address: canonical user space
-//! (`< 2^47`) and 8-aligned, one mask test (`BAD_BITS`). It runs wherever a link is
+//! A decoded link must be a plausible object address (or null, or the list end
+//! [`end`], which is one): canonical user space (`< 2^47`) and 8-aligned, one mask
+//! test (`BAD_BITS`). Hardened, a chain ends at [`end`] in memory (a link to null
+//! is stored as a link to it), whose own word never decodes: the thread cache's
+//! `pop` needs no separate test for an empty list. It runs wherever a link is
 //! followed: the thread heap's pop, its refill, the walk that splits a batch off a
 //! list, and the central tier's walks (returning objects to spans, carving from a
 //! span's list); validators report it as a violation instead. On failure the process

@@ -296,8 +296,8 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, mut h: *mut ThreadHeap) {
 }
 
 /// Small-object alloc: TLS load, pop, one branch (budget ~16 instructions; with
-/// `harden`, 5 more: the decode and check of the popped object's link, and the
-/// store that clears it).
+/// `harden`, 3 more: the decode and check of the popped object's link, which also
+/// finds an empty list (no null test), and the store that clears it).
 #[inline(always)]
 fn alloc_small(c: SizeClass) -> *mut u8 {
     let h = heap();
@@ -332,9 +332,10 @@ fn alloc_small_miss(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
 }
 
 /// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
-/// `harden`, 7 more: the key load, the block's address XORed into it once, the
+/// `harden`, 6 more: the key load, the block's address XORed into it once, the
 /// test of the block's own first word that catches a double free of a cached block
-/// (a load, an XOR, the mask test and a branch), and the XOR encoding the link).
+/// (a load, an XOR, the mask test and a branch), and the XOR encoding the link,
+/// which takes the list head as its memory operand).
 ///
 /// # Safety
 /// `p` is a live class-`c` block of ours that the caller gives up.
@@ -544,12 +545,12 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
 }
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 14 instructions up to 1 KiB (`C_DIRECT_MAX`) on a hit, 19 with `harden`
+/// Budget: 14 instructions up to 1 KiB (`C_DIRECT_MAX`) on a hit, 17 with `harden`
 /// (callgrind and `objdump -d` of `malloc` in the `c-abi` build): size check 2, list
-/// 1 (`list_direct`: the table, indexed by the size itself, gives the list's page
-/// code, which scales to the list in the addressing mode), TLS 2, pop 8 (hardened:
-/// no empty-list test, the link check finds the list's end, `link::end`); one
-/// branch not taken and one taken (hardened). Up to 8 KiB (`C_TABLE_MAX`),
+/// 2 (`list_direct`: the table's address and its load, indexed by the size itself,
+/// giving the list's page code, which scales to the list in the addressing mode),
+/// TLS 2, pop 8 (hardened 11: no empty-list test, the link check finds the list's
+/// end, `link::end`). Up to 8 KiB (`C_TABLE_MAX`),
 /// `alloc_c_medium` (2 more: its compare, and 16-byte units to round the size to).
 /// A miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
 /// that only `size` has to stay live across the fast path (keeping the class for

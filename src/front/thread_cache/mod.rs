@@ -19,22 +19,29 @@
 //! ```
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 53.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
-//! included; 41.5 without the `harden` feature (the script prints both). Through the
-//! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 71 a pair with the benchmark's loop (16 of them), 59
-//! without `harden`; unhardened, `malloc` is 16 instructions (size check 2, list
-//! offset 4, TLS 2, pop 8) and `free` 27 (chunk map 8, page entry and object check
-//! 9, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
-//! `harden` is the other 12: `pop` loads the key off the heap, XORs it with the
-//! object's address and the link word (the word's load folds into the XOR) and
-//! tests the result against the mask (a memory operand: the heap's copy,
-//! `LinkMask`), a branch never taken in a correct program, and clears the object's
-//! link word so that a block handed out neither gives the key away nor looks free
-//! (5); `try_push` loads the key and XORs in the object's address once (the salt),
-//! tests whether the block's own first word decodes as a link (a block already in
-//! a free list: a double free, which `free_slow` confirms by walking the list): a
-//! load, an XOR with the salt, the mask test and a branch never taken in a correct
-//! program, and encodes the new link with one more XOR (7).
+//! included (57.5 before the list end below, in the same checkout; the split of the
+//! harness into codegen units moves it by up to 4); 44.5 without the `harden`
+//! feature (the script prints both). Through the C ABI
+//! (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
+//! `global::free_by_address`): 66.0 a pair with the benchmark's loop (16 of them;
+//! mimalloc 66.6 in the same run), 57.0 without `harden`; unhardened, `malloc` is 14
+//! instructions up to 1 KiB (size check 2, list 2: the table's address and
+//! `list_direct`'s load, TLS 2, pop 8 with the empty-list test) and `free` 27 (chunk
+//! map 8, page entry and object check 9, TLS and push 10). The statistics counter
+//! `FreeList::allocs` is 1 of them.
+//! `harden` is the other 9: `pop` has no empty-list test (an empty list's head is
+//! the end of every list, `link::end`, whose link never decodes: the check below
+//! fails on it, and only then does `pop` look whether the object is the end, −2),
+//! loads the key off the heap, XORs it with the object's address and the link word
+//! (the word's load folds into the XOR) and tests the result against the mask (a
+//! memory operand: the heap's copy, `LinkMask`), a branch taken only at the end of
+//! the list, and clears the object's link word so that a block handed out neither
+//! gives the key away nor looks free (+3 in all); `try_push` loads the key and XORs
+//! in the object's address once (the salt), tests whether the block's own first
+//! word decodes as a link (a block already in a free list: a double free, which
+//! `free_slow` confirms by walking the list): a load, an XOR with the salt, the
+//! mask test and a branch never taken in a correct program, and encodes the new
+//! link with one more XOR, the head its memory operand (6).
 //! What the check costs beyond instructions: its load of the freed block's first
 //! word is the one load of the block on the free path, and when the block is cold
 //! (a program dropping a large collection) it misses and holds up retirement, where
