@@ -523,4 +523,38 @@ mod tests {
             assert_ne!(FreeObj::try_next(pb), Some(pb));
         }
     }
+
+    /// The list end (`end`): a null link is stored as a link to it and read back as
+    /// null; the thread cache's decode gives it as it is stored, and finds the end
+    /// itself (its word never decodes, under the process's key or a sentinel's 0).
+    #[test]
+    fn lists_end_at_the_end_object_and_the_pop_decode_finds_it() {
+        ensure_key();
+        let mut words = [0usize; 2];
+        let wa = words.as_mut_ptr();
+        // SAFETY: both words are in bounds of the array.
+        let wb = unsafe { wa.add(1) };
+        let (pa, pb) = (wa.cast::<FreeObj>(), wb.cast::<FreeObj>());
+        let (key, mask) = (LinkKey::current(), LinkMask::BAD);
+        // SAFETY: both objects are ours, 8-aligned and 8 bytes; END_OBJ is only read.
+        unsafe {
+            FreeObj::set_next(pa, pb);
+            FreeObj::set_next(pb, core::ptr::null_mut());
+            assert_eq!(FreeObj::try_next(pb), Some(core::ptr::null_mut()));
+            assert_eq!(FreeObj::pop_next(pa, SizeClass(0), key, mask), Some(pb));
+            assert_eq!(FreeObj::pop_next(pb, SizeClass(0), key, mask), Some(end()));
+            assert_eq!(FreeObj::pop_next(end(), SizeClass(0), key, mask), None);
+            assert_eq!(
+                FreeObj::pop_next(end(), SizeClass(0), LinkKey::UNSET, mask),
+                None
+            );
+            assert!(
+                FreeObj::looks_free(pb, key),
+                "a block linking to the end is free"
+            );
+        }
+        assert_eq!(null_to_end(core::ptr::null_mut()), end());
+        assert!(end_to_null(end()).is_null());
+        assert_eq!(end_to_null(pa), pa);
+    }
 }
