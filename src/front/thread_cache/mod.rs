@@ -83,7 +83,8 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 /// One size class's free list.
 ///
 /// Invariants: 1. `head` starts a chain of exactly `len` free objects of the class,
-/// linked through their encoded first words (`link`).
+/// linked through their encoded first words (`link`) and ending at the list end
+/// (`link::end()`, which a hardened head holds for an empty list: never null).
 /// 2. after any free, `len <= max` or the list was just refilled (a refill may leave
 /// `len` above `max`; the next free then flushes).
 ///
