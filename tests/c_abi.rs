@@ -16,6 +16,9 @@
 //!   `mallopt` against the allocator that serves `malloc` (glibc's own, or strata's).
 //! - `dlclose` loads the library with `dlopen` (no `LD_PRELOAD`), allocates through
 //!   it on a thread, unloads it and lets the thread exit.
+//! - `harden` frees a block twice or writes over a free block's link, which the
+//!   default (`harden`) library must stop with its report, and empties and refills
+//!   lists, which it must serve.
 //!
 //! Run with `--nocapture` to see the programs' output.
 
@@ -39,6 +42,7 @@ struct Artifacts {
     idle: PathBuf,
     dlclose: PathBuf,
     mallinfo: PathBuf,
+    harden: PathBuf,
     dir: PathBuf,
 }
 
@@ -115,6 +119,7 @@ fn build() -> Result<Artifacts, String> {
         idle: compile("idle")?,
         dlclose: compile("dlclose")?,
         mallinfo: compile("mallinfo")?,
+        harden: compile("harden")?,
         lib,
         dir,
     })
@@ -492,5 +497,39 @@ fn mallinfo_and_friends_describe_the_allocator_that_serves_malloc() {
         r.stderr.contains("strata: heap statistics"),
         "malloc_stats printed no strata table:\n{}",
         r.stderr
+    );
+}
+
+#[test]
+fn hardened_lists_stop_double_frees_and_overwritten_links_and_find_their_ends() {
+    let a = artifacts();
+    for (mode, report) in [
+        ("double-top", "already the last block freed"),
+        ("double-deep", "already in this thread's cache"),
+        ("overwrite", "free-list corruption"),
+        ("overwrite-last", "free-list corruption"),
+    ] {
+        // The thread caches' checks: not the per-CPU front end (CI runs this file
+        // with STRATA_PERCPU=1 too), whose caches hold no links.
+        let r = run(
+            &format!("harden-{mode}"),
+            &a.harden,
+            &[mode],
+            true,
+            &[("STRATA_PERCPU", "0")],
+        );
+        assert!(
+            !r.status.success() && r.stderr.contains(report) && !r.stdout.contains("not stopped"),
+            "{mode}: {}",
+            r.describe()
+        );
+    }
+    // Whichever front end the environment picks (a thread served per CPU meets the
+    // list end of its sentinel on every malloc).
+    let r = run("harden-refill", &a.harden, &["refill"], true, &[]);
+    assert!(
+        r.status.success() && r.stdout.contains("harden: ok"),
+        "{}",
+        r.describe()
     );
 }

@@ -84,7 +84,7 @@ fn small_code_of(p: *const u8) -> Option<usize> {
 /// (`chunk::small_object_code`; the object checks sit beside the chunk map, one base
 /// register for both), TLS 2 and push 8 (to the list by the page code scaled by 8:
 /// `size_class::CODE_STRIDE`, no conversion to a class); three branches to the slow
-/// path, none taken. `harden` adds 7 to the push (see `free_small`).
+/// path, none taken. `harden` adds 6 to the push (see `free_small`): 33 in all.
 ///
 /// # Safety
 /// If `p` is ours, it is live and the caller gives it up.

@@ -11,13 +11,16 @@
 //! so frees that glibc makes afterwards still work.
 //!
 //! Files: this one (statics, TLS, fast and slow paths, `GlobalAlloc`); `by_address`
-//! (the C ABI's and checked mode's `free`/`realloc` by address); `fork` (the fork
+//! (the C ABI's and checked mode's `free`/`realloc` by address); `c_malloc` (C
+//! `malloc`'s fast path by the size); `fork` (the fork
 //! handlers); `api` (what the public API's setters and reports reach). Checked mode
 //! and the background purge thread sit above: this module names neither.
 
 mod api;
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 mod by_address;
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+mod c_malloc;
 mod fork;
 mod growth;
 // Checked builds route `Strata` through `checked`, not the thread heaps.
@@ -27,6 +30,8 @@ mod tests;
 pub(crate) use api::*;
 #[cfg(any(feature = "c-abi", feature = "checked"))]
 pub(crate) use by_address::*;
+#[cfg(all(feature = "c-abi", not(feature = "checked")))]
+pub(crate) use c_malloc::alloc_c;
 pub(crate) use fork::{ForkLocks, Upper, add_fork_locks, register_fork_handlers};
 pub(crate) use growth::{GrowthHook, set_growth_hook};
 
@@ -35,8 +40,6 @@ use crate::front::Allocator as Backend;
 use crate::front::FrontEnd;
 use crate::front::thread_cache::{HeapState, ThreadHeap};
 use crate::platform::{self, SysOs, ThreadKey};
-#[cfg(all(feature = "c-abi", not(feature = "checked")))]
-use crate::size_class::{C_TABLE_MAX, class_for_c};
 use crate::size_class::{SizeClass, class_for};
 // The plain `GlobalAlloc` impl's (`checked` has its own).
 #[cfg(not(feature = "checked"))]
@@ -294,8 +297,8 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, mut h: *mut ThreadHeap) {
 }
 
 /// Small-object alloc: TLS load, pop, one branch (budget ~16 instructions; with
-/// `harden`, 5 more: the decode and check of the popped object's link, and the
-/// store that clears it).
+/// `harden`, 3 more: the decode and check of the popped object's link, which also
+/// finds an empty list (no null test), and the store that clears it).
 #[inline(always)]
 fn alloc_small(c: SizeClass) -> *mut u8 {
     let h = heap();
@@ -330,9 +333,10 @@ fn alloc_small_miss(h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
 }
 
 /// Small-object free: TLS load, push, one branch (budget ~12 instructions; with
-/// `harden`, 7 more: the key load, the block's address XORed into it once, the
+/// `harden`, 6 more: the key load, the block's address XORed into it once, the
 /// test of the block's own first word that catches a double free of a cached block
-/// (a load, an XOR, the mask test and a branch), and the XOR encoding the link).
+/// (a load, an XOR, the mask test and a branch), and the XOR encoding the link,
+/// which takes the list head as its memory operand).
 ///
 /// # Safety
 /// `p` is a live class-`c` block of ours that the caller gives up.
@@ -538,43 +542,5 @@ pub(crate) fn alloc_bytes(size: usize, align: usize, zero: bool) -> *mut u8 {
             p
         }
         None => alloc_other(size, align, zero),
-    }
-}
-
-/// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
-/// Budget: 16 instructions up to 8 KiB (`C_TABLE_MAX`) on a hit, 21 with `harden`
-/// (callgrind and `objdump -d` of `malloc` in the `c-abi` build): size check 2, list
-/// offset 4 (`list_for_c`: the table gives the list's offset, not a class to
-/// scale), TLS 2, pop 8; two branches. A
-/// miss and larger sizes go to `alloc_c_slow`, which looks the class up again, so
-/// that only `size` has to stay live across the fast path (keeping the class for
-/// `alloc_small_slow` would cost three moves).
-#[cfg(all(feature = "c-abi", not(feature = "checked")))]
-#[inline(always)]
-pub(crate) fn alloc_c(size: usize) -> *mut u8 {
-    if size <= C_TABLE_MAX {
-        // The list straight from the size (its offset, not the class to scale).
-        let l = crate::front::thread_cache::list_for_c(size);
-        let h = heap();
-        // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
-        let p = unsafe { (*h).pop_at(l) };
-        if !p.is_null() {
-            return p;
-        }
-    }
-    alloc_c_slow(size)
-}
-
-/// `alloc_c` for a miss or a size above 8 KiB (not cold: sizes up to 256 KiB are
-/// still small and served from the thread cache here).
-#[cfg(all(feature = "c-abi", not(feature = "checked")))]
-#[inline(never)]
-fn alloc_c_slow(size: usize) -> *mut u8 {
-    match class_for_c(size) {
-        // `alloc_c` tried the thread cache and missed: straight to the per-CPU
-        // hit or the slow path (a thread served per CPU comes here on every call).
-        Some(c) if size <= C_TABLE_MAX => alloc_small_miss(heap(), c),
-        Some(c) => alloc_small(c),
-        None => alloc_other(size, 16, false),
     }
 }

@@ -19,22 +19,29 @@
 //! ```
 //! Budget, measured with callgrind (`examples/callgrind_pairs.sh`): 53.5
 //! instructions per `GlobalAlloc` alloc+free pair net of the harness, class lookup
-//! included; 41.5 without the `harden` feature (the script prints both). Through the
-//! C ABI (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
-//! `global::free_by_address`): 71 a pair with the benchmark's loop (16 of them), 59
-//! without `harden`; unhardened, `malloc` is 16 instructions (size check 2, list
-//! offset 4, TLS 2, pop 8) and `free` 27 (chunk map 8, page entry and object check
-//! 9, TLS and push 10). The statistics counter `FreeList::allocs` is 1 of them.
-//! `harden` is the other 12: `pop` loads the key off the heap, XORs it with the
-//! object's address and the link word (the word's load folds into the XOR) and
-//! tests the result against the mask (a memory operand: the heap's copy,
-//! `LinkMask`), a branch never taken in a correct program, and clears the object's
-//! link word so that a block handed out neither gives the key away nor looks free
-//! (5); `try_push` loads the key and XORs in the object's address once (the salt),
-//! tests whether the block's own first word decodes as a link (a block already in
-//! a free list: a double free, which `free_slow` confirms by walking the list): a
-//! load, an XOR with the salt, the mask test and a branch never taken in a correct
-//! program, and encodes the new link with one more XOR (7).
+//! included (57.5 before the list end below, in the same checkout; the split of the
+//! harness into codegen units moves it by up to 4); 44.5 without the `harden`
+//! feature (the script prints both). Through the C ABI
+//! (`benches/c_ring/callgrind.sh`, `global::alloc_c` and
+//! `global::free_by_address`): 66.0 a pair with the benchmark's loop (16 of them;
+//! mimalloc 66.6 in the same run), 57.0 without `harden`; unhardened, `malloc` is 14
+//! instructions up to 1 KiB (size check 2, list 2: the table's address and
+//! `list_direct`'s load, TLS 2, pop 8 with the empty-list test) and `free` 27 (chunk
+//! map 8, page entry and object check 9, TLS and push 10). The statistics counter
+//! `FreeList::allocs` is 1 of them.
+//! `harden` is the other 9: `pop` has no empty-list test (an empty list's head is
+//! the end of every list, `link::end`, whose link never decodes: the check below
+//! fails on it, and only then does `pop` look whether the object is the end, −2),
+//! loads the key off the heap, XORs it with the object's address and the link word
+//! (the word's load folds into the XOR) and tests the result against the mask (a
+//! memory operand: the heap's copy, `LinkMask`), a branch taken only at the end of
+//! the list, and clears the object's link word so that a block handed out neither
+//! gives the key away nor looks free (+3 in all); `try_push` loads the key and XORs
+//! in the object's address once (the salt), tests whether the block's own first
+//! word decodes as a link (a block already in a free list: a double free, which
+//! `free_slow` confirms by walking the list): a load, an XOR with the salt, the
+//! mask test and a branch never taken in a correct program, and encodes the new
+//! link with one more XOR, the head its memory operand (6).
 //! What the check costs beyond instructions: its load of the freed block's first
 //! word is the one load of the block on the free path, and when the block is cold
 //! (a program dropping a large collection) it misses and holds up retirement, where
@@ -62,51 +69,11 @@
 
 use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask, ensure_key};
 use crate::size_class::{NUM_CLASSES, SizeClass};
-use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, UnsafeCell, fence};
+#[cfg(strata_loom)]
+use crate::sync::UnsafeCell;
+use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, fence};
+use cells::{ListHead, OwnerCell};
 use core::ptr;
-
-/// A plain field of a heap that only the heap's owner reads and writes (the owning
-/// thread, or whoever holds the heap while no thread owns it: the pool under its
-/// lock, a thread setting up a fresh heap). `get`/`set` compile to a plain load and
-/// store. Through `crate::sync::UnsafeCell`, so that under loom every access is
-/// tracked and loom reports two threads using one heap with no handoff between
-/// them. Other threads read only a heap's atomics (`ThreadHeap::counters`), never
-/// these.
-#[repr(transparent)]
-struct OwnerCell<T>(UnsafeCell<T>);
-
-impl<T: Copy> OwnerCell<T> {
-    #[cfg(not(strata_loom))]
-    const fn new(v: T) -> OwnerCell<T> {
-        OwnerCell(UnsafeCell::new(v))
-    }
-    #[cfg(strata_loom)]
-    fn new(v: T) -> OwnerCell<T> {
-        OwnerCell(UnsafeCell::new(v))
-    }
-    /// The value (owner only, or any thread on a sentinel, which nobody writes).
-    #[inline(always)]
-    fn get(&self) -> T {
-        // SAFETY: only the owner writes the cell (ThreadHeap's Sync argument), and it
-        // is the caller here, or the cell is a sentinel's, never written (invariant
-        // 7): no write can race with this read.
-        self.0.with(|p| unsafe { *p })
-    }
-    /// The value, by a volatile load: the compiler keeps it where it is written
-    /// (see `try_push`).
-    #[inline(always)]
-    fn get_volatile(&self) -> T {
-        // SAFETY: as for `get`; the pointer is to the cell's live value.
-        self.0.with(|p| unsafe { ptr::read_volatile(p) })
-    }
-    /// Sets the value (owner only, never on a sentinel).
-    #[inline(always)]
-    fn set(&self, v: T) {
-        // SAFETY: only the owner reads or writes the cell, and it is the caller here;
-        // no reference to the value is held across this store (`get` copies).
-        self.0.with_mut(|p| unsafe { *p = v })
-    }
-}
 
 /// Default byte budget of one thread's cache (sum over classes of `max × size`): the
 /// room each thread has of its own; one whose working set overflows it borrows more
@@ -116,7 +83,8 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 /// One size class's free list.
 ///
 /// Invariants: 1. `head` starts a chain of exactly `len` free objects of the class,
-/// linked through their encoded first words (`link`).
+/// linked through their encoded first words (`link`) and ending at the list end
+/// (`link::end()`, which a hardened head holds for an empty list: never null).
 /// 2. after any free, `len <= max` or the list was just refilled (a refill may leave
 /// `len` above `max`; the next free then flushes).
 ///
@@ -126,7 +94,7 @@ pub const DEFAULT_CACHE_BUDGET: usize = 2 << 20;
 /// pop that counts it needs no second base register.
 #[repr(C, align(32))]
 pub struct FreeList {
-    head: OwnerCell<*mut FreeObj>,
+    head: ListHead,
     len: OwnedU32,
     max: OwnerCell<u32>,
     /// Objects the next refill asks for (0: the class's first refill size). Starts
@@ -144,7 +112,7 @@ impl FreeList {
     crate::sync::loom_const_fn! {
         fn new() -> FreeList {
             FreeList {
-                head: OwnerCell::new(ptr::null_mut()),
+                head: ListHead::new(),
                 len: OwnedU32::new(0),
                 max: OwnerCell::new(0),
                 refill_want: OwnerCell::new(0),
@@ -215,8 +183,9 @@ pub enum HeapState {
 /// 6. `move_seq` is odd exactly while the owner is moving objects between its lists
 ///    and the central tier (see [`ThreadHeap::move_seq`]); it only grows.
 /// 7. A sentinel (`HeapState::Empty` or `Dead`, the process-wide statics every
-///    thread's TLS starts or ends at) is never written: every list has `head` null,
-///    `len == 0` and `max == 0`, so `pop` returns after reading a null head and
+///    thread's TLS starts or ends at) is never written: every list's `head` is the
+///    end (`link::end()`, read as null), `len == 0` and `max == 0`, so `pop` returns
+///    after failing to decode the end's link (it reads only the head and the end) and
 ///    `try_push` after reading `len >= max`, before any store; every other method
 ///    that writes is called only on a live or pooled heap (`global` checks `state()`
 ///    first). Many threads read a sentinel at once, through `&ThreadHeap` only.
@@ -439,17 +408,24 @@ impl ThreadHeap {
         // SAFETY: `l` is the offset of the list of a valid class (the contract).
         let list = unsafe { self.list_at(l) };
         let c = l.class();
-        let obj = list.head.get();
-        if obj.is_null() {
+        let obj = list.head.raw();
+        // No test for an empty list: the link check of `pop_next` fails on the end
+        // (`link::end()`), and only then does it look whether `obj` is the end.
+        // SAFETY: by invariant 1 the head is the end or a free class-c object of
+        // ours whose first word links the rest of the chain; a link overwritten
+        // since it was pushed aborts here instead of being handed out. The key is
+        // the process's on a live heap (invariant 5); a sentinel's, unset, meets
+        // only the end (invariant 7).
+        let Some(next) =
+            (unsafe { FreeObj::pop_next(obj, c, self.link_key.get(), self.link_mask.get()) })
+        else {
             return ptr::null_mut();
-        }
-        // Not a sentinel from here on (invariant 7: their heads are null).
-        // SAFETY: by invariant 1 a non-null head is a free class-c object of ours
-        // whose first word links the rest of the chain; a link overwritten since it
-        // was pushed aborts here instead of being handed out.
-        list.head.set(unsafe {
-            FreeObj::next_masked(obj, c, self.link_key.get(), self.link_mask.get())
-        });
+        };
+        // Not a sentinel from here on (invariant 7: their heads are the end).
+        // SAFETY: `pop_next` gave a link, so `obj` is an object of ours, not the end
+        // (the only head that is not an object), and no object is at address 0.
+        unsafe { core::hint::assert_unchecked(!obj.is_null()) };
+        list.head.set_raw(next);
         // SAFETY: the object is ours to hand out now; its link is spent.
         unsafe { FreeObj::clear(obj) };
         list.len.sub(1);
@@ -491,7 +467,6 @@ impl ThreadHeap {
         // SAFETY: `l` is a class's list (the contract).
         let list = unsafe { self.list_at(l) };
         let obj = p.cast::<FreeObj>();
-        let head = list.head.get();
         // Hardened: a block whose first word decodes as a link may already be in a
         // free list, this one included (a block handed out has that word cleared):
         // `free_slow` looks for it and reports a double free (three instructions and
@@ -507,10 +482,13 @@ impl ThreadHeap {
         if unsafe { FreeObj::looks_free_salted(obj, salt, self.link_mask.get()) } {
             return false;
         }
+        // The head is loaded here, after the checks, so that the encode's XOR takes
+        // it as a memory operand (loaded before them, it costs a load of its own).
+        let head = list.head.raw();
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class);
         // the salt is of its address under the process's key (above).
         unsafe { FreeObj::set_next_salted(obj, head, salt) };
-        list.head.set(obj);
+        list.head.set_raw(obj);
         list.len.add(1);
         true
     }
@@ -587,6 +565,7 @@ impl ThreadHeap {
 }
 
 mod c_lists;
+mod cells;
 mod pool;
 mod slow;
 mod validate;
@@ -597,7 +576,7 @@ pub use c_lists::ListOffset;
     not(all(feature = "c-abi", not(feature = "checked"))),
     allow(unused_imports)
 )]
-pub use c_lists::list_for_c;
+pub use c_lists::{C_DIRECT_MAX, list_direct, list_for_c};
 pub use pool::{AllHeaps, ThreadCaches};
 
 #[cfg(all(test, not(strata_loom)))]

@@ -6,7 +6,7 @@ use super::{HeapState, ThreadHeap};
 use crate::Violation;
 use crate::backend::Backend;
 use crate::check::check;
-use crate::link::{FreeObj, LinkKey, LinkMask};
+use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask};
 use crate::os::Os;
 use crate::size_class::CLASS_SIZE;
 use core::ptr;
@@ -55,6 +55,13 @@ impl ThreadHeap {
         let mut max_bytes = 0;
         for (ci, l) in self.lists.iter().enumerate() {
             max_bytes += l.max.get() as usize * CLASS_SIZE[ci] as usize;
+            check(
+                !HARDENED || !l.head.raw().is_null(),
+                "FreeList",
+                1,
+                "hardened head is null, not the list end",
+                ci,
+            )?;
             let mut n = 0u32;
             let mut o = l.head.get();
             while !o.is_null() {
