@@ -60,7 +60,7 @@ mod capacity;
 mod drain;
 
 use crate::backend::Backend;
-use crate::link::{FreeObj, LinkKey, LinkMask, ensure_key};
+use crate::link::{FreeObj, LinkKey, LinkMask, end, ensure_key};
 use crate::os::Os;
 use crate::percpu::{FrontCounters, MAX_CLASSES, Mode, RseqArea, Slab};
 use crate::size_class::{CLASS_BATCH, CLASS_CAP, CLASS_SIZE, NUM_CLASSES, SizeClass};
@@ -381,7 +381,10 @@ impl CpuCaches {
             if FreeObj::looks_free_salted(q, salt, mask) {
                 return false;
             }
-            FreeObj::set_next_salted(q, ptr::null_mut(), salt);
+            // The mark is a link to the list end as lists store it (`link::end()`:
+            // the static end object when hardened), the word `free`'s
+            // `set_next(q, null)` writes.
+            FreeObj::set_next_salted(q, end(), salt);
         }
         // SAFETY: the slab is this front end's, `area` the thread's; `p` is given
         // up, marked, and live until now, so in no slot (invariant 3).
