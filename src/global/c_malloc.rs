@@ -2,7 +2,7 @@
 //! size to a thread-cache list, and the out-of-line paths behind it.
 
 use super::{alloc_other, alloc_small, alloc_small_miss, heap};
-use crate::front::thread_cache::C_DIRECT_MAX;
+use crate::front::thread_cache::{C_DIRECT_MAX, ListOffset};
 use crate::size_class::{C_TABLE_MAX, class_for_c};
 
 /// C `malloc(size)`: [`alloc_bytes`] at 16-byte alignment (size 0 included).
@@ -22,14 +22,7 @@ pub(crate) fn alloc_c(size: usize) -> *mut u8 {
         return alloc_c_medium(size);
     }
     // The list straight from the size (its page code, not the class to scale).
-    let l = crate::front::thread_cache::list_direct(size);
-    let h = heap();
-    // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
-    let p = unsafe { (*h).pop_at(l) };
-    if !p.is_null() {
-        return p;
-    }
-    alloc_c_slow(size)
+    pop_or_slow(crate::front::thread_cache::list_direct(size), size)
 }
 
 /// `alloc_c` above 1 KiB: up to 8 KiB the list by 16-byte units (`list_for_c`),
@@ -38,13 +31,20 @@ pub(crate) fn alloc_c(size: usize) -> *mut u8 {
 fn alloc_c_medium(size: usize) -> *mut u8 {
     if size <= C_TABLE_MAX {
         // The list straight from the size (its offset, not the class to scale).
-        let l = crate::front::thread_cache::list_for_c(size);
-        let h = heap();
-        // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
-        let p = unsafe { (*h).pop_at(l) };
-        if !p.is_null() {
-            return p;
-        }
+        return pop_or_slow(crate::front::thread_cache::list_for_c(size), size);
+    }
+    alloc_c_slow(size)
+}
+
+/// A block of `size` bytes from list `l` of the calling thread's heap (the list of
+/// `size`'s class), or from `alloc_c_slow` on a miss.
+#[inline(always)]
+fn pop_or_slow(l: ListOffset, size: usize) -> *mut u8 {
+    let h = heap();
+    // SAFETY: `h` is this thread's heap or a sentinel; `l` is a class's list.
+    let p = unsafe { (*h).pop_at(l) };
+    if !p.is_null() {
+        return p;
     }
     alloc_c_slow(size)
 }
