@@ -100,6 +100,10 @@ fn child() {
         "a small heap started the thread"
     );
     drop(small);
+    if action == "threaded" {
+        threads_that_exit_under_64_mib();
+        return;
+    }
     grow_and_free();
     let status = strata::background_purge();
     match action.as_str() {
@@ -171,6 +175,58 @@ fn child() {
             h.join().unwrap();
         }
     }
+}
+
+/// 12 threads (more than the 8 that make a process threaded) each hold 2 MiB of
+/// small blocks at once, so the heap passes 16 MiB but stays far below 64 MiB,
+/// then free them and exit: the purge thread starts on its own, and the memory
+/// their caches left in the central tier goes back to the OS.
+fn threads_that_exit_under_64_mib() {
+    let go = Arc::new(Barrier::new(13));
+    let handles: Vec<_> = (0..12)
+        .map(|t| {
+            let go = go.clone();
+            thread::spawn(move || {
+                let v: Vec<Vec<u8>> = (0..4096).map(|i| vec![t as u8; 256 + i % 256]).collect();
+                go.wait();
+                assert!(v.iter().all(|b| b.iter().all(|&x| x == t as u8)));
+            })
+        })
+        .collect();
+    go.wait();
+    let busy = strata::gauges();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let status = strata::background_purge();
+    assert!(
+        busy.mapped_bytes < 64 * MIB as u64,
+        "the heap grew to {} bytes: the 64 MiB start, not the threaded one",
+        busy.mapped_bytes
+    );
+    assert!(
+        status.running && status.auto_started,
+        "12 threads and a heap of {} bytes, and the thread did not start: {status:?}",
+        busy.mapped_bytes
+    );
+    let limit = strata::gauges().allocated_bytes + 8 * MIB as u64;
+    let after = wait_resident_below(limit);
+    println!(
+        "threaded: resident {:.1} MiB while busy, {:.1} MiB after the threads exited; {status:?}",
+        busy.resident_bytes as f64 / MIB as f64,
+        after as f64 / MIB as f64,
+    );
+    assert!(
+        after <= limit,
+        "idle memory was not given back: resident {after} > {limit} after {PATIENCE:?}"
+    );
+}
+
+#[test]
+fn a_threaded_program_gets_the_purge_thread_before_64_mib() {
+    let out = run_child("threaded", &[("STRATA_PURGE_DELAY_MS", "200")]);
+    println!("{out}");
+    assert!(out.contains("threaded: resident"), "{out}");
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub struct ThreadCaches {
     /// zero bytes and the process's statics stay all zero (in `.bss`, see
     /// `TransferStack`'s invariant 1).
     cache_budget: AtomicUsize,
+    /// A copy of the pool's `created`, stored under the pool lock after each
+    /// change, for readers that must not take the lock ([`ThreadCaches::heaps_created`]).
+    created_copy: AtomicUsize,
 }
 
 // SAFETY: `pool` is only touched under `pool_lock` (HeapPool invariants); the heaps
@@ -87,6 +90,7 @@ impl ThreadCaches {
                     created: 0,
                 }),
                 cache_budget: AtomicUsize::new(0),
+                created_copy: AtomicUsize::new(0),
             }
         }
     }
@@ -129,6 +133,8 @@ impl ThreadCaches {
             }
             pool.all = h;
             pool.created += 1;
+            // Relaxed: a count for `heaps_created`, which publishes nothing else.
+            self.created_copy.store(pool.created, Ordering::Relaxed);
         } else {
             // SAFETY: pooled heaps are ours under the pool lock.
             pool.free = unsafe { (*h).pool_next() };
@@ -192,6 +198,13 @@ impl ThreadCaches {
             _pool_held: PhantomData,
         };
         f(heaps, (pool.live, pool.created))
+    }
+
+    /// Thread heaps ever created (the most live at once: heaps are recycled),
+    /// without the pool lock: a recent value, never above the true one.
+    pub fn heaps_created(&self) -> usize {
+        // Relaxed: see `created_copy`.
+        self.created_copy.load(Ordering::Relaxed)
     }
 
     /// Thread heaps in use, and ever created.
