@@ -58,16 +58,19 @@ PEERS = {
     "jemalloc": (f"{LIBDIR}/libjemalloc.so.2", "libjemalloc2"),
     "tcmalloc": (f"{LIBDIR}/libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
 }
-# strata-percpu: the same libstrata.so with its per-CPU front end on (STRATA_PERCPU=1);
-# strata-auto: thread caches for the first thread per CPU, per-CPU caches after
-# (STRATA_PERCPU=auto). Not in the default list.
-STRATA_VARIANTS = {"strata-percpu": "1", "strata-auto": "auto"}
+# strata: the default (thread caches for the first max(256, 16 x CPUs) threads live
+# at a time, per-CPU caches after them); strata-percpu: the same libstrata.so with
+# every thread served per CPU (STRATA_PERCPU=1); strata-auto: thread caches for the
+# first thread per CPU, per-CPU caches after (STRATA_PERCPU=auto); strata-tc:
+# thread caches only (STRATA_PERCPU=0). The last two are not in the default list.
+STRATA_VARIANTS = {"strata-percpu": "1", "strata-auto": "auto", "strata-tc": "0"}
 ALL_ALLOCATORS = ["strata", "strata-percpu", "glibc", "mimalloc", "jemalloc", "tcmalloc"]
-KNOWN_ALLOCATORS = ALL_ALLOCATORS + ["strata-auto"]
+KNOWN_ALLOCATORS = ALL_ALLOCATORS + ["strata-auto", "strata-tc"]
 COLORS = {
     "strata": "#d62728",
     "strata-percpu": "#9467bd",
     "strata-auto": "#e377c2",
+    "strata-tc": "#8c564b",
     "glibc": "#7f7f7f",
     "mimalloc": "#1f77b4",
     "jemalloc": "#2ca02c",

@@ -205,8 +205,9 @@ mod global;
 mod heap_map;
 #[cfg(all(feature = "c-abi", not(strata_loom)))]
 mod mallinfo;
-/// The per-CPU (rseq) front end's machinery (the front end itself is opt-in,
-/// `STRATA_PERCPU=1`); public for tests and benchmarks only. Not a stable API.
+/// The per-CPU (rseq) front end's machinery (the front end serves the threads
+/// beyond the first `STRATA_PERCPU_AFTER`, or all with `STRATA_PERCPU=1`); public
+/// for tests and benchmarks only. Not a stable API.
 /// Under loom, the slab alone (loom-tests/tests/percpu_handoff.rs).
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[doc(hidden)]

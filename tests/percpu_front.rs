@@ -1,7 +1,9 @@
 //! The per-CPU front end wired into the global allocator (`STRATA_PERCPU=1`): a
 //! multi-threaded, content-checked churn with it on, in a child process (the
 //! setting is read once, at the first allocation), checking through its counters
-//! that it really served; and that it stays off without the setting.
+//! that it really served; that with `auto`, and by default, only the threads
+//! beyond the first ones are served per CPU; and that a program with few threads
+//! never builds it.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 mod common;
@@ -144,7 +146,7 @@ fn child_percpu_on() {
 fn auto_gives_thread_caches_to_the_first_threads_only() {
     let out = child("child_percpu_auto", Some("auto"));
     assert!(
-        out.contains("percpu auto: ok") || out.contains("percpu front: unavailable"),
+        out.contains("percpu first threads: ok") || out.contains("percpu front: unavailable"),
         "{out}"
     );
 }
@@ -152,19 +154,39 @@ fn auto_gives_thread_caches_to_the_first_threads_only() {
 #[test]
 #[ignore = "run by auto_gives_thread_caches_to_the_first_threads_only in a child process"]
 fn child_percpu_auto() {
+    first_threads_then_per_cpu(percpu::possible_cpus().unwrap() as usize);
+}
+
+/// The default (`STRATA_PERCPU` unset): thread caches for the first threads live
+/// at a time, `STRATA_PERCPU_AFTER` of them (by default max(256, 16 x CPUs)), and
+/// per CPU beyond; the slab is built only then.
+#[test]
+fn by_default_threads_beyond_the_limit_are_served_per_cpu() {
+    let out = child::pass(
+        "child_percpu_after",
+        Env::Clean,
+        &[("STRATA_PERCPU_AFTER", "2")],
+    );
+    assert!(
+        out.contains("percpu first threads: ok") || out.contains("percpu front: unavailable"),
+        "{out}"
+    );
+}
+
+#[test]
+#[ignore = "run by by_default_threads_beyond_the_limit_are_served_per_cpu in a child process"]
+fn child_percpu_after() {
+    first_threads_then_per_cpu(2);
+}
+
+/// `first + 4` threads live at once, each with 2,000 blocks, content-checked: at
+/// most `first` of them have a thread heap, and the others are served per CPU
+/// (where the machine allows it), whose slab did not exist before them.
+fn first_threads_then_per_cpu(first: usize) {
     drop(Box::new(1u64));
-    let Some(before) = strata::percpu_front_counters() else {
-        assert!(
-            !machine_allows_it(),
-            "STRATA_PERCPU=auto, but the front end is off"
-        );
-        println!("percpu front: unavailable on this machine");
-        return;
-    };
-    let ncpu = percpu::possible_cpus().unwrap() as usize;
-    // More threads alive at once than there are CPUs: each allocates, then waits
-    // until all have, so their heaps (or not) coexist.
-    let threads = ncpu + 4;
+    // The main thread alone: a thread heap, and no slab yet.
+    assert_eq!(strata::percpu_front_counters(), None);
+    let threads = first + 4;
     let all_in = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
     let go_on = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
@@ -189,28 +211,54 @@ fn child_percpu_auto() {
     for h in handles {
         h.join().unwrap();
     }
-    assert!(live <= ncpu, "{live} thread heaps live with {ncpu} CPUs");
-    let after = strata::percpu_front_counters().unwrap();
+    let Some(after) = strata::percpu_front_counters() else {
+        assert!(
+            !machine_allows_it(),
+            "{threads} threads, {first} with thread caches, but the front end is off"
+        );
+        println!("percpu front: unavailable on this machine");
+        return;
+    };
+    // The main thread's heap counts among the first.
     assert!(
-        after.refills > before.refills,
-        "no thread was served per CPU: {after:?}"
+        live <= first,
+        "{live} thread heaps live, at most {first} wanted"
     );
+    assert!(after.refills > 0, "no thread was served per CPU: {after:?}");
     strata::validate_heap().unwrap();
-    println!("percpu auto: ok ({live} thread heaps, {after:?})");
+    println!("percpu first threads: ok ({live} thread heaps, {after:?})");
 }
 
+/// A program with fewer threads than the default limit never builds the front
+/// end; `STRATA_PERCPU=0` keeps it off however many threads run.
 #[test]
-fn percpu_front_is_off_by_default() {
+fn few_threads_or_percpu_0_never_build_the_front_end() {
     child("child_percpu_default", None);
     child("child_percpu_default", Some("0"));
+    child::pass(
+        "child_percpu_default",
+        Env::Clean,
+        &[("STRATA_PERCPU", "0"), ("STRATA_PERCPU_AFTER", "1")],
+    );
 }
 
 #[test]
-#[ignore = "run by percpu_front_is_off_by_default in a child process"]
+#[ignore = "run by few_threads_or_percpu_0_never_build_the_front_end in a child process"]
 fn child_percpu_default() {
-    churn(2, 10_000);
+    churn(6, 10_000);
     assert_eq!(strata::percpu_front_counters(), None);
     strata::validate_heap().unwrap();
+}
+
+/// The default limit: 256 thread caches, or 16 per usable CPU where that is more.
+#[test]
+fn the_default_limit_is_256_or_16_per_cpu() {
+    use strata::percpu::default_thread_caches;
+    assert_eq!(default_thread_caches(1), 256);
+    assert_eq!(default_thread_caches(16), 256);
+    assert_eq!(default_thread_caches(17), 272);
+    assert_eq!(default_thread_caches(256), 4096);
+    assert_eq!(default_thread_caches(usize::MAX), usize::MAX);
 }
 
 #[test]

@@ -17,6 +17,7 @@ import compare  # noqa: E402  (the SVG helpers of the workload comparison)
 
 compare.COLORS.setdefault("strata-percpu", "#9467bd")
 compare.COLORS.setdefault("strata-auto", "#e377c2")
+compare.COLORS.setdefault("strata-tc", "#8c564b")
 
 
 def main():

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Threads that churn and then idle or exit (benches/idle_threads/idle_threads.c),
-# under LD_PRELOAD: strata (thread caches, the per-CPU front end with
-# STRATA_PERCPU=1, and thread caches for the first thread per CPU then per-CPU
-# caches with STRATA_PERCPU=auto), glibc, and mimalloc / jemalloc / tcmalloc where their Debian
+# under LD_PRELOAD: strata (its default: thread caches for the first max(64, 4 x
+# CPUs) threads, per-CPU caches after them; strata-tc, thread caches only,
+# STRATA_PERCPU=0; strata-percpu, every thread per CPU, STRATA_PERCPU=1; and
+# strata-auto, thread caches for the first thread per CPU then per-CPU caches,
+# STRATA_PERCPU=auto), glibc, and mimalloc / jemalloc / tcmalloc where their Debian
 # packages are installed (libmimalloc2.0, libjemalloc2, libgoogle-perftools4).
 # For each thread count: the median over REPS runs (allocators interleaved) of the
 # churn time, throughput, and resident MiB while idle and after every thread exited.
@@ -21,9 +23,9 @@ trap 'rm -rf "$OUT"' EXIT
 cc -O2 -pthread -o "$OUT/idle_threads" benches/idle_threads/idle_threads.c
 LIB=/usr/lib/x86_64-linux-gnu
 STRATA="$PWD/target/c-abi/release/libstrata.so"
-names=(strata strata-percpu strata-auto glibc)
-preload=("$STRATA" "$STRATA" "$STRATA" "")
-envs=("" "STRATA_PERCPU=1" "STRATA_PERCPU=auto" "")
+names=(strata strata-tc strata-percpu strata-auto glibc)
+preload=("$STRATA" "$STRATA" "$STRATA" "$STRATA" "")
+envs=("" "STRATA_PERCPU=0" "STRATA_PERCPU=1" "STRATA_PERCPU=auto" "")
 for extra in mimalloc:libmimalloc.so.2 jemalloc:libjemalloc.so.2 tcmalloc:libtcmalloc_minimal.so.4; do
     if [ -e "$LIB/${extra#*:}" ]; then
         names+=("${extra%%:*}")

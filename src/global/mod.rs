@@ -172,10 +172,12 @@ extern "C" fn on_thread_exit(h: *mut c_void) {
 /// is served per CPU: its slot holds `VIA_CPU`, or `EMPTY` (a fresh thread) and
 /// the front end is on, in which case the slot moves to `VIA_CPU`. A fresh thread
 /// whose rseq area is not usable stays `EMPTY`, and the caller gives it a thread
-/// heap as when the front end is off. With `STRATA_PERCPU=auto`, a fresh thread
-/// gets a thread heap while fewer than one per CPU are live (`*h` becomes it,
-/// and the caller serves from it); only the threads after those are served per
-/// CPU, so one-thread programs keep the thread cache's fast path.
+/// heap as when the front end is off. A fresh thread gets a thread heap while
+/// fewer than `thread_heaps_first()` are live (`*h` becomes it, and the caller
+/// serves from it: by default the first max(256, 16 x CPUs), with `auto` one per
+/// CPU, with `STRATA_PERCPU=1` none); only the threads after those are served
+/// per CPU, and only they build the slab, so programs with fewer threads keep
+/// the thread cache's fast path and never map the slab.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 #[inline(always)]
 fn via_cpu(
@@ -197,9 +199,7 @@ fn via_cpu(
     if *h != sentinel(&EMPTY) {
         return None;
     }
-    let slab = BACKEND.cpus.slab()?;
-    let area = crate::percpu::current()?;
-    let first = BACKEND.cpus.thread_heaps_first();
+    let first = BACKEND.cpus.thread_heaps_first()?;
     if first > 0 {
         match init_thread_within(first) {
             // A heap of its own; on no memory, per CPU after all.
@@ -210,6 +210,8 @@ fn via_cpu(
             _ => {}
         }
     }
+    let slab = BACKEND.cpus.slab()?;
+    let area = crate::percpu::current()?;
     tls::set(sentinel(&VIA_CPU));
     // After the slot is set, as in `init_thread`.
     register_fork_handlers();

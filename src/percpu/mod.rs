@@ -88,9 +88,34 @@ pub use cs::aborts;
 #[cfg(not(strata_loom))]
 pub use rseq::{
     Mode, RseqArea, current, current_for_section, glibc_area_at, glibc_offset, mode, possible_cpus,
-    release_current_thread,
+    release_current_thread, usable_cpus,
 };
 pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
+
+/// With `STRATA_PERCPU` unset, threads served per CPU are those beyond the first
+/// `max(THREAD_CACHES_MIN, THREAD_CACHES_PER_CPU × CPUs)` live at a time. Up to
+/// there every thread keeps the thread cache's speed; beyond, the threads far
+/// outnumber what can run at once, and what each idle thread cache would keep
+/// (up to its budget) is memory the per-CPU caches do not hold. Not lower: with
+/// both front ends serving, blocks that go from one to the other cross the
+/// central tier as a batch of the other kind (a chain walked, an array linked),
+/// and at 64 and 256 threads on 2 CPUs a limit of 64 cost 0.77x the thread
+/// caches' throughput (BENCHMARKS.md, "Thread caches first, per-CPU caches
+/// after them by default").
+pub const THREAD_CACHES_MIN: usize = 256;
+/// See [`THREAD_CACHES_MIN`].
+pub const THREAD_CACHES_PER_CPU: usize = 16;
+
+/// The default number of thread caches live at a time before threads are served
+/// per CPU, for `cpus` usable CPUs ([`THREAD_CACHES_MIN`]).
+pub const fn default_thread_caches(cpus: usize) -> usize {
+    let per_cpu = cpus.saturating_mul(THREAD_CACHES_PER_CPU);
+    if per_cpu > THREAD_CACHES_MIN {
+        per_cpu
+    } else {
+        THREAD_CACHES_MIN
+    }
+}
 
 /// What the per-CPU front end (`STRATA_PERCPU=1`) reports about itself: counters of
 /// its slow paths (only misses touch them, never a hit) and a snapshot of the bytes

@@ -299,6 +299,12 @@ pub fn possible_cpus() -> Option<u32> {
     sys::possible_cpus()
 }
 
+/// The number of CPUs this thread may run on (its affinity mask), or `None` if
+/// it cannot be read.
+pub fn usable_cpus() -> Option<u32> {
+    sys::usable_cpus()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,13 +3,16 @@
 //! batches (`Backend::refill`, `Backend::flush`). Memory cached here is bounded by
 //! the CPU count, not the thread count: a thread that sleeps holds nothing.
 //!
-//! Opt-in: off unless the environment has `STRATA_PERCPU` set to a true value
-//! (`1`: every thread per CPU) or to `auto` (the first threads, one per possible
-//! CPU at a time, get thread caches; the threads after them are served per CPU),
-//! read once, without allocating, by the first thread that misses its fast
-//! path; also off when the kernel has no rseq, when the process cannot fence
-//! (membarrier: non-owners could then not drain CPUs), or when the slab cannot be
-//! built. When on, `global` points every thread whose rseq area is usable at a
+//! Which threads it serves ([`CpuCaches::thread_heaps_first`], read once,
+//! without allocating, by the first fresh thread): by default those beyond the
+//! first max(256, 16 x CPUs) live at a time (`STRATA_PERCPU_AFTER` sets the
+//! number), which keep thread caches; with `STRATA_PERCPU=1` every thread, with
+//! `auto` those beyond one per possible CPU, with `STRATA_PERCPU=0` none. The
+//! slab is built when the first thread to be served per CPU asks for it, so a
+//! program with fewer threads never maps it; it stays off when the kernel has no
+//! rseq, when the process cannot fence (membarrier: non-owners could then not
+//! drain CPUs), or when the slab cannot be built, and those threads then get
+//! thread caches too. When on, `global` points every thread whose rseq area is usable at a
 //! sentinel thread heap whose fast paths always miss, so the thread-cache fast
 //! path is the same code as when off (the per-CPU test costs nothing there), and
 //! the miss lands in `global`'s slow path, which calls [`CpuCaches::alloc`] /
@@ -127,9 +130,12 @@ pub struct CpuCaches {
     shrinks: AtomicU64,
     /// The budget for all CPUs' capacities, bytes; 0: the default (`capacity.rs`).
     budget: AtomicUsize,
-    /// `STRATA_PERCPU=auto`: how many threads at a time get a thread cache before
-    /// the next ones are served per CPU (the CPU count); 0: every thread is
-    /// served per CPU. Written with the slab, before ON is published.
+    /// Which threads are served per CPU ([`CpuCaches::thread_heaps_first`]):
+    /// `POLICY_UNREAD` until the first fresh thread reads the settings, then
+    /// `POLICY_NEVER` (`STRATA_PERCPU=0`) or `n + 1`, the first `n` threads live
+    /// at a time get a thread cache. Set once (a compare-exchange from unread),
+    /// independently of `state`: the slab is built only when a thread beyond the
+    /// first `n` asks for it.
     first_heaps: AtomicUsize,
     /// Per class: objects handed out by a refill (statistics; those handed out
     /// from a CPU's stack are counted in the slab, `Slab::pops`).
@@ -166,7 +172,7 @@ impl CpuCaches {
             grows: AtomicU64::new(0),
             shrinks: AtomicU64::new(0),
             budget: AtomicUsize::new(0),
-            first_heaps: AtomicUsize::new(0),
+            first_heaps: AtomicUsize::new(POLICY_UNREAD),
             refill_allocs: [const { AtomicU64::new(0) }; NUM_CLASSES],
             received: [const { AtomicU64::new(0) }; NUM_CLASSES],
             returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
@@ -255,9 +261,7 @@ impl CpuCaches {
                         continue;
                     }
                     let v = match build() {
-                        Some((s, first_heaps)) => {
-                            // Relaxed: published by the Release store of ON below.
-                            self.first_heaps.store(first_heaps, Ordering::Relaxed);
+                        Some(s) => {
                             // Relaxed: as above (invariant 4); `build` decided the
                             // mode, so the offset is final.
                             self.glibc_offset
@@ -278,19 +282,52 @@ impl CpuCaches {
                     // Release: publishes the slab to readers of ON.
                     self.state.store(v, Ordering::Release);
                 }
-                _ => core::hint::spin_loop(),
+                // Another thread builds the slab (a few system calls: the
+                // mapping, membarrier's registration). Built when the first thread
+                // beyond the thread caches starts, it often has company, and on
+                // few CPUs a spinning waiter would keep the builder from running.
+                _ => crate::platform::yield_now(),
             }
         }
     }
 
-    /// With the front end on: how many threads at a time get a thread cache first
-    /// (`STRATA_PERCPU=auto`; 0 with `STRATA_PERCPU=1`: none). Call only after
-    /// [`CpuCaches::slab`] returned `Some` on this thread.
+    /// How many threads at a time get a thread cache before the next ones are
+    /// served per CPU (read from the settings on the first call, without
+    /// allocating): `Some(0)` with `STRATA_PERCPU=1` (every thread per CPU),
+    /// one per possible CPU with `auto`, and, with `STRATA_PERCPU` unset,
+    /// `STRATA_PERCPU_AFTER` or [`crate::percpu::default_thread_caches`]; `None` with
+    /// `STRATA_PERCPU=0` (never per CPU). Whether per-CPU service works at all
+    /// (rseq, membarrier, the slab) is [`CpuCaches::slab`]'s to decide, asked
+    /// only for a thread beyond these.
     #[inline]
-    pub fn thread_heaps_first(&self) -> usize {
-        // Relaxed: written before the Release store of ON, which the caller's
-        // `slab` loaded with Acquire.
-        self.first_heaps.load(Ordering::Relaxed)
+    pub fn thread_heaps_first(&self) -> Option<usize> {
+        // Relaxed: a plain value, set once; no other data is published with it.
+        match self.first_heaps.load(Ordering::Relaxed) {
+            POLICY_UNREAD => self.read_policy(),
+            POLICY_NEVER => None,
+            n => Some(n - 1),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_policy(&self) -> Option<usize> {
+        let v = match policy() {
+            None => POLICY_NEVER,
+            Some(n) => n.min(POLICY_NEVER - 2) + 1,
+        };
+        // Relaxed: as in `thread_heaps_first`. The first thread to read it sets
+        // it; the others take that value (the environment may have changed).
+        let v = match self.first_heaps.compare_exchange(
+            POLICY_UNREAD,
+            v,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => v,
+            Err(set) => set,
+        };
+        (v != POLICY_NEVER).then(|| v - 1)
     }
 
     /// Fork child: a decision another thread had under way at the fork would stay
@@ -685,15 +722,53 @@ unsafe fn flush_array<O: Os>(be: &Backend<O>, c: SizeClass, objs: &[*mut u8]) {
     be.note_flow(-((objs.len() * c.size_bytes()) as isize));
 }
 
-/// The slab, if the environment asks for the front end and the machine allows
-/// it, and how many threads get a thread cache first (`auto`: one per possible
-/// CPU; a true value: none).
-fn build() -> Option<(Slab, usize)> {
+/// `first_heaps` before the settings are read.
+const POLICY_UNREAD: usize = 0;
+/// `first_heaps` with `STRATA_PERCPU` false: no thread is served per CPU.
+const POLICY_NEVER: usize = usize::MAX;
+
+/// The settings' answer for [`CpuCaches::thread_heaps_first`].
+fn policy() -> Option<usize> {
     let env = crate::platform::environment();
     // SAFETY: `environment` returns null or the C library's environment block.
     let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
-    let auto = setting.is_some_and(|v| v.eq_ignore_ascii_case(b"auto"));
-    if !auto && !setting.is_some_and(crate::env::truthy) {
+    match setting {
+        Some(v) if v.eq_ignore_ascii_case(b"auto") => {
+            Some(crate::percpu::possible_cpus().unwrap_or(1) as usize)
+        }
+        Some(v) if crate::env::truthy(v) => Some(0),
+        Some(_) => None,
+        None => {
+            // SAFETY: as above.
+            let after = unsafe { crate::env::setting!(env, "PERCPU_AFTER") };
+            match after.map(crate::env::parse_size) {
+                Some(Some(n)) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Some(None) => {
+                    crate::report::write_all(
+                        crate::platform::STDERR,
+                        b"strata: STRATA_PERCPU_AFTER: not a number; using the default\n",
+                    );
+                    Some(default_after())
+                }
+                None => Some(default_after()),
+            }
+        }
+    }
+}
+
+/// [`default_thread_caches`] for the CPUs this thread may run on.
+fn default_after() -> usize {
+    crate::percpu::default_thread_caches(crate::percpu::usable_cpus().unwrap_or(1) as usize)
+}
+
+/// The slab, unless `STRATA_PERCPU` is false or the machine does not allow it.
+/// Built when the first thread to be served per CPU asks for it.
+fn build() -> Option<Slab> {
+    let env = crate::platform::environment();
+    // SAFETY: `environment` returns null or the C library's environment block.
+    let setting = unsafe { crate::env::getenv_raw(env, b"STRATA_PERCPU") };
+    let off = |v: &[u8]| !crate::env::truthy(v) && !v.eq_ignore_ascii_case(b"auto");
+    if setting.is_some_and(off) {
         return None;
     }
     if crate::percpu::mode() == Mode::Off {
@@ -708,5 +783,5 @@ fn build() -> Option<(Slab, usize)> {
     }
     let slab = Slab::new(ncpu, &max, &init).ok()?;
     slab.can_fence().ok()?;
-    Some((slab, if auto { ncpu as usize } else { 0 }))
+    Some(slab)
 }

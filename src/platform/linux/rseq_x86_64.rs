@@ -364,6 +364,22 @@ pub(crate) fn possible_cpus() -> Option<u32> {
     parse_cpu_list(&buf[..n as usize]).map(|max| max + 1)
 }
 
+/// The number of CPUs the calling thread may run on (its affinity mask, which
+/// cgroup cpusets and `taskset` narrow), by `sched_getaffinity` into a stack set
+/// (1,024 CPUs); `None` if the call fails (a mask wider than that set included).
+pub(crate) fn usable_cpus() -> Option<u32> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: the kernel writes at most size_of::<cpu_set_t>() bytes into `set`.
+    let r = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: `set` was filled by the kernel above (a plain bit set).
+    let n = unsafe { libc::CPU_COUNT(&set) };
+    u32::try_from(n).ok().filter(|&n| n > 0)
+}
+
 /// The highest CPU number in a kernel CPU list (`0-3,8,10-11\n`), if it parses.
 pub(crate) fn parse_cpu_list(s: &[u8]) -> Option<u32> {
     let mut max: Option<u32> = None;
