@@ -78,6 +78,10 @@ pub struct Backend<O: Os> {
     pub(crate) counters: Counters,
     /// Room thread caches borrow beyond their own budgets (`cache_pool`).
     pub cache_pool: CachePool,
+    /// Non-zero once a front end that refills from arrays (the per-CPU caches)
+    /// serves some thread: then thread caches flush whole batches as arrays too
+    /// ([`Backend::arrays_wanted`]). Zero at first, so the value starts all zero.
+    arrays_wanted: AtomicUsize,
 }
 
 /// The huge-cache budget, stored XOR its default so that the default is zero bytes
@@ -151,6 +155,7 @@ impl<O: Os> Backend<O> {
                 // Checked builds unmap huge blocks at free, so a late access faults.
                 huge_cache_budget: HugeBudget::new(),
                 huge_moves_refused: AtomicUsize::new(0),
+                arrays_wanted: AtomicUsize::new(0),
                 counters: Counters::new(),
                 cache_pool: CachePool::new(),
             }
@@ -201,6 +206,25 @@ impl<O: Os> Backend<O> {
             self.central
                 .flush_array(c, objs, &self.page_heap, &self.meta)
         }
+    }
+
+    /// Says that a front end refilling from arrays serves some thread from now on
+    /// (the per-CPU caches, once their slab is built): whole batches flushed by
+    /// thread caches then go to the central tier as arrays, converted by the
+    /// flushing thread, whose objects are in its cache, rather than walked by a
+    /// CPU's refill, whose are not.
+    pub fn want_arrays(&self) {
+        // Relaxed: a hint read on flushes; nothing is published with it.
+        if self.arrays_wanted.load(Ordering::Relaxed) == 0 {
+            self.arrays_wanted.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`Backend::want_arrays`] was called.
+    #[inline]
+    pub fn arrays_wanted(&self) -> bool {
+        // Relaxed: as in `want_arrays`.
+        self.arrays_wanted.load(Ordering::Relaxed) != 0
     }
 
     /// Hands a chain of `n` class-`c` objects to the central tier.

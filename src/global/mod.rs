@@ -212,6 +212,9 @@ fn via_cpu(
     }
     let slab = BACKEND.cpus.slab()?;
     let area = crate::percpu::current()?;
+    // Thread caches that flush from now on hand whole batches over as arrays,
+    // which this thread's CPU refills from without reading an object.
+    BACKEND.backend.want_arrays();
     tls::set(sentinel(&VIA_CPU));
     // After the slot is set, as in `init_thread`.
     register_fork_handlers();

@@ -80,3 +80,71 @@ fn a_list_longer_than_the_budget_allows_is_cut_to_the_first_refill() {
     );
     assert_eq!(max, 0, "the max grows on overflow only");
 }
+
+/// Once a front end that refills from arrays serves some thread
+/// (`Backend::want_arrays`), a thread cache's flush of a whole batch hands its
+/// objects over marked free one by one (an array's form: each link null), not as
+/// a chain (each object linked to the next): a CPU's refill then copies the
+/// addresses without reading the objects.
+#[test]
+fn whole_batches_flush_as_arrays_once_arrays_are_wanted() {
+    let c = class_for(64, 8).unwrap();
+    for wanted in [false, true] {
+        let be = backend();
+        if wanted {
+            be.want_arrays();
+        }
+        assert_eq!(be.arrays_wanted(), wanted);
+        let heap = Box::new(ThreadHeap::new(HeapState::Pooled));
+        // SAFETY: a fresh heap this thread owns.
+        unsafe { heap.activate(DEFAULT_CACHE_BUDGET) };
+        // More than the list may ever hold: the frees must flush.
+        let n = CLASS_CAP[c.index()] as usize + 4 * c.batch();
+        let objs: Vec<*mut u8> = (0..n)
+            .map(|_| {
+                // SAFETY: this thread owns the heap; c is a valid class.
+                let p = unsafe {
+                    match heap.pop(c) {
+                        p if p.is_null() => heap.alloc_slow(c, be),
+                        p => p,
+                    }
+                };
+                assert!(!p.is_null());
+                p
+            })
+            .collect();
+        for &p in &objs {
+            // SAFETY: class-c objects this thread got from the heap and gives up.
+            unsafe {
+                if !heap.try_push(c, p) {
+                    heap.free_slow(c, p, be);
+                }
+            }
+        }
+        // SAFETY: this thread owns the heap.
+        unsafe { heap.validate(be) }.unwrap();
+        // The objects the heap still lists; the others went to the central tier.
+        let mut listed = std::collections::HashSet::new();
+        let mut o = heap.lists[c.index()].head.get();
+        while !o.is_null() {
+            listed.insert(o.cast::<u8>());
+            // SAFETY: an object of the heap's class-c list (invariant 1).
+            o = unsafe { FreeObj::next(o, c) };
+        }
+        let flushed: Vec<_> = objs.iter().filter(|p| !listed.contains(*p)).collect();
+        assert!(flushed.len() >= c.batch(), "nothing was flushed");
+        let linked = flushed
+            .iter()
+            // SAFETY: free class-c objects of `be` with a link or the free mark in
+            // their first word, which nothing else uses during the test.
+            .filter(|&&&p| !unsafe { FreeObj::next(p.cast(), c) }.is_null())
+            .count();
+        if wanted {
+            assert_eq!(linked, 0, "a flushed object still links to another");
+        } else {
+            assert!(linked > 0, "flushed chains link their objects");
+        }
+        // SAFETY: this thread owns the heap.
+        unsafe { heap.flush_all(be) };
+    }
+}

@@ -13,7 +13,7 @@ use crate::os::Os;
 use crate::size_class::{
     CLASS_BATCH, CLASS_CAP, CLASS_FIRST_REFILL, CLASS_SIZE, NUM_CLASSES, SizeClass,
 };
-use crate::transfer::chain_tail;
+use crate::transfer::{DESC_SLOTS, chain_tail, chain_to_array};
 use core::ptr;
 
 /// The most a heap borrows, as a multiple of its own budget (2 MiB by default: a
@@ -304,8 +304,22 @@ impl ThreadHeap {
         list.len.sub(n as u32);
         self.returned.add(n as u64);
         self.note_flow(-((n * CLASS_SIZE[ci] as usize) as isize), be);
-        // SAFETY: the chain holds n class-ci objects nobody uses.
-        unsafe { be.flush(c, head, n) };
+        if n == c.batch() && n <= DESC_SLOTS && be.arrays_wanted() {
+            // Per-CPU caches refill from arrays: this thread walks the chain it
+            // has just walked (its objects are in this CPU's cache), marking each
+            // object free, so that a CPU's refill copies the addresses without
+            // reading an object.
+            let mut objs = [ptr::null_mut::<u8>(); DESC_SLOTS];
+            // SAFETY: the chain holds n class-ci objects nobody uses, linked and
+            // null-terminated (above); `objs` has room for n.
+            let k = unsafe { chain_to_array(head, n, c, &mut objs) };
+            // SAFETY: k distinct class-ci objects of `be` nobody uses, each with
+            // the free mark `chain_to_array` wrote.
+            unsafe { be.flush_array(c, &objs[..k]) };
+        } else {
+            // SAFETY: the chain holds n class-ci objects nobody uses.
+            unsafe { be.flush(c, head, n) };
+        }
         self.end_move();
     }
 
