@@ -154,9 +154,10 @@ impl Central {
         if let Some(i) = cls.stack.pop(&self.descs) {
             let (mut head, count) = self.descs.get(i).get();
             if let Some(a) = self.descs.array(i) {
-                // An array batch (a per-CPU flush): linked here, one store into
-                // each object; the thread cache reads each link when it hands the
-                // object out, which touches the object anyway.
+                // An array batch (a per-CPU flush, or a thread cache's once some
+                // thread is served per CPU: `Backend::want_arrays`): linked here,
+                // one store into each object; the thread cache reads each link
+                // when it hands the object out, which touches the object anyway.
                 let mut objs = [ptr::null_mut(); DESC_SLOTS];
                 let n = a.copy_array(&mut objs);
                 // SAFETY: the batch's objects are ours now (popped, invariant 1),
@@ -177,7 +178,7 @@ impl Central {
     /// mark (an encoded null link) in its first word; returns how many (0 only if
     /// the OS refuses memory). An array batch from the transfer stack is copied
     /// from its descriptor without touching an object; a chain (a thread cache's
-    /// flush) is walked; with neither, a batch is carved straight into `out`
+    /// flush while no thread was served per CPU) is walked; with neither, a batch is carved straight into `out`
     /// (`carve_array.rs`: each object written once, no chain linked and walked).
     pub fn refill_array<O: Os>(
         &self,
