@@ -26,8 +26,8 @@ static AT_BYTES: AtomicUsize = AtomicUsize::new(usize::MAX);
 static AT_BYTES_THREADED: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Threads with thread heaps at once (the pool's count of heaps ever created,
-/// which are recycled) from which a process counts as threaded for
-/// [`set_growth_hook`]; a process whose threads are served per CPU has had more.
+/// which are recycled), or threads ever served per CPU, from which a process
+/// counts as threaded for [`set_growth_hook`] ([`threaded`]).
 pub(crate) const THREADED: usize = 8;
 
 /// Arms `hook` to run once the heap's mapped bytes reach `at_bytes`, or
@@ -81,14 +81,15 @@ fn grown() {
 
 /// Whether the process has had [`THREADED`] threads allocating at once: as many
 /// thread heaps created (a heap is recycled when its thread exits, so the count
-/// is the most live at once), or threads served per CPU (which come only after
-/// at least that many heaps, or with `STRATA_PERCPU=1`).
+/// is the most live at once), or as many threads served per CPU (ever: they
+/// have no heap to recycle; with `STRATA_PERCPU=1` even the main thread is one,
+/// so the front end being on says nothing by itself).
 fn threaded() -> bool {
     if BACKEND.threads.heaps_created() >= THREADED {
         return true;
     }
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    if BACKEND.cpus.slab_if_on().is_some() {
+    if BACKEND.cpus.threads_served() >= THREADED {
         return true;
     }
     false

@@ -215,6 +215,7 @@ fn via_cpu(
     // Thread caches that flush from now on hand whole batches over as arrays,
     // which this thread's CPU refills from without reading an object.
     BACKEND.backend.want_arrays();
+    BACKEND.cpus.note_thread();
     tls::set(sentinel(&VIA_CPU));
     // After the slot is set, as in `init_thread`.
     register_fork_handlers();

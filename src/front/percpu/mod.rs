@@ -137,6 +137,8 @@ pub struct CpuCaches {
     /// independently of `state`: the slab is built only when a thread beyond the
     /// first `n` asks for it.
     first_heaps: AtomicUsize,
+    /// Threads ever pointed at the per-CPU sentinel ([`CpuCaches::note_thread`]).
+    threads: AtomicUsize,
     /// Per class: objects handed out by a refill (statistics; those handed out
     /// from a CPU's stack are counted in the slab, `Slab::pops`).
     refill_allocs: [AtomicU64; NUM_CLASSES],
@@ -173,6 +175,7 @@ impl CpuCaches {
             shrinks: AtomicU64::new(0),
             budget: AtomicUsize::new(0),
             first_heaps: AtomicUsize::new(POLICY_UNREAD),
+            threads: AtomicUsize::new(0),
             refill_allocs: [const { AtomicU64::new(0) }; NUM_CLASSES],
             received: [const { AtomicU64::new(0) }; NUM_CLASSES],
             returned: [const { AtomicU64::new(0) }; NUM_CLASSES],
@@ -307,6 +310,18 @@ impl CpuCaches {
             POLICY_NEVER => None,
             n => Some(n - 1),
         }
+    }
+
+    /// Counts a thread that is served per CPU from now on (once per thread).
+    pub fn note_thread(&self) {
+        // Relaxed: a count; nothing is published with it.
+        self.threads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Threads ever served per CPU (a recent value).
+    pub fn threads_served(&self) -> usize {
+        // Relaxed: as in `note_thread`.
+        self.threads.load(Ordering::Relaxed)
     }
 
     #[cold]
