@@ -58,7 +58,7 @@ PEERS = {
     "jemalloc": (f"{LIBDIR}/libjemalloc.so.2", "libjemalloc2"),
     "tcmalloc": (f"{LIBDIR}/libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
 }
-# strata: the default (thread caches for the first max(256, 16 x CPUs) threads live
+# strata: the default (thread caches for the first max(128, 8 x CPUs) threads live
 # at a time, per-CPU caches after them); strata-percpu: the same libstrata.so with
 # every thread served per CPU (STRATA_PERCPU=1); strata-auto: thread caches for the
 # first thread per CPU, per-CPU caches after (STRATA_PERCPU=auto); strata-tc:

@@ -158,7 +158,7 @@ fn child_percpu_auto() {
 }
 
 /// The default (`STRATA_PERCPU` unset): thread caches for the first threads live
-/// at a time, `STRATA_PERCPU_AFTER` of them (by default max(256, 16 x CPUs)), and
+/// at a time, `STRATA_PERCPU_AFTER` of them (by default max(128, 8 x CPUs)), and
 /// per CPU beyond; the slab is built only then.
 #[test]
 fn by_default_threads_beyond_the_limit_are_served_per_cpu() {
@@ -250,14 +250,14 @@ fn child_percpu_default() {
     strata::validate_heap().unwrap();
 }
 
-/// The default limit: 256 thread caches, or 16 per usable CPU where that is more.
+/// The default limit: 128 thread caches, or 8 per usable CPU where that is more.
 #[test]
-fn the_default_limit_is_256_or_16_per_cpu() {
+fn the_default_limit_is_128_or_8_per_cpu() {
     use strata::percpu::default_thread_caches;
-    assert_eq!(default_thread_caches(1), 256);
-    assert_eq!(default_thread_caches(16), 256);
-    assert_eq!(default_thread_caches(17), 272);
-    assert_eq!(default_thread_caches(256), 4096);
+    assert_eq!(default_thread_caches(1), 128);
+    assert_eq!(default_thread_caches(16), 128);
+    assert_eq!(default_thread_caches(17), 136);
+    assert_eq!(default_thread_caches(256), 2048);
     assert_eq!(default_thread_caches(usize::MAX), usize::MAX);
 }
 

@@ -174,7 +174,7 @@ extern "C" fn on_thread_exit(h: *mut c_void) {
 /// whose rseq area is not usable stays `EMPTY`, and the caller gives it a thread
 /// heap as when the front end is off. A fresh thread gets a thread heap while
 /// fewer than `thread_heaps_first()` are live (`*h` becomes it, and the caller
-/// serves from it: by default the first max(256, 16 x CPUs), with `auto` one per
+/// serves from it: by default the first max(128, 8 x CPUs), with `auto` one per
 /// CPU, with `STRATA_PERCPU=1` none); only the threads after those are served
 /// per CPU, and only they build the slab, so programs with fewer threads keep
 /// the thread cache's fast path and never map the slab.

@@ -98,13 +98,14 @@ pub use slab::{DrainError, MAX_CLASSES, Slab, SlabError};
 /// outnumber what can run at once, and what each idle thread cache would keep
 /// (up to its budget) is memory the per-CPU caches do not hold. Not lower: with
 /// both front ends serving, blocks that go from one to the other cross the
-/// central tier as a batch of the other kind (a chain walked, an array linked),
-/// and at 64 and 256 threads on 2 CPUs a limit of 64 cost 0.77x the thread
-/// caches' throughput (BENCHMARKS.md, "Thread caches first, per-CPU caches
-/// after them by default").
-pub const THREAD_CACHES_MIN: usize = 256;
+/// central tier converted (a CPU's array linked by a thread cache's refill), and
+/// at 256 threads on 2 CPUs a limit of 64 cost 0.85x the thread caches'
+/// throughput where 128 cost 0.95x (and held 67 MiB idle against 36 for 64 and
+/// 128 for thread caches only: BENCHMARKS.md, "Thread caches first, per-CPU
+/// caches after them by default").
+pub const THREAD_CACHES_MIN: usize = 128;
 /// See [`THREAD_CACHES_MIN`].
-pub const THREAD_CACHES_PER_CPU: usize = 16;
+pub const THREAD_CACHES_PER_CPU: usize = 8;
 
 /// The default number of thread caches live at a time before threads are served
 /// per CPU, for `cpus` usable CPUs ([`THREAD_CACHES_MIN`]).

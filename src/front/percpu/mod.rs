@@ -5,7 +5,7 @@
 //!
 //! Which threads it serves ([`CpuCaches::thread_heaps_first`], read once,
 //! without allocating, by the first fresh thread): by default those beyond the
-//! first max(256, 16 x CPUs) live at a time (`STRATA_PERCPU_AFTER` sets the
+//! first max(128, 8 x CPUs) live at a time (`STRATA_PERCPU_AFTER` sets the
 //! number), which keep thread caches; with `STRATA_PERCPU=1` every thread, with
 //! `auto` those beyond one per possible CPU, with `STRATA_PERCPU=0` none. The
 //! slab is built when the first thread to be served per CPU asks for it, so a
