@@ -404,7 +404,9 @@ fn a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted(p: Placement) 
         ph.os().refuse_unmaps(false);
         assert_eq!(ph.release_all(), CHUNK_SIZE);
         assert_eq!(ph.stats().chunks, 0);
-        assert!(!ph.owns(base));
+        // Not `!ph.owns(base)`: the chunk map is the process's, and a test running
+        // beside this one may map its own chunk at the address just unmapped (a
+        // CI run saw it); that the chunk left this heap is `chunks == 0` above.
     }
     ph.validate().unwrap();
 }
