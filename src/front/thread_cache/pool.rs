@@ -18,7 +18,8 @@ use core::ptr;
 /// Invariants: 1. every heap ever created is either live (owned by a thread) or in
 /// the `free` list, Pooled and with empty lists: `live + |free| == created`.
 /// 2. `all` links (through `all_next`) every heap ever created, `created` of them;
-/// heaps are never freed, so statistics may read any of them at any time.
+/// heaps are never freed, so statistics may read any of them at any time; under
+/// the pool lock, `ThreadCaches::created_copy` equals `created`.
 struct HeapPool {
     free: *mut ThreadHeap,
     all: *mut ThreadHeap,
@@ -270,6 +271,15 @@ impl ThreadCaches {
             "HeapPool",
             1,
             "live + pooled != created",
+            0,
+        )?;
+        // Invariant 2: the lock-free copy is stored under the lock at each change.
+        check(
+            // Relaxed: written under the pool lock, which this thread holds.
+            self.created_copy.load(Ordering::Relaxed) == pool.created,
+            "HeapPool",
+            2,
+            "created_copy != created",
             0,
         )?;
         // Invariant 2: the `all` list holds every heap ever created, once.
