@@ -23,7 +23,7 @@ use crate::meta::MetaArena;
 use crate::os::Os;
 use crate::page_heap::PageHeap;
 use crate::size_class::{HUGE_ALIGN, HUGE_THRESHOLD, SizeClass, class_for};
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering};
 
 use core::ptr;
 
@@ -78,10 +78,11 @@ pub struct Backend<O: Os> {
     pub(crate) counters: Counters,
     /// Room thread caches borrow beyond their own budgets (`cache_pool`).
     pub cache_pool: CachePool,
-    /// Non-zero once a front end that refills from arrays (the per-CPU caches)
-    /// serves some thread: then thread caches flush whole batches as arrays too
-    /// ([`Backend::arrays_wanted`]). Zero at first, so the value starts all zero.
-    arrays_wanted: AtomicUsize,
+    /// Set once a front end that refills from arrays (the per-CPU caches) serves
+    /// some thread: then thread caches flush whole batches as arrays too
+    /// ([`Backend::arrays_wanted`]). False (a zero byte) at first, so the value
+    /// starts all zero.
+    arrays_wanted: AtomicBool,
 }
 
 /// The huge-cache budget, stored XOR its default so that the default is zero bytes
@@ -155,7 +156,7 @@ impl<O: Os> Backend<O> {
                 // Checked builds unmap huge blocks at free, so a late access faults.
                 huge_cache_budget: HugeBudget::new(),
                 huge_moves_refused: AtomicUsize::new(0),
-                arrays_wanted: AtomicUsize::new(0),
+                arrays_wanted: AtomicBool::new(false),
                 counters: Counters::new(),
                 cache_pool: CachePool::new(),
             }
@@ -215,8 +216,9 @@ impl<O: Os> Backend<O> {
     /// CPU's refill, whose are not.
     pub fn want_arrays(&self) {
         // Relaxed: a hint read on flushes; nothing is published with it.
-        if self.arrays_wanted.load(Ordering::Relaxed) == 0 {
-            self.arrays_wanted.store(1, Ordering::Relaxed);
+        // Tested first so that the line is not written again by every thread.
+        if !self.arrays_wanted.load(Ordering::Relaxed) {
+            self.arrays_wanted.store(true, Ordering::Relaxed);
         }
     }
 
@@ -224,7 +226,7 @@ impl<O: Os> Backend<O> {
     #[inline]
     pub fn arrays_wanted(&self) -> bool {
         // Relaxed: as in `want_arrays`.
-        self.arrays_wanted.load(Ordering::Relaxed) != 0
+        self.arrays_wanted.load(Ordering::Relaxed)
     }
 
     /// Hands a chain of `n` class-`c` objects to the central tier.

@@ -105,6 +105,12 @@ pub const fn cap_for(ci: usize) -> u16 {
 ///    before the Release store of `ON`, never after. `glibc_offset` is then
 ///    `percpu::glibc_offset()` (non-zero exactly in glibc's rseq mode), `key` the
 ///    process's link key (set by then), `mask` `LinkMask::BAD`.
+/// 5. `first_heaps` leaves `POLICY_UNREAD` once, by a compare-exchange, and never
+///    changes again; `state` leaves `UNDECIDED` only after it was set to a value
+///    other than `POLICY_NEVER` (the slab is asked for only by a thread beyond the
+///    first `n`, which read the policy first: `global::via_cpu`).
+/// 6. `threads` counts the threads pointed at the per-CPU sentinel; each was
+///    counted after it saw `state == ON`, so `threads > 0` implies `ON`.
 pub struct CpuCaches {
     state: AtomicU8,
     slab: UnsafeCell<MaybeUninit<Slab>>,
@@ -312,10 +318,12 @@ impl CpuCaches {
         }
     }
 
-    /// Counts a thread that is served per CPU from now on (once per thread).
+    /// Counts a thread that is served per CPU from now on (once per thread), after
+    /// it saw the front end on (invariant 6).
     pub fn note_thread(&self) {
-        // Relaxed: a count; nothing is published with it.
-        self.threads.fetch_add(1, Ordering::Relaxed);
+        // Release: `validate` reads the count with Acquire and then expects ON,
+        // which this thread loaded before (once per thread: no cost that shows).
+        self.threads.fetch_add(1, Ordering::Release);
     }
 
     /// Threads ever served per CPU (a recent value).
@@ -661,6 +669,7 @@ impl CpuCaches {
     /// skipped. Not checked: that no object sits in two slots (that needs a set,
     /// and this runs without allocating).
     pub fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), crate::Violation> {
+        self.validate_policy()?;
         let Some(slab) = self.slab_if_on() else {
             return Ok(());
         };
@@ -688,6 +697,38 @@ impl CpuCaches {
             if let Ok(r) = r {
                 r?;
             }
+        }
+        Ok(())
+    }
+
+    /// Invariants 5 and 6: a decided front end had its policy read (and it allowed
+    /// threads per CPU); threads counted as served imply the front end is on.
+    fn validate_policy(&self) -> Result<(), crate::Violation> {
+        let bad = |invariant, what| crate::Violation {
+            structure: "front::percpu::CpuCaches",
+            invariant,
+            what,
+            addr: self as *const Self as usize,
+        };
+        // Acquire: pairs with `note_thread`'s Release; that thread saw ON first,
+        // and ON is never left (a fork child resets only BUSY).
+        let served = self.threads.load(Ordering::Acquire);
+        // Acquire: pairs with the Release store of the decision, after which the
+        // deciding thread's read of the policy is visible.
+        let state = self.state.load(Ordering::Acquire);
+        if served > 0 && state != ON {
+            return Err(bad(
+                6,
+                "threads are counted as served per CPU, but it is not on",
+            ));
+        }
+        // Relaxed: set once, before the decision (invariant 5).
+        let policy = self.first_heaps.load(Ordering::Relaxed);
+        if matches!(state, ON | OFF) && matches!(policy, POLICY_UNREAD | POLICY_NEVER) {
+            return Err(bad(
+                5,
+                "decided without a policy that serves threads per CPU",
+            ));
         }
         Ok(())
     }
@@ -799,4 +840,35 @@ fn build() -> Option<Slab> {
     let slab = Slab::new(ncpu, &max, &init).ok()?;
     slab.can_fence().ok()?;
     Some(slab)
+}
+
+#[cfg(all(test, not(strata_loom)))]
+mod tests {
+    use super::*;
+    use crate::os::SysOs;
+
+    fn violated(cc: &CpuCaches) -> Option<u32> {
+        let be = Backend::new(SysOs);
+        cc.validate(&be).err().map(|v| v.invariant)
+    }
+
+    #[test]
+    fn validate_finds_served_threads_without_the_front_end_on() {
+        let cc = CpuCaches::new();
+        assert_eq!(violated(&cc), None);
+        cc.note_thread();
+        assert_eq!(violated(&cc), Some(6));
+    }
+
+    #[test]
+    fn validate_finds_a_decision_taken_without_a_policy() {
+        let cc = CpuCaches::new();
+        cc.state.store(OFF, Ordering::Release);
+        assert_eq!(violated(&cc), Some(5));
+        cc.first_heaps.store(POLICY_NEVER, Ordering::Relaxed);
+        assert_eq!(violated(&cc), Some(5));
+        // `STRATA_PERCPU=1`: no thread cache first, then decided (off here).
+        cc.first_heaps.store(1, Ordering::Relaxed);
+        assert_eq!(violated(&cc), None);
+    }
 }
