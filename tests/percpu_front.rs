@@ -25,6 +25,30 @@ fn child(test: &str, percpu_setting: Option<&str>) -> String {
     }
 }
 
+/// What a child prints where the machine cannot run the front end.
+const UNAVAILABLE: &str = "percpu front: unavailable on this machine";
+
+/// Runs child `test` (in a clean environment with `vars`), which must pass and
+/// print `ok`, or say that the machine cannot run the front end.
+fn child_says(test: &str, vars: &[(&str, &str)], ok: &str) {
+    let out = child::pass(test, Env::Clean, vars);
+    assert!(out.contains(ok) || out.contains(UNAVAILABLE), "{out}");
+}
+
+/// The front end's counters in a child, or None where the machine cannot run it
+/// (checked: if it can, the front end being off fails the test with `setting`).
+fn counters_or_unavailable(setting: &str) -> Option<percpu::FrontCounters> {
+    let counters = strata::percpu_front_counters();
+    if counters.is_none() {
+        assert!(
+            !machine_allows_it(),
+            "{setting}, and rseq + membarrier work here, but the front end is off"
+        );
+        println!("{UNAVAILABLE}");
+    }
+    counters
+}
+
 /// Whether this machine can run the per-CPU front end (rseq, and membarrier for
 /// non-owners): if so, `STRATA_PERCPU=1` must turn it on.
 fn machine_allows_it() -> bool {
@@ -98,10 +122,10 @@ fn churn(threads: usize, rounds: usize) {
 
 #[test]
 fn percpu_front_serves_when_enabled() {
-    let out = child("child_percpu_on", Some("1"));
-    assert!(
-        out.contains("percpu front: on") || out.contains("percpu front: unavailable"),
-        "{out}"
+    child_says(
+        "child_percpu_on",
+        &[("STRATA_PERCPU", "1")],
+        "percpu front: on",
     );
 }
 
@@ -110,12 +134,7 @@ fn percpu_front_serves_when_enabled() {
 fn child_percpu_on() {
     // The first allocation decides; make one, then look.
     drop(Box::new(1u64));
-    let Some(before) = strata::percpu_front_counters() else {
-        assert!(
-            !machine_allows_it(),
-            "STRATA_PERCPU=1 and rseq + membarrier work here, but the front end is off"
-        );
-        println!("percpu front: unavailable on this machine");
+    let Some(before) = counters_or_unavailable("STRATA_PERCPU=1") else {
         return;
     };
     churn(4, 100_000);
@@ -144,10 +163,10 @@ fn child_percpu_on() {
 /// time; the threads beyond those are served per CPU.
 #[test]
 fn auto_gives_thread_caches_to_the_first_threads_only() {
-    let out = child("child_percpu_auto", Some("auto"));
-    assert!(
-        out.contains("percpu first threads: ok") || out.contains("percpu front: unavailable"),
-        "{out}"
+    child_says(
+        "child_percpu_auto",
+        &[("STRATA_PERCPU", "auto")],
+        "percpu first threads: ok",
     );
 }
 
@@ -162,14 +181,10 @@ fn child_percpu_auto() {
 /// per CPU beyond; the slab is built only then.
 #[test]
 fn by_default_threads_beyond_the_limit_are_served_per_cpu() {
-    let out = child::pass(
+    child_says(
         "child_percpu_after",
-        Env::Clean,
         &[("STRATA_PERCPU_AFTER", "2")],
-    );
-    assert!(
-        out.contains("percpu first threads: ok") || out.contains("percpu front: unavailable"),
-        "{out}"
+        "percpu first threads: ok",
     );
 }
 
@@ -211,12 +226,9 @@ fn first_threads_then_per_cpu(first: usize) {
     for h in handles {
         h.join().unwrap();
     }
-    let Some(after) = strata::percpu_front_counters() else {
-        assert!(
-            !machine_allows_it(),
-            "{threads} threads, {first} with thread caches, but the front end is off"
-        );
-        println!("percpu front: unavailable on this machine");
+    let Some(after) =
+        counters_or_unavailable(&format!("{threads} threads, {first} with thread caches"))
+    else {
         return;
     };
     // The main thread's heap counts among the first.
@@ -263,10 +275,10 @@ fn the_default_limit_is_128_or_8_per_cpu() {
 
 #[test]
 fn capacities_follow_demand_within_the_budget() {
-    let out = child("child_capacities", Some("1"));
-    assert!(
-        out.contains("capacities: ok") || out.contains("percpu front: unavailable"),
-        "{out}"
+    child_says(
+        "child_capacities",
+        &[("STRATA_PERCPU", "1")],
+        "capacities: ok",
     );
 }
 
@@ -274,9 +286,7 @@ fn capacities_follow_demand_within_the_budget() {
 #[ignore = "run by capacities_follow_demand_within_the_budget in a child process"]
 fn child_capacities() {
     drop(Box::new(1u64));
-    let Some(start) = strata::percpu_front_counters() else {
-        assert!(!machine_allows_it(), "the front end is off");
-        println!("percpu front: unavailable on this machine");
+    let Some(start) = counters_or_unavailable("STRATA_PERCPU=1") else {
         return;
     };
     let ncpu = percpu::possible_cpus().unwrap() as u64;
