@@ -470,6 +470,20 @@ pub fn double_free_percpu(p: *mut u8, c: SizeClass) -> ! {
     ))
 }
 
+/// A span's free list (span at `base`, class `c`) holds `obj`, which is not one of
+/// the span's objects or is on the list twice: report and abort. Never returns.
+#[cold]
+#[inline(never)]
+pub fn corrupt_span_list(obj: *mut FreeObj, c: SizeClass, base: usize) -> ! {
+    let size = CLASS_SIZE.get(c.index()).copied().unwrap_or(0);
+    report::die(format_args!(
+        "free-list corruption: the free list of the span at {:#x} (class {}, {} B) holds \
+         {:#x}, which is not a free object of that span or is on the list twice (a write \
+         after free, or a double free that went unnoticed)",
+        base, c.0, size, obj as usize
+    ))
+}
+
 #[cfg(not(strata_loom))]
 use crate::report;
 

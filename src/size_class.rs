@@ -265,6 +265,23 @@ impl SizeClass {
     pub const fn objects_per_span(self) -> usize {
         self.span_pages() * PAGE_SIZE / self.size_bytes()
     }
+    /// The index of the object that starts `offset` bytes into one of this class's
+    /// spans, or None if no object starts there (not a multiple of the size, or in
+    /// the span's tail, or beyond it). One multiply and one compare
+    /// ([`ObjectChecks::accepts`]), and the high word of the same product: an
+    /// accepted offset is `k·size`, and `k·size·m = k·2^64 + k·e` with
+    /// `k·e < 2^64` (the low word, which the check compared), so the high word is
+    /// `k`. No division.
+    #[inline]
+    pub fn object_index(self, offset: usize) -> Option<usize> {
+        let code = page_code(self.index());
+        let off = u32::try_from(offset).ok()?;
+        if !OBJECT_CHECKS.accepts(code, off) {
+            return None;
+        }
+        let m = OBJECT_CHECKS.magic[code as usize] as u128;
+        Some(((off as u128 * m) >> 64) as usize)
+    }
     /// Objects moved between a thread cache and the central tier at once.
     #[inline]
     pub const fn batch(self) -> usize {

@@ -6,7 +6,7 @@ use crate::chunk::{SPAN_LISTED, Span, SpanKind};
 use crate::link::{FreeObj, ensure_key};
 use crate::os::Os;
 use crate::page_heap::PageHeap;
-use crate::size_class::SizeClass;
+use crate::size_class::{NUM_CLASSES, SizeClass};
 use core::ptr;
 
 impl Central {
@@ -55,25 +55,22 @@ impl Central {
                 nfree.min(want - count)
             }
         });
-        // Link the pieces, each in its own order, into one chain. A piece that is
-        // a whole detached list (no rest) already ends in a null link: the longest
-        // such piece goes last, unwalked; the others are linked in front of it.
-        let mut last = npieces;
-        for (i, p) in pieces[..npieces].iter().enumerate() {
-            if !p.run && p.rest == 0 && (last == npieces || p.n > pieces[last].n) {
-                last = i;
-            }
-        }
+        // Link the pieces into one chain, each in address order: runs are, and a
+        // whole detached list is relinked so (`link_in_address_order`). A span's
+        // free list is in the order its objects were freed, which after a program
+        // frees a large structure is random; handed out so, consecutive
+        // allocations land far apart, and a program that walks what it allocated
+        // in order (a sort of strings built one after the other) misses in the
+        // cache and the TLB on each. A list cut short keeps its order (it is
+        // walked only to the cut).
         let mut head: *mut FreeObj = ptr::null_mut();
-        let mut linked = npieces;
-        if last < npieces {
-            // The pieces' order is free: the last one takes the chosen one's place.
-            pieces.swap(last, npieces - 1);
-            head = pieces[npieces - 1].obj.cast();
-            linked -= 1;
-        }
-        for p in pieces[..linked].iter().rev() {
-            if p.run {
+        for p in pieces[..npieces].iter().rev() {
+            if !p.run && p.rest == 0 {
+                // SAFETY: the piece is a whole free list detached from its span
+                // under the class lock and counted live there (`take_pieces`), so
+                // ours alone, `n` objects long.
+                head = unsafe { link_in_address_order(c, &*p.span, p.obj.cast(), p.n, head) };
+            } else if p.run {
                 for i in (0..p.n).rev() {
                     // SAFETY: object i of the run lies inside its span (the run was
                     // cut from `capacity - carved`); it was reserved under the class
@@ -85,21 +82,21 @@ impl Central {
                     }
                 }
             } else {
+                // A list cut short (`p.rest > 0`): walked to the cut, the rest given
+                // back.
                 let first = p.obj.cast::<FreeObj>();
                 let mut tail = first;
                 // SAFETY: the piece is the first `n` objects of a free list detached
                 // under the class lock and counted live there, so ours alone; the
-                // list holds at least `n` objects (its length was `carved - live`).
+                // list holds `n + rest` objects (its length was `carved - live`).
                 unsafe {
                     for _ in 1..p.n {
                         tail = FreeObj::next(tail, c);
                     }
-                    if p.rest > 0 {
-                        // The `rest` objects of the detached list after the `n` we
-                        // keep, still counted live in the piece's span.
-                        let rest = FreeObj::next(tail, c);
-                        self.give_back_rest(c, p.span, rest, p.rest);
-                    }
+                    // The `rest` objects of the detached list after the `n` we keep,
+                    // still counted live in the piece's span.
+                    let rest = FreeObj::next(tail, c);
+                    self.give_back_rest(c, p.span, rest, p.rest);
                     FreeObj::set_next(tail, head);
                 }
                 head = first;
@@ -237,14 +234,88 @@ impl Central {
     }
 }
 
+/// The most objects a Small span of any class holds.
+const MAX_SPAN_OBJECTS: usize = {
+    let mut most = 0;
+    let mut k = 0;
+    while k < NUM_CLASSES {
+        let n = SizeClass(k as u8).objects_per_span();
+        if n > most {
+            most = n;
+        }
+        k += 1;
+    }
+    most
+};
+
+/// Words of the map of a span's objects that `link_in_address_order` builds (on the
+/// stack: 128 bytes for the 1,024 objects of 8 B of a one-page span).
+const MAP_WORDS: usize = MAX_SPAN_OBJECTS.div_ceil(64);
+const_assert!(MAP_WORDS <= 64);
+
+/// Links the `n` objects of a free list detached from span `s`, starting at
+/// `first`, in front of `head` in address order; returns the new head. One walk of
+/// the list sets each object's bit in a map of the span (by its index, no
+/// division: `SizeClass::object_index`), then the set bits are linked from the
+/// highest, so the lowest address comes first. The walk reads the links a thread
+/// cache's pops would read; the stores go to the lines it just read.
+///
+/// An object outside the span, or one the list holds twice (a cycle written over
+/// a free block), stops the process with a report before the map or the chain
+/// could go wrong.
+///
+/// # Safety
+/// `first` starts a chain of at least `n >= 1` free class-`c` objects of Small span
+/// `s` that the caller owns (detached under the class lock and counted live), each
+/// link written by `FreeObj::set_next` (or by a bug this reports).
+unsafe fn link_in_address_order(
+    c: SizeClass,
+    s: &Span,
+    first: *mut FreeObj,
+    n: usize,
+    mut head: *mut FreeObj,
+) -> *mut FreeObj {
+    let base = s.base() as usize;
+    let size = c.size_bytes();
+    let mut map = [0u64; MAP_WORDS];
+    let mut o = first;
+    for i in 0..n {
+        let slot = c
+            .object_index((o as usize).wrapping_sub(base))
+            .and_then(|k| Some((map.get_mut(k / 64)?, 1u64 << (k % 64))));
+        match slot {
+            Some((word, bit)) if *word & bit == 0 => *word |= bit,
+            _ => crate::link::corrupt_span_list(o, c, base),
+        }
+        if i + 1 < n {
+            // SAFETY: `o` is one of the first `n - 1` objects of the chain (the
+            // contract), inside `s` (just checked), so it has a next one.
+            o = unsafe { FreeObj::next(o, c) };
+        }
+    }
+    for w in (0..MAP_WORDS).rev() {
+        let mut bits = map[w];
+        while bits != 0 {
+            let j = 63 - bits.leading_zeros() as usize;
+            bits &= !(1u64 << j);
+            let obj = (base + (w * 64 + j) * size) as *mut FreeObj;
+            // SAFETY: the bit was set for an object of the chain, which the caller
+            // owns; every object is linked once.
+            unsafe { FreeObj::set_next(obj, head) };
+            head = obj;
+        }
+    }
+    head
+}
+
 /// Whether a carve that has `count` of `want` objects takes a span's whole free
 /// list of `nfree` objects rather than cutting it: when the list fits what is still
 /// wanted, or the batch stays within `room` (a thread cache's list's room,
 /// `Central::refill_within`), or the list overshoots what is wanted by at most a
 /// quarter of `want` without the batch growing past `batch` (what `Central::refill`
 /// gives, so every front end takes it; the per-CPU one caps a batch at `MAX_BATCH`,
-/// above every class's batch). A whole list needs no walk: its last link is already
-/// null (see the linking in `carve`).
+/// above every class's batch). A whole list needs no walk to a cut; it is relinked
+/// in address order (`link_in_address_order`).
 #[inline]
 fn whole_list(count: usize, nfree: usize, want: usize, batch: usize, room: usize) -> bool {
     let total = count + nfree;

@@ -312,3 +312,91 @@ fn a_carve_within_room_takes_a_long_free_list_whole() {
         b.validate().unwrap();
     }
 }
+
+#[test]
+fn a_whole_free_list_is_handed_out_in_address_order_whatever_order_it_was_freed_in() {
+    let c = class();
+    let m = 3 * c.batch();
+    assert!(m < c.objects_per_span(), "the list fits one span");
+    let b: Backend<SysOs> = Backend::new(SysOs);
+    let first = b.central.carve_within(c, &b.page_heap, m + 1, m + 1);
+    assert_eq!(first.count, m + 1);
+    let mut objs = Vec::new();
+    let mut o = first.head;
+    for _ in 0..first.count {
+        objs.push(o as usize);
+        // SAFETY: the carve gave us a chain of `first.count` objects.
+        o = unsafe { FreeObj::next(o, c) };
+    }
+    // Keep one (the span stays), free the rest in a scrambled order, so that the
+    // span's free list is in no address order.
+    let kept = objs.remove(0);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in (1..objs.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        objs.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    give_back(&b, c, &objs);
+    let got = b.central.carve_within(c, &b.page_heap, c.batch(), m);
+    assert_eq!(got.count, m, "the whole list");
+    let mut order = Vec::new();
+    let mut o = got.head;
+    for _ in 0..got.count {
+        order.push(o as usize);
+        // SAFETY: the carve gave us a chain of `got.count` objects.
+        o = unsafe { FreeObj::next(o, c) };
+    }
+    assert!(o.is_null(), "the chain ends after `count` objects");
+    let mut sorted = objs.clone();
+    sorted.sort_unstable();
+    assert_eq!(order, sorted, "the objects freed, lowest address first");
+    b.validate().unwrap();
+    give_back(&b, c, &order);
+    give_back(&b, c, &[kept]);
+    b.validate().unwrap();
+}
+
+/// A span's free list whose links were overwritten (here: an object linked to
+/// itself, or to an object of another span) stops the carve that relinks it, with a
+/// report naming the span and the object, before a chain with a cycle or a foreign
+/// object reaches a thread cache.
+#[test]
+fn a_span_list_with_a_cycle_or_a_foreign_object_stops_the_process() {
+    const NAME: &str =
+        "central::tests::a_span_list_with_a_cycle_or_a_foreign_object_stops_the_process";
+    const ENV: &str = "STRATA_TEST_BAD_SPAN_LIST";
+    if let Ok(how) = std::env::var(ENV) {
+        let c = class();
+        let b: Backend<SysOs> = Backend::new(SysOs);
+        // Two spans' worth: the last object lies in another span than the first.
+        let mut objs = Vec::new();
+        while objs.len() < c.objects_per_span() + 1 {
+            objs.extend(refill(&b, c));
+        }
+        let other = *objs.last().unwrap();
+        let (kept, freed) = (objs[0], &objs[1..4]);
+        give_back(&b, c, freed);
+        // The list is freed[2] -> freed[1] -> freed[0]; overwrite its head's link.
+        let head = freed[2] as *mut FreeObj;
+        let to = if how == "cycle" {
+            head
+        } else {
+            other as *mut FreeObj
+        };
+        // SAFETY: a free object of ours; the deed the test is about.
+        unsafe { FreeObj::set_next(head, to) };
+        let got = b.central.carve_within(c, &b.page_heap, c.batch(), 64);
+        eprintln!("not stopped: {} objects, kept {kept:#x}", got.count);
+        std::process::exit(0);
+    }
+    for how in ["cycle", "foreign"] {
+        let (aborted, stderr) = crate::test_child::run(NAME, ENV, how);
+        assert!(aborted, "{how}: not stopped:\n{stderr}");
+        assert!(
+            stderr.contains("free-list corruption: the free list of the span at 0x"),
+            "{how}: {stderr}"
+        );
+    }
+}

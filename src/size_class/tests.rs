@@ -87,6 +87,28 @@ fn object_check_accepts_exactly_the_starts_of_objects_inside_the_span() {
     object_checks_accept_exactly_object_starts(&GEOMETRY, &OBJECT_CHECKS);
 }
 
+#[test]
+fn object_index_is_the_index_of_each_object_and_none_elsewhere() {
+    for ci in 0..NUM_CLASSES {
+        let c = SizeClass(ci as u8);
+        let (size, n) = (c.size_bytes(), c.objects_per_span());
+        for k in 0..n {
+            assert_eq!(c.object_index(k * size), Some(k), "class {ci} object {k}");
+            if size > 1 {
+                assert_eq!(c.object_index(k * size + 1), None, "class {ci}");
+                assert_eq!(c.object_index(k * size + size - 1), None, "class {ci}");
+            }
+        }
+        assert_eq!(c.object_index(n * size), None, "class {ci}: the tail");
+        assert_eq!(c.object_index(1 << 32), None, "class {ci}: beyond 32 bits");
+        assert_eq!(
+            c.object_index(usize::MAX - size + 1),
+            None,
+            "class {ci}: below"
+        );
+    }
+}
+
 /// The loom models' geometry, built and checked outside loom.
 #[test]
 fn tiny_geometry_object_check_accepts_exactly_the_starts_of_objects() {
