@@ -20,12 +20,17 @@ fn class() -> SizeClass {
 }
 
 fn refill(b: &Backend<SysOs>, c: SizeClass) -> Vec<usize> {
-    let batch = b.central.refill(c, &b.page_heap);
+    objects(b.central.refill(c, &b.page_heap), c)
+}
+
+/// The objects of a batch of class `c` from a refill or carve, in chain order;
+/// checks that the chain ends after `count` of them.
+fn objects(batch: Batch, c: SizeClass) -> Vec<usize> {
     let mut v = Vec::with_capacity(batch.count);
     let mut o = batch.head;
     for _ in 0..batch.count {
         v.push(o as usize);
-        // SAFETY: the refill gave us a chain of `batch.count` objects.
+        // SAFETY: the refill or carve gave us a chain of `batch.count` objects.
         o = unsafe { FreeObj::next(o, c) };
     }
     assert!(o.is_null(), "the chain ends after `count` objects");
@@ -121,15 +126,8 @@ fn a_carve_takes_a_whole_free_list_or_cuts_it_and_the_batch_is_right() {
         let b: Backend<SysOs> = Backend::new(SysOs);
         // m + 1 objects carved from a fresh span; m back onto its free list, one
         // kept so that the span stays live.
-        let first = b.central.carve(c, &b.page_heap, m + 1);
-        assert_eq!(first.count, m + 1);
-        let mut objs = Vec::new();
-        let mut o = first.head;
-        for _ in 0..first.count {
-            objs.push(o as usize);
-            // SAFETY: the carve gave us a chain of `first.count` objects.
-            o = unsafe { FreeObj::next(o, c) };
-        }
+        let objs = objects(b.central.carve(c, &b.page_heap, m + 1), c);
+        assert_eq!(objs.len(), m + 1);
         let kept = objs[0];
         give_back(&b, c, &objs[1..]);
         b.validate().unwrap();
@@ -139,7 +137,7 @@ fn a_carve_takes_a_whole_free_list_or_cuts_it_and_the_batch_is_right() {
             span.base() as usize,
             span.base() as usize + span.capacity() as usize * c.size_bytes(),
         );
-        let got = b.central.carve(c, &b.page_heap, w);
+        let got = objects(b.central.carve(c, &b.page_heap, w), c);
         let expect = if m <= w {
             w
         } else if m <= batch && m - w <= w / 4 {
@@ -147,18 +145,13 @@ fn a_carve_takes_a_whole_free_list_or_cuts_it_and_the_batch_is_right() {
         } else {
             w
         };
-        assert_eq!(got.count, expect, "list of {m}, want {w}");
+        assert_eq!(got.len(), expect, "list of {m}, want {w}");
         let mut seen = HashSet::from([kept]);
-        let mut o = got.head;
-        for _ in 0..got.count {
-            let a = o as usize;
+        for a in got {
             assert!(a >= lo && a < hi, "{a:#x} outside the span");
             assert_eq!((a - lo) % c.size_bytes(), 0, "{a:#x} not an object start");
             assert!(seen.insert(a), "{a:#x} twice (list of {m}, want {w})");
-            // SAFETY: the carve gave us a chain of `got.count` objects.
-            o = unsafe { FreeObj::next(o, c) };
         }
-        assert!(o.is_null(), "the chain ends after `count` objects");
         b.validate().unwrap();
         let mut back: Vec<usize> = seen.into_iter().collect();
         back.sort_unstable();
@@ -284,28 +277,17 @@ fn a_carve_within_room_takes_a_long_free_list_whole() {
     for (room, expect) in [(m, m), (m + 5, m), (m - 1, batch / 2), (0, batch / 2)] {
         let b: Backend<SysOs> = Backend::new(SysOs);
         // m + 1 objects from a fresh span, m back onto its free list.
-        let first = b.central.carve_within(c, &b.page_heap, m + 1, m + 1);
-        assert_eq!(first.count, m + 1);
-        let mut objs = Vec::new();
-        let mut o = first.head;
-        for _ in 0..first.count {
-            objs.push(o as usize);
-            // SAFETY: the carve gave us a chain of `first.count` objects.
-            o = unsafe { FreeObj::next(o, c) };
-        }
+        let objs = objects(b.central.carve_within(c, &b.page_heap, m + 1, m + 1), c);
+        assert_eq!(objs.len(), m + 1);
         let kept = objs[0];
         give_back(&b, c, &objs[1..]);
         b.validate().unwrap();
-        let got = b.central.carve_within(c, &b.page_heap, batch / 2, room);
-        assert_eq!(got.count, expect, "room {room}");
+        let got = objects(b.central.carve_within(c, &b.page_heap, batch / 2, room), c);
+        assert_eq!(got.len(), expect, "room {room}");
         let mut seen = HashSet::from([kept]);
-        let mut o = got.head;
-        for _ in 0..got.count {
-            assert!(seen.insert(o as usize), "{o:p} twice (room {room})");
-            // SAFETY: the carve gave us a chain of `got.count` objects.
-            o = unsafe { FreeObj::next(o, c) };
+        for o in got {
+            assert!(seen.insert(o), "{o:#x} twice (room {room})");
         }
-        assert!(o.is_null(), "the chain ends after `count` objects");
         b.validate().unwrap();
         let back: Vec<usize> = seen.into_iter().collect();
         give_back(&b, c, &back);
@@ -319,15 +301,8 @@ fn a_whole_free_list_is_handed_out_in_address_order_whatever_order_it_was_freed_
     let m = 3 * c.batch();
     assert!(m < c.objects_per_span(), "the list fits one span");
     let b: Backend<SysOs> = Backend::new(SysOs);
-    let first = b.central.carve_within(c, &b.page_heap, m + 1, m + 1);
-    assert_eq!(first.count, m + 1);
-    let mut objs = Vec::new();
-    let mut o = first.head;
-    for _ in 0..first.count {
-        objs.push(o as usize);
-        // SAFETY: the carve gave us a chain of `first.count` objects.
-        o = unsafe { FreeObj::next(o, c) };
-    }
+    let mut objs = objects(b.central.carve_within(c, &b.page_heap, m + 1, m + 1), c);
+    assert_eq!(objs.len(), m + 1);
     // Keep one (the span stays), free the rest in a scrambled order, so that the
     // span's free list is in no address order.
     let kept = objs.remove(0);
@@ -339,16 +314,8 @@ fn a_whole_free_list_is_handed_out_in_address_order_whatever_order_it_was_freed_
         objs.swap(i, (x % (i as u64 + 1)) as usize);
     }
     give_back(&b, c, &objs);
-    let got = b.central.carve_within(c, &b.page_heap, c.batch(), m);
-    assert_eq!(got.count, m, "the whole list");
-    let mut order = Vec::new();
-    let mut o = got.head;
-    for _ in 0..got.count {
-        order.push(o as usize);
-        // SAFETY: the carve gave us a chain of `got.count` objects.
-        o = unsafe { FreeObj::next(o, c) };
-    }
-    assert!(o.is_null(), "the chain ends after `count` objects");
+    let order = objects(b.central.carve_within(c, &b.page_heap, c.batch(), m), c);
+    assert_eq!(order.len(), m, "the whole list");
     let mut sorted = objs.clone();
     sorted.sort_unstable();
     assert_eq!(order, sorted, "the objects freed, lowest address first");
