@@ -293,8 +293,10 @@ unsafe fn link_in_address_order(
             o = unsafe { FreeObj::next(o, c) };
         }
     }
-    for w in (0..MAP_WORDS).rev() {
-        let mut bits = map[w];
+    // Only the words that cover the span's objects (one for the larger classes).
+    let words = (s.capacity() as usize).div_ceil(64).min(MAP_WORDS);
+    for (w, &word) in map[..words].iter().enumerate().rev() {
+        let mut bits = word;
         while bits != 0 {
             let j = 63 - bits.leading_zeros() as usize;
             bits &= !(1u64 << j);
