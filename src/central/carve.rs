@@ -56,20 +56,20 @@ impl Central {
             }
         });
         // Link the pieces into one chain, each in address order: runs are, and a
-        // whole detached list is relinked so (`link_in_address_order`). A span's
-        // free list is in the order its objects were freed, which after a program
-        // frees a large structure is random; handed out so, consecutive
-        // allocations land far apart, and a program that walks what it allocated
-        // in order (a sort of strings built one after the other) misses in the
-        // cache and the TLB on each. A list cut short keeps its order (it is
-        // walked only to the cut).
+        // whole detached list is relinked so (`SpanMap`). A list cut short keeps
+        // its order (it is walked only to the cut).
         let mut head: *mut FreeObj = ptr::null_mut();
         for p in pieces[..npieces].iter().rev() {
             if !p.run && p.rest == 0 {
                 // SAFETY: the piece is a whole free list detached from its span
                 // under the class lock and counted live there (`take_pieces`), so
                 // ours alone, `n` objects long.
-                head = unsafe { link_in_address_order(c, &*p.span, p.obj.cast(), p.n, head) };
+                let map = unsafe { SpanMap::of_list(c, &*p.span, p.obj.cast(), p.n) };
+                map.for_each_descending(|o| {
+                    // SAFETY: one of the piece's objects (ours), linked once.
+                    unsafe { FreeObj::set_next(o, head) };
+                    head = o;
+                });
             } else if p.run {
                 for i in (0..p.n).rev() {
                     // SAFETY: object i of the run lies inside its span (the run was
@@ -248,66 +248,75 @@ const MAX_SPAN_OBJECTS: usize = {
     most
 };
 
-/// Words of the map of a span's objects that `link_in_address_order` builds (on the
+/// Words of the map of a span's objects that `SpanMap` builds (on the
 /// stack: 128 bytes for the 1,024 objects of 8 B of a one-page span).
 const MAP_WORDS: usize = MAX_SPAN_OBJECTS.div_ceil(64);
 const_assert!(MAP_WORDS <= 64);
 
-/// Links the `n` objects of a free list detached from span `s`, starting at
-/// `first`, in front of `head` in address order; returns the new head. One walk of
-/// the list sets each object's bit in a map of the span (by its index, no
-/// division: `SizeClass::object_index`), then the set bits are linked from the
-/// highest, so the lowest address comes first. The walk reads the links a thread
-/// cache's pops would read; the stores go to the lines it just read.
-///
-/// An object outside the span, or one the list holds twice (a cycle written over
-/// a free block), stops the process with a report before the map or the chain
-/// could go wrong.
-///
-/// # Safety
-/// `first` starts a chain of at least `n >= 1` free class-`c` objects of Small span
-/// `s` that the caller owns (detached under the class lock and counted live), each
-/// link written by `FreeObj::set_next` (or by a bug this reports).
-unsafe fn link_in_address_order(
-    c: SizeClass,
-    s: &Span,
-    first: *mut FreeObj,
-    n: usize,
-    mut head: *mut FreeObj,
-) -> *mut FreeObj {
-    let base = s.base() as usize;
-    let size = c.size_bytes();
-    let mut map = [0u64; MAP_WORDS];
-    let mut o = first;
-    for i in 0..n {
-        let slot = c
-            .object_index((o as usize).wrapping_sub(base))
-            .and_then(|k| Some((map.get_mut(k / 64)?, 1u64 << (k % 64))));
-        match slot {
-            Some((word, bit)) if *word & bit == 0 => *word |= bit,
-            _ => crate::link::corrupt_span_list(o, c, base),
+/// The objects of a free list detached from a span, as a map of the span: one bit
+/// an object, by its index (`SizeClass::object_index`, no division), so that they
+/// can be handed out in address order. A span's list is in the order its objects
+/// were freed, random after a program drops a large structure; handed out so,
+/// consecutive allocations land far apart, and a program that walks what it built
+/// one after the other misses in the cache and the TLB on each (jemalloc hands out
+/// a slab's lowest free slot for the same reason). Building the map walks the list,
+/// reading the links the pops would read anyway; the objects are then written in
+/// address order, on the lines the walk just read.
+pub(super) struct SpanMap {
+    bits: [u64; MAP_WORDS],
+    /// The words that cover the span's objects.
+    words: usize,
+    base: usize,
+    size: usize,
+}
+
+impl SpanMap {
+    /// Maps the `n` objects of the chain at `first`. An address outside the span,
+    /// or one the chain holds twice (a cycle written over a free block), stops the
+    /// process with a report before the map could go wrong.
+    ///
+    /// # Safety
+    /// `first` starts a chain of at least `n >= 1` free class-`c` objects of Small
+    /// span `s` that the caller owns (detached under the class lock and counted
+    /// live), each link written by `FreeObj::set_next` (or by a bug this reports).
+    pub(super) unsafe fn of_list(c: SizeClass, s: &Span, first: *mut FreeObj, n: usize) -> SpanMap {
+        let base = s.base() as usize;
+        let mut bits = [0u64; MAP_WORDS];
+        let mut o = first;
+        for i in 0..n {
+            let slot = c
+                .object_index((o as usize).wrapping_sub(base))
+                .and_then(|k| Some((bits.get_mut(k / 64)?, 1u64 << (k % 64))));
+            match slot {
+                Some((word, bit)) if *word & bit == 0 => *word |= bit,
+                _ => crate::link::corrupt_span_list(o, c, base),
+            }
+            if i + 1 < n {
+                // SAFETY: `o` is one of the first `n - 1` objects of the chain (the
+                // contract), inside `s` (just checked), so it has a next one.
+                o = unsafe { FreeObj::next(o, c) };
+            }
         }
-        if i + 1 < n {
-            // SAFETY: `o` is one of the first `n - 1` objects of the chain (the
-            // contract), inside `s` (just checked), so it has a next one.
-            o = unsafe { FreeObj::next(o, c) };
-        }
-    }
-    // Only the words that cover the span's objects (one for the larger classes).
-    let words = (s.capacity() as usize).div_ceil(64).min(MAP_WORDS);
-    for (w, &word) in map[..words].iter().enumerate().rev() {
-        let mut bits = word;
-        while bits != 0 {
-            let j = 63 - bits.leading_zeros() as usize;
-            bits &= !(1u64 << j);
-            let obj = (base + (w * 64 + j) * size) as *mut FreeObj;
-            // SAFETY: the bit was set for an object of the chain, which the caller
-            // owns; every object is linked once.
-            unsafe { FreeObj::set_next(obj, head) };
-            head = obj;
+        SpanMap {
+            bits,
+            words: (s.capacity() as usize).div_ceil(64).min(MAP_WORDS),
+            base,
+            size: c.size_bytes(),
         }
     }
-    head
+
+    /// Calls `f` on each mapped object, the highest address first: once each, `n`
+    /// calls in all.
+    pub(super) fn for_each_descending(&self, mut f: impl FnMut(*mut FreeObj)) {
+        for (w, &word) in self.bits[..self.words].iter().enumerate().rev() {
+            let mut bits = word;
+            while bits != 0 {
+                let j = 63 - bits.leading_zeros() as usize;
+                bits &= !(1u64 << j);
+                f((self.base + (w * 64 + j) * self.size) as *mut FreeObj);
+            }
+        }
+    }
 }
 
 /// Whether a carve that has `count` of `want` objects takes a span's whole free
@@ -317,7 +326,7 @@ unsafe fn link_in_address_order(
 /// quarter of `want` without the batch growing past `batch` (what `Central::refill`
 /// gives, so every front end takes it; the per-CPU one caps a batch at `MAX_BATCH`,
 /// above every class's batch). A whole list needs no walk to a cut; it is relinked
-/// in address order (`link_in_address_order`).
+/// in address order (`SpanMap`).
 #[inline]
 fn whole_list(count: usize, nfree: usize, want: usize, batch: usize, room: usize) -> bool {
     let total = count + nfree;

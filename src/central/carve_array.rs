@@ -7,10 +7,11 @@
 //! every object and `chain_to_array` then reads each link back and overwrites it
 //! with the mark: two passes and a dependent load an object. Here a run of
 //! never-carved objects is addresses computed (one store each, the mark), and a
-//! span's free list is walked once (a load and a store each).
+//! span's free list is walked once (a load and a store each; a whole list is
+//! mapped first and written in address order, `SpanMap`).
 
 use super::Central;
-use super::carve::{MAX_PIECES, Piece};
+use super::carve::{MAX_PIECES, Piece, SpanMap};
 use crate::link::{FreeObj, LinkKey, ensure_key};
 use crate::os::Os;
 use crate::page_heap::PageHeap;
@@ -60,6 +61,29 @@ impl Central {
                     // one after its last object, at most the span's end.
                     o = o.wrapping_add(size);
                 }
+            } else if p.rest == 0 {
+                // A whole list: in address order, as a chain carve hands it out
+                // (`SpanMap`), each object marked on the line the walk just read.
+                // SAFETY: the piece is a whole free list detached from its span
+                // under the class lock and counted live there (`take_pieces`), so
+                // ours alone, `n` objects long.
+                let map = unsafe { SpanMap::of_list(c, &*p.span, p.obj.cast(), p.n) };
+                let mut i = p.n;
+                map.for_each_descending(|o| {
+                    // SAFETY: one of the piece's objects, ours alone; its link was
+                    // read by the map's walk; the key is set (above).
+                    unsafe { FreeObj::set_next_keyed(o, ptr::null_mut(), key) };
+                    // `n` calls in all (`for_each_descending`): `i` stays in 0..n,
+                    // and each slot of `dst` is written once.
+                    i = i.wrapping_sub(1);
+                    if let Some(slot) = dst.get_mut(i) {
+                        *slot = o.cast();
+                    }
+                });
+                debug_check!(
+                    i == 0,
+                    "carve_array: a span map with more or fewer objects than its list"
+                );
             } else {
                 let mut o = p.obj.cast::<FreeObj>();
                 for (j, slot) in dst.iter_mut().enumerate() {

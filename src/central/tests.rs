@@ -325,6 +325,39 @@ fn a_whole_free_list_is_handed_out_in_address_order_whatever_order_it_was_freed_
     b.validate().unwrap();
 }
 
+#[test]
+fn an_array_carve_hands_a_whole_free_list_out_in_address_order_marked() {
+    let c = class();
+    let m = c.batch() / 2;
+    let b: Backend<SysOs> = Backend::new(SysOs);
+    let mut objs = objects(b.central.carve_within(c, &b.page_heap, m + 1, m + 1), c);
+    let kept = objs.remove(0);
+    objs.reverse();
+    objs.swap(0, m / 2);
+    give_back(&b, c, &objs);
+    let mut out = [ptr::null_mut::<u8>(); DESC_SLOTS];
+    let n = b.central.refill_array(c, &b.page_heap, &mut out);
+    assert_eq!(n, c.batch(), "the whole list of {m}, then a run");
+    let got: Vec<usize> = out[..m].iter().map(|&o| o as usize).collect();
+    let mut sorted = objs.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "the list's objects, lowest address first");
+    let key = crate::link::LinkKey::current();
+    for &o in &out[..n] {
+        // SAFETY: a free object of ours.
+        let marked = unsafe { FreeObj::looks_free(o.cast(), key) };
+        assert!(
+            !crate::link::HARDENED || marked,
+            "an object without the free mark"
+        );
+    }
+    b.validate().unwrap();
+    let back: Vec<usize> = out[..n].iter().map(|&o| o as usize).collect();
+    give_back(&b, c, &back);
+    give_back(&b, c, &[kept]);
+    b.validate().unwrap();
+}
+
 /// A span's free list whose links were overwritten (here: an object linked to
 /// itself, or to an object of another span) stops the carve that relinks it, with a
 /// report naming the span and the object, before a chain with a cycle or a foreign
