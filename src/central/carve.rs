@@ -65,11 +65,11 @@ impl Central {
                 // under the class lock and counted live there (`take_pieces`), so
                 // ours alone, `n` objects long.
                 let map = unsafe { SpanMap::of_list(c, &*p.span, p.obj.cast(), p.n) };
-                map.for_each_descending(|o| {
+                for o in map.descending() {
                     // SAFETY: one of the piece's objects (ours), linked once.
                     unsafe { FreeObj::set_next(o, head) };
                     head = o;
-                });
+                }
             } else if p.run {
                 for i in (0..p.n).rev() {
                     // SAFETY: object i of the run lies inside its span (the run was
@@ -305,17 +305,24 @@ impl SpanMap {
         }
     }
 
-    /// Calls `f` on each mapped object, the highest address first: once each, `n`
-    /// calls in all.
-    pub(super) fn for_each_descending(&self, mut f: impl FnMut(*mut FreeObj)) {
-        for (w, &word) in self.bits[..self.words].iter().enumerate().rev() {
-            let mut bits = word;
-            while bits != 0 {
-                let j = 63 - bits.leading_zeros() as usize;
-                bits &= !(1u64 << j);
-                f((self.base + (w * 64 + j) * self.size) as *mut FreeObj);
-            }
-        }
+    /// The mapped objects, the highest address first: each once, `n` in all.
+    pub(super) fn descending(&self) -> impl Iterator<Item = *mut FreeObj> + '_ {
+        let (base, size) = (self.base, self.size);
+        self.bits[..self.words]
+            .iter()
+            .enumerate()
+            .rev()
+            .flat_map(move |(w, &word)| {
+                let mut bits = word;
+                core::iter::from_fn(move || {
+                    if bits == 0 {
+                        return None;
+                    }
+                    let j = 63 - bits.leading_zeros() as usize;
+                    bits &= !(1u64 << j);
+                    Some((base + (w * 64 + j) * size) as *mut FreeObj)
+                })
+            })
     }
 }
 

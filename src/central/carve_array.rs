@@ -63,26 +63,23 @@ impl Central {
                 }
             } else if p.rest == 0 {
                 // A whole list: in address order, as a chain carve hands it out
-                // (`SpanMap`), each object marked on the line the walk just read.
+                // (`SpanMap`; the array filled from its end, so lowest first),
+                // each object marked on the line the walk just read.
                 // SAFETY: the piece is a whole free list detached from its span
                 // under the class lock and counted live there (`take_pieces`), so
                 // ours alone, `n` objects long.
                 let map = unsafe { SpanMap::of_list(c, &*p.span, p.obj.cast(), p.n) };
-                let mut i = p.n;
-                map.for_each_descending(|o| {
+                let mut written = 0;
+                for (slot, o) in dst.iter_mut().rev().zip(map.descending()) {
                     // SAFETY: one of the piece's objects, ours alone; its link was
                     // read by the map's walk; the key is set (above).
                     unsafe { FreeObj::set_next_keyed(o, ptr::null_mut(), key) };
-                    // `n` calls in all (`for_each_descending`): `i` stays in 0..n,
-                    // and each slot of `dst` is written once.
-                    i = i.wrapping_sub(1);
-                    if let Some(slot) = dst.get_mut(i) {
-                        *slot = o.cast();
-                    }
-                });
+                    *slot = o.cast();
+                    written += 1;
+                }
                 debug_check!(
-                    i == 0,
-                    "carve_array: a span map with more or fewer objects than its list"
+                    written == p.n,
+                    "carve_array: a span map with fewer objects than its list"
                 );
             } else {
                 let mut o = p.obj.cast::<FreeObj>();
