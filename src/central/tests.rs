@@ -400,3 +400,46 @@ fn a_span_list_with_a_cycle_or_a_foreign_object_stops_the_process() {
         );
     }
 }
+
+/// In a class of `UNWALKED_SIZE` or more, a carve hands a whole free list on as it
+/// is (free order, unwalked) after the run it carves from the span's tail, and the
+/// batch is still exactly those objects, each once.
+#[test]
+fn a_large_class_hands_a_whole_free_list_on_unwalked_behind_its_run() {
+    let c = class_for(1024, 8).expect("a small class");
+    assert!(c.size_bytes() >= super::carve::UNWALKED_SIZE);
+    // One span: one object kept, m on its list, the rest of it never carved.
+    let cap = c.objects_per_span();
+    let m = cap / 2;
+    let batch = cap - 1;
+    assert!(
+        batch <= c.batch() && batch > m,
+        "a list and a run from one span"
+    );
+    let b: Backend<SysOs> = Backend::new(SysOs);
+    let mut objs = objects(b.central.carve_within(c, &b.page_heap, m + 1, m + 1), c);
+    let kept = objs.remove(0);
+    objs.swap(0, m - 1);
+    give_back(&b, c, &objs);
+    // The span's list holds the m objects, the last one given back first.
+    let got = objects(b.central.carve_within(c, &b.page_heap, batch, m), c);
+    assert_eq!(
+        got.len(),
+        batch,
+        "the list of {m} and a run of {}",
+        batch - m
+    );
+    let run = &got[..batch - m];
+    assert!(
+        run.windows(2).all(|w| w[1] == w[0] + c.size_bytes()),
+        "the run first, in address order"
+    );
+    let list: Vec<usize> = got[batch - m..].to_vec();
+    let mut freed = objs.clone();
+    freed.reverse();
+    assert_eq!(list, freed, "the list last, in the order it was freed");
+    b.validate().unwrap();
+    give_back(&b, c, &got);
+    give_back(&b, c, &[kept]);
+    b.validate().unwrap();
+}
