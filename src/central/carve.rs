@@ -57,25 +57,8 @@ impl Central {
         });
         // Link the pieces into one chain, each in address order: runs are, and a
         // whole detached list is relinked so (`SpanMap`). A list cut short keeps
-        // its order (it is walked only to the cut). In classes of `UNWALKED_SIZE`
-        // and more, the longest whole list goes last instead, unwalked: it already
-        // ends in a null link.
+        // its order (it is walked only to the cut).
         let mut head: *mut FreeObj = ptr::null_mut();
-        let mut npieces = npieces;
-        if size >= UNWALKED_SIZE {
-            let mut last = npieces;
-            for (i, p) in pieces[..npieces].iter().enumerate() {
-                if !p.run && p.rest == 0 && (last == npieces || p.n > pieces[last].n) {
-                    last = i;
-                }
-            }
-            if last < npieces {
-                // The pieces' order is free: the chosen one takes the last place.
-                pieces.swap(last, npieces - 1);
-                head = pieces[npieces - 1].obj.cast();
-                npieces -= 1;
-            }
-        }
         for p in pieces[..npieces].iter().rev() {
             if !p.run && p.rest == 0 {
                 // SAFETY: the piece is a whole free list detached from its span
@@ -346,15 +329,6 @@ impl SpanMap {
             })
     }
 }
-
-/// The smallest class whose whole free lists a chain carve hands on unwalked
-/// (one of them a carve: the longest), rather than relinked in address order. Its
-/// objects lie 8 lines apart or more, so their order hardly changes what a program
-/// touches, while the walk takes a miss per object, one after the other, that the
-/// program's own writes would take as a stream (a cache of 100 B-512 KiB values
-/// grown to 1 GB and cleared, 3 times: CPU 0.92x, 8 pairs). The array carve
-/// (`carve_array.rs`) needs the addresses and walks every list.
-pub(super) const UNWALKED_SIZE: usize = 512;
 
 /// Prefetches the first word of each of the `capacity` objects of `size` bytes
 /// from `base` (every line of them for objects under a line). The caller is about
