@@ -280,10 +280,9 @@ impl SpanMap {
     /// span `s` that the caller owns (detached under the class lock and counted
     /// live), each link written by `FreeObj::set_next` (or by a bug this reports).
     pub(super) unsafe fn of_list(c: SizeClass, s: &Span, first: *mut FreeObj, n: usize) -> SpanMap {
-        let base = s.base() as usize;
-        let capacity = s.capacity() as usize;
+        let (base, capacity, size) = (s.base() as usize, s.capacity() as usize, c.size_bytes());
         if n >= 32 && n * 2 >= capacity {
-            prefetch_firsts(base, capacity, c.size_bytes());
+            prefetch_firsts(base, capacity, size);
         }
         let mut bits = [0u64; MAP_WORDS];
         let mut o = first;
@@ -303,9 +302,9 @@ impl SpanMap {
         }
         SpanMap {
             bits,
-            words: (s.capacity() as usize).div_ceil(64).min(MAP_WORDS),
+            words: capacity.div_ceil(64).min(MAP_WORDS),
             base,
-            size: c.size_bytes(),
+            size,
         }
     }
 
