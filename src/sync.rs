@@ -208,6 +208,22 @@ impl RawLock {
         }
     }
 
+    /// Takes the lock if it is free; false (and nothing taken) if it is held. Debug
+    /// builds check the rank order as `lock` does, and only once it is taken.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        // Acquire: as in lock().
+        let taken = self
+            .state
+            .compare_exchange(UNLOCKED, LOCKED, TAKE, Ordering::Relaxed)
+            .is_ok();
+        #[cfg(debug_assertions)]
+        if taken {
+            rank::acquire(self.rank, self as *const RawLock as usize);
+        }
+        taken
+    }
+
     #[cold]
     fn lock_contended(&self) {
         for _ in 0..SPINS {

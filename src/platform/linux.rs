@@ -298,6 +298,71 @@ pub(super) fn process_id() -> u32 {
     (unsafe { libc::getpid() }) as u32
 }
 
+pub(super) fn thread_id() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    (unsafe { libc::syscall(libc::SYS_gettid) }) as u32
+}
+
+/// Whether thread `tid` of this process is asleep in the kernel (state `S` in
+/// `/proc/self/task/<tid>/stat`: an interruptible wait, which is where an idle
+/// thread blocks: futex, poll, read, sleep). None if the file cannot be read (no
+/// `/proc`, no such thread, a descriptor limit). Opens, reads and closes the file
+/// with a stack buffer: no allocation.
+pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
+    // "/proc/self/task/" + up to 10 digits + "/stat" + NUL.
+    let mut path = [0u8; 40];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut n = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut k = 0;
+    let mut t = tid;
+    loop {
+        digits[k] = b'0' + (t % 10) as u8;
+        k += 1;
+        t /= 10;
+        if t == 0 {
+            break;
+        }
+    }
+    while k > 0 {
+        k -= 1;
+        path[n] = digits[k];
+        n += 1;
+    }
+    path[n..n + 5].copy_from_slice(b"/stat");
+    // path[n + 5] is the NUL already.
+    // SAFETY: `path` is NUL-terminated; the flags open it read-only.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr().cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // "tid (comm) S ...": comm is at most 16 bytes, but may hold ')' and spaces,
+    // so the state is the first field after the *last* ')' in the first 128 bytes.
+    let mut buf = [0u8; 128];
+    // SAFETY: reads at most buf.len() bytes into `buf`, from the descriptor above.
+    let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    if got <= 0 {
+        return None;
+    }
+    let text = &buf[..got as usize];
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let state = *text.get(close + 2)?;
+    Some(state == b'S')
+}
+
+pub(super) fn thread_key_get(key: ThreadKey) -> *mut c_void {
+    // SAFETY: a key from pthread_key_create (ThreadKey is only made from one).
+    unsafe { libc::pthread_getspecific(key.0) }
+}
+
 #[cfg_attr(not(feature = "checked"), allow(dead_code))]
 pub(super) fn thread_token() -> usize {
     // SAFETY: pthread_self has no preconditions (it reads the thread pointer).

@@ -317,6 +317,20 @@ pub(crate) fn process_id() -> u32 {
     sys::process_id()
 }
 
+/// The calling thread's OS thread id (Linux: `gettid`, one system call).
+#[inline]
+pub(crate) fn thread_id() -> u32 {
+    sys::thread_id()
+}
+
+/// Whether thread `tid` of this process is blocked in an interruptible wait in
+/// the kernel (where idle threads sleep: a futex, `poll`, `read`, a sleep); None
+/// if the OS cannot say. Does not allocate; a few system calls.
+#[inline]
+pub(crate) fn thread_sleeping(tid: u32) -> Option<bool> {
+    sys::thread_sleeping(tid)
+}
+
 /// A number that differs between threads alive at the same time and is cheap to
 /// read (Linux: the thread pointer); for spreading threads over shards, not an OS
 /// thread id.
@@ -414,6 +428,12 @@ pub(crate) fn thread_key_create(
 #[inline]
 pub(crate) fn thread_key_set(key: ThreadKey, value: *const c_void) -> Result<(), OsError> {
     sys::thread_key_set(key, value)
+}
+
+/// The calling thread's value of `key` (null if it set none).
+#[inline]
+pub(crate) fn thread_key_get(key: ThreadKey) -> *mut c_void {
+    sys::thread_key_get(key)
 }
 
 // ---- process hooks ---------------------------------------------------------------

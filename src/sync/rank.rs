@@ -11,11 +11,12 @@
 //! | 0 | [`PurgeControl`](LockRank::PurgeControl) | `purge_thread::LOCK` | spawns a thread: allocates (→ everything) |
 //! | 1 | [`Quarantine`](LockRank::Quarantine) (8 shards) | `checked::quarantine` | ring memory (→ metadata arena) |
 //! | 2 | [`HeapPool`](LockRank::HeapPool) | `ThreadCaches::pool_lock` (`front::thread_cache::pool`) | new heap (→ metadata arena) |
-//! | 3 | [`CentralClass`](LockRank::CentralClass) (one per class) | `CentralClass::lock` | new span, span freed (→ page heap) |
-//! | 4 | [`PageHeap`](LockRank::PageHeap) | `PageHeap::lock` | nothing |
-//! | 5 | [`DescGrowth`](LockRank::DescGrowth) | `DescPool::grow_lock` | new descriptor block (→ metadata arena) |
-//! | 6 | [`HugeRegistry`](LockRank::HugeRegistry) | `HugeRegistry::lock` | record block (→ metadata arena) |
-//! | 7 | [`MetaArena`](LockRank::MetaArena) | `MetaArena::lock` | nothing (maps from the OS) |
+//! | 3 | [`ThreadHeap`](LockRank::ThreadHeap) (one per heap) | `ThreadHeap::drain_lock` | refill, flush (→ central class) |
+//! | 4 | [`CentralClass`](LockRank::CentralClass) (one per class) | `CentralClass::lock` | new span, span freed (→ page heap) |
+//! | 5 | [`PageHeap`](LockRank::PageHeap) | `PageHeap::lock` | nothing |
+//! | 6 | [`DescGrowth`](LockRank::DescGrowth) | `DescPool::grow_lock` | new descriptor block (→ metadata arena) |
+//! | 7 | [`HugeRegistry`](LockRank::HugeRegistry) | `HugeRegistry::lock` | record block (→ metadata arena) |
+//! | 8 | [`MetaArena`](LockRank::MetaArena) | `MetaArena::lock` | nothing (maps from the OS) |
 //!
 //! Locks of one rank (the class locks, the quarantine shards) are held together
 //! only in increasing address order, which is their index order (each family is
@@ -58,23 +59,26 @@ pub(crate) enum LockRank {
     Quarantine = 1,
     /// The pool of thread heaps.
     HeapPool = 2,
+    /// A thread heap's drain lock: its owner holds it over each slow path, the
+    /// background drain of idle heaps while it moves the heap's objects.
+    ThreadHeap = 3,
     /// A central size class's span lists.
-    CentralClass = 3,
+    CentralClass = 4,
     /// The page heap.
-    PageHeap = 4,
+    PageHeap = 5,
     /// Growth of the batch-descriptor pool.
-    DescGrowth = 5,
+    DescGrowth = 6,
     /// The huge-block registry and its cache.
-    HugeRegistry = 6,
+    HugeRegistry = 7,
     /// The metadata arena.
-    MetaArena = 7,
+    MetaArena = 8,
 }
 
 /// Number of ranks.
 #[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
 const RANKS: usize = LockRank::MetaArena as usize + 1;
 #[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
-const_assert!(RANKS == 8, "rank_of lists every rank");
+const_assert!(RANKS == 9, "rank_of lists every rank");
 
 #[cfg(all(debug_assertions, not(strata_loom), any(feature = "std", test)))]
 mod witness {
@@ -94,7 +98,7 @@ mod witness {
         static HELD: Cell<Held> = const { Cell::new(Held { count: [0; RANKS], last: [0; RANKS] }) };
     }
 
-    const ORDER: &str = "PurgeControl < Quarantine < HeapPool < CentralClass < PageHeap < \
+    const ORDER: &str = "PurgeControl < Quarantine < HeapPool < ThreadHeap < CentralClass < PageHeap < \
                          DescGrowth < HugeRegistry < MetaArena (src/sync/rank.rs)";
 
     /// Checks that the calling thread may take the lock at `addr` of rank `rank`,
@@ -161,6 +165,7 @@ mod witness {
             PurgeControl,
             Quarantine,
             HeapPool,
+            ThreadHeap,
             CentralClass,
             PageHeap,
             DescGrowth,

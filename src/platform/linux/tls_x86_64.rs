@@ -50,6 +50,26 @@ macro_rules! thread_slot {
                 p
             }
 
+            /// The address of the calling thread's slot (valid until the thread's
+            /// TLS is freed at its exit). Another thread may read or write the
+            /// slot through it, atomically: the owner's `get` and `set` are
+            /// single aligned 8-byte moves in assembly.
+            #[inline]
+            pub(crate) fn addr() -> *mut *mut $t {
+                let p: *mut *mut $t;
+                // SAFETY: the initial-exec TLS sequence for the slot's address:
+                // the thread pointer (`fs:0` holds it) plus the slot's offset.
+                unsafe {
+                    core::arch::asm!(
+                        "mov {p}, qword ptr fs:[0]",
+                        "add {p}, qword ptr [rip + __strata_tls_slot@GOTTPOFF]",
+                        p = out(reg) p,
+                        options(nostack, readonly),
+                    );
+                }
+                p
+            }
+
             /// Sets the calling thread's value.
             #[inline(always)]
             pub(crate) fn set(v: *mut $t) {
