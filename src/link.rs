@@ -401,6 +401,26 @@ impl FreeObj {
         }
     }
 
+    /// The link of `this` read with a volatile load and decoded with `key` (the
+    /// process's); None if it does not decode. For a thread cache's drainer,
+    /// which reads the first links of a list whose owner may be finishing one
+    /// operation on them (`front::thread_cache::drain`): a word that does not
+    /// decode there is not corruption but the owner's write, and the caller leaves
+    /// the list alone.
+    ///
+    /// # Safety
+    /// `this` is an object of ours, at least 8 bytes, in a free list.
+    #[inline]
+    pub unsafe fn peek_next(this: *mut FreeObj, key: LinkKey) -> Option<*mut FreeObj> {
+        // SAFETY: per the contract `this` is readable.
+        let word = unsafe { core::ptr::read_volatile(&raw const (*this).link) };
+        if !HARDENED {
+            return Some(word as *mut FreeObj);
+        }
+        let next = word ^ this as usize ^ key.0;
+        (next & BAD_BITS == 0).then_some(end_to_null(next as *mut FreeObj))
+    }
+
     /// The link of `this`, decoded; None if it is not null or a plausible object
     /// address (for validators, which report instead of aborting).
     ///

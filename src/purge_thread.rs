@@ -12,9 +12,11 @@
 //! and fences its critical sections first), and the central batches of every class
 //! whose transfer stack no thread touched since the last pass
 //! (`Backend::drain_idle_central`), so that spans they kept in use can empty and be
-//! purged later; a busy CPU or class is left alone. It never touches a thread's
-//! cache: those are owned by their threads, without a lock (a thread that exits
-//! returns its cache; one that sleeps keeps it).
+//! purged later; a busy CPU or class is left alone. First of all it drains the
+//! caches of threads that left them alone for [`IDLE_PASSES`] passes and sleep in
+//! the kernel (`front::thread_cache::drain`: the owner's TLS slot is pointed at a
+//! sentinel, its scheduler state read, every list cut after two objects): a thread
+//! that exits returns its cache itself, and one that sleeps no longer keeps it.
 //!
 //! When it runs: by default it starts the first time the heap's mapped bytes reach
 //! [`AUTO_START_BYTES`] (64 MiB), or [`AUTO_START_BYTES_THREADED`] (16 MiB) once
@@ -61,6 +63,12 @@ static PID: AtomicU64 = AtomicU64::new(0);
 static PASSES: AtomicU64 = AtomicU64::new(0);
 static RELEASED: AtomicU64 = AtomicU64::new(0);
 static DRAINED: AtomicU64 = AtomicU64::new(0);
+static THREAD_DRAINED: AtomicU64 = AtomicU64::new(0);
+
+/// Passes in a row through which a thread's cache must stay unused (and its
+/// thread asleep at the last) before the thread drains it: two pauses of half the
+/// purge delay, so a cache unused for the purge delay.
+pub const IDLE_PASSES: u32 = 2;
 /// Times the thread was started by the heap's growth ([`arm_auto_start`]).
 static AUTO_STARTS: AtomicU64 = AtomicU64::new(0);
 
@@ -79,6 +87,10 @@ pub struct BackgroundPurge {
     /// Bytes of idle central batches and idle CPU caches they moved back to
     /// their spans and the central tier.
     pub drained_bytes: u64,
+    /// The part of `drained_bytes` that came from the caches of threads that slept
+    /// through a purge delay (drained by this thread, which the sleeping thread
+    /// finds out at its next slow path).
+    pub thread_cache_drained_bytes: u64,
     /// Whether the thread was started by the heap's growth rather than asked for
     /// (it then counts as started: this stays true after it stops).
     pub auto_started: bool,
@@ -187,6 +199,7 @@ pub fn status() -> BackgroundPurge {
         passes: PASSES.load(Ordering::Relaxed),
         released_bytes: RELEASED.load(Ordering::Relaxed),
         drained_bytes: DRAINED.load(Ordering::Relaxed),
+        thread_cache_drained_bytes: THREAD_DRAINED.load(Ordering::Relaxed),
         auto_started: AUTO_STARTS.load(Ordering::Relaxed) > 0,
     }
 }
@@ -223,7 +236,10 @@ fn run(generation: usize) {
         // what is due on its own: the pass's release is the change in the page
         // heap's totals over the whole pass, not only what its own purge found left.
         let page_released_before = BACKEND.page_heap.released_total();
-        let mut drained = 0;
+        // Thread caches first: what a sleeping thread cached goes to the central
+        // tier, whose batches the drain below takes once they stay idle.
+        let from_threads = global::drain_idle_thread_caches(IDLE_PASSES);
+        let mut drained = from_threads;
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         {
             if class_seen.is_empty() {
@@ -248,6 +264,7 @@ fn run(generation: usize) {
         let released = huge_released as u64 + page_released;
         // Relaxed: statistics.
         DRAINED.fetch_add(drained as u64, Ordering::Relaxed);
+        THREAD_DRAINED.fetch_add(from_threads as u64, Ordering::Relaxed);
         PASSES.fetch_add(1, Ordering::Relaxed);
         RELEASED.fetch_add(released, Ordering::Relaxed);
     }

@@ -3,19 +3,15 @@
 //! mode adds to them is composed above, in the public functions of `lib.rs`, so
 //! that nothing here names `checked` (which sits above this module).
 
-use super::{BACKEND, heap};
+use super::{BACKEND, heap, own_heap};
 use crate::Violation;
 use crate::front::FrontEnd;
-use crate::front::thread_cache::HeapState;
 
 /// See [`crate::flush_thread_cache`].
 pub(crate) fn flush_thread_cache() {
-    let h = heap();
-    // SAFETY: this thread's heap or a sentinel; only a live heap is written.
-    unsafe {
-        if (*h).state() == HeapState::Live {
-            BACKEND.threads.flush(&*h, &BACKEND);
-        }
+    if let Some(own) = own_heap(heap()) {
+        // SAFETY: this thread's live heap, its drain lock held.
+        unsafe { BACKEND.threads.flush(own.heap, &BACKEND) };
     }
     // Per-CPU caches are not the thread's: all CPUs are drained.
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
@@ -38,9 +34,12 @@ pub(crate) fn resident_bytes() -> usize {
 
 /// See [`crate::validate_heap`].
 pub(crate) fn validate_heap() -> Result<(), Violation> {
-    let h = heap();
-    // SAFETY: this thread's heap or a sentinel, only read.
-    unsafe { BACKEND.threads.validate(&*h, &BACKEND) }?;
+    match own_heap(heap()) {
+        // SAFETY: this thread's live heap, its drain lock held.
+        Some(own) => unsafe { BACKEND.threads.validate(own.heap, &BACKEND) }?,
+        // SAFETY: a sentinel, only read.
+        None => unsafe { BACKEND.threads.validate(&*heap(), &BACKEND) }?,
+    }
     #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
     BACKEND.cpus.validate(&BACKEND.backend)?;
     BACKEND.validate()
@@ -49,12 +48,9 @@ pub(crate) fn validate_heap() -> Result<(), Violation> {
 /// See [`crate::set_thread_cache_budget`].
 pub(crate) fn set_thread_cache_budget(bytes: usize) {
     BACKEND.set_cache_budget(bytes);
-    let h = heap();
-    // SAFETY: this thread's heap or a sentinel; only a live heap is written.
-    unsafe {
-        if (*h).state() == HeapState::Live {
-            BACKEND.threads.set_budget(&*h, bytes, &BACKEND);
-        }
+    if let Some(own) = own_heap(heap()) {
+        // SAFETY: this thread's live heap, its drain lock held.
+        unsafe { BACKEND.threads.set_budget(own.heap, bytes, &BACKEND) };
     }
 }
 

@@ -168,6 +168,9 @@ extern "C" fn fork_parent() {
 /// they are registered). The background purge thread does not exist in the child;
 /// `purge_thread` knows that by the process id.
 extern "C" fn fork_child() {
+    // Under the pool lock, which `fork_prepare` took: the other threads' heaps
+    // are never drained here (their TLS is gone).
+    super::forget_drains_in_child();
     unlock_all_after_fork();
     reset_thread_key_after_fork();
     #[cfg(not(strata_loom))]

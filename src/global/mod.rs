@@ -69,6 +69,20 @@ static DEAD: ThreadHeap = ThreadHeap::new(HeapState::Dead);
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(strata_loom)))]
 static VIA_CPU: ThreadHeap = ThreadHeap::new(HeapState::Empty);
 
+/// The sentinel a heap's owner finds in its slot after the heap was drained while
+/// the thread slept (`front::thread_cache::drain`): its fast paths miss, and the
+/// slow paths find the thread's heap again through the thread key ([`own_heap`]).
+static DRAINED: ThreadHeap = ThreadHeap::new(HeapState::Drained);
+
+/// Whether thread heaps can be drained by another thread here: the drainer
+/// accesses a thread's slot through its address, which the x86-64 Linux slot
+/// (assembly moves) allows and the portable one (a `Cell`) does not.
+const DRAINS: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    not(strata_portable_tls)
+));
+
 /// A sentinel as the TLS slot holds it. The `*mut` is never written through
 /// (invariant 7); every use makes a `&ThreadHeap`.
 const fn sentinel(s: &'static ThreadHeap) -> *mut ThreadHeap {
@@ -152,11 +166,101 @@ fn init_thread_within(limit: usize) -> Option<*mut ThreadHeap> {
     // If the value cannot be set (ENOMEM), the thread keeps its cache until exit,
     // as without a key: nothing is lost but the cached objects.
     if let Some(key) = key {
-        let _ = platform::thread_key_set(key, h.cast_const().cast());
+        if platform::thread_key_set(key, h.cast_const().cast()).is_ok() {
+            // The heap may be drained while the thread sleeps: the key finds it
+            // again (`own_heap`) and its exit turns drains off.
+            enable_drain(h);
+        }
     }
     // After the heap is live, for the same reason (pthread_atfork may allocate).
     register_fork_handlers();
     Some(h)
+}
+
+/// Lets the background drain reach `h`, the calling thread's new heap.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls)))]
+fn enable_drain(h: *mut ThreadHeap) {
+    // SAFETY: `h` is the calling thread's live heap (never freed).
+    unsafe { (*h).enable_drain(platform::thread_id(), tls::addr()) };
+}
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls))))]
+fn enable_drain(_h: *mut ThreadHeap) {}
+
+/// The calling thread's own heap, live, with its drain lock held, for a slow path
+/// or a call that changes it: the heap `h` (the thread's slot) points at, or, if
+/// `h` is the `DRAINED` sentinel, the heap a drain took it from, found through the
+/// thread key, settled (`ThreadHeap::settle`) and put back in the slot. None for
+/// a thread without a live heap.
+fn own_heap(h: *mut ThreadHeap) -> Option<OwnHeap> {
+    if h.is_null() {
+        return None;
+    }
+    // SAFETY: the calling thread's slot holds its live heap or a sentinel, all
+    // never freed; shared, as other threads read a heap's counters.
+    let mut heap: &'static ThreadHeap = unsafe { &*h };
+    let drained = match heap.state() {
+        HeapState::Live => false,
+        HeapState::Drained => {
+            let p = platform::thread_key_get(thread_key()?).cast::<ThreadHeap>();
+            if p.is_null() {
+                return None;
+            }
+            // SAFETY: the key's value is this thread's live heap (`init_thread`;
+            // a heap is drained only after the key holds it).
+            heap = unsafe { &*p };
+            true
+        }
+        HeapState::Empty | HeapState::Dead | HeapState::Pooled => return None,
+    };
+    let guard = heap.lock_for_owner();
+    // SAFETY: the heap is this thread's and its drain lock is held.
+    unsafe { heap.settle() };
+    if drained {
+        tls::set(ptr::from_ref(heap).cast_mut());
+    }
+    Some(OwnHeap {
+        heap,
+        recovered: drained,
+        _guard: guard,
+    })
+}
+
+/// The calling thread's live heap with its drain lock held (see [`own_heap`]).
+struct OwnHeap {
+    heap: &'static ThreadHeap,
+    /// The slot pointed at `DRAINED`: the fast path never saw this heap, whose
+    /// lists may hold what the drain left.
+    recovered: bool,
+    _guard: crate::sync::LockGuard<'static>,
+}
+
+/// Drains the caches of threads that slept through `passes` calls in a row (the
+/// background purge thread's pass; `front::thread_cache::drain`): the bytes
+/// moved to the central tier.
+pub(crate) fn drain_idle_thread_caches(passes: u32) -> usize {
+    if !DRAINS {
+        return 0;
+    }
+    BACKEND.threads.drain_idle(
+        &BACKEND.backend,
+        sentinel(&DRAINED),
+        passes,
+        platform::thread_sleeping,
+    )
+}
+
+/// Fork child, with the pool lock held (the fork handlers): only the forking
+/// thread's heap stays drainable, under its new thread id.
+fn forget_drains_in_child() {
+    let mut mine = heap();
+    if mine == sentinel(&DRAINED) {
+        mine = thread_key().map_or(ptr::null_mut(), |k| {
+            platform::thread_key_get(k).cast::<ThreadHeap>()
+        });
+    }
+    let tid = if DRAINS { platform::thread_id() } else { 0 };
+    // SAFETY: the fork handlers hold the pool lock.
+    unsafe { BACKEND.threads.forget_drains_after_fork(mine, tid) };
 }
 
 /// Thread-exit key destructor: the thread is exiting.
@@ -240,19 +344,28 @@ fn alloc_small_slow(mut h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
         heap.state() == HeapState::Live || heap.is_empty(),
         "a sentinel or pooled heap holds objects"
     );
-    let p = match heap.state() {
-        // SAFETY: a live heap is the calling thread's own.
-        HeapState::Live => unsafe { BACKEND.threads.alloc_slow(heap, c, &BACKEND) },
-        HeapState::Empty => {
-            let nh = init_thread();
-            if nh.is_null() {
-                BACKEND.alloc_small_direct(c)
+    let own = match heap.state() {
+        HeapState::Live | HeapState::Drained => own_heap(h),
+        HeapState::Empty => own_heap(init_thread()),
+        HeapState::Dead | HeapState::Pooled => None,
+    };
+    let p = match own {
+        // SAFETY: the thread's own live heap, its drain lock held; the fast path
+        // first where it missed on the `DRAINED` sentinel, not on this heap
+        // (`alloc_slow` refills an empty list only).
+        Some(own) => unsafe {
+            let p = if own.recovered {
+                Front::alloc_fast(own.heap, c)
             } else {
-                // SAFETY: a fresh live heap of this thread.
-                unsafe { BACKEND.threads.alloc_slow(&*nh, c, &BACKEND) }
+                ptr::null_mut()
+            };
+            if p.is_null() {
+                BACKEND.threads.alloc_slow(own.heap, c, &BACKEND)
+            } else {
+                p
             }
-        }
-        HeapState::Dead | HeapState::Pooled => BACKEND.alloc_small_direct(c),
+        },
+        None => BACKEND.alloc_small_direct(c),
     };
     growth::on_slow_path();
     enomem_if_null(p)
@@ -286,18 +399,19 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, mut h: *mut ThreadHeap) {
         heap.state() == HeapState::Live || heap.is_empty(),
         "a sentinel or pooled heap holds objects"
     );
-    let live = match heap.state() {
-        HeapState::Live => h,
-        HeapState::Empty => init_thread(),
-        HeapState::Dead | HeapState::Pooled => ptr::null_mut(),
+    let own = match heap.state() {
+        HeapState::Live | HeapState::Drained => own_heap(h),
+        HeapState::Empty => own_heap(init_thread()),
+        HeapState::Dead | HeapState::Pooled => None,
     };
-    // SAFETY: the caller gives up `p`, a class-c block of ours; `live` is null or
-    // this thread's live heap.
+    // SAFETY: the caller gives up `p`, a class-c block of ours; `own` is this
+    // thread's live heap with its drain lock held.
     unsafe {
-        if live.is_null() {
-            BACKEND.free_small_direct(c, p)
-        } else {
-            BACKEND.threads.free_slow(&*live, c, p, &BACKEND)
+        match own {
+            // The fast path first where it missed on the `DRAINED` sentinel.
+            Some(own) if own.recovered && Front::free_fast(own.heap, c, p) => {}
+            Some(own) => BACKEND.threads.free_slow(own.heap, c, p, &BACKEND),
+            None => BACKEND.free_small_direct(c, p),
         }
     }
 }

@@ -64,10 +64,15 @@ fn sentinels_stay_empty_while_threads_start_and_exit() {
     let sentinels = [
         (&EMPTY, HeapState::Empty),
         (&DEAD, HeapState::Dead),
+        (&DRAINED, HeapState::Drained),
         (&VIA_CPU, HeapState::Empty),
     ];
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    let sentinels = [(&EMPTY, HeapState::Empty), (&DEAD, HeapState::Dead)];
+    let sentinels = [
+        (&EMPTY, HeapState::Empty),
+        (&DEAD, HeapState::Dead),
+        (&DRAINED, HeapState::Drained),
+    ];
     for (s, state) in sentinels {
         assert_eq!(s.state(), state);
         assert!(s.is_empty(), "a sentinel heap was written");

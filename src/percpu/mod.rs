@@ -1,7 +1,8 @@
 //! The per-CPU front end's machinery (Linux, x86-64): per CPU and size class, a
 //! bounded stack of free objects, popped and pushed inside restartable sequences
-//! (rseq). The front end built on it is `front::percpu`, opt-in with
-//! `STRATA_PERCPU=1`; this module is self-contained and tested on its own
+//! (rseq). The front end built on it is `front::percpu` (the threads beyond the
+//! first max(128, 8 x CPUs) by default, every thread with `STRATA_PERCPU=1`); this
+//! module is self-contained and tested on its own
 //! (`tests.rs`, `tests/percpu.rs`).
 //!
 //! # Why
@@ -60,15 +61,13 @@
 //! `allocs`. A fork handler is not needed (the child keeps its registration and
 //! the slab).
 //!
-//! Still missing:
-//! - Capacity that follows demand: per CPU, grow a class's `end` on misses
-//!   (stealing capacity from cold classes, within a per-CPU byte budget) and
-//!   shrink idle ones — `set_capacity` is the mechanism, the policy is missing
-//!   (capacities are fixed at start-up).
-//! - The slab mapping (`map_bytes`) is not in `stats()`'s mapped or metadata bytes.
-//! - Idle drain: a background pass (the purge thread) that drains CPUs whose
-//!   stacks have not been touched for a while.
-//! - A batch push section (refill pushes one object per section).
+//! Capacities follow demand (`front::percpu::capacity`: a class's capacity grows
+//! on misses within the per-CPU byte budget and the purge thread narrows idle
+//! ones), idle CPUs are drained by the purge thread (`CpuCaches::idle_pass`), and
+//! refills and flushes move arrays (`Slab::push_batch`).
+//!
+//! Still missing: the slab mapping (`map_bytes`) is not in `stats()`'s mapped or
+//! metadata bytes.
 
 // Under loom (`--cfg strata_loom`) only the slab is built, its memory loom's atomics
 // and the kernel's part (the critical sections, the fence) modelled in

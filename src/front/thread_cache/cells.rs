@@ -82,6 +82,11 @@ impl ListHead {
     pub(super) fn raw(&self) -> *mut FreeObj {
         self.0.get()
     }
+    /// The stored head by a volatile load (a drainer's read: see `drain`).
+    #[inline(always)]
+    pub(super) fn raw_volatile(&self) -> *mut FreeObj {
+        self.0.get_volatile()
+    }
     /// Stores `p`, the first object or `end()` (as `raw` gives it).
     #[inline(always)]
     pub(super) fn set_raw(&self, p: *mut FreeObj) {

@@ -71,7 +71,10 @@ use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask, ensure_key};
 use crate::size_class::{NUM_CLASSES, SizeClass};
 #[cfg(strata_loom)]
 use crate::sync::UnsafeCell;
-use crate::sync::{AtomicU64, Ordering, OwnedU32, OwnedU64, fence};
+use crate::sync::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, LockRank, Ordering, OwnedU32, OwnedU64, RawLock,
+    fence,
+};
 use cells::{ListHead, OwnerCell};
 use core::ptr;
 
@@ -166,6 +169,9 @@ pub enum HeapState {
     Dead = 2,
     /// A heap in the pool, waiting for a new thread.
     Pooled = 3,
+    /// The shared sentinel a drained heap's owner finds in its slot (`drain`): its
+    /// slow path finds its heap again through the thread key.
+    Drained = 4,
 }
 
 /// A thread's cache.
@@ -190,9 +196,16 @@ pub enum HeapState {
 ///    that writes is called only on a live or pooled heap (`global` checks `state()`
 ///    first). Many threads read a sentinel at once, through `&ThreadHeap` only.
 ///
+/// 9. A live heap's lists are changed outside `pop` and `try_push` only with
+///    `drain_lock` held: by its owner's slow paths, or by a drainer while the
+///    owner sleeps and its TLS slot points at the `Drained` sentinel (`drain`).
+///    While `drained` is set, `len` may be off (an operation in flight during the
+///    drain) and the owner recounts (`settle`) before it trusts it.
+///
 /// Ownership: the plain fields (`OwnerCell`s) are read and written only by the
-/// heap's owner: the thread whose TLS points at it while it is Live, else whoever
-/// holds it under the pool lock. Any thread may read the atomic counters (`counters`,
+/// heap's owner: the thread whose TLS points at it while it is Live (or a drainer,
+/// under `drain_lock`, while the owner sleeps and its slot points away from the
+/// heap: `drain`), else whoever holds it under the pool lock. Any thread may read the atomic counters (`counters`,
 /// `cached`, `class_allocs`, `move_seq`) at any time, and nothing else.
 #[repr(C)]
 pub struct ThreadHeap {
@@ -233,6 +246,19 @@ pub struct ThreadHeap {
     /// Link in the list of every heap ever created (set once, under the pool lock,
     /// before the heap is linked; read by walkers of that list, which hold the lock).
     all_next: OwnerCell<*mut ThreadHeap>,
+    /// Drains by another thread (`drain`, invariant 9): the owner holds it over each
+    /// slow path, a drainer while it moves the heap's objects.
+    drain_lock: RawLock,
+    /// The owner's thread id and the address of its TLS slot while the heap may be
+    /// drained; 0 when not (`enable_drain`, `disable_drain`).
+    tid: AtomicU32,
+    slot: AtomicUsize,
+    /// Set by a drain, cleared by the owner's `settle` (invariant 9).
+    drained: AtomicBool,
+    /// The drainer's bookkeeping, under the pool lock: the heap's activity at the
+    /// last pass, and for how many passes in a row it stayed the same.
+    idle_activity: AtomicU64,
+    idle_passes: AtomicU32,
     /// Loom only: a cell every method that touches the plain fields writes, so that
     /// loom reports two threads using one heap with no handoff (the pool lock)
     /// ordering them even where they would touch different fields.
@@ -280,6 +306,12 @@ impl ThreadHeap {
                 calm: OwnerCell::new(0),
                 pool_next: OwnerCell::new(ptr::null_mut()),
                 all_next: OwnerCell::new(ptr::null_mut()),
+                drain_lock: RawLock::new(LockRank::ThreadHeap),
+                tid: AtomicU32::new(0),
+                slot: AtomicUsize::new(0),
+                drained: AtomicBool::new(false),
+                idle_activity: AtomicU64::new(0),
+                idle_passes: AtomicU32::new(0),
                 #[cfg(strata_loom)]
                 owner: UnsafeCell::new(()),
             }
@@ -488,6 +520,9 @@ impl ThreadHeap {
         // SAFETY: the block is ours now and at least 8 bytes (the smallest class);
         // the salt is of its address under the process's key (above).
         unsafe { FreeObj::set_next_salted(obj, head, salt) };
+        // The link before the head, for a drainer that reads this head while this
+        // push is in flight (`drain`'s module docs); no instruction.
+        core::sync::atomic::compiler_fence(Ordering::Release);
         list.head.set_raw(obj);
         list.len.add(1);
         true
@@ -566,6 +601,7 @@ impl ThreadHeap {
 
 mod c_lists;
 mod cells;
+mod drain;
 mod pool;
 mod slow;
 mod validate;
@@ -581,6 +617,8 @@ pub use pool::{AllHeaps, ThreadCaches};
 
 #[cfg(all(test, not(strata_loom)))]
 mod budget_tests;
+#[cfg(all(test, not(strata_loom)))]
+mod drain_tests;
 #[cfg(all(test, not(strata_loom)))]
 mod refill_tests;
 #[cfg(all(test, not(strata_loom)))]

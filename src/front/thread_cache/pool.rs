@@ -161,9 +161,15 @@ impl ThreadCaches {
         // its old objects are still being flushed.
         let flush_first = !cfg!(strata_mutant = "retire_pools_before_flush");
         let flush = || {
-            // SAFETY: we own the heap (above; the mutant breaks this on purpose); a
-            // live heap, not a sentinel.
+            // The drain lock: no drain may be under way or start (drains are off
+            // from here on, before the thread's TLS goes away), and one that
+            // happened is settled before the flush counts the lists.
+            let _g = heap.lock_for_owner();
+            heap.disable_drain();
+            // SAFETY: we own the heap (above; the mutant breaks this on purpose)
+            // and hold its drain lock; a live heap, not a sentinel.
             unsafe {
+                heap.settle();
                 heap.flush_all(be);
                 heap.retire();
             }
@@ -199,6 +205,49 @@ impl ThreadCaches {
             _pool_held: PhantomData,
         };
         f(heaps, (pool.live, pool.created))
+    }
+
+    /// Drains the caches of live heaps whose threads left them alone for `passes`
+    /// calls in a row and sleep now (`drain`'s protocol, with the `Drained`
+    /// sentinel `sentinel` and the OS's view of a thread, `sleeping`); the bytes
+    /// moved to the central tier.
+    pub fn drain_idle<O: Os>(
+        &self,
+        be: &Backend<O>,
+        sentinel: *mut ThreadHeap,
+        passes: u32,
+        sleeping: impl Fn(u32) -> Option<bool>,
+    ) -> usize {
+        self.with_heaps(|heaps, _| {
+            heaps
+                .iter()
+                // SAFETY: the pool lock is held (`with_heaps`); `sentinel` and
+                // `be` per this function's callers (`global`).
+                .map(|h| unsafe { h.try_drain_idle(sentinel, passes, &sleeping, be) })
+                .sum()
+        })
+    }
+
+    /// Fork child: only the forking thread exists, so only its heap `mine` (null:
+    /// none) may be drained, under its new thread id `tid`.
+    ///
+    /// # Safety
+    /// The caller holds the pool lock (the fork handlers' `lock_set`).
+    pub unsafe fn forget_drains_after_fork(&self, mine: *const ThreadHeap, tid: u32) {
+        // SAFETY: the caller holds the pool lock.
+        let pool = self.pool.with(|p| unsafe { &*p });
+        let mut h = pool.all;
+        while !h.is_null() {
+            // SAFETY: heaps on `all` are never freed (invariant 2).
+            let heap = unsafe { &*h };
+            if ptr::eq(h, mine) {
+                heap.set_drain_tid(tid);
+            } else {
+                heap.disable_drain();
+            }
+            // SAFETY: pool lock held.
+            h = unsafe { heap.all_next() };
+        }
     }
 
     /// Thread heaps ever created (the most live at once: heaps are recycled),

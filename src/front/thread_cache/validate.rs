@@ -12,22 +12,33 @@ use crate::size_class::CLASS_SIZE;
 use core::ptr;
 
 impl ThreadHeap {
-    /// Checks invariants 1, 3, 4, 5, 6, 7 and 8: list lengths match their chains,
+    /// Checks invariants 1, 3, 4, 5, 6, 7, 8 and 9: list lengths match their chains,
     /// objects are ours and their links decode, the budget, what it borrows and the
     /// counters add up,
     /// a live heap has the process's link key, no move is open (the heap is its
-    /// caller's or pooled, so none can be), and a sentinel is still empty.
+    /// caller's or pooled, so none can be), a sentinel is still empty, and a
+    /// drained heap was settled before its owner looks at it.
     ///
     /// # Safety
     /// The calling thread owns the heap (or holds it pooled under the pool lock), or
     /// it is a sentinel: the plain fields are read.
     pub unsafe fn validate<O: Os>(&self, be: &Backend<O>) -> Result<(), Violation> {
-        let sentinel = matches!(self.state(), HeapState::Empty | HeapState::Dead);
+        let sentinel = matches!(
+            self.state(),
+            HeapState::Empty | HeapState::Dead | HeapState::Drained
+        );
         check(
             !sentinel || (self.is_empty() && self.max_bytes.get() == 0),
             "ThreadHeap",
             7,
             "a sentinel heap was written",
+            self as *const ThreadHeap as usize,
+        )?;
+        check(
+            !self.was_drained(),
+            "ThreadHeap",
+            9,
+            "a drained heap was not settled before its owner used it",
             self as *const ThreadHeap as usize,
         )?;
         let seq = self.move_seq_again();
