@@ -332,10 +332,15 @@ pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
     }
     path[n..n + 5].copy_from_slice(b"/stat");
     // path[n + 5] is the NUL already.
+    // Raw system calls, not libc's wrappers: a library that interposes `open`
+    // may allocate, and the caller (the purge thread's drain) holds allocator
+    // locks.
     // SAFETY: `path` is NUL-terminated; the flags open it read-only.
     let fd = unsafe {
-        libc::open(
-            path.as_ptr().cast(),
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
             libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY,
         )
     };
@@ -346,9 +351,9 @@ pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
     // so the state is the first field after the *last* ')' in the first 128 bytes.
     let mut buf = [0u8; 128];
     // SAFETY: reads at most buf.len() bytes into `buf`, from the descriptor above.
-    let got = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let got = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
     // SAFETY: closes the descriptor opened above, once.
-    unsafe { libc::close(fd) };
+    unsafe { libc::syscall(libc::SYS_close, fd) };
     if got <= 0 {
         return None;
     }

@@ -592,6 +592,34 @@ mod tests {
     }
 
     #[test]
+    fn a_running_thread_is_not_sleeping_a_blocked_one_is_and_no_thread_is_unknown() {
+        assert_eq!(
+            thread_sleeping(thread_id()),
+            Some(false),
+            "this thread runs"
+        );
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            tid_tx.send(thread_id()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert_ne!(tid, thread_id());
+        let start = std::time::Instant::now();
+        while thread_sleeping(tid) != Some(true) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "a thread blocked on a channel never showed as sleeping"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        go_tx.send(()).unwrap();
+        h.join().unwrap();
+        assert_eq!(thread_sleeping(u32::MAX), None, "no such thread");
+    }
+
+    #[test]
     fn errno_reads_back_what_was_set() {
         set_errno(ENOMEM);
         assert_eq!(errno(), ENOMEM);
