@@ -279,7 +279,10 @@ mod api {
 
     /// Flushes the calling thread's cache, moves every central batch back to its
     /// spans, purges every free page, unmaps every wholly free chunk and every
-    /// cached huge mapping, now. Other threads' caches are untouched.
+    /// cached huge mapping, now. Other threads' caches are drained where those
+    /// threads sleep in the kernel at the moment (x86-64 Linux: all but two
+    /// objects a size class, as the background purge thread does with threads
+    /// idle for a purge delay); a running thread's cache is left alone.
     ///
     /// Returns the bytes given back to the OS: the fall of [`Gauges::resident_bytes`]
     /// (less the metadata arena, which is never returned) across the call. So every

@@ -30,6 +30,62 @@ fn run_child(name: &str) -> String {
     child::pass(name, Env::Clean, VARS)
 }
 
+/// Running `release_memory()` drains the caches of threads that sleep at the
+/// moment, without the purge thread (off here) and without an idle delay.
+#[test]
+#[ignore = "a child of release_memory_drains_sleeping_threads"]
+fn child_release() {
+    assert!(
+        !strata::background_purge().running,
+        "STRATA_BACKGROUND_PURGE=0"
+    );
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let h = thread::spawn(move || {
+        let kept: Vec<(Vec<u8>, u64)> = (0..500u64).map(|i| (block(100, i), i)).collect();
+        fill_and_free(4000, 3);
+        ready_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        for (b, s) in &kept {
+            check_block(b, *s);
+        }
+        fill_and_free(4000, 5);
+        strata::validate_heap().expect("the woken thread's heap");
+    });
+    ready_rx.recv().unwrap();
+    let before = strata::stats().thread_cached_bytes;
+    // The thread blocks on its channel soon after it said it was ready.
+    let drained = wait_for(|| {
+        strata::release_memory();
+        strata::stats().thread_cached_bytes < 512 << 10
+    });
+    let after = strata::stats().thread_cached_bytes;
+    println!(
+        "release: thread-cached {} KiB before, {} KiB after",
+        before >> 10,
+        after >> 10
+    );
+    assert!(before > 1 << 20, "the thread cached {before} bytes only");
+    assert!(
+        drained,
+        "release_memory left {after} bytes in a sleeping thread's cache"
+    );
+    go_tx.send(()).unwrap();
+    h.join().unwrap();
+    strata::validate_heap().expect("after the thread");
+}
+
+#[test]
+fn release_memory_drains_sleeping_threads() {
+    let out = child::pass(
+        "child_release",
+        Env::Clean,
+        &[("STRATA_PERCPU", "0"), ("STRATA_BACKGROUND_PURGE", "0")],
+    );
+    println!("{out}");
+    assert!(out.contains("release: "), "{out}");
+}
+
 /// A block of `size` bytes filled with a pattern of `seed`.
 fn block(size: usize, seed: u64) -> Vec<u8> {
     (0..size)

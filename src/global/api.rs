@@ -24,6 +24,8 @@ pub(crate) fn flush_thread_cache() {
 /// See [`crate::release_memory`] (which measures what it gave back around this).
 pub(crate) fn release_memory() {
     flush_thread_cache();
+    // Other threads' caches, where their threads sleep now (`drain`'s protocol).
+    super::drain_idle_thread_caches(0);
     BACKEND.release_shared();
 }
 

@@ -234,9 +234,10 @@ struct OwnHeap {
     _guard: crate::sync::LockGuard<'static>,
 }
 
-/// Drains the caches of threads that slept through `passes` calls in a row (the
-/// background purge thread's pass; `front::thread_cache::drain`): the bytes
-/// moved to the central tier.
+/// Drains the caches of threads that left them alone through `passes` calls in a
+/// row and sleep now (the background purge thread's pass; with 0, whatever they
+/// did before: `release_memory`; `front::thread_cache::drain`): the bytes moved
+/// to the central tier.
 pub(crate) fn drain_idle_thread_caches(passes: u32) -> usize {
     if !DRAINS {
         return 0;

@@ -164,7 +164,8 @@ impl ThreadHeap {
     }
 
     /// Drains the heap if its owner has left it alone for `passes` calls in a row
-    /// and sleeps now (the module docs' protocol); the bytes moved to the central
+    /// (0: whatever it did before: `release_memory`) and sleeps now (the module
+    /// docs' protocol); the bytes moved to the central
     /// tier. `sentinel` is the `Drained` heap the owner's slot is pointed at;
     /// `sleeping` tells whether a thread id's thread is blocked in the kernel.
     ///
@@ -183,15 +184,20 @@ impl ThreadHeap {
         if self.tid.load(Ordering::Relaxed) == 0 {
             return 0;
         }
-        let now = self.activity();
-        if now != self.idle_activity.load(Ordering::Relaxed) {
-            self.idle_activity.store(now, Ordering::Relaxed);
-            self.idle_passes.store(0, Ordering::Relaxed);
-            return 0;
+        if passes > 0 {
+            let now = self.activity();
+            if now != self.idle_activity.load(Ordering::Relaxed) {
+                self.idle_activity.store(now, Ordering::Relaxed);
+                self.idle_passes.store(0, Ordering::Relaxed);
+                return 0;
+            }
+            let seen = self.idle_passes.load(Ordering::Relaxed).saturating_add(1);
+            self.idle_passes.store(seen, Ordering::Relaxed);
+            if seen < passes {
+                return 0;
+            }
         }
-        let seen = self.idle_passes.load(Ordering::Relaxed).saturating_add(1);
-        self.idle_passes.store(seen, Ordering::Relaxed);
-        if seen < passes || self.drained.load(Ordering::Relaxed) {
+        if self.drained.load(Ordering::Relaxed) {
             return 0;
         }
         // Nothing beyond what a drain keeps: not worth the system calls.
