@@ -56,6 +56,7 @@ MUTANTS=(
     "percpu_one_fence                percpu_handoff  a non-owner unlocks a CPU's header with no second fence (the old drain bug)"
     "percpu_no_first_fence           percpu_handoff  a non-owner works on a CPU's stack without fencing it after the lock"
     "percpu_grow_locked              percpu_handoff  a capacity widened while a non-owner holds the header locked"
+    "drain_no_fence                  thread_cache_drain a sleeping thread's drain reads its state with no fence after swapping its slot"
 )
 
 want=("$@")

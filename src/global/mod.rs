@@ -181,7 +181,14 @@ fn init_thread_within(limit: usize) -> Option<*mut ThreadHeap> {
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls)))]
 fn enable_drain(h: *mut ThreadHeap) {
     // SAFETY: `h` is the calling thread's live heap (never freed).
-    unsafe { (*h).enable_drain(platform::thread_id(), tls::addr()) };
+    // The slot is an aligned pointer that the owner only moves whole (assembly
+    // `mov`s): an `AtomicPtr` to the drainer (same size and alignment).
+    unsafe {
+        (*h).enable_drain(
+            platform::thread_id(),
+            tls::addr().cast::<core::sync::atomic::AtomicPtr<ThreadHeap>>(),
+        )
+    };
 }
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls))))]
 fn enable_drain(_h: *mut ThreadHeap) {}

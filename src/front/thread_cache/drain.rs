@@ -71,9 +71,8 @@ use crate::backend::Backend;
 use crate::link::{FreeObj, end_to_null};
 use crate::os::Os;
 use crate::size_class::{CLASS_BATCH, CLASS_SIZE, SizeClass};
-use crate::sync::{LockGuard, Ordering, fence};
+use crate::sync::{AtomicPtr, LockGuard, Ordering, fence};
 use core::ptr;
-use core::sync::atomic::AtomicPtr;
 
 /// Objects each list keeps through a drain (see the module docs: the most an
 /// operation in flight can touch).
@@ -96,7 +95,7 @@ impl ThreadHeap {
     /// Makes the heap drainable: its owner is thread `tid`, whose TLS slot is at
     /// `slot`. The owner calls it once its slot points at the heap and the thread
     /// key holds it (so that it finds the heap again after a drain).
-    pub fn enable_drain(&self, tid: u32, slot: *mut *mut ThreadHeap) {
+    pub fn enable_drain(&self, tid: u32, slot: *const AtomicPtr<ThreadHeap>) {
         // Relaxed: read by the drainer under `drain_lock`, which the owner takes
         // before its next slow path; a drainer that misses the values skips.
         self.slot.store(slot as usize, Ordering::Relaxed);
@@ -122,6 +121,13 @@ impl ThreadHeap {
     #[inline]
     pub(crate) fn lock_for_owner(&self) -> LockGuard<'_> {
         self.drain_lock.guard()
+    }
+
+    /// Runs `f` with the heap's drain lock held (the owner's slow paths, for the
+    /// models and tests outside the crate).
+    pub fn with_drain_lock<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _g = self.lock_for_owner();
+        f()
     }
 
     /// Whether a drain emptied the heap since its owner last settled it.
@@ -225,7 +231,7 @@ impl ThreadHeap {
     ) -> usize {
         // Relaxed: written by the owner before a slow path it took the lock for,
         // or under the lock at exit.
-        let slot = self.slot.load(Ordering::Relaxed) as *mut *mut ThreadHeap;
+        let slot = self.slot.load(Ordering::Relaxed) as *const AtomicPtr<ThreadHeap>;
         let tid = self.tid.load(Ordering::Relaxed);
         if slot.is_null() || tid == 0 {
             return 0;
@@ -234,9 +240,9 @@ impl ThreadHeap {
         // SAFETY: `slot` is the owner's TLS slot, alive while the heap is drainable
         // (the owner turns drains off under this lock before its TLS goes away),
         // aligned for a pointer; the owner reads and writes it with single
-        // 8-byte moves (`platform::thread_slot!`), so an atomic access here is
-        // one as well.
-        let slot = unsafe { AtomicPtr::from_ptr(slot) };
+        // 8-byte moves (`platform::thread_slot!`), so it is an atomic pointer to
+        // this access (under loom, the model's own atomic).
+        let slot = unsafe { &*slot };
         // SeqCst: the swap, then the fence, then the read of the owner's state:
         // the store-buffering order of the module docs.
         if slot
@@ -245,6 +251,8 @@ impl ThreadHeap {
         {
             return 0;
         }
+        // Mutant: no fence between the swap and the read of the owner's state.
+        #[cfg(not(strata_mutant = "drain_no_fence"))]
         fence(Ordering::SeqCst);
         if sleeping(tid) != Some(true) {
             // SeqCst: as above. Fails only if the owner's exit stored DEAD since.
@@ -254,6 +262,8 @@ impl ThreadHeap {
         // The owner sleeps and finds the sentinel when it wakes: we own the heap
         // until the lock is released (see the module docs for the one operation
         // that may be in flight, and why the first two objects stay).
+        #[cfg(strata_loom)]
+        self.touch();
         self.begin_move();
         let mut bytes = 0;
         for (ci, (list, &size)) in self.lists.iter().zip(CLASS_SIZE.iter()).enumerate() {

@@ -6,6 +6,7 @@ use super::drain::KEEP;
 use super::*;
 use crate::backend::Backend;
 use crate::os::SysOs;
+use crate::sync::AtomicPtr;
 
 fn backend() -> &'static Backend<SysOs> {
     Box::leak(Box::new(Backend::new(SysOs)))
@@ -47,7 +48,7 @@ fn heap_with(
     }
     // SAFETY: the caller's slot outlives the heap's use in the test.
     unsafe { *slot = ptr::from_ref(&*heap).cast_mut() };
-    heap.enable_drain(4242, slot);
+    heap.enable_drain(4242, slot.cast::<AtomicPtr<ThreadHeap>>());
     heap
 }
 
