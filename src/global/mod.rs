@@ -262,9 +262,15 @@ pub(crate) fn drain_idle_thread_caches(passes: u32) -> usize {
 fn forget_drains_in_child() {
     let mut mine = heap();
     if mine == sentinel(&DRAINED) {
-        mine = thread_key().map_or(ptr::null_mut(), |k| {
-            platform::thread_key_get(k).cast::<ThreadHeap>()
-        });
+        // Not `thread_key()`: a creation another thread had under way at the fork
+        // would keep it waiting forever here. A drained heap's key is ready.
+        // Acquire: pairs with the Release that published KEY.
+        mine = if KEY_STATE.load(Ordering::Acquire) == KEY_READY {
+            let key = ThreadKey::from_bits(KEY.load(Ordering::Relaxed));
+            platform::thread_key_get(key).cast::<ThreadHeap>()
+        } else {
+            ptr::null_mut()
+        };
     }
     let tid = if DRAINS { platform::thread_id() } else { 0 };
     // SAFETY: the fork handlers hold the pool lock.
