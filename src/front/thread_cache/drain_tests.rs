@@ -190,3 +190,116 @@ fn the_slot_of_an_exiting_owner_is_not_touched() {
     // SAFETY: this thread owns the heap.
     unsafe { heap.flush_all(be) };
 }
+
+/// Allocates `n` objects of class `c` from the central tier directly and returns
+/// them (the caller frees them): after a drain, these come from what it moved.
+fn take_from_central(c: SizeClass, n: usize, be: &Backend<SysOs>) -> Vec<*mut u8> {
+    (0..n)
+        .map(|_| {
+            let p = be.alloc_small_direct(c);
+            assert!(!p.is_null());
+            p
+        })
+        .collect()
+}
+
+/// The module docs' stopped case, a pop: the owner loaded the head `e0` and its
+/// link `e1`, then stopped (a signal handler that blocks); the drain runs; the
+/// owner resumes and stores the head and clears `e0`, as `pop` does. Neither `e0`
+/// (handed out) nor `e1` (the new head) is among what the drain moved, and the
+/// owner's settle finds a consistent list.
+#[test]
+fn a_pop_in_flight_through_a_drain_keeps_what_it_touches() {
+    let be = backend();
+    let c = SizeClass(3);
+    let mut slot: *mut ThreadHeap = ptr::null_mut();
+    let heap = heap_with(c, 200, be, &mut slot);
+    let cached = heap.cached(c);
+    let list = &heap.lists[c.index()];
+    // The pop's first half.
+    let e0 = list.head.raw();
+    // SAFETY: the heap's own list head (invariant 1), decoded as `pop` does.
+    let e1 = unsafe { FreeObj::pop_next(e0, c, heap.link_key.get(), heap.link_mask.get()) }
+        .expect("a non-empty list");
+    let moved = passes(&heap, 3, Some(true), be);
+    assert_eq!(moved, (cached - KEEP as usize) * c.size_bytes());
+    // The pop's second half, on the real heap, as the stopped owner resumes it.
+    list.head.set_raw(e1);
+    // SAFETY: `e0` is the object the pop hands out.
+    unsafe { FreeObj::clear(e0) };
+    list.len.sub(1);
+    let from_central = take_from_central(c, cached + 8, be);
+    for &p in &from_central {
+        assert_ne!(p, e0.cast(), "the object the pop handed out was drained");
+        assert_ne!(p, e1.cast(), "the pop's new head was drained");
+    }
+    heap.with_drain_lock(|| {
+        // SAFETY: this thread owns the heap and holds its drain lock.
+        unsafe {
+            heap.settle();
+            heap.validate(be).unwrap();
+            assert_eq!(heap.cached(c), 1, "e1 alone");
+            assert_eq!(heap.pop(c), e1.cast());
+            assert!(heap.pop(c).is_null());
+        }
+    });
+    // SAFETY: every object here is ours and free now.
+    unsafe {
+        for p in from_central.into_iter().chain([e0.cast(), e1.cast()]) {
+            be.free_small_direct(c, p);
+        }
+        heap.flush_all(be);
+    }
+    be.validate().unwrap();
+}
+
+/// The same for a push: the owner loaded the head `e0` for the new object `x`'s
+/// link, stopped, the drain ran, and the push completes: `x` links to `e0` and
+/// `e1`, which the drain left, and nothing of the list is in the central tier.
+#[test]
+fn a_push_in_flight_through_a_drain_links_to_what_the_drain_left() {
+    let be = backend();
+    let c = SizeClass(3);
+    let mut slot: *mut ThreadHeap = ptr::null_mut();
+    let heap = heap_with(c, 200, be, &mut slot);
+    let cached = heap.cached(c);
+    let x = be.alloc_small_direct(c).cast::<FreeObj>();
+    assert!(!x.is_null());
+    let list = &heap.lists[c.index()];
+    // The push's first half: the salt, the head loaded.
+    let salt = FreeObj::salt(x, heap.link_key.get());
+    let e0 = list.head.raw();
+    assert!(passes(&heap, 3, Some(true), be) > 0);
+    // The second half: the link, then the head.
+    // SAFETY: `x` is the object being freed, ours; the salt is its own.
+    unsafe { FreeObj::set_next_salted(x, e0, salt) };
+    list.head.set_raw(x);
+    list.len.add(1);
+    let from_central = take_from_central(c, cached + 8, be);
+    heap.with_drain_lock(|| {
+        // SAFETY: this thread owns the heap and holds its drain lock.
+        unsafe {
+            heap.settle();
+            heap.validate(be).unwrap();
+            assert_eq!(heap.cached(c), 1 + KEEP as usize);
+            let kept: Vec<*mut u8> = (0..3).map(|_| heap.pop(c)).collect();
+            assert_eq!(kept[0], x.cast());
+            assert_eq!(kept[1], e0.cast());
+            assert!(heap.pop(c).is_null());
+            for p in &kept {
+                assert!(!from_central.contains(p), "{p:?} both cached and drained");
+            }
+            for p in kept {
+                be.free_small_direct(c, p);
+            }
+        }
+    });
+    // SAFETY: every object here is ours and free now.
+    unsafe {
+        for p in from_central {
+            be.free_small_direct(c, p);
+        }
+        heap.flush_all(be);
+    }
+    be.validate().unwrap();
+}
