@@ -79,12 +79,15 @@ size_t strata_release_memory(void);
  * runs already; 0: asks it to stop (it exits within a second). Every half purge
  * delay (10 ms to 1 s) the thread purges free pages, unmaps wholly free chunks
  * beyond one and unmaps cached huge blocks, of what has been free for longer
- * than the purge delay, and returns central batches of size classes no thread
- * touched since its last pass to their spans, so that an idle program gives
- * that memory back. Off by
- * default; STRATA_BACKGROUND_PURGE=1 starts it at load. A forked child starts
- * without it. Returns 1 if it runs after the call, else 0. Not from a signal
- * handler (it may create a thread).
+ * than the purge delay, returns central batches of size classes no thread
+ * touched since its last pass to their spans, and drains the cache of a
+ * thread that left it unused for the purge delay and sleeps in the kernel
+ * (x86-64 Linux; two objects a size class stay), so that an idle program gives
+ * that memory back. It starts on its own once the heap reaches 64 MiB (16 MiB
+ * with 8 threads allocating at once); STRATA_BACKGROUND_PURGE=1 starts it at
+ * load, =0 keeps it off. A forked child starts without it. Returns 1 if it
+ * runs after the call, else 0. Not from a signal handler (it may create a
+ * thread).
  */
 int strata_background_purge(int enable);
 

@@ -51,8 +51,9 @@
 //!
 //! - [`stats`]: a snapshot of the heap ([`Stats`], printable as a table or JSON);
 //!   [`gauges`]: its main byte figures without a lock, for metrics ([`Gauges`]).
-//! - [`release_memory`]: flush the calling thread's cache and return every free page
-//!   to the OS now; [`flush_thread_cache`] only flushes the cache.
+//! - [`release_memory`]: flush the calling thread's cache (and those of threads
+//!   asleep at the moment) and return every free page to the OS now;
+//!   [`flush_thread_cache`] only flushes the calling thread's cache.
 //! - [`set_thread_cache_budget`], [`set_purge_delay_ms`], [`set_huge_cache_bytes`]:
 //!   tune the cache budget, the purge delay and the cache of freed huge blocks.
 //! - [`set_thread_cache_pool_bytes`]: the room all thread caches together may borrow
@@ -343,8 +344,10 @@ mod api {
     /// has been free for longer than the purge delay, and moves the central batches
     /// of size classes and the per-CPU caches of CPUs that no thread touched since
     /// its last pass back to their spans, so that a program that goes idle gives
-    /// that memory back without calling [`release_memory`]. It never touches a
-    /// thread's cache. Without this call it starts on its own the first time the
+    /// that memory back without calling [`release_memory`]. It also drains the
+    /// cache of a thread that left it unused for the purge delay and sleeps in
+    /// the kernel (x86-64 Linux; two objects a size class stay; the thread finds
+    /// out at its next slow path). Without this call it starts on its own the first time the
     /// heap's mapped bytes reach 64 MiB (unless `STRATA_BACKGROUND_PURGE=0` or
     /// [`stop_background_purge`] said no); a forked child starts without it.
     /// Returns whether it runs (false only if the OS refused a thread).

@@ -234,11 +234,22 @@ impl Write for FdLines {
     }
 }
 
-/// Writes [`crate::Stats`]'s table to stderr, each line prefixed `strata: `.
+/// Writes [`crate::Stats`]'s table and what the background purge thread did to
+/// stderr, each line prefixed `strata: `.
 pub(crate) fn print_stats() {
     let stats = crate::stats();
     let mut out = FdLines::new(platform::STDERR);
     let _ = write!(out, "{stats}");
+    let bp = crate::background_purge();
+    let _ = writeln!(
+        out,
+        "  background purge: {} ({} passes), released {}, drained {} ({} of it from sleeping threads' caches)",
+        if bp.running { "running" } else { "not running" },
+        bp.passes,
+        crate::stats::Bytes(bp.released_bytes),
+        crate::stats::Bytes(bp.drained_bytes),
+        crate::stats::Bytes(bp.thread_cache_drained_bytes),
+    );
     out.flush();
 }
 
