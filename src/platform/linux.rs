@@ -303,13 +303,34 @@ pub(super) fn thread_id() -> u32 {
     (unsafe { libc::syscall(libc::SYS_gettid) }) as u32
 }
 
-/// Whether thread `tid` of this process is asleep in the kernel (state `S` in
-/// `/proc/self/task/<tid>/stat`: an interruptible wait, which is where an idle
-/// thread blocks: futex, poll, read, sleep). None if the file cannot be read (no
-/// `/proc`, no such thread, a descriptor limit). Opens, reads and closes the file
-/// with a stack buffer: no allocation.
+/// Whether thread `tid` of this process is asleep in a system call: state `S` in
+/// `/proc/self/task/<tid>/stat` (an interruptible wait, where an idle thread
+/// blocks: futex, poll, read, sleep), and then a system call number in
+/// `/proc/self/task/<tid>/syscall` (a thread blocked in a page fault, such as one
+/// on `userfaultfd` memory, or stopped by the cgroup freezer after an interrupt,
+/// shows `-1` there: it may be anywhere in its code, and is refused). None if
+/// either file cannot be read (no `/proc`, no such thread, a descriptor limit).
+/// Opens, reads and closes the files with stack buffers: no allocation.
 pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
-    // "/proc/self/task/" + up to 10 digits + "/stat" + NUL.
+    let mut buf = [0u8; 128];
+    let text = read_task_file(tid, b"/stat", &mut buf)?;
+    // "tid (comm) S ...": comm is at most 16 bytes, but may hold ')' and spaces,
+    // so the state is the first field after the *last* ')' in the first 128 bytes.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    if *text.get(close + 2)? != b'S' {
+        return Some(false);
+    }
+    // "NR arg1 ... sp pc" in a system call, "-1 sp pc" blocked outside one,
+    // "running" if it runs (it woke meanwhile).
+    let mut buf = [0u8; 128];
+    let text = read_task_file(tid, b"/syscall", &mut buf)?;
+    Some(text.first().is_some_and(u8::is_ascii_digit))
+}
+
+/// Reads up to `buf.len()` bytes of `/proc/self/task/<tid><name>` into `buf`;
+/// what was read, None if nothing could be.
+fn read_task_file<'a>(tid: u32, name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // "/proc/self/task/" + up to 10 digits + the name (at most 13) + NUL.
     let mut path = [0u8; 40];
     let prefix = b"/proc/self/task/";
     path[..prefix.len()].copy_from_slice(prefix);
@@ -330,8 +351,11 @@ pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
         path[n] = digits[k];
         n += 1;
     }
-    path[n..n + 5].copy_from_slice(b"/stat");
-    // path[n + 5] is the NUL already.
+    path.get_mut(n..n + name.len())?.copy_from_slice(name);
+    if n + name.len() >= path.len() {
+        return None;
+    }
+    // path[n + name.len()] is the NUL already.
     // Raw system calls, not libc's wrappers: a library that interposes `open`
     // may allocate, and the caller (the purge thread's drain) holds allocator
     // locks.
@@ -347,9 +371,6 @@ pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
     if fd < 0 {
         return None;
     }
-    // "tid (comm) S ...": comm is at most 16 bytes, but may hold ')' and spaces,
-    // so the state is the first field after the *last* ')' in the first 128 bytes.
-    let mut buf = [0u8; 128];
     // SAFETY: reads at most buf.len() bytes into `buf`, from the descriptor above.
     let got = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
     // SAFETY: closes the descriptor opened above, once.
@@ -357,10 +378,7 @@ pub(super) fn thread_sleeping(tid: u32) -> Option<bool> {
     if got <= 0 {
         return None;
     }
-    let text = &buf[..got as usize];
-    let close = text.iter().rposition(|&b| b == b')')?;
-    let state = *text.get(close + 2)?;
-    Some(state == b'S')
+    buf.get(..got as usize)
 }
 
 pub(super) fn thread_key_get(key: ThreadKey) -> *mut c_void {

@@ -323,9 +323,10 @@ pub(crate) fn thread_id() -> u32 {
     sys::thread_id()
 }
 
-/// Whether thread `tid` of this process is blocked in an interruptible wait in
-/// the kernel (where idle threads sleep: a futex, `poll`, `read`, a sleep); None
-/// if the OS cannot say. Does not allocate; a few system calls.
+/// Whether thread `tid` of this process is blocked in an interruptible wait
+/// inside a system call (where idle threads sleep: a futex, `poll`, `read`, a
+/// sleep; not a page fault, not the freezer's stop after an interrupt); None if
+/// the OS cannot say. Does not allocate; a few system calls.
 #[inline]
 pub(crate) fn thread_sleeping(tid: u32) -> Option<bool> {
     sys::thread_sleeping(tid)

@@ -20,8 +20,9 @@
 //!    exiting thread's slot holds `DEAD` instead, and nothing is done), then a
 //!    SeqCst fence.
 //! 4. Read the owner's scheduler state (`/proc/self/task/<tid>/stat`): it must be
-//!    `S`, blocked in an interruptible wait in the kernel. Otherwise put the slot
-//!    back (CAS) and stop.
+//!    `S`, blocked in an interruptible wait in the kernel, and inside a system
+//!    call (`/proc/self/task/<tid>/syscall` names one; `platform::thread_sleeping`).
+//!    Otherwise put the slot back (CAS) and stop.
 //! 5. Move every list's objects but the first two to the central tier; lower the
 //!    maxima to what is left; mark the heap `drained`; release the lock. The slot
 //!    stays at the sentinel.
@@ -40,13 +41,13 @@
 //!   next load of the slot after the drainer's read of its state, so it reads the
 //!   sentinel (the store-buffering pattern with a fence on both sides).
 //! - An operation that loaded the heap pointer before step 3 and is still under
-//!   way: a fast path never enters the kernel on its own, so a thread found in
-//!   state `S` is not inside one, except where something stopped it there and then
-//!   blocked: a signal handler that interrupted a `malloc` and then waits in a
-//!   system call, a page fault on memory registered with `userfaultfd`, the cgroup
-//!   freezer. (Preempted: `R`; a page-fault wait: `D`; stopped or traced: `T`,
-//!   `t`; all refused.) For those, step 5 leaves the first two objects of every
-//!   list: the one operation that can be in flight (a thread runs one at a time,
+//!   way: a fast path makes no system call, so a thread found asleep inside one
+//!   is not inside a fast path, except where a signal handler interrupted a
+//!   `malloc` and then waits in a system call of its own. (Preempted: `R`; a
+//!   page-fault wait: `D`, or `S` with no system call, as on `userfaultfd`
+//!   memory or in the cgroup freezer's stop after an interrupt; stopped or
+//!   traced: `T`, `t`; all refused.) For that one case, step 5 leaves the first
+//!   two objects of every list: the one operation that can be in flight (a thread runs one at a time,
 //!   and a signal handler may not allocate) touches only the head and the first
 //!   object's link (a pop reads `e0`'s link and stores the head; a push writes the
 //!   new object's link and stores the head), never the link of `e1` that the cut
@@ -54,8 +55,8 @@
 //!   two links with volatile loads and gives a class up if they do not decode
 //!   (a pop that cleared `e0`'s link under it); `try_push` stores the new link
 //!   before the head (a compiler fence keeps that order; x86-64 keeps stores in
-//!   order), so a head the drainer sees always links on. Only in those stopped
-//!   cases, and only if the thread resumes during the drain itself (microseconds),
+//!   order), so a head the drainer sees always links on. Only in that stopped
+//!   case, and only if the thread resumes during the drain itself (microseconds),
 //!   do the two touch the same words at once; the drain is built for x86-64 Linux
 //!   only, whose stores are seen in program order. The in-flight operation may
 //!   write a stale `len`: `settle` recounts.
