@@ -8,7 +8,7 @@
 //! atomic the owner stores before it blocks (Release: its operations before) and
 //! after it wakes (then a SeqCst fence, as the context switch gives), read by the
 //! drainer's `sleeping` closure; the owner's TLS slot is a loom atomic the owner
-//! loads at every operation, as `global` loads its slot; `global::own_heap`'s
+//! loads at every operation, as `global` loads its slot; `global::take_back_drained_heap`'s
 //! recovery (lock, settle, slot back) is mirrored in `op_slow`. The drain itself is
 //! the shipped `ThreadHeap::try_drain_idle`. Not modelled: an operation in flight
 //! while the owner shows asleep (a blocking signal handler; the two objects each
@@ -50,7 +50,7 @@ impl Owner {
         unsafe { &*(self.heap as *const ThreadHeap) }
     }
 
-    /// The slow path as `global::own_heap` takes it: the drain lock, `settle`, the
+    /// The slow path as `global::own_heap` and `take_back_drained_heap` take it: the drain lock, `settle`, the
     /// slot back at the heap if it held the sentinel, then `f`.
     fn op_slow<R>(&self, saw_sentinel: bool, f: impl FnOnce(&ThreadHeap) -> R) -> R {
         let h = self.h();

@@ -193,41 +193,60 @@ fn enable_drain(h: *mut ThreadHeap) {
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(strata_portable_tls))))]
 fn enable_drain(_h: *mut ThreadHeap) {}
 
-/// The calling thread's own heap, live, with its drain lock held, for a slow path
-/// or a call that changes it: the heap `h` (the thread's slot) points at, or, if
-/// `h` is the `DRAINED` sentinel, the heap a drain took it from, found through the
-/// thread key, settled (`ThreadHeap::settle`) and put back in the slot. None for
-/// a thread without a live heap.
-fn own_heap(h: *mut ThreadHeap) -> Option<OwnHeap> {
+/// The heap the thread key holds for the calling thread, without waiting for the
+/// key's creation (null if the key is not ready: a heap is made drainable only
+/// once the key holds it, so a drained heap's key is ready; a fork child may find
+/// a creation another thread had under way, which would never finish there).
+fn key_heap() -> *mut ThreadHeap {
+    // Acquire: pairs with the Release that published KEY.
+    if KEY_STATE.load(Ordering::Acquire) != KEY_READY {
+        return ptr::null_mut();
+    }
+    let key = ThreadKey::from_bits(KEY.load(Ordering::Relaxed));
+    platform::thread_key_get(key).cast::<ThreadHeap>()
+}
+
+/// The calling thread's slot holds `DRAINED`: takes its heap back (found through
+/// the thread key), settles it under its drain lock (`ThreadHeap::settle`) and
+/// points the slot at it again; the caller then retries its operation, fast path
+/// first. None if the heap cannot be found (it then stays at the sentinel, whose
+/// slow paths use the central tier directly).
+fn take_back_drained_heap() -> Option<*mut ThreadHeap> {
+    let p = key_heap();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the key's value is this thread's live heap (`init_thread`), never
+    // freed; shared, as other threads read its counters.
+    let heap = unsafe { &*p };
+    let _g = heap.lock_for_owner();
+    // SAFETY: this thread's heap, its drain lock held.
+    unsafe { heap.settle() };
+    tls::set(p);
+    Some(p)
+}
+
+/// The calling thread's own live heap with its drain lock held, for a call that
+/// changes it: the heap `h` (the thread's slot) points at, or the one a drain took
+/// the slot from (taken back first); None for a thread without a live heap.
+fn own_heap(mut h: *mut ThreadHeap) -> Option<OwnHeap> {
+    if h == sentinel(&DRAINED) {
+        h = take_back_drained_heap()?;
+    }
     if h.is_null() {
         return None;
     }
     // SAFETY: the calling thread's slot holds its live heap or a sentinel, all
     // never freed; shared, as other threads read a heap's counters.
-    let mut heap: &'static ThreadHeap = unsafe { &*h };
-    let drained = match heap.state() {
-        HeapState::Live => false,
-        HeapState::Drained => {
-            let p = platform::thread_key_get(thread_key()?).cast::<ThreadHeap>();
-            if p.is_null() {
-                return None;
-            }
-            // SAFETY: the key's value is this thread's live heap (`init_thread`;
-            // a heap is drained only after the key holds it).
-            heap = unsafe { &*p };
-            true
-        }
-        HeapState::Empty | HeapState::Dead | HeapState::Pooled => return None,
-    };
+    let heap: &'static ThreadHeap = unsafe { &*h };
+    if heap.state() != HeapState::Live {
+        return None;
+    }
     let guard = heap.lock_for_owner();
     // SAFETY: the heap is this thread's and its drain lock is held.
     unsafe { heap.settle() };
-    if drained {
-        tls::set(ptr::from_ref(heap).cast_mut());
-    }
     Some(OwnHeap {
         heap,
-        recovered: drained,
         _guard: guard,
     })
 }
@@ -235,9 +254,6 @@ fn own_heap(h: *mut ThreadHeap) -> Option<OwnHeap> {
 /// The calling thread's live heap with its drain lock held (see [`own_heap`]).
 struct OwnHeap {
     heap: &'static ThreadHeap,
-    /// The slot pointed at `DRAINED`: the fast path never saw this heap, whose
-    /// lists may hold what the drain left.
-    recovered: bool,
     _guard: crate::sync::LockGuard<'static>,
 }
 
@@ -262,15 +278,7 @@ pub(crate) fn drain_idle_thread_caches(passes: u32) -> usize {
 fn forget_drains_in_child() {
     let mut mine = heap();
     if mine == sentinel(&DRAINED) {
-        // Not `thread_key()`: a creation another thread had under way at the fork
-        // would keep it waiting forever here. A drained heap's key is ready.
-        // Acquire: pairs with the Release that published KEY.
-        mine = if KEY_STATE.load(Ordering::Acquire) == KEY_READY {
-            let key = ThreadKey::from_bits(KEY.load(Ordering::Relaxed));
-            platform::thread_key_get(key).cast::<ThreadHeap>()
-        } else {
-            ptr::null_mut()
-        };
+        mine = key_heap();
     }
     let tid = if DRAINS { platform::thread_id() } else { 0 };
     // SAFETY: the fork handlers hold the pool lock.
@@ -359,26 +367,16 @@ fn alloc_small_slow(mut h: *mut ThreadHeap, c: SizeClass) -> *mut u8 {
         "a sentinel or pooled heap holds objects"
     );
     let own = match heap.state() {
-        HeapState::Live | HeapState::Drained => own_heap(h),
+        HeapState::Live => own_heap(h),
+        // Missed on the sentinel, not on the heap: taken back, the whole
+        // operation again (its fast path may hit what the drain left).
+        HeapState::Drained if take_back_drained_heap().is_some() => return alloc_small(c),
         HeapState::Empty => own_heap(init_thread()),
-        HeapState::Dead | HeapState::Pooled => None,
+        HeapState::Drained | HeapState::Dead | HeapState::Pooled => None,
     };
     let p = match own {
-        // SAFETY: the thread's own live heap, its drain lock held; the fast path
-        // first where it missed on the `DRAINED` sentinel, not on this heap
-        // (`alloc_slow` refills an empty list only).
-        Some(own) => unsafe {
-            let p = if own.recovered {
-                Front::alloc_fast(own.heap, c)
-            } else {
-                ptr::null_mut()
-            };
-            if p.is_null() {
-                BACKEND.threads.alloc_slow(own.heap, c, &BACKEND)
-            } else {
-                p
-            }
-        },
+        // SAFETY: the thread's own live heap, its drain lock held.
+        Some(own) => unsafe { BACKEND.threads.alloc_slow(own.heap, c, &BACKEND) },
         None => BACKEND.alloc_small_direct(c),
     };
     growth::on_slow_path();
@@ -414,16 +412,19 @@ unsafe fn free_small_slow(p: *mut u8, c: SizeClass, mut h: *mut ThreadHeap) {
         "a sentinel or pooled heap holds objects"
     );
     let own = match heap.state() {
-        HeapState::Live | HeapState::Drained => own_heap(h),
+        HeapState::Live => own_heap(h),
+        // As in `alloc_small_slow`: taken back, the whole operation again.
+        HeapState::Drained if take_back_drained_heap().is_some() => {
+            // SAFETY: the caller's contract, unchanged (`p` not touched yet).
+            return unsafe { free_small(c, p) };
+        }
         HeapState::Empty => own_heap(init_thread()),
-        HeapState::Dead | HeapState::Pooled => None,
+        HeapState::Drained | HeapState::Dead | HeapState::Pooled => None,
     };
     // SAFETY: the caller gives up `p`, a class-c block of ours; `own` is this
     // thread's live heap with its drain lock held.
     unsafe {
         match own {
-            // The fast path first where it missed on the `DRAINED` sentinel.
-            Some(own) if own.recovered && Front::free_fast(own.heap, c, p) => {}
             Some(own) => BACKEND.threads.free_slow(own.heap, c, p, &BACKEND),
             None => BACKEND.free_small_direct(c, p),
         }

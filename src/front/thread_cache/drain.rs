@@ -149,7 +149,6 @@ impl ThreadHeap {
         if !self.was_drained() {
             return;
         }
-        let mut max_bytes = 0;
         for (ci, list) in self.lists.iter().enumerate() {
             let c = SizeClass(ci as u8);
             let mut n = 0u32;
@@ -163,9 +162,8 @@ impl ThreadHeap {
             if list.max.get() < n {
                 list.max.set(n);
             }
-            max_bytes += list.max.get() as usize * CLASS_SIZE[ci] as usize;
         }
-        self.max_bytes.set(max_bytes);
+        self.max_bytes.set(self.lists_max_bytes());
         // Relaxed: under the lock.
         self.drained.store(false, Ordering::Relaxed);
     }
@@ -279,19 +277,10 @@ impl ThreadHeap {
             }
             list.refill_want.set(0);
         }
-        be.note_flow(self.unpublished.get() - bytes as isize);
-        self.unpublished.set(0);
-        let max_bytes = self
-            .lists
-            .iter()
-            .enumerate()
-            .map(|(ci, l)| l.max.get() as usize * CLASS_SIZE[ci] as usize)
-            .sum();
-        self.max_bytes.set(max_bytes);
-        // Invariant 8: the room borrowed goes back with the objects.
-        be.cache_pool.give_back(self.borrowed.get() as usize);
-        self.borrowed.set(0);
-        self.calm.set(0);
+        self.note_flow(-(bytes as isize), be);
+        self.max_bytes.set(self.lists_max_bytes());
+        // SAFETY: this thread owns the heap for the drain (above).
+        unsafe { self.give_back_room(be) };
         self.end_move();
         // Release: the owner's Acquire load in `was_drained` (the lock orders it
         // too; this keeps the mark meaningful to a reader without the lock).
@@ -333,21 +322,19 @@ impl ThreadHeap {
         let mut moved = 0;
         let batch = CLASS_BATCH[ci] as usize;
         while !rest.is_null() {
-            // Count up to a batch (each link checked: a corrupt one aborts).
+            // Up to a batch, each link read once and checked (a corrupt one
+            // aborts).
             let mut n = 1;
             let mut tail = rest;
-            while n < batch {
-                // SAFETY: `tail` is a free object of the cut chain, ours.
-                let next = unsafe { FreeObj::next(tail, c) };
-                if next.is_null() {
-                    break;
-                }
+            // SAFETY: `tail` is a free object of the cut chain, ours.
+            let mut next = unsafe { FreeObj::next(tail, c) };
+            while n < batch && !next.is_null() {
                 tail = next;
+                // SAFETY: as above.
+                next = unsafe { FreeObj::next(tail, c) };
                 n += 1;
             }
-            // SAFETY: `tail` is ours; its link is read before it is cut.
-            let next = unsafe { FreeObj::next(tail, c) };
-            // SAFETY: as above; the batch ends here.
+            // SAFETY: `tail` is ours; the batch ends here.
             unsafe { FreeObj::set_next(tail, ptr::null_mut()) };
             // SAFETY: `rest` starts a null-terminated chain of exactly `n` class-c
             // objects of `be`, which nobody uses now.

@@ -341,12 +341,32 @@ impl ThreadHeap {
             list.refill_want.set(0);
         }
         self.max_bytes.set(0);
-        // Invariant 8: the room goes back to the pool with the objects.
+        // SAFETY: the calling thread owns the heap, not a sentinel (the contract).
+        unsafe { self.give_back_room(be) };
+    }
+
+    /// After a whole-heap flush or a drain: the room borrowed goes back to the
+    /// pool with the objects (invariant 8), the calm count restarts, and the flow
+    /// not yet published is.
+    ///
+    /// # Safety
+    /// The calling thread owns the heap (its owner, or a drainer under its drain
+    /// lock); it is not a sentinel.
+    pub(super) unsafe fn give_back_room<O: Os>(&self, be: &Backend<O>) {
         be.cache_pool.give_back(self.borrowed.get() as usize);
         self.borrowed.set(0);
         self.calm.set(0);
         be.note_flow(self.unpublished.get());
         self.unpublished.set(0);
+    }
+
+    /// `Σ max × size` over the lists (what `max_bytes` holds, invariant 3).
+    pub(super) fn lists_max_bytes(&self) -> usize {
+        self.lists
+            .iter()
+            .zip(CLASS_SIZE.iter())
+            .map(|(l, &size)| l.max.get() as usize * size as usize)
+            .sum()
     }
 
     /// Sets the byte budget; shrinks maxima now if it dropped.
@@ -378,7 +398,7 @@ impl ThreadHeap {
     /// Adds `delta` bytes of flow from the central tier; publishes past the threshold
     /// (owner only, as the callers' contracts say).
     #[inline]
-    fn note_flow<O: Os>(&self, delta: isize, be: &Backend<O>) {
+    pub(super) fn note_flow<O: Os>(&self, delta: isize, be: &Backend<O>) {
         let unpublished = self.unpublished.get() + delta;
         if unpublished.unsigned_abs() >= PUBLISH_BYTES as usize {
             be.note_flow(unpublished);

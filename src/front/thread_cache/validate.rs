@@ -8,7 +8,6 @@ use crate::backend::Backend;
 use crate::check::check;
 use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask};
 use crate::os::Os;
-use crate::size_class::CLASS_SIZE;
 use core::ptr;
 
 impl ThreadHeap {
@@ -63,9 +62,7 @@ impl ThreadHeap {
             "link mask differs from the check's",
             0,
         )?;
-        let mut max_bytes = 0;
         for (ci, l) in self.lists.iter().enumerate() {
-            max_bytes += l.max.get() as usize * CLASS_SIZE[ci] as usize;
             check(
                 !HARDENED || !l.head.raw().is_null(),
                 "FreeList",
@@ -111,7 +108,7 @@ impl ThreadHeap {
             )?;
         }
         check(
-            max_bytes == self.max_bytes.get(),
+            self.lists_max_bytes() == self.max_bytes.get(),
             "ThreadHeap",
             3,
             "max_bytes differs from the lists",
