@@ -111,6 +111,12 @@ impl ThreadHeap {
         self.slot.store(0, Ordering::Relaxed);
     }
 
+    /// Whether a drainer may reach the heap (an owner's thread id and slot set).
+    pub fn drainable(&self) -> bool {
+        // Relaxed: a reading for validation (the owner's, or under the pool lock).
+        self.tid.load(Ordering::Relaxed) != 0 || self.slot.load(Ordering::Relaxed) != 0
+    }
+
     /// A forked child's own heap: its thread has a new id there.
     pub fn set_drain_tid(&self, tid: u32) {
         if self.tid.load(Ordering::Relaxed) != 0 {

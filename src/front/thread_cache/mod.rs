@@ -200,7 +200,9 @@ pub enum HeapState {
 ///    `drain_lock` held: by its owner's slow paths, or by a drainer while the
 ///    owner sleeps and its TLS slot points at the `Drained` sentinel (`drain`).
 ///    While `drained` is set, `len` may be off (an operation in flight during the
-///    drain) and the owner recounts (`settle`) before it trusts it.
+///    drain) and the owner recounts (`settle`) before it trusts it. A heap that
+///    is not live is not drainable (`tid` and `slot` 0: its retirement turned
+///    drains off under the lock).
 ///
 /// Ownership: the plain fields (`OwnerCell`s) are read and written only by the
 /// heap's owner: the thread whose TLS points at it while it is Live (or a drainer,

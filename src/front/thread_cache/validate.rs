@@ -34,6 +34,13 @@ impl ThreadHeap {
             self as *const ThreadHeap as usize,
         )?;
         check(
+            self.state() == HeapState::Live || !self.drainable(),
+            "ThreadHeap",
+            9,
+            "a heap that is not live can still be drained",
+            self as *const ThreadHeap as usize,
+        )?;
+        check(
             !self.was_drained(),
             "ThreadHeap",
             9,
