@@ -57,6 +57,7 @@ MUTANTS=(
     "percpu_no_first_fence           percpu_handoff  a non-owner works on a CPU's stack without fencing it after the lock"
     "percpu_grow_locked              percpu_handoff  a capacity widened while a non-owner holds the header locked"
     "drain_no_fence                  thread_cache_drain a sleeping thread's drain reads its state with no fence after swapping its slot"
+    "unneeded_chunk_leaks            growth          a chunk mapped while another thread made room is neither filed nor unmapped"
 )
 
 want=("$@")

@@ -6,8 +6,10 @@
 //! longer than the purge delay, and unmapping of chunks that have been wholly free
 //! for longer than the delay, beyond a reserve of [`CHUNK_RESERVE`] (a churn of
 //! chunk-sized frees and allocations reuses them instead of paying a fresh mapping
-//! and a page fault per page each time). Everything here runs under one lock; the
-//! central tier calls in once per span, never per object.
+//! and a page fault per page each time). Everything here runs under one lock but
+//! the mapping of a fresh chunk and the writing of its header, which no other
+//! thread can reach until it is filed under the lock; the central tier calls in
+//! once per span, never per object.
 //!
 //! Lock order: a central class lock may be held while taking the page-heap lock,
 //! never the reverse.
@@ -88,7 +90,9 @@ pub struct PageHeapStats {
 ///    beyond `CHUNK_RESERVE` are unmapped by the purge pass once free for longer than
 ///    the delay) unless the OS has refused an unmap (`unmap_failures > 0`): a chunk
 ///    it refused stays filed as wholly free, over the bound, until a pass unmaps it;
-/// 3. every mapped chunk is in the chunk list and in the chunk map.
+/// 3. every mapped chunk is in the chunk list and in the chunk map, but one that
+///    `alloc_span` has mapped and not yet filed (`map_chunk` to `file_chunk`): that
+///    one is the calling thread's alone, reached through no list, bin or map.
 /// 4. `zeroed_pages` is the sum of the sizes of the binned spans with `SPAN_ZEROED`,
 ///    so `nchunks × CHUNK_SIZE - zeroed_pages × PAGE_SIZE` bounds the resident bytes.
 ///
@@ -286,63 +290,179 @@ impl<O: Os> PageHeap<O> {
         if need > USABLE_PAGES {
             return ptr::null_mut();
         }
-        self.with_inner(|h| {
-            let mut span = find_free(h, need, h.placement);
-            if span.is_null() {
-                if !self.grow(h) {
-                    return ptr::null_mut();
-                }
-                span = find_free(h, need, h.placement);
+        // A chunk is mapped and its header written outside the lock (a system call
+        // and page faults another thread would wait for), then filed under it and
+        // cut in the same hold, so a thread that mapped one always gets its span.
+        let mut mapped: *mut ChunkHeader = ptr::null_mut();
+        loop {
+            let (span, unneeded) = self.with_inner(|h| {
+                // SAFETY: `mapped` is null or from `map_chunk`, never filed.
+                let unneeded = unsafe { self.file_mapped(h, mapped, need) };
+                let span = find_free(h, need, h.placement);
                 if span.is_null() {
-                    // A fresh chunk holds any span that fits USABLE_PAGES.
-                    fatal!("alloc_span: a fresh chunk has no fitting free span");
-                }
-            }
-            // SAFETY: spans in bins are Free descriptors in mapped chunks, owned by us
-            // under the lock (Span invariant 3).
-            unsafe {
-                if (*span).npages() as usize == USABLE_PAGES {
-                    h.free_chunks -= 1;
-                }
-                bin_remove(h, span);
-                let align_bytes = align_pages * PAGE_SIZE;
-                let base = (*span).base() as usize;
-                let front = (base.next_multiple_of(align_bytes) - base) / PAGE_SIZE;
-                if front > 0 {
-                    h.committed = true;
-                    let rest = split(span, front);
-                    bin_insert(h, span);
-                    span = rest;
-                }
-                if (*span).npages() as usize > npages {
-                    let tail = split(span, npages);
-                    bin_insert(h, tail);
-                }
-                h.free_pages -= npages;
-                let s = &*span;
-                h.rover = s.base() as usize + s.bytes();
-                s.set_class(class);
-                s.set_kind(kind);
-                s.set_flags(s.flags() & SPAN_ZEROED);
-                let chunk = &*s.chunk();
-                let (first, last) = (s.start() as usize, (s.start() + s.npages() - 1) as usize);
-                if kind == SpanKind::Small {
-                    // Objects live on every page: map them all, and give each the
-                    // class and base that `free` checks (Span invariants 2 and 6).
-                    let base = s.base();
-                    for p in first..=last {
-                        chunk.set_first(p, first);
-                        chunk.set_small(p, class, base);
+                    if !mapped.is_null() {
+                        // A fresh chunk holds any span that fits USABLE_PAGES.
+                        fatal!("alloc_span: a fresh chunk has no fitting free span");
                     }
-                } else {
-                    // A Large block is found by its start; coalescing needs the end.
-                    chunk.set_first(first, first);
-                    chunk.set_first(last, first);
+                    return (span, unneeded);
                 }
+                // SAFETY: a free span from the bins that fits, under the lock.
+                let span = unsafe { self.cut_span(h, span, npages, align_pages, kind, class) };
+                (span, unneeded)
+            });
+            if !unneeded.is_null() {
+                // SAFETY: mapped by `map_chunk`, never filed, so reached by no one.
+                unsafe { self.drop_unfiled_chunk(unneeded) };
             }
-            self.note_resident(h);
-            span
+            if !span.is_null() {
+                return span;
+            }
+            mapped = self.map_chunk();
+            if mapped.is_null() {
+                return ptr::null_mut();
+            }
+        }
+    }
+
+    /// [`PageHeap::alloc_span`] from the free spans only: null, with no system
+    /// call, where none fits (then [`PageHeap::make_room`] maps a chunk). For a
+    /// caller that holds a lock of its own, which must not wait on a mapping.
+    pub fn alloc_span_from_free(
+        &self,
+        npages: usize,
+        align_pages: usize,
+        kind: SpanKind,
+        class: SizeClass,
+    ) -> *mut Span {
+        let need = npages + align_pages - 1;
+        if need > USABLE_PAGES {
+            return ptr::null_mut();
+        }
+        self.with_inner(|h| {
+            let span = find_free(h, need, h.placement);
+            if span.is_null() {
+                return span;
+            }
+            // SAFETY: a free span from the bins that fits, under the lock.
+            unsafe { self.cut_span(h, span, npages, align_pages, kind, class) }
         })
+    }
+
+    /// Makes sure a free span of `npages` pages exists, mapping and filing a chunk
+    /// if none does (the mapping outside the lock); false if the OS refuses it.
+    /// Another thread may take the room before the caller's next allocation.
+    pub fn make_room(&self, npages: usize) -> bool {
+        if npages > USABLE_PAGES {
+            return false;
+        }
+        if self.with_inner(|h| !find_free(h, npages, h.placement).is_null()) {
+            return true;
+        }
+        let mapped = self.map_chunk();
+        if mapped.is_null() {
+            return false;
+        }
+        // SAFETY: from `map_chunk`, never filed.
+        let unneeded = self.with_inner(|h| unsafe { self.file_mapped(h, mapped, npages) });
+        if !unneeded.is_null() {
+            // SAFETY: mapped by `map_chunk`, never filed, so reached by no one.
+            unsafe { self.drop_unfiled_chunk(unneeded) };
+        }
+        true
+    }
+
+    /// Files `mapped` (null: nothing to do) if no free span fits `need` pages, or
+    /// as a spare wholly free chunk if invariant 2 allows one more (another thread
+    /// made room while it was mapped, often with a chunk it mapped at the same
+    /// time: the next growth takes this one). Returns it if it was not filed,
+    /// for the caller to unmap once the lock is dropped; else null.
+    ///
+    /// # Safety
+    /// Lock held (via `h`); `mapped` is null or came from `map_chunk` of this heap
+    /// and was never filed.
+    unsafe fn file_mapped(
+        &self,
+        h: &mut Inner,
+        mapped: *mut ChunkHeader,
+        need: usize,
+    ) -> *mut ChunkHeader {
+        if mapped.is_null() {
+            return mapped;
+        }
+        if !find_free(h, need, h.placement).is_null() && h.free_chunks >= MAX_FREE_CHUNKS {
+            return mapped;
+        }
+        // Mutant: a chunk mapped while another thread made room is dropped on
+        // the floor, still mapped.
+        #[cfg(strata_mutant = "unneeded_chunk_leaks")]
+        if !find_free(h, need, h.placement).is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: per the contract, a mapped, written chunk no other thread reaches.
+        unsafe { self.file_chunk(h, mapped) };
+        ptr::null_mut()
+    }
+
+    /// Cuts `npages` pages aligned to `align_pages` from free span `span` (which
+    /// fits them with the alignment), marks them `kind` (and `class`) and files
+    /// what is left over; returns the new span.
+    ///
+    /// # Safety
+    /// Lock held (via `h`); `span` is in the bins and holds `npages + align_pages
+    /// - 1` pages or more.
+    unsafe fn cut_span(
+        &self,
+        h: &mut Inner,
+        mut span: *mut Span,
+        npages: usize,
+        align_pages: usize,
+        kind: SpanKind,
+        class: SizeClass,
+    ) -> *mut Span {
+        // SAFETY: spans in bins are Free descriptors in mapped chunks, owned by us
+        // under the lock (Span invariant 3).
+        unsafe {
+            if (*span).npages() as usize == USABLE_PAGES {
+                h.free_chunks -= 1;
+            }
+            bin_remove(h, span);
+            let align_bytes = align_pages * PAGE_SIZE;
+            let base = (*span).base() as usize;
+            let front = (base.next_multiple_of(align_bytes) - base) / PAGE_SIZE;
+            if front > 0 {
+                h.committed = true;
+                let rest = split(span, front);
+                bin_insert(h, span);
+                span = rest;
+            }
+            if (*span).npages() as usize > npages {
+                let tail = split(span, npages);
+                bin_insert(h, tail);
+            }
+            h.free_pages -= npages;
+            let s = &*span;
+            h.rover = s.base() as usize + s.bytes();
+            s.set_class(class);
+            s.set_kind(kind);
+            s.set_flags(s.flags() & SPAN_ZEROED);
+            let chunk = &*s.chunk();
+            let (first, last) = (s.start() as usize, (s.start() + s.npages() - 1) as usize);
+            if kind == SpanKind::Small {
+                // Objects live on every page: map them all, and give each the
+                // class and base that `free` checks (Span invariants 2 and 6).
+                let base = s.base();
+                for p in first..=last {
+                    chunk.set_first(p, first);
+                    chunk.set_small(p, class, base);
+                }
+            } else {
+                // A Large block is found by its start; coalescing needs the end.
+                chunk.set_first(first, first);
+                chunk.set_first(last, first);
+            }
+        }
+        self.note_resident(h);
+        span
     }
 
     /// Returns a Small or Large span to the heap; its contents are dead.
@@ -411,49 +531,90 @@ impl<O: Os> PageHeap<O> {
         self.lock.unlock();
     }
 
-    /// Maps one more chunk and files its usable pages as one free span.
-    fn grow(&self, h: &mut Inner) -> bool {
+    /// Maps one more chunk and writes its header: its usable pages one free span,
+    /// no page holding small objects. Called without the lock: until `file_chunk`
+    /// links the chunk into the list, the bins and the chunk map, no other thread
+    /// can reach it. Null if the OS refuses the mapping.
+    fn map_chunk(&self) -> *mut ChunkHeader {
         let base = self.os.map(CHUNK_SIZE, CHUNK_SIZE);
         if base.is_null() {
-            return false;
+            return ptr::null_mut();
         }
-        h.committed |= h.nchunks > 0;
         // SAFETY: a fresh, zeroed, chunk-aligned mapping; a zeroed header is valid
         // (null links, kind None everywhere) except under loom, whose atomics are
-        // built in place first. No other thread can reach it until the chunk map
-        // publishes it below; shared references only, all the same (the header's
-        // plain fields are cells).
+        // built in place first. No other thread can reach it until `file_chunk`
+        // publishes it; shared references only, all the same (the header's plain
+        // fields are cells).
         unsafe {
             #[cfg(strata_loom)]
             ChunkHeader::init_in_place(base.cast());
             let chunk_ptr = base.cast::<ChunkHeader>();
             let chunk = &*chunk_ptr;
             // Zero would be class 0: no page holds small objects yet (ChunkHeader
-            // invariant 3). Before the chunk map publishes the chunk, below.
+            // invariant 3).
             for p in 0..PAGES_PER_CHUNK {
                 chunk.clear_small(p);
             }
             chunk.set_magic(CHUNK_MAGIC);
+            let span = ChunkHeader::span_ptr(chunk_ptr, HEADER_PAGES);
+            (*span).set_start(HEADER_PAGES as u32);
+            (*span).set_npages(USABLE_PAGES as u32);
+            (*span).set_flags(SPAN_ZEROED);
+            (*span).set_kind(SpanKind::Free);
+            chunk_ptr
+        }
+    }
+
+    /// Files a chunk from `map_chunk`: into the chunk list, its free span into the
+    /// bins, its address into the chunk map (invariant 3).
+    ///
+    /// # Safety
+    /// Lock held (via `h`); `chunk_ptr` came from `map_chunk` of this heap and was
+    /// never filed.
+    unsafe fn file_chunk(&self, h: &mut Inner, chunk_ptr: *mut ChunkHeader) {
+        h.committed |= h.nchunks > 0;
+        // SAFETY: per the contract the chunk is mapped, its header written, and no
+        // other thread reaches it; the chunk list's head is ours under the lock.
+        unsafe {
+            let chunk = &*chunk_ptr;
             chunk.set_next(h.chunks);
             if !h.chunks.is_null() {
                 (*h.chunks).set_prev(chunk_ptr);
             }
             h.chunks = chunk_ptr;
             let span = ChunkHeader::span_ptr(chunk_ptr, HEADER_PAGES);
-            (*span).set_start(HEADER_PAGES as u32);
-            (*span).set_npages(USABLE_PAGES as u32);
-            (*span).set_flags(SPAN_ZEROED);
-            // Free from now, not since the clock's start: the purge pass must not
-            // unmap it before the request that mapped it is served.
+            // Free from now, not since the mapping: the purge pass must not unmap
+            // it before the request that mapped it is served.
             (*span).set_free_since_ms(self.now_ms());
-            (*span).set_kind(SpanKind::Free);
             bin_insert(h, span);
         }
         h.nchunks += 1;
         h.free_chunks += 1;
         h.free_pages += USABLE_PAGES;
-        self.chunk_map.set(base as usize);
-        true
+        self.chunk_map.set(chunk_ptr as usize);
+    }
+
+    /// Gives back a chunk from `map_chunk` that was not needed after all (another
+    /// thread made room while it was mapped) when as many wholly free chunks as
+    /// invariant 2 allows are filed already. If the OS refuses the unmap the chunk
+    /// is filed instead, as a wholly free chunk the purge pass retries (invariant 2's
+    /// exception for refused unmaps).
+    ///
+    /// # Safety
+    /// `chunk_ptr` came from `map_chunk` of this heap and was never filed; the
+    /// page-heap lock is not held.
+    unsafe fn drop_unfiled_chunk(&self, chunk_ptr: *mut ChunkHeader) {
+        // SAFETY: the mapping is ours alone (never filed, so unreachable by others)
+        // and CHUNK_SIZE long.
+        if unsafe { self.os.unmap(chunk_ptr.cast(), CHUNK_SIZE) }.is_ok() {
+            return;
+        }
+        self.with_inner(|h| {
+            h.unmap_failures += 1;
+            // SAFETY: still mapped (the unmap was refused) and never filed.
+            unsafe { self.file_chunk(h, chunk_ptr) };
+            self.note_resident(h);
+        });
     }
 
     /// Frees `span` into the bins, coalescing; unmaps its chunk if it becomes wholly

@@ -401,6 +401,9 @@ fn maps_taken_while_other_threads_allocate_are_whole_and_well_formed() {
     let _serial = serial();
     let stop = std::sync::atomic::AtomicBool::new(false);
     thread::scope(|s| {
+        // The allocating threads stop when this goes, also when an assertion
+        // below fails (else the scope would wait for them forever).
+        let _stop = StopOnDrop(&stop);
         for t in 0..3u64 {
             let stop = &stop;
             s.spawn(move || {
@@ -442,9 +445,17 @@ fn maps_taken_while_other_threads_allocate_are_whole_and_well_formed() {
                 assert_eq!(next, strata::HeapMap::PAGES_PER_CHUNK);
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     strata::validate_heap().expect("heap intact after the maps");
+}
+
+/// Sets its flag when dropped, on unwinding too.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[test]

@@ -113,7 +113,12 @@ impl Central {
     /// give back. Then a run of never-carved objects at the span's tail. Everything
     /// taken counts as live at once (Span invariant 4), so no other thread reaches
     /// it and the span cannot go back to the page heap; no object's memory is read
-    /// or written here.
+    /// or written here. Spans come from the page heap's free spans under the class
+    /// lock; when none fits, the class lock is dropped while the page heap maps a
+    /// chunk (`make_room`: a system call and page faults another refill of the
+    /// class would otherwise wait for), and the carve goes on under it again. A
+    /// span thus still passes from the page heap to the class under the class
+    /// lock: no walk of the heap meets a Small span that no class lists or counts.
     pub(super) fn take_pieces<O: Os>(
         &self,
         c: SizeClass,
@@ -123,73 +128,90 @@ impl Central {
         take: impl Fn(usize, usize) -> usize,
     ) -> (usize, usize) {
         let cls = &self.classes[c.index()];
-        cls.with_spans(|cs| {
-            let mut count = 0;
-            let mut npieces = 0;
-            // Each span adds at most two pieces (its list, its tail).
-            while count < want && npieces + 2 <= MAX_PIECES {
-                let mut span = cs.partial;
-                if span.is_null() {
-                    span = ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c);
+        let (mut count, mut npieces) = (0, 0);
+        // Whether this refill has had the page heap map a chunk for it already.
+        let mut room_made = false;
+        loop {
+            let need_room = cls.with_spans(|cs| {
+                // Each span adds at most two pieces (its list, its tail).
+                while count < want && npieces + 2 <= MAX_PIECES {
+                    let mut span = cs.partial;
                     if span.is_null() {
-                        break;
+                        // No mapping under the class lock (a refill of the class
+                        // on another thread would wait for the system call and
+                        // its page faults): from the free spans, else the lock is
+                        // dropped while the page heap maps a chunk. Once it has,
+                        // and another thread took the room first, this one maps
+                        // under the lock rather than going round again.
+                        span = if room_made {
+                            ph.alloc_span(c.span_pages(), 1, SpanKind::Small, c)
+                        } else {
+                            ph.alloc_span_from_free(c.span_pages(), 1, SpanKind::Small, c)
+                        };
+                        if span.is_null() {
+                            return !room_made;
+                        }
+                        // SAFETY: a fresh Small span for this class, ours under the lock.
+                        unsafe {
+                            let s = &*span;
+                            s.set_free(ptr::null_mut());
+                            s.set_carved(0);
+                            s.set_live(0);
+                            s.set_capacity(c.objects_per_span() as u32);
+                            list_push(&mut cs.partial, span);
+                        }
+                        cs.nspans += 1;
                     }
-                    // SAFETY: a fresh Small span for this class, ours under the lock.
+                    // SAFETY: spans on the partial list are Small spans of this class,
+                    // ours under the lock; their free objects belong to no one else.
                     unsafe {
                         let s = &*span;
-                        s.set_free(ptr::null_mut());
-                        s.set_carved(0);
-                        s.set_live(0);
-                        s.set_capacity(c.objects_per_span() as u32);
-                        list_push(&mut cs.partial, span);
-                    }
-                    cs.nspans += 1;
-                }
-                // SAFETY: spans on the partial list are Small spans of this class,
-                // ours under the lock; their free objects belong to no one else.
-                unsafe {
-                    let s = &*span;
-                    let nfree = (s.carved() - s.live()) as usize;
-                    if nfree > 0 {
-                        // Detach the whole list; all of it counts as live until a
-                        // rest past what is kept is given back (`give_back_rest`).
-                        let n = take(count, nfree).clamp(1, nfree);
-                        pieces[npieces] = Piece {
-                            obj: s.free().cast(),
-                            n,
-                            run: false,
-                            span,
-                            rest: nfree - n,
-                        };
-                        npieces += 1;
-                        s.set_free(ptr::null_mut());
-                        s.set_live(s.carved());
-                        count += n;
-                    }
-                    // Then a run of never-carved objects at the tail.
-                    let n = want
-                        .saturating_sub(count)
-                        .min((s.capacity() - s.carved()) as usize);
-                    if n > 0 {
-                        pieces[npieces] = Piece {
-                            obj: s.base().add(s.carved() as usize * c.size_bytes()),
-                            n,
-                            run: true,
-                            span,
-                            rest: 0,
-                        };
-                        npieces += 1;
-                        s.set_carved(s.carved() + n as u32);
-                        s.set_live(s.live() + n as u32);
-                        count += n;
-                    }
-                    if !s.has_free_object() {
-                        list_remove(&mut cs.partial, span);
+                        let nfree = (s.carved() - s.live()) as usize;
+                        if nfree > 0 {
+                            // Detach the whole list; all of it counts as live until a
+                            // rest past what is kept is given back (`give_back_rest`).
+                            let n = take(count, nfree).clamp(1, nfree);
+                            pieces[npieces] = Piece {
+                                obj: s.free().cast(),
+                                n,
+                                run: false,
+                                span,
+                                rest: nfree - n,
+                            };
+                            npieces += 1;
+                            s.set_free(ptr::null_mut());
+                            s.set_live(s.carved());
+                            count += n;
+                        }
+                        // Then a run of never-carved objects at the tail.
+                        let n = want
+                            .saturating_sub(count)
+                            .min((s.capacity() - s.carved()) as usize);
+                        if n > 0 {
+                            pieces[npieces] = Piece {
+                                obj: s.base().add(s.carved() as usize * c.size_bytes()),
+                                n,
+                                run: true,
+                                span,
+                                rest: 0,
+                            };
+                            npieces += 1;
+                            s.set_carved(s.carved() + n as u32);
+                            s.set_live(s.live() + n as u32);
+                            count += n;
+                        }
+                        if !s.has_free_object() {
+                            list_remove(&mut cs.partial, span);
+                        }
                     }
                 }
+                false
+            });
+            if !need_room || !ph.make_room(c.span_pages()) {
+                return (count, npieces);
             }
-            (count, npieces)
-        })
+            room_made = true;
+        }
     }
 
     /// Puts back the part of a span's detached free list that a carve did not keep.

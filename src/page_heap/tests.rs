@@ -523,6 +523,75 @@ fn lookups_by_address_run_beside_coalescing_in_the_same_chunk(p: Placement) {
     assert_eq!(ph.stats().chunks, 0);
 }
 
+fn room_is_made_outside_the_lock_and_taken_from_the_free_spans(p: Placement) {
+    let ph = placed(p, SysOs);
+    // Nothing free: no span, and no chunk mapped for it.
+    let none = ph.alloc_span_from_free(4, 1, SpanKind::Large, SizeClass(0));
+    assert!(none.is_null());
+    assert_eq!(ph.stats().chunks, 0);
+    // make_room maps and files one chunk; asked again it finds the room there.
+    assert!(ph.make_room(4));
+    assert_eq!(ph.stats().chunks, 1);
+    assert!(ph.make_room(4));
+    assert_eq!(ph.stats().chunks, 1, "room was there: nothing more mapped");
+    ph.validate().unwrap();
+    let s = ph.alloc_span_from_free(4, 1, SpanKind::Large, SizeClass(0));
+    assert!(!s.is_null());
+    // SAFETY: our live span, in a mapped chunk.
+    assert_eq!(unsafe { (*s).npages() }, 4);
+    // More than a chunk holds: neither call maps anything.
+    assert!(!ph.make_room(USABLE_PAGES + 1));
+    assert!(
+        ph.alloc_span_from_free(USABLE_PAGES + 1, 1, SpanKind::Large, SizeClass(0))
+            .is_null()
+    );
+    assert_eq!(ph.stats().chunks, 1);
+    // SAFETY: our span, freed once.
+    unsafe { ph.free_span(s) };
+    ph.validate().unwrap();
+    ph.release_all();
+    assert_eq!(ph.stats().chunks, 0);
+}
+
+fn a_chunk_mapped_while_room_appeared_is_kept_spare_or_unmapped(p: Placement) {
+    let ph = placed(p, FlakyOs::default());
+    let s = large(&ph, 1);
+    // As if another thread had made room while this one mapped: the heap has
+    // room, and the fresh chunk is kept as a spare wholly free chunk.
+    let mapped = ph.map_chunk();
+    assert!(!mapped.is_null());
+    // SAFETY: from map_chunk, never filed; the lock is held by with_inner.
+    let back = ph.with_inner(|h| unsafe { ph.file_mapped(h, mapped, 1) });
+    assert!(back.is_null(), "kept as a spare");
+    let st = ph.stats();
+    assert_eq!(st.chunks, 2);
+    ph.validate().unwrap();
+    // With as many wholly free chunks filed as invariant 2 allows, it is handed
+    // back to be unmapped; an unmap the OS refuses files it after all.
+    let mapped = ph.map_chunk();
+    ph.with_inner(|h| h.free_chunks = MAX_FREE_CHUNKS);
+    // SAFETY: as above.
+    let back = ph.with_inner(|h| unsafe { ph.file_mapped(h, mapped, 1) });
+    assert_eq!(back, mapped);
+    ph.with_inner(|h| h.free_chunks = 1);
+    ph.os().refuse_unmaps(true);
+    // SAFETY: mapped by map_chunk, never filed; the lock is not held.
+    unsafe { ph.drop_unfiled_chunk(back) };
+    ph.os().refuse_unmaps(false);
+    let st = ph.stats();
+    assert_eq!((st.chunks, st.unmap_failures), (3, 1));
+    ph.validate().unwrap();
+    // And one the OS unmaps is gone.
+    let mapped = ph.map_chunk();
+    // SAFETY: as above.
+    unsafe { ph.drop_unfiled_chunk(mapped) };
+    assert_eq!(ph.stats().chunks, 3);
+    // SAFETY: our span, freed once.
+    unsafe { ph.free_span(s) };
+    ph.release_all();
+    assert_eq!(ph.stats().chunks, 0);
+}
+
 under_every_placement!(
     freeing_in_any_order_coalesces_back_to_one_free_chunk,
     wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest,
@@ -537,4 +606,6 @@ under_every_placement!(
     a_refused_chunk_unmap_keeps_the_chunk_mapped_filed_and_counted,
     a_chunk_whose_unmap_is_refused_at_free_stays_filed_beyond_max_free_chunks,
     lookups_by_address_run_beside_coalescing_in_the_same_chunk,
+    room_is_made_outside_the_lock_and_taken_from_the_free_spans,
+    a_chunk_mapped_while_room_appeared_is_kept_spare_or_unmapped,
 );
