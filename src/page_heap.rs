@@ -29,7 +29,7 @@ use crate::chunk::{
 };
 use crate::os::{Os, OsError};
 use crate::size_class::{CHUNK_SIZE, NO_CLASS, PAGE_SIZE, PAGES_PER_CHUNK, SizeClass};
-use crate::sync::{AtomicU64, AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, LockRank, Ordering, RawLock, UnsafeCell};
 use core::ptr;
 
 /// Wholly free chunks kept mapped (their pages still purged after the delay), so a
@@ -116,6 +116,9 @@ pub struct PageHeap<O: Os> {
     chunk_mapped: AtomicUsize,
     /// High-water mark of `chunk_resident + extra_resident`.
     peak_resident: AtomicUsize,
+    /// The process whose own thread does the delayed purge passes (0: none, the
+    /// frees do them): `leave_passes_to`.
+    passes_by: AtomicU32,
 }
 
 struct Inner {
@@ -179,6 +182,7 @@ impl<O: Os> PageHeap<O> {
                 chunk_resident: AtomicUsize::new(0),
                 chunk_mapped: AtomicUsize::new(0),
                 peak_resident: AtomicUsize::new(0),
+                passes_by: AtomicU32::new(0),
             }
         }
     }
@@ -475,7 +479,7 @@ impl<O: Os> PageHeap<O> {
             // SAFETY: the caller gives up the span; we hold the lock.
             unsafe { self.free_locked(h, span, now) };
             // Purge under the same lock: a span being purged is in a bin, so no one
-            // can take it meanwhile (no purge/reuse race).
+            // can take it meanwhile (no purge/reuse race). One slice of a due pass.
             #[cfg(not(strata_mutant = "purge_unlocked"))]
             self.maybe_purge(h, now);
             self.note_resident(h);
@@ -511,12 +515,14 @@ impl<O: Os> PageHeap<O> {
     pub fn release_all(&self) -> usize {
         self.with_inner(|h| {
             // Wholly free chunks first (no reserve), then every other free span.
-            let mut released = self.unmap_free_chunks(h, 0, |_| true);
+            // In one hold of the lock, unlike the delayed passes: no budget.
+            let mut unlimited = PurgeBudget::UNLIMITED;
+            let mut released = self.unmap_free_chunks(h, 0, &mut unlimited, |_| true);
             debug_check!(
                 h.free_chunks == 0 || h.unmap_failures > 0,
                 "release_all: a free chunk survived without a refused unmap"
             );
-            released += self.purge_where(h, usize::MAX, |_| true);
+            released += self.purge_where(h, usize::MAX, &mut unlimited, |_| true);
             self.note_resident(h);
             released
         })
@@ -701,6 +707,7 @@ mod validate;
 use bins::{bin_insert, bin_remove, find_bin, for_each_free_span, for_each_free_span_from, split};
 use placement::find_free;
 pub use placement::{Placement, PlacementError};
+pub use purge::PurgeBudget;
 
 /// Runs each named test, a `fn(Placement)` of the module, under every placement
 /// policy: one `#[test]` per policy, in modules `best`, `first` and `next` (so

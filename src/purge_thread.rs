@@ -163,6 +163,9 @@ pub fn start() -> bool {
         return false;
     }
     PID.store(pid, Ordering::Relaxed);
+    // The passes are this thread's from now: a free that finds one due no longer
+    // pays for it (a forked child, another process, goes back to doing them).
+    BACKEND.page_heap.leave_passes_to(pid as u32);
     true
 }
 
@@ -177,6 +180,7 @@ pub fn stop() -> bool {
     let was = PID.load(Ordering::Relaxed) == this_pid();
     GENERATION.fetch_add(1, Ordering::Release);
     PID.store(0, Ordering::Relaxed);
+    BACKEND.page_heap.leave_passes_to(0);
     was
 }
 

@@ -208,6 +208,15 @@ impl RawLock {
         }
     }
 
+    /// Whether a thread may be asleep waiting for the lock (invariant 1: state 2),
+    /// as its holder sees it: a hint, for a holder that is about to take the lock
+    /// again and should let the waiter in first.
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        // Relaxed: a hint; the lock's own operations order everything it protects.
+        self.state.load(Ordering::Relaxed) == CONTENDED
+    }
+
     /// Takes the lock if it is free; false (and nothing taken) if it is held. Debug
     /// builds check the rank order as `lock` does, and only once it is taken.
     #[inline]

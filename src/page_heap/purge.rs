@@ -1,7 +1,8 @@
 //! The page heap's return of memory to the OS: purge (`MADV_DONTNEED`) of spans
 //! free for longer than the delay, and unmapping of wholly free chunks beyond the
 //! reserve. Runs under the page-heap lock, from the page heap's frees
-//! (`maybe_purge`), `release_all` and the backend's `purge_due`.
+//! (`maybe_purge`), `release_all` and the backend's `purge_due`; the delayed
+//! passes in slices of bounded work a hold of the lock ([`PurgeBudget`]).
 
 use super::*;
 
@@ -49,58 +50,116 @@ impl<O: Os> PageHeap<O> {
         Ok(CHUNK_SIZE)
     }
 
-    /// Purges spans free for longer than the delay; at most every half delay.
+    /// Purges spans free for longer than the delay; at most every half delay, and
+    /// not while a background thread of this process does the passes
+    /// ([`PageHeap::leave_passes_to`]). One slice of the pass (see
+    /// [`PurgeBudget`]) under the caller's hold of the lock: until the pass is done,
+    /// the next frees go on with it, each paying one slice at most.
     pub(super) fn maybe_purge(&self, h: &mut Inner, now: u64) {
         if now < h.last_purge_ms.saturating_add(self.purge_delay_ms() / 2) {
             return;
         }
-        self.purge_due_locked(h, now);
+        // Relaxed: a setting; a stale reading costs one pass done twice or late.
+        let background = self.passes_by.load(Ordering::Relaxed);
+        if background != 0 && background == crate::platform::process_id() {
+            // Looked again after another half delay (`process_id` is a system call).
+            if now != u64::MAX {
+                h.last_purge_ms = now;
+            }
+            return;
+        }
+        self.purge_due_slice(h, now);
+    }
+
+    /// Has the process `pid`'s own thread do the delayed purge passes
+    /// ([`PageHeap::purge_due`]) instead of the frees that find one due (0: the
+    /// frees again). Keyed by process, so that a forked child, which has no such
+    /// thread, goes back to passes at its frees.
+    pub fn leave_passes_to(&self, pid: u32) {
+        // Relaxed: a setting, read as one (`maybe_purge`).
+        self.passes_by.store(pid, Ordering::Relaxed);
     }
 
     /// Unmaps wholly free chunks beyond the reserve and purges dirty spans, of those
     /// free for longer than the delay (`maybe_purge` without its rate limit: the
     /// background purge thread's pass). Returns the bytes unmapped or purged.
+    ///
+    /// The pass runs in slices (see [`PurgeBudget`]), each under one hold of the
+    /// lock, and yields the CPU between them: after a large free, a whole pass
+    /// under one hold made every span allocation and free wait for all of it.
     pub fn purge_due(&self) -> usize {
         let now = self.now_ms();
-        self.with_inner(|h| {
-            let released = self.purge_due_locked(h, now);
-            self.note_resident(h);
-            released
-        })
+        let mut released = 0;
+        loop {
+            let (bytes, done, waited) = self.with_inner(|h| {
+                let (bytes, done) = self.purge_due_slice(h, now);
+                self.note_resident(h);
+                (bytes, done, self.lock.has_waiters())
+            });
+            released += bytes;
+            if done {
+                return released;
+            }
+            if waited {
+                // A thread slept waiting for this slice: give it the time to wake
+                // and take the lock. Yielding is not enough: the waiter wakes on
+                // another CPU tens of microseconds later, and this thread, back
+                // at once, would take the lock first at every slice, so the
+                // waiter would wait for the whole pass after all (measured:
+                // ~50 ms after a 512 MiB free, `purge_stall.c`).
+                #[cfg(not(strata_loom))]
+                crate::platform::sleep_ms(1);
+                #[cfg(strata_loom)]
+                crate::platform::yield_now();
+            } else {
+                crate::platform::yield_now();
+            }
+        }
     }
 
-    /// The purge pass: chunks and spans free since `now - delay` or earlier.
-    pub(super) fn purge_due_locked(&self, h: &mut Inner, now: u64) -> usize {
+    /// One slice of the purge pass over chunks and spans free since `now - delay`
+    /// or earlier (at most one [`PurgeBudget`]). Returns the bytes released and
+    /// whether the pass is done (then stamped, for `maybe_purge`'s rate limit).
+    /// Every call a slice makes leaves its chunk unmapped or its span purged or
+    /// restamped (no longer due), so the slices of a pass end.
+    pub(super) fn purge_due_slice(&self, h: &mut Inner, now: u64) -> (usize, bool) {
         let delay = self.purge_delay_ms();
+        let due = |s: &Span| now >= s.free_since_ms().saturating_add(delay);
+        let mut budget = PurgeBudget::SLICE;
+        let released = self.unmap_free_chunks(h, CHUNK_RESERVE, &mut budget, due)
+            + self.purge_where(h, PURGE_FAILURES_PER_PASS, &mut budget, due);
+        // A slice that spent its whole budget may have left due work.
+        let done = !budget.spent();
         // An unreadable clock (`now_ms`) must not stop later passes for good.
-        if now != u64::MAX {
+        if done && now != u64::MAX {
             h.last_purge_ms = now;
         }
-        let due = |s: &Span| now >= s.free_since_ms().saturating_add(delay);
-        self.unmap_free_chunks(h, CHUNK_RESERVE, due)
-            + self.purge_where(h, PURGE_FAILURES_PER_PASS, due)
+        (released, done)
     }
 
     /// Unmaps wholly free chunks for which `due` holds, while more than `keep` are
-    /// free. Returns the bytes unmapped. The first unmap the OS refuses ends the pass
-    /// (the next one tries again): its chunk stays filed as it was, and the purge
-    /// that follows in every pass at least returns its pages.
+    /// free and `budget` allows. Returns the bytes unmapped.
+    /// The first unmap the OS refuses ends the pass (the next one tries again): its
+    /// chunk stays filed as it was, and the purge that follows in every pass at
+    /// least returns its pages.
     pub(super) fn unmap_free_chunks(
         &self,
         h: &mut Inner,
         keep: usize,
+        budget: &mut PurgeBudget,
         due: impl Fn(&Span) -> bool,
     ) -> usize {
         let mut unmapped = 0;
         // Wholly free chunks are the spans of the top bin.
         let mut span = h.bins[USABLE_PAGES];
-        while !span.is_null() && h.free_chunks > keep {
+        while !span.is_null() && h.free_chunks > keep && !budget.spent() {
             // SAFETY: a bin holds Free spans in mapped chunks, ours under the lock; a
             // span of USABLE_PAGES is a whole chunk with nothing in use.
             unsafe {
                 let next = (*span).next();
                 if due(&*span) {
                     bin_remove(h, span);
+                    budget.spend(CHUNK_SIZE);
                     match self.unmap_chunk(h, (*span).chunk()) {
                         Ok(bytes) => {
                             h.free_chunks -= 1;
@@ -118,8 +177,9 @@ impl<O: Os> PageHeap<O> {
         unmapped
     }
 
-    /// Purges every dirty free span for which `due` holds; returns the bytes purged
-    /// (whole spans, and the whole OS pages inside spans that are not all whole pages).
+    /// Purges every dirty free span for which `due` holds, while `budget` allows;
+    /// returns the bytes purged (whole spans, and the whole OS
+    /// pages inside spans that are not all whole pages).
     ///
     /// Only a purge the OS confirms marks a span zeroed and counts: a failed one
     /// leaves its span dirty (so `alloc_zeroed` clears it) and restamps it as freed
@@ -132,6 +192,7 @@ impl<O: Os> PageHeap<O> {
         &self,
         h: &mut Inner,
         max_failures: usize,
+        budget: &mut PurgeBudget,
         mut due: impl FnMut(&Span) -> bool,
     ) -> usize {
         let mut purged = 0;
@@ -143,7 +204,8 @@ impl<O: Os> PageHeap<O> {
         // "zeroed" only if that is all of it.
         let os_page = os.page_size();
         for_each_free_span(h, |s| {
-            if failures < max_failures && s.flags() & SPAN_ZEROED == 0 && due(s) {
+            if !budget.spent() && failures < max_failures && s.flags() & SPAN_ZEROED == 0 && due(s)
+            {
                 let start = s.base() as usize;
                 let end = start + s.bytes();
                 let lo = start.next_multiple_of(os_page);
@@ -161,6 +223,7 @@ impl<O: Os> PageHeap<O> {
                 // `[lo, hi)` lies inside it; the lock keeps it from being handed out
                 // while we purge (no purge/reuse race).
                 let r = unsafe { os.purge(lo as *mut u8, hi - lo) };
+                budget.spend(hi - lo);
                 // Mutant: the result dropped, as before OS calls reported failure.
                 #[cfg(strata_mutant = "purge_ignores_refusal")]
                 let r: Result<(), crate::os::OsError> = r.or(Ok(()));
@@ -197,5 +260,43 @@ impl<O: Os> PageHeap<O> {
             self.note_resident(h);
         }
         purged + partial
+    }
+}
+
+/// What one slice of a delayed purge pass may do under one hold of the page-heap
+/// lock: [`PurgeBudget::SLICE`] is 8 system calls or 4 MiB given back, whichever
+/// comes first. The kernel's time for an `munmap` or `madvise(MADV_DONTNEED)`
+/// grows with the resident pages it drops (~0.3-0.5 ms for a resident 4 MiB
+/// chunk here) plus a fixed cost a call, so a slice holds the lock for well under
+/// a millisecond. A pass after a 512 MiB free held it for ~50 ms in one piece;
+/// in slices of 16 calls or 16 MiB the longest wait of another thread was 2.5-5.9
+/// ms, with these 1.6-3.4 ms (`benches/large_ring/purge_stall.c`, BENCHMARKS.md).
+#[derive(Clone, Copy, Debug)]
+pub struct PurgeBudget {
+    calls: usize,
+    bytes: usize,
+}
+
+impl PurgeBudget {
+    /// One slice of a delayed pass.
+    pub const SLICE: PurgeBudget = PurgeBudget {
+        calls: 8,
+        bytes: 4 << 20,
+    };
+    /// No limit (`release_all`: everything, in one hold of the lock).
+    pub const UNLIMITED: PurgeBudget = PurgeBudget {
+        calls: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    /// Counts one call that gave back `bytes`.
+    fn spend(&mut self, bytes: usize) {
+        self.calls = self.calls.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    /// Whether nothing is left.
+    fn spent(&self) -> bool {
+        self.calls == 0 || self.bytes == 0
     }
 }

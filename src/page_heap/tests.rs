@@ -165,12 +165,16 @@ fn wholly_free_chunks_stay_mapped_for_the_purge_delay_and_are_reused(p: Placemen
         // SAFETY: live spans, freed once.
         unsafe { ph.free_span(s) };
     }
-    // Once the delay has passed, the next free unmaps all but the reserve.
+    // Once the delay has passed, each free goes on with the pass by a slice (a
+    // slice unmaps at most 4 MiB: one chunk) until all but the reserve are gone.
     ph.set_purge_delay_ms(0);
-    let s = large(&ph, 1);
-    // SAFETY: a live span, freed once.
-    unsafe { ph.free_span(s) };
-    ph.validate().unwrap();
+    for left in (CHUNK_RESERVE..3).rev() {
+        let s = large(&ph, 1);
+        // SAFETY: a live span, freed once.
+        unsafe { ph.free_span(s) };
+        ph.validate().unwrap();
+        assert_eq!(ph.stats().chunks, left.max(CHUNK_RESERVE));
+    }
     assert_eq!(ph.stats().chunks, CHUNK_RESERVE);
 }
 
@@ -592,6 +596,72 @@ fn a_chunk_mapped_while_room_appeared_is_kept_spare_or_unmapped(p: Placement) {
     assert_eq!(ph.stats().chunks, 0);
 }
 
+fn delayed_purge_passes_run_in_slices_of_bounded_system_calls(p: Placement) {
+    let ph = placed(p, FlakyOs::default());
+    // Nothing is due while the spans are freed.
+    ph.set_purge_delay_ms(3_600_000);
+    let n = 3 * 16 + 5;
+    let len = unit(&ph) * PAGE_SIZE;
+    // Dirty one-unit spans between live fences, so that none coalesce.
+    let mut fences = vec![units(&ph, 1)];
+    let mut spans = Vec::new();
+    for _ in 0..n {
+        let s = units(&ph, 1);
+        // SAFETY: our live span, `len` bytes long.
+        unsafe { core::ptr::write_bytes((*s).base(), 0xAB, len) };
+        spans.push(s);
+        fences.push(units(&ph, 1));
+    }
+    for &s in &spans {
+        // SAFETY: our span, freed once.
+        unsafe { ph.free_span(s) };
+    }
+    let calls = || ph.os().purge_calls.load(Relaxed);
+    assert_eq!(calls(), 0);
+    // Now everything free is due. While a background thread of this process does
+    // the passes, frees do none.
+    ph.set_purge_delay_ms(0);
+    ph.leave_passes_to(crate::platform::process_id());
+    let trigger = fences.pop().unwrap();
+    // SAFETY: our span, freed once.
+    unsafe { ph.free_span(trigger) };
+    assert_eq!(
+        calls(),
+        0,
+        "a free purged while the passes were left to a thread"
+    );
+    // Without it, a free pays one slice (`PurgeBudget::SLICE`: 8 calls, these
+    // spans being small) and leaves the rest to the next.
+    ph.leave_passes_to(0);
+    let trigger = fences.pop().unwrap();
+    // SAFETY: as above.
+    unsafe { ph.free_span(trigger) };
+    assert_eq!(calls(), 8, "one slice at a free");
+    let trigger = fences.pop().unwrap();
+    // SAFETY: as above.
+    unsafe { ph.free_span(trigger) };
+    assert_eq!(calls(), 16, "the pass goes on at the next free");
+    ph.validate().unwrap();
+    // The background pass does the rest, slice after slice.
+    ph.purge_due();
+    let st = ph.stats();
+    assert_eq!(
+        st.free_zeroed_bytes, st.free_bytes,
+        "every free span purged: {st:?}"
+    );
+    assert!(calls() > 16, "the background pass made no call");
+    ph.validate().unwrap();
+    let before = calls();
+    ph.purge_due();
+    assert_eq!(calls(), before, "nothing left to purge");
+    for f in fences {
+        // SAFETY: our spans, freed once.
+        unsafe { ph.free_span(f) };
+    }
+    ph.release_all();
+    assert_eq!(ph.stats().chunks, 0);
+}
+
 under_every_placement!(
     freeing_in_any_order_coalesces_back_to_one_free_chunk,
     wholly_free_chunks_beyond_the_reserve_are_unmapped_and_release_all_unmaps_the_rest,
@@ -608,4 +678,5 @@ under_every_placement!(
     lookups_by_address_run_beside_coalescing_in_the_same_chunk,
     room_is_made_outside_the_lock_and_taken_from_the_free_spans,
     a_chunk_mapped_while_room_appeared_is_kept_spare_or_unmapped,
+    delayed_purge_passes_run_in_slices_of_bounded_system_calls,
 );
