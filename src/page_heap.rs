@@ -286,14 +286,9 @@ impl<O: Os> PageHeap<O> {
         kind: SpanKind,
         class: SizeClass,
     ) -> *mut Span {
-        debug_check!(
-            npages >= 1 && align_pages.is_power_of_two(),
-            "alloc_span: no pages or an alignment that is not a power of two"
-        );
-        let need = npages + align_pages - 1;
-        if need > USABLE_PAGES {
+        let Some(need) = pages_needed(npages, align_pages) else {
             return ptr::null_mut();
-        }
+        };
         // A chunk is mapped and its header written outside the lock (a system call
         // and page faults another thread would wait for), then filed under it and
         // cut in the same hold, so a thread that mapped one always gets its span.
@@ -338,10 +333,9 @@ impl<O: Os> PageHeap<O> {
         kind: SpanKind,
         class: SizeClass,
     ) -> *mut Span {
-        let need = npages + align_pages - 1;
-        if need > USABLE_PAGES {
+        let Some(need) = pages_needed(npages, align_pages) else {
             return ptr::null_mut();
-        }
+        };
         self.with_inner(|h| {
             let span = find_free(h, need, h.placement);
             if span.is_null() {
@@ -695,6 +689,18 @@ impl<O: Os> PageHeap<O> {
             bin_insert(h, span);
         }
     }
+}
+
+/// The free pages a span of `npages` aligned to `align_pages` pages needs at worst
+/// (the alignment may waste up to `align_pages - 1` in front); None if no chunk
+/// holds that many.
+fn pages_needed(npages: usize, align_pages: usize) -> Option<usize> {
+    debug_check!(
+        npages >= 1 && align_pages.is_power_of_two(),
+        "alloc_span: no pages or an alignment that is not a power of two"
+    );
+    let need = npages + align_pages - 1;
+    (need <= USABLE_PAGES).then_some(need)
 }
 
 mod bins;
