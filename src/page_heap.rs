@@ -350,10 +350,10 @@ impl<O: Os> PageHeap<O> {
     /// if none does (the mapping outside the lock); false if the OS refuses it.
     /// Another thread may take the room before the caller's next allocation.
     pub fn make_room(&self, npages: usize) -> bool {
-        if npages > USABLE_PAGES {
+        let Some(need) = pages_needed(npages, 1) else {
             return false;
-        }
-        if self.with_inner(|h| !find_free(h, npages, h.placement).is_null()) {
+        };
+        if self.with_inner(|h| !find_free(h, need, h.placement).is_null()) {
             return true;
         }
         let mapped = self.map_chunk();
@@ -361,7 +361,7 @@ impl<O: Os> PageHeap<O> {
             return false;
         }
         // SAFETY: from `map_chunk`, never filed.
-        let unneeded = self.with_inner(|h| unsafe { self.file_mapped(h, mapped, npages) });
+        let unneeded = self.with_inner(|h| unsafe { self.file_mapped(h, mapped, need) });
         if !unneeded.is_null() {
             // SAFETY: mapped by `map_chunk`, never filed, so reached by no one.
             unsafe { self.drop_unfiled_chunk(unneeded) };
