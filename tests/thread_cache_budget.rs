@@ -14,20 +14,24 @@ use std::thread;
 
 use common::MIB;
 
-/// Allocates `bytes` in blocks of 1-8 KiB (many classes, none past its own cap),
-/// writes them, and frees them all: a working set the thread cache then holds.
+/// Eight rounds of: allocate `bytes` in blocks of 1-8 KiB (many classes, none
+/// past its own cap), write them, free them all. A working set the thread cache
+/// then holds: a list grows a batch a round (it runs empty between its
+/// overflows), and a thread that does nothing else misses often, so it borrows.
 fn churn(bytes: usize) {
-    let mut blocks = Vec::new();
-    let mut held = 0;
-    let mut i = 0usize;
-    while held < bytes {
-        let size = 1024 + (i * 1031) % (7 << 10);
-        blocks.push(vec![i as u8; size]);
-        held += size;
-        i += 1;
+    for _ in 0..8 {
+        let mut blocks = Vec::new();
+        let mut held = 0;
+        let mut i = 0usize;
+        while held < bytes {
+            let size = 1024 + (i * 1031) % (7 << 10);
+            blocks.push(vec![i as u8; size]);
+            held += size;
+            i += 1;
+        }
+        std::hint::black_box(&blocks);
+        drop(blocks);
     }
-    std::hint::black_box(&blocks);
-    drop(blocks);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The adaptive budget (`slow`: borrow on overflow, give back when calm, flushed or
-//! retired) against the backend's `CachePool`.
+//! The adaptive budget (`slow`: a hot heap borrows on overflow, gives back when
+//! calm, flushed or retired) against the backend's `CachePool`, and the growth of a
+//! list's max only after it ran empty.
 
 use super::slow::{BORROW_CAP_FACTOR, BORROW_STEP, CALM_EVENTS};
 use super::*;
@@ -55,16 +56,98 @@ fn give(heap: &ThreadHeap, be: &Backend<SysOs>, blocks: Vec<*mut u8>) {
     }
 }
 
-/// A working set (1 MiB) that overflows the heap's budget (64 KiB) borrows room
-/// from the pool: the heap then caches more than its own budget, within its cap,
-/// and a flush (as at thread exit) gives every byte back.
+/// `n` rounds of an rptest-like working set of 1 MiB of [`SIZE`] objects: all
+/// allocated, then all freed. A heap misses every batch of them (hot), and its
+/// list's max grows by a batch a round (it ran empty in between).
+fn rounds(heap: &ThreadHeap, be: &Backend<SysOs>, n: usize) {
+    for _ in 0..n {
+        let blocks = take(heap, be, (1 << 20) / SIZE);
+        give(heap, be, blocks);
+    }
+}
+
+/// `n` allocations and frees of one 16-byte block through the fast paths: hits,
+/// which count as objects handed out and never miss.
+fn hits(heap: &ThreadHeap, be: &Backend<SysOs>, n: usize) {
+    let c = class_for(16, 8).unwrap();
+    let mut p = take_one(heap, be, c);
+    for _ in 0..n {
+        give_one(heap, be, c, p);
+        p = take_one(heap, be, c);
+    }
+    give_one(heap, be, c, p);
+}
+
+fn take_one(heap: &ThreadHeap, be: &Backend<SysOs>, c: SizeClass) -> *mut u8 {
+    // SAFETY: a live heap this thread owns; c is a valid class; the slow path
+    // only on an empty list.
+    let p = unsafe {
+        match heap.pop(c) {
+            p if p.is_null() => heap.alloc_slow(c, be),
+            p => p,
+        }
+    };
+    assert!(!p.is_null());
+    p
+}
+
+fn give_one(heap: &ThreadHeap, be: &Backend<SysOs>, c: SizeClass, p: *mut u8) {
+    // SAFETY: a class-c block this heap handed out, freed once; the heap is live
+    // and this thread's.
+    unsafe {
+        if !heap.try_push(c, p) {
+            heap.free_slow(c, p, be);
+        }
+    }
+}
+
+/// Past a batch, a list grows when it swings: a sweep that frees 1 MiB it had
+/// just allocated grows it to hold the whole round at once (its first overflow
+/// follows the allocations that emptied the list, the others continue the same
+/// run of frees). A list whose length only drifts upwards, with allocations
+/// between its overflows and never empty, stops growing and flushes.
+#[test]
+fn a_list_grows_when_it_swings_not_when_it_drifts() {
+    let be = backend();
+    let c = class_for(SIZE, 8).unwrap();
+    let batch = CLASS_BATCH[c.index()] as u32;
+
+    let heap = live_heap(DEFAULT_CACHE_BUDGET);
+    rounds(&heap, be, 1);
+    assert_eq!(heap.lists[c.index()].max.get() as usize, (1 << 20) / SIZE);
+    // SAFETY: the heap is this thread's.
+    unsafe {
+        heap.validate(be).unwrap();
+        heap.flush_all(be);
+    }
+
+    let heap = live_heap(DEFAULT_CACHE_BUDGET);
+    let mut spare = take(&heap, be, 8 * batch as usize);
+    while let Some(p) = spare.pop() {
+        // One more free than allocations each time: the length drifts up.
+        give_one(&heap, be, c, p);
+        let q = take_one(&heap, be, c);
+        give_one(&heap, be, c, q);
+    }
+    // The slow start to a batch, then one growth: the allocations before had
+    // emptied the list. No growth after.
+    assert_eq!(heap.lists[c.index()].max.get(), 2 * batch);
+    // SAFETY: the heap is this thread's.
+    unsafe {
+        heap.validate(be).unwrap();
+        heap.flush_all(be);
+    }
+}
+
+/// A working set (1 MiB) that overflows the heap's budget (64 KiB) round after
+/// round borrows room from the pool: the heap then caches more than its own
+/// budget, within its cap, and a flush (as at thread exit) gives every byte back.
 #[test]
 fn an_overflowing_working_set_borrows_room_and_a_flush_gives_it_back() {
     const BASE: usize = 64 << 10;
     let be = backend();
     let heap = live_heap(BASE);
-    let blocks = take(&heap, be, (1 << 20) / SIZE);
-    give(&heap, be, blocks);
+    rounds(&heap, be, 16);
     let borrowed = heap.borrowed_bytes();
     assert!(borrowed > 0, "no room borrowed");
     assert_eq!(be.cache_pool.lent(), borrowed);
@@ -91,8 +174,7 @@ fn many_overflowing_heaps_stay_within_the_pool() {
     be.cache_pool.set_total(TOTAL);
     let heaps: Vec<_> = (0..8).map(|_| live_heap(BASE)).collect();
     for h in &heaps {
-        let blocks = take(h, be, (1 << 20) / SIZE);
-        give(h, be, blocks);
+        rounds(h, be, 16);
     }
     let sum: usize = heaps.iter().map(|h| h.borrowed_bytes()).sum();
     assert_eq!(sum, be.cache_pool.lent());
@@ -115,8 +197,7 @@ fn a_calm_heap_gives_back_a_step_at_a_time() {
     const BASE: usize = 64 << 10;
     let be = backend();
     let heap = live_heap(BASE);
-    let blocks = take(&heap, be, (1 << 20) / SIZE);
-    give(&heap, be, blocks);
+    rounds(&heap, be, 16);
     let borrowed = heap.borrowed_bytes();
     assert!(borrowed > BORROW_STEP);
     for _ in 0..CALM_EVENTS {
@@ -132,6 +213,49 @@ fn a_calm_heap_gives_back_a_step_at_a_time() {
     assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
     // SAFETY: the heap is this thread's.
     unsafe { heap.flush_all(be) };
+}
+
+/// The same working set in a heap that hands out thousands of objects for each
+/// miss (calm) neither borrows nor takes room from its other lists: its misses
+/// cost it nothing measurable, and the room would only hold objects.
+#[test]
+fn a_calm_heap_borrows_nothing() {
+    const BASE: usize = 64 << 10;
+    let be = backend();
+    let heap = live_heap(BASE);
+    for _ in 0..16 {
+        rounds(&heap, be, 1);
+        hits(&heap, be, 20_000);
+    }
+    assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
+    assert!(heap.max_bytes.get() <= BASE);
+    // SAFETY: the heap is this thread's.
+    unsafe {
+        heap.validate(be).unwrap();
+        heap.flush_all(be);
+    }
+}
+
+/// A heap that borrowed while hot gives the room back, a step at each measure of
+/// its miss rate, once it turns calm.
+#[test]
+fn a_heap_that_turns_calm_gives_its_room_back() {
+    const BASE: usize = 64 << 10;
+    let be = backend();
+    let heap = live_heap(BASE);
+    rounds(&heap, be, 16);
+    assert!(heap.borrowed_bytes() > 0);
+    for _ in 0..64 {
+        rounds(&heap, be, 1);
+        hits(&heap, be, 20_000);
+    }
+    assert_eq!((heap.borrowed_bytes(), be.cache_pool.lent()), (0, 0));
+    assert!(heap.max_bytes.get() <= BASE);
+    // SAFETY: the heap is this thread's.
+    unsafe {
+        heap.validate(be).unwrap();
+        heap.flush_all(be);
+    }
 }
 
 /// A heap that frees blocks another heap allocated (a consumer) keeps at most a

@@ -47,6 +47,13 @@ impl<T: Copy> OwnerCell<T> {
         // no reference to the value is held across this store (`get` copies).
         self.0.with_mut(|p| unsafe { *p = v })
     }
+    /// Sets the value and returns the one before (owner only, never on a sentinel).
+    #[inline(always)]
+    pub(super) fn replace(&self, v: T) -> T {
+        let old = self.get();
+        self.set(v);
+        old
+    }
 }
 
 /// A list's head: its first object, or the end of every list in memory

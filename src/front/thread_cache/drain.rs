@@ -282,6 +282,8 @@ impl ThreadHeap {
                 list.max.set(KEEP);
             }
             list.refill_want.set(0);
+            list.underflowed.set(false);
+            list.grew.set(false);
         }
         self.note_flow(-(bytes as isize), be);
         self.max_bytes.set(self.lists_max_bytes());

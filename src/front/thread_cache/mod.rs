@@ -62,10 +62,13 @@
 //! (`OwnedU32`/`OwnedU64`, which any thread may read).
 //!
 //! Each list's `max` adapts (tcmalloc's slow start): it starts at 0, grows by a batch
-//! each time a free overflows it, up to the class's cap, as long as the sum of
-//! `max × size` over classes stays within the thread's byte budget; over budget, the
-//! heap borrows room from the process-wide pool (`slow`), else other classes' `max`
-//! are lowered (stolen from) round robin.
+//! when a free overflows it (past a batch and 64 KiB, only if the list swings:
+//! `FreeList::underflowed`, `slow::FREE_GROWTH_BYTES`), up to the class's cap, as long as the sum
+//! of `max × size` over classes stays within the thread's byte budget; over budget,
+//! a heap whose lists miss often (`slow`, `note_slow`) borrows room from the
+//! process-wide pool, else other classes' `max` are lowered (stolen from) round
+//! robin; a heap whose misses are rare grows a list past the budget only up to a
+//! batch.
 
 use crate::link::{FreeObj, HARDENED, LinkKey, LinkMask, ensure_key};
 use crate::size_class::{NUM_CLASSES, SizeClass};
@@ -104,6 +107,16 @@ pub struct FreeList {
     /// small and doubles with every refill up to the batch (slow start, as `max`),
     /// so that a class a program uses a little costs it a little resident memory.
     refill_want: OwnerCell<u32>,
+    /// Whether the list ran empty (a refill) since it last overflowed its max: the
+    /// sign that its length swings over its whole range, so that a longer list would
+    /// save misses at both ends (`free_slow` grows a long list's `max` only then,
+    /// or in the same run of frees).
+    underflowed: OwnerCell<bool>,
+    /// Whether the list's last overflow past a batch grew `max`, and the low bits
+    /// of `allocs` then: an overflow with no allocation since one that grew
+    /// continues the same run of frees (`free_slow`).
+    grew: OwnerCell<bool>,
+    overflow_mark: OwnerCell<u16>,
     /// Objects of this class handed to the program by this heap, ever.
     allocs: OwnedU64,
 }
@@ -119,6 +132,9 @@ impl FreeList {
                 len: OwnedU32::new(0),
                 max: OwnerCell::new(0),
                 refill_want: OwnerCell::new(0),
+                underflowed: OwnerCell::new(false),
+                grew: OwnerCell::new(false),
+                overflow_mark: OwnerCell::new(0),
                 allocs: OwnedU64::new(0),
             }
         }
@@ -243,6 +259,12 @@ pub struct ThreadHeap {
     borrowed: OwnedU64,
     /// Slow-path events since the budget last held a list back (`slow`, the shrink).
     calm: OwnerCell<u32>,
+    /// Slow-path events since the heap last measured its miss rate, the sum of its
+    /// lists' `allocs` then, and whether that rate was high (`slow`, `note_slow`):
+    /// only a heap that misses often borrows room.
+    since_rate: OwnerCell<u32>,
+    allocs_mark: OwnerCell<u64>,
+    hot: OwnerCell<bool>,
     /// Link in the pool of heaps for reuse (read and written under the pool lock).
     pool_next: OwnerCell<*mut ThreadHeap>,
     /// Link in the list of every heap ever created (set once, under the pool lock,
@@ -306,6 +328,9 @@ impl ThreadHeap {
                 base_budget: OwnerCell::new(DEFAULT_CACHE_BUDGET),
                 borrowed: OwnedU64::new(0),
                 calm: OwnerCell::new(0),
+                since_rate: OwnerCell::new(0),
+                allocs_mark: OwnerCell::new(0),
+                hot: OwnerCell::new(false),
                 pool_next: OwnerCell::new(ptr::null_mut()),
                 all_next: OwnerCell::new(ptr::null_mut()),
                 drain_lock: RawLock::new(LockRank::ThreadHeap),
@@ -387,6 +412,7 @@ impl ThreadHeap {
         self.base_budget.set(budget_bytes);
         self.calm.set(0);
         self.max_bytes.set(0);
+        self.restart_rate();
     }
 
     /// Marks a flushed heap as pooled.

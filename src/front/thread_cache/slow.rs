@@ -34,6 +34,22 @@ pub const BORROW_STEP: usize = 128 << 10;
 /// 55-65M with no give-back; at 65,536, 58-67M: BENCHMARKS.md).
 pub const CALM_EVENTS: u32 = 1 << 16;
 
+/// A list grows past a batch at any overflow while it holds no more than this
+/// many bytes; past them only when it swings (`free_slow`). Lists of small
+/// objects cost little memory either way, and a thread whose small objects wander
+/// through the central tier gets back objects other threads freed, in cache lines
+/// other threads write (alloc-test at 2 and 4 threads: 0.86x with the swing rule
+/// on every list, BENCHMARKS.md); the memory is in the lists of large objects
+/// (the demo's 3.5-8 KiB classes held 190-270 KiB each).
+pub const FREE_GROWTH_BYTES: usize = 64 << 10;
+
+/// Slow-path events between two measures of a heap's miss rate (`note_slow`).
+pub const RATE_EVENTS: u32 = 256;
+
+/// A heap whose lists hand out fewer objects than this per slow-path event is hot
+/// (`note_slow`): its misses cost it measurably, and it may borrow room.
+pub const HOT_ALLOCS: u64 = 256;
+
 impl ThreadHeap {
     /// Slow path of alloc on a live heap: refill class `c` from the central tier and
     /// return one object (null if the OS refuses memory).
@@ -49,6 +65,7 @@ impl ThreadHeap {
             self.state() == HeapState::Live,
             "slow path on a heap that is not live"
         );
+        self.note_slow(be);
         self.tick_calm(be);
         let list = &self.lists[c.index()];
         // Slow start of the refill size (FreeList::refill_want): the first refill of
@@ -60,6 +77,7 @@ impl ThreadHeap {
             w => w,
         };
         list.refill_want.set((want * 2).min(CLASS_BATCH[ci] as u32));
+        list.underflowed.set(true);
         // The list is empty: a span's whole free list is taken, not walked to be
         // cut, when it fits the room the list's max may grow to within the budget
         // (and the class's cap); the max then grows to hold it (tcmalloc grows a
@@ -102,7 +120,8 @@ impl ThreadHeap {
 
     /// Slow path of free on a live heap: the list is at its max. Grow the max if the
     /// budget allows (past a batch, only up to what the heap handed out of the class
-    /// ever), else flush a batch to the central tier; then cache `p`.
+    /// ever, and past 64 KiB only when the list swings; past the budget only for a
+    /// hot heap), else flush a batch to the central tier; then cache `p`.
     ///
     /// # Safety
     /// As for `try_push`, and the heap is live (not a sentinel).
@@ -126,6 +145,7 @@ impl ThreadHeap {
                 link::double_free(p, c, depth);
             }
         }
+        self.note_slow(be);
         let (size, batch, cap) = (
             CLASS_SIZE[ci] as usize,
             CLASS_BATCH[ci] as u32,
@@ -133,25 +153,56 @@ impl ThreadHeap {
         );
         let max = list.max.get();
         let mut pressed = false;
-        // Past a batch, a list grows only while it holds no more than this heap has
-        // ever handed out of the class: a class the thread frees but does not
-        // allocate (a consumer's, blocks another thread allocated) keeps a batch to
-        // flush and no more, instead of growing, and borrowing, to the cap for
-        // objects only other threads will use.
-        if max < cap && (max < batch || list.allocs.get() >= u64::from(max)) {
-            let grown = (max + batch).min(cap);
+        // Past a batch, a list grows only when it ran empty since it last
+        // overflowed, or when this overflow continues a run of frees (no object
+        // handed out since the last overflow) whose first overflow grew: its length
+        // then swings over its whole range, and a longer list saves misses at both
+        // ends (a program that frees what it allocated a moment ago, as
+        // glibc-simple's rounds do, is served by lists as long as its rounds). A
+        // list that overflows again without either holds objects it did not need
+        // (a thread that frees more of the class than it allocates, or whose frees
+        // and allocations merely wander: a length that drifts up would otherwise
+        // grow `max`, and borrow, at every overflow until the cap), so it flushes
+        // a batch instead. A class the thread only frees (a consumer's, blocks
+        // another thread allocated) never runs empty and keeps a batch to flush.
+        // And a list never holds more than this heap has ever handed out of the
+        // class. (The slow start below a batch neither needs nor spends the signs.)
+        let allocs = list.allocs.get();
+        let swung = max >= batch
+            && (list.underflowed.replace(false)
+                || (list.grew.get() && list.overflow_mark.get() == allocs as u16));
+        let before = max;
+        let grown = (max + batch).min(cap);
+        let small = grown as usize * size <= FREE_GROWTH_BYTES;
+        if max < cap && (max < batch || ((swung || small) && allocs >= u64::from(max))) {
             let extra = (grown - max) as usize * size;
+            // Past the budget, only a heap whose misses cost it (`hot`) takes room:
+            // borrowed from the pool, else stolen from its other classes. A calm
+            // heap's list stays as it is and the free flushes: borrowed room would
+            // only hold objects, and stealing would move them from list to list
+            // through the central tier (alloc-test at 1 thread peaked at 6.5 MiB
+            // instead of 5.1 when calm heaps stole past a batch). Up to a batch a
+            // calm heap steals, or each free of a list held at 0 would be a slow
+            // path of its own; it does not borrow, or its other lists would grow
+            // into the room.
             if self.max_bytes.get() + extra > self.budget_bytes() {
                 pressed = true;
-                self.borrow(self.max_bytes.get() + extra - self.budget_bytes(), be);
-            }
-            if self.max_bytes.get() + extra > self.budget_bytes() {
-                self.steal(extra, ci, be);
+                let hot = self.hot.get();
+                if hot {
+                    self.borrow(self.max_bytes.get() + extra - self.budget_bytes(), be);
+                }
+                if (hot || max < batch) && self.max_bytes.get() + extra > self.budget_bytes() {
+                    self.steal(extra, ci, be);
+                }
             }
             if self.max_bytes.get() + extra <= self.budget_bytes() {
                 list.max.set(grown);
                 self.max_bytes.set(self.max_bytes.get() + extra);
             }
+        }
+        if before >= batch {
+            list.grew.set(list.max.get() > before);
+            list.overflow_mark.set(allocs as u16);
         }
         if !pressed {
             self.tick_calm(be);
@@ -224,6 +275,48 @@ impl ThreadHeap {
                 unsafe { self.flush_front(v, excess as usize, be) };
             }
         }
+    }
+
+    /// Counts a slow-path event (outside any move: a give-back flushes). Every
+    /// [`RATE_EVENTS`] of them the heap measures its miss rate: hot when its
+    /// lists handed out fewer than [`HOT_ALLOCS`] objects per slow-path event in
+    /// that time. Only a hot heap borrows room beyond its budget; a heap that is
+    /// not gives a step of what it borrowed back at each measure. A heap that
+    /// misses once in thousands of allocations loses nothing measurable to its
+    /// misses, and room it borrowed would only hold objects (the demo's request
+    /// threads: one miss in ~1,200 allocations, and 2 MiB borrowed each before
+    /// this; rptest: one in 30-60).
+    fn note_slow<O: Os>(&self, be: &Backend<O>) {
+        let n = self.since_rate.get() + 1;
+        if n < RATE_EVENTS {
+            self.since_rate.set(n);
+            return;
+        }
+        self.since_rate.set(0);
+        let allocs = self.allocs_total();
+        let handed = allocs.wrapping_sub(self.allocs_mark.get());
+        self.allocs_mark.set(allocs);
+        let hot = handed < u64::from(RATE_EVENTS) * HOT_ALLOCS;
+        self.hot.set(hot);
+        let borrowed = self.borrowed.get() as usize;
+        if !hot && borrowed > 0 {
+            let back = borrowed.min(BORROW_STEP);
+            self.borrowed.set((borrowed - back) as u64);
+            self.fit_budget(be);
+            be.cache_pool.give_back(back);
+        }
+    }
+
+    /// Objects the heap's lists handed out, ever (the sum of their `allocs`).
+    fn allocs_total(&self) -> u64 {
+        self.lists.iter().map(|l| l.allocs.get()).sum()
+    }
+
+    /// Starts the miss-rate measure afresh (a heap going live).
+    pub(super) fn restart_rate(&self) {
+        self.since_rate.set(0);
+        self.allocs_mark.set(self.allocs_total());
+        self.hot.set(false);
     }
 
     /// Bytes this heap borrowed from the process-wide pool (any thread may ask).
@@ -339,6 +432,8 @@ impl ThreadHeap {
             }
             list.max.set(0);
             list.refill_want.set(0);
+            list.underflowed.set(false);
+            list.grew.set(false);
         }
         self.max_bytes.set(0);
         // SAFETY: the calling thread owns the heap, not a sentinel (the contract).
