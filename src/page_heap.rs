@@ -699,8 +699,9 @@ fn pages_needed(npages: usize, align_pages: usize) -> Option<usize> {
         npages >= 1 && align_pages.is_power_of_two(),
         "alloc_span: no pages or an alignment that is not a power of two"
     );
-    let need = npages + align_pages - 1;
-    (need <= USABLE_PAGES).then_some(need)
+    npages
+        .checked_add(align_pages - 1)
+        .filter(|&need| need <= USABLE_PAGES)
 }
 
 mod bins;
@@ -713,7 +714,7 @@ mod validate;
 use bins::{bin_insert, bin_remove, find_bin, for_each_free_span, for_each_free_span_from, split};
 use placement::find_free;
 pub use placement::{Placement, PlacementError};
-pub use purge::PurgeBudget;
+use purge::PurgeBudget;
 
 /// Runs each named test, a `fn(Placement)` of the module, under every placement
 /// policy: one `#[test]` per policy, in modules `best`, `first` and `next` (so

@@ -281,9 +281,7 @@ impl ThreadHeap {
             } else if list.max.get() > KEEP && list.len.get() <= KEEP {
                 list.max.set(KEEP);
             }
-            list.refill_want.set(0);
-            list.underflowed.set(false);
-            list.grew.set(false);
+            list.forget_growth();
         }
         self.note_flow(-(bytes as isize), be);
         self.max_bytes.set(self.lists_max_bytes());

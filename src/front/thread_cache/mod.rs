@@ -139,6 +139,14 @@ impl FreeList {
             }
         }
     }
+
+    /// Forgets what the list learnt of its use: the next refill starts small
+    /// again and no overflow counts as a swing (a flushed or drained list).
+    fn forget_growth(&self) {
+        self.refill_want.set(0);
+        self.underflowed.set(false);
+        self.grew.set(false);
+    }
 }
 
 /// Bytes of net flow (objects received from minus returned to the central tier) a
@@ -219,6 +227,9 @@ pub enum HeapState {
 ///    drain) and the owner recounts (`settle`) before it trusts it. A heap that
 ///    is not live is not drainable (`tid` and `slot` 0: its retirement turned
 ///    drains off under the lock).
+/// 10. The miss-rate measure (`slow`, `note_slow`): `since_rate < RATE_EVENTS`, and
+///     `allocs_mark` is a sum of the lists' `allocs` taken at the last measure or
+///     activation, so never above `allocs_total()` (the counters only grow).
 ///
 /// Ownership: the plain fields (`OwnerCell`s) are read and written only by the
 /// heap's owner: the thread whose TLS points at it while it is Live (or a drainer,
@@ -613,11 +624,17 @@ impl ThreadHeap {
         self.lists[c.index()].allocs.get()
     }
 
+    /// Objects the heap's lists handed out, ever (the sum of their `allocs`; any
+    /// thread may ask).
+    pub(super) fn allocs_total(&self) -> u64 {
+        self.lists.iter().map(|l| l.allocs.get()).sum()
+    }
+
     /// The heap's counters (any thread may ask; each a recent value, so invariant 4
     /// holds exactly only while the owner is not allocating).
     pub fn counters(&self) -> HeapCounters {
         HeapCounters {
-            allocs: self.lists.iter().map(|l| l.allocs.get()).sum(),
+            allocs: self.allocs_total(),
             received: self.received.get(),
             returned: self.returned.get(),
             cached: self.lists.iter().map(|l| l.len.get() as u64).sum(),

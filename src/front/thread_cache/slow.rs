@@ -171,7 +171,6 @@ impl ThreadHeap {
         let swung = max >= batch
             && (list.underflowed.replace(false)
                 || (list.grew.get() && list.overflow_mark.get() == allocs as u16));
-        let before = max;
         let grown = (max + batch).min(cap);
         let small = grown as usize * size <= FREE_GROWTH_BYTES;
         if max < cap && (max < batch || ((swung || small) && allocs >= u64::from(max))) {
@@ -200,8 +199,8 @@ impl ThreadHeap {
                 self.max_bytes.set(self.max_bytes.get() + extra);
             }
         }
-        if before >= batch {
-            list.grew.set(list.max.get() > before);
+        if max >= batch {
+            list.grew.set(list.max.get() > max);
             list.overflow_mark.set(allocs as u16);
         }
         if !pressed {
@@ -298,18 +297,9 @@ impl ThreadHeap {
         self.allocs_mark.set(allocs);
         let hot = handed < u64::from(RATE_EVENTS) * HOT_ALLOCS;
         self.hot.set(hot);
-        let borrowed = self.borrowed.get() as usize;
-        if !hot && borrowed > 0 {
-            let back = borrowed.min(BORROW_STEP);
-            self.borrowed.set((borrowed - back) as u64);
-            self.fit_budget(be);
-            be.cache_pool.give_back(back);
+        if !hot && self.borrowed.get() > 0 {
+            self.give_back_step(be);
         }
-    }
-
-    /// Objects the heap's lists handed out, ever (the sum of their `allocs`).
-    fn allocs_total(&self) -> u64 {
-        self.lists.iter().map(|l| l.allocs.get()).sum()
     }
 
     /// Starts the miss-rate measure afresh (a heap going live).
@@ -361,6 +351,13 @@ impl ThreadHeap {
             return;
         }
         self.calm.set(0);
+        self.give_back_step(be);
+    }
+
+    /// Gives a step of borrowed room back to the pool (all of it if less is
+    /// borrowed), lowering maxima (and flushing) to fit the smaller budget.
+    fn give_back_step<O: Os>(&self, be: &Backend<O>) {
+        let borrowed = self.borrowed.get() as usize;
         let back = borrowed.min(BORROW_STEP);
         self.borrowed.set((borrowed - back) as u64);
         self.fit_budget(be);
@@ -431,9 +428,7 @@ impl ThreadHeap {
                 unsafe { self.flush_front(ci, n as usize, be) };
             }
             list.max.set(0);
-            list.refill_want.set(0);
-            list.underflowed.set(false);
-            list.grew.set(false);
+            list.forget_growth();
         }
         self.max_bytes.set(0);
         // SAFETY: the calling thread owns the heap, not a sentinel (the contract).

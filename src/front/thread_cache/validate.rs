@@ -1,7 +1,7 @@
 //! `ThreadHeap::validate`: the heap's numbered invariants, checked by its owner
 //! (or under the pool lock for a pooled heap).
 
-use super::slow::BORROW_CAP_FACTOR;
+use super::slow::{BORROW_CAP_FACTOR, RATE_EVENTS};
 use super::{HeapState, ThreadHeap};
 use crate::Violation;
 use crate::backend::Backend;
@@ -11,9 +11,9 @@ use crate::os::Os;
 use core::ptr;
 
 impl ThreadHeap {
-    /// Checks invariants 1, 3, 4, 5, 6, 7, 8 and 9: list lengths match their chains,
-    /// objects are ours and their links decode, the budget, what it borrows and the
-    /// counters add up,
+    /// Checks invariants 1, 3, 4, 5, 6, 7, 8, 9 and 10: list lengths match their
+    /// chains, objects are ours and their links decode, the budget, what it borrows,
+    /// the miss-rate measure and the counters add up,
     /// a live heap has the process's link key, no move is open (the heap is its
     /// caller's or pooled, so none can be), a sentinel is still empty, and a
     /// drained heap was settled before its owner looks at it.
@@ -130,6 +130,13 @@ impl ThreadHeap {
             8,
             "borrowed beyond the cap, the pool's lent bytes, or while not live",
             borrowed,
+        )?;
+        check(
+            self.since_rate.get() < RATE_EVENTS && self.allocs_mark.get() <= self.allocs_total(),
+            "ThreadHeap",
+            10,
+            "the miss-rate measure is past its window or ahead of the counters",
+            self.since_rate.get() as usize,
         )?;
         let k = self.counters();
         check(
